@@ -1,0 +1,91 @@
+"""The embedded bucket: the contract suite on a task.Clock, plus its internals."""
+
+import time
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from txcb import errors
+from txcb.embedded import EmbeddedBucket
+
+from tests.contract import BucketContractMixin
+
+
+class EmbeddedContractTests(BucketContractMixin, unittest.TestCase):
+    def make_bucket(self):
+        self.clock = Clock()
+        self.clock.advance(time.time())  # absolute TTLs are Unix times
+        b = EmbeddedBucket(clock=self.clock, max_value_size=4096)
+        self.addCleanup(b.close)
+        return b
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+
+
+class EmbeddedInternalsTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.b = EmbeddedBucket(clock=self.clock, pager_interval=10)
+        self.addCleanup(self.b.close)
+
+    def test_pager_reclaims_expired_items_without_access(self):
+        for i in range(100):
+            self.b.store_sync("upsert", "k%d" % i, "v", ttl=5 if i % 2 else 0)
+        self.assertEqual(len(self.b._items), 100)
+        self.clock.advance(10)
+        self.assertEqual(len(self.b._items), 50)
+        self.assertEqual(self.b.stats_sync()["expired"], 50)
+
+    def test_pager_heap_stays_bounded_when_ttls_are_rewritten(self):
+        for _ in range(3000):
+            self.b.touch_sync("k", 1000) if self.b._items else \
+                self.b.store_sync("upsert", "k", "v", ttl=1000)
+        self.b.run_pager()
+        self.assertLessEqual(len(self.b._expiries), 1026)
+
+    def test_bytes_accounting_returns_to_zero(self):
+        self.b.store_sync("upsert", "k", "v" * 10)
+        self.b.concat_sync("append", "k", "x")
+        self.b.store_sync("upsert", "k", "short")
+        self.b.counter_sync("c", initial=5)
+        self.assertEqual(self.b.stats_sync()["bytes"], len(b"k") + 5 + len(b"c") + 1)
+        self.b.remove_sync("k")
+        self.b.remove_sync("c")
+        self.assertEqual(self.b.stats_sync()["bytes"], 0)
+
+    def test_seqno_increases_on_every_mutation_and_not_on_reads(self):
+        seqnos = [self.b.store_sync("upsert", "k", "v").seqno,
+                  self.b.concat_sync("append", "k", "w").seqno]
+        self.b.get_sync("k")
+        self.b.lock_sync("k", 5)
+        seqnos.append(self.b.remove_sync("k", cas=self.b._cas).seqno)
+        self.assertEqual(seqnos, [1, 2, 3])
+
+    def test_closed_bucket_errbacks_network_error(self):
+        self.b.close()
+        return self.assertFailure(self.b.get("k"), errors.NetworkError)
+
+    def test_endure_times_out_on_the_clock(self):
+        self.b.store_sync("upsert", "k", "v")
+        d = self.b.endure("k", check_removed=True, timeout=1.0, interval=0.1)
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        self.assertNoResult(d)
+        self.clock.advance(0.6)
+        self.failureResultOf(d, errors.TimeoutError)
+
+    def test_endure_check_removed_fires_when_removed(self):
+        self.b.store_sync("upsert", "k", "v")
+        d = self.b.endure("k", check_removed=True, timeout=1.0, interval=0.1)
+        self.b.remove_sync("k")
+        self.clock.advance(0.1)
+        self.assertTrue(self.successResultOf(d).success)
+
+    def test_endure_cancel_stops_polling(self):
+        self.b.store_sync("upsert", "k", "v")
+        d = self.b.endure("k", check_removed=True, timeout=1.0, interval=0.1)
+        d.cancel()
+        self.failureResultOf(d)
+        # Only the pager's call is left: the poll was cancelled with the Deferred.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)

@@ -1,0 +1,122 @@
+"""
+The ``*_multi`` operations, built once on top of a provider's single-key ones.
+
+A provider's single-key methods return Deferreds without waiting for one
+another, so for a remote bucket the requests go out pipelined.  Results are
+gathered into a :class:`~txcb.results.MultiResult` with the SDK's error rule:
+if any key failed (beyond what ``quiet`` covers), the Deferred errbacks with
+the first failed key's error, whose ``all_results`` holds every key's result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, List, Tuple
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from txcb.errors import CouchbaseError, RC
+from txcb.results import MultiResult, OperationResult, ValueResult
+
+__all__ = ["MultiMixin", "gather_results"]
+
+
+def gather_results(pairs: List[Tuple[Any, Deferred]], result_cls: type = OperationResult
+                   ) -> Deferred:
+    """Combine per-key Deferreds into one Deferred of a MultiResult."""
+    results = MultiResult()
+    errors: List[Any] = [None] * len(pairs)
+    remaining = [len(pairs)]
+
+    def cancel(_: Deferred) -> None:
+        for _k, dk in pairs:
+            dk.cancel()
+
+    out: Deferred = Deferred(cancel)
+
+    def done() -> None:
+        remaining[0] -= 1
+        if remaining[0]:
+            return
+        for f in errors:
+            if f is not None:
+                try:
+                    f.value.all_results = results
+                except AttributeError:
+                    pass
+                out.errback(f)
+                return
+        out.callback(results)
+
+    def ok(result: Any, key: Any) -> None:
+        results[key] = result
+        done()
+
+    def failed(f: Failure, key: Any, idx: int) -> None:
+        err = f.value
+        rc = err.rc if isinstance(err, CouchbaseError) else RC.EINTERNAL
+        r = err.result if isinstance(err, CouchbaseError) and err.result is not None else None
+        results[key] = r if r is not None else result_cls(key, rc=rc)
+        errors[idx] = f
+        done()
+
+    if not pairs:
+        out.callback(results)
+    for idx, (key, dk) in enumerate(pairs):
+        dk.addCallbacks(ok, failed, callbackArgs=(key,), errbackArgs=(key, idx))
+    return out
+
+
+def _unique(keys: Iterable[Any]) -> List[Any]:
+    if isinstance(keys, (str, bytes)):
+        raise TypeError("keys must be an iterable of keys, not a single key")
+    return list(dict.fromkeys(keys))
+
+
+class MultiMixin:
+    """``*_multi`` methods for any class with the IBucket single-key methods."""
+
+    def _each(self, keys: Iterable[Any], call: Callable[[Any], Deferred],
+              result_cls: type = OperationResult) -> Deferred:
+        return gather_results([(k, call(k)) for k in _unique(keys)], result_cls)
+
+    def _each_item(self, mapping: Any, call: Callable[[Any, Any], Deferred]) -> Deferred:
+        items = mapping.items() if hasattr(mapping, "items") else mapping
+        return gather_results([(k, call(k, v)) for k, v in items])
+
+    def get_multi(self, keys: Iterable[Any], ttl: int = 0, quiet: bool = False) -> Deferred:
+        return self._each(keys, lambda k: self.get(k, ttl=ttl, quiet=quiet), ValueResult)
+
+    def upsert_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
+                     replicate_to: int = 0) -> Deferred:
+        return self._each_item(keys, lambda k, v: self.upsert(
+            k, v, ttl=ttl, format=format, persist_to=persist_to, replicate_to=replicate_to))
+
+    def insert_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
+                     replicate_to: int = 0) -> Deferred:
+        return self._each_item(keys, lambda k, v: self.insert(
+            k, v, ttl=ttl, format=format, persist_to=persist_to, replicate_to=replicate_to))
+
+    def replace_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
+                      replicate_to: int = 0) -> Deferred:
+        return self._each_item(keys, lambda k, v: self.replace(
+            k, v, ttl=ttl, format=format, persist_to=persist_to, replicate_to=replicate_to))
+
+    def remove_multi(self, keys: Iterable[Any], quiet: bool = False, persist_to: int = 0,
+                     replicate_to: int = 0) -> Deferred:
+        return self._each(keys, lambda k: self.remove(
+            k, quiet=quiet, persist_to=persist_to, replicate_to=replicate_to))
+
+    def touch_multi(self, keys: Iterable[Any], ttl: int = 0) -> Deferred:
+        return self._each(keys, lambda k: self.touch(k, ttl))
+
+    def counter_multi(self, keys: Iterable[Any], delta: int = 1, initial: Any = None,
+                      ttl: int = 0) -> Deferred:
+        return self._each(keys, lambda k: self.counter(k, delta=delta, initial=initial,
+                                                       ttl=ttl), ValueResult)
+
+    def lock_multi(self, keys: Iterable[Any], ttl: int = 15) -> Deferred:
+        return self._each(keys, lambda k: self.lock(k, ttl=ttl), ValueResult)
+
+    def unlock_multi(self, keys: Any) -> Deferred:
+        return self._each_item(keys, lambda k, cas: self.unlock(k, cas))

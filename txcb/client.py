@@ -1,0 +1,569 @@
+"""
+The txcb client: a remote IBucket talking to a txcb server.
+
+:class:`BucketClientProtocol` is a ``NetstringReceiver`` that sends requests
+as soon as they are made (pipelining) and matches responses to requests by
+their opaque id, so the server may answer in any order.  Each request has a
+timeout and can be cancelled; losing the connection errbacks every request in
+flight with :class:`~txcb.errors.NetworkError`.  No Deferred is left unfired
+and nothing is kept once a request completes.
+
+:class:`RemoteBucket` is the IBucket face of a connection;
+:class:`BucketClientFactory` (for ``reactor.connectTCP``) and :func:`connect`
+(for endpoint strings, with optional reconnection) make one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import ClientFactory, Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import NetstringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txcb._multi import MultiMixin
+from txcb._validate import (
+    DEFAULT_MAX_VALUE_SIZE, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
+from txcb.codec import (
+    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
+    OPT_INITIAL, OPT_QUIET, FrameError, Op, decode_response, encode_request)
+from txcb.errors import (
+    RC, ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError,
+    TimeoutError, TooBigError, exception_for_rc)
+from txcb.formats import DEFAULT_TRANSCODER, Transcoder
+from txcb.interfaces import IBucket
+from txcb.results import OperationResult, ValueResult
+
+__all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect"]
+
+DEFAULT_TIMEOUT = 2.5
+
+# What a successful response turns into, by opcode.
+_VALUE = 1
+_MUTATION = 2
+_COUNTER = 3
+_JSON = 4
+_NONE = 5
+_KIND = {
+    Op.GET: _VALUE, Op.GAT: _VALUE, Op.LOCK: _VALUE, Op.COUNTER: _COUNTER,
+    Op.UPSERT: _MUTATION, Op.INSERT: _MUTATION, Op.REPLACE: _MUTATION,
+    Op.REMOVE: _MUTATION, Op.APPEND: _MUTATION, Op.PREPEND: _MUTATION,
+    Op.TOUCH: _MUTATION, Op.UNLOCK: _MUTATION, Op.ENDURE: _MUTATION,
+    Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE,
+}
+
+
+class BucketClientProtocol(NetstringReceiver):
+    """
+    One connection to a txcb server.
+
+    :ivar server_info: what the server said about itself (HELLO), once known.
+    """
+
+    _log = Logger()
+    MAX_LENGTH = HEADER_LEN + DEFAULT_MAX_VALUE_SIZE + 1024
+
+    def __init__(self, clock: Any = None, timeout: float = DEFAULT_TIMEOUT,
+                 transcoder: Optional[Transcoder] = None) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.transcoder = transcoder if transcoder is not None else DEFAULT_TRANSCODER
+        # opaque -> [deferred, timer, key, opcode, quiet]
+        self._pending: Dict[int, List[Any]] = {}
+        self._next_opaque = 0
+        self.server_info: Dict[str, Any] = {}
+        self.max_value_size = DEFAULT_MAX_VALUE_SIZE
+        self._lost: Optional[str] = None
+        self._on_lost: List[Any] = []
+        self._ready: Any = None
+        self._ready_waiters: List[Deferred] = []
+
+    def connectionMade(self) -> None:
+        if self.clock is None:
+            from twisted.internet import reactor
+            self.clock = reactor
+        self.request(Op.HELLO, None, b"").addBoth(self._hello_done)
+
+    def _hello_done(self, result: Any) -> None:
+        """The server's HELLO reply (its limits) arrived, or the handshake failed."""
+        if not isinstance(result, Failure):
+            self.server_info = result
+            self.max_value_size = int(result.get("max_value_size", self.max_value_size))
+            self.MAX_LENGTH = max(self.MAX_LENGTH, HEADER_LEN + self.max_value_size + 1024)
+        self._ready = result
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(result) if isinstance(result, Failure) else d.callback(result)
+
+    def when_ready(self) -> Deferred:
+        """Fires with the server info once the handshake is done (or errbacks)."""
+        r = self._ready
+        if r is None:
+            d: Deferred = Deferred()
+            self._ready_waiters.append(d)
+            return d
+        return fail(r) if isinstance(r, Failure) else succeed(r)
+
+    # -- requests -----------------------------------------------------------
+
+    def request(self, opcode: int, key: Any, k: bytes, value: bytes = b"", cas: int = 0,
+                ttl: int = 0, flags: int = 0, options: int = 0, persist_to: int = 0,
+                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
+        """Send one request; the Deferred fires with its result or error."""
+        if self._lost is not None:
+            return fail(NetworkError("not connected: %s" % (self._lost,), key=key))
+        opaque = self._next_opaque
+        pending = self._pending
+        while opaque in pending:  # only after 2**32 requests, with one still out
+            opaque = (opaque + 1) & 0xFFFFFFFF
+        self._next_opaque = (opaque + 1) & 0xFFFFFFFF
+        d = Deferred(self._cancel)
+        if timeout is None:
+            timeout = self.timeout
+        timer = self.clock.callLater(timeout, self._timed_out, opaque, timeout) \
+            if timeout else None
+        entry = [d, timer, key, opcode, options & OPT_QUIET]
+        pending[opaque] = entry
+        d._txcb_opaque = opaque  # type: ignore[attr-defined]
+        self.sendString(encode_request(opcode, opaque, k, value, cas, ttl, flags, options,
+                                       persist_to, replicate_to))
+        return d
+
+    def _cancel(self, d: Deferred) -> None:
+        entry = self._pending.pop(d._txcb_opaque, None)  # type: ignore[attr-defined]
+        if entry is not None and entry[1] is not None and entry[1].active():
+            entry[1].cancel()
+        # Deferred.cancel then errbacks d with CancelledError.
+
+    def _timed_out(self, opaque: int, timeout: float) -> None:
+        entry = self._pending.pop(opaque, None)
+        if entry is not None:
+            entry[0].errback(TimeoutError("no reply within %.3gs" % (timeout,), key=entry[2]))
+
+    # -- responses ----------------------------------------------------------
+
+    def stringReceived(self, payload: bytes) -> None:
+        try:
+            res = decode_response(payload)
+        except FrameError as e:
+            self._log.warn("txcb: bad response from server: {error}; closing", error=str(e))
+            self._lose(ProtocolError(str(e)))
+            return
+        entry = self._pending.pop(res.opaque, None)
+        if entry is None:
+            # Timed out or cancelled already: the reply has nobody to go to.
+            return
+        d, timer, key, opcode, quiet = entry
+        if timer is not None:
+            timer.cancel()
+        status = res.status
+        if status:
+            if status == RC.KEY_ENOENT and quiet:
+                # A quiet request's miss is a failed result, not an error.
+                d.callback(ValueResult(key, rc=status) if opcode in (Op.GET, Op.GAT)
+                           else OperationResult(key, rc=status))
+                return
+            d.errback(exception_for_rc(status, res.body.decode("utf-8", "replace"), key))
+            return
+        kind = _KIND.get(opcode)
+        if kind == _VALUE:
+            d.callback(ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
+                                   seqno=res.seqno))
+        elif kind == _MUTATION:
+            d.callback(OperationResult(key, res.cas, 0, res.seqno))
+        elif kind == _COUNTER:
+            d.callback(ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
+                                   int(res.body), res.seqno))
+        elif kind == _JSON:
+            d.callback(json.loads(res.body))
+        else:
+            d.callback(None)
+
+    def _handleParseError(self) -> None:
+        self._log.warn("txcb: malformed netstring from server; closing")
+        self._lose(ProtocolError("malformed netstring from the server"))
+
+    def _lose(self, why: CouchbaseError) -> None:
+        self._fail_all(NetworkError("connection closed: %s" % (why,)))
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self.connected = False
+        self._fail_all(NetworkError("connection lost: %s" % (
+            reason.getErrorMessage() if reason is not None else "closed",)))
+        for callback in self._on_lost:
+            callback(self)
+
+    def _fail_all(self, error: NetworkError) -> None:
+        if self._lost is None:
+            self._lost = error.message
+        pending, self._pending = self._pending, {}
+        for d, timer, key, _op, _o in pending.values():
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.errback(NetworkError(error.message, key=key))
+
+
+@implementer(IBucket)
+class RemoteBucket(MultiMixin):
+    """
+    An IBucket served by a txcb server over one connection (or, from
+    ``connect(..., reconnect=True)``, over whichever connection is current).
+
+    Every method takes an extra ``timeout`` keyword: seconds before the
+    operation errbacks TimeoutError (default :attr:`timeout`, 2.5 s).
+    """
+
+    def __init__(self, protocol: Optional[BucketClientProtocol] = None,
+                 service: Optional[ClientService] = None,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 transcoder: Optional[Transcoder] = None) -> None:
+        self._proto = protocol
+        self._service = service
+        self.timeout = timeout
+        self.transcoder = transcoder if transcoder is not None else DEFAULT_TRANSCODER
+        self._closed = False
+        if protocol is not None:
+            self._attach(protocol)
+
+    def _attach(self, protocol: BucketClientProtocol) -> None:
+        protocol.transcoder = self.transcoder
+        protocol.timeout = self.timeout
+        protocol._on_lost.append(self._detach)
+        self._proto = protocol
+
+    def _detach(self, protocol: BucketClientProtocol) -> None:
+        if self._proto is protocol:
+            self._proto = None
+
+    @property
+    def max_value_size(self) -> int:
+        p = self._proto
+        return p.max_value_size if p is not None else DEFAULT_MAX_VALUE_SIZE
+
+    def _call(self, opcode: int, key: Any, k: bytes, *args: Any,
+              timeout: Optional[float] = None) -> Deferred:
+        p = self._proto
+        if p is not None:
+            return p.request(opcode, key, k, *args, timeout=timeout)
+        if self._closed:
+            return fail(NetworkError("the bucket is closed", key=key))
+        if self._service is None:
+            return fail(NetworkError("not connected", key=key))
+        return self._after_reconnect(opcode, key, k, args, timeout)
+
+    def _after_reconnect(self, opcode: int, key: Any, k: bytes, args: Any,
+                         timeout: Optional[float]) -> Deferred:
+        """Wait (within the timeout) for the service to reconnect, then send."""
+        from twisted.internet import reactor
+        clock = getattr(self._service, "_clock", None) or reactor
+        timeout = self.timeout if timeout is None else timeout
+        started = clock.seconds()
+        waiting = self._service.whenConnected()
+        result: Deferred = Deferred(lambda _: waiting.cancel())
+
+        def connected(proto: BucketClientProtocol) -> None:
+            timer.cancel()
+            left = max(timeout - (clock.seconds() - started), 0.001)
+            proto.request(opcode, key, k, *args, timeout=left).chainDeferred(result)
+
+        def failed(f: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            if f.check(CancelledError) and not result.called:
+                result.errback(TimeoutError("not reconnected within %.3gs" % (timeout,),
+                                            key=key))
+            elif not result.called:
+                result.errback(NetworkError("not connected: %s" % (f.getErrorMessage(),),
+                                            key=key))
+
+        timer = clock.callLater(timeout, waiting.cancel)
+        waiting.addCallbacks(connected, failed)
+        return result
+
+    def _value(self, value: Any, format: Any, key: Any) -> Any:
+        data, flags = self.transcoder.encode(value, format)
+        limit = self.max_value_size
+        if len(data) > limit:
+            raise TooBigError("value of %d bytes is over the server's %d byte limit"
+                              % (len(data), limit), key=key)
+        return data, flags
+
+    # -- IBucket ------------------------------------------------------------
+
+    def get(self, key: Any, ttl: int = 0, quiet: bool = False,
+            timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = to_key(key)
+            if ttl:
+                check_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        return self._call(Op.GAT if ttl else Op.GET, key, k, b"", 0, ttl, 0,
+                          OPT_QUIET if quiet else 0, timeout=timeout)
+
+    def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
+               persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
+        try:
+            k = to_key(key)
+            if ttl:
+                check_ttl(ttl, key)
+            if cas:
+                check_cas(cas, key)
+            _durability_args(persist_to, replicate_to, key)
+            data, flags = self._value(value, format, key)
+        except CouchbaseError as e:
+            return fail(e)
+        return self._call(opcode, key, k, data, cas, ttl, flags, 0, persist_to, replicate_to,
+                          timeout=timeout)
+
+    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Deferred:
+        return self._store(Op.UPSERT, key, value, cas, ttl, format, persist_to, replicate_to,
+                           timeout)
+
+    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Deferred:
+        return self._store(Op.INSERT, key, value, 0, ttl, format, persist_to, replicate_to,
+                           timeout)
+
+    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
+                persist_to: int = 0, replicate_to: int = 0,
+                timeout: Optional[float] = None) -> Deferred:
+        return self._store(Op.REPLACE, key, value, cas, ttl, format, persist_to,
+                           replicate_to, timeout)
+
+    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Deferred:
+        try:
+            k = to_key(key)
+            if cas:
+                check_cas(cas, key)
+            _durability_args(persist_to, replicate_to, key)
+            if isinstance(value, str):
+                data = value.encode("utf-8")
+            elif isinstance(value, bytes):
+                data = value
+            else:
+                data = self.transcoder.encode(value)[0]
+            if len(data) > self.max_value_size:
+                raise TooBigError("value of %d bytes is over the server's limit" % len(data),
+                                  key=key)
+        except CouchbaseError as e:
+            return fail(e)
+        return self._call(opcode, key, k, data, cas, 0, 0, 0, persist_to, replicate_to,
+                          timeout=timeout)
+
+    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Deferred:
+        return self._concat(Op.APPEND, key, value, cas, persist_to, replicate_to, timeout)
+
+    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
+                persist_to: int = 0, replicate_to: int = 0,
+                timeout: Optional[float] = None) -> Deferred:
+        return self._concat(Op.PREPEND, key, value, cas, persist_to, replicate_to, timeout)
+
+    def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
+               replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = to_key(key)
+            if cas:
+                check_cas(cas, key)
+            _durability_args(persist_to, replicate_to, key)
+        except CouchbaseError as e:
+            return fail(e)
+        return self._call(Op.REMOVE, key, k, b"", cas, 0, 0, OPT_QUIET if quiet else 0,
+                          persist_to, replicate_to, timeout=timeout)
+
+    def touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = to_key(key)
+            check_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        return self._call(Op.TOUCH, key, k, b"", 0, ttl, timeout=timeout)
+
+    def lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = to_key(key)
+            check_lock_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        return self._call(Op.LOCK, key, k, b"", 0, ttl, timeout=timeout)
+
+    def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = to_key(key)
+            check_cas(cas, key)
+        except CouchbaseError as e:
+            return fail(e)
+        return self._call(Op.UNLOCK, key, k, b"", cas, timeout=timeout)
+
+    def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
+                timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = to_key(key)
+            check_delta(delta, initial, key)
+            if ttl:
+                check_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        options = (OPT_DECREMENT if delta < 0 else 0) | (OPT_INITIAL if initial is not None
+                                                          else 0)
+        body = COUNTER_BODY.pack(abs(delta), initial or 0)
+        return self._call(Op.COUNTER, key, k, body, 0, ttl, 0, options, timeout=timeout)
+
+    def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
+               check_removed: bool = False, timeout: float = 5.0,
+               interval: float = 0.01) -> Deferred:
+        """The server polls; the request's own timeout is ``timeout`` plus the usual one."""
+        try:
+            k = to_key(key)
+            if cas:
+                check_cas(cas, key)
+            _durability_args(persist_to, replicate_to, key)
+            if not (0 <= timeout <= 4e6 and 0 < interval <= 4e6):
+                raise ArgumentError("timeout must be >= 0 and interval > 0", key=key)
+        except (CouchbaseError, TypeError) as e:
+            return fail(e if isinstance(e, CouchbaseError) else ArgumentError(str(e), key=key))
+        body = ENDURE_BODY.pack(int(timeout * 1000), max(int(interval * 1000), 1))
+        return self._call(Op.ENDURE, key, k, body, cas, 0, 0,
+                          OPT_CHECK_REMOVED if check_removed else 0, persist_to, replicate_to,
+                          timeout=timeout + self.timeout)
+
+    def stats(self, timeout: Optional[float] = None) -> Deferred:
+        return self._call(Op.STATS, None, b"", timeout=timeout)
+
+    def noop(self, timeout: Optional[float] = None) -> Deferred:
+        """A round trip that does nothing: for health checks and latency."""
+        return self._call(Op.NOOP, None, b"", timeout=timeout)
+
+    def close(self) -> Deferred:
+        """Close the connection (stop reconnecting); requests in flight errback."""
+        self._closed = True
+        if self._service is not None:
+            service, self._service = self._service, None
+            return service.stopService()
+        p = self._proto
+        if p is None or not p.connected:
+            return succeed(None)
+        done: Deferred = Deferred()
+        p._on_lost.append(lambda _p: done.callback(None))
+        p.transport.loseConnection()
+        return done
+
+
+def _durability_args(persist_to: Any, replicate_to: Any, key: Any) -> None:
+    for name, v in (("persist_to", persist_to), ("replicate_to", replicate_to)):
+        if type(v) is not int or not -128 <= v <= 127:
+            raise ArgumentError("%s must be a small int, not %r" % (name, v), key=key)
+
+
+class BucketClientFactory(ClientFactory):
+    """
+    Makes one connection and fires :attr:`deferred` with a connected
+    :class:`RemoteBucket`, or errbacks it with ConnectError::
+
+        factory = BucketClientFactory()
+        reactor.connectTCP("127.0.0.1", 11222, factory)
+        bucket = yield factory.deferred
+    """
+
+    protocol = BucketClientProtocol
+
+    def __init__(self, clock: Any = None, timeout: float = DEFAULT_TIMEOUT,
+                 transcoder: Optional[Transcoder] = None) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.transcoder = transcoder
+        self.deferred: Deferred = Deferred()
+
+    def buildProtocol(self, addr: Any) -> BucketClientProtocol:
+        p = self.protocol(self.clock, self.timeout, self.transcoder)
+        p.factory = self
+        p.when_ready().addCallbacks(self._ready, self._failed, (p,), None, (p,))
+        return p
+
+    def _ready(self, info: Any, p: BucketClientProtocol) -> None:
+        if not self.deferred.called:
+            self.deferred.callback(RemoteBucket(p, timeout=self.timeout,
+                                                transcoder=self.transcoder))
+
+    def _failed(self, f: Failure, p: BucketClientProtocol) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(ConnectError("handshake failed: %s" % (f.getErrorMessage(),)))
+        if p.connected:
+            p.transport.abortConnection()
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(ConnectError("connection failed: %s"
+                                               % (reason.getErrorMessage(),)))
+
+
+class _ServiceFactory(Factory):
+    """The factory of a reconnecting ClientService: each new connection
+    becomes the bucket's current connection once its handshake is done."""
+
+    def __init__(self, bucket: RemoteBucket, clock: Any) -> None:
+        self.bucket = bucket
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> BucketClientProtocol:
+        p = BucketClientProtocol(self.clock, self.bucket.timeout, self.bucket.transcoder)
+        p.factory = self
+        p.when_ready().addCallbacks(lambda _: self.bucket._attach(p), lambda _f: None)
+        return p
+
+
+def connect(reactor: Any, endpoint: str = "tcp:127.0.0.1:11222", reconnect: bool = False,
+            timeout: float = DEFAULT_TIMEOUT, transcoder: Optional[Transcoder] = None
+            ) -> Deferred:
+    """
+    Connect to a txcb server given a client endpoint string (``tcp:``,
+    ``unix:``, ``ssl:``...): fires a connected :class:`RemoteBucket`.
+
+    With ``reconnect=True`` the bucket reconnects after a lost connection
+    (exponential backoff); operations made while it is down wait for the new
+    connection within their timeout.  The first connection must succeed, or
+    the Deferred errbacks ConnectError.
+    """
+    try:
+        ep = clientFromString(reactor, endpoint)
+    except (ValueError, TypeError, KeyError) as e:
+        return fail(ArgumentError("bad endpoint %r: %s" % (endpoint, e)))
+    if not reconnect:
+        factory = BucketClientFactory(reactor, timeout, transcoder)
+        d = ep.connect(factory)
+
+        def failed(f: Failure) -> None:
+            if not factory.deferred.called:
+                factory.deferred.errback(ConnectError("cannot connect to %s: %s"
+                                                      % (endpoint, f.getErrorMessage())))
+        d.addErrback(failed)
+        return factory.deferred
+
+    bucket = RemoteBucket(timeout=timeout, transcoder=transcoder)
+    service = ClientService(ep, _ServiceFactory(bucket, reactor), retryPolicy=backoffPolicy(),
+                            clock=reactor)
+    bucket._service = service
+    service.startService()
+    first = service.whenConnected(failAfterFailures=1)
+
+    def connected(p: BucketClientProtocol) -> Deferred:
+        return p.when_ready().addCallback(lambda _: bucket)
+
+    def failed(f: Failure) -> None:
+        service.stopService()
+        raise ConnectError("cannot connect to %s: %s" % (endpoint, f.getErrorMessage()))
+
+    return first.addCallback(connected).addErrback(failed)

@@ -1,0 +1,125 @@
+"""
+The one asynchronous contract every txcb bucket provides.
+
+Method names and semantics follow the Couchbase Python SDK 2.x.  Every method
+returns a :class:`~twisted.internet.defer.Deferred`; errors arrive as
+:class:`txcb.errors.CouchbaseError` subclasses through the errback.
+
+TTLs follow memcached and Couchbase: ``0`` means no expiry, up to 30 days
+(2,592,000 s) is relative, anything larger is an absolute Unix time, and an
+absolute time in the past means already expired.
+"""
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IBucket"]
+
+
+class IBucket(Interface):
+    """A key-value bucket with Couchbase semantics."""
+
+    transcoder = Attribute(
+        "The txcb.formats.Transcoder that encodes values and decodes results.")
+
+    def get(key, ttl=0, quiet=False):
+        """
+        Fetch a value: fires a ValueResult.  ``ttl > 0`` also sets the
+        expiry (get-and-touch).  A missing key errbacks NotFoundError, or
+        with ``quiet=True`` fires a result with ``success=False`` and
+        ``value=None``.  A locked item reads with ``cas`` 0xFFFFFFFFFFFFFFFF.
+        """
+
+    def upsert(key, value, cas=0, ttl=0, format=None, persist_to=0, replicate_to=0):
+        """
+        Store a value whether or not the key exists: fires an
+        OperationResult.  A non-zero ``cas`` must match the item's
+        (KeyExistsError, or NotFoundError if the key is gone).
+        """
+
+    def insert(key, value, ttl=0, format=None, persist_to=0, replicate_to=0):
+        """Store a value only if the key is absent (else KeyExistsError)."""
+
+    def replace(key, value, cas=0, ttl=0, format=None, persist_to=0, replicate_to=0):
+        """Store a value only if the key exists (else NotFoundError)."""
+
+    def remove(key, cas=0, quiet=False, persist_to=0, replicate_to=0):
+        """
+        Delete a key: fires an OperationResult.  Missing key: NotFoundError,
+        or a failed result if ``quiet``.
+        """
+
+    def touch(key, ttl):
+        """Set a new expiry on an existing key: fires an OperationResult."""
+
+    def lock(key, ttl=15):
+        """
+        Fetch and lock a key for ``ttl`` seconds (1 to 30): fires a
+        ValueResult whose ``cas`` unlocks it.  While locked, lock again or
+        mutate without that cas errbacks TemporaryFailError.
+        """
+
+    def unlock(key, cas):
+        """Unlock a key locked with :meth:`lock`, given the lock's cas."""
+
+    def counter(key, delta=1, initial=None, ttl=0):
+        """
+        Add ``delta`` (may be negative) to an unsigned 64-bit counter: fires
+        a ValueResult whose ``value`` is the new int.  Increments wrap at
+        2**64, decrements stop at 0.  A missing key is created with
+        ``initial`` (NotFoundError if it is None); a value that is not a
+        decimal number errbacks DeltaBadvalError and is left unchanged.
+        """
+
+    def append(key, value, cas=0, format=None, persist_to=0, replicate_to=0):
+        """Append raw bytes (or UTF-8 text) to a value; missing -> NotStoredError."""
+
+    def prepend(key, value, cas=0, format=None, persist_to=0, replicate_to=0):
+        """Prepend raw bytes (or UTF-8 text) to a value; missing -> NotStoredError."""
+
+    def get_multi(keys, ttl=0, quiet=False):
+        """
+        get() for many keys: fires a MultiResult (dict key -> result).  If
+        any key failed and ``quiet`` does not cover it, errbacks the first
+        error, whose ``all_results`` holds every key's result.
+        """
+
+    def upsert_multi(keys, ttl=0, format=None, persist_to=0, replicate_to=0):
+        """upsert() for a mapping of key -> value (same rules as get_multi)."""
+
+    def insert_multi(keys, ttl=0, format=None, persist_to=0, replicate_to=0):
+        """insert() for a mapping of key -> value."""
+
+    def replace_multi(keys, ttl=0, format=None, persist_to=0, replicate_to=0):
+        """replace() for a mapping of key -> value."""
+
+    def remove_multi(keys, quiet=False, persist_to=0, replicate_to=0):
+        """remove() for many keys."""
+
+    def touch_multi(keys, ttl=0):
+        """touch() for many keys."""
+
+    def counter_multi(keys, delta=1, initial=None, ttl=0):
+        """counter() for many keys."""
+
+    def lock_multi(keys, ttl=15):
+        """lock() for many keys."""
+
+    def unlock_multi(keys):
+        """unlock() for a mapping of key -> lock cas."""
+
+    def endure(key, persist_to=-1, replicate_to=-1, cas=0, check_removed=False,
+               timeout=5.0, interval=0.01):
+        """
+        Wait until a key (at ``cas``, if given) is on ``persist_to`` disks
+        and ``replicate_to`` replicas, or until it is removed if
+        ``check_removed``.  Negative counts mean "as many as the bucket
+        has".  Asking for more than the bucket can ever give errbacks
+        DurabilityError; not meeting the requirement within ``timeout``
+        seconds errbacks TimeoutError.
+        """
+
+    def stats():
+        """Fire a dict of counters (items, bytes, hits, misses, ops, uptime...)."""
+
+    def close():
+        """Release the bucket's resources; fires when done."""
