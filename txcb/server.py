@@ -154,7 +154,7 @@ def _quiet_miss(result: Any, req: Request) -> bytes:
 
 
 def _get(p: BucketServerProtocol, r: Request) -> Any:
-    return p.factory.bucket.get(r.key, ttl=r.ttl, quiet=bool(r.options & OPT_QUIET)
+    return p.factory.bucket.get(r.key, quiet=bool(r.options & OPT_QUIET)
                                 ).addCallback(_value, r)
 
 
@@ -198,7 +198,8 @@ def _touch(p: BucketServerProtocol, r: Request) -> Any:
 def _gat(p: BucketServerProtocol, r: Request) -> Any:
     if not r.ttl:
         raise ArgumentError("GAT needs a non-zero ttl")
-    return _get(p, r)
+    return p.factory.bucket.get(r.key, ttl=r.ttl, quiet=bool(r.options & OPT_QUIET)
+                                ).addCallback(_value, r)
 
 
 def _lock(p: BucketServerProtocol, r: Request) -> Any:
