@@ -1,0 +1,152 @@
+"""The twistd plugin and txcb.tap: discovery, options, services, a real run."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial import unittest
+
+from txcb import tap
+from txcb.client import connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class PluginTests(unittest.TestCase):
+    def test_plugin_is_discovered(self):
+        makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "txcb"]
+        self.assertEqual(len(makers), 1)
+        self.assertIs(makers[0].options, tap.Options)
+
+    def test_plugin_import_is_lazy(self):
+        out = subprocess.check_output(
+            [sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
+             "import twisted.plugins.txcb_plugin; print('txcb.tap' in sys.modules)" % ROOT],
+            cwd=ROOT)
+        self.assertEqual(out.strip(), b"False")
+
+    def test_no_init_in_plugin_folder(self):
+        self.assertFalse(os.path.exists(os.path.join(ROOT, "twisted", "plugins",
+                                                     "__init__.py")))
+        self.assertFalse(os.path.exists(os.path.join(ROOT, "twisted", "__init__.py")))
+
+
+class OptionsTests(unittest.TestCase):
+    def parse(self, *args):
+        o = tap.Options()
+        o.parseOptions(list(args))
+        return o
+
+    def test_defaults_listen_on_loopback(self):
+        o = self.parse()
+        self.assertEqual(o["port"], ["tcp:11222:interface=127.0.0.1"])
+        self.assertEqual(o["max-value-size"], 20 * 1024 * 1024)
+
+    def test_bare_port_is_loopback_and_port_repeats(self):
+        o = self.parse("--port", "1234", "-p", "unix:/tmp/txcb.sock")
+        self.assertEqual(o["port"], ["tcp:1234:interface=127.0.0.1", "unix:/tmp/txcb.sock"])
+
+    def test_bad_values_are_usage_errors(self):
+        for args in (["--max-value-size", "0"], ["--max-inflight", "-1"],
+                     ["--max-value-size", "big"], ["--no-such-option"]):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_help_documents_every_option(self):
+        text = str(tap.Options())
+        for name in ("--port", "--max-value-size", "--max-inflight", "--pager-interval"):
+            self.assertIn(name, text)
+
+
+class MakeServiceTests(unittest.TestCase):
+    def test_make_service_listens_and_closes_the_bucket(self):
+        o = tap.Options()
+        o.parseOptions(tap_test_args())
+        r = MemoryReactorClock()
+        svc = tap.makeService(o, reactor=r)
+        svc.startService()
+        self.assertEqual([(p, i) for p, _f, _b, i in r.tcpServers], [(11222, "127.0.0.1")])
+        bucket = [s for s in svc if isinstance(s, tap.BucketService)][0].bucket
+        self.successResultOf(bucket.upsert("k", "v"))
+        self.successResultOf(svc.stopService())
+        self.assertTrue(bucket._closed)
+
+    def test_listen_failure_stops_start_up(self):
+        o = tap.Options()
+        o.parseOptions(tap_test_args("--port", "tcp:1:interface=256.1.1.1"))
+        svc = tap.makeService(o)
+        self.assertRaises(Exception, svc.startService)
+        svc.stopService()
+
+
+def tap_test_args(*extra):
+    """Options for an in-memory bucket (never a data dir in the test's cwd)."""
+    args = list(extra)
+    if "--ephemeral" in str(tap.Options()):
+        args.append("--ephemeral")
+    return args
+
+
+class RealProcessTests(unittest.TestCase):
+    """`twistd -n txcb` as a user runs it: serve, answer, stop on SIGTERM."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_twistd_serves_and_stops_cleanly(self):
+        port = free_port()
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        log = os.path.join(workdir, "twistd.log")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "--logfile", log, "txcb", "--port",
+             "tcp:%d:interface=127.0.0.1" % port] + tap_test_args(),
+            cwd=workdir, env=env)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        deadline = time.time() + 15
+        bucket = None
+        while bucket is None:
+            try:
+                bucket = yield connect(reactor, "tcp:127.0.0.1:%d" % port)
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                yield _sleep(0.1)
+        yield bucket.upsert("k", {"v": 1})
+        r = yield bucket.get("k")
+        self.assertEqual(r.value, {"v": 1})
+        yield bucket.close()
+        proc.send_signal(signal.SIGTERM)
+        for _ in range(100):
+            if proc.poll() is not None:
+                break
+            yield _sleep(0.1)
+        # twistd re-raises the signal that stopped it, so its status says SIGTERM.
+        self.assertIn(proc.returncode, (0, -signal.SIGTERM))
+        with open(log) as f:
+            text = f.read()
+        self.assertIn("txcb listening on", text)
+        self.assertNotIn("Traceback", text)
+
+
+def _sleep(seconds):
+    from twisted.internet.task import deferLater
+    return deferLater(reactor, seconds, lambda: None)

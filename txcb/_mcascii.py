@@ -1,0 +1,674 @@
+"""
+A sans-IO parser and formatter for the memcached ASCII (text) protocol.
+
+:class:`Parser` turns the bytes a memcached client sends into
+:class:`Command` and :class:`Error` events; the ``format_*`` helpers and the
+reply constants build what the server sends back.  Nothing here does I/O or
+imports Twisted: a thin protocol wrapper feeds received bytes in, acts on the
+events and writes the replies out (the design of h11).
+
+The behaviour follows memcached 1.6's ``proto_text.c`` (checked against a
+real memcached 1.6.18), including its error strings, its silent hang-up on
+HTTP request lines (``t/malicious-commands.t``) and on over-long lines, its
+``noreply`` rule (an error reply to a ``noreply`` command is not sent), and
+its resynchronisation after a bad data chunk (exactly ``<bytes>`` + 2 bytes
+are consumed, whatever they are).  Where this parser is deliberately stricter
+than memcached, it is so in ways that keep the stream in sync:
+
+* keys may not contain control characters (memcached accepts them);
+* numbers must be plain decimal digits (memcached's ``strtol`` also takes a
+  ``+`` sign and silently truncates out-of-range flags and exptimes);
+* every line, whatever it arrived in, is limited to ``max_line`` bytes, so
+  results do not depend on how the stream was split;
+* when a storage command line is rejected but its ``<bytes>`` field is a
+  valid length, the data block that follows is swallowed rather than being
+  parsed as commands (memcached would execute it as commands);
+* a multi-get is limited to ``max_keys`` keys, so a never-ending ``get`` line
+  cannot grow memory without bound.
+
+Memory is bounded: an unterminated line is never held beyond
+``max_line + 1`` bytes, an over-long ``get``/``gets`` line is tokenised as it
+streams in, an oversized data block is counted down without being stored,
+and only a data block that will be delivered (at most ``max_value + 2``
+bytes) is buffered.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Optional, Union
+
+__all__ = [
+    "Parser", "Command", "Error", "Event",
+    "format_value", "format_number", "format_stats",
+    "END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED",
+    "TOUCHED", "OK", "ERROR",
+    "BAD_FORMAT", "BAD_DATA_CHUNK", "TOO_LARGE", "BAD_DELTA",
+    "BAD_EXPTIME", "BAD_DELETE", "GET_TOO_MANY_KEYS",
+    "STORAGE_COMMANDS", "GET_COMMANDS",
+]
+
+# -- replies ----------------------------------------------------------------
+
+END = b"END\r\n"
+STORED = b"STORED\r\n"
+NOT_STORED = b"NOT_STORED\r\n"
+EXISTS = b"EXISTS\r\n"
+NOT_FOUND = b"NOT_FOUND\r\n"
+DELETED = b"DELETED\r\n"
+TOUCHED = b"TOUCHED\r\n"
+OK = b"OK\r\n"
+ERROR = b"ERROR\r\n"
+
+# Error replies, spelled exactly as memcached 1.6 spells them.
+BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+BAD_DATA_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+BAD_DELTA = b"CLIENT_ERROR invalid numeric delta argument\r\n"
+BAD_EXPTIME = b"CLIENT_ERROR invalid exptime argument\r\n"
+BAD_DELETE = (b"CLIENT_ERROR bad command line format.  "
+              b"Usage: delete <key> [noreply]\r\n")
+# memcached's reply when it cannot build a get response; used when a
+# multi-get names more than ``max_keys`` keys.
+GET_TOO_MANY_KEYS = b"SERVER_ERROR out of memory writing get response\r\n"
+# memcached hangs up on these without a word (t/malicious-commands.t and
+# try_read_command_ascii), so the reply is empty and ``close`` is set.
+_HANGUP = b""
+
+STORAGE_COMMANDS = frozenset(
+    ["set", "add", "replace", "append", "prepend", "cas"])
+GET_COMMANDS = frozenset(["get", "gets", "gat", "gats"])
+
+_INT32_MIN = -(2 ** 31)
+_INT32_MAX = 2 ** 31 - 1
+_UINT32_MAX = 2 ** 32 - 1
+_UINT64_MAX = 2 ** 64 - 1
+# memcached rejects a <bytes> field above INT_MAX - 2 (the +2 is the \r\n).
+_MAX_VLEN = _INT32_MAX - 2
+# try_read_command_ascii: more than this many leading spaces on an
+# over-long line means junk, not a multi-get.
+_MAX_LEADING_SPACES = 100
+_NOREPLY = b"noreply"
+# Largest slice of an over-long get line tokenised in one step.
+_STREAM_SLICE = 65536
+
+# Bytes that may not appear in a key: whitespace, control characters, DEL.
+_KEY_FORBIDDEN = bytes(range(0x21)) + b"\x7f"
+
+
+# -- events -----------------------------------------------------------------
+
+class Command:
+    """
+    One complete, well-formed client command.
+
+    ``name`` is the command as a ``str``.  Fields that a command does not use
+    keep their defaults: ``keys`` (``get``/``gets``/``gat``/``gats``) and
+    ``args`` are empty lists, ``key``/``cas``/``delta``/``value`` are
+    ``None``, ``flags`` and ``exptime`` are ``0`` and ``noreply`` is false.
+    """
+
+    __slots__ = ("name", "keys", "key", "flags", "exptime", "cas", "delta",
+                 "value", "noreply", "args")
+
+    def __init__(self, name: str, *, keys: Optional[List[bytes]] = None,
+                 key: Optional[bytes] = None, flags: int = 0,
+                 exptime: int = 0, cas: Optional[int] = None,
+                 delta: Optional[int] = None, value: Optional[bytes] = None,
+                 noreply: bool = False,
+                 args: Optional[List[bytes]] = None) -> None:
+        self.name = name
+        self.keys = [] if keys is None else keys
+        self.key = key
+        self.flags = flags
+        self.exptime = exptime
+        self.cas = cas
+        self.delta = delta
+        self.value = value
+        self.noreply = noreply
+        self.args = [] if args is None else args
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Command:
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s)
+                   for s in self.__slots__)
+
+    def __repr__(self) -> str:
+        shown = []
+        for s in self.__slots__[1:]:
+            v = getattr(self, s)
+            if v is None or v == [] or (s in ("flags", "exptime") and v == 0) \
+                    or (s == "noreply" and not v):
+                continue
+            if s == "value" and len(v) > 40:
+                v = v[:40] + b"..."
+            shown.append("%s=%r" % (s, v))
+        return "Command(%r%s)" % (
+            self.name, "".join(", " + x for x in shown))
+
+
+class Error:
+    """
+    A request the server must refuse.
+
+    ``response`` is what memcached would write back (possibly ``b""``: for a
+    ``noreply`` command, an HTTP request line or an over-long line memcached
+    writes nothing).  When ``close`` is true the connection must be closed
+    after writing it; the parser then ignores all further input.
+    """
+
+    __slots__ = ("response", "close")
+
+    def __init__(self, response: bytes, close: bool = False) -> None:
+        self.response = response
+        self.close = close
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Error:
+            return NotImplemented
+        return self.response == other.response and self.close == other.close
+
+    def __repr__(self) -> str:
+        return "Error(%r, close=%r)" % (self.response, self.close)
+
+
+Event = Union[Command, Error]
+
+
+# -- field parsing ----------------------------------------------------------
+
+def _parse_uint(token: bytes, maximum: int) -> Optional[int]:
+    """Parse plain decimal digits no larger than ``maximum``, else None."""
+    if not token.isdigit():
+        return None
+    digits = token.lstrip(b"0")
+    # Bound the work (and dodge int()'s digit limit) before converting.
+    if len(digits) > len(str(maximum)):
+        return None
+    value = int(digits) if digits else 0
+    return value if value <= maximum else None
+
+
+def _parse_int32(token: bytes) -> Optional[int]:
+    """Parse an optionally negative decimal that fits a signed 32-bit int."""
+    if token[:1] == b"-":
+        magnitude = _parse_uint(token[1:], -_INT32_MIN)
+        return None if magnitude is None else -magnitude
+    return _parse_uint(token, _INT32_MAX)
+
+
+def _parse_vlen(token: bytes) -> Optional[int]:
+    """Parse a storage command's <bytes> field as memcached accepts it."""
+    return _parse_uint(token, _MAX_VLEN)
+
+
+def _valid_key(key: bytes, max_key: int) -> bool:
+    """True if ``key`` is 1..max_key bytes without whitespace or controls."""
+    return (0 < len(key) <= max_key
+            and len(key.translate(None, _KEY_FORBIDDEN)) == len(key))
+
+
+# -- the parser -------------------------------------------------------------
+
+_LINE, _DATA, _SWALLOW, _GETSTREAM, _CLOSED = range(5)
+
+
+class Parser:
+    """
+    Incremental parser for the memcached ASCII protocol, as a server sees it.
+
+    Feed it received bytes with :meth:`feed`; it returns the events that the
+    bytes completed, in order, and gives the same events however the stream
+    is split.  ``max_line`` bounds a command line (memcached uses 2048; only
+    ``get``/``gets`` lines may be longer, as in memcached), ``max_value`` a
+    data block, ``max_key`` a key and ``max_keys`` the keys of one multi-get.
+    """
+
+    def __init__(self, max_line: int = 2048,
+                 max_value: int = 20 * 1024 * 1024, max_key: int = 250,
+                 max_keys: int = 65536) -> None:
+        if max_line < 128:
+            raise ValueError("max_line must be at least 128")
+        if not 0 <= max_value <= _MAX_VLEN:
+            raise ValueError("max_value out of range")
+        if max_key < 1 or max_keys < 1:
+            raise ValueError("max_key and max_keys must be positive")
+        self.max_line = max_line
+        self.max_value = max_value
+        self.max_key = max_key
+        self.max_keys = max_keys
+        self._buf = bytearray()
+        self._pos = 0          # start of unconsumed bytes in _buf
+        self._scan = 0         # _buf offset already searched for b"\n"
+        self._state = _LINE
+        self._pending: Optional[Command] = None   # _DATA: awaiting value
+        self._need = 0         # _DATA: bytes wanted; _SWALLOW: bytes left
+        # _GETSTREAM state: an over-long get/gets line, tokenised as it comes.
+        self._get_name = ""
+        self._get_keys: List[bytes] = []
+        self._get_partial = b""          # an unfinished key token
+        self._get_failure: Optional[bytes] = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of input held internally (for checking memory bounds)."""
+        return len(self._buf) - self._pos + len(self._get_partial)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection must close; input is then ignored."""
+        return self._state == _CLOSED
+
+    def feed(self, data: bytes) -> List[Event]:
+        """Consume ``data`` and return the events it completed."""
+        events: List[Event] = []
+        if self._state == _CLOSED or not data:
+            return events
+        view = memoryview(data)
+        if self._state == _SWALLOW and self._pos == len(self._buf):
+            # Skip swallowed bytes without copying them into the buffer.
+            n = min(len(view), self._need)
+            self._need -= n
+            view = view[n:]
+            if self._need == 0:
+                self._state = _LINE
+        self._buf += view
+        while self._state != _CLOSED and self._step(events):
+            pass
+        if self._state == _CLOSED:
+            self._buf = bytearray()
+            self._pos = self._scan = 0
+            self._pending = None
+            self._get_partial = b""
+            self._get_keys = []
+        elif self._pos:
+            del self._buf[:self._pos]
+            self._scan = max(0, self._scan - self._pos)
+            self._pos = 0
+        return events
+
+    # -- state machine --
+
+    def _step(self, events: List[Event]) -> bool:
+        """Make one unit of progress; False when more input is needed."""
+        state = self._state
+        if state == _LINE:
+            return self._step_line(events)
+        if state == _DATA:
+            return self._step_data(events)
+        if state == _SWALLOW:
+            n = min(len(self._buf) - self._pos, self._need)
+            self._pos += n
+            self._need -= n
+            if self._need:
+                return False
+            self._state = _LINE
+            return True
+        if state == _GETSTREAM:
+            return self._step_getstream(events)
+        return False
+
+    def _step_line(self, events: List[Event]) -> bool:
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            return False
+        nl = buf.find(b"\n", max(self._scan, pos))
+        if nl < 0:
+            self._scan = len(buf)
+            # Content plus a possible trailing \r, still without a newline.
+            if len(buf) - pos > self.max_line + 1:
+                return self._long_line(events)
+            return False
+        end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
+        if end - pos > self.max_line:
+            return self._long_line(events)
+        line = bytes(buf[pos:end])
+        self._pos = self._scan = nl + 1
+        self._dispatch(line, events)
+        return True
+
+    def _long_line(self, events: List[Event]) -> bool:
+        """A line over max_line: stream it if a multi-get, else hang up."""
+        prefix = bytes(self._buf[self._pos:self._pos + self.max_line + 2])
+        body = prefix.lstrip(b" ")
+        skipped = len(prefix) - len(body)
+        for name in ("get", "gets"):
+            if skipped <= _MAX_LEADING_SPACES and \
+                    body.startswith(name.encode() + b" "):
+                self._state = _GETSTREAM
+                self._get_name = name
+                self._get_keys = []
+                self._get_partial = b""
+                self._get_failure = None
+                self._pos += skipped + len(name) + 1
+                return True
+        self._close(events, _HANGUP)
+        return False
+
+    def _step_getstream(self, events: List[Event]) -> bool:
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            return False
+        # Work through at most _STREAM_SLICE bytes a step, so that one huge
+        # feed() cannot make split() build millions of tokens at once.
+        limit = pos + _STREAM_SLICE
+        nl = buf.find(b"\n", pos, limit)
+        stop = min(len(buf), limit) if nl < 0 else nl
+        if self._get_failure is None:
+            text = self._get_partial + bytes(buf[pos:stop])
+            if nl >= 0 and text.endswith(b"\r"):
+                text = text[:-1]
+            tokens = text.split(b" ")
+            if nl < 0:
+                partial = tokens.pop()
+                # +1: the token may yet turn out to end in the line's \r.
+                if len(partial) > self.max_key + 1:
+                    self._get_failure = BAD_FORMAT
+                    partial = b""
+                self._get_partial = partial
+            else:
+                self._get_partial = b""
+            if self._get_failure is None:
+                self._get_failure = self._collect_keys(tokens, self._get_keys)
+            if self._get_failure is not None:
+                self._get_keys = []
+                self._get_partial = b""
+        if nl < 0:
+            self._pos = stop
+            return stop < len(buf)
+        self._pos = self._scan = nl + 1
+        self._state = _LINE
+        if self._get_failure is not None:
+            events.append(Error(self._get_failure))
+        elif not self._get_keys:
+            events.append(Error(ERROR))     # "get" and only spaces
+        else:
+            events.append(Command(self._get_name, keys=self._get_keys))
+        self._get_keys = []
+        self._get_failure = None
+        return True
+
+    def _step_data(self, events: List[Event]) -> bool:
+        pos, need = self._pos, self._need
+        if len(self._buf) - pos < need:
+            return False
+        cmd = self._pending
+        assert cmd is not None
+        self._pending = None
+        self._pos = self._scan = pos + need
+        self._state = _LINE
+        if self._buf[pos + need - 2:pos + need] == b"\r\n":
+            # One copy, straight out of the buffer.
+            with memoryview(self._buf) as view, \
+                    view[pos:pos + need - 2] as block:
+                cmd.value = block.tobytes()
+            events.append(cmd)
+        else:
+            # complete_nread_ascii: the block is consumed either way.
+            events.append(Error(b"" if cmd.noreply else BAD_DATA_CHUNK))
+        return True
+
+    def _close(self, events: List[Event], response: bytes) -> None:
+        events.append(Error(response, close=True))
+        self._state = _CLOSED
+
+    # -- command lines --
+
+    def _collect_keys(self, tokens: List[bytes],
+                      keys: List[bytes]) -> Optional[bytes]:
+        """Append the non-empty tokens to keys; return an error or None."""
+        max_key, max_keys = self.max_key, self.max_keys
+        for token in tokens:
+            if not token:
+                continue
+            if not _valid_key(token, max_key):
+                return BAD_FORMAT
+            keys.append(token)
+            if len(keys) > max_keys:
+                return GET_TOO_MANY_KEYS
+        return None
+
+    def _dispatch(self, line: bytes, events: List[Event]) -> None:
+        """Parse one complete command line (without its line ending)."""
+        tokens = [t for t in line.split(b" ") if t]
+        # process_command_ascii: no command is shorter than two bytes.
+        if not tokens or len(tokens[0]) < 2:
+            events.append(Error(ERROR))
+            return
+        try:
+            name = tokens[0].decode("ascii")
+        except UnicodeDecodeError:
+            name = ""
+        handler = _HANDLERS.get(name)
+        if handler is not None:
+            handler(self, name, tokens, events)
+        elif tokens[-1].startswith(b"HTTP/"):
+            # An HTTP request line: memcached hangs up without replying.
+            self._close(events, _HANGUP)
+        else:
+            events.append(Error(ERROR))
+
+    def _get(self, name: str, tokens: List[bytes],
+             events: List[Event]) -> None:
+        if len(tokens) < 2:
+            events.append(Error(ERROR))
+            return
+        exptime = 0
+        first_key = 1
+        if name in ("gat", "gats"):
+            parsed = _parse_int32(tokens[1])
+            if parsed is None:
+                events.append(Error(BAD_EXPTIME))
+                return
+            exptime = parsed
+            first_key = 2
+        keys: List[bytes] = []
+        failure = self._collect_keys(tokens[first_key:], keys)
+        if failure is not None:
+            events.append(Error(failure))
+            return
+        # "gat <exptime>" with no keys is legal in memcached: it answers END.
+        events.append(Command(name, keys=keys, exptime=exptime))
+
+    def _storage(self, name: str, tokens: List[bytes],
+                 events: List[Event]) -> None:
+        handle_cas = name == "cas"
+        base = 6 if handle_cas else 5
+        if len(tokens) not in (base, base + 1):
+            # memcached answers ERROR and then reads the data as commands.
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        key = tokens[1]
+        flags = _parse_uint(tokens[2], _UINT32_MAX)
+        exptime = _parse_int32(tokens[3])
+        vlen = _parse_vlen(tokens[4])
+        cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
+        if (not _valid_key(key, self.max_key) or flags is None
+                or exptime is None or vlen is None
+                or (handle_cas and cas is None)):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            if vlen is not None:
+                # Stricter than memcached: keep the stream in sync instead
+                # of executing the data block as commands.
+                self._swallow(vlen + 2)
+            return
+        if vlen > self.max_value:
+            events.append(Error(b"" if noreply else TOO_LARGE))
+            self._swallow(vlen + 2)
+            return
+        self._pending = Command(name, key=key, flags=flags, exptime=exptime,
+                                cas=cas, noreply=noreply)
+        self._need = vlen + 2
+        self._state = _DATA
+
+    def _swallow(self, count: int) -> None:
+        self._need = count
+        self._state = _SWALLOW
+
+    def _arithmetic(self, name: str, tokens: List[bytes],
+                    events: List[Event]) -> None:
+        if len(tokens) not in (3, 4):
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        if not _valid_key(tokens[1], self.max_key):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        delta = _parse_uint(tokens[2], _UINT64_MAX)
+        if delta is None:
+            events.append(Error(b"" if noreply else BAD_DELTA))
+            return
+        events.append(Command(name, key=tokens[1], delta=delta,
+                              noreply=noreply))
+
+    def _touch(self, name: str, tokens: List[bytes],
+               events: List[Event]) -> None:
+        if len(tokens) not in (3, 4):
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        if not _valid_key(tokens[1], self.max_key):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        exptime = _parse_int32(tokens[2])
+        if exptime is None:
+            events.append(Error(b"" if noreply else BAD_EXPTIME))
+            return
+        events.append(Command(name, key=tokens[1], exptime=exptime,
+                              noreply=noreply))
+
+    def _delete(self, name: str, tokens: List[bytes],
+                events: List[Event]) -> None:
+        n = len(tokens)
+        if not 2 <= n <= 4:
+            events.append(Error(ERROR))
+            return
+        noreply = False
+        if n > 2:
+            # Only "delete <key> [0] [noreply]" is allowed; the legacy hold
+            # time must be 0 (process_delete_command).
+            hold_is_zero = tokens[2] == b"0"
+            noreply = tokens[-1] == _NOREPLY
+            if not ((n == 3 and (hold_is_zero or noreply))
+                    or (n == 4 and hold_is_zero and noreply)):
+                events.append(Error(b"" if noreply else BAD_DELETE))
+                return
+        if not _valid_key(tokens[1], self.max_key):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        events.append(Command(name, key=tokens[1], noreply=noreply))
+
+    def _flush_all(self, name: str, tokens: List[bytes],
+                   events: List[Event]) -> None:
+        n = len(tokens)
+        if not 1 <= n <= 3:
+            events.append(Error(ERROR))
+            return
+        noreply = n > 1 and tokens[-1] == _NOREPLY
+        args = tokens[1:-1] if noreply else tokens[1:]
+        exptime = 0
+        if args:
+            parsed = _parse_int32(args[0])
+            if parsed is None:
+                events.append(Error(b"" if noreply else BAD_EXPTIME))
+                return
+            exptime = parsed
+        events.append(Command(name, exptime=exptime, noreply=noreply,
+                              args=args))
+
+    def _verbosity(self, name: str, tokens: List[bytes],
+                   events: List[Event]) -> None:
+        if len(tokens) not in (2, 3):
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        if _parse_uint(tokens[1], _UINT32_MAX) is None:
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        args = tokens[1:-1] if noreply and len(tokens) == 3 else tokens[1:]
+        events.append(Command(name, noreply=noreply, args=args))
+
+    def _simple(self, name: str, tokens: List[bytes],
+                events: List[Event]) -> None:
+        # version and stats take anything after them, as memcached does;
+        # stats subcommands are the server's to judge.
+        events.append(Command(name, args=tokens[1:]))
+
+    def _quit(self, name: str, tokens: List[bytes],
+              events: List[Event]) -> None:
+        # memcached closes after quit and runs nothing pipelined behind it.
+        events.append(Command(name, args=tokens[1:]))
+        self._state = _CLOSED
+
+
+_HANDLERS = {
+    "get": Parser._get, "gets": Parser._get,
+    "gat": Parser._get, "gats": Parser._get,
+    "set": Parser._storage, "add": Parser._storage,
+    "replace": Parser._storage, "append": Parser._storage,
+    "prepend": Parser._storage, "cas": Parser._storage,
+    "incr": Parser._arithmetic, "decr": Parser._arithmetic,
+    "touch": Parser._touch,
+    "delete": Parser._delete,
+    "flush_all": Parser._flush_all,
+    "verbosity": Parser._verbosity,
+    "version": Parser._simple, "stats": Parser._simple,
+    "quit": Parser._quit,
+}
+
+
+# -- formatting -------------------------------------------------------------
+
+def format_value(key: bytes, flags: int, data: bytes,
+                 cas: Optional[int] = None) -> bytes:
+    """
+    Build one ``VALUE`` block of a get reply (``gets``/``gats`` pass cas).
+
+    The key is checked so that a bad key can never corrupt the reply stream.
+    """
+    if not _valid_key(key, len(key)):
+        raise ValueError("invalid key %r" % (key,))
+    if not 0 <= flags <= _UINT32_MAX:
+        raise ValueError("flags out of range: %r" % (flags,))
+    head = b"VALUE %s %d %d" % (key, flags, len(data))
+    if cas is not None:
+        if not 0 <= cas <= _UINT64_MAX:
+            raise ValueError("cas out of range: %r" % (cas,))
+        head += b" %d" % (cas,)
+    return b"".join((head, b"\r\n", data, b"\r\n"))
+
+
+def format_number(n: int) -> bytes:
+    """Build the reply to a successful incr/decr (an unsigned 64-bit)."""
+    if not 0 <= n <= _UINT64_MAX:
+        raise ValueError("incr/decr result out of range: %r" % (n,))
+    return b"%d\r\n" % (n,)
+
+
+def _stat_bytes(thing: Any) -> bytes:
+    if isinstance(thing, bytes):
+        return thing
+    if isinstance(thing, bool):
+        return b"yes" if thing else b"no"
+    return str(thing).encode("utf-8")
+
+
+def format_stats(stats: Mapping[Any, Any]) -> bytes:
+    """
+    Build a ``stats`` reply: ``STAT <name> <value>`` lines, then ``END``.
+
+    Names must be single tokens and values single lines, so that a stat can
+    never inject a reply line of its own.
+    """
+    out: List[bytes] = []
+    for name, value in stats.items():
+        bname, bvalue = _stat_bytes(name), _stat_bytes(value)
+        if not _valid_key(bname, len(bname)):
+            raise ValueError("invalid stat name %r" % (name,))
+        if b"\r" in bvalue or b"\n" in bvalue:
+            raise ValueError("stat %r has a line break in its value" % (name,))
+        out.append(b"STAT %s %s\r\n" % (bname, bvalue))
+    out.append(END)
+    return b"".join(out)
+
