@@ -474,6 +474,52 @@ class BucketContractMixin:
         e = yield b.endure("k", check_removed=True, timeout=2.0)
         self.assertTrue(e.success)
 
+    @inlineCallbacks
+    def test_durable_mutations_within_the_bucket(self):
+        # persist_to up to max_persist_to (and -1, "as many as the bucket
+        # has") fires with the mutation's own result once it is durable.
+        b = yield self.bucket()
+        for persist in sorted({-1, self.max_persist_to}):
+            r = yield b.upsert("k", "v%d" % persist, persist_to=persist)
+            g = yield b.get("k")
+            self.assertEqual((g.value, g.cas), ("v%d" % persist, r.cas))
+            e = yield b.endure("k", persist_to=persist, replicate_to=0, cas=r.cas,
+                               timeout=2.0)
+            self.assertEqual(e.cas, r.cas)
+        r = yield b.append("k", "+", persist_to=-1)
+        g = yield b.get("k")
+        self.assertEqual((g.value, g.cas), ("v%d+" % self.max_persist_to, r.cas))
+        r = yield b.remove("k", persist_to=-1)
+        self.assertTrue(r.success)
+        yield self.assertFails(b.get("k"), errors.NotFoundError)
+        e = yield b.endure("k", persist_to=-1, replicate_to=0, check_removed=True,
+                           timeout=2.0)
+        self.assertTrue(e.success)
+        q = yield b.remove("k", quiet=True, persist_to=-1)
+        self.assertFalse(q.success)
+
+    # -- flush ---------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_flush_removes_every_item_and_lock(self):
+        b = yield self.bucket()
+        yield b.upsert_multi({"a": 1, "b": "two", "c": b"3"})
+        yield b.upsert("t", "ttl", ttl=100)
+        if self.supports_locks:
+            yield b.lock("a", ttl=10)
+        r = yield b.flush()
+        self.assertIsNone(r)
+        got = yield b.get_multi(["a", "b", "c", "t"], quiet=True)
+        self.assertEqual([k for k, v in got.items() if v.success], [])
+        s = yield b.stats()
+        self.assertEqual(s["items"], 0)
+        # The bucket is usable again, and the old lock went with its item.
+        yield b.upsert("a", "again")
+        r = yield b.get("a")
+        self.assertEqual(r.value, "again")
+        yield b.flush()  # flushing an empty bucket is fine too
+        yield self.assertFails(b.get("a"), errors.NotFoundError)
+
     # -- stats / close --------------------------------------------------------
 
     @inlineCallbacks

@@ -1,10 +1,12 @@
 """The twistd plugin and txcb.tap: discovery, options, services, a real run."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from twisted.application.service import IServiceMaker
@@ -112,8 +114,8 @@ class RealProcessTests(unittest.TestCase):
     def test_twistd_serves_and_stops_cleanly(self):
         port = free_port()
         env = dict(os.environ, PYTHONPATH=ROOT)
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
+        workdir = tempfile.mkdtemp(prefix="txcb-tap-")
+        self.addCleanup(shutil.rmtree, workdir, True)
         log = os.path.join(workdir, "twistd.log")
         proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",

@@ -15,7 +15,10 @@ its resynchronisation after a bad data chunk (exactly ``<bytes>`` + 2 bytes
 are consumed, whatever they are).  Where this parser is deliberately stricter
 than memcached, it is so in ways that keep the stream in sync:
 
-* keys may not contain control characters (memcached accepts them);
+* keys may not contain control characters (memcached accepts them;
+  ``Parser(control_keys=True)`` does too, refusing only space, CR, LF and
+  NUL, which would corrupt the reply stream: memcaslap's keys hold control
+  characters);
 * numbers must be plain decimal digits (memcached's ``strtol`` also takes a
   ``+`` sign and silently truncates out-of-range flags and exptimes);
 * every line, whatever it arrived in, is limited to ``max_line`` bytes, so
@@ -93,6 +96,8 @@ _STREAM_SLICE = 65536
 
 # Bytes that may not appear in a key: whitespace, control characters, DEL.
 _KEY_FORBIDDEN = bytes(range(0x21)) + b"\x7f"
+# With control_keys=True: only what would break the line-based protocol.
+_KEY_FORBIDDEN_MIN = b" \r\n\x00"
 
 
 # -- events -----------------------------------------------------------------
@@ -202,10 +207,10 @@ def _parse_vlen(token: bytes) -> Optional[int]:
     return _parse_uint(token, _MAX_VLEN)
 
 
-def _valid_key(key: bytes, max_key: int) -> bool:
+def _valid_key(key: bytes, max_key: int, forbidden: bytes = _KEY_FORBIDDEN) -> bool:
     """True if ``key`` is 1..max_key bytes without whitespace or controls."""
     return (0 < len(key) <= max_key
-            and len(key.translate(None, _KEY_FORBIDDEN)) == len(key))
+            and len(key.translate(None, forbidden)) == len(key))
 
 
 # -- the parser -------------------------------------------------------------
@@ -222,11 +227,13 @@ class Parser:
     is split.  ``max_line`` bounds a command line (memcached uses 2048; only
     ``get``/``gets`` lines may be longer, as in memcached), ``max_value`` a
     data block, ``max_key`` a key and ``max_keys`` the keys of one multi-get.
+    ``control_keys=True`` accepts control characters in keys, as memcached
+    does (only space, CR, LF and NUL are refused).
     """
 
     def __init__(self, max_line: int = 2048,
                  max_value: int = 20 * 1024 * 1024, max_key: int = 250,
-                 max_keys: int = 65536) -> None:
+                 max_keys: int = 65536, control_keys: bool = False) -> None:
         if max_line < 128:
             raise ValueError("max_line must be at least 128")
         if not 0 <= max_value <= _MAX_VLEN:
@@ -237,6 +244,7 @@ class Parser:
         self.max_value = max_value
         self.max_key = max_key
         self.max_keys = max_keys
+        self._forbidden = _KEY_FORBIDDEN_MIN if control_keys else _KEY_FORBIDDEN
         self._buf = bytearray()
         self._pos = 0          # start of unconsumed bytes in _buf
         self._scan = 0         # _buf offset already searched for b"\n"
@@ -421,7 +429,7 @@ class Parser:
         for token in tokens:
             if not token:
                 continue
-            if not _valid_key(token, max_key):
+            if not _valid_key(token, max_key, self._forbidden):
                 return BAD_FORMAT
             keys.append(token)
             if len(keys) > max_keys:
@@ -484,7 +492,7 @@ class Parser:
         exptime = _parse_int32(tokens[3])
         vlen = _parse_vlen(tokens[4])
         cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
-        if (not _valid_key(key, self.max_key) or flags is None
+        if (not _valid_key(key, self.max_key, self._forbidden) or flags is None
                 or exptime is None or vlen is None
                 or (handle_cas and cas is None)):
             events.append(Error(b"" if noreply else BAD_FORMAT))
@@ -512,7 +520,7 @@ class Parser:
             events.append(Error(ERROR))
             return
         noreply = tokens[-1] == _NOREPLY
-        if not _valid_key(tokens[1], self.max_key):
+        if not _valid_key(tokens[1], self.max_key, self._forbidden):
             events.append(Error(b"" if noreply else BAD_FORMAT))
             return
         delta = _parse_uint(tokens[2], _UINT64_MAX)
@@ -528,7 +536,7 @@ class Parser:
             events.append(Error(ERROR))
             return
         noreply = tokens[-1] == _NOREPLY
-        if not _valid_key(tokens[1], self.max_key):
+        if not _valid_key(tokens[1], self.max_key, self._forbidden):
             events.append(Error(b"" if noreply else BAD_FORMAT))
             return
         exptime = _parse_int32(tokens[2])
@@ -554,7 +562,7 @@ class Parser:
                     or (n == 4 and hold_is_zero and noreply)):
                 events.append(Error(b"" if noreply else BAD_DELETE))
                 return
-        if not _valid_key(tokens[1], self.max_key):
+        if not _valid_key(tokens[1], self.max_key, self._forbidden):
             events.append(Error(b"" if noreply else BAD_FORMAT))
             return
         events.append(Command(name, key=tokens[1], noreply=noreply))

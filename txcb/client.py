@@ -19,7 +19,7 @@ import json
 from typing import Any, Dict, List, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txcb._multi import MultiMixin
+from txcb.server import FastNetstringReceiver
 from txcb._validate import (
     DEFAULT_MAX_VALUE_SIZE, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
 from txcb.codec import (
@@ -43,6 +44,10 @@ from txcb.results import OperationResult, ValueResult
 __all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect"]
 
 DEFAULT_TIMEOUT = 2.5
+_NEVER = float("inf")
+#: The sweeper fires this much before a deadline, and takes anything due
+#: within twice it: float rounding never makes a timeout wait a turn longer.
+_EPSILON = 1e-6
 
 # What a successful response turns into, by opcode.
 _VALUE = 1
@@ -55,11 +60,11 @@ _KIND = {
     Op.UPSERT: _MUTATION, Op.INSERT: _MUTATION, Op.REPLACE: _MUTATION,
     Op.REMOVE: _MUTATION, Op.APPEND: _MUTATION, Op.PREPEND: _MUTATION,
     Op.TOUCH: _MUTATION, Op.UNLOCK: _MUTATION, Op.ENDURE: _MUTATION,
-    Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE,
+    Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE, Op.FLUSH: _NONE,
 }
 
 
-class BucketClientProtocol(NetstringReceiver):
+class BucketClientProtocol(FastNetstringReceiver):
     """
     One connection to a txcb server.
 
@@ -74,8 +79,12 @@ class BucketClientProtocol(NetstringReceiver):
         self.clock = clock
         self.timeout = timeout
         self.transcoder = transcoder if transcoder is not None else DEFAULT_TRANSCODER
-        # opaque -> [deferred, timer, key, opcode, quiet]
+        # opaque -> [deferred, None, key, opcode, quiet, deadline, timeout]
         self._pending: Dict[int, List[Any]] = {}
+        # One timer for every request's timeout: it fires at the earliest
+        # deadline, errbacks what is due and sets itself for the next.
+        self._sweeper: Any = None
+        self._sweep_at = _NEVER
         self._next_opaque = 0
         self.server_info: Dict[str, Any] = {}
         self.max_value_size = DEFAULT_MAX_VALUE_SIZE
@@ -88,14 +97,24 @@ class BucketClientProtocol(NetstringReceiver):
         if self.clock is None:
             from twisted.internet import reactor
             self.clock = reactor
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:
+            try:
+                nodelay(True)  # requests are whole messages: never wait for an ACK
+            except OSError:
+                pass
         self.request(Op.HELLO, None, b"").addBoth(self._hello_done)
 
     def _hello_done(self, result: Any) -> None:
         """The server's HELLO reply (its limits) arrived, or the handshake failed."""
         if not isinstance(result, Failure):
-            self.server_info = result
-            self.max_value_size = int(result.get("max_value_size", self.max_value_size))
-            self.MAX_LENGTH = max(self.MAX_LENGTH, HEADER_LEN + self.max_value_size + 1024)
+            try:
+                self.max_value_size = int(result.get("max_value_size", self.max_value_size))
+            except (AttributeError, TypeError, ValueError):
+                result = Failure(ProtocolError("bad HELLO reply: %r" % (result,)))
+            else:
+                self.server_info = result
+                self.MAX_LENGTH = max(self.MAX_LENGTH, HEADER_LEN + self.max_value_size + 1024)
         self._ready = result
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
@@ -126,25 +145,59 @@ class BucketClientProtocol(NetstringReceiver):
         d = Deferred(self._cancel)
         if timeout is None:
             timeout = self.timeout
-        timer = self.clock.callLater(timeout, self._timed_out, opaque, timeout) \
-            if timeout else None
-        entry = [d, timer, key, opcode, options & OPT_QUIET]
-        pending[opaque] = entry
+        if timeout:
+            deadline = self.clock.seconds() + timeout
+            pending[opaque] = [d, None, key, opcode, options & OPT_QUIET, deadline, timeout]
+            if deadline < self._sweep_at:
+                self._sweep_at = deadline
+                if self._sweeper is not None:
+                    self._sweeper.cancel()
+                self._sweeper = self.clock.callLater(max(timeout - _EPSILON, 0), self._sweep)
+        else:
+            pending[opaque] = [d, None, key, opcode, options & OPT_QUIET, None, timeout]
         d._txcb_opaque = opaque  # type: ignore[attr-defined]
         self.sendString(encode_request(opcode, opaque, k, value, cas, ttl, flags, options,
                                        persist_to, replicate_to))
         return d
 
     def _cancel(self, d: Deferred) -> None:
-        entry = self._pending.pop(d._txcb_opaque, None)  # type: ignore[attr-defined]
-        if entry is not None and entry[1] is not None and entry[1].active():
-            entry[1].cancel()
+        self._pending.pop(d._txcb_opaque, None)  # type: ignore[attr-defined]
+        if not self._pending:
+            self._stop_sweeper()
         # Deferred.cancel then errbacks d with CancelledError.
 
-    def _timed_out(self, opaque: int, timeout: float) -> None:
-        entry = self._pending.pop(opaque, None)
-        if entry is not None:
-            entry[0].errback(TimeoutError("no reply within %.3gs" % (timeout,), key=entry[2]))
+    def _stop_sweeper(self) -> None:
+        if self._sweeper is not None:
+            sweeper, self._sweeper = self._sweeper, None
+            self._sweep_at = _NEVER
+            if sweeper.active():
+                sweeper.cancel()
+
+    def _sweep(self) -> None:
+        """Time out every request whose deadline has come; wait for the next."""
+        self._sweeper = None
+        self._sweep_at = _NEVER
+        now = self.clock.seconds() + 2 * _EPSILON
+        pending = self._pending
+        due = [opaque for opaque, entry in pending.items()
+               if entry[5] is not None and entry[5] <= now]
+        for opaque in due:
+            entry = pending.pop(opaque, None)
+            if entry is not None:
+                entry[0].errback(TimeoutError("no reply within %.3gs" % (entry[6],),
+                                              key=entry[2]))
+        # The errbacks may have made or cancelled requests: wait for the
+        # earliest deadline still pending, if any.
+        if self._pending and self._lost is None:
+            self._reschedule()
+
+    def _reschedule(self) -> None:
+        self._stop_sweeper()
+        deadlines = [e[5] for e in self._pending.values() if e[5] is not None]
+        if deadlines:
+            self._sweep_at = at = min(deadlines)
+            self._sweeper = self.clock.callLater(
+                max(at - self.clock.seconds() - _EPSILON, 0), self._sweep)
 
     # -- responses ----------------------------------------------------------
 
@@ -155,13 +208,14 @@ class BucketClientProtocol(NetstringReceiver):
             self._log.warn("txcb: bad response from server: {error}; closing", error=str(e))
             self._lose(ProtocolError(str(e)))
             return
-        entry = self._pending.pop(res.opaque, None)
+        pending = self._pending
+        entry = pending.pop(res.opaque, None)
         if entry is None:
             # Timed out or cancelled already: the reply has nobody to go to.
             return
-        d, timer, key, opcode, quiet = entry
-        if timer is not None:
-            timer.cancel()
+        if not pending and self._sweeper is not None:
+            self._stop_sweeper()
+        d, _, key, opcode, quiet = entry[:5]
         status = res.status
         if status:
             if status == RC.KEY_ENOENT and quiet:
@@ -177,11 +231,18 @@ class BucketClientProtocol(NetstringReceiver):
                                    seqno=res.seqno))
         elif kind == _MUTATION:
             d.callback(OperationResult(key, res.cas, 0, res.seqno))
-        elif kind == _COUNTER:
-            d.callback(ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
-                                   int(res.body), res.seqno))
-        elif kind == _JSON:
-            d.callback(json.loads(res.body))
+        elif kind == _COUNTER or kind == _JSON:
+            try:
+                result = (ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
+                                      int(res.body), res.seqno) if kind == _COUNTER
+                          else json.loads(res.body))
+            except ValueError as e:  # UnicodeDecodeError and JSONDecodeError too
+                error = ProtocolError("malformed reply body: %s" % (e,), key=key)
+                self._log.warn("txcb: {error}; closing", error=str(error))
+                d.errback(error)
+                self._lose(error)
+                return
+            d.callback(result)
         else:
             d.callback(None)
 
@@ -204,10 +265,9 @@ class BucketClientProtocol(NetstringReceiver):
         if self._lost is None:
             self._lost = error.message
         pending, self._pending = self._pending, {}
-        for d, timer, key, _op, _o in pending.values():
-            if timer is not None and timer.active():
-                timer.cancel()
-            d.errback(NetworkError(error.message, key=key))
+        self._stop_sweeper()
+        for entry in pending.values():
+            entry[0].errback(NetworkError(error.message, key=entry[2]))
 
 
 @implementer(IBucket)
@@ -250,7 +310,7 @@ class RemoteBucket(MultiMixin):
     def _call(self, opcode: int, key: Any, k: bytes, *args: Any,
               timeout: Optional[float] = None) -> Deferred:
         p = self._proto
-        if p is not None:
+        if p is not None and (p._lost is None or self._service is None):
             return p.request(opcode, key, k, *args, timeout=timeout)
         if self._closed:
             return fail(NetworkError("the bucket is closed", key=key))
@@ -262,29 +322,61 @@ class RemoteBucket(MultiMixin):
                          timeout: Optional[float]) -> Deferred:
         """Wait (within the timeout) for the service to reconnect, then send."""
         from twisted.internet import reactor
-        clock = getattr(self._service, "_clock", None) or reactor
+        clock = getattr(self, "_clock", None) or reactor
         timeout = self.timeout if timeout is None else timeout
         started = clock.seconds()
-        waiting = self._service.whenConnected()
-        result: Deferred = Deferred(lambda _: waiting.cancel())
+        why: List[str] = []  # "timeout" or "cancel", once either happens
+        sent: List[Deferred] = []  # the request, once made on the new connection
+
+        def stop(reason: str) -> None:
+            why.append(reason)
+            if reason == "cancel" and timer.active():
+                timer.cancel()
+            waiting.cancel()
+            if sent:
+                sent[0].cancel()
+            if reason == "timeout" and not result.called:  # between two waits
+                result.errback(TimeoutError("not reconnected within %.3gs" % (timeout,),
+                                            key=key))
+
+        result: Deferred = Deferred(lambda _: stop("cancel"))
+
+        def wait() -> None:
+            nonlocal waiting
+            if result.called:
+                return
+            if self._service is None:
+                failed(Failure(NetworkError("the bucket is closed")))
+                return
+            waiting = self._service.whenConnected()
+            waiting.addCallbacks(connected, failed)
 
         def connected(proto: BucketClientProtocol) -> None:
+            if proto._lost is not None:
+                # The connection that has just died: the service learns of it
+                # after its protocol does.  Ask again on the next turn.
+                clock.callLater(0, wait)
+                return
             timer.cancel()
             left = max(timeout - (clock.seconds() - started), 0.001)
-            proto.request(opcode, key, k, *args, timeout=left).chainDeferred(result)
+            sent.append(proto.request(opcode, key, k, *args, timeout=left))
+            sent[0].chainDeferred(result)
 
         def failed(f: Failure) -> None:
             if timer.active():
                 timer.cancel()
-            if f.check(CancelledError) and not result.called:
+            if result.called or why == ["cancel"]:
+                return  # cancelled: Deferred.cancel errbacks CancelledError
+            if why:
                 result.errback(TimeoutError("not reconnected within %.3gs" % (timeout,),
                                             key=key))
-            elif not result.called:
+            else:  # the service stopped (close()) or gave up
                 result.errback(NetworkError("not connected: %s" % (f.getErrorMessage(),),
                                             key=key))
 
-        timer = clock.callLater(timeout, waiting.cancel)
-        waiting.addCallbacks(connected, failed)
+        waiting: Deferred = succeed(None)
+        timer = clock.callLater(timeout, stop, "timeout")
+        wait()
         return result
 
     def _value(self, value: Any, format: Any, key: Any) -> Any:
@@ -443,6 +535,10 @@ class RemoteBucket(MultiMixin):
     def stats(self, timeout: Optional[float] = None) -> Deferred:
         return self._call(Op.STATS, None, b"", timeout=timeout)
 
+    def flush(self, timeout: Optional[float] = None) -> Deferred:
+        """Remove every item on the server's bucket (FLUSH): fires None."""
+        return self._call(Op.FLUSH, None, b"", timeout=timeout)
+
     def noop(self, timeout: Optional[float] = None) -> Deferred:
         """A round trip that does nothing: for health checks and latency."""
         return self._call(Op.NOOP, None, b"", timeout=timeout)
@@ -556,6 +652,7 @@ def connect(reactor: Any, endpoint: str = "tcp:127.0.0.1:11222", reconnect: bool
     service = ClientService(ep, _ServiceFactory(bucket, reactor), retryPolicy=backoffPolicy(),
                             clock=reactor)
     bucket._service = service
+    bucket._clock = reactor  # type: ignore[attr-defined]
     service.startService()
     first = service.whenConnected(failAfterFailures=1)
 

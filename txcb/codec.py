@@ -55,6 +55,7 @@ class Op:
     REPLACE = 0x03
     REMOVE = 0x04
     COUNTER = 0x05
+    FLUSH = 0x08
     NOOP = 0x0A
     APPEND = 0x0E
     PREPEND = 0x0F
@@ -85,6 +86,8 @@ class FrameError(Exception):
     :ivar status: the status to answer with.
     :ivar opaque: the request id, if it could be read (else None).
     :ivar fatal: the stream cannot continue; close the connection.
+    :ivar payloads: from :meth:`NetstringDecoder.feed`, the good payloads
+        completed by the same call before the refused frame; handle them first.
     """
 
     def __init__(self, message: str, status: int = RC.PROTOCOL_ERROR,
@@ -94,6 +97,7 @@ class FrameError(Exception):
         self.opaque = opaque
         self.opcode = opcode
         self.fatal = fatal
+        self.payloads: List[bytes] = []
 
 
 class Request:
@@ -222,7 +226,10 @@ class NetstringDecoder:
         self.broken = False
 
     def feed(self, data: bytes) -> List[bytes]:
-        """Return the payloads completed by ``data``; raises FrameError (fatal)."""
+        """
+        Return the payloads completed by ``data``; raises FrameError (fatal),
+        whose ``payloads`` holds those completed before the bad frame.
+        """
         if self.broken:
             raise FrameError("the stream is broken", fatal=True)
         self._chunks.append(data)
@@ -259,10 +266,11 @@ class NetstringDecoder:
                 out.append(buf[pos:end])
                 pos = end + 1
                 self._need = -1
-        except FrameError:
+        except FrameError as e:
             self.broken = True
             self._chunks = []
             self._have = 0
+            e.payloads = out
             raise
         rest = buf[pos:]
         self._chunks = [rest] if rest else []

@@ -99,7 +99,7 @@ class EmbeddedBucket(MultiMixin):
         self._stats = {"hits": 0, "misses": 0, "expired": 0}
         self._ops = dict.fromkeys((
             "get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
-            "counter", "append", "prepend", "endure", "stats"), 0)
+            "counter", "append", "prepend", "endure", "stats", "flush"), 0)
         self._pager: Optional[LoopingCall] = None
         if pager_interval:
             self._pager = LoopingCall(self.run_pager)
@@ -499,6 +499,32 @@ class EmbeddedBucket(MultiMixin):
     def _is_persisted(self, k: bytes) -> bool:
         """Whether the key's latest change is on disk (no disk: never)."""
         return False
+
+    def flush_sync(self) -> int:
+        """
+        :meth:`flush` without the Deferred; returns how many items it removed.
+        Every item goes through ``_remove_item(k, item, DELETED)`` (so the
+        ``_mutated`` hook sees each removal, as for :meth:`remove`).
+        """
+        _check_open(self)
+        self._ops["flush"] += 1
+        items = self._items
+        removed = 0
+        for k in list(items):
+            item = items.get(k)
+            if item is not None:
+                self._remove_item(k, item, DELETED)
+                removed += 1
+        self._locks.clear()
+        self._expiries = []
+        return removed
+
+    def flush(self) -> Deferred:
+        try:
+            self.flush_sync()
+        except CouchbaseError as e:
+            return fail(e)
+        return succeed(None)
 
     def stats(self) -> Deferred:
         self._ops["stats"] += 1

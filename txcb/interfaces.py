@@ -118,6 +118,14 @@ class IBucket(Interface):
         seconds errbacks TimeoutError.
         """
 
+    def flush():
+        """
+        Remove every item (memcached's ``flush_all``): fires None once the
+        bucket is empty.  Locks go with their items.  Each removal is an
+        ordinary removal (a mutation, with its own sequence number), so a
+        persistent bucket removes the items from disk too.
+        """
+
     def stats():
         """Fire a dict of counters (items, bytes, hits, misses, ops, uptime...)."""
 

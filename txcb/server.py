@@ -33,12 +33,23 @@ _MAX_MESSAGE = 512
 
 
 class ServerStats:
-    """Connection counters shared by every endpoint serving one bucket."""
+    """
+    Connection counters shared by every endpoint serving one bucket, and
+    their common connection limit (``max_connections``, None: no limit).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: Optional[int] = None) -> None:
         self.connections = 0
         self.total_connections = 0
         self.rejected_connections = 0
+        self.max_connections = max_connections
+
+    def admit(self) -> bool:
+        """Whether one more connection may open now (a refusal is counted)."""
+        if self.max_connections is not None and self.connections >= self.max_connections:
+            self.rejected_connections += 1
+            return False
+        return True
 
     def as_dict(self) -> Dict[str, int]:
         return {"connections": self.connections,
@@ -46,7 +57,160 @@ class ServerStats:
                 "rejected_connections": self.rejected_connections}
 
 
-class BucketServerProtocol(NetstringReceiver):
+def _direct_writer(transport: Any) -> Any:
+    """
+    A ``write(data)`` for ``transport`` that sends at once when nothing is
+    queued before it, or None if the transport is not a plain socket one.
+
+    ``transport.write`` only queues: the bytes go out when the reactor next
+    finds the socket writable, a whole reactor turn (and two epoll_ctl calls)
+    later, which a request/response protocol pays on every round trip.  Here
+    the socket's ``writeSomeData`` is tried first; whatever it does not take
+    (or an error) goes through ``transport.write`` as usual, so ordering,
+    flow control, loseConnection and error handling stay Twisted's.
+    """
+    if not (hasattr(transport, "writeSomeData") and hasattr(transport, "_tempDataLen")
+            and hasattr(transport, "dataBuffer") and hasattr(transport, "TLS")):
+        return None
+    t = transport
+
+    def write(data: bytes) -> None:
+        if (t._tempDataLen or t.dataBuffer or t.TLS or t.disconnecting
+                or not t.connected or t._writeDisconnected):
+            t.write(data)
+            return
+        n = t.writeSomeData(data)
+        if n.__class__ is not int:  # an error: let the reactor find and report it
+            t.write(data)
+        elif n < len(data):
+            t.write(data[n:])  # memoryview-free copy of the rest, queued
+    return write
+
+
+class FastNetstringReceiver(NetstringReceiver):
+    """
+    A :class:`NetstringReceiver` (same frames, same MAX_LENGTH, same
+    ``_handleParseError`` on bad input) with a faster receive loop and write
+    batching:
+
+    - frames are cut out of each chunk by offset, instead of re-slicing the
+      rest of the buffer per frame; a long frame arriving in pieces is joined
+      once, when complete;
+    - every string sent while a chunk is being handled is written in one
+      ``write`` at its end, and a write with nothing queued before it goes to
+      the socket at once (see :func:`_direct_writer`).
+
+    Data arriving after a parse error is ignored.
+    """
+
+    _batch: Optional[list] = None
+    _direct: Any = None
+    _parts: Optional[list] = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self._buf = b""
+        self._parts = None  # pieces of one long frame, while it arrives
+        self._have = self._need = 0
+        self._batch = None
+        self._direct = _direct_writer(transport)
+        NetstringReceiver.makeConnection(self, transport)
+
+    def sendString(self, string: bytes) -> None:
+        data = b"%d:%s," % (len(string), string)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+            if len(batch) >= 64 or len(data) >= 16384:
+                # Hand many or big replies over now, so that the transport's
+                # flow control sees them (BucketServerProtocol.pauseProducing).
+                self._flush(batch)
+                del batch[:]
+        elif self._direct is not None:
+            self._direct(data)
+        else:
+            self.transport.write(data)
+
+    def _flush(self, batch: list) -> None:
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        if self._direct is not None:
+            self._direct(data)
+        else:
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.brokenPeer:
+            return
+        parts = self._parts
+        if parts is not None:
+            parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            data = b"".join(parts)
+            self._parts = None
+        elif self._buf:
+            data = self._buf + data
+        self._buf = b""
+        outer = self._batch
+        batch = self._batch = [] if outer is None else outer
+        try:
+            self._frames(data)
+        finally:
+            if outer is None:
+                self._batch = None
+                if batch:
+                    self._flush(batch)
+
+    def _frames(self, data: bytes) -> None:
+        n = len(data)
+        pos = 0
+        find = data.find
+        received = self.stringReceived
+        while pos < n:
+            colon = find(b":", pos, pos + 21)
+            if colon < 0:
+                prefix = data[pos:]
+                if (len(prefix) > 20 or not prefix.isdigit()
+                        or (prefix[0] == 0x30 and len(prefix) > 1)
+                        or int(prefix) > self.MAX_LENGTH):
+                    self._parse_error()
+                    return
+                self._buf = prefix
+                return
+            prefix = data[pos:colon]
+            if (not prefix.isdigit() or (prefix[0] == 0x30 and colon - pos > 1)):
+                self._parse_error()
+                return
+            length = int(prefix)
+            if length > self.MAX_LENGTH:
+                self._parse_error()
+                return
+            end = colon + 1 + length
+            if end >= n:  # the payload or its comma is still to come
+                rest = data[pos:]
+                if end - pos > 65536:
+                    self._parts = [rest]
+                    self._have = len(rest)
+                    self._need = end + 1 - pos
+                else:
+                    self._buf = rest
+                return
+            if data[end] != 0x2C:  # ","
+                self._parse_error()
+                return
+            received(data[colon + 1:end])
+            pos = end + 1
+            if self.brokenPeer:
+                return
+
+    def _parse_error(self) -> None:
+        self._buf = b""
+        self._parts = None
+        self._handleParseError()
+        self.brokenPeer = 1
+
+
+class BucketServerProtocol(FastNetstringReceiver):
     """One client connection: netstring frames in, IBucket calls, frames out."""
 
     _log = Logger()
@@ -57,23 +221,85 @@ class BucketServerProtocol(NetstringReceiver):
         self._inflight = 0
         self._paused = False
         self._peer = str(self.transport.getPeer())
+        self._sync = _sync_handlers(f.bucket)
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:
+            try:
+                nodelay(True)  # replies are whole messages: never wait for an ACK
+            except OSError:
+                pass
         f.stats.connections += 1
         f.stats.total_connections += 1
+        self._held: list = []  # frames read while the client's replies are backed up
+        self._out_paused = False
+        self.transport.registerProducer(self, True)
         self._log.debug("txcb: connection from {peer}", peer=self._peer)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         self.connected = False
+        self._held = []
         self.factory.stats.connections -= 1
         self._log.debug("txcb: connection from {peer} closed", peer=self._peer)
 
+    # -- IPushProducer: the transport pauses us while its write buffer is full.
+    # A client that sends but never reads then costs one read of requests and
+    # the transport's buffer, not unbounded replies.
+
+    def pauseProducing(self) -> None:
+        self._out_paused = True
+        if not self._paused and self.connected and not self.brokenPeer:
+            self.transport.pauseProducing()  # stop reading
+
+    def resumeProducing(self) -> None:
+        self._out_paused = False
+        held, self._held = self._held, []
+        for i, payload in enumerate(held):
+            if self._out_paused or not self.connected:
+                self._held[:0] = held[i:]
+                return
+            self.stringReceived(payload)
+        if not (self._out_paused or self._paused) and self.connected \
+                and not self.brokenPeer:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._held = []
+
     # -- NetstringReceiver --------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        # Closing after a protocol error: drop whatever still arrives (TLS keeps
+        # delivering until the peer answers close_notify) unread and unbuffered.
+        if not self.brokenPeer:
+            FastNetstringReceiver.dataReceived(self, data)
+
     def stringReceived(self, payload: bytes) -> None:
+        if self.brokenPeer:  # frames pipelined behind a fatal one are not run
+            return
+        if self._out_paused or self._held:
+            self._held.append(payload)  # run when the client has read its replies
+            return
         try:
             req = decode_request(payload)
         except FrameError as e:
             self._frame_error(e)
             return
+        sync = self._sync.get(req.opcode)
+        if sync is not None and not (req.persist_to or req.replicate_to):
+            # The bucket's own synchronous call: no Deferred, no in-flight slot.
+            try:
+                payload = sync(self.factory.bucket, req)
+            except CouchbaseError as e:
+                self._inflight += 1
+                self._error(e, req)
+                return
+            except Exception:
+                self._inflight += 1
+                self._internal_error(Failure(), req)
+                return
+            if payload is not None:
+                self.sendString(payload)
+                return
         handler = _HANDLERS[req.opcode]
         self._inflight += 1
         if self._inflight >= self.factory.max_inflight and not self._paused:
@@ -97,9 +323,10 @@ class BucketServerProtocol(NetstringReceiver):
 
     def _send(self, payload: bytes) -> None:
         self._inflight -= 1
-        if self._paused and self._inflight < self.factory.max_inflight // 2:
+        if self._paused and self._inflight <= self.factory.max_inflight // 2:
             self._paused = False
-            self.transport.resumeProducing()
+            if self.connected and not self.brokenPeer and not self._out_paused:
+                self.transport.resumeProducing()
         if self.connected:
             self.sendString(payload)
 
@@ -128,6 +355,7 @@ class BucketServerProtocol(NetstringReceiver):
         if e.fatal or e.opaque is None:
             self._log.warn("txcb: protocol error from {peer}: {error}; closing",
                            peer=self._peer, error=str(e))
+            self.brokenPeer = 1
             self.transport.loseConnection()
         else:
             self._log.info("txcb: bad request from {peer}: {error}", peer=self._peer,
@@ -231,11 +459,94 @@ def _noop(p: BucketServerProtocol, r: Request) -> Any:
     return succeed(encode_response(r.opcode, r.opaque))
 
 
+def _flush(p: BucketServerProtocol, r: Request) -> Any:
+    return p.factory.bucket.flush().addCallback(
+        lambda _: encode_response(r.opcode, r.opaque))
+
+
 def _hello(p: BucketServerProtocol, r: Request) -> Any:
     info = {"server": "txcb/" + __version__, "protocol": 1,
             "max_value_size": p.factory.max_value_size,
             "max_frame": p.factory.max_frame, "max_inflight": p.factory.max_inflight}
     return succeed(encode_response(r.opcode, r.opaque, body=json.dumps(info).encode()))
+
+
+# -- synchronous handlers: (bucket, Request) -> response payload ---------------
+# Used for a bucket whose IBucket method for the opcode is EmbeddedBucket's
+# own, which is exactly the matching ``*_sync`` call wrapped in a Deferred:
+# calling that directly gives the same result without the Deferred.  None
+# means "take the Deferred path" (a request the wrapper would treat apart).
+
+def _get_now(b: Any, r: Request) -> bytes:
+    return _value(b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET)), r)
+
+
+def _gat_now(b: Any, r: Request) -> bytes:
+    if not r.ttl:
+        raise ArgumentError("GAT needs a non-zero ttl")
+    return _get_now(b, r)
+
+
+def _store_now(op: str) -> Any:
+    def handler(b: Any, r: Request) -> Optional[bytes]:
+        if op == "insert" and r.cas:
+            return None
+        return _mutation(b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl), r)
+    return handler
+
+
+def _concat_now(op: str) -> Any:
+    def handler(b: Any, r: Request) -> bytes:
+        return _mutation(b.concat_sync(op, r.key, r.value, r.cas), r)
+    return handler
+
+
+def _remove_now(b: Any, r: Request) -> bytes:
+    return _quiet_miss(b.remove_sync(r.key, r.cas, bool(r.options & OPT_QUIET)), r)
+
+
+def _counter_now(b: Any, r: Request) -> bytes:
+    delta, initial = COUNTER_BODY.unpack(r.value)
+    if r.options & OPT_DECREMENT:
+        delta = -delta
+    return _value(b.counter_sync(r.key, delta, initial if r.options & OPT_INITIAL else None,
+                                 r.ttl), r)
+
+
+def _noop_now(b: Any, r: Request) -> bytes:
+    return encode_response(r.opcode, r.opaque)
+
+
+# opcode -> (the EmbeddedBucket methods that must not be overridden, handler)
+_SYNC = {
+    Op.GET: (("get",), _get_now), Op.GAT: (("get",), _gat_now),
+    Op.UPSERT: (("upsert", "_mutate"), _store_now("upsert")),
+    Op.INSERT: (("insert", "_mutate"), _store_now("insert")),
+    Op.REPLACE: (("replace", "_mutate"), _store_now("replace")),
+    Op.APPEND: (("append", "_mutate"), _concat_now("append")),
+    Op.PREPEND: (("prepend", "_mutate"), _concat_now("prepend")),
+    Op.REMOVE: (("remove", "_mutate"), _remove_now),
+    Op.COUNTER: (("counter",), _counter_now),
+    Op.TOUCH: (("touch",), lambda b, r: _mutation(b.touch_sync(r.key, r.ttl), r)),
+    Op.LOCK: (("lock",), lambda b, r: _value(b.lock_sync(r.key, r.ttl), r)),
+    Op.UNLOCK: (("unlock",), lambda b, r: _mutation(b.unlock_sync(r.key, r.cas), r)),
+}
+_sync_cache: Dict[type, Dict[int, Any]] = {}
+
+
+def _sync_handlers(bucket: Any) -> Dict[int, Any]:
+    """The opcodes this bucket can serve synchronously, and how."""
+    cls = type(bucket)
+    table = _sync_cache.get(cls)
+    if table is None:
+        from txcb.embedded import EmbeddedBucket
+        table = {Op.NOOP: _noop_now}
+        if issubclass(cls, EmbeddedBucket):
+            for opcode, (names, handler) in _SYNC.items():
+                if all(getattr(cls, n, None) is getattr(EmbeddedBucket, n) for n in names):
+                    table[opcode] = handler
+        _sync_cache[cls] = table
+    return table
 
 
 _HANDLERS = {
@@ -244,7 +555,7 @@ _HANDLERS = {
     Op.APPEND: _concat("append"), Op.PREPEND: _concat("prepend"),
     Op.REMOVE: _remove, Op.COUNTER: _counter, Op.TOUCH: _touch,
     Op.LOCK: _lock, Op.UNLOCK: _unlock, Op.ENDURE: _endure,
-    Op.STATS: _stats, Op.NOOP: _noop, Op.HELLO: _hello,
+    Op.STATS: _stats, Op.NOOP: _noop, Op.HELLO: _hello, Op.FLUSH: _flush,
 }
 
 
@@ -269,3 +580,11 @@ class BucketServerFactory(Factory):
         self.max_value_size = getattr(bucket, "max_value_size", 20 * 1024 * 1024)
         # The largest legal frame: header, longest key, largest value.
         self.max_frame = HEADER_LEN + 250 + self.max_value_size
+
+    def buildProtocol(self, addr: Any) -> Any:
+        # Over the (shared) connection limit: None makes Twisted hang up at once.
+        if not self.stats.admit():
+            self.protocol._log.warn("txcb: refusing {addr}: {n} connections open already",
+                                    addr=str(addr), n=self.stats.connections)
+            return None
+        return Factory.buildProtocol(self, addr)

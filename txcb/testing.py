@@ -92,7 +92,7 @@ class InMemoryConnection:
 
 
 _SINGLE_OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
-               "counter", "append", "prepend", "endure", "stats")
+               "counter", "append", "prepend", "endure", "stats", "flush")
 
 
 @implementer(IBucket)
@@ -220,6 +220,9 @@ class FaultyBucket(MultiMixin):
 
     def stats(self) -> Deferred:
         return self._call("stats", (), {})
+
+    def flush(self) -> Deferred:
+        return self._call("flush", (), {})
 
     def close(self) -> Deferred:
         return self._call("close", (), {})

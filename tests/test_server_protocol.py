@@ -1,0 +1,654 @@
+"""
+BucketServerProtocol driven through StringTransport, with an EmbeddedBucket
+(or a test double) on a task.Clock: no sockets, no real time.
+"""
+
+import gc
+import json
+from io import BytesIO
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from txcb.codec import (
+    COUNTER_BODY, ENDURE_BODY, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET, REQ_MAGIC,
+    NetstringDecoder, Op, decode_response, encode_request, netstring)
+from txcb.embedded import EmbeddedBucket
+from txcb.errors import RC, NotFoundError
+from txcb.formats import FMT_BYTES
+from txcb.results import ValueResult
+from txcb.server import BucketServerFactory, BucketServerProtocol
+
+ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
+SERVER_NS = BucketServerProtocol.__module__ + "." + BucketServerProtocol.__name__
+
+
+def buffered(proto):
+    """Bytes the protocol holds, whatever its receive buffers are called."""
+    total = 0
+    for v in vars(proto).values():
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            total += len(v)
+        elif isinstance(v, BytesIO):
+            total += len(v.getbuffer())
+        elif isinstance(v, list):
+            total += sum(len(x) for x in v if isinstance(x, (bytes, bytearray, memoryview)))
+    return total
+
+
+def frame(opcode, opaque, **kw):
+    return netstring(encode_request(opcode, opaque, **kw))
+
+
+def bad_magic_frame(opaque):
+    payload = bytearray(encode_request(Op.NOOP, opaque))
+    payload[0] = REQ_MAGIC ^ 0xFF
+    return netstring(bytes(payload))
+
+
+class LogCapture:
+    """Every log event while a test runs."""
+
+    def __init__(self, testcase):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def server_lines(self, min_level=LogLevel.info):
+        return [e for e in self.events if e.get("log_namespace") == SERVER_NS
+                and e["log_level"] >= min_level]
+
+    def failures(self):
+        return [e for e in self.events if "log_failure" in e]
+
+
+class PendingBucket:
+    """A bucket whose get() answers only when the test says so."""
+
+    def __init__(self):
+        self.calls = []
+
+    def get(self, key, ttl=0, quiet=False):
+        d = Deferred()
+        self.calls.append((key, d))
+        return d
+
+    def answer(self, i, value=None):
+        key, d = self.calls[i]
+        d.callback(ValueResult(key, value if value is not None else key, FMT_BYTES, 1000 + i))
+
+    def errors(self):
+        """Failures left at the end of the server's callback chains (none expected)."""
+        out = []
+        for _key, d in self.calls:
+            if d.called and isinstance(d.result, Failure):
+                out.append(d.result)
+                d.addErrback(lambda _f: None)  # reported here, not again at gc
+        return out
+
+
+class FaultyBucket(EmbeddedBucket):
+    """An embedded bucket whose get() misbehaves for some keys."""
+
+    def get(self, key, ttl=0, quiet=False):
+        if key == b"raise":
+            raise ZeroDivisionError("sync boom")
+        if key == b"fail":
+            return fail(ZeroDivisionError("async boom"))
+        if key == b"none":
+            return None
+        if key == b"long-error":
+            return fail(NotFoundError("x" * 5000, key=key))
+        return EmbeddedBucket.get(self, key, ttl, quiet)
+
+
+class ServerTestBase(unittest.TestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1700000000)
+        self.log = LogCapture(self)
+        self.addCleanup(self.assertNoStrayFailures)
+        self.expected_failures = 0
+
+    def assertNoStrayFailures(self):
+        # Unhandled errors in Deferreds are logged when they are collected.
+        gc.collect()
+        self.assertEqual(len(self.log.failures()), self.expected_failures,
+                         [e.get("log_format") for e in self.log.failures()])
+
+    def make_factory(self, bucket=None, max_inflight=1024, max_value_size=1000):
+        if isinstance(bucket, PendingBucket):
+            self.addCleanup(lambda: self.assertEqual(bucket.errors(), []))
+        if bucket is None:
+            bucket = EmbeddedBucket(clock=self.clock, max_value_size=max_value_size,
+                                    pager_interval=0)
+            self.bucket = bucket
+        return BucketServerFactory(bucket, max_inflight=max_inflight)
+
+    def connect(self, factory):
+        proto = factory.buildProtocol(ADDR)
+        transport = StringTransport(peerAddress=ADDR)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def setup_server(self, **kw):
+        self.factory = self.make_factory(**kw)
+        self.proto, self.transport = self.connect(self.factory)
+        return self.proto, self.transport
+
+    def responses(self, transport=None, clear=True):
+        transport = transport if transport is not None else self.transport
+        out = [decode_response(p) for p in NetstringDecoder(1 << 26).feed(transport.value())]
+        if clear:
+            transport.clear()
+        return out
+
+    def call(self, opcode, opaque=1, proto=None, transport=None, **kw):
+        """Send one request; return its one response."""
+        proto = proto or self.proto
+        proto.dataReceived(frame(opcode, opaque, **kw))
+        [res] = self.responses(transport)
+        self.assertEqual((res.opcode, res.opaque), (opcode, opaque))
+        return res
+
+
+class DelegatingBucket:
+    """An IBucket that is no EmbeddedBucket: served through its Deferreds."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class OpcodeTests(ServerTestBase):
+    """Every opcode against an EmbeddedBucket (the server may call it directly)."""
+
+    def setUp(self):
+        ServerTestBase.setUp(self)
+        self.factory = self.make_factory()
+        self.factory.bucket = self.wrap(self.factory.bucket)
+        self.proto, self.transport = self.connect(self.factory)
+
+    def wrap(self, bucket):
+        return bucket
+
+    def test_pipelined_requests_in_one_write(self):
+        data = b"".join(frame(Op.UPSERT, 2 * i, key=b"k%d" % i, value=b"v%d" % i) +
+                        frame(Op.GET, 2 * i + 1, key=b"k%d" % i) for i in range(100))
+        self.proto.dataReceived(data)
+        res = self.responses()
+        self.assertEqual([r.opaque for r in res], list(range(200)))
+        self.assertEqual([r.status for r in res], [0] * 200)
+        self.assertEqual([r.body for r in res[1::2]], [b"v%d" % i for i in range(100)])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_hello(self):
+        res = self.call(Op.HELLO, 7)
+        self.assertEqual(res.status, 0)
+        info = json.loads(res.body)
+        self.assertEqual(info["protocol"], 1)
+        self.assertEqual(info["max_value_size"], 1000)
+        self.assertEqual(info["max_frame"], 28 + 250 + 1000)
+        self.assertEqual(info["max_inflight"], 1024)
+        self.assertTrue(info["server"].startswith("txcb/"))
+
+    def test_noop(self):
+        res = self.call(Op.NOOP, 0xFFFFFFFF)
+        self.assertEqual((res.status, res.body), (0, b""))
+
+    def test_upsert_get(self):
+        up = self.call(Op.UPSERT, 1, key=b"k", value=b"\x00v,:", flags=0x03000002)
+        self.assertEqual(up.status, 0)
+        self.assertNotEqual(up.cas, 0)
+        self.assertEqual(up.seqno, 1)
+        res = self.call(Op.GET, 2, key=b"k")
+        self.assertEqual((res.status, res.body, res.flags, res.cas),
+                         (0, b"\x00v,:", 0x03000002, up.cas))
+
+    def test_get_miss(self):
+        res = self.call(Op.GET, 3, key=b"nope")
+        self.assertEqual(res.status, RC.KEY_ENOENT)
+        self.assertIn(b"no such key", res.body)
+
+    def test_quiet_get_and_remove_miss(self):
+        res = self.call(Op.GET, 3, key=b"nope", options=OPT_QUIET)
+        self.assertEqual((res.status, res.body), (RC.KEY_ENOENT, b""))
+        res = self.call(Op.REMOVE, 4, key=b"nope", options=OPT_QUIET)
+        self.assertEqual((res.status, res.body), (RC.KEY_ENOENT, b""))
+
+    def test_insert_replace(self):
+        self.assertEqual(self.call(Op.INSERT, 1, key=b"k", value=b"a").status, 0)
+        self.assertEqual(self.call(Op.INSERT, 2, key=b"k", value=b"b").status,
+                         RC.KEY_EEXISTS)
+        self.assertEqual(self.call(Op.REPLACE, 3, key=b"k", value=b"c").status, 0)
+        self.assertEqual(self.call(Op.REPLACE, 4, key=b"other", value=b"c").status,
+                         RC.KEY_ENOENT)
+        self.assertEqual(self.call(Op.GET, 5, key=b"k").body, b"c")
+
+    def test_cas_mismatch(self):
+        up = self.call(Op.UPSERT, 1, key=b"k", value=b"a")
+        self.assertEqual(self.call(Op.UPSERT, 2, key=b"k", value=b"b", cas=up.cas + 1).status,
+                         RC.KEY_EEXISTS)
+        self.assertEqual(self.call(Op.UPSERT, 3, key=b"k", value=b"b", cas=up.cas).status, 0)
+
+    def test_append_prepend(self):
+        self.call(Op.UPSERT, 1, key=b"k", value=b"mid")
+        self.assertEqual(self.call(Op.APPEND, 2, key=b"k", value=b"+end").status, 0)
+        self.assertEqual(self.call(Op.PREPEND, 3, key=b"k", value=b"start+").status, 0)
+        self.assertEqual(self.call(Op.GET, 4, key=b"k").body, b"start+mid+end")
+        self.assertEqual(self.call(Op.APPEND, 5, key=b"none", value=b"x").status,
+                         RC.NOT_STORED)
+
+    def test_counter(self):
+        res = self.call(Op.COUNTER, 1, key=b"c", value=COUNTER_BODY.pack(1, 10),
+                        options=OPT_INITIAL)
+        self.assertEqual((res.status, res.body), (0, b"10"))
+        res = self.call(Op.COUNTER, 2, key=b"c", value=COUNTER_BODY.pack(5, 0))
+        self.assertEqual(res.body, b"15")
+        res = self.call(Op.COUNTER, 3, key=b"c", value=COUNTER_BODY.pack(20, 0),
+                        options=OPT_DECREMENT)
+        self.assertEqual(res.body, b"0")
+        res = self.call(Op.COUNTER, 4, key=b"missing", value=COUNTER_BODY.pack(1, 0))
+        self.assertEqual(res.status, RC.KEY_ENOENT)
+        self.call(Op.UPSERT, 5, key=b"s", value=b"abc")
+        res = self.call(Op.COUNTER, 6, key=b"s", value=COUNTER_BODY.pack(1, 0))
+        self.assertEqual(res.status, RC.DELTA_BADVAL)
+
+    def test_touch_and_gat_follow_the_clock(self):
+        self.call(Op.UPSERT, 1, key=b"k", value=b"v")
+        self.assertEqual(self.call(Op.TOUCH, 2, key=b"k", ttl=10).status, 0)
+        self.clock.advance(9)
+        res = self.call(Op.GAT, 3, key=b"k", ttl=20)
+        self.assertEqual((res.status, res.body), (0, b"v"))
+        self.clock.advance(19)
+        self.assertEqual(self.call(Op.GET, 4, key=b"k").status, 0)
+        self.clock.advance(1)
+        self.assertEqual(self.call(Op.GET, 5, key=b"k").status, RC.KEY_ENOENT)
+        self.assertEqual(self.call(Op.TOUCH, 6, key=b"k", ttl=1).status, RC.KEY_ENOENT)
+
+    def test_gat_needs_a_ttl(self):
+        self.call(Op.UPSERT, 1, key=b"k", value=b"v")
+        res = self.call(Op.GAT, 2, key=b"k", ttl=0)
+        self.assertEqual(res.status, RC.EINVAL)
+        self.assertEqual(self.call(Op.NOOP, 3).status, 0)
+
+    def test_lock_unlock(self):
+        self.call(Op.UPSERT, 1, key=b"k", value=b"v")
+        lock = self.call(Op.LOCK, 2, key=b"k", ttl=5)
+        self.assertEqual((lock.status, lock.body), (0, b"v"))
+        self.assertEqual(self.call(Op.LOCK, 3, key=b"k", ttl=5).status, RC.ETMPFAIL)
+        self.assertEqual(self.call(Op.UPSERT, 4, key=b"k", value=b"w").status, RC.ETMPFAIL)
+        self.assertEqual(self.call(Op.UNLOCK, 5, key=b"k", cas=lock.cas + 1).status,
+                         RC.ETMPFAIL)
+        self.assertEqual(self.call(Op.UNLOCK, 6, key=b"k", cas=lock.cas).status, 0)
+        self.assertEqual(self.call(Op.UPSERT, 7, key=b"k", value=b"w").status, 0)
+        self.assertEqual(self.call(Op.LOCK, 8, key=b"k", ttl=0).status, RC.EINVAL)
+
+    def test_remove(self):
+        self.call(Op.UPSERT, 1, key=b"k", value=b"v")
+        self.assertEqual(self.call(Op.REMOVE, 2, key=b"k").status, 0)
+        self.assertEqual(self.call(Op.REMOVE, 3, key=b"k").status, RC.KEY_ENOENT)
+
+    def test_endure(self):
+        up = self.call(Op.UPSERT, 1, key=b"k", value=b"v")
+        body = ENDURE_BODY.pack(1000, 10)
+        res = self.call(Op.ENDURE, 2, key=b"k", value=body, cas=up.cas)
+        self.assertEqual((res.status, res.cas), (0, up.cas))
+        # No disk: asking to persist is a clear DurabilityError, never success.
+        res = self.call(Op.ENDURE, 3, key=b"k", value=body, persist_to=1)
+        self.assertEqual(res.status, RC.DURABILITY_IMPOSSIBLE)
+        res = self.call(Op.UPSERT, 4, key=b"k", value=b"v", replicate_to=1)
+        self.assertEqual(res.status, RC.DURABILITY_IMPOSSIBLE)
+
+    def test_stats(self):
+        self.call(Op.UPSERT, 1, key=b"k", value=b"v")
+        stats = json.loads(self.call(Op.STATS, 2).body)
+        self.assertEqual(stats["items"], 1)
+        self.assertEqual(stats["connections"], 1)
+        self.assertEqual(stats["total_connections"], 1)
+
+    def test_value_too_big(self):
+        res = self.call(Op.UPSERT, 1, key=b"k", value=b"x" * 1001)
+        self.assertEqual(res.status, RC.E2BIG)
+        self.assertEqual(self.call(Op.UPSERT, 2, key=b"k" * 250, value=b"x" * 1000).status, 0)
+
+
+class GenericPathOpcodeTests(OpcodeTests):
+    """The same, with the bucket behind a wrapper: the Deferred path."""
+
+    def wrap(self, bucket):
+        return DelegatingBucket(bucket)
+
+
+class FramingTests(ServerTestBase):
+
+    def test_request_split_at_every_offset(self):
+        factory = self.make_factory()
+        data = frame(Op.UPSERT, 77, key=b"key", value=b"12:,value")
+        for i in range(1, len(data)):
+            proto, transport = self.connect(factory)
+            proto.dataReceived(data[:i])
+            self.assertEqual(transport.value(), b"", "split at %d" % i)
+            proto.dataReceived(data[i:])
+            res = self.responses(transport)
+            self.assertEqual([(r.opaque, r.status) for r in res], [(77, 0)],
+                             "split at %d" % i)
+            self.assertFalse(transport.disconnecting)
+
+    def test_request_byte_by_byte(self):
+        proto, transport = self.setup_server()
+        data = frame(Op.NOOP, 5) + frame(Op.UPSERT, 6, key=b"k", value=b"v")
+        for i in range(len(data)):
+            proto.dataReceived(data[i:i + 1])
+        self.assertEqual([r.opaque for r in self.responses()], [5, 6])
+
+    def test_malformed_netstring_closes_with_one_log_line(self):
+        factory = self.make_factory()
+        other, other_transport = self.connect(factory)
+        proto, transport = self.connect(factory)
+        proto.dataReceived(frame(Op.NOOP, 1) + b"garbage!")
+        # The good frame before the garbage is answered, then the connection closes.
+        self.assertEqual([r.opaque for r in self.responses(transport)], [1])
+        self.assertTrue(transport.disconnecting)
+        lines = self.log.server_lines(LogLevel.warn)
+        self.assertEqual(len(lines), 1)
+        self.assertIn("malformed", lines[0]["log_format"])
+        proto.connectionLost(Failure(ConnectionDone()))
+        # Nothing else is broken: the other connection and the factory work on.
+        self.call(Op.NOOP, 2, proto=other, transport=other_transport)
+        third, third_transport = self.connect(factory)
+        self.call(Op.NOOP, 3, proto=third, transport=third_transport)
+        self.assertEqual(factory.stats.connections, 2)
+        self.assertEqual(len(self.log.server_lines(LogLevel.warn)), 1)
+
+    def test_data_after_a_malformed_netstring_is_ignored(self):
+        """
+        Regression: after a parse error the protocol kept buffering and
+        re-parsing whatever still arrived (TLS keeps delivering data after
+        loseConnection until the peer answers close_notify): one more warning
+        per chunk and an unbounded buffer.
+        """
+        proto, transport = self.setup_server()
+        proto.dataReceived(b"99999999999:")
+        self.assertTrue(transport.disconnecting)
+        for _ in range(10):
+            proto.dataReceived(b"x" * 100000)
+        self.assertLess(buffered(proto), 100)
+        self.assertEqual(len(self.log.server_lines(LogLevel.warn)), 1)
+        self.assertEqual(transport.value(), b"")
+
+    def test_oversized_length_prefix_refused_before_buffering(self):
+        proto, transport = self.setup_server(max_value_size=1000)
+        # The measure works: a legal frame's first half is held.
+        proto.dataReceived(frame(Op.UPSERT, 1, key=b"k", value=b"v" * 900)[:500])
+        self.assertGreaterEqual(buffered(proto), 490)
+        proto, transport = self.connect(self.factory)
+        proto.dataReceived(b"99999999999:")
+        self.assertTrue(transport.disconnecting)
+        self.assertLess(buffered(proto), 100)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(len(self.log.server_lines(LogLevel.warn)), 1)
+
+    def test_length_over_the_frame_limit_refused_at_the_prefix(self):
+        # The limit is a header, the longest key and the largest value.
+        factory = self.make_factory(max_value_size=1000)
+        limit = 28 + 250 + 1000
+        proto, transport = self.connect(factory)
+        proto.dataReceived(b"%d:" % (limit + 1))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        # Exactly at the limit is fine.
+        proto, transport = self.connect(factory)
+        data = frame(Op.UPSERT, 9, key=b"k" * 250, value=b"v" * 1000)
+        self.assertTrue(data.startswith(b"%d:" % limit))
+        proto.dataReceived(data)
+        self.assertEqual([(r.opaque, r.status) for r in self.responses(transport)], [(9, 0)])
+        self.assertFalse(transport.disconnecting)
+
+    def test_huge_prefix_without_colon(self):
+        proto, transport = self.setup_server()
+        proto.dataReceived(b"1" * 40)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_bad_payload_with_readable_opaque_keeps_connection(self):
+        proto, transport = self.setup_server()
+        payload = encode_request(Op.GET, 42, key=b"")  # GET without a key
+        proto.dataReceived(netstring(payload))
+        [res] = self.responses()
+        self.assertEqual((res.opaque, res.opcode, res.status), (42, Op.GET, RC.EINVAL))
+        self.assertTrue(res.body)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.call(Op.NOOP, 43).status, 0)
+        # Logged, but not as a warning.
+        self.assertEqual(self.log.server_lines(LogLevel.warn), [])
+        self.assertEqual(len(self.log.server_lines(LogLevel.info)), 1)
+
+    def test_wrong_counter_body_keeps_connection(self):
+        proto, transport = self.setup_server()
+        res = self.call(Op.COUNTER, 8, key=b"c", value=b"\0" * 15)
+        self.assertEqual(res.status, RC.EINVAL)
+        self.assertEqual(self.call(Op.NOOP, 9).status, 0)
+        self.assertFalse(transport.disconnecting)
+
+    def test_short_header_with_opaque(self):
+        proto, transport = self.setup_server()
+        proto.dataReceived(netstring(encode_request(Op.NOOP, 31)[:20]))
+        [res] = self.responses()
+        self.assertEqual((res.opaque, res.status), (31, RC.PROTOCOL_ERROR))
+        self.assertFalse(transport.disconnecting)
+
+    def test_short_header_without_opaque_closes(self):
+        proto, transport = self.setup_server()
+        proto.dataReceived(netstring(b"\xcb\x0a"))
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.log.server_lines(LogLevel.warn)), 1)
+
+    def test_unknown_opcode(self):
+        proto, transport = self.setup_server()
+        proto.dataReceived(netstring(encode_request(0x42, 99, key=b"k")))
+        [res] = self.responses()
+        self.assertEqual((res.opaque, res.opcode, res.status), (99, 0x42, RC.UNKNOWN_COMMAND))
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.call(Op.NOOP, 100).status, 0)
+
+    def test_bad_magic_answers_and_closes(self):
+        proto, transport = self.setup_server()
+        proto.dataReceived(bad_magic_frame(12))
+        [res] = self.responses()
+        self.assertEqual((res.opaque, res.status), (12, RC.PROTOCOL_ERROR))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.log.server_lines(LogLevel.warn)), 1)
+
+    def test_nothing_runs_after_a_fatal_frame(self):
+        """
+        Regression: after a fatal frame (bad magic) the server closed the
+        connection but went on executing the requests pipelined behind it in
+        the same read, writing their answers after loseConnection and logging
+        a warning for every further bad frame.
+        """
+        proto, transport = self.setup_server()
+        proto.dataReceived(bad_magic_frame(1) + frame(Op.UPSERT, 2, key=b"k", value=b"v")
+                           + bad_magic_frame(3) + frame(Op.NOOP, 4))
+        self.assertEqual([r.opaque for r in self.responses()], [1])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.bucket.stats_sync()["items"], 0)
+        self.assertEqual(len(self.log.server_lines(LogLevel.warn)), 1)
+        proto.dataReceived(frame(Op.NOOP, 5))
+        self.assertEqual(transport.value(), b"")
+
+
+class AsyncBucketTests(ServerTestBase):
+
+    def test_out_of_order_answers_carry_their_opaque(self):
+        bucket = PendingBucket()
+        proto, transport = self.setup_server(bucket=bucket)
+        proto.dataReceived(b"".join(frame(Op.GET, 100 + i, key=b"k%d" % i) for i in range(3)))
+        self.assertEqual(transport.value(), b"")
+        for i in (2, 0, 1):
+            bucket.answer(i)
+        res = self.responses()
+        self.assertEqual([(r.opaque, r.body) for r in res],
+                         [(102, b"k2"), (100, b"k0"), (101, b"k1")])
+        self.assertEqual([r.cas for r in res], [1002, 1000, 1001])
+
+    def test_fast_answers_are_not_held_up_by_slow_ones(self):
+        bucket = PendingBucket()
+        proto, transport = self.setup_server(bucket=bucket)
+        proto.dataReceived(frame(Op.GET, 1, key=b"slow") + frame(Op.NOOP, 2))
+        self.assertEqual([r.opaque for r in self.responses()], [2])
+        bucket.answer(0)
+        self.assertEqual([r.opaque for r in self.responses()], [1])
+
+    def test_answer_that_never_comes_then_connection_lost(self):
+        bucket = PendingBucket()
+        proto, transport = self.setup_server(bucket=bucket)
+        proto.dataReceived(frame(Op.GET, 1, key=b"k"))
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.factory.stats.connections, 0)
+        # A late answer after the connection is gone goes nowhere, quietly.
+        bucket.answer(0)
+        self.assertEqual(transport.value(), b"")
+
+    def test_late_answer_after_close_while_paused(self):
+        """
+        Regression: a late answer on a paused connection that had been closed
+        resumed the closed transport (StringTransport refuses it, raising
+        inside the Deferred's callback: an unhandled error).
+        """
+        bucket = PendingBucket()
+        proto, transport = self.setup_server(bucket=bucket, max_inflight=2)
+        proto.dataReceived(frame(Op.GET, 1, key=b"a") + frame(Op.GET, 2, key=b"b"))
+        self.assertEqual(transport.producerState, "paused")
+        transport.loseConnection()
+        proto.connectionLost(Failure(ConnectionDone()))
+        bucket.answer(0)
+        bucket.answer(1)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(proto._inflight, 0)
+
+    def test_inflight_cap_pauses_and_resumes(self):
+        bucket = PendingBucket()
+        proto, transport = self.setup_server(bucket=bucket, max_inflight=4)
+        proto.dataReceived(b"".join(frame(Op.GET, i, key=b"k") for i in range(3)))
+        self.assertEqual(transport.producerState, "producing")
+        proto.dataReceived(frame(Op.GET, 3, key=b"k"))
+        self.assertEqual(transport.producerState, "paused")
+        bucket.answer(0)
+        self.assertEqual(transport.producerState, "paused")  # hysteresis
+        for i in (1, 2, 3):
+            bucket.answer(i)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual([r.opaque for r in self.responses()], [0, 1, 2, 3])
+        self.assertEqual(proto._inflight, 0)
+        # And the cap applies again.
+        proto.dataReceived(b"".join(frame(Op.GET, i, key=b"k") for i in range(4, 8)))
+        self.assertEqual(transport.producerState, "paused")
+
+    def test_inflight_cap_counts_error_answers(self):
+        proto, transport = self.setup_server(max_inflight=2)
+        # Synchronous errors and successes release their slot at once.
+        for i in range(10):
+            proto.dataReceived(frame(Op.GET, i, key=b"missing"))
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(proto._inflight, 0)
+        self.assertEqual(len(self.responses()), 10)
+
+    def test_max_inflight_one_resumes(self):
+        """
+        Regression: with max_inflight=1 (``twistd txcb --max-inflight 1``) the
+        resume threshold was ``inflight < 1 // 2``, never true: the first slow
+        request paused the connection for good.
+        """
+        bucket = PendingBucket()
+        proto, transport = self.setup_server(bucket=bucket, max_inflight=1)
+        proto.dataReceived(frame(Op.GET, 1, key=b"k"))
+        self.assertEqual(transport.producerState, "paused")
+        bucket.answer(0)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual([r.opaque for r in self.responses()], [1])
+
+    def test_one_broken_connection_does_not_affect_another(self):
+        bucket = PendingBucket()
+        factory = self.make_factory(bucket=bucket, max_inflight=2)
+        a, ta = self.connect(factory)
+        b, tb = self.connect(factory)
+        a.dataReceived(frame(Op.GET, 1, key=b"a1") + frame(Op.GET, 2, key=b"a2"))
+        b.dataReceived(frame(Op.GET, 1, key=b"b1"))
+        self.assertEqual((ta.producerState, tb.producerState), ("paused", "producing"))
+        a.dataReceived(b"x:broken")  # a malformed netstring: a is closed
+        self.assertTrue(ta.disconnecting)
+        a.connectionLost(Failure(ConnectionLost()))
+        for i in range(3):
+            bucket.answer(i)
+        self.assertEqual(self.responses(ta), [])
+        self.assertEqual([(r.opaque, r.body) for r in self.responses(tb)], [(1, b"b1")])
+        self.assertEqual(tb.producerState, "producing")
+        self.assertFalse(tb.disconnecting)
+        self.assertEqual(factory.stats.connections, 1)
+        self.assertEqual(factory.stats.total_connections, 2)
+
+
+class UnexpectedErrorTests(ServerTestBase):
+
+    def setUp(self):
+        ServerTestBase.setUp(self)
+        self.setup_server(bucket=FaultyBucket(clock=self.clock, pager_interval=0))
+
+    def assertInternalError(self, key, opaque):
+        res = self.call(Op.GET, opaque, key=key)
+        self.assertEqual((res.status, res.body), (RC.EINTERNAL, b"internal server error"))
+        self.assertFalse(self.transport.disconnecting)
+        # The connection goes on.
+        self.assertEqual(self.call(Op.NOOP, opaque + 1).status, 0)
+        self.assertEqual(self.proto._inflight, 0)
+
+    def test_bucket_raising(self):
+        self.assertInternalError(b"raise", 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.expected_failures = 1
+        [event] = self.log.failures()
+        self.assertEqual(event["log_namespace"], SERVER_NS)
+        self.assertEqual(event["log_level"], LogLevel.critical)
+
+    def test_bucket_failing_with_unexpected_error(self):
+        self.assertInternalError(b"fail", 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.expected_failures = 1
+
+    def test_bucket_returning_a_non_deferred(self):
+        self.assertInternalError(b"none", 1)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        self.expected_failures = 1
+
+    def test_long_error_message_is_truncated(self):
+        res = self.call(Op.GET, 1, key=b"long-error")
+        self.assertEqual(res.status, RC.KEY_ENOENT)
+        self.assertEqual(len(res.body), 512)
+
+    def test_ordinary_errors_are_not_logged_as_failures(self):
+        self.assertEqual(self.call(Op.GET, 1, key=b"missing").status, RC.KEY_ENOENT)
+        self.assertEqual(self.log.failures(), [])
+
+
+class ConnectionCountTests(ServerTestBase):
+
+    def test_connections_are_counted(self):
+        factory = self.make_factory()
+        a, ta = self.connect(factory)
+        b, tb = self.connect(factory)
+        self.assertEqual((factory.stats.connections, factory.stats.total_connections), (2, 2))
+        a.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((factory.stats.connections, factory.stats.total_connections), (1, 2))
+        stats = json.loads(self.call(Op.STATS, 1, proto=b, transport=tb).body)
+        self.assertEqual((stats["connections"], stats["total_connections"]), (1, 2))
