@@ -1,6 +1,6 @@
 """txcb.testing: the helpers users test their own code with."""
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -112,16 +112,21 @@ class InMemoryContractTests(BucketContractMixin, unittest.TestCase):
 class _Pumped:
     """Calls the client and pumps at once, so contract tests can yield."""
 
-    def __init__(self, conn):
+    def __init__(self, conn, target=None):
         self._conn = conn
+        self._target = target if target is not None else conn.client
 
     def __getattr__(self, name):
-        attr = getattr(self._conn.client, name)
+        attr = getattr(self._target, name)
         if not callable(attr):
             return attr
 
         def call(*a, **kw):
             d = attr(*a, **kw)
             self._conn.flush()
+            # A scan's cursor sends requests of its own: pump those too.
+            if isinstance(d, Deferred):
+                d.addCallback(lambda r: _Pumped(self._conn, r)
+                              if hasattr(r, "next_batch") else r)
             return d
         return call

@@ -267,6 +267,14 @@ class Parser:
         """True once the connection must close; input is then ignored."""
         return self._state == _CLOSED
 
+    @property
+    def at_command(self) -> bool:
+        """
+        True when nothing is held and the next byte fed starts a command
+        line (so a caller may recognise a simple complete line itself).
+        """
+        return self._state == _LINE and self._pos == len(self._buf)
+
     def feed(self, data: bytes) -> List[Event]:
         """Consume ``data`` and return the events it completed."""
         events: List[Event] = []

@@ -16,10 +16,11 @@ and nothing is kept once a request completes.
 from __future__ import annotations
 
 import json
+import struct as _struct
 from typing import Any, Dict, List, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
@@ -27,24 +28,28 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txcb._multi import MultiMixin
+from txcb._multi import MultiMixin, _unique, gather_results
 from txcb.server import FastNetstringReceiver
 from txcb._validate import (
     DEFAULT_MAX_VALUE_SIZE, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
 from txcb.codec import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
-    OPT_INITIAL, OPT_QUIET, FrameError, Op, decode_response, encode_request)
+    OPT_INITIAL, OPT_QUIET, REQ_MAGIC, FrameError, Op, decode_response, encode_request)
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError,
     TimeoutError, TooBigError, exception_for_rc)
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.interfaces import IBucket
-from txcb.results import OperationResult, ValueResult
+from txcb.results import _UNSET, MultiResult, OperationResult, ValueResult
 
 __all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect"]
 
 DEFAULT_TIMEOUT = 2.5
+_req_pack = _struct.Struct("!BBbbHHIQII").pack  # txcb.codec's request header
+_res_unpack = _struct.Struct("!BBHIQIQ").unpack_from  # and its response header
 _NEVER = float("inf")
+#: request()'s defaults for value, cas, ttl, flags, options, persist_to, replicate_to.
+_REQUEST_DEFAULTS = (b"", 0, 0, 0, 0, 0, 0)
 #: The sweeper fires this much before a deadline, and takes anything due
 #: within twice it: float rounding never makes a timeout wait a turn longer.
 _EPSILON = 1e-6
@@ -55,12 +60,13 @@ _MUTATION = 2
 _COUNTER = 3
 _JSON = 4
 _NONE = 5
+_RAW = 6  # the reply body itself (SCAN)
 _KIND = {
     Op.GET: _VALUE, Op.GAT: _VALUE, Op.LOCK: _VALUE, Op.COUNTER: _COUNTER,
     Op.UPSERT: _MUTATION, Op.INSERT: _MUTATION, Op.REPLACE: _MUTATION,
     Op.REMOVE: _MUTATION, Op.APPEND: _MUTATION, Op.PREPEND: _MUTATION,
     Op.TOUCH: _MUTATION, Op.UNLOCK: _MUTATION, Op.ENDURE: _MUTATION,
-    Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE, Op.FLUSH: _NONE,
+    Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE, Op.FLUSH: _NONE, Op.SCAN: _RAW,
 }
 
 
@@ -137,28 +143,52 @@ class BucketClientProtocol(FastNetstringReceiver):
         """Send one request; the Deferred fires with its result or error."""
         if self._lost is not None:
             return fail(NetworkError("not connected: %s" % (self._lost,), key=key))
+        d = Deferred(self._cancel)
+        d._txcb_opaque = self._send(  # type: ignore[attr-defined]
+            d, opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to,
+            timeout)
+        return d
+
+    def _send(self, target: Any, opcode: int, key: Any, k: bytes, value: bytes, cas: int,
+              ttl: int, flags: int, options: int, persist_to: int, replicate_to: int,
+              timeout: Optional[float]) -> int:
+        """
+        Send a request whose outcome goes to ``target.callback(result)`` or
+        ``target.errback(error)`` (a Deferred, or a slot of a multi-key call);
+        returns its opaque.  The connection must be up.
+        """
         opaque = self._next_opaque
         pending = self._pending
         while opaque in pending:  # only after 2**32 requests, with one still out
             opaque = (opaque + 1) & 0xFFFFFFFF
         self._next_opaque = (opaque + 1) & 0xFFFFFFFF
-        d = Deferred(self._cancel)
         if timeout is None:
             timeout = self.timeout
         if timeout:
             deadline = self.clock.seconds() + timeout
-            pending[opaque] = [d, None, key, opcode, options & OPT_QUIET, deadline, timeout]
+            pending[opaque] = [target, None, key, opcode, options & OPT_QUIET, deadline,
+                               timeout]
             if deadline < self._sweep_at:
                 self._sweep_at = deadline
                 if self._sweeper is not None:
                     self._sweeper.cancel()
                 self._sweeper = self.clock.callLater(max(timeout - _EPSILON, 0), self._sweep)
         else:
-            pending[opaque] = [d, None, key, opcode, options & OPT_QUIET, None, timeout]
-        d._txcb_opaque = opaque  # type: ignore[attr-defined]
-        self.sendString(encode_request(opcode, opaque, k, value, cas, ttl, flags, options,
-                                       persist_to, replicate_to))
-        return d
+            pending[opaque] = [target, None, key, opcode, options & OPT_QUIET, None, timeout]
+        payload = _req_pack(REQ_MAGIC, opcode, persist_to, replicate_to, options, len(k),
+                            opaque, cas, ttl, flags) + k + value
+        data = b"%d:%s," % (len(payload), payload)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+            if len(batch) >= self.flushEvery:
+                self._flush(batch)
+                del batch[:]
+        elif self._direct is not None:
+            self._direct(data)
+        else:
+            self.transport.write(data)
+        return opaque
 
     def _cancel(self, d: Deferred) -> None:
         self._pending.pop(d._txcb_opaque, None)  # type: ignore[attr-defined]
@@ -202,6 +232,24 @@ class BucketClientProtocol(FastNetstringReceiver):
     # -- responses ----------------------------------------------------------
 
     def stringReceived(self, payload: bytes) -> None:
+        # Fast path: a success reply (status 0) to a request giving a value or
+        # a mutation result; anything else goes the general way below.
+        if len(payload) >= HEADER_LEN and payload[0] == 0xCC and not payload[2] \
+                and not payload[3]:
+            _m, _o, _s, opaque, cas, flags, seqno = _res_unpack(payload)
+            pending = self._pending
+            entry = pending.get(opaque)
+            if entry is not None:
+                kind = _KIND.get(entry[3])
+                if kind == _VALUE or kind == _MUTATION:
+                    del pending[opaque]
+                    if not pending and self._sweeper is not None:
+                        self._stop_sweeper()
+                    entry[0].callback(
+                        ValueResult(entry[2], payload[HEADER_LEN:], flags, cas, 0,
+                                    self.transcoder, _UNSET, seqno) if kind == _VALUE
+                        else OperationResult(entry[2], cas, 0, seqno))
+                    return
         try:
             res = decode_response(payload)
         except FrameError as e:
@@ -244,7 +292,7 @@ class BucketClientProtocol(FastNetstringReceiver):
                 return
             d.callback(result)
         else:
-            d.callback(None)
+            d.callback(res.body if kind == _RAW else None)
 
     def _handleParseError(self) -> None:
         self._log.warn("txcb: malformed netstring from server; closing")
@@ -268,6 +316,115 @@ class BucketClientProtocol(FastNetstringReceiver):
         self._stop_sweeper()
         for entry in pending.values():
             entry[0].errback(NetworkError(error.message, key=entry[2]))
+
+
+class _Slot:
+    """One key of a multi-key call, in the pending table instead of a Deferred."""
+
+    __slots__ = ("multi", "idx", "key", "proto", "opaque")
+
+    def __init__(self, multi: "_MultiCall", idx: int, key: Any) -> None:
+        self.multi = multi
+        self.idx = idx
+        self.key = key
+
+    def callback(self, result: Any) -> None:
+        self.multi.ok(self.idx, self.key, result)
+
+    def errback(self, error: Any) -> None:
+        self.multi.failed(self.idx, self.key,
+                          error if isinstance(error, Failure) else Failure(error))
+
+
+class _MultiCall:
+    """
+    The Deferred of a multi-key call and its per-key outcomes, with
+    :func:`txcb._multi.gather_results`'s rules: a MultiResult of every key,
+    or the first (in key order) failed key's error carrying it as
+    ``all_results``; cancelling cancels every key's request.
+    """
+
+    def __init__(self, result_cls: type) -> None:
+        self.result_cls = result_cls
+        self.results = MultiResult()
+        self.errors: List[Any] = []
+        self.slots: List[_Slot] = []
+        self.deferreds: List[Deferred] = []
+        self.count = 0
+        self.remaining = 0
+        self.started = False
+        self.d: Deferred = Deferred(self._cancel)
+
+    def send(self, p: BucketClientProtocol, opcode: int, key: Any, k: bytes, args: Any,
+             timeout: Optional[float]) -> None:
+        slot = _Slot(self, self.count, key)
+        self.count += 1
+        self.remaining += 1
+        slot.proto = p
+        self.slots.append(slot)
+        a = args + _REQUEST_DEFAULTS[len(args):]
+        slot.opaque = p._send(slot, opcode, key, k, a[0], a[1], a[2], a[3], a[4], a[5],
+                              a[6], timeout)
+
+    def add(self, key: Any, d: Deferred) -> None:
+        """A key whose call gave a Deferred (an argument error, or a reconnection wait)."""
+        idx = self.count
+        self.count += 1
+        self.remaining += 1
+        self.deferreds.append(d)
+        d.addCallbacks(lambda r: self.ok(idx, key, r), lambda f: self.failed(idx, key, f))
+
+    def ok(self, idx: int, key: Any, result: Any) -> None:
+        self.results[key] = result
+        self._done()
+
+    def failed(self, idx: int, key: Any, f: Failure) -> None:
+        err = f.value
+        r = err.result if isinstance(err, CouchbaseError) else None
+        if r is None:
+            rc = err.rc if isinstance(err, CouchbaseError) else RC.EINTERNAL
+            r = self.result_cls(key, rc=rc)
+        self.results[key] = r
+        self.errors.append((idx, f))
+        self._done()
+
+    def _done(self) -> None:
+        self.remaining -= 1
+        if self.started and not self.remaining:
+            self._finish()
+
+    def start(self) -> Deferred:
+        self.started = True
+        if not self.remaining:
+            self._finish()
+        return self.d
+
+    def _finish(self) -> None:
+        self.slots = []
+        self.deferreds = []
+        if self.d.called:
+            return
+        if self.errors:
+            f = min(self.errors, key=lambda e: e[0])[1]
+            try:
+                f.value.all_results = self.results
+            except AttributeError:
+                pass
+            self.d.errback(f)
+        else:
+            self.d.callback(self.results)
+
+    def _cancel(self, _d: Deferred) -> None:
+        slots, self.slots = self.slots, []
+        for slot in slots:
+            p = slot.proto
+            if p._pending.get(slot.opaque, [None])[0] is slot:
+                del p._pending[slot.opaque]
+                if not p._pending:
+                    p._stop_sweeper()
+                slot.errback(CancelledError())
+        for d in self.deferreds:
+            d.cancel()
 
 
 @implementer(IBucket)
@@ -311,6 +468,17 @@ class RemoteBucket(MultiMixin):
               timeout: Optional[float] = None) -> Deferred:
         p = self._proto
         if p is not None and (p._lost is None or self._service is None):
+            multi = self._multi
+            if p._lost is None:
+                if multi is not None:
+                    multi.send(p, opcode, key, k, args, timeout)
+                    return None  # type: ignore[return-value]  # only inside _each
+                # BucketClientProtocol.request, inlined: the hot path.
+                a = args + _REQUEST_DEFAULTS[len(args):]
+                d = Deferred(p._cancel)
+                d._txcb_opaque = p._send(  # type: ignore[attr-defined]
+                    d, opcode, key, k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], timeout)
+                return d
             return p.request(opcode, key, k, *args, timeout=timeout)
         if self._closed:
             return fail(NetworkError("the bucket is closed", key=key))
@@ -378,6 +546,45 @@ class RemoteBucket(MultiMixin):
         timer = clock.callLater(timeout, stop, "timeout")
         wait()
         return result
+
+    # -- multi-key calls: one Deferred, requests written together -----------
+
+    _multi: Optional["_MultiCall"] = None
+
+    def _each(self, keys: Any, call: Any, result_cls: type = OperationResult) -> Deferred:
+        return self._gather(lambda: [(k, call(k)) for k in _unique(keys)], result_cls)
+
+    def _each_item(self, mapping: Any, call: Any) -> Deferred:
+        items = mapping.items() if hasattr(mapping, "items") else mapping
+        return self._gather(lambda: [(k, call(k, v)) for k, v in items], OperationResult)
+
+    def _gather(self, make: Any, result_cls: type) -> Deferred:
+        """
+        Run ``make()`` (which calls the single-key methods) with the requests
+        going to one :class:`_MultiCall` instead of a Deferred each, and
+        written to the connection in one go.  Results and errors follow
+        :func:`txcb._multi.gather_results`.
+        """
+        if self._multi is not None:  # re-entered: the plain way
+            return gather_results(make(), result_cls)
+        multi = _MultiCall(result_cls)
+        p = self._proto
+        outer = p._batch if p is not None else None
+        if p is not None and outer is None:
+            p._batch = []
+        self._multi = multi
+        try:
+            pairs = make()
+        finally:
+            self._multi = None
+            if p is not None and outer is None:
+                batch, p._batch = p._batch, None
+                if batch and p._lost is None:
+                    p._flush(batch)
+        for key, d in pairs:
+            if d is not None:  # failed before sending, or not through the connection
+                multi.add(key, d)
+        return multi.start()
 
     def _value(self, value: Any, format: Any, key: Any) -> Any:
         data, flags = self.transcoder.encode(value, format)
@@ -542,6 +749,35 @@ class RemoteBucket(MultiMixin):
     def noop(self, timeout: Optional[float] = None) -> Deferred:
         """A round trip that does nothing: for health checks and latency."""
         return self._call(Op.NOOP, None, b"", timeout=timeout)
+
+    def scan(self, prefix: Any = None, start: Any = None, end: Any = None,
+             ids_only: bool = False, batch_size: int = 1000, batch_bytes: int = 1048576,
+             timeout: Optional[float] = None) -> Deferred:
+        """See IBucket.scan: each batch is one SCAN request (``timeout`` each)."""
+        from txcb.codec import OPT_IDS_ONLY, decode_scan_reply, encode_scan_request, scan_args
+        from txcb.results import ScanItem
+        from txcb.scan import ScanResult
+        try:
+            prefix, start, end, ids_only, batch_size, batch_bytes = scan_args(
+                prefix, start, end, ids_only, batch_size, batch_bytes)
+        except CouchbaseError as e:
+            return fail(e)
+        transcoder = self.transcoder
+
+        def rows(body: bytes) -> Any:
+            try:
+                resume, found = decode_scan_reply(body)
+            except FrameError as e:
+                raise ProtocolError("malformed SCAN reply: %s" % (e,))
+            return [ScanItem.from_row(k, f, c, x, None if ids_only else v, transcoder)
+                    for k, f, c, x, v in found], resume or None
+
+        def fetch(at: bytes) -> Deferred:
+            body = encode_scan_request(batch_size, batch_bytes, prefix, at, end)
+            return self._call(Op.SCAN, None, b"", body, 0, 0, 0,
+                              OPT_IDS_ONLY if ids_only else 0, timeout=timeout
+                              ).addCallback(rows)
+        return ScanResult.open(fetch, start)
 
     def close(self) -> Deferred:
         """Close the connection (stop reconnecting); requests in flight errback."""

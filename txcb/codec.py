@@ -23,6 +23,8 @@ __all__ = [
     "encode_request", "decode_request", "encode_response", "decode_response",
     "netstring", "REQ_MAGIC", "RES_MAGIC", "HEADER_LEN", "OPT_DECREMENT",
     "OPT_INITIAL", "OPT_CHECK_REMOVED", "OPT_QUIET", "COUNTER_BODY",
+    "OPT_IDS_ONLY", "SCAN_BODY", "SCAN_ROW", "scan_args", "encode_scan_request",
+    "decode_scan_request", "encode_scan_reply", "decode_scan_reply",
 ]
 
 REQ_MAGIC = 0xCB
@@ -45,6 +47,7 @@ OPT_QUIET = 0x01          # GET/REMOVE: a miss is not an error (informational)
 OPT_DECREMENT = 0x02      # COUNTER: subtract the delta
 OPT_INITIAL = 0x04        # COUNTER: create with the initial value if missing
 OPT_CHECK_REMOVED = 0x08  # ENDURE: wait for removal
+OPT_IDS_ONLY = 0x10       # SCAN: keys and metadata only, no values
 
 
 class Op:
@@ -66,6 +69,7 @@ class Op:
     LOCK = 0x94
     UNLOCK = 0x95
     ENDURE = 0xB0
+    SCAN = 0xDA
 
 
 # Which opcodes take a key, and which take a body.
@@ -74,7 +78,7 @@ _KEYED = frozenset((Op.GET, Op.UPSERT, Op.INSERT, Op.REPLACE, Op.REMOVE, Op.COUN
                     Op.ENDURE))
 _BODY = {Op.UPSERT: None, Op.INSERT: None, Op.REPLACE: None, Op.APPEND: None,
          Op.PREPEND: None, Op.COUNTER: COUNTER_BODY.size, Op.ENDURE: ENDURE_BODY.size,
-         Op.HELLO: None}
+         Op.HELLO: None, Op.SCAN: None}
 KNOWN_OPS = frozenset(v for k, v in vars(Op).items() if not k.startswith("_"))
 MAX_KEY = 250
 
@@ -280,3 +284,103 @@ class NetstringDecoder:
     @staticmethod
     def _bad_prefix(prefix: bytes) -> None:
         raise FrameError("bad netstring length prefix %r" % (prefix[:12],), fatal=True)
+
+
+# -- SCAN (docs/protocol.rst, 3.1) ---------------------------------------------
+
+#: SCAN request body: batch item limit, batch byte limit, then the lengths of
+#: the prefix, start and end bounds that follow it, in that order.
+SCAN_BODY = struct.Struct("!IIHHH")
+#: One row of a SCAN reply: key length, flags, cas, expiry (Unix seconds, 0 =
+#: none), value length; then the key and the value.
+SCAN_ROW = struct.Struct("!HIQII")
+MAX_SCAN_BATCH = 10000
+MAX_SCAN_BYTES = 16 * 1024 * 1024
+_MAX_BOUND = MAX_KEY + 1  # a resume bound is a key and a zero byte
+
+
+def scan_args(prefix: object, start: object, end: object, ids_only: object,
+              batch_size: object, batch_bytes: object) -> tuple:
+    """
+    Check the arguments of ``IBucket.scan``: returns ``(prefix, start, end,
+    ids_only, batch_size, batch_bytes)`` with the bounds as bytes (``b""``:
+    none); raises :class:`txcb.errors.ArgumentError`.
+    """
+    from txcb.errors import ArgumentError
+    out = []
+    for name, v in (("prefix", prefix), ("start", start), ("end", end)):
+        if v is None:
+            v = b""
+        elif isinstance(v, str):
+            v = v.encode("utf-8")
+        elif not isinstance(v, bytes):
+            raise ArgumentError("%s must be str, bytes or None, not %r" % (name, v))
+        if len(v) > _MAX_BOUND:
+            raise ArgumentError("%s must be at most %d bytes" % (name, _MAX_BOUND))
+        out.append(v)
+    for name, v, top in (("batch_size", batch_size, MAX_SCAN_BATCH),
+                         ("batch_bytes", batch_bytes, MAX_SCAN_BYTES)):
+        if type(v) is not int or not 1 <= v <= top:
+            raise ArgumentError("%s must be an int from 1 to %d, not %r" % (name, top, v))
+    return out[0], out[1], out[2], bool(ids_only), batch_size, batch_bytes
+
+
+def encode_scan_request(batch_size: int, batch_bytes: int, prefix: bytes, start: bytes,
+                        end: bytes) -> bytes:
+    """The body of a SCAN request (bounds as bytes, ``b""`` for none)."""
+    return SCAN_BODY.pack(batch_size, batch_bytes, len(prefix), len(start),
+                          len(end)) + prefix + start + end
+
+
+def decode_scan_request(body: bytes) -> tuple:
+    """``(batch_size, batch_bytes, prefix, start, end)``; raises FrameError."""
+    if len(body) < SCAN_BODY.size:
+        raise FrameError("SCAN body shorter than %d bytes" % SCAN_BODY.size, RC.EINVAL)
+    batch_size, batch_bytes, lp, ls, le = SCAN_BODY.unpack_from(body)
+    if len(body) != SCAN_BODY.size + lp + ls + le:
+        raise FrameError("SCAN bounds do not match the body length", RC.EINVAL)
+    if max(lp, ls, le) > _MAX_BOUND or not batch_size or not batch_bytes:
+        raise FrameError("SCAN bounds over %d bytes or a zero batch limit" % _MAX_BOUND,
+                         RC.EINVAL)
+    pos = SCAN_BODY.size
+    return (batch_size, batch_bytes, body[pos:pos + lp], body[pos + lp:pos + lp + ls],
+            body[pos + lp + ls:])
+
+
+def encode_scan_reply(resume: bytes, rows: list) -> bytes:
+    """
+    The body of a SCAN reply: the bound to resume from (``b""``: the scan is
+    complete) and rows of ``(key, flags, cas, expiry, value)``.
+    """
+    pack = SCAN_ROW.pack
+    parts = [struct.pack("!H", len(resume)), resume]
+    for key, flags, cas, expiry, value in rows:
+        parts.append(pack(len(key), flags, cas, expiry, len(value)))
+        parts.append(key)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_scan_reply(body: bytes) -> tuple:
+    """``(resume, [(key, flags, cas, expiry, value), ...])``; raises FrameError."""
+    n = len(body)
+    if n < 2:
+        raise FrameError("SCAN reply shorter than 2 bytes", fatal=True)
+    pos = 2 + struct.unpack_from("!H", body)[0]
+    if pos > n:
+        raise FrameError("truncated SCAN resume bound", fatal=True)
+    resume = body[2:pos]
+    rows = []
+    unpack = SCAN_ROW.unpack_from
+    size = SCAN_ROW.size
+    while pos < n:
+        if pos + size > n:
+            raise FrameError("truncated SCAN row", fatal=True)
+        klen, flags, cas, expiry, vlen = unpack(body, pos)
+        pos += size
+        end = pos + klen + vlen
+        if end > n:
+            raise FrameError("truncated SCAN row", fatal=True)
+        rows.append((body[pos:pos + klen], flags, cas, expiry, body[pos + klen:end]))
+        pos = end
+    return resume, rows

@@ -99,7 +99,8 @@ class EmbeddedBucket(MultiMixin):
         self._stats = {"hits": 0, "misses": 0, "expired": 0}
         self._ops = dict.fromkeys((
             "get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
-            "counter", "append", "prepend", "endure", "stats", "flush"), 0)
+            "counter", "append", "prepend", "endure", "stats", "flush", "scan"), 0)
+        self._scan_index: Any = None  # a txcb.scan.KeyIndex, once something scans
         self._pager: Optional[LoopingCall] = None
         if pager_interval:
             self._pager = LoopingCall(self.run_pager)
@@ -137,6 +138,8 @@ class EmbeddedBucket(MultiMixin):
         self._items[k] = item
         if old is None:
             self._bytes += len(k) + len(data)
+            if self._scan_index is not None:
+                self._scan_index.add(k)
         else:
             self._bytes += len(item) - len(old)
         if exp:
@@ -518,6 +521,77 @@ class EmbeddedBucket(MultiMixin):
         self._locks.clear()
         self._expiries = []
         return removed
+
+    def scan(self, prefix: Any = None, start: Any = None, end: Any = None,
+             ids_only: bool = False, batch_size: int = 1000,
+             batch_bytes: int = 1048576) -> Deferred:
+        """See IBucket.scan; batches come from :meth:`scan_batch_sync`."""
+        from txcb.codec import scan_args
+        from txcb.scan import ScanResult
+        try:
+            _check_open(self)
+            prefix, start, end, ids_only, batch_size, batch_bytes = scan_args(
+                prefix, start, end, ids_only, batch_size, batch_bytes)
+        except CouchbaseError as e:
+            return fail(e)
+        return ScanResult.open(lambda at: succeed(self.scan_batch_sync(
+            prefix, at, end, ids_only, batch_size, batch_bytes)), start)
+
+    def scan_batch_sync(self, prefix: bytes, start: bytes, end: bytes, ids_only: bool,
+                        batch_size: int, batch_bytes: int) -> Tuple[List[Any], Any]:
+        """
+        One batch of a scan, from ``start`` (arguments as ``codec.scan_args``
+        returns them): ``(rows, resume)``, ``resume`` being the start of the
+        next batch or None at the end of the range.  Walks the shared sorted
+        :class:`~txcb.scan.KeyIndex`; ``batch_bytes`` counts rows as the wire
+        does (22 bytes + key + value) and lets one row through on its own.
+        """
+        from bisect import bisect_left
+        from math import ceil
+        from txcb.results import ScanItem
+        from txcb.scan import KeyIndex
+        _check_open(self)
+        self._ops["scan"] += 1
+        items = self._items
+        index = self._scan_index
+        if index is None or not index.usable(items):
+            index = self._scan_index = KeyIndex(items)
+        keys = index.sorted_keys()
+        now = self.clock.seconds()
+        i, n = bisect_left(keys, max(start, prefix)), len(keys)
+        rows: List[Any] = []
+        size, budget, last = 0, 4 * batch_size + 1024, None
+        while i < n:
+            k = keys[i]
+            if (end and k >= end) or not k.startswith(prefix):
+                return rows, None
+            i += 1
+            if k == last:
+                continue  # listed twice (removed, then added again)
+            last = k
+            budget -= 1
+            item = items.get(k)
+            if item is not None:
+                cas, exp, flags = _unpack_from(item)
+                if exp and exp <= now:
+                    self._remove_item(k, item, EXPIRED)
+                else:
+                    vlen = 0 if ids_only else len(item) - _HDR_LEN
+                    if rows and size + 22 + len(k) + vlen > batch_bytes:
+                        return rows, k
+                    size += 22 + len(k) + vlen
+                    if self._locks and self._is_locked(k, now):
+                        cas = LOCKED_CAS
+                    rows.append(ScanItem.from_row(
+                        k, flags, cas, ceil(exp) if exp else 0,
+                        None if ids_only else item[_HDR_LEN:], self.transcoder))
+                    if len(rows) >= batch_size:
+                        break
+            if budget <= 0:
+                break
+        if i >= n or (end and keys[i] >= end) or not keys[i].startswith(prefix):
+            return rows, None
+        return rows, k + b"\x00"
 
     def flush(self) -> Deferred:
         try:

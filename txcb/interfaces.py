@@ -126,6 +126,23 @@ class IBucket(Interface):
         persistent bucket removes the items from disk too.
         """
 
+    def scan(prefix=None, start=None, end=None, ids_only=False, batch_size=1000,
+             batch_bytes=1048576):
+        """
+        Stream the items whose keys start with ``prefix``, are at least
+        ``start`` and less than ``end`` (str or bytes; None: no bound), in
+        ascending byte order of the key: fires a
+        :class:`txcb.scan.ScanResult` once the first batch is in, whose
+        ``next_batch()`` fires lists of :class:`txcb.results.ScanItem` (``[]``
+        at the end), each batch fetched only when asked for.  A batch holds
+        at most ``batch_size`` items (1 to 10,000) and ``batch_bytes`` bytes
+        (1 to 16 MiB; a larger item comes alone).  ``ids_only``: keys and
+        metadata without values.  Keys present for the whole scan are
+        returned exactly once; keys added or removed meanwhile may or may not
+        be.  Bad arguments errback ArgumentError; a provider that cannot scan
+        errbacks NotSupportedError.
+        """
+
     def stats():
         """Fire a dict of counters (items, bytes, hits, misses, ops, uptime...)."""
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from txcb.errors import RC
 
-__all__ = ["Result", "OperationResult", "ValueResult", "MultiResult"]
+__all__ = ["Result", "OperationResult", "ValueResult", "ScanItem", "MultiResult"]
 
 _UNSET = object()
 
@@ -104,6 +104,35 @@ class ValueResult(OperationResult):
         return "%s<key=%r, rc=0x%02x, cas=0x%x, flags=0x%x, raw=%r>" % (
             type(self).__name__, self.key, self.rc, self.cas, self.flags,
             self.raw if self.raw is None or len(self.raw) < 60 else self.raw[:57] + b"...")
+
+
+class ScanItem(ValueResult):
+    """
+    One item of a scan (``IBucket.scan``), in ascending key order.
+
+    :ivar key: the key: ``str`` if it is valid UTF-8, else ``bytes``.
+    :ivar expiry: the item's absolute expiry time in whole seconds (a Unix
+        time for a bucket on the real clock), ``0`` if it never expires.
+    :ivar raw: the stored bytes; ``None`` (and so is ``value``) in an
+        ``ids_only`` scan.
+    """
+
+    __slots__ = ("expiry",)
+
+    def __init__(self, key: Any, raw: Optional[bytes] = None, flags: int = 0, cas: int = 0,
+                 expiry: int = 0, transcoder: Any = None) -> None:
+        ValueResult.__init__(self, key, raw, flags, cas, RC.SUCCESS, transcoder)
+        self.expiry = expiry
+
+    @classmethod
+    def from_row(cls, k: bytes, flags: int, cas: int, expiry: int, raw: Optional[bytes],
+                 transcoder: Any = None) -> "ScanItem":
+        """An item from key bytes (shown as text when they are UTF-8)."""
+        try:
+            key: Any = k.decode("utf-8")
+        except UnicodeDecodeError:
+            key = k
+        return cls(key, raw, flags, cas, expiry, transcoder)
 
 
 class MultiResult(Dict[Any, Result]):

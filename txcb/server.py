@@ -22,7 +22,9 @@ from twisted.python.failure import Failure
 from txcb import __version__
 from txcb.codec import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
-    OPT_INITIAL, OPT_QUIET, FrameError, Op, Request, decode_request, encode_response)
+    OPT_INITIAL, OPT_QUIET, RES_MAGIC, FrameError, Op, Request, decode_request,
+    encode_response)
+from txcb.codec import _res_pack
 from txcb.errors import RC, ArgumentError, CouchbaseError
 from txcb.formats import Encoded
 
@@ -65,25 +67,29 @@ def _direct_writer(transport: Any) -> Any:
     ``transport.write`` only queues: the bytes go out when the reactor next
     finds the socket writable, a whole reactor turn (and two epoll_ctl calls)
     later, which a request/response protocol pays on every round trip.  Here
-    the socket's ``writeSomeData`` is tried first; whatever it does not take
-    (or an error) goes through ``transport.write`` as usual, so ordering,
-    flow control, loseConnection and error handling stay Twisted's.
+    the socket's ``send`` is tried first (what ``writeSomeData`` does); whatever
+    it does not take, or an error, goes through ``transport.write`` as usual,
+    so ordering, flow control, loseConnection and error handling stay Twisted's.
     """
     if not (hasattr(transport, "writeSomeData") and hasattr(transport, "_tempDataLen")
-            and hasattr(transport, "dataBuffer") and hasattr(transport, "TLS")):
+            and hasattr(transport, "dataBuffer") and hasattr(transport, "TLS")
+            and hasattr(transport, "socket")):
         return None
     t = transport
+    send = transport.socket.send
 
     def write(data: bytes) -> None:
         if (t._tempDataLen or t.dataBuffer or t.TLS or t.disconnecting
                 or not t.connected or t._writeDisconnected):
             t.write(data)
             return
-        n = t.writeSomeData(data)
-        if n.__class__ is not int:  # an error: let the reactor find and report it
+        try:
+            n = send(data)
+        except OSError:  # EAGAIN, or an error the reactor will find and report
             t.write(data)
-        elif n < len(data):
-            t.write(data[n:])  # memoryview-free copy of the rest, queued
+            return
+        if n < len(data):
+            t.write(data[n:])  # the rest is queued
     return write
 
 
@@ -106,6 +112,10 @@ class FastNetstringReceiver(NetstringReceiver):
     _batch: Optional[list] = None
     _direct: Any = None
     _parts: Optional[list] = None
+    #: While a chunk is handled, what is sent goes out every this many strings
+    #: (like memcached's requests per event), so that both peers work at once
+    #: instead of taking turns with whole batches.
+    flushEvery = 1000
 
     def makeConnection(self, transport: Any) -> None:
         self._buf = b""
@@ -120,9 +130,10 @@ class FastNetstringReceiver(NetstringReceiver):
         batch = self._batch
         if batch is not None:
             batch.append(data)
-            if len(batch) >= 64 or len(data) >= 16384:
+            if len(batch) >= self.flushEvery or len(data) >= 16384:
                 # Hand many or big replies over now, so that the transport's
-                # flow control sees them (BucketServerProtocol.pauseProducing).
+                # flow control sees them (BucketServerProtocol.pauseProducing),
+                # and the peer works on the first ones while the next are made.
                 self._flush(batch)
                 del batch[:]
         elif self._direct is not None:
@@ -267,11 +278,9 @@ class BucketServerProtocol(FastNetstringReceiver):
 
     # -- NetstringReceiver --------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        # Closing after a protocol error: drop whatever still arrives (TLS keeps
-        # delivering until the peer answers close_notify) unread and unbuffered.
-        if not self.brokenPeer:
-            FastNetstringReceiver.dataReceived(self, data)
+    # dataReceived: FastNetstringReceiver's, which, closing after a protocol
+    # error, drops whatever still arrives (TLS keeps delivering until the peer
+    # answers close_notify) unread and unbuffered.
 
     def stringReceived(self, payload: bytes) -> None:
         if self.brokenPeer:  # frames pipelined behind a fatal one are not run
@@ -464,6 +473,26 @@ def _flush(p: BucketServerProtocol, r: Request) -> Any:
         lambda _: encode_response(r.opcode, r.opaque))
 
 
+def _scan(p: BucketServerProtocol, r: Request) -> Any:
+    """One batch per request, nothing kept in between (docs/protocol.rst, 3.1)."""
+    from txcb.codec import (
+        MAX_SCAN_BATCH, MAX_SCAN_BYTES, OPT_IDS_ONLY, decode_scan_request, encode_scan_reply)
+    try:
+        batch_size, batch_bytes, prefix, start, end = decode_scan_request(r.value)
+    except FrameError as e:
+        raise ArgumentError(str(e))
+    batch_bytes = min(batch_bytes, MAX_SCAN_BYTES, p.factory.max_value_size)
+
+    def batch(scan: Any) -> Any:
+        return scan.next_batch().addCallback(lambda rows: encode_response(
+            r.opcode, r.opaque, body=encode_scan_reply(scan.continuation or b"", [
+                (x.key if type(x.key) is bytes else x.key.encode("utf-8"), x.flags, x.cas,
+                 x.expiry, x.raw or b"") for x in rows])))
+    return p.factory.bucket.scan(prefix, start, end, bool(r.options & OPT_IDS_ONLY),
+                                 min(batch_size, MAX_SCAN_BATCH), batch_bytes
+                                 ).addCallback(batch)
+
+
 def _hello(p: BucketServerProtocol, r: Request) -> Any:
     info = {"server": "txcb/" + __version__, "protocol": 1,
             "max_value_size": p.factory.max_value_size,
@@ -478,7 +507,11 @@ def _hello(p: BucketServerProtocol, r: Request) -> Any:
 # means "take the Deferred path" (a request the wrapper would treat apart).
 
 def _get_now(b: Any, r: Request) -> bytes:
-    return _value(b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET)), r)
+    result = b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET))
+    if result.rc:  # a quiet miss
+        return _res_pack(RES_MAGIC, r.opcode, result.rc, r.opaque, 0, 0, 0)
+    return _res_pack(RES_MAGIC, r.opcode, 0, r.opaque, result.cas, result.flags,
+                     result.seqno) + result.raw
 
 
 def _gat_now(b: Any, r: Request) -> bytes:
@@ -556,6 +589,7 @@ _HANDLERS = {
     Op.REMOVE: _remove, Op.COUNTER: _counter, Op.TOUCH: _touch,
     Op.LOCK: _lock, Op.UNLOCK: _unlock, Op.ENDURE: _endure,
     Op.STATS: _stats, Op.NOOP: _noop, Op.HELLO: _hello, Op.FLUSH: _flush,
+    Op.SCAN: _scan,
 }
 
 

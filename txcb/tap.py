@@ -8,6 +8,7 @@ and so flushed, when the service stops).
 
 from __future__ import annotations
 
+import os
 from typing import Any, List, Optional
 
 from twisted.application.service import IServiceMaker, MultiService, Service
@@ -45,11 +46,36 @@ class Options(usage.Options):
          "stops reading from it.", int],
         ["pager-interval", None, 10.0,
          "Seconds between runs of the expiry pager.", float],
+        ["backend", None, None,
+         "Serve a pool of memcached servers instead of a local bucket: "
+         "memcached:HOST:PORT[:WEIGHT],HOST:PORT[:WEIGHT],... (binary protocol, "
+         "keys placed like twemproxy with hash md5).", str],
+        ["distribution", None, "ketama",
+         "Key distribution over the --backend servers: ketama or modula.", str],
+        ["data-dir", None, "txcb-data",
+         "Directory of the persistent bucket's data (created if missing).", str],
+        ["max-connections", None, 1024,
+         "Most client connections open at once, over all endpoints (netstring "
+         "and memcached together); more are refused.", int],
+        ["auth-file", None, None,
+         "File of user:password lines: memcached clients must then authenticate "
+         "(binary: SASL PLAIN; ASCII: memcached's -Y style).", str],
+        ["metrics", None, None,
+         "Endpoint to serve Prometheus metrics on, at /metrics (off by default; "
+         "a bare port number listens on 127.0.0.1).", endpoint_description],
+    ]
+
+    optFlags = [
+        ["ephemeral", None, "Keep the bucket in memory only (nothing is written to "
+         "disk; a restart loses everything)."],
+        ["auto-eject-hosts", None, "With --backend: take a failing memcached server out "
+         "of the key distribution (moves its keys; twemproxy's auto_eject_hosts)."],
     ]
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["port"] = []
+        self["memcached"] = []
 
     def opt_port(self, value: str) -> None:
         """Endpoint to serve the netstring protocol on (repeatable; default
@@ -58,6 +84,12 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
+    def opt_memcached(self, value: str) -> None:
+        """Endpoint to serve the memcached ASCII and binary protocols on
+        (repeatable; off by default; a bare port number listens on
+        127.0.0.1)."""
+        self["memcached"].append(endpoint_description(value))
+
     def postOptions(self) -> None:
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
@@ -65,13 +97,42 @@ class Options(usage.Options):
             raise usage.UsageError("--max-value-size must be positive")
         if self["max-inflight"] < 1:
             raise usage.UsageError("--max-inflight must be positive")
+        if self["distribution"] not in ("ketama", "modula"):
+            raise usage.UsageError("--distribution must be ketama or modula")
+        if self["backend"] is not None:
+            from txcb.memcached import parse_backend
+            try:
+                parse_backend(self["backend"])
+            except ValueError as e:
+                raise usage.UsageError("--backend: %s" % (e,))
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be positive")
+        self["credentials"] = None
+        if self["auth-file"] is not None:
+            from txcb.mcserver import load_auth_file
+            try:
+                self["credentials"] = load_auth_file(self["auth-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError("--auth-file: %s" % (e,))
+        # Absolute now: a daemonized twistd changes directory before start-up.
+        self["data-dir"] = os.path.abspath(self["data-dir"])
 
 
 class BucketService(Service):
-    """Owns a bucket: closes it when the application stops."""
+    """
+    Owns a bucket: starts it (a persistent bucket warms up from disk, before
+    any later service such as a ListenService starts) and closes it, so
+    flushes it, when the application stops.
+    """
 
     def __init__(self, bucket: Any) -> None:
         self.bucket = bucket
+
+    def startService(self) -> None:
+        Service.startService(self)
+        start = getattr(self.bucket, "start", None)
+        if start is not None:
+            start()
 
     def stopService(self) -> Any:
         Service.stopService(self)
@@ -113,10 +174,22 @@ class ListenService(Service):
 
 
 def make_bucket(options: Options, reactor: Any) -> Any:
-    """The bucket the options ask for."""
-    from txcb.embedded import EmbeddedBucket
-    return EmbeddedBucket(clock=reactor, max_value_size=options["max-value-size"],
-                          pager_interval=options["pager-interval"])
+    """The bucket the options ask for (not started: BucketService starts it)."""
+    if options["backend"] is not None:
+        from txcb.memcached import MemcachedPool, parse_backend
+        size = options["max-value-size"]
+        return MemcachedPool(
+            parse_backend(options["backend"]), reactor=reactor,
+            distribution=options["distribution"], auto_eject_hosts=options["auto-eject-hosts"],
+            start=False, **({} if size == DEFAULT_MAX_VALUE_SIZE else {"max_value_size": size}))
+    if options["ephemeral"]:
+        from txcb.embedded import EmbeddedBucket
+        return EmbeddedBucket(clock=reactor, max_value_size=options["max-value-size"],
+                              pager_interval=options["pager-interval"])
+    from txcb.persistent import PersistentBucket
+    return PersistentBucket(options["data-dir"], clock=reactor, reactor=reactor,
+                            max_value_size=options["max-value-size"],
+                            pager_interval=options["pager-interval"], start=False)
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService:
@@ -125,8 +198,19 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     top = MultiService()
     bucket = make_bucket(options, reactor)
     BucketService(bucket).setServiceParent(top)
-    stats = ServerStats()
+    stats = ServerStats(max_connections=options["max-connections"])
     factory = BucketServerFactory(bucket, max_inflight=options["max-inflight"], stats=stats)
     for description in options["port"]:
         ListenService(description, factory, reactor).setServiceParent(top)
+    if options["memcached"]:
+        from txcb.mcserver import MemcachedServerFactory
+        mc_factory = MemcachedServerFactory(
+            bucket, stats=stats, credentials=options["credentials"],
+            max_inflight=options["max-inflight"], clock=reactor)
+        for description in options["memcached"]:
+            ListenService(description, mc_factory, reactor, what="txcb memcached"
+                          ).setServiceParent(top)
+    if options["metrics"]:
+        from txcb.metrics import install_metrics
+        install_metrics(top, bucket, factory, options["metrics"], reactor)
     return top

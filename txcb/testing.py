@@ -92,7 +92,7 @@ class InMemoryConnection:
 
 
 _SINGLE_OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
-               "counter", "append", "prepend", "endure", "stats", "flush")
+               "counter", "append", "prepend", "endure", "stats", "flush", "scan")
 
 
 @implementer(IBucket)
@@ -223,6 +223,14 @@ class FaultyBucket(MultiMixin):
 
     def flush(self) -> Deferred:
         return self._call("flush", (), {})
+
+    def scan(self, prefix: Any = None, start: Any = None, end: Any = None,
+             ids_only: bool = False, batch_size: int = 1000,
+             batch_bytes: int = 1048576) -> Deferred:
+        """Faults apply to opening the scan (its first batch)."""
+        return self._call("scan", (), dict(prefix=prefix, start=start, end=end,
+                                           ids_only=ids_only, batch_size=batch_size,
+                                           batch_bytes=batch_bytes))
 
     def close(self) -> Deferred:
         return self._call("close", (), {})
