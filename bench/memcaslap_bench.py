@@ -219,6 +219,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate the targets this many times; report the best of each")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep the servers' logs and configs (their directory is printed)")
     args = p.parse_args(argv)
 
     missing = [t for t in ("memcaslap", "memcached", "nutcracker") if shutil.which(t) is None]
@@ -258,6 +260,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                       % (rnd + 1, name, r["tps"], 100 * r["server_cpu"]), flush=True)
     finally:
         procs.stop_all()
+        if args.keep_logs:
+            print("logs and configs kept in %s" % (workdir,))
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     best = {name: max(v) for name, v in results.items()}
     reference = DIRECT if args.binary else CHAIN
@@ -275,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             json.dump({"protocol": proto, "time": args.time, "concurrency": args.concurrency,
                        "threads": args.threads, "window": args.window, "rounds": results,
                        "best": best, "server_cpu": cpu, "reference": reference,
-                       "ratio": ratio, "workdir": workdir}, f, indent=2)
+                       "ratio": ratio}, f, indent=2)
     return 0
 
 
