@@ -85,9 +85,8 @@ class Options(usage.Options):
     opt_p = opt_port
 
     def opt_memcached(self, value: str) -> None:
-        """Endpoint to serve the memcached ASCII and binary protocols on
-        (repeatable; off by default; a bare port number listens on
-        127.0.0.1)."""
+        ("Endpoint to serve the memcached ASCII and binary protocols on (repeatable; "
+         "off by default; a bare port number listens on 127.0.0.1).")
         self["memcached"].append(endpoint_description(value))
 
     def postOptions(self) -> None:
