@@ -251,7 +251,7 @@ class CrashTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_kill9_during_durable_upserts_loses_nothing(self):
-        max_cas = [0]
+        max_cas, max_seqno = [0], [0]
 
         def start_load(clients, cycle):
             def op(client, key, n):
@@ -264,10 +264,12 @@ class CrashTests(unittest.TestCase):
             found = yield fetch(clients[0], set(load.acked) | set(load.pending))
             self.check_upserts(load, found, server)
             max_cas[0] = max([max_cas[0]] + [r.cas for _n, r in load.acked.values()])
-            # CAS stays monotonic across the crash.
+            max_seqno[0] = max([max_seqno[0]] + [r.seqno for _n, r in load.acked.values()])
+            # CAS and seqno stay monotonic across the crash.
             r = yield clients[1].upsert("after-restart", 1)
             self.assertGreater(r.cas, max_cas[0])
-            max_cas[0] = r.cas
+            self.assertGreater(r.seqno, max_seqno[0])
+            max_cas[0], max_seqno[0] = r.cas, r.seqno
 
         yield self.crash_cycles(3, signal.SIGKILL, start_load, check)
 

@@ -72,11 +72,17 @@ BUCKET_TYPES = ("couchbase", "ephemeral")
 LOCK_FILE = "txcb.lock"
 #: The data file's format version (meta row ``format``).
 FORMAT_VERSION = 1
-#: Added to the CAS high-water mark read at start-up: CAS values handed out
-#: after the last commit before a crash (never written to disk) are still
-#: below every CAS handed out after the restart, even if the wall clock went
-#: backwards.
-CAS_RESTART_GAP = 1 << 32
+#: CAS and seqno continuity across restarts.  The data file's meta rows hold
+#: a CAS and a seqno high-water mark.  A clean close writes the exact ones
+#: (and ``clean = 1``); start-up writes ``clean = 0``; while running, a batch
+#: rewrites them only once the bucket's CAS or seqno has moved
+#: ``META_STEP`` past them.  After an unclean stop, start-up adds
+#: ``RESTART_GAP`` (> META_STEP + whatever one batch's write lets through),
+#: so a CAS or seqno handed out after a restart is always above every one
+#: handed out before it, whatever the wall clock says.
+META_STEP = 1 << 31
+RESTART_GAP = 1 << 32
+CAS_RESTART_GAP = RESTART_GAP  # the name the tests and docs use
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._%-]{1,100}$")
 
@@ -104,7 +110,8 @@ _PUT_HEAD = ("INSERT INTO items (key, exp, item) VALUES " if _CONFLICT
              else "INSERT OR REPLACE INTO items (key, exp, item) VALUES ")
 _DEL = "DELETE FROM items WHERE key = ?"
 _META = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
-_META_BATCH = "INSERT OR REPLACE INTO meta (name, value) VALUES ('max_cas', ?), ('high_seqno', ?)"
+_META_MARKS = ("INSERT OR REPLACE INTO meta (name, value) "
+               "VALUES ('max_cas', ?), ('high_seqno', ?), ('clean', ?)")
 _PUT_SQL: Dict[int, str] = {}
 _DEL_SQL: Dict[int, str] = {}
 
@@ -214,6 +221,7 @@ def _open_db(path: str) -> sqlite3.Connection:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(_META, ("format", FORMAT_VERSION))
+            conn.execute(_META_MARKS, ("0", 0, 1))  # empty, and clean
             conn.execute("COMMIT")
         else:
             row = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
@@ -234,8 +242,11 @@ def _open_db(path: str) -> sqlite3.Connection:
 
 
 def _write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
-                 max_cas: int, seqno: int) -> Tuple[float, int]:
-    """(writer thread) One batch, one transaction; returns (seconds, rows)."""
+                 marks: Optional[Tuple[int, int]]) -> Tuple[float, int]:
+    """
+    (writer thread) One batch, one transaction; returns (seconds, rows).
+    ``marks``: new (max CAS, high seqno) meta rows to write too, if any.
+    """
     started = time.perf_counter()
     puts: List[Any] = []  # key, exp, item, key, exp, item...
     big: List[Tuple[bytes, float, bytes]] = []
@@ -255,7 +266,8 @@ def _write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
             conn.executemany(_put_sql(1), big)
         if dels:
             _execute_chunked(conn, _del_sql, dels, 1)
-        conn.execute(_META_BATCH, (str(max_cas), seqno))
+        if marks is not None:
+            conn.execute(_META_MARKS, (str(marks[0]), marks[1], 0))
         conn.execute("COMMIT")  # synchronous=FULL: the WAL is fsynced here
     except BaseException:
         try:
@@ -266,10 +278,16 @@ def _write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
     return time.perf_counter() - started, len(puts) // 3 + len(big) + len(dels)
 
 
-def _close_db(conn: sqlite3.Connection, lock_fd: int) -> None:
-    """(writer thread) Checkpoint the WAL into the data file, close it, unlock."""
+def _close_db(conn: sqlite3.Connection, lock_fd: int, max_cas: int, seqno: int) -> None:
+    """
+    (writer thread) Record a clean shutdown with the exact CAS and seqno
+    high-water marks, checkpoint the WAL into the data file, close, unlock.
+    """
     try:
         try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_META_MARKS, (str(max_cas), seqno, 1))
+            conn.execute("COMMIT")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
@@ -356,6 +374,7 @@ class PersistentBucket(EmbeddedBucket):
         self._lazy = False  # _scheduled is a flush_delay wait (not a retry)
         self._finishing = False
         self._persisted_seqno = 0
+        self._marked_cas = self._marked_seqno = 0  # the meta rows on disk
         self._persist_waiters: Deque[Tuple[int, Deferred, OperationResult]] = deque()
         self._endure_waiters: Dict[int, _EndureWaiter] = {}
         self._close_waiters: List[Deferred] = []
@@ -423,26 +442,35 @@ class PersistentBucket(EmbeddedBucket):
                 else:
                     items[k] = item
                     heap.append((exp, k))
+            heapq.heapify(heap)
+            try:
+                max_cas = int(meta.get("max_cas", 0))
+                seqno = int(meta.get("high_seqno", 0))
+                # (Both are "last handed out": the next ones are +1.)
+                gap = 0 if meta.get("clean") == 1 else RESTART_GAP
+                nbytes = sum(map(len, items)) + sum(map(len, items.values())) \
+                    - _HDR_LEN * len(items)
+            except (TypeError, ValueError) as e:
+                raise CorruptDataError("the data file %s holds bad data: %s"
+                                       % (self.path, e))
+            cas = max(self._cas, max_cas + gap)
+            if gap:
+                seqno += RESTART_GAP
+            # Expired items go, and the marks say "not closed cleanly" until
+            # close() says otherwise.
+            conn.execute("BEGIN IMMEDIATE")
             if expired:
-                conn.execute("BEGIN IMMEDIATE")
                 conn.executemany(_DEL, expired)
-                conn.execute("COMMIT")
+            conn.execute(_META_MARKS, (str(cas), seqno, 0))
+            conn.execute("COMMIT")
         except sqlite3.Error as e:
             raise CorruptDataError("cannot read the data file %s: %s (%s); it is left as "
                                    "it is" % (self.path, e, type(e).__name__))
-        heapq.heapify(heap)
-        try:
-            max_cas = int(meta.get("max_cas", 0))
-            seqno = int(meta.get("high_seqno", 0))
-            nbytes = sum(map(len, items)) + sum(map(len, items.values())) \
-                - _HDR_LEN * len(items)
-        except (TypeError, ValueError) as e:
-            raise CorruptDataError("the data file %s holds bad data: %s" % (self.path, e))
         self._items = items
         self._expiries = heap
         self._bytes = nbytes
-        self._cas = max(self._cas, max_cas + CAS_RESTART_GAP)
-        self._seqno = self._persisted_seqno = seqno
+        self._cas = self._marked_cas = cas
+        self._seqno = self._persisted_seqno = self._marked_seqno = seqno
         self._disk["warmup_items"] = len(items)
         self._disk["warmup_expired"] = len(expired)
 
@@ -475,18 +503,24 @@ class PersistentBucket(EmbeddedBucket):
         batch, self._dirty = self._dirty, {}
         self._inflight = batch
         seqno = self._seqno
+        marks = None
+        if self._cas - self._marked_cas >= META_STEP \
+                or seqno - self._marked_seqno >= META_STEP:
+            marks = (self._cas, seqno)
         self._writing = True
         d = deferToThreadPool(self._reactor, self._pool, _write_batch, self._conn, batch,
-                              self._cas, seqno)
-        d.addBoth(self._batch_done, batch, seqno)
+                              marks)
+        d.addBoth(self._batch_done, batch, seqno, marks)
 
     def _batch_done(self, result: Any, batch: Dict[bytes, Optional[bytes]],
-                    seqno: int) -> None:
+                    seqno: int, marks: Optional[Tuple[int, int]]) -> None:
         self._writing = False
         self._inflight = {}
         if isinstance(result, Failure):
             self._batch_failed(result, batch, seqno)
             return
+        if marks is not None:
+            self._marked_cas, self._marked_seqno = marks
         took, rows = result
         disk = self._disk
         disk["flushed"] += rows
@@ -661,7 +695,6 @@ class PersistentBucket(EmbeddedBucket):
         if was_new:
             self._release(None)
             return d
-        self._dirty.clear()
         if self._scheduled is not None:
             # A batch about to start, or a retry: write now.
             if self._scheduled.active():
@@ -695,7 +728,8 @@ class PersistentBucket(EmbeddedBucket):
                 pd.errback(NetworkError(error.message, key=r.key))
         conn, self._conn = self._conn, None
         lock_fd, self._lock_fd = self._lock_fd, None
-        d = deferToThreadPool(self._reactor, self._pool, _close_db, conn, lock_fd)
+        d = deferToThreadPool(self._reactor, self._pool, _close_db, conn, lock_fd,
+                              self._cas, self._seqno)
 
         def closed(result: Any) -> None:
             if isinstance(result, Failure):
