@@ -4,7 +4,8 @@ txcb: a Twisted-native key-value bucket with Couchbase semantics.
 The public face, importable from ``txcb`` directly:
 
 - :class:`IBucket` -- the one asynchronous contract every bucket provides;
-- :class:`EmbeddedBucket` -- the in-process bucket;
+- :class:`EmbeddedBucket` -- the in-process bucket, and
+  :class:`PersistentBucket` / :func:`create_bucket` for one kept on disk;
 - :func:`connect` and :class:`BucketClientFactory` -- remote buckets served by
   ``twistd txcb``;
 - :class:`BucketServerFactory` -- serve any bucket yourself;
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "IBucket": "txcb.interfaces",
     "EmbeddedBucket": "txcb.embedded",
+    "PersistentBucket": "txcb.persistent",
+    "create_bucket": "txcb.persistent",
     "RemoteBucket": "txcb.client",
     "BucketClientFactory": "txcb.client",
     "connect": "txcb.client",
