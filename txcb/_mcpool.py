@@ -20,6 +20,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint)
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -89,6 +90,11 @@ class _Op:
     __slots__ = ("pool", "server", "proto", "opaque", "frame", "key", "k", "kind", "quiet",
                  "d", "deadline", "timeout", "args", "locks")
 
+    #: set by the pool before the request is sent or queued.
+    opaque: int
+    #: the encoded request while it waits for a connection (then b"").
+    frame: bytes
+
     def __init__(self, pool: "MemcachedPool", server: "_Server", key: Any, k: bytes,
                  kind: int, quiet: bool, args: Any, locks: bool) -> None:
         self.pool = pool
@@ -102,7 +108,7 @@ class _Op:
         self.locks = locks
         self.deadline = 0.0  # 0: none (see MemcachedPool._sweep)
         self.timeout = 0.0
-        self.d = Deferred(self._cancel)
+        self.d: Deferred[Any] = Deferred(self._cancel)
 
     # -- placement --
 
@@ -492,6 +498,9 @@ class MemcachedProtocol(Protocol):
         the handshake probe is answered).
     """
 
+    # Connected by a TCP client endpoint (see _Server.endpoint).
+    transport: Optional[ITCPTransport]
+
     def __init__(self, server: "_Server", max_body: int) -> None:
         self.server = server
         self.pending: Dict[int, Any] = {}
@@ -515,7 +524,9 @@ class MemcachedProtocol(Protocol):
         out = self._out
         if out:
             self._out = []
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            transport = self.transport
+            assert transport is not None
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def dataReceived(self, data: bytes) -> None:
         bad = None
@@ -537,9 +548,11 @@ class MemcachedProtocol(Protocol):
                       server=server.label, error=str(bad))
             self.failure = ProtocolError("bad reply from memcached %s: %s"
                                          % (server.label, bad))
-            self.transport.abortConnection()
+            transport = self.transport
+            assert transport is not None  # dataReceived: connected
+            transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         why = self.failure.message if self.failure is not None else (
             reason.getErrorMessage() if reason is not None else "closed")
         message = "connection to memcached %s lost: %s" % (self.server.label, why)
@@ -643,13 +656,15 @@ class _Server:
 
     def _tcp_connected(self, proto: MemcachedProtocol) -> None:
         self.attempt = None
+        transport = proto.transport
+        assert transport is not None  # the endpoint fires with a connected protocol
         if self.state == CLOSED:
-            proto.transport.abortConnection()
+            transport.abortConnection()
             return
         self.handshaking = proto
         pool = self.pool
         ds = []
-        frames = []
+        frames: List[bytes] = []
         if pool._credentials is not None:
             user, password = pool._credentials
             ds.append(pool._internal(self, proto, O.SASL_AUTH, K_SASL, b"PLAIN",
@@ -658,7 +673,7 @@ class _Server:
         # 1.6 answers UNKNOWN_COMMAND and then loses its place in the stream if
         # the unknown request had a body.
         ds.append(pool._internal(self, proto, O.GET_LOCKED, K_PROBE, b"", b"", frames))
-        proto.transport.write(b"".join(frames))
+        transport.write(b"".join(frames))
         results: List[Any] = []
 
         def one(r: Any) -> None:
@@ -677,14 +692,18 @@ class _Server:
             return  # the connection was lost: already handled
         err = f.value
         proto.failure = err if isinstance(err, CouchbaseError) else NetworkError(str(err))
-        proto.transport.abortConnection()
+        transport = proto.transport
+        assert transport is not None  # still the handshaking connection
+        transport.abortConnection()
 
     def _ready(self, proto: MemcachedProtocol, locks: bool) -> None:
         if proto is not self.handshaking:
             return
         self.handshaking = None
         if self.state == CLOSED:
-            proto.transport.abortConnection()
+            transport = proto.transport
+            assert transport is not None  # still the handshaking connection
+            transport.abortConnection()
             return
         proto.locks = bool(locks)
         was = self.state
@@ -768,8 +787,17 @@ class _Server:
         for p in protos:
             p.flush()
             p.failure = NetworkError("the pool is closed")
-            p.transport.loseConnection()
+            transport = p.transport
+            assert transport is not None  # self.proto/handshaking: connected
+            transport.loseConnection()
             # A server that stops reading would keep loseConnection waiting.
-            call = self.pool._reactor.callLater(1.0, p.transport.abortConnection)
-            d.addBoth(lambda r, call=call: (call.active() and call.cancel(), r)[1])
+            call = self.pool._reactor.callLater(1.0, transport.abortConnection)
+            d.addBoth(_cancel_call, call)
         return d
+
+
+def _cancel_call(result: Any, call: IDelayedCall) -> Any:
+    """A callback (and errback) cancelling ``call`` if pending; passes ``result`` on."""
+    if call.active():
+        call.cancel()
+    return result

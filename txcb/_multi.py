@@ -10,7 +10,7 @@ the first failed key's error, whose ``all_results`` holds every key's result.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -75,6 +75,35 @@ def _unique(keys: Iterable[Any]) -> List[Any]:
 
 class MultiMixin:
     """``*_multi`` methods for any class with the IBucket single-key methods."""
+
+    if TYPE_CHECKING:
+        # The single-key methods the subclass provides (see IBucket).  Declared
+        # for the type checker only: at run time they must come from the
+        # subclass (and hasattr/getattr on the class must not see stubs here).
+        def get(self, key: Any, ttl: int = 0, quiet: bool = False) -> Deferred: ...
+
+        def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0,
+                   format: Any = None, persist_to: int = 0,
+                   replicate_to: int = 0) -> Deferred: ...
+
+        def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
+                   persist_to: int = 0, replicate_to: int = 0) -> Deferred: ...
+
+        def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0,
+                    format: Any = None, persist_to: int = 0,
+                    replicate_to: int = 0) -> Deferred: ...
+
+        def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
+                   replicate_to: int = 0) -> Deferred: ...
+
+        def touch(self, key: Any, ttl: int) -> Deferred: ...
+
+        def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
+                    ttl: int = 0) -> Deferred: ...
+
+        def lock(self, key: Any, ttl: int = 15) -> Deferred: ...
+
+        def unlock(self, key: Any, cas: int) -> Deferred: ...
 
     def _each(self, keys: Iterable[Any], call: Callable[[Any], Deferred],
               result_cls: type = OperationResult) -> Deferred:

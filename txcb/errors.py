@@ -63,7 +63,11 @@ class CouchbaseError(Exception):
 
     def __init__(self, message: str = "", key: Any = None, rc: Optional[int] = None,
                  result: Any = None, all_results: Any = None) -> None:
-        super().__init__(message or self.__class__.__doc__.strip().splitlines()[0])
+        if not message:
+            # The docstring's first line; None under ``python -OO``.
+            doc = self.__class__.__doc__
+            message = doc.strip().splitlines()[0] if doc else self.__class__.__name__
+        super().__init__(message)
         if rc is not None:
             self.rc = rc
         self.message = self.args[0]

@@ -62,10 +62,12 @@ import hmac
 import os
 import struct
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import (
+    TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol as TypingProtocol,
+    Tuple, cast)
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IProducer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -202,6 +204,22 @@ class _Slot:
 _CLOSE = object()
 
 
+class _ProducerTransport(TypingProtocol):
+    """
+    What flow control needs of the transport beyond ITransport: a TCP or TLS
+    connection is also an IConsumer and an IPushProducer, and has
+    ``disconnecting`` (no Twisted interface declares all of these together).
+    """
+
+    disconnecting: bool
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+
 # -- the protocol -----------------------------------------------------------------
 
 @implementer(IPushProducer)
@@ -220,7 +238,9 @@ class MemcachedServerProtocol(Protocol):
         f.stats.total_connections += 1
         self.bucket = f.bucket
         self._max_inflight = f.max_inflight
-        self._peer = str(self.transport.getPeer())
+        transport = self.transport
+        assert transport is not None  # connectionMade: connected
+        self._peer = str(transport.getPeer())
         self._slots: Deque[_Slot] = deque()
         self._backlog: Deque[Any] = deque()
         self._out: List[bytes] = []
@@ -233,16 +253,16 @@ class MemcachedServerProtocol(Protocol):
         self.protocol_name: Optional[str] = None
         self._handle: Callable[[Any], None] = self._ignore
         self._get_sync, self._store_sync = _sync_calls(f.bucket)
-        self._direct = _direct_writer(self.transport)
-        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        self._direct = _direct_writer(transport)
+        nodelay = getattr(transport, "setTcpNoDelay", None)
         if nodelay is not None:
             try:
                 nodelay(True)  # every reply is complete: never wait for an ACK
             except OSError:
                 pass
-        self.transport.registerProducer(self, True)
+        cast(_ProducerTransport, transport).registerProducer(self, True)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         if not self._gone:
             self._gone = True
             self._closing = True
@@ -353,7 +373,9 @@ class MemcachedServerProtocol(Protocol):
         if self._direct is not None:
             self._direct(reply)
         else:
-            self.transport.write(reply)
+            transport = self.transport
+            assert transport is not None
+            transport.write(reply)
         return True
 
     def _binary_received(self, data: bytes) -> None:
@@ -422,7 +444,9 @@ class MemcachedServerProtocol(Protocol):
             if self._direct is not None:
                 self._direct(reply)
             else:
-                self.transport.write(reply)
+                transport = self.transport
+                assert transport is not None
+                transport.write(reply)
         return True
 
     def _ignore(self, event: Any) -> None:
@@ -462,16 +486,17 @@ class MemcachedServerProtocol(Protocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
-        if self._gone or self.transport.disconnecting:
+        transport = cast(_ProducerTransport, self.transport)
+        if self._gone or transport.disconnecting:
             return
         want = not (self._closing or self._out_full or self._backlog
                     or len(self._slots) >= self._max_inflight)
         if want != self._reading:
             self._reading = want
             if want:
-                self.transport.resumeProducing()
+                transport.resumeProducing()
             else:
-                self.transport.pauseProducing()
+                transport.pauseProducing()
 
     # IPushProducer: the transport calls these as its write buffer fills and drains.
 
@@ -505,7 +530,9 @@ class MemcachedServerProtocol(Protocol):
                 if self._direct is not None:
                     self._direct(data)  # straight to the socket if nothing is queued
                 else:
-                    self.transport.write(data)
+                    transport = self.transport
+                    assert transport is not None
+                    transport.write(data)
 
     def _reply(self, data: bytes) -> None:
         """A reply that is ready now: written behind any pending one."""
@@ -603,7 +630,9 @@ class MemcachedServerProtocol(Protocol):
         self._flush()
         self._slots.clear()
         if not self._gone:
-            self.transport.loseConnection()
+            transport = self.transport
+            assert transport is not None
+            transport.loseConnection()
 
     def _internal_error(self, ctx: Any) -> bytes:
         if self.protocol_name == "binary" and isinstance(ctx, B.Packet):
@@ -703,6 +732,7 @@ class MemcachedServerProtocol(Protocol):
             self._submit(d, _render_ascii_cas0, cmd)
             return
         else:
+            assert cmd.value is not None  # the parser sets it for every store command
             value = Encoded(cmd.value, cmd.flags)
             ttl = _ascii_ttl(cmd.exptime)
             store_sync = self._store_sync
@@ -724,6 +754,7 @@ class MemcachedServerProtocol(Protocol):
         self._submit(d, _render_ascii_store, cmd)
 
     def _a_arith(self, cmd: A.Command) -> None:
+        assert cmd.delta is not None  # the parser sets it for incr/decr
         delta = cmd.delta if cmd.name == "incr" else -cmd.delta
         d = self._call(self.bucket.counter, cmd.key, delta=delta)
         self._submit(d, _render_ascii_counter, cmd)
@@ -784,7 +815,7 @@ class MemcachedServerProtocol(Protocol):
             self._reply(_error(ev, _S.EINTERNAL))
 
     def _frame_error(self, e: B.FrameError) -> None:
-        if e.opaque is not None:
+        if e.opcode is not None and e.opaque is not None:  # both or neither
             body = _MESSAGES.get(e.status, b"")
             self._reply(_response(e.opcode, e.status, e.opaque, value=body))
         if e.fatal:
@@ -1226,11 +1257,19 @@ class _TooManyConnections(Protocol):
     """Answers a connection over the limit as memcached does, then hangs up."""
 
     def connectionMade(self) -> None:
-        self.transport.write(TOO_MANY_CONNECTIONS)
-        self.transport.loseConnection()
+        transport = self.transport
+        assert transport is not None
+        transport.write(TOO_MANY_CONNECTIONS)
+        transport.loseConnection()
 
 
-class MemcachedServerFactory(Factory):
+if TYPE_CHECKING:
+    _ProtocolFactory = Factory[Protocol]
+else:  # Factory is subscriptable only in recent Twisted releases
+    _ProtocolFactory = Factory
+
+
+class MemcachedServerFactory(_ProtocolFactory):
     """
     Serves one IBucket over the memcached ASCII and binary protocols.
 
@@ -1266,7 +1305,7 @@ class MemcachedServerFactory(Factory):
         self.verbosity = 0
         self._delayed_flush: Any = None
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: Any) -> Optional[Protocol]:
         if not self.stats.admit():
             _log.warn("txcb memcached: refusing {addr}: {n} connections open already",
                       addr=str(addr), n=self.stats.connections)

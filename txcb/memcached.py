@@ -93,7 +93,7 @@ _STORE_EXTRAS = struct.Struct(">II")
 
 # -- server specs -------------------------------------------------------------
 
-ServerArg = Union[str, Tuple[str, int], Tuple[str, int, int]]
+ServerArg = Union[str, ServerSpec, Tuple[str, int], Tuple[str, int, int]]
 
 
 def _parse_one(entry: ServerArg) -> ServerSpec:
@@ -349,9 +349,11 @@ class MemcachedPool(MultiMixin):
             if server.proto is not None:
                 # Ejected while connected (timeouts): reconnecting makes the
                 # handshake prove the server answers before it comes back.
-                server.proto.failure = NetworkError("ejected after %d failures"
-                                                    % (server.failures,))
-                server.proto.transport.abortConnection()
+                proto = server.proto
+                proto.failure = NetworkError("ejected after %d failures" % (server.failures,))
+                transport = proto.transport
+                assert transport is not None  # server.proto: connected
+                transport.abortConnection()
 
     def _server_up(self, server: _Server) -> None:
         if not server.ejected:
@@ -404,7 +406,7 @@ class MemcachedPool(MultiMixin):
 
     # -- sending ---------------------------------------------------------------
 
-    def _route(self, k: bytes, key: Any) -> Any:
+    def _route(self, k: bytes, key: Any) -> Union[_Server, CouchbaseError]:
         """The server for ``k``, or the error to fail with."""
         routes = self._routes
         server = routes.get(k)
@@ -423,9 +425,10 @@ class MemcachedPool(MultiMixin):
                  timeout: Optional[float] = None, args: Any = None, locks: bool = False,
                  server: Optional[_Server] = None) -> Deferred:
         if server is None:
-            server = self._route(k, key)
-            if server.__class__ is not _Server:
-                return fail(server)
+            routed = self._route(k, key)
+            if isinstance(routed, CouchbaseError):
+                return fail(routed)
+            server = routed
         state = server.state
         if state is UP:
             proto = server.proto
@@ -487,9 +490,12 @@ class MemcachedPool(MultiMixin):
         groups: Dict[_Server, List[Tuple[int, bytes, int, bytes, bytes]]] = {}
         route = self._route
         routes = self._routes
-        get_op = get_extras = None
+        get_op: Optional[int] = None
+        get_extras = b""  # (only read when get_op is set)
         if isinstance(build, tuple):  # get_multi: (opcode, extras)
             get_op, get_extras = build
+        k: Optional[bytes]
+        server: Union[_Server, CouchbaseError, None]
         for i, key in enumerate(keys):
             if get_op is not None:
                 # to_key's checks, inlined for the common str key.
@@ -516,7 +522,7 @@ class MemcachedPool(MultiMixin):
                     m.failed(i, e)
                     continue
                 server = route(k, key)
-            if server.__class__ is not _Server:
+            if isinstance(server, CouchbaseError):
                 m.failed(i, server)
                 continue
             group = groups.get(server)
@@ -545,7 +551,7 @@ class MemcachedPool(MultiMixin):
             n = len(group)
             base = server.opaque_block(proto, n + 1)
             batch = _Batch(m, server, quiet_ops, [g[0] for g in group], base)
-            frames = []
+            frames: List[bytes] = []
             append = frames.append
             o = base
             for _i, k, opcode, extras, value in group:
