@@ -14,12 +14,10 @@ import cProfile
 import json
 import os
 import pstats
-import subprocess
 import sys
 import threading
-import time
 
-from bench.run import Server, child_env, free_port, run_worker, twistd_argv, ROOT
+from bench.run import Server, free_port, run_worker, twistd_argv
 
 
 def main() -> int:
@@ -46,8 +44,9 @@ def main() -> int:
         from txcb.server import BucketServerFactory
 
         bucket = EmbeddedBucket(clock=reactor)
-        port = reactor.listenTCP(0, BucketServerFactory(bucket), interface="127.0.0.1")
-        job["port"] = load["port"] = port.getHost().port
+        listening = reactor.listenTCP(0, BucketServerFactory(bucket),  # type: ignore
+                                      interface="127.0.0.1")
+        job["port"] = load["port"] = listening.getHost().port  # type: ignore
         job["server_pid"] = os.getpid()
         out = {}
 
@@ -61,14 +60,14 @@ def main() -> int:
         reactor.run()
         print(json.dumps(out))
     else:
-        port = free_port()
-        log = os.path.join("/tmp", "txcb-profile-%d.log" % port)
+        free = free_port()
+        log = os.path.join("/tmp", "txcb-profile-%d.log" % free)
         srv = Server("txcb", twistd_argv() + ["-n", "--pidfile=", "--logfile", log, "txcb",
-                                              "-p", "tcp:%d:interface=127.0.0.1" % port],
-                     port, log + ".out")
+                                              "-p", "tcp:%d:interface=127.0.0.1" % free],
+                     free, log + ".out")
         try:
             srv.wait_ready()
-            job["port"] = load["port"] = port
+            job["port"] = load["port"] = free
             job["server_pid"] = srv.pid
             run_worker(load, 120)
             from bench import worker

@@ -49,8 +49,8 @@ def check_prerequisites() -> Tuple[List[str], List[str], Dict[str, str]]:
     else:
         out = subprocess.run(["memcached", "-V"], capture_output=True, text=True)
         versions["memcached"] = out.stdout.strip()
-    for tool, pkg in (("memcaslap", "libmemcached-tools"), ("memccapable", "libmemcached-tools"),
-                      ("nutcracker", "nutcracker")):
+    for tool, pkg in (("memcaslap", "libmemcached-tools"),
+                      ("memccapable", "libmemcached-tools"), ("nutcracker", "nutcracker")):
         if shutil.which(tool) is None:
             optional.append("%s (Debian: apt-get install %s)" % (tool, pkg))
     try:
@@ -293,7 +293,8 @@ TARGETS = [
      ("getmulti", "mcp"), ">=", 1.0),
     ("get_multi of 100 vs pymemcache get_many", "getmulti", "txcb", ("getmulti", "pym"), ">=",
      0.6),
-    ("1,000 idle + 10 active vs 10 active alone", "idle", "txcb", ("conn10", "txcb"), ">=", 0.9),
+    ("1,000 idle + 10 active vs 10 active alone", "idle", "txcb", ("conn10", "txcb"), ">=",
+     0.9),
     ("1,000,000 items vs 1,000 items", "items_large", "txcb", ("items_small", "txcb"), ">=",
      0.9),
 ]
@@ -307,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=float, default=None,
                    help="unmeasured seconds before each job (default 0.5)")
     p.add_argument("--quick", action="store_true",
-                   help="1 s per job and 200,000 items: a run in about a minute")
+                   help="1 s per job, 2 rounds, 200,000 items: a run in about two minutes")
     p.add_argument("--smoke", action="store_true",
                    help="a check that everything runs: each job for 0.05 s, all in one "
                    "client process, the servers shared (not a measurement)")
@@ -444,7 +445,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         def run_workload(w: Dict[str, Any], txcb_srv: Optional[Server],
                          mc_srv: Optional[Server], nkeys: int, rnd: bool) -> None:
             """Each job once per round, rounds interleaved; keep each job's median."""
-            nonlocal ok
             runs: Dict[int, List[Dict[str, Any]]] = {i: [] for i in range(len(w["jobs"]))}
 
             def one(i: int, client: str, op: str, shape: Dict[str, Any]) -> None:
@@ -569,7 +569,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\nJSON: %s" % path)
     if not a.no_chart:
         png = _chart(report, path[:-5] + ".png")
-        print("PNG:  %s" % png if png else "PNG:  skipped (pip install matplotlib for a chart)")
+        print("PNG:  %s" % png if png
+              else "PNG:  skipped (pip install matplotlib for a chart)")
     print("server logs: %s" % run_dir)
     if not ok:
         sys.stderr.write("bench: some jobs failed (see 'fatal'/'errors' in the JSON)\n")

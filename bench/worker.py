@@ -168,20 +168,20 @@ def drive_twisted(job: Dict[str, Any]) -> Any:
         if m:
             groups = chunks(keys, m)
             if op == "get":
-                def call(b: Any, i: int) -> Any:
-                    return b.get_multi(groups[i % len(groups)])
+                def call(c: Any, i: int) -> Any:
+                    return c.get_multi(groups[i % len(groups)])
             else:
                 maps = [dict.fromkeys(g, value) for g in groups]
 
-                def call(b: Any, i: int) -> Any:
-                    return b.upsert_multi(maps[i % len(maps)])
+                def call(c: Any, i: int) -> Any:
+                    return c.upsert_multi(maps[i % len(maps)])
         elif op == "get":
-            def call(b: Any, i: int) -> Any:
-                return b.get(keys[i % len(keys)])
+            def call(c: Any, i: int) -> Any:
+                return c.get(keys[i % len(keys)])
             consume = _txcb_value
         else:
-            def call(b: Any, i: int) -> Any:
-                return b.upsert(keys[i % len(keys)], value)
+            def call(c: Any, i: int) -> Any:
+                return c.upsert(keys[i % len(keys)], value)
 
     elif client == "mcp":
         from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -197,20 +197,20 @@ def drive_twisted(job: Dict[str, Any]) -> Any:
         if m:
             groups = chunks(keys, m)
             if op == "get":
-                def call(p: Any, i: int) -> Any:
-                    return p.getMultiple(groups[i % len(groups)])
+                def call(c: Any, i: int) -> Any:
+                    return c.getMultiple(groups[i % len(groups)])
             else:
-                def call(p: Any, i: int) -> Any:
+                def call(c: Any, i: int) -> Any:
                     # MemCacheProtocol has no multi-set: m pipelined sets.
-                    return defer.gatherResults([p.set(k, value)
+                    return defer.gatherResults([c.set(k, value)
                                                 for k in groups[i % len(groups)]])
         elif op == "get":
-            def call(p: Any, i: int) -> Any:
-                return p.get(keys[i % len(keys)])
+            def call(c: Any, i: int) -> Any:
+                return c.get(keys[i % len(keys)])
             consume = _mcp_value
         else:
-            def call(p: Any, i: int) -> Any:
-                return p.set(keys[i % len(keys)], value)
+            def call(c: Any, i: int) -> Any:
+                return c.set(keys[i % len(keys)], value)
 
     elif client == "echo-tw":
         from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -222,8 +222,8 @@ def drive_twisted(job: Dict[str, Any]) -> Any:
             return TCP4ClientEndpoint(reactor, host, port).connect(
                 Factory.forProtocol(_EchoPingPong))
 
-        def call(p: Any, i: int) -> Any:
-            return p.ping(msg)
+        def call(c: Any, i: int) -> Any:
+            return c.ping(msg)
     else:
         raise SystemExit("unknown Twisted client %r" % (client,))
 

@@ -2,8 +2,8 @@
 Smoke test of the benchmark harness (bench/): ``python -m bench --smoke``
 starts real servers (memcached, twistd txcb, the echo server), runs every
 workload for a twentieth of a second (all jobs in one client process),
-prints the table, writes the JSON and stops what it started.  It checks that the harness works, not how fast
-anything is: no timed assertions.
+prints the table, writes the JSON and stops what it started.  It checks
+that the harness works, not how fast anything is: no timed assertions.
 """
 
 import json
@@ -16,8 +16,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(shutil.which("memcached") is None,
-                                reason="memcached is not installed (apt-get install memcached)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("memcached") is None,
+    reason="memcached is not installed (apt-get install memcached)")
 
 
 def _alive(pid):
@@ -36,7 +37,8 @@ def _alive(pid):
 
 def test_bench_smoke(tmp_path):
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -24,7 +24,6 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
-from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -34,7 +33,7 @@ from txcb._validate import (
     DEFAULT_MAX_VALUE_SIZE, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
 from txcb.codec import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
-    OPT_INITIAL, OPT_QUIET, REQ_MAGIC, FrameError, Op, decode_response, encode_request)
+    OPT_INITIAL, OPT_QUIET, REQ_MAGIC, FrameError, Op, decode_response)
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError,
     TimeoutError, TooBigError, exception_for_rc)
@@ -48,8 +47,6 @@ DEFAULT_TIMEOUT = 2.5
 _req_pack = _struct.Struct("!BBbbHHIQII").pack  # txcb.codec's request header
 _res_unpack = _struct.Struct("!BBHIQIQ").unpack_from  # and its response header
 _NEVER = float("inf")
-#: request()'s defaults for value, cas, ttl, flags, options, persist_to, replicate_to.
-_REQUEST_DEFAULTS = (b"", 0, 0, 0, 0, 0, 0)
 #: The sweeper fires this much before a deadline, and takes anything due
 #: within twice it: float rounding never makes a timeout wait a turn longer.
 _EPSILON = 1e-6
@@ -143,15 +140,16 @@ class BucketClientProtocol(FastNetstringReceiver):
         """Send one request; the Deferred fires with its result or error."""
         if self._lost is not None:
             return fail(NetworkError("not connected: %s" % (self._lost,), key=key))
-        d = Deferred(self._cancel)
+        d: Deferred = Deferred(self._cancel)
         d._txcb_opaque = self._send(  # type: ignore[attr-defined]
             d, opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to,
-            timeout)
+            timeout=timeout)
         return d
 
-    def _send(self, target: Any, opcode: int, key: Any, k: bytes, value: bytes, cas: int,
-              ttl: int, flags: int, options: int, persist_to: int, replicate_to: int,
-              timeout: Optional[float]) -> int:
+    def _send(self, target: Any, opcode: int, key: Any, k: bytes, value: bytes = b"",
+              cas: int = 0, ttl: int = 0, flags: int = 0, options: int = 0,
+              persist_to: int = 0, replicate_to: int = 0,
+              timeout: Optional[float] = None) -> int:
         """
         Send a request whose outcome goes to ``target.callback(result)`` or
         ``target.errback(error)`` (a Deferred, or a slot of a multi-key call);
@@ -231,6 +229,17 @@ class BucketClientProtocol(FastNetstringReceiver):
 
     # -- responses ----------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            FastNetstringReceiver.dataReceived(self, data)
+        finally:
+            # Nothing left to wait for: no timer either.  Checked once per read,
+            # not per reply: a reply's callback usually makes the next request
+            # at once, which then keeps the running timer (due no later than
+            # its own deadline) instead of cancelling one and making another.
+            if not self._pending and self._sweeper is not None:
+                self._stop_sweeper()
+
     def stringReceived(self, payload: bytes) -> None:
         # Fast path: a success reply (status 0) to a request giving a value or
         # a mutation result; anything else goes the general way below.
@@ -243,8 +252,6 @@ class BucketClientProtocol(FastNetstringReceiver):
                 kind = _KIND.get(entry[3])
                 if kind == _VALUE or kind == _MUTATION:
                     del pending[opaque]
-                    if not pending and self._sweeper is not None:
-                        self._stop_sweeper()
                     entry[0].callback(
                         ValueResult(entry[2], payload[HEADER_LEN:], flags, cas, 0,
                                     self.transcoder, _UNSET, seqno) if kind == _VALUE
@@ -261,8 +268,6 @@ class BucketClientProtocol(FastNetstringReceiver):
         if entry is None:
             # Timed out or cancelled already: the reply has nobody to go to.
             return
-        if not pending and self._sweeper is not None:
-            self._stop_sweeper()
         d, _, key, opcode, quiet = entry[:5]
         status = res.status
         if status:
@@ -323,10 +328,13 @@ class _Slot:
 
     __slots__ = ("multi", "idx", "key", "proto", "opaque")
 
-    def __init__(self, multi: "_MultiCall", idx: int, key: Any) -> None:
+    def __init__(self, multi: "_MultiCall", idx: int, key: Any,
+                 proto: "BucketClientProtocol") -> None:
         self.multi = multi
         self.idx = idx
         self.key = key
+        self.proto = proto
+        self.opaque = 0
 
     def callback(self, result: Any) -> None:
         self.multi.ok(self.idx, self.key, result)
@@ -357,14 +365,12 @@ class _MultiCall:
 
     def send(self, p: BucketClientProtocol, opcode: int, key: Any, k: bytes, args: Any,
              timeout: Optional[float]) -> None:
-        slot = _Slot(self, self.count, key)
+        slot = _Slot(self, self.count, key, p)
         self.count += 1
         self.remaining += 1
-        slot.proto = p
         self.slots.append(slot)
-        a = args + _REQUEST_DEFAULTS[len(args):]
-        slot.opaque = p._send(slot, opcode, key, k, a[0], a[1], a[2], a[3], a[4], a[5],
-                              a[6], timeout)
+        slot.opaque = p._send(  # type: ignore[misc]
+            slot, opcode, key, k, *args, timeout=timeout)
 
     def add(self, key: Any, d: Deferred) -> None:
         """A key whose call gave a Deferred (an argument error, or a reconnection wait)."""
@@ -474,10 +480,9 @@ class RemoteBucket(MultiMixin):
                     multi.send(p, opcode, key, k, args, timeout)
                     return None  # type: ignore[return-value]  # only inside _each
                 # BucketClientProtocol.request, inlined: the hot path.
-                a = args + _REQUEST_DEFAULTS[len(args):]
                 d = Deferred(p._cancel)
                 d._txcb_opaque = p._send(  # type: ignore[attr-defined]
-                    d, opcode, key, k, a[0], a[1], a[2], a[3], a[4], a[5], a[6], timeout)
+                    d, opcode, key, k, *args, timeout=timeout)
                 return d
             return p.request(opcode, key, k, *args, timeout=timeout)
         if self._closed:
@@ -552,10 +557,11 @@ class RemoteBucket(MultiMixin):
     _multi: Optional["_MultiCall"] = None
 
     def _each(self, keys: Any, call: Any, result_cls: type = OperationResult) -> Deferred:
-        return self._gather(lambda: [(k, call(k)) for k in _unique(keys)], result_cls)
+        keys = _unique(keys)
+        return self._gather(lambda: [(k, call(k)) for k in keys], result_cls)
 
     def _each_item(self, mapping: Any, call: Any) -> Deferred:
-        items = mapping.items() if hasattr(mapping, "items") else mapping
+        items = list(mapping.items() if hasattr(mapping, "items") else mapping)
         return self._gather(lambda: [(k, call(k, v)) for k, v in items], OperationResult)
 
     def _gather(self, make: Any, result_cls: type) -> Deferred:
@@ -565,8 +571,12 @@ class RemoteBucket(MultiMixin):
         written to the connection in one go.  Results and errors follow
         :func:`txcb._multi.gather_results`.
         """
-        if self._multi is not None:  # re-entered: the plain way
-            return gather_results(make(), result_cls)
+        if self._multi is not None:  # re-entered (from a transcoder?): the plain way
+            outer_multi, self._multi = self._multi, None
+            try:
+                return gather_results(make(), result_cls)
+            finally:
+                self._multi = outer_multi
         multi = _MultiCall(result_cls)
         p = self._proto
         outer = p._batch if p is not None else None
@@ -615,7 +625,9 @@ class RemoteBucket(MultiMixin):
                 check_ttl(ttl, key)
             if cas:
                 check_cas(cas, key)
-            _durability_args(persist_to, replicate_to, key)
+            if persist_to or replicate_to or type(persist_to) is not int \
+                    or type(replicate_to) is not int:
+                _durability_args(persist_to, replicate_to, key)
             data, flags = self._value(value, format, key)
         except CouchbaseError as e:
             return fail(e)

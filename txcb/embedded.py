@@ -187,7 +187,8 @@ class EmbeddedBucket(MultiMixin):
 
     def get_sync(self, key: Any, ttl: int = 0, quiet: bool = False) -> ValueResult:
         """:meth:`get` without the Deferred."""
-        _check_open(self)
+        if self._closed:
+            _check_open(self)
         self._ops["get"] += 1
         k = to_key(key)
         now = self.clock.seconds()
@@ -212,7 +213,8 @@ class EmbeddedBucket(MultiMixin):
     def store_sync(self, op: str, key: Any, value: Any, cas: int = 0, ttl: int = 0,
                    format: Any = None) -> OperationResult:
         """upsert/insert/replace without the Deferred (``op`` names which)."""
-        _check_open(self)
+        if self._closed:
+            _check_open(self)
         self._ops[op] += 1
         k = to_key(key)
         if cas:
@@ -232,7 +234,7 @@ class EmbeddedBucket(MultiMixin):
                 raise KeyExistsError("the key exists", key=key)
             self._check_mutable(k, old, cas, now, key)
         new_cas = self._next_cas()
-        seqno = self._put(k, old, new_cas, expiry_time(ttl, now), flags, data)
+        seqno = self._put(k, old, new_cas, expiry_time(ttl, now) if ttl else 0.0, flags, data)
         return OperationResult(key, new_cas, RC.SUCCESS, seqno)
 
     def remove_sync(self, key: Any, cas: int = 0, quiet: bool = False) -> OperationResult:

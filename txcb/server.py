@@ -22,9 +22,9 @@ from twisted.python.failure import Failure
 from txcb import __version__
 from txcb.codec import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
-    OPT_INITIAL, OPT_QUIET, RES_MAGIC, FrameError, Op, Request, decode_request,
+    OPT_INITIAL, OPT_QUIET, REQ_MAGIC, RES_MAGIC, FrameError, Op, Request, decode_request,
     encode_response)
-from txcb.codec import _res_pack
+from txcb.codec import _req_unpack, _res_pack
 from txcb.errors import RC, ArgumentError, CouchbaseError
 from txcb.formats import Encoded
 
@@ -233,6 +233,7 @@ class BucketServerProtocol(FastNetstringReceiver):
         self._paused = False
         self._peer = str(self.transport.getPeer())
         self._sync = _sync_handlers(f.bucket)
+        self._sync_for = f.bucket
         nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if nodelay is not None:
             try:
@@ -288,16 +289,60 @@ class BucketServerProtocol(FastNetstringReceiver):
         if self._out_paused or self._held:
             self._held.append(payload)  # run when the client has read its replies
             return
+        n = len(payload)
+        if n > HEADER_LEN and payload[1] <= 0x01 and payload[0] == REQ_MAGIC:
+            # GET and UPSERT, the commonest requests, served without the
+            # Request object when they are well formed (what decode_request
+            # checks for them: a key of 1 to 250 bytes, then nothing for a
+            # GET, the value for an UPSERT) and served synchronously (see
+            # _get_now and _store_now).  Anything else takes the general way.
+            op = payload[1]
+            bucket = self.factory.bucket
+            if bucket is self._sync_for and op in self._sync:
+                _m, _o, p_to, r_to, options, keylen, opaque, cas, ttl, flags = \
+                    _req_unpack(payload)
+                end = HEADER_LEN + keylen
+                if 0 < keylen <= 250 and (end == n if op == 0x00 else end <= n) \
+                        and not (p_to or r_to):
+                    key = payload[HEADER_LEN:end]
+                    try:
+                        if op == 0x00:  # GET ignores the ttl field
+                            result = bucket.get_sync(key, 0, bool(options & OPT_QUIET))
+                        else:
+                            result = bucket.store_sync("upsert", key,
+                                                       Encoded(payload[end:], flags), cas, ttl)
+                    except Exception as e:
+                        req = Request(op, opaque, key, payload[end:], cas, ttl, flags, options)
+                        self._inflight += 1
+                        if isinstance(e, CouchbaseError):
+                            self._error(e, req)
+                        else:
+                            self._internal_error(Failure(), req)
+                        return
+                    if op:
+                        self.sendString(_res_pack(RES_MAGIC, 0x01, 0, opaque, result.cas, 0,
+                                                  result.seqno))
+                    elif result.rc:  # a quiet miss
+                        self.sendString(_res_pack(RES_MAGIC, 0x00, result.rc, opaque,
+                                                  0, 0, 0))
+                    else:
+                        self.sendString(_res_pack(RES_MAGIC, 0x00, 0, opaque, result.cas,
+                                                  result.flags, result.seqno) + result.raw)
+                    return
         try:
             req = decode_request(payload)
         except FrameError as e:
             self._frame_error(e)
             return
+        bucket = self.factory.bucket
+        if bucket is not self._sync_for:  # the factory was given another bucket
+            self._sync = _sync_handlers(bucket)
+            self._sync_for = bucket
         sync = self._sync.get(req.opcode)
         if sync is not None and not (req.persist_to or req.replicate_to):
             # The bucket's own synchronous call: no Deferred, no in-flight slot.
             try:
-                payload = sync(self.factory.bucket, req)
+                payload = sync(bucket, req)
             except CouchbaseError as e:
                 self._inflight += 1
                 self._error(e, req)
@@ -506,18 +551,22 @@ def _hello(p: BucketServerProtocol, r: Request) -> Any:
 # calling that directly gives the same result without the Deferred.  None
 # means "take the Deferred path" (a request the wrapper would treat apart).
 
-def _get_now(b: Any, r: Request) -> bytes:
-    result = b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET))
+def _value_now(result: Any, r: Request) -> bytes:
     if result.rc:  # a quiet miss
         return _res_pack(RES_MAGIC, r.opcode, result.rc, r.opaque, 0, 0, 0)
     return _res_pack(RES_MAGIC, r.opcode, 0, r.opaque, result.cas, result.flags,
                      result.seqno) + result.raw
 
 
+def _get_now(b: Any, r: Request) -> bytes:
+    # GET ignores the ttl field, as _get does (GAT is the one that touches).
+    return _value_now(b.get_sync(r.key, 0, bool(r.options & OPT_QUIET)), r)
+
+
 def _gat_now(b: Any, r: Request) -> bytes:
     if not r.ttl:
         raise ArgumentError("GAT needs a non-zero ttl")
-    return _get_now(b, r)
+    return _value_now(b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET)), r)
 
 
 def _store_now(op: str) -> Any:
@@ -579,6 +628,10 @@ def _sync_handlers(bucket: Any) -> Dict[int, Any]:
                 if all(getattr(cls, n, None) is getattr(EmbeddedBucket, n) for n in names):
                     table[opcode] = handler
         _sync_cache[cls] = table
+    patched = getattr(bucket, "__dict__", None)
+    if patched and len(table) > 1:  # methods replaced on the instance itself
+        table = {op: h for op, h in table.items()
+                 if op not in _SYNC or not any(n in patched for n in _SYNC[op][0])}
     return table
 
 
