@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
+from txcb import client as client_module
 from txcb import errors
 from txcb.client import (
     BucketClientFactory, BucketClientProtocol, RemoteBucket, connect)
@@ -181,6 +182,131 @@ class TimeoutTests(ClientTestBase):
         self.assertEqual(self.successResultOf(long).value, "b")
         self.assertIdle()
 
+    def deadlines(self):
+        """When the timers fire (the timeout sweeper goes a microsecond early)."""
+        return sorted(round(c.getTime(), 3) for c in self.clock.getDelayedCalls())
+
+    def test_short_deadline_after_a_long_one(self):
+        """One timer per connection: a shorter deadline moves it earlier."""
+        self.make_client()
+        long = self.bucket.get("long", timeout=10)
+        self.clock.advance(2)
+        short = self.bucket.get("short", timeout=1)
+        self.assertEqual(self.deadlines(), [3])
+        self.clock.advance(0.999)
+        self.assertNoResult(short)
+        self.clock.advance(0.001)
+        self.assertEqual(self.failureResultOf(short, errors.TimeoutError).value.key, "short")
+        self.assertNoResult(long)
+        self.assertEqual(self.deadlines(), [10])
+        self.clock.advance(6.999)
+        self.assertNoResult(long)
+        self.clock.advance(0.001)
+        self.assertEqual(self.failureResultOf(long, errors.TimeoutError).value.key, "long")
+        self.assertIdle()
+
+    def test_long_deadline_after_a_short_one(self):
+        """A later deadline keeps the running timer, then gets its own turn."""
+        self.make_client()
+        short = self.bucket.get("short", timeout=1)
+        long = self.bucket.get("long", timeout=10)
+        self.assertEqual(self.deadlines(), [1])
+        self.clock.advance(1)
+        self.failureResultOf(short, errors.TimeoutError)
+        self.assertNoResult(long)
+        self.assertEqual(self.deadlines(), [10])
+        self.clock.advance(8.999)
+        self.assertNoResult(long)
+        self.clock.advance(0.001)
+        self.failureResultOf(long, errors.TimeoutError)
+        self.assertIdle()
+
+    def test_same_deadline_times_out_together(self):
+        self.make_client()
+        ds = [self.bucket.get("k%d" % i, timeout=1) for i in range(3)]
+        self.clock.advance(1)
+        for d in ds:
+            self.failureResultOf(d, errors.TimeoutError)
+        self.assertIdle()
+
+    def test_earliest_answered_the_later_still_times_out_on_time(self):
+        self.make_client()
+        short = self.bucket.get("short", timeout=1)
+        long = self.bucket.get("long", timeout=5)
+        reqs = self.sent(self.transport)
+        self.clock.advance(0.5)
+        self.proto.dataReceived(response(Op.GET, reqs[0].opaque, body=b"s"))
+        self.assertEqual(self.successResultOf(short).raw, b"s")
+        self.clock.advance(4.499)
+        self.assertNoResult(long)
+        self.clock.advance(0.001)
+        self.failureResultOf(long, errors.TimeoutError)
+        self.assertIdle()
+
+    def test_timer_cancelled_when_idle(self):
+        self.make_client()
+        short = self.bucket.get("a", timeout=1)
+        long = self.bucket.get("b", timeout=10)
+        reqs = self.sent(self.transport)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # one timer for both
+        self.proto.dataReceived(response(Op.GET, reqs[1].opaque, body=b"b"))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # "a" is still out
+        self.proto.dataReceived(response(Op.GET, reqs[0].opaque, body=b"a"))
+        self.successResultOf(short)
+        self.successResultOf(long)
+        self.assertIdle()
+        # And the next request has a timer again.
+        d = self.bucket.noop(timeout=2)
+        self.assertEqual(self.deadlines(), [2])
+        self.proto.dataReceived(response(Op.NOOP, self.one_request().opaque))
+        self.successResultOf(d)
+        self.assertIdle()
+
+    def test_timeout_zero_disables_the_timeout(self):
+        """``timeout=0`` (documented in RemoteBucket): no timer, no TimeoutError."""
+        self.make_client()
+        forever = self.bucket.get("k", timeout=0)
+        req = self.one_request()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        timed = self.bucket.get("t", timeout=1)
+        self.clock.advance(1)
+        self.failureResultOf(timed, errors.TimeoutError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # none left for the untimed one
+        self.clock.advance(1e6)
+        self.assertNoResult(forever)
+        self.proto.dataReceived(response(Op.GET, req.opaque, body=b"v"))
+        self.assertEqual(self.successResultOf(forever).raw, b"v")
+        self.assertIdle()
+
+    def test_bucket_timeout_zero(self):
+        """A bucket (and protocol) made with timeout=0 has no default timeout."""
+        self.make_client(timeout=0)
+        self.assertEqual(self.bucket.timeout, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        d = self.bucket.get("k")
+        e = self.bucket.endure("k", persist_to=0, replicate_to=0, timeout=3.0)
+        m = self.bucket.get_multi(["a", "b"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1e6)
+        for x in (d, e, m):
+            self.assertNoResult(x)
+        # A method's own timeout still applies.
+        t = self.bucket.get("t", timeout=1)
+        self.clock.advance(1)
+        self.failureResultOf(t, errors.TimeoutError)
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        for x in (d, e, m):
+            self.failureResultOf(x, errors.NetworkError)
+        self.assertIdle()
+
+    def test_protocol_timeout_none_disables_the_timeout(self):
+        proto = BucketClientProtocol(clock=self.clock, timeout=None)
+        proto.makeConnection(StringTransport())
+        d = proto.request(Op.NOOP, None, b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, errors.NetworkError)
+
     def test_endure_timeout_covers_the_server_wait(self):
         self.make_client()
         d = self.bucket.endure("k", persist_to=0, replicate_to=0, timeout=3.0)
@@ -224,6 +350,83 @@ class CancelTests(ClientTestBase):
         self.assertEqual(len(self.sent(self.transport)), 3)  # pipelined
         d.cancel()
         self.failureResultOf(d, CancelledError)
+        self.assertIdle()
+
+    def test_cancel_multi_cancels_every_key(self):
+        """
+        Cancelling a multi-key call takes every key still out off the
+        pending table (its late reply finds nobody), stops the timer, and
+        leaves other requests alone.
+        """
+        self.make_client()
+        other = self.bucket.get("other")
+        d = self.bucket.get_multi(["a", "b", "c"])
+        reqs = self.sent(self.transport)
+        self.assertEqual(len(self.proto._pending), 4)
+        # "a" is answered before the cancel.
+        self.proto.dataReceived(response(Op.GET, reqs[1].opaque, body=b"a"))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(list(self.proto._pending), [reqs[0].opaque])
+        # The late replies go nowhere, harmlessly.
+        self.proto.dataReceived(b"".join(response(Op.GET, r.opaque, body=b"late")
+                                         for r in reqs[2:]))
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.dataReceived(response(Op.GET, reqs[0].opaque, body=b"o"))
+        self.assertEqual(self.successResultOf(other).raw, b"o")
+        self.assertIdle()
+
+    def test_cancel_multi_with_a_key_that_failed_before_sending(self):
+        self.make_client()
+        d = self.bucket.upsert_multi({"a": 1, "big": b"x" * 1001, "c": 3})
+        self.assertEqual(len(self.sent(self.transport)), 2)  # "big" is never sent
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertIdle()
+
+    def test_cancel_multi_twice_and_after_its_result(self):
+        self.make_client()
+        d = self.bucket.get_multi(["a", "b"])
+        reqs = self.sent(self.transport)
+        self.proto.dataReceived(b"".join(response(Op.GET, r.opaque, body=b"v") for r in reqs))
+        d.cancel()
+        self.assertEqual(len(self.successResultOf(d)), 2)
+        d = self.bucket.get_multi(["a", "b"])
+        d.cancel()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertIdle()
+
+    def test_multi_timeout(self):
+        """A multi-key call times out key by key: the answered keys keep their results."""
+        self.make_client()
+        d = self.bucket.get_multi(["a", "b", "c"])
+        reqs = self.sent(self.transport)
+        self.proto.dataReceived(response(Op.GET, reqs[0].opaque, body=b"a"))
+        self.clock.advance(2.49)
+        self.assertNoResult(d)
+        self.clock.advance(0.01)
+        f = self.failureResultOf(d, errors.TimeoutError)
+        self.assertEqual(f.value.key, "b")  # the first failed key, in key order
+        res = f.value.all_results
+        self.assertEqual(res["a"].raw, b"a")
+        self.assertEqual([(res[k].success, res[k].rc) for k in ("b", "c")],
+                         [(False, RC.TIMEOUT)] * 2)
+        self.assertIdle()
+        # Late replies are harmless.
+        self.proto.dataReceived(b"".join(response(Op.GET, r.opaque) for r in reqs[1:]))
+        self.assertFalse(self.transport.disconnecting)
+        self.assertIdle()
+
+    def test_multi_timeout_with_mixed_single_requests(self):
+        self.make_client()
+        single = self.bucket.get("s", timeout=1)
+        multi = self.bucket.get_multi(["a", "b"])
+        self.clock.advance(1)
+        self.failureResultOf(single, errors.TimeoutError)
+        self.assertNoResult(multi)
+        self.clock.advance(1.5)
+        self.failureResultOf(multi, errors.TimeoutError)
         self.assertIdle()
 
 
@@ -731,6 +934,93 @@ class ReconnectInMemoryTests(ClientTestBase):
         self.assertIsNone(self.bucket._proto)
         self.assertEqual(len(self.mreactor.tcpClients), 1)
 
+    def retry(self, within=0.225):
+        """Let the next reconnection attempt happen: the first comes within 0.225 s."""
+        n = len(self.mreactor.tcpClients)
+        self.mreactor.advance(within)
+        self.assertEqual(len(self.mreactor.tcpClients), n + 1)
+
+    def refuse(self):
+        """The latest connection attempt fails."""
+        factory = self.mreactor.tcpClients[-1][2]
+        factory.clientConnectionFailed(self.mreactor.connectors[-1],
+                                       Failure(ConnectionRefusedError()))
+
+    def test_reconnect_gap_longer_than_the_default_timeout(self):
+        """
+        Regression: connect(..., reconnect=True) used ClientService's default
+        backoff, whose first attempt comes 1.5 to 2.5 s after a loss: as long
+        as the default operation timeout, so operations made in the gap timed
+        out just before the reconnection.  The first attempt now comes within
+        0.225 s.
+        """
+        self.drop()
+        [retry] = self.mreactor.getDelayedCalls()
+        self.assertGreaterEqual(retry.getTime() - self.mreactor.seconds(), 0.15)
+        self.assertLessEqual(retry.getTime() - self.mreactor.seconds(), 0.225)
+        d = self.bucket.upsert("k", "v", timeout=client_module.DEFAULT_TIMEOUT)
+        self.retry()
+        self.pump = complete_connection(self.mreactor, self.server_factory)
+        self.assertTrue(self.successResultOf(d).success)
+
+    def test_backoff_after_failed_attempts(self):
+        self.drop()
+        d = self.bucket.upsert("k", "v")  # timeout: 5 s
+        self.retry()
+        self.refuse()
+        self.retry(0.3375)  # 0.1 * 1.5 ** 2, plus up to 50%
+        self.refuse()
+        self.retry(0.507)
+        self.assertNoResult(d)
+        self.pump = complete_connection(self.mreactor, self.server_factory)
+        self.assertTrue(self.successResultOf(d).success)
+
+    def test_reconnect_delays(self):
+        """_reconnect_delay: 0.1 * 1.5 ** attempt, at most 10 s, plus up to 50% jitter."""
+        delay = client_module._reconnect_delay
+        for r, scale in ((0.0, 1.0), (0.5, 1.25), (1.0, 1.5)):
+            self.patch(client_module, "random", type("R", (), {"random": staticmethod(
+                lambda r=r: r)}))
+            self.assertAlmostEqual(delay(1), 0.15 * scale)
+            self.assertAlmostEqual(delay(2), 0.225 * scale)
+            self.assertAlmostEqual(delay(11), 0.1 * 1.5 ** 11 * scale)
+            for attempt in (12, 100, 10000):
+                self.assertAlmostEqual(delay(attempt), 10.0 * scale)
+
+    def test_no_timeout_in_the_gap(self):
+        """timeout=0: an operation waits for the reconnection however long it takes."""
+        self.drop()
+        d = self.bucket.upsert("k", "v", timeout=0)
+        self.assertEqual(len(self.mreactor.getDelayedCalls()), 1)  # the service's retry
+        self.retry()
+        self.mreactor.advance(1000)
+        self.assertNoResult(d)
+        self.pump = complete_connection(self.mreactor, self.server_factory)
+        self.assertTrue(self.successResultOf(d).success)
+        self.assertEqual(self.bucket._proto._pending, {})
+        self.assertEqual(self.mreactor.getDelayedCalls(), [])
+
+    def test_cancel_multi_in_the_gap(self):
+        self.drop()
+        d = self.bucket.get_multi(["a", "b", "c"])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(len(self.mreactor.getDelayedCalls()), 1)  # the service's retry
+        self.retry()
+        self.pump = complete_connection(self.mreactor, self.server_factory)
+        self.assertEqual(self.bucket._proto._pending, {})
+        self.assertEqual(self.mreactor.getDelayedCalls(), [])
+
+    def test_multi_timeout_in_the_gap(self):
+        self.drop()
+        d = self.bucket.get_multi(["a", "b"])  # timeout: 5 s
+        self.retry()  # an attempt that never completes
+        self.mreactor.advance(4.7)
+        self.assertNoResult(d)
+        self.mreactor.advance(0.1)
+        f = self.failureResultOf(d, errors.TimeoutError)
+        self.assertEqual([r.rc for r in f.value.all_results.values()], [RC.TIMEOUT] * 2)
+
     def test_operations_in_the_gap_wait_for_the_new_connection(self):
         d = self.bucket.upsert("k", "v")
         self.pump.flush()
@@ -738,8 +1028,7 @@ class ReconnectInMemoryTests(ClientTestBase):
         self.drop()
         up = self.bucket.upsert("k", "w")
         get = self.bucket.get("k")
-        self.mreactor.advance(2.5)  # the first retry comes 1.5 to 2.5 s after a loss
-        self.assertEqual(len(self.mreactor.tcpClients), 2)
+        self.retry()
         self.assertNoResult(get)
         self.pump = complete_connection(self.mreactor, self.server_factory)
         self.successResultOf(up)
@@ -776,7 +1065,7 @@ class ReconnectInMemoryTests(ClientTestBase):
     def test_cancel_after_reconnection(self):
         self.drop()
         d = self.bucket.get("slow")
-        self.mreactor.advance(2.5)
+        self.retry()
         self.pump = complete_connection(self.mreactor, self.server_factory)
         self.assertEqual(len(self.server_factory.bucket.slow), 1)  # sent, unanswered
         proto = self.bucket._proto
@@ -814,7 +1103,7 @@ class ReconnectInMemoryTests(ClientTestBase):
         self.pump.flush()
         self.assertEqual(len(retried), 1)
         self.assertNoResult(d)
-        self.mreactor.advance(2.5)
+        self.retry()
         self.pump = complete_connection(self.mreactor, self.server_factory)
         self.assertTrue(self.successResultOf(d).success)
         self.assertEqual(

@@ -8,7 +8,7 @@ import json
 from io import BytesIO
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,12 +18,12 @@ from twisted.trial import unittest
 
 from txcb.codec import (
     COUNTER_BODY, ENDURE_BODY, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET, REQ_MAGIC,
-    NetstringDecoder, Op, decode_response, encode_request, netstring)
+    NetstringDecoder, Op, Request, decode_response, encode_request, netstring)
 from txcb.embedded import EmbeddedBucket
-from txcb.errors import RC, NotFoundError
+from txcb.errors import RC, ArgumentError, NotFoundError
 from txcb.formats import FMT_BYTES
-from txcb.results import ValueResult
-from txcb.server import BucketServerFactory, BucketServerProtocol
+from txcb.results import OperationResult, ValueResult
+from txcb.server import BucketServerFactory, BucketServerProtocol, _sync_handlers
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 SERVER_NS = BucketServerProtocol.__module__ + "." + BucketServerProtocol.__name__
@@ -321,12 +321,144 @@ class OpcodeTests(ServerTestBase):
         self.assertEqual(res.status, RC.E2BIG)
         self.assertEqual(self.call(Op.UPSERT, 2, key=b"k" * 250, value=b"x" * 1000).status, 0)
 
+    def test_insert_with_cas_is_not_an_internal_error(self):
+        """
+        Regression: INSERT with a non-zero cas called ``bucket.insert(...,
+        cas=...)``: a TypeError, answered 0x84 (internal error) and logged as
+        a traceback.  It is the client's mistake: 0x04 (ArgumentError), on
+        the synchronous path (EmbeddedBucket) and the Deferred path alike,
+        with no failure logged (ServerTestBase checks) and nothing stored.
+        """
+        for opaque, kw in ((1, {}), (2, {"replicate_to": 1})):
+            res = self.call(Op.INSERT, opaque, key=b"k", value=b"v", cas=1234, **kw)
+            self.assertEqual((res.status, res.body), (RC.EINVAL, b"insert takes no cas"))
+        self.assertEqual(self.call(Op.GET, 3, key=b"k").status, RC.KEY_ENOENT)
+        up = self.call(Op.UPSERT, 4, key=b"k", value=b"v")
+        res = self.call(Op.INSERT, 5, key=b"k", value=b"w", cas=up.cas)
+        self.assertEqual(res.status, RC.EINVAL)
+        self.assertEqual(self.call(Op.GET, 6, key=b"k").body, b"v")
+        # Without a cas, insert is as ever.
+        self.assertEqual(self.call(Op.INSERT, 7, key=b"k2", value=b"v").status, 0)
+        self.assertEqual(self.proto._inflight, 0)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.log.failures(), [])
+        self.assertEqual(self.log.server_lines(LogLevel.warn), [])
+
+    def test_get_ignores_the_ttl_field(self):
+        """
+        GET ignores its request's ttl field: only GAT touches.  A GET with
+        the field set neither changes the item's expiry nor its cas.
+        """
+        up = self.call(Op.UPSERT, 1, key=b"k", value=b"v", ttl=10)
+        forever = self.call(Op.UPSERT, 2, key=b"forever", value=b"f")
+        res = self.call(Op.GET, 3, key=b"k", ttl=100)
+        self.assertEqual((res.status, res.body, res.cas), (0, b"v", up.cas))
+        res = self.call(Op.GET, 4, key=b"k", ttl=100, options=OPT_QUIET)
+        self.assertEqual((res.status, res.body, res.cas), (0, b"v", up.cas))
+        res = self.call(Op.GET, 5, key=b"forever", ttl=5)
+        self.assertEqual((res.status, res.cas), (0, forever.cas))
+        self.clock.advance(10)
+        self.assertEqual(self.call(Op.GET, 6, key=b"k", ttl=100).status, RC.KEY_ENOENT)
+        self.assertEqual(self.call(Op.GET, 7, key=b"forever").body, b"f")
+        # GAT does touch.
+        gat = self.call(Op.GAT, 8, key=b"forever", ttl=5)
+        self.assertNotEqual(gat.cas, forever.cas)
+        self.clock.advance(5)
+        self.assertEqual(self.call(Op.GET, 9, key=b"forever").status, RC.KEY_ENOENT)
+
 
 class GenericPathOpcodeTests(OpcodeTests):
     """The same, with the bucket behind a wrapper: the Deferred path."""
 
     def wrap(self, bucket):
         return DelegatingBucket(bucket)
+
+
+class SyncHandlerTests(ServerTestBase):
+    """The synchronous handlers, called as the server does off the fast path."""
+
+    def test_get_handler_ignores_the_ttl_field(self):
+        bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
+        up = bucket.store_sync("upsert", b"k", b"v", ttl=10)
+        get = _sync_handlers(bucket)[Op.GET]
+        for options in (0, OPT_QUIET):
+            res = decode_response(get(bucket, Request(Op.GET, 1, b"k", ttl=100,
+                                                      options=options)))
+            self.assertEqual((res.status, res.body, res.cas), (0, b"v", up.cas))
+        self.clock.advance(10)
+        res = decode_response(get(bucket, Request(Op.GET, 2, b"k", ttl=100,
+                                                  options=OPT_QUIET)))
+        self.assertEqual(res.status, RC.KEY_ENOENT)
+
+    def test_insert_handler_refuses_a_cas(self):
+        bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
+        insert = _sync_handlers(bucket)[Op.INSERT]
+        with self.assertRaises(ArgumentError) as cm:
+            insert(bucket, Request(Op.INSERT, 1, b"k", b"v", cas=5))
+        self.assertEqual((cm.exception.rc, cm.exception.message),
+                         (RC.EINVAL, "insert takes no cas"))
+        self.assertEqual(bucket.stats_sync()["items"], 0)
+
+
+class InstancePatchTests(ServerTestBase):
+    """
+    A method replaced on the bucket *instance* (``bucket.get = ...``) is
+    called by the server, though EmbeddedBucket's class methods are not.
+    """
+
+    def patched_bucket(self):
+        bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
+        bucket.store_sync("upsert", b"k", b"real")
+        self.calls = []
+
+        def get(key, ttl=0, quiet=False):
+            self.calls.append(("get", key, ttl))
+            return succeed(ValueResult(key, b"patched", FMT_BYTES, 77))
+
+        def _mutate(key, persist_to, replicate_to, call, *args):
+            self.calls.append(("_mutate", key))
+            return succeed(OperationResult(key, 88))
+
+        bucket.get = get
+        bucket._mutate = _mutate
+        return bucket
+
+    def assertPatchedCalled(self, proto, transport):
+        res = self.call(Op.GET, 1, proto=proto, transport=transport, key=b"k")  # fast path
+        self.assertEqual((res.body, res.cas), (b"patched", 77))
+        res = self.call(Op.GAT, 2, proto=proto, transport=transport, key=b"k", ttl=5)
+        self.assertEqual((res.body, res.cas), (b"patched", 77))
+        res = self.call(Op.UPSERT, 3, proto=proto, transport=transport, key=b"k",
+                        value=b"x")  # fast path
+        self.assertEqual(res.cas, 88)
+        res = self.call(Op.INSERT, 4, proto=proto, transport=transport, key=b"n", value=b"x")
+        self.assertEqual(res.cas, 88)
+        self.assertEqual(self.calls, [("get", b"k", 0), ("get", b"k", 5),
+                                      ("_mutate", b"k"), ("_mutate", b"n")])
+        # What is not replaced is still served synchronously.
+        res = self.call(Op.COUNTER, 5, proto=proto, transport=transport, key=b"c",
+                        value=COUNTER_BODY.pack(1, 3), options=OPT_INITIAL)
+        self.assertEqual((res.status, res.body), (0, b"3"))
+        self.assertIn(Op.COUNTER, proto._sync)
+        self.assertNotIn(Op.GET, proto._sync)
+        self.assertNotIn(Op.UPSERT, proto._sync)
+
+    def test_patched_before_the_connection(self):
+        proto, transport = self.setup_server(bucket=self.patched_bucket())
+        self.assertPatchedCalled(proto, transport)
+
+    def test_patched_bucket_given_to_the_factory_later(self):
+        proto, transport = self.setup_server()
+        self.assertEqual(self.call(Op.UPSERT, 1, key=b"k", value=b"v").status, 0)
+        self.assertEqual(self.call(Op.GET, 2, key=b"k").body, b"v")
+        self.factory.bucket = self.patched_bucket()
+        self.assertPatchedCalled(proto, transport)
+
+    def test_class_table_is_not_changed_by_one_instance(self):
+        self.patched_bucket()
+        plain = EmbeddedBucket(clock=self.clock, pager_interval=0)
+        self.assertIn(Op.GET, _sync_handlers(plain))
+        self.assertIn(Op.UPSERT, _sync_handlers(plain))
 
 
 class FramingTests(ServerTestBase):

@@ -16,12 +16,14 @@ and nothing is kept once a request completes.
 from __future__ import annotations
 
 import json
+import random
 import struct as _struct
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall, IProtocol
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,13 +73,15 @@ class BucketClientProtocol(FastNetstringReceiver):
     """
     One connection to a txcb server.
 
+    :param timeout: each request's default timeout, in seconds; 0 (or None)
+        disables it.
     :ivar server_info: what the server said about itself (HELLO), once known.
     """
 
     _log = Logger()
     MAX_LENGTH = HEADER_LEN + DEFAULT_MAX_VALUE_SIZE + 1024
 
-    def __init__(self, clock: Any = None, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, clock: Any = None, timeout: Optional[float] = DEFAULT_TIMEOUT,
                  transcoder: Optional[Transcoder] = None) -> None:
         self.clock = clock
         self.timeout = timeout
@@ -136,8 +140,14 @@ class BucketClientProtocol(FastNetstringReceiver):
 
     def request(self, opcode: int, key: Any, k: bytes, value: bytes = b"", cas: int = 0,
                 ttl: int = 0, flags: int = 0, options: int = 0, persist_to: int = 0,
-                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
-        """Send one request; the Deferred fires with its result or error."""
+                replicate_to: int = 0, *, timeout: Optional[float] = None) -> Deferred:
+        """
+        Send one request; the Deferred fires with its result or error.
+
+        :param timeout: seconds before it errbacks TimeoutError; None for the
+            protocol's :attr:`timeout`; 0 (or a protocol timeout of 0 or None)
+            for no timeout.
+        """
         if self._lost is not None:
             return fail(NetworkError("not connected: %s" % (self._lost,), key=key))
         d: Deferred = Deferred(self._cancel)
@@ -148,7 +158,7 @@ class BucketClientProtocol(FastNetstringReceiver):
 
     def _send(self, target: Any, opcode: int, key: Any, k: bytes, value: bytes = b"",
               cas: int = 0, ttl: int = 0, flags: int = 0, options: int = 0,
-              persist_to: int = 0, replicate_to: int = 0,
+              persist_to: int = 0, replicate_to: int = 0, *,
               timeout: Optional[float] = None) -> int:
         """
         Send a request whose outcome goes to ``target.callback(result)`` or
@@ -185,7 +195,7 @@ class BucketClientProtocol(FastNetstringReceiver):
         elif self._direct is not None:
             self._direct(data)
         else:
-            self.transport.write(data)
+            self._io.write(data)
         return opaque
 
     def _cancel(self, d: Deferred) -> None:
@@ -305,9 +315,9 @@ class BucketClientProtocol(FastNetstringReceiver):
 
     def _lose(self, why: CouchbaseError) -> None:
         self._fail_all(NetworkError("connection closed: %s" % (why,)))
-        self.transport.abortConnection()
+        self._io.abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.connected = False
         self._fail_all(NetworkError("connection lost: %s" % (
             reason.getErrorMessage() if reason is not None else "closed",)))
@@ -369,8 +379,7 @@ class _MultiCall:
         self.count += 1
         self.remaining += 1
         self.slots.append(slot)
-        slot.opaque = p._send(  # type: ignore[misc]
-            slot, opcode, key, k, *args, timeout=timeout)
+        slot.opaque = p._send(slot, opcode, key, k, *args, timeout=timeout)
 
     def add(self, key: Any, d: Deferred) -> None:
         """A key whose call gave a Deferred (an argument error, or a reconnection wait)."""
@@ -441,6 +450,11 @@ class RemoteBucket(MultiMixin):
 
     Every method takes an extra ``timeout`` keyword: seconds before the
     operation errbacks TimeoutError (default :attr:`timeout`, 2.5 s).
+    ``timeout=0`` disables the timeout: the operation waits for its reply
+    (or, while a reconnecting bucket is down, for the new connection) until
+    it is answered, cancelled, or its connection is lost or closed.  A bucket
+    made with ``timeout=0`` has no timeout by default (but a method's own
+    ``timeout`` still applies).
     """
 
     def __init__(self, protocol: Optional[BucketClientProtocol] = None,
@@ -452,6 +466,8 @@ class RemoteBucket(MultiMixin):
         self.timeout = timeout
         self.transcoder = transcoder if transcoder is not None else DEFAULT_TRANSCODER
         self._closed = False
+        #: The reactor timing waits for a reconnection (None: the global one).
+        self._clock: Any = None
         if protocol is not None:
             self._attach(protocol)
 
@@ -480,7 +496,7 @@ class RemoteBucket(MultiMixin):
                     multi.send(p, opcode, key, k, args, timeout)
                     return None  # type: ignore[return-value]  # only inside _each
                 # BucketClientProtocol.request, inlined: the hot path.
-                d = Deferred(p._cancel)
+                d: Deferred = Deferred(p._cancel)
                 d._txcb_opaque = p._send(  # type: ignore[attr-defined]
                     d, opcode, key, k, *args, timeout=timeout)
                 return d
@@ -493,17 +509,22 @@ class RemoteBucket(MultiMixin):
 
     def _after_reconnect(self, opcode: int, key: Any, k: bytes, args: Any,
                          timeout: Optional[float]) -> Deferred:
-        """Wait (within the timeout) for the service to reconnect, then send."""
+        """
+        Wait (within the timeout, if there is one) for the service to
+        reconnect, then send.
+        """
         from twisted.internet import reactor
-        clock = getattr(self, "_clock", None) or reactor
+        clock = self._clock or reactor
         timeout = self.timeout if timeout is None else timeout
         started = clock.seconds()
         why: List[str] = []  # "timeout" or "cancel", once either happens
         sent: List[Deferred] = []  # the request, once made on the new connection
+        waiting: Deferred = succeed(None)
+        timer: Optional[IDelayedCall] = None
 
         def stop(reason: str) -> None:
             why.append(reason)
-            if reason == "cancel" and timer.active():
+            if reason == "cancel" and timer is not None and timer.active():
                 timer.cancel()
             waiting.cancel()
             if sent:
@@ -530,13 +551,15 @@ class RemoteBucket(MultiMixin):
                 # after its protocol does.  Ask again on the next turn.
                 clock.callLater(0, wait)
                 return
-            timer.cancel()
-            left = max(timeout - (clock.seconds() - started), 0.001)
+            left = 0.0  # no timeout
+            if timer is not None:
+                timer.cancel()
+                left = max(timeout - (clock.seconds() - started), 0.001)
             sent.append(proto.request(opcode, key, k, *args, timeout=left))
             sent[0].chainDeferred(result)
 
         def failed(f: Failure) -> None:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
             if result.called or why == ["cancel"]:
                 return  # cancelled: Deferred.cancel errbacks CancelledError
@@ -547,8 +570,8 @@ class RemoteBucket(MultiMixin):
                 result.errback(NetworkError("not connected: %s" % (f.getErrorMessage(),),
                                             key=key))
 
-        waiting: Deferred = succeed(None)
-        timer = clock.callLater(timeout, stop, "timeout")
+        if timeout:  # 0: wait as long as it takes (or until cancelled or closed)
+            timer = clock.callLater(timeout, stop, "timeout")
         wait()
         return result
 
@@ -736,7 +759,10 @@ class RemoteBucket(MultiMixin):
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                check_removed: bool = False, timeout: float = 5.0,
                interval: float = 0.01) -> Deferred:
-        """The server polls; the request's own timeout is ``timeout`` plus the usual one."""
+        """
+        The server polls; the request's own timeout is ``timeout`` plus the
+        usual one (:attr:`timeout`), or none if that is 0 (disabled).
+        """
         try:
             k = to_key(key)
             if cas:
@@ -749,7 +775,7 @@ class RemoteBucket(MultiMixin):
         body = ENDURE_BODY.pack(int(timeout * 1000), max(int(interval * 1000), 1))
         return self._call(Op.ENDURE, key, k, body, cas, 0, 0,
                           OPT_CHECK_REMOVED if check_removed else 0, persist_to, replicate_to,
-                          timeout=timeout + self.timeout)
+                          timeout=timeout + self.timeout if self.timeout else 0)
 
     def stats(self, timeout: Optional[float] = None) -> Deferred:
         return self._call(Op.STATS, None, b"", timeout=timeout)
@@ -802,7 +828,7 @@ class RemoteBucket(MultiMixin):
             return succeed(None)
         done: Deferred = Deferred()
         p._on_lost.append(lambda _p: done.callback(None))
-        p.transport.loseConnection()
+        p._io.loseConnection()
         return done
 
 
@@ -834,7 +860,8 @@ class BucketClientFactory(ClientFactory):
     def buildProtocol(self, addr: Any) -> BucketClientProtocol:
         p = self.protocol(self.clock, self.timeout, self.transcoder)
         p.factory = self
-        p.when_ready().addCallbacks(self._ready, self._failed, (p,), None, (p,))
+        p.when_ready().addCallbacks(self._ready, self._failed, callbackArgs=(p,),
+                                    errbackArgs=(p,))
         return p
 
     def _ready(self, info: Any, p: BucketClientProtocol) -> None:
@@ -846,7 +873,7 @@ class BucketClientFactory(ClientFactory):
         if not self.deferred.called:
             self.deferred.errback(ConnectError("handshake failed: %s" % (f.getErrorMessage(),)))
         if p.connected:
-            p.transport.abortConnection()
+            p._io.abortConnection()
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.deferred.called:
@@ -869,6 +896,22 @@ class _ServiceFactory(Factory):
         return p
 
 
+_backoff = backoffPolicy(initialDelay=0.1, factor=1.5, maxDelay=10.0, jitter=lambda: 0.0)
+
+
+def _reconnect_delay(attempt: int) -> float:
+    """
+    The ClientService retry policy of ``connect(..., reconnect=True)``:
+    seconds to wait before reconnection attempt ``attempt`` (1 after a
+    loss): ``min(0.1 * 1.5 ** attempt, 10)``, plus up to 50% jitter.
+
+    Twisted's default (:func:`backoffPolicy`'s 1 s, plus up to 1 s of jitter)
+    waits 1.5 to 2.5 s after a loss, as long as the default operation
+    timeout: operations made in the gap timed out just before reconnection.
+    """
+    return _backoff(attempt) * (1.0 + 0.5 * random.random())
+
+
 def connect(reactor: Any, endpoint: str = "tcp:127.0.0.1:11222", reconnect: bool = False,
             timeout: float = DEFAULT_TIMEOUT, transcoder: Optional[Transcoder] = None
             ) -> Deferred:
@@ -876,10 +919,17 @@ def connect(reactor: Any, endpoint: str = "tcp:127.0.0.1:11222", reconnect: bool
     Connect to a txcb server given a client endpoint string (``tcp:``,
     ``unix:``, ``ssl:``...): fires a connected :class:`RemoteBucket`.
 
-    With ``reconnect=True`` the bucket reconnects after a lost connection
-    (exponential backoff); operations made while it is down wait for the new
-    connection within their timeout.  The first connection must succeed, or
-    the Deferred errbacks ConnectError.
+    With ``reconnect=True`` the bucket reconnects after a lost connection,
+    with exponential backoff (:func:`_reconnect_delay`): the first attempt
+    comes 0.15 to 0.225 s after the loss, each failed one makes the next wait
+    1.5 times longer, up to 10 s, and each delay has up to 50% random jitter
+    (so that the clients of a restarted server do not all come back at once).
+    Operations made while it is down wait for the new connection within
+    their timeout: the first retry comes well within the default 2.5 s.
+    The first connection must succeed, or the Deferred errbacks ConnectError.
+
+    :param timeout: every operation's default timeout, in seconds (see
+        :class:`RemoteBucket`); 0 disables it.
     """
     try:
         ep = clientFromString(reactor, endpoint)
@@ -897,18 +947,19 @@ def connect(reactor: Any, endpoint: str = "tcp:127.0.0.1:11222", reconnect: bool
         return factory.deferred
 
     bucket = RemoteBucket(timeout=timeout, transcoder=transcoder)
-    service = ClientService(ep, _ServiceFactory(bucket, reactor), retryPolicy=backoffPolicy(),
-                            clock=reactor)
+    service = ClientService(ep, _ServiceFactory(bucket, reactor),
+                            retryPolicy=_reconnect_delay, clock=reactor)
     bucket._service = service
-    bucket._clock = reactor  # type: ignore[attr-defined]
+    bucket._clock = reactor
     service.startService()
     first = service.whenConnected(failAfterFailures=1)
 
-    def connected(p: BucketClientProtocol) -> Deferred:
-        return p.when_ready().addCallback(lambda _: bucket)
+    def connected(p: IProtocol) -> Deferred:
+        # The service's protocols come from _ServiceFactory.
+        return cast(BucketClientProtocol, p).when_ready().addCallback(lambda _: bucket)
 
-    def failed(f: Failure) -> None:
+    def first_failed(f: Failure) -> None:
         service.stopService()
         raise ConnectError("cannot connect to %s: %s" % (endpoint, f.getErrorMessage()))
 
-    return first.addCallback(connected).addErrback(failed)
+    return first.addCallback(connected).addErrback(first_failed)

@@ -11,7 +11,7 @@ never hold up fast ones.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Protocol as _Interface
 
 from twisted.internet.defer import succeed
 from twisted.internet.protocol import Factory
@@ -32,6 +32,23 @@ __all__ = ["BucketServerProtocol", "BucketServerFactory", "ServerStats"]
 
 #: Longest error message sent back, in bytes.
 _MAX_MESSAGE = 512
+
+
+class _StreamTransport(_Interface):
+    """
+    What the protocols use of their transport: an ``ITCPTransport`` that is
+    also an ``IConsumer`` and an ``IPushProducer`` (every Twisted stream
+    transport, TLS included, and the test transports).  ``Protocol.transport``
+    is typed ``Optional[ITransport]``, which has none of the producer methods.
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def getPeer(self) -> Any: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
 
 
 class ServerStats:
@@ -111,6 +128,8 @@ class FastNetstringReceiver(NetstringReceiver):
 
     _batch: Optional[list] = None
     _direct: Any = None
+    #: ``self.transport``, typed for what is used of it (set by makeConnection).
+    _io: _StreamTransport
     _parts: Optional[list] = None
     #: While a chunk is handled, what is sent goes out every this many strings
     #: (like memcached's requests per event), so that both peers work at once
@@ -123,6 +142,7 @@ class FastNetstringReceiver(NetstringReceiver):
         self._have = self._need = 0
         self._batch = None
         self._direct = _direct_writer(transport)
+        self._io = transport
         NetstringReceiver.makeConnection(self, transport)
 
     def sendString(self, string: bytes) -> None:
@@ -139,14 +159,14 @@ class FastNetstringReceiver(NetstringReceiver):
         elif self._direct is not None:
             self._direct(data)
         else:
-            self.transport.write(data)
+            self._io.write(data)
 
     def _flush(self, batch: list) -> None:
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         if self._direct is not None:
             self._direct(data)
         else:
-            self.transport.write(data)
+            self._io.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         if self.brokenPeer:
@@ -231,10 +251,10 @@ class BucketServerProtocol(FastNetstringReceiver):
         self.MAX_LENGTH = f.max_frame
         self._inflight = 0
         self._paused = False
-        self._peer = str(self.transport.getPeer())
+        self._peer = str(self._io.getPeer())
         self._sync = _sync_handlers(f.bucket)
         self._sync_for = f.bucket
-        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        nodelay = getattr(self._io, "setTcpNoDelay", None)
         if nodelay is not None:
             try:
                 nodelay(True)  # replies are whole messages: never wait for an ACK
@@ -244,10 +264,10 @@ class BucketServerProtocol(FastNetstringReceiver):
         f.stats.total_connections += 1
         self._held: list = []  # frames read while the client's replies are backed up
         self._out_paused = False
-        self.transport.registerProducer(self, True)
+        self._io.registerProducer(self, True)
         self._log.debug("txcb: connection from {peer}", peer=self._peer)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.connected = False
         self._held = []
         self.factory.stats.connections -= 1
@@ -260,7 +280,7 @@ class BucketServerProtocol(FastNetstringReceiver):
     def pauseProducing(self) -> None:
         self._out_paused = True
         if not self._paused and self.connected and not self.brokenPeer:
-            self.transport.pauseProducing()  # stop reading
+            self._io.pauseProducing()  # stop reading
 
     def resumeProducing(self) -> None:
         self._out_paused = False
@@ -272,7 +292,7 @@ class BucketServerProtocol(FastNetstringReceiver):
             self.stringReceived(payload)
         if not (self._out_paused or self._paused) and self.connected \
                 and not self.brokenPeer:
-            self.transport.resumeProducing()
+            self._io.resumeProducing()
 
     def stopProducing(self) -> None:
         self._held = []
@@ -358,7 +378,7 @@ class BucketServerProtocol(FastNetstringReceiver):
         self._inflight += 1
         if self._inflight >= self.factory.max_inflight and not self._paused:
             self._paused = True
-            self.transport.pauseProducing()
+            self._io.pauseProducing()
         try:
             d = handler(self, req)
         except CouchbaseError as e:
@@ -380,7 +400,7 @@ class BucketServerProtocol(FastNetstringReceiver):
         if self._paused and self._inflight <= self.factory.max_inflight // 2:
             self._paused = False
             if self.connected and not self.brokenPeer and not self._out_paused:
-                self.transport.resumeProducing()
+                self._io.resumeProducing()
         if self.connected:
             self.sendString(payload)
 
@@ -410,7 +430,7 @@ class BucketServerProtocol(FastNetstringReceiver):
             self._log.warn("txcb: protocol error from {peer}: {error}; closing",
                            peer=self._peer, error=str(e))
             self.brokenPeer = 1
-            self.transport.loseConnection()
+            self._io.loseConnection()
         else:
             self._log.info("txcb: bad request from {peer}: {error}", peer=self._peer,
                            error=str(e))
@@ -444,6 +464,8 @@ def _store(method: str) -> Any:
     def handler(p: BucketServerProtocol, r: Request) -> Any:
         kw = {"ttl": r.ttl, "persist_to": r.persist_to, "replicate_to": r.replicate_to}
         if r.cas:
+            if method == "insert":  # IBucket.insert has no cas parameter
+                raise ArgumentError("insert takes no cas")
             kw["cas"] = r.cas
         return getattr(p.factory.bucket, method)(r.key, Encoded(r.value, r.flags), **kw
                                                  ).addCallback(_mutation, r)
@@ -548,8 +570,9 @@ def _hello(p: BucketServerProtocol, r: Request) -> Any:
 # -- synchronous handlers: (bucket, Request) -> response payload ---------------
 # Used for a bucket whose IBucket method for the opcode is EmbeddedBucket's
 # own, which is exactly the matching ``*_sync`` call wrapped in a Deferred:
-# calling that directly gives the same result without the Deferred.  None
-# means "take the Deferred path" (a request the wrapper would treat apart).
+# calling that directly gives the same result without the Deferred.  A
+# handler answers as the Deferred path would, errors (CouchbaseError) included;
+# None means "take the Deferred path" (a request the wrapper would treat apart).
 
 def _value_now(result: Any, r: Request) -> bytes:
     if result.rc:  # a quiet miss
@@ -570,9 +593,9 @@ def _gat_now(b: Any, r: Request) -> bytes:
 
 
 def _store_now(op: str) -> Any:
-    def handler(b: Any, r: Request) -> Optional[bytes]:
+    def handler(b: Any, r: Request) -> bytes:
         if op == "insert" and r.cas:
-            return None
+            raise ArgumentError("insert takes no cas")  # as _store's handler
         return _mutation(b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl), r)
     return handler
 
@@ -617,7 +640,16 @@ _sync_cache: Dict[type, Dict[int, Any]] = {}
 
 
 def _sync_handlers(bucket: Any) -> Dict[int, Any]:
-    """The opcodes this bucket can serve synchronously, and how."""
+    """
+    The opcodes this bucket can serve synchronously, and how: those whose
+    IBucket methods are EmbeddedBucket's own, on the bucket's class and not
+    replaced on the instance (``bucket.get = ...``: that opcode then takes
+    the Deferred path, calling the replacement).
+
+    Worked out when a connection is made and when the factory is given
+    another bucket, never per request: a method replaced on the instance
+    afterwards is seen by the connections made after that.
+    """
     cls = type(bucket)
     table = _sync_cache.get(cls)
     if table is None:
@@ -650,7 +682,10 @@ class BucketServerFactory(Factory):
     """
     Serves one IBucket to every connection.
 
-    :param bucket: any IBucket provider.
+    :param bucket: any IBucket provider.  An EmbeddedBucket is called through
+        its ``*_sync`` methods; a method replaced on the bucket instance
+        (``bucket.get = ...``) is called instead, by the connections made after
+        the replacement (see :func:`_sync_handlers`).
     :param max_inflight: requests one connection may have outstanding before
         the server stops reading from it.
     :param stats: connection counters, shared with other endpoints serving
