@@ -12,7 +12,6 @@ pid at cleanup.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from twisted.trial import unittest
 
 from txcb.client import connect
 from txcb.errors import CouchbaseError
+from tests._memcached_procs import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENTS = 4
@@ -33,13 +33,6 @@ MAX_WRITES = 2000  # per worker: bounds the load even if the kill never comes
 KILL_AFTER = 2500  # acknowledged operations before the signal
 
 
-def free_port():
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def sleep(seconds):

@@ -19,6 +19,7 @@ import sys
 import time
 
 from twisted.trial import unittest
+from tests._memcached_procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMCAPABLE = shutil.which("memccapable") or shutil.which("memcapable")
@@ -28,12 +29,6 @@ EXPECTED_TESTS = 27
 _RESULT = re.compile(r"^((?:ascii|binary) [^\[\n]*?)\s*\[(pass|FAIL|skip)\]\s*$", re.M)
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_twistd(testcase: unittest.TestCase, *extra: str) -> int:

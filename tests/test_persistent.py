@@ -31,7 +31,7 @@ from txcb.persistent import (
 from txcb.server import BucketServerFactory
 
 from tests.contract import BucketContractMixin
-from tests.test_remote import TrackedServerFactory
+from tests.test_remote import start_server
 
 
 def new_clock():
@@ -132,16 +132,8 @@ class RemotePersistentContractTests(BucketContractMixin, unittest.TestCase):
         self.clock = new_clock()
         bucket = PersistentBucket(temp_dir(self), clock=self.clock, reactor=reactor,
                                   max_value_size=4096)
-        factory = TrackedServerFactory(bucket)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-        @defer.inlineCallbacks
-        def cleanup():
-            yield port.stopListening()
-            yield factory.all_closed()
-            yield bucket.close()
-        self.addCleanup(cleanup)
-        b = yield connect(reactor, "tcp:127.0.0.1:%d" % port.getHost().port)
+        _factory, port, _bucket = yield start_server(self, bucket=bucket)
+        b = yield connect(reactor, "tcp:127.0.0.1:%d" % port)
         self.addCleanup(b.close)
         return b
 
@@ -741,17 +733,9 @@ class ServerWithPersistentBucketTests(PersistentTestsMixin, unittest.TestCase):
     def test_remote_persist_to_and_endure(self):
         gate = Gate(self)
         bucket = PersistentBucket(self.dir, clock=self.clock, reactor=reactor)
-        factory = TrackedServerFactory(bucket)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-        @defer.inlineCallbacks
-        def cleanup():
-            yield port.stopListening()
-            yield factory.all_closed()
-            yield bucket.close()
-        self.addCleanup(cleanup)
+        factory, port, _bucket = yield start_server(self, bucket=bucket)
         self.assertIsInstance(factory, BucketServerFactory)
-        client = yield connect(reactor, "tcp:127.0.0.1:%d" % port.getHost().port)
+        client = yield connect(reactor, "tcp:127.0.0.1:%d" % port)
         self.addCleanup(client.close)
         d = client.upsert("k", "v", persist_to=1)
         yield gate.wait_entered()

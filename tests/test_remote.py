@@ -40,12 +40,16 @@ class TrackedServerFactory(BucketServerFactory):
 
 
 @defer.inlineCallbacks
-def start_server(testcase, max_value_size=4096, clock=None):
-    """Listen on a free loopback port; returns (factory, port number, bucket)."""
-    if clock is None:
-        clock = Clock()
-        clock.advance(time.time())
-    bucket = EmbeddedBucket(clock=clock, max_value_size=max_value_size)
+def start_server(testcase, max_value_size=4096, clock=None, bucket=None):
+    """
+    Serve ``bucket`` (by default a new embedded one on ``clock``) on a free
+    loopback port until the test ends; returns (factory, port number, bucket).
+    """
+    if bucket is None:
+        if clock is None:
+            clock = Clock()
+            clock.advance(time.time())
+        bucket = EmbeddedBucket(clock=clock, max_value_size=max_value_size)
     factory = TrackedServerFactory(bucket)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
 
