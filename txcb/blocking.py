@@ -62,15 +62,14 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from txcb._validate import (
-    DEFAULT_MAX_VALUE_SIZE, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
+from txcb import _requests as _rq
+from txcb._validate import DEFAULT_MAX_VALUE_SIZE
 from txcb.codec import (
-    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT, OPT_IDS_ONLY,
-    OPT_INITIAL, OPT_QUIET, FrameError, NetstringDecoder, Op, decode_response,
-    decode_scan_reply, encode_request, encode_scan_request, netstring, scan_args)
+    HEADER_LEN, OPT_QUIET, FrameError, NetstringDecoder, Op, decode_response,
+    decode_scan_reply, encode_request, netstring, scan_args)
 from txcb.errors import (
     RC, ArgumentError, ConnectError, CouchbaseError, NetworkError, ProtocolError,
-    TimeoutError, TooBigError, exception_for_rc)
+    TimeoutError, exception_for_rc)
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.results import MultiResult, OperationResult, ScanItem, ValueResult
 
@@ -182,12 +181,6 @@ class _Req:
         self.opaque = 0
 
 
-def _durability_args(persist_to: Any, replicate_to: Any, key: Any) -> None:
-    for name, v in (("persist_to", persist_to), ("replicate_to", replicate_to)):
-        if type(v) is not int or not -128 <= v <= 127:
-            raise ArgumentError("%s must be a small int, not %r" % (name, v), key=key)
-
-
 def _unique(keys: Iterable[Any]) -> List[Any]:
     if isinstance(keys, (str, bytes)):
         raise TypeError("keys must be an iterable of keys, not a single key")
@@ -275,7 +268,7 @@ class Bucket:
         self._sock = sock
         self._decoder = NetstringDecoder(HEADER_LEN + DEFAULT_MAX_VALUE_SIZE + 1024)
         try:
-            info = self._exchange_now([self._req(Op.HELLO, None, b"", timeout=None)])[0]
+            info = self._exchange_now([self._req(*_rq.hello(), timeout=None)])[0]
             if isinstance(info, CouchbaseError):
                 raise info
         except CouchbaseError as e:
@@ -436,133 +429,72 @@ class Bucket:
             raise result
         return result
 
-    # -- request builders (argument checks raise here) ------------------------
-
-    def _value(self, value: Any, format: Any, key: Any) -> Tuple[bytes, int]:
-        data, flags = self.transcoder.encode(value, format)
-        if len(data) > self.max_value_size:
-            raise TooBigError("value of %d bytes is over the server's %d byte limit"
-                              % (len(data), self.max_value_size), key=key)
-        return data, flags
+    # -- requests (txcb._requests checks the arguments, raising here) ---------
 
     def _r_get(self, key: Any, ttl: int = 0, quiet: bool = False,
                timeout: Optional[float] = None) -> _Req:
-        k = to_key(key)
-        if ttl:
-            check_ttl(ttl, key)
-        return self._req(Op.GAT if ttl else Op.GET, key, k, b"", 0, ttl, 0,
-                         OPT_QUIET if quiet else 0, timeout=timeout)
-
-    def _r_store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
-                 persist_to: int, replicate_to: int, timeout: Optional[float]) -> _Req:
-        k = to_key(key)
-        if ttl:
-            check_ttl(ttl, key)
-        if cas:
-            check_cas(cas, key)
-        _durability_args(persist_to, replicate_to, key)
-        data, flags = self._value(value, format, key)
-        return self._req(opcode, key, k, data, cas, ttl, flags, 0, persist_to, replicate_to,
-                         timeout=timeout)
+        return self._req(*_rq.get(key, ttl, quiet), timeout=timeout)
 
     def _r_upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
                   persist_to: int = 0, replicate_to: int = 0,
                   timeout: Optional[float] = None) -> _Req:
-        return self._r_store(Op.UPSERT, key, value, cas, ttl, format, persist_to,
-                             replicate_to, timeout)
+        return self._req(*_rq.store(Op.UPSERT, key, value, cas, ttl, format, persist_to,
+                                    replicate_to, self.transcoder, self.max_value_size),
+                         timeout=timeout)
 
     def _r_insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
                   persist_to: int = 0, replicate_to: int = 0,
                   timeout: Optional[float] = None) -> _Req:
-        return self._r_store(Op.INSERT, key, value, 0, ttl, format, persist_to,
-                             replicate_to, timeout)
+        return self._req(*_rq.store(Op.INSERT, key, value, 0, ttl, format, persist_to,
+                                    replicate_to, self.transcoder, self.max_value_size),
+                         timeout=timeout)
 
     def _r_replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0,
                    format: Any = None, persist_to: int = 0, replicate_to: int = 0,
                    timeout: Optional[float] = None) -> _Req:
-        return self._r_store(Op.REPLACE, key, value, cas, ttl, format, persist_to,
-                             replicate_to, timeout)
-
-    def _r_concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
-                  replicate_to: int, timeout: Optional[float]) -> _Req:
-        k = to_key(key)
-        if cas:
-            check_cas(cas, key)
-        _durability_args(persist_to, replicate_to, key)
-        if isinstance(value, str):
-            data = value.encode("utf-8")
-        elif isinstance(value, bytes):
-            data = value
-        else:
-            data = self.transcoder.encode(value)[0]
-        if len(data) > self.max_value_size:
-            raise TooBigError("value of %d bytes is over the server's limit" % len(data),
-                              key=key)
-        return self._req(opcode, key, k, data, cas, 0, 0, 0, persist_to, replicate_to,
+        return self._req(*_rq.store(Op.REPLACE, key, value, cas, ttl, format, persist_to,
+                                    replicate_to, self.transcoder, self.max_value_size),
                          timeout=timeout)
 
     def _r_append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
                   persist_to: int = 0, replicate_to: int = 0,
                   timeout: Optional[float] = None) -> _Req:
-        return self._r_concat(Op.APPEND, key, value, cas, persist_to, replicate_to, timeout)
+        return self._req(*_rq.concat(Op.APPEND, key, value, cas, persist_to, replicate_to,
+                                     self.transcoder, self.max_value_size), timeout=timeout)
 
     def _r_prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
                    persist_to: int = 0, replicate_to: int = 0,
                    timeout: Optional[float] = None) -> _Req:
-        return self._r_concat(Op.PREPEND, key, value, cas, persist_to, replicate_to, timeout)
+        return self._req(*_rq.concat(Op.PREPEND, key, value, cas, persist_to, replicate_to,
+                                     self.transcoder, self.max_value_size), timeout=timeout)
 
     def _r_remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                   replicate_to: int = 0, timeout: Optional[float] = None) -> _Req:
-        k = to_key(key)
-        if cas:
-            check_cas(cas, key)
-        _durability_args(persist_to, replicate_to, key)
-        return self._req(Op.REMOVE, key, k, b"", cas, 0, 0, OPT_QUIET if quiet else 0,
-                         persist_to, replicate_to, timeout=timeout)
+        return self._req(*_rq.remove(key, cas, quiet, persist_to, replicate_to),
+                         timeout=timeout)
 
     def _r_touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> _Req:
-        k = to_key(key)
-        check_ttl(ttl, key)
-        return self._req(Op.TOUCH, key, k, b"", 0, ttl, timeout=timeout)
+        return self._req(*_rq.touch(key, ttl), timeout=timeout)
 
     def _r_lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> _Req:
-        k = to_key(key)
-        check_lock_ttl(ttl, key)
-        return self._req(Op.LOCK, key, k, b"", 0, ttl, timeout=timeout)
+        return self._req(*_rq.lock(key, ttl), timeout=timeout)
 
     def _r_unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> _Req:
-        k = to_key(key)
-        check_cas(cas, key)
-        return self._req(Op.UNLOCK, key, k, b"", cas, timeout=timeout)
+        return self._req(*_rq.unlock(key, cas), timeout=timeout)
 
     def _r_counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
                    ttl: int = 0, timeout: Optional[float] = None) -> _Req:
-        k = to_key(key)
-        check_delta(delta, initial, key)
-        if ttl:
-            check_ttl(ttl, key)
-        options = (OPT_DECREMENT if delta < 0 else 0) | (OPT_INITIAL if initial is not None
-                                                          else 0)
-        body = COUNTER_BODY.pack(abs(delta), initial or 0)
-        return self._req(Op.COUNTER, key, k, body, 0, ttl, 0, options, timeout=timeout)
+        return self._req(*_rq.counter(key, delta, initial, ttl), timeout=timeout)
 
     def _r_endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                   check_removed: bool = False, timeout: float = 5.0,
                   interval: float = 0.01) -> _Req:
-        k = to_key(key)
-        if cas:
-            check_cas(cas, key)
-        _durability_args(persist_to, replicate_to, key)
         try:
-            ok = 0 <= timeout <= 4e6 and 0 < interval <= 4e6
+            fields = _rq.endure(key, persist_to, replicate_to, cas, check_removed, timeout,
+                                interval)
         except TypeError:
-            ok = False
-        if not ok:
-            raise ArgumentError("timeout must be >= 0 and interval > 0", key=key)
-        body = ENDURE_BODY.pack(int(timeout * 1000), max(int(interval * 1000), 1))
-        return self._req(Op.ENDURE, key, k, body, cas, 0, 0,
-                         OPT_CHECK_REMOVED if check_removed else 0, persist_to, replicate_to,
-                         timeout=timeout + self.timeout)
+            raise ArgumentError("timeout must be >= 0 and interval > 0", key=key) from None
+        return self._req(*fields, timeout=timeout + self.timeout)
 
     # -- IBucket, blocking ----------------------------------------------------
 
@@ -637,15 +569,15 @@ class Bucket:
 
     def stats(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """The server's counters, as a dict."""
-        return self._one(self._req(Op.STATS, None, b"", timeout=timeout))
+        return self._one(self._req(*_rq.stats(), timeout=timeout))
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Remove every item in the server's bucket."""
-        return self._one(self._req(Op.FLUSH, None, b"", timeout=timeout))
+        return self._one(self._req(*_rq.flush(), timeout=timeout))
 
     def noop(self, timeout: Optional[float] = None) -> None:
         """A round trip that does nothing (health checks, latency)."""
-        return self._one(self._req(Op.NOOP, None, b"", timeout=timeout))
+        return self._one(self._req(*_rq.noop(), timeout=timeout))
 
     def ping(self, timeout: Optional[float] = None) -> float:
         """The round-trip time of a NOOP, in seconds."""
@@ -806,11 +738,9 @@ class ScanIterator:
     def _fetch(self) -> List[ScanItem]:
         b = self._bucket
         while self.continuation is not None:
-            body = encode_scan_request(self._batch_size, self._batch_bytes, self._prefix,
-                                       self.continuation, self._end)
-            raw = b._one(b._req(Op.SCAN, None, b"", body, 0, 0, 0,
-                                OPT_IDS_ONLY if self._ids_only else 0,
-                                timeout=self._timeout))
+            raw = b._one(b._req(*_rq.scan_batch(self._batch_size, self._batch_bytes,
+                                                self._prefix, self.continuation, self._end,
+                                                self._ids_only), timeout=self._timeout))
             try:
                 resume, found = decode_scan_reply(raw)
             except FrameError as e:

@@ -29,16 +29,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txcb import _requests as _rq
 from txcb._multi import MultiMixin, _unique, gather_results
 from txcb.server import FastNetstringReceiver
-from txcb._validate import (
-    DEFAULT_MAX_VALUE_SIZE, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
-from txcb.codec import (
-    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
-    OPT_INITIAL, OPT_QUIET, REQ_MAGIC, FrameError, Op, decode_response)
+from txcb._validate import DEFAULT_MAX_VALUE_SIZE
+from txcb.codec import HEADER_LEN, OPT_QUIET, REQ_MAGIC, FrameError, Op, decode_response
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError,
-    TimeoutError, TooBigError, exception_for_rc)
+    TimeoutError, exception_for_rc)
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.interfaces import IBucket
 from txcb.results import _UNSET, MultiResult, OperationResult, ValueResult
@@ -110,7 +108,7 @@ class BucketClientProtocol(FastNetstringReceiver):
                 nodelay(True)  # requests are whole messages: never wait for an ACK
             except OSError:
                 pass
-        self.request(Op.HELLO, None, b"").addBoth(self._hello_done)
+        self.request(*_rq.hello()).addBoth(self._hello_done)
 
     def _hello_done(self, result: Any) -> None:
         """The server's HELLO reply (its limits) arrived, or the handshake failed."""
@@ -373,13 +371,12 @@ class _MultiCall:
         self.started = False
         self.d: Deferred = Deferred(self._cancel)
 
-    def send(self, p: BucketClientProtocol, opcode: int, key: Any, k: bytes, args: Any,
-             timeout: Optional[float]) -> None:
-        slot = _Slot(self, self.count, key, p)
+    def send(self, p: BucketClientProtocol, fields: Any, timeout: Optional[float]) -> None:
+        slot = _Slot(self, self.count, fields[1], p)
         self.count += 1
         self.remaining += 1
         self.slots.append(slot)
-        slot.opaque = p._send(slot, opcode, key, k, *args, timeout=timeout)
+        slot.opaque = p._send(slot, *fields, timeout=timeout)
 
     def add(self, key: Any, d: Deferred) -> None:
         """A key whose call gave a Deferred (an argument error, or a reconnection wait)."""
@@ -486,33 +483,33 @@ class RemoteBucket(MultiMixin):
         p = self._proto
         return p.max_value_size if p is not None else DEFAULT_MAX_VALUE_SIZE
 
-    def _call(self, opcode: int, key: Any, k: bytes, *args: Any,
-              timeout: Optional[float] = None) -> Deferred:
+    def _call(self, fields: _rq.Fields, timeout: Optional[float] = None) -> Deferred:
+        """Send the request of ``fields`` (from a txcb._requests function)."""
         p = self._proto
         if p is not None and (p._lost is None or self._service is None):
             multi = self._multi
             if p._lost is None:
                 if multi is not None:
-                    multi.send(p, opcode, key, k, args, timeout)
+                    multi.send(p, fields, timeout)
                     return None  # type: ignore[return-value]  # only inside _each
                 # BucketClientProtocol.request, inlined: the hot path.
                 d: Deferred = Deferred(p._cancel)
                 d._txcb_opaque = p._send(  # type: ignore[attr-defined]
-                    d, opcode, key, k, *args, timeout=timeout)
+                    d, *fields, timeout=timeout)
                 return d
-            return p.request(opcode, key, k, *args, timeout=timeout)
+            return p.request(*fields, timeout=timeout)
         if self._closed:
-            return fail(NetworkError("the bucket is closed", key=key))
+            return fail(NetworkError("the bucket is closed", key=fields[1]))
         if self._service is None:
-            return fail(NetworkError("not connected", key=key))
-        return self._after_reconnect(opcode, key, k, args, timeout)
+            return fail(NetworkError("not connected", key=fields[1]))
+        return self._after_reconnect(fields, timeout)
 
-    def _after_reconnect(self, opcode: int, key: Any, k: bytes, args: Any,
-                         timeout: Optional[float]) -> Deferred:
+    def _after_reconnect(self, fields: _rq.Fields, timeout: Optional[float]) -> Deferred:
         """
         Wait (within the timeout, if there is one) for the service to
         reconnect, then send.
         """
+        key = fields[1]
         from twisted.internet import reactor
         clock = self._clock or reactor
         timeout = self.timeout if timeout is None else timeout
@@ -555,7 +552,7 @@ class RemoteBucket(MultiMixin):
             if timer is not None:
                 timer.cancel()
                 left = max(timeout - (clock.seconds() - started), 0.001)
-            sent.append(proto.request(opcode, key, k, *args, timeout=left))
+            sent.append(proto.request(*fields, timeout=left))
             sent[0].chainDeferred(result)
 
         def failed(f: Failure) -> None:
@@ -619,43 +616,24 @@ class RemoteBucket(MultiMixin):
                 multi.add(key, d)
         return multi.start()
 
-    def _value(self, value: Any, format: Any, key: Any) -> Any:
-        data, flags = self.transcoder.encode(value, format)
-        limit = self.max_value_size
-        if len(data) > limit:
-            raise TooBigError("value of %d bytes is over the server's %d byte limit"
-                              % (len(data), limit), key=key)
-        return data, flags
-
-    # -- IBucket ------------------------------------------------------------
+    # -- IBucket: txcb._requests checks and encodes, _call sends ------------
 
     def get(self, key: Any, ttl: int = 0, quiet: bool = False,
             timeout: Optional[float] = None) -> Deferred:
         try:
-            k = to_key(key)
-            if ttl:
-                check_ttl(ttl, key)
+            fields = _rq.get(key, ttl, quiet)
         except CouchbaseError as e:
             return fail(e)
-        return self._call(Op.GAT if ttl else Op.GET, key, k, b"", 0, ttl, 0,
-                          OPT_QUIET if quiet else 0, timeout=timeout)
+        return self._call(fields, timeout)
 
     def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
         try:
-            k = to_key(key)
-            if ttl:
-                check_ttl(ttl, key)
-            if cas:
-                check_cas(cas, key)
-            if persist_to or replicate_to or type(persist_to) is not int \
-                    or type(replicate_to) is not int:
-                _durability_args(persist_to, replicate_to, key)
-            data, flags = self._value(value, format, key)
+            fields = _rq.store(opcode, key, value, cas, ttl, format, persist_to, replicate_to,
+                               self.transcoder, self.max_value_size)
         except CouchbaseError as e:
             return fail(e)
-        return self._call(opcode, key, k, data, cas, ttl, flags, 0, persist_to, replicate_to,
-                          timeout=timeout)
+        return self._call(fields, timeout)
 
     def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
                persist_to: int = 0, replicate_to: int = 0,
@@ -675,86 +653,46 @@ class RemoteBucket(MultiMixin):
         return self._store(Op.REPLACE, key, value, cas, ttl, format, persist_to,
                            replicate_to, timeout)
 
-    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
-                replicate_to: int, timeout: Optional[float]) -> Deferred:
+    def _send_fields(self, build: Any, *args: Any, timeout: Optional[float] = None
+                     ) -> Deferred:
+        """The request ``build(*args)`` (a txcb._requests function) gives, or its error."""
         try:
-            k = to_key(key)
-            if cas:
-                check_cas(cas, key)
-            _durability_args(persist_to, replicate_to, key)
-            if isinstance(value, str):
-                data = value.encode("utf-8")
-            elif isinstance(value, bytes):
-                data = value
-            else:
-                data = self.transcoder.encode(value)[0]
-            if len(data) > self.max_value_size:
-                raise TooBigError("value of %d bytes is over the server's limit" % len(data),
-                                  key=key)
+            fields = build(*args)
         except CouchbaseError as e:
             return fail(e)
-        return self._call(opcode, key, k, data, cas, 0, 0, 0, persist_to, replicate_to,
-                          timeout=timeout)
+        return self._call(fields, timeout)
 
     def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
                persist_to: int = 0, replicate_to: int = 0,
                timeout: Optional[float] = None) -> Deferred:
-        return self._concat(Op.APPEND, key, value, cas, persist_to, replicate_to, timeout)
+        return self._send_fields(_rq.concat, Op.APPEND, key, value, cas, persist_to,
+                                 replicate_to, self.transcoder, self.max_value_size,
+                                 timeout=timeout)
 
     def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
                 persist_to: int = 0, replicate_to: int = 0,
                 timeout: Optional[float] = None) -> Deferred:
-        return self._concat(Op.PREPEND, key, value, cas, persist_to, replicate_to, timeout)
+        return self._send_fields(_rq.concat, Op.PREPEND, key, value, cas, persist_to,
+                                 replicate_to, self.transcoder, self.max_value_size,
+                                 timeout=timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = to_key(key)
-            if cas:
-                check_cas(cas, key)
-            _durability_args(persist_to, replicate_to, key)
-        except CouchbaseError as e:
-            return fail(e)
-        return self._call(Op.REMOVE, key, k, b"", cas, 0, 0, OPT_QUIET if quiet else 0,
-                          persist_to, replicate_to, timeout=timeout)
+        return self._send_fields(_rq.remove, key, cas, quiet, persist_to, replicate_to,
+                                 timeout=timeout)
 
     def touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = to_key(key)
-            check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
-        return self._call(Op.TOUCH, key, k, b"", 0, ttl, timeout=timeout)
+        return self._send_fields(_rq.touch, key, ttl, timeout=timeout)
 
     def lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = to_key(key)
-            check_lock_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
-        return self._call(Op.LOCK, key, k, b"", 0, ttl, timeout=timeout)
+        return self._send_fields(_rq.lock, key, ttl, timeout=timeout)
 
     def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = to_key(key)
-            check_cas(cas, key)
-        except CouchbaseError as e:
-            return fail(e)
-        return self._call(Op.UNLOCK, key, k, b"", cas, timeout=timeout)
+        return self._send_fields(_rq.unlock, key, cas, timeout=timeout)
 
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
                 timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = to_key(key)
-            check_delta(delta, initial, key)
-            if ttl:
-                check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
-        options = (OPT_DECREMENT if delta < 0 else 0) | (OPT_INITIAL if initial is not None
-                                                          else 0)
-        body = COUNTER_BODY.pack(abs(delta), initial or 0)
-        return self._call(Op.COUNTER, key, k, body, 0, ttl, 0, options, timeout=timeout)
+        return self._send_fields(_rq.counter, key, delta, initial, ttl, timeout=timeout)
 
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                check_removed: bool = False, timeout: float = 5.0,
@@ -764,35 +702,28 @@ class RemoteBucket(MultiMixin):
         usual one (:attr:`timeout`), or none if that is 0 (disabled).
         """
         try:
-            k = to_key(key)
-            if cas:
-                check_cas(cas, key)
-            _durability_args(persist_to, replicate_to, key)
-            if not (0 <= timeout <= 4e6 and 0 < interval <= 4e6):
-                raise ArgumentError("timeout must be >= 0 and interval > 0", key=key)
+            fields = _rq.endure(key, persist_to, replicate_to, cas, check_removed, timeout,
+                                interval)
         except (CouchbaseError, TypeError) as e:
             return fail(e if isinstance(e, CouchbaseError) else ArgumentError(str(e), key=key))
-        body = ENDURE_BODY.pack(int(timeout * 1000), max(int(interval * 1000), 1))
-        return self._call(Op.ENDURE, key, k, body, cas, 0, 0,
-                          OPT_CHECK_REMOVED if check_removed else 0, persist_to, replicate_to,
-                          timeout=timeout + self.timeout if self.timeout else 0)
+        return self._call(fields, timeout + self.timeout if self.timeout else 0)
 
     def stats(self, timeout: Optional[float] = None) -> Deferred:
-        return self._call(Op.STATS, None, b"", timeout=timeout)
+        return self._call(_rq.stats(), timeout)
 
     def flush(self, timeout: Optional[float] = None) -> Deferred:
         """Remove every item on the server's bucket (FLUSH): fires None."""
-        return self._call(Op.FLUSH, None, b"", timeout=timeout)
+        return self._call(_rq.flush(), timeout)
 
     def noop(self, timeout: Optional[float] = None) -> Deferred:
         """A round trip that does nothing: for health checks and latency."""
-        return self._call(Op.NOOP, None, b"", timeout=timeout)
+        return self._call(_rq.noop(), timeout)
 
     def scan(self, prefix: Any = None, start: Any = None, end: Any = None,
              ids_only: bool = False, batch_size: int = 1000, batch_bytes: int = 1048576,
              timeout: Optional[float] = None) -> Deferred:
         """See IBucket.scan: each batch is one SCAN request (``timeout`` each)."""
-        from txcb.codec import OPT_IDS_ONLY, decode_scan_reply, encode_scan_request, scan_args
+        from txcb.codec import decode_scan_reply, scan_args
         from txcb.results import ScanItem
         from txcb.scan import ScanResult
         try:
@@ -811,10 +742,8 @@ class RemoteBucket(MultiMixin):
                     for k, f, c, x, v in found], resume or None
 
         def fetch(at: bytes) -> Deferred:
-            body = encode_scan_request(batch_size, batch_bytes, prefix, at, end)
-            return self._call(Op.SCAN, None, b"", body, 0, 0, 0,
-                              OPT_IDS_ONLY if ids_only else 0, timeout=timeout
-                              ).addCallback(rows)
+            return self._call(_rq.scan_batch(batch_size, batch_bytes, prefix, at, end,
+                                             ids_only), timeout).addCallback(rows)
         return ScanResult.open(fetch, start)
 
     def close(self) -> Deferred:
@@ -830,12 +759,6 @@ class RemoteBucket(MultiMixin):
         p._on_lost.append(lambda _p: done.callback(None))
         p._io.loseConnection()
         return done
-
-
-def _durability_args(persist_to: Any, replicate_to: Any, key: Any) -> None:
-    for name, v in (("persist_to", persist_to), ("replicate_to", replicate_to)):
-        if type(v) is not int or not -128 <= v <= 127:
-            raise ArgumentError("%s must be a small int, not %r" % (name, v), key=key)
 
 
 class BucketClientFactory(ClientFactory):
