@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from txcb import _requests as _rq
 from txcb._multi import MultiMixin, _unique, gather_results
-from txcb.server import FastNetstringReceiver
+from txcb.server import FastNetstringReceiver, set_nodelay
 from txcb._validate import DEFAULT_MAX_VALUE_SIZE
 from txcb.codec import HEADER_LEN, OPT_QUIET, REQ_MAGIC, FrameError, Op, decode_response
 from txcb.errors import (
@@ -102,12 +102,7 @@ class BucketClientProtocol(FastNetstringReceiver):
         if self.clock is None:
             from twisted.internet import reactor
             self.clock = reactor
-        nodelay = getattr(self.transport, "setTcpNoDelay", None)
-        if nodelay is not None:
-            try:
-                nodelay(True)  # requests are whole messages: never wait for an ACK
-            except OSError:
-                pass
+        set_nodelay(self.transport)
         self.request(*_rq.hello()).addBoth(self._hello_done)
 
     def _hello_done(self, result: Any) -> None:

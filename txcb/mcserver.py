@@ -82,7 +82,7 @@ from txcb.errors import (
     NotStoredError, TemporaryFailError, TooBigError)
 from txcb.formats import Encoded
 from txcb.results import ValueResult
-from txcb.server import ServerStats, _direct_writer
+from txcb.server import ServerStats, _direct_writer, set_nodelay
 
 __all__ = ["MemcachedServerFactory", "MemcachedServerProtocol", "VERSION",
            "load_auth_file"]
@@ -254,12 +254,7 @@ class MemcachedServerProtocol(Protocol):
         self._handle: Callable[[Any], None] = self._ignore
         self._get_sync, self._store_sync = _sync_calls(f.bucket)
         self._direct = _direct_writer(transport)
-        nodelay = getattr(transport, "setTcpNoDelay", None)
-        if nodelay is not None:
-            try:
-                nodelay(True)  # every reply is complete: never wait for an ACK
-            except OSError:
-                pass
+        set_nodelay(transport)
         cast(_ProducerTransport, transport).registerProducer(self, True)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
@@ -370,12 +365,7 @@ class MemcachedServerProtocol(Protocol):
                     return True
         else:
             return False
-        if self._direct is not None:
-            self._direct(reply)
-        else:
-            transport = self.transport
-            assert transport is not None
-            transport.write(reply)
+        self._send_now(reply)
         return True
 
     def _binary_received(self, data: bytes) -> None:
@@ -441,12 +431,7 @@ class MemcachedServerProtocol(Protocol):
         else:
             return False
         if reply:
-            if self._direct is not None:
-                self._direct(reply)
-            else:
-                transport = self.transport
-                assert transport is not None
-                transport.write(reply)
+            self._send_now(reply)
         return True
 
     def _ignore(self, event: Any) -> None:
@@ -526,13 +511,16 @@ class MemcachedServerProtocol(Protocol):
             self._out = []
             self._out_len = 0
             if not self._gone:
-                data = out[0] if len(out) == 1 else b"".join(out)
-                if self._direct is not None:
-                    self._direct(data)  # straight to the socket if nothing is queued
-                else:
-                    transport = self.transport
-                    assert transport is not None
-                    transport.write(data)
+                self._send_now(out[0] if len(out) == 1 else b"".join(out))
+
+    def _send_now(self, data: bytes) -> None:
+        """Straight to the socket if nothing is queued, else through the transport."""
+        if self._direct is not None:
+            self._direct(data)
+        else:
+            transport = self.transport
+            assert transport is not None
+            transport.write(data)
 
     def _reply(self, data: bytes) -> None:
         """A reply that is ready now: written behind any pending one."""

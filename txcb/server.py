@@ -76,6 +76,19 @@ class ServerStats:
                 "rejected_connections": self.rejected_connections}
 
 
+def set_nodelay(transport: Any) -> None:
+    """
+    Turn off Nagle's algorithm where the transport has it: every message
+    txcb writes is complete, so waiting for an ACK only adds latency.
+    """
+    nodelay = getattr(transport, "setTcpNoDelay", None)
+    if nodelay is not None:
+        try:
+            nodelay(True)
+        except OSError:
+            pass
+
+
 def _direct_writer(transport: Any) -> Any:
     """
     A ``write(data)`` for ``transport`` that sends at once when nothing is
@@ -254,12 +267,7 @@ class BucketServerProtocol(FastNetstringReceiver):
         self._peer = str(self._io.getPeer())
         self._sync = _sync_handlers(f.bucket)
         self._sync_for = f.bucket
-        nodelay = getattr(self._io, "setTcpNoDelay", None)
-        if nodelay is not None:
-            try:
-                nodelay(True)  # replies are whole messages: never wait for an ACK
-            except OSError:
-                pass
+        set_nodelay(self._io)
         f.stats.connections += 1
         f.stats.total_connections += 1
         self._held: list = []  # frames read while the client's replies are backed up
