@@ -145,9 +145,12 @@ class FastNetstringReceiver(NetstringReceiver):
     _io: _StreamTransport
     _parts: Optional[list] = None
     #: While a chunk is handled, what is sent goes out every this many strings
-    #: (like memcached's requests per event), so that both peers work at once
-    #: instead of taking turns with whole batches.
-    flushEvery = 1000
+    #: (memcached's default requests per event is 20 too), so that both peers
+    #: work at once instead of taking turns with whole batches: with 100
+    #: requests in flight, flushing every 20 instead of once per chunk took
+    #: pipelined gets from ~52k to ~85-100k/s and upserts from ~48k to ~80k/s
+    #: (python -m bench --only get100,set100 on a 2-core machine).
+    flushEvery = 20
 
     def makeConnection(self, transport: Any) -> None:
         self._buf = b""
