@@ -5,8 +5,9 @@ import time
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from txcb import errors
+from txcb import embedded, errors
 from txcb.embedded import EmbeddedBucket
+from txcb.formats import FMT_BYTES, Encoded
 
 from tests.contract import BucketContractMixin
 
@@ -52,6 +53,39 @@ class EmbeddedInternalsTests(unittest.TestCase):
         self.assertEqual(self.b.stats_sync()["bytes"], len(b"k") + 5 + len(b"c") + 1)
         self.b.remove_sync("k")
         self.b.remove_sync("c")
+        self.assertEqual(self.b.stats_sync()["bytes"], 0)
+
+    def test_item_header_is_short_only_without_expiry_and_with_common_flags(self):
+        cases = [(flags, exp) for flags in embedded._FLAGS + (1, 0x02000001, 2**32 - 1)
+                 for exp in (0.0, 12.5)]
+        for flags, exp in cases:
+            for data in (b"", b"value"):
+                item = embedded._make_item(2**64 - 2, exp, flags, data)
+                short = not exp and flags in embedded._FLAGS
+                self.assertEqual(len(item) - len(data), 9 if short else 21, (flags, exp))
+                cas, got_exp, got_flags, off = embedded._header(item)
+                self.assertEqual((cas, got_exp, got_flags, item[off:]),
+                                 (2**64 - 2, exp, flags, data))
+                self.assertEqual(embedded._expiry(item), exp)
+                self.assertEqual(embedded._cas_of(item), 2**64 - 2)
+                self.assertEqual(embedded._value_len(item), len(data))
+
+    def test_header_changes_keep_value_flags_and_bytes(self):
+        """An item moving between the short and long header loses nothing."""
+        self.b.store_sync("upsert", "k", b"abc", format=FMT_BYTES)
+        self.assertEqual(len(self.b._items[b"k"]), 9 + 3)
+        self.b.touch_sync("k", 100)  # now it expires: long header
+        self.assertEqual(len(self.b._items[b"k"]), 21 + 3)
+        r = self.b.get_sync("k")
+        self.assertEqual((r.raw, r.flags), (b"abc", FMT_BYTES))
+        self.assertEqual(self.b.stats_sync()["bytes"], 1 + 3)
+        self.b.store_sync("upsert", "k", b"abcd", format=FMT_BYTES)  # no TTL: short
+        self.assertEqual(len(self.b._items[b"k"]), 9 + 4)
+        self.assertEqual(self.b.stats_sync()["bytes"], 1 + 4)
+        self.b.store_sync("upsert", "k", Encoded(b"x", 7))  # uncommon flags: long
+        self.assertEqual((self.b.get_sync("k").flags, self.b.stats_sync()["bytes"]),
+                         (7, 1 + 1))
+        self.b.remove_sync("k")
         self.assertEqual(self.b.stats_sync()["bytes"], 0)
 
     def test_seqno_increases_on_every_mutation_and_not_on_reads(self):

@@ -11,6 +11,7 @@ the writer thread back where a test must see a write before it is on disk.
 import os
 import shutil
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
@@ -65,12 +66,17 @@ def crash(bucket):
     os.close(bucket._lock_fd)
 
 
+def item_row(item):
+    """A stored item as (cas, exp, flags, value)."""
+    cas, exp, flags, off = embedded_module._header(item)
+    return cas, exp, flags, item[off:]
+
+
 def disk_rows(path):
     """What the data file holds now: key -> (cas, exp, flags, value)."""
     conn = sqlite3.connect("file:%s?mode=ro" % (path,), uri=True)
     try:
-        return {k: embedded_module._unpack_from(item) + (item[embedded_module._HDR_LEN:],)
-                for k, item in conn.execute("SELECT key, item FROM items")}
+        return {k: item_row(item) for k, item in conn.execute("SELECT key, item FROM items")}
     finally:
         conn.close()
 
@@ -315,8 +321,7 @@ class DurabilityTests(PersistentTestsMixin, unittest.TestCase):
             b.store_sync("upsert", "big%d" % i, b"B" * (70000 + i))
         gate.open()
         yield b.close()
-        expected = {k: embedded_module._unpack_from(item) + (item[embedded_module._HDR_LEN:],)
-                    for k, item in b._items.items()}
+        expected = {k: item_row(item) for k, item in b._items.items()}
         self.assertEqual(len(expected), 1000 - 334 + 10 + 5 + 1)
         self.assertEqual(disk_rows(self.path), expected)
         b2 = self.open()
@@ -610,6 +615,65 @@ class StartUpFailureTests(PersistentTestsMixin, unittest.TestCase):
         b._conn.execute("UPDATE meta SET value = 99 WHERE name = 'format'")
         yield b.close()
         self.assertRefused(CorruptDataError, self.path, "format 99")
+
+    def write_format_1_file(self, items):
+        """A data file as txcb wrote it before format 2: <QdI header + value."""
+        os.makedirs(self.dir)
+        conn = sqlite3.connect(self.path)
+        for statement in persistent._SCHEMA:
+            conn.execute(statement)
+        conn.execute(persistent._META, ("format", 1))
+        conn.execute(persistent._META_MARKS, ("1000", 7, 1))
+        conn.executemany("INSERT INTO items (key, exp, item) VALUES (?, ?, ?)",
+                         [(k, exp, item) for k, exp, item in items])
+        conn.commit()
+        conn.close()
+
+    @defer.inlineCallbacks
+    def test_format_1_file_is_upgraded_in_place(self):
+        header = struct.Struct("<QdI")
+        far = self.clock.seconds() + 3600
+        self.write_format_1_file([
+            (b"plain", 0.0, header.pack(11, 0.0, FMT_BYTES) + b"bytes"),
+            (b"odd-flags", 0.0, header.pack(12, 0.0, 0xDEADBEEF) + b"raw"),
+            (b"expiring", far, header.pack(13, far, FMT_JSON) + b"[1]"),
+            (b"empty", 0.0, header.pack(14, 0.0, FMT_UTF8)),
+        ])
+        b = self.open()
+        got = {}
+        for key in ("plain", "odd-flags", "expiring", "empty"):
+            r = b.get_sync(key)
+            got[key] = (r.cas, r.flags, r.raw)
+        self.assertEqual(got, {"plain": (11, FMT_BYTES, b"bytes"),
+                               "odd-flags": (12, 0xDEADBEEF, b"raw"),
+                               "expiring": (13, FMT_JSON, b"[1]"),
+                               "empty": (14, FMT_UTF8, b"")})
+        self.assertEqual(b.stats_sync()["bytes"], sum(
+            len(k) + len(v) for k, v in [("plain", "bytes"), ("odd-flags", "raw"),
+                                         ("expiring", "[1]"), ("empty", "")]))
+        self.clock.advance(3601)
+        self.assertRaises(errors.NotFoundError, b.get_sync, "expiring")
+        yield b.close()
+        conn = sqlite3.connect(self.path)
+        try:
+            self.assertEqual(conn.execute(
+                "SELECT value FROM meta WHERE name = 'format'").fetchone()[0],
+                persistent.FORMAT_VERSION)
+        finally:
+            conn.close()
+        self.assertEqual(disk_rows(self.path)[b"odd-flags"], (12, 0.0, 0xDEADBEEF, b"raw"))
+
+    def test_format_1_file_with_a_truncated_item_is_refused_and_left_alone(self):
+        self.write_format_1_file([(b"short", 0.0, b"\x01\x02")])
+        self.assertRefused(CorruptDataError, self.path, "bad item")
+        conn = sqlite3.connect(self.path)
+        try:
+            self.assertEqual(conn.execute("SELECT key, item FROM items").fetchall(),
+                             [(b"short", b"\x01\x02")])
+            self.assertEqual(conn.execute(
+                "SELECT value FROM meta WHERE name = 'format'").fetchone()[0], 1)
+        finally:
+            conn.close()
 
     def test_unreadable_file_is_refused(self):
         os.makedirs(self.path)  # a directory where the file should be

@@ -1,9 +1,9 @@
 """
 The embedded bucket: an in-process IBucket provider holding items in memory.
 
-Items live in one dict, key bytes -> one bytes object holding a 20-byte
-header (CAS, expiry time, flags) followed by the value, which keeps memory per
-item close to memcached's.  Expiry is lazy (checked on access) plus a pager
+Items live in one dict, key bytes -> one bytes object holding a small header
+(CAS, expiry time, flags) followed by the value, which keeps memory per item
+close to memcached's (see ``_make_item`` for the layout).  Expiry is lazy (checked on access) plus a pager
 that reclaims expired items periodically from a heap of expiry times.  Locks
 sit in a separate, usually empty, dict.  Every mutation gets a bucket-wide
 sequence number and passes through :meth:`EmbeddedBucket._mutated`, the hook
@@ -32,7 +32,8 @@ from txcb._validate import (
 from txcb.errors import (
     ArgumentError, CouchbaseError, DeltaBadvalError, KeyExistsError, NetworkError,
     NotFoundError, NotStoredError, TemporaryFailError, TimeoutError, TooBigError)
-from txcb.formats import DEFAULT_TRANSCODER, FMT_JSON, Transcoder
+from txcb.formats import (
+    DEFAULT_TRANSCODER, FMT_BYTES, FMT_JSON, FMT_PICKLE, FMT_UTF8, Transcoder)
 from txcb.interfaces import IBucket
 from txcb.results import OperationResult, ValueResult
 from txcb.errors import RC
@@ -42,11 +43,58 @@ __all__ = ["EmbeddedBucket", "LOCKED_CAS"]
 #: The CAS a locked item reads with (as Couchbase Server reports it).
 LOCKED_CAS = U64
 
-# Item layout: <cas:u64><expiry:f64, 0 = never><flags:u32><value bytes>
-_HDR = struct.Struct("<QdI")
-_HDR_LEN = _HDR.size
-_pack = _HDR.pack
-_unpack_from = _HDR.unpack_from
+# Item layout: a header, then the value.  An item that never expires and has
+# one of the common flags (most items) has a 9-byte header,
+#     <index of its flags in _FLAGS:u8><cas:u64>
+# any other item a 21-byte one,
+#     <0xFF><cas:u64><expiry:f64><flags:u32>
+# The CAS is at offset 1 in both.  With CPython's 33-byte bytes header, a
+# 100-byte value then fits pymalloc's 144-byte size class (a fixed 20-byte
+# header would take the 160-byte one): 16 bytes an item at a million items.
+_LONG = 0xFF
+_SHORT_HDR = struct.Struct("<BQ")
+_LONG_HDR = struct.Struct("<BQdI")
+_SHORT_LEN = _SHORT_HDR.size
+_LONG_LEN = _LONG_HDR.size
+_short_pack = _SHORT_HDR.pack
+_long_pack = _LONG_HDR.pack
+_short_unpack = _SHORT_HDR.unpack_from
+_long_unpack = _LONG_HDR.unpack_from
+#: Flags a short header can name (the order is part of the disk format).
+_FLAGS = (0, FMT_JSON, FMT_BYTES, FMT_UTF8, FMT_PICKLE)
+_FLAG_INDEX = {f: i for i, f in enumerate(_FLAGS)}
+
+
+def _make_item(cas: int, exp: float, flags: int, data: bytes) -> bytes:
+    """The stored form of an item."""
+    if not exp:
+        i = _FLAG_INDEX.get(flags)
+        if i is not None:
+            return _short_pack(i, cas) + data
+    return _long_pack(_LONG, cas, exp, flags) + data
+
+
+def _header(item: bytes) -> Tuple[int, float, int, int]:
+    """``(cas, expiry, flags, header length)`` of a stored item."""
+    if item[0] == _LONG:
+        _t, cas, exp, flags = _long_unpack(item)
+        return cas, exp, flags, _LONG_LEN
+    i, cas = _short_unpack(item)
+    return cas, 0.0, _FLAGS[i], _SHORT_LEN
+
+
+def _expiry(item: bytes) -> float:
+    """A stored item's expiry time (0: never)."""
+    return _long_unpack(item)[2] if item[0] == _LONG else 0.0
+
+
+def _cas_of(item: bytes) -> int:
+    return _short_unpack(item)[1]
+
+
+def _value_len(item: bytes) -> int:
+    return len(item) - (_LONG_LEN if item[0] == _LONG else _SHORT_LEN)
+
 
 # Mutation kinds for the _mutated hook.
 STORED = 1
@@ -116,8 +164,8 @@ class EmbeddedBucket(MultiMixin):
     def _lookup(self, k: bytes, now: float) -> Optional[bytes]:
         """The live item for a key, expiring it on the way if it is due."""
         item = self._items.get(k)
-        if item is not None:
-            exp = _unpack_from(item)[1]
+        if item is not None and item[0] == _LONG:
+            exp = _long_unpack(item)[2]
             if exp and exp <= now:
                 self._remove_item(k, item, EXPIRED)
                 return None
@@ -134,14 +182,14 @@ class EmbeddedBucket(MultiMixin):
 
     def _put(self, k: bytes, old: Optional[bytes], cas: int, exp: float, flags: int,
              data: bytes) -> int:
-        item = _pack(cas, exp, flags) + data
+        item = _make_item(cas, exp, flags, data)
         self._items[k] = item
         if old is None:
             self._bytes += len(k) + len(data)
             if self._scan_index is not None:
                 self._scan_index.add(k)
         else:
-            self._bytes += len(item) - len(old)
+            self._bytes += len(data) - _value_len(old)
         if exp:
             heapq.heappush(self._expiries, (exp, k))
         self._seqno = seqno = self._seqno + 1
@@ -151,7 +199,7 @@ class EmbeddedBucket(MultiMixin):
     def _remove_item(self, k: bytes, item: bytes, why: int) -> int:
         del self._items[k]
         self._locks.pop(k, None)
-        self._bytes -= len(k) + len(item) - _HDR_LEN
+        self._bytes -= len(k) + _value_len(item)
         if why == EXPIRED:
             self._stats["expired"] += 1
         self._seqno = seqno = self._seqno + 1
@@ -163,7 +211,7 @@ class EmbeddedBucket(MultiMixin):
 
     def _check_mutable(self, k: bytes, item: bytes, cas: int, now: float, key: Any) -> None:
         """Refuse a mutation on a locked item without the lock cas, or a cas mismatch."""
-        item_cas = _unpack_from(item)[0]
+        item_cas = _cas_of(item)
         if self._locks and self._is_locked(k, now):
             if cas != item_cas:
                 raise TemporaryFailError("the key is locked", key=key)
@@ -199,16 +247,16 @@ class EmbeddedBucket(MultiMixin):
                 return ValueResult(key, rc=RC.KEY_ENOENT)
             raise NotFoundError("no such key", key=key)
         self._stats["hits"] += 1
-        cas, exp, flags = _unpack_from(item)
+        cas, exp, flags, off = _header(item)
         if ttl:
             check_ttl(ttl, key)
             if self._locks and self._is_locked(k, now):
                 raise TemporaryFailError("the key is locked", key=key)
             cas = self._next_cas()
-            self._put(k, item, cas, expiry_time(ttl, now), flags, item[_HDR_LEN:])
+            self._put(k, item, cas, expiry_time(ttl, now), flags, item[off:])
         elif self._locks and self._is_locked(k, now):
             cas = LOCKED_CAS
-        return ValueResult(key, item[_HDR_LEN:], flags, cas, RC.SUCCESS, self.transcoder)
+        return ValueResult(key, item[off:], flags, cas, RC.SUCCESS, self.transcoder)
 
     def store_sync(self, op: str, key: Any, value: Any, cas: int = 0, ttl: int = 0,
                    format: Any = None) -> OperationResult:
@@ -264,9 +312,9 @@ class EmbeddedBucket(MultiMixin):
             raise NotFoundError("no such key", key=key)
         if self._locks and self._is_locked(k, now):
             raise TemporaryFailError("the key is locked", key=key)
-        flags = _unpack_from(item)[2]
+        _cas, _exp, flags, off = _header(item)
         cas = self._next_cas()
-        seqno = self._put(k, item, cas, expiry_time(ttl, now), flags, item[_HDR_LEN:])
+        seqno = self._put(k, item, cas, expiry_time(ttl, now), flags, item[off:])
         return OperationResult(key, cas, RC.SUCCESS, seqno)
 
     def lock_sync(self, key: Any, ttl: int = 15) -> ValueResult:
@@ -280,11 +328,11 @@ class EmbeddedBucket(MultiMixin):
             raise NotFoundError("no such key", key=key)
         if self._is_locked(k, now):
             raise TemporaryFailError("the key is locked already", key=key)
-        _cas, exp, flags = _unpack_from(item)
+        _cas, exp, flags, off = _header(item)
         cas = self._next_cas()
-        data = item[_HDR_LEN:]
+        data = item[off:]
         # A new CAS, same value and expiry: not a mutation (no seqno, no disk).
-        self._items[k] = _pack(cas, exp, flags) + data
+        self._items[k] = _make_item(cas, exp, flags, data)
         self._locks[k] = now + ttl
         return ValueResult(key, data, flags, cas, RC.SUCCESS, self.transcoder)
 
@@ -299,7 +347,7 @@ class EmbeddedBucket(MultiMixin):
             raise NotFoundError("no such key", key=key)
         if not self._is_locked(k, now):
             raise TemporaryFailError("the key is not locked", key=key)
-        if cas != _unpack_from(item)[0]:
+        if cas != _cas_of(item):
             raise TemporaryFailError("wrong lock cas", key=key)
         del self._locks[k]
         return OperationResult(key, cas, RC.SUCCESS)
@@ -325,8 +373,8 @@ class EmbeddedBucket(MultiMixin):
         else:
             if self._locks and self._is_locked(k, now):
                 raise TemporaryFailError("the key is locked", key=key)
-            _cas, exp, flags = _unpack_from(item)
-            text = item[_HDR_LEN:].strip()
+            _cas, exp, flags, off = _header(item)
+            text = item[off:].strip()
             if not (0 < len(text) <= 20 and text.isdigit()) or int(text) > U64:
                 raise DeltaBadvalError("the value is not an unsigned 64-bit number",
                                        key=key)
@@ -356,8 +404,8 @@ class EmbeddedBucket(MultiMixin):
         if item is None:
             raise NotStoredError("no such key to %s to" % (op,), key=key)
         self._check_mutable(k, item, cas, now, key)
-        _cas, exp, flags = _unpack_from(item)
-        old = item[_HDR_LEN:]
+        _cas, exp, flags, off = _header(item)
+        old = item[off:]
         data = old + value if op == "append" else value + old
         if len(data) > self.max_value_size:
             raise TooBigError("the value would grow over the %d byte limit"
@@ -494,7 +542,7 @@ class EmbeddedBucket(MultiMixin):
             return None
         if item is None:
             raise NotFoundError("no such key", key=key)
-        item_cas = _unpack_from(item)[0]
+        item_cas = _cas_of(item)
         if cas and cas != item_cas:
             raise KeyExistsError("the key was modified since (CAS differs)", key=key)
         if persist and not self._is_persisted(k):
@@ -574,11 +622,11 @@ class EmbeddedBucket(MultiMixin):
             budget -= 1
             item = items.get(k)
             if item is not None:
-                cas, exp, flags = _unpack_from(item)
+                cas, exp, flags, off = _header(item)
                 if exp and exp <= now:
                     self._remove_item(k, item, EXPIRED)
                 else:
-                    vlen = 0 if ids_only else len(item) - _HDR_LEN
+                    vlen = 0 if ids_only else len(item) - off
                     if rows and size + 22 + len(k) + vlen > batch_bytes:
                         return rows, k
                     size += 22 + len(k) + vlen
@@ -586,7 +634,7 @@ class EmbeddedBucket(MultiMixin):
                         cas = LOCKED_CAS
                     rows.append(ScanItem.from_row(
                         k, flags, cas, ceil(exp) if exp else 0,
-                        None if ids_only else item[_HDR_LEN:], self.transcoder))
+                        None if ids_only else item[off:], self.transcoder))
                     if len(rows) >= batch_size:
                         break
             if budget <= 0:
@@ -642,13 +690,13 @@ class EmbeddedBucket(MultiMixin):
             budget -= 1
             item = self._items.get(k)
             if item is not None:
-                item_exp = _unpack_from(item)[1]
+                item_exp = _expiry(item)
                 if item_exp and item_exp <= now:
                     self._remove_item(k, item, EXPIRED)
                     removed += 1
         if len(heap) > 2 * len(self._items) + 1024:
             # Stale entries (keys re-stored or touched) outnumber live ones.
             self._expiries = [(e, k) for k, it in self._items.items()
-                              for e in (_unpack_from(it)[1],) if e]
+                              for e in (_expiry(it),) if e]
             heapq.heapify(self._expiries)
         return removed

@@ -53,7 +53,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from txcb._validate import DEFAULT_MAX_VALUE_SIZE, check_cas, resolve_durability, to_key
-from txcb.embedded import _HDR_LEN, EmbeddedBucket, _check_open, _unpack_from
+from txcb.embedded import (
+    EmbeddedBucket, _check_open, _expiry, _make_item, _value_len)
 from txcb.errors import (
     ArgumentError, CouchbaseError, NetworkError, TemporaryFailError, TimeoutError)
 from txcb.formats import Transcoder
@@ -70,8 +71,9 @@ DEFAULT_DATA_DIR = "txcb-data"
 #: The bucket types, as Couchbase names them.
 BUCKET_TYPES = ("couchbase", "ephemeral")
 LOCK_FILE = "txcb.lock"
-#: The data file's format version (meta row ``format``).
-FORMAT_VERSION = 1
+#: The data file's format version (meta row ``format``).  Format 1 (items
+#: with a fixed 20-byte header) is upgraded in place when opened.
+FORMAT_VERSION = 2
 #: CAS and seqno continuity across restarts.  The data file's meta rows hold
 #: a CAS and a seqno high-water mark.  A clean close writes the exact ones
 #: (and ``clean = 1``); start-up writes ``clean = 0``; while running, a batch
@@ -87,8 +89,8 @@ CAS_RESTART_GAP = RESTART_GAP  # the name the tests and docs use
 _NAME_RE = re.compile(r"^[A-Za-z0-9._%-]{1,100}$")
 
 _SCHEMA = (
-    # key -> the embedded bucket's item bytes (<QdI header + value); exp is the
-    # header's expiry, kept in a column so warmup finds TTL'd items by index.
+    # key -> the embedded bucket's item bytes (its header + value, see
+    # txcb.embedded._make_item); exp is the header's expiry, kept in a column so warmup finds TTL'd items by index.
     "CREATE TABLE items (key BLOB PRIMARY KEY, exp REAL NOT NULL, item BLOB NOT NULL)"
     " WITHOUT ROWID",
     "CREATE INDEX items_exp ON items (exp) WHERE exp > 0",
@@ -225,6 +227,9 @@ def _open_db(path: str) -> sqlite3.Connection:
             conn.execute("COMMIT")
         else:
             row = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+            if row is not None and row[0] == 1:
+                _upgrade_from_1(conn, path)
+                row = (FORMAT_VERSION,)
             if row is None or row[0] != FORMAT_VERSION:
                 raise CorruptDataError(
                     "%s has data format %r, this txcb reads format %d; refusing to use it"
@@ -238,6 +243,26 @@ def _open_db(path: str) -> sqlite3.Connection:
     except BaseException:
         if conn is not None:
             conn.close()
+        raise
+
+
+def _upgrade_from_1(conn: sqlite3.Connection, path: str) -> None:
+    """Rewrite a format 1 file's items (``<QdI`` header + value) as format 2, at once."""
+    from struct import Struct, error as struct_error
+    unpack = Struct("<QdI").unpack_from
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        try:
+            rows = [(_make_item(*unpack(item), item[20:]), k)
+                    for k, item in conn.execute("SELECT key, item FROM items")]
+        except (struct_error, TypeError) as e:
+            raise CorruptDataError("%s (data format 1) holds a bad item (%s); it is left "
+                                   "as it is" % (path, e))
+        conn.executemany("UPDATE items SET item = ? WHERE key = ?", rows)
+        conn.execute(_META, ("format", FORMAT_VERSION))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
         raise
 
 
@@ -255,9 +280,9 @@ def _write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
         if item is None:
             dels.append(k)
         elif len(item) <= _BIG:
-            puts += (k, _unpack_from(item)[1], item)
+            puts += (k, _expiry(item), item)
         else:
-            big.append((k, _unpack_from(item)[1], item))
+            big.append((k, _expiry(item), item))
     conn.execute("BEGIN IMMEDIATE")
     try:
         if puts:
@@ -448,8 +473,7 @@ class PersistentBucket(EmbeddedBucket):
                 seqno = int(meta.get("high_seqno", 0))
                 # (Both are "last handed out": the next ones are +1.)
                 gap = 0 if meta.get("clean") == 1 else RESTART_GAP
-                nbytes = sum(map(len, items)) + sum(map(len, items.values())) \
-                    - _HDR_LEN * len(items)
+                nbytes = sum(map(len, items)) + sum(map(_value_len, items.values()))
             except (TypeError, ValueError) as e:
                 raise CorruptDataError("the data file %s holds bad data: %s"
                                        % (self.path, e))
