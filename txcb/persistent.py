@@ -253,8 +253,10 @@ def _upgrade_from_1(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         try:
-            rows = [(_make_item(*unpack(item), item[20:]), k)
-                    for k, item in conn.execute("SELECT key, item FROM items")]
+            rows = []
+            for k, item in conn.execute("SELECT key, item FROM items"):
+                cas, exp, flags = unpack(item)
+                rows.append((_make_item(cas, exp, flags, item[20:]), k))
         except (struct_error, TypeError) as e:
             raise CorruptDataError("%s (data format 1) holds a bad item (%s); it is left "
                                    "as it is" % (path, e))
