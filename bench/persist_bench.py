@@ -245,6 +245,7 @@ def throughput(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
     results: Dict[str, List[float]] = {"ephemeral_plain": [], "persistent_plain": [],
                                        "persistent_persist_to_1": []}
     cpu_us: Dict[str, List[float]] = {k: [] for k in results}
+    batch_rows: Dict[str, List[float]] = {k: [] for k in results}
     servers = {"ephemeral": eph, "persistent": per}
     extra: Dict[str, Any] = {}
     try:
@@ -269,14 +270,23 @@ def throughput(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
                                              ("persistent_plain", "persistent", 0),
                                              ("persistent_persist_to_1", "persistent", 1)):
                     pid = servers[name].proc.pid
+                    if name == "persistent":
+                        before = yield conns[name][0].stats()
                     cpu0 = proc_cpu(pid)
                     rate = yield run_load(reactor, conns[name], args.ops, args.inflight,
                                           value, "r%d-%s-" % (rnd, label), persist)
                     us = (proc_cpu(pid) - cpu0) / args.ops * 1e6
                     results[label].append(rate)
                     cpu_us[label].append(us)
-                    print("  round %d  %-26s %9.0f ops/s  server CPU %5.1f us/op"
-                          % (rnd + 1, label, rate, us), flush=True)
+                    batching = ""
+                    if name == "persistent":
+                        after = yield conns[name][0].stats()
+                        n = after["disk_batches"] - before["disk_batches"]
+                        rows = after["disk_flushed"] - before["disk_flushed"]
+                        batch_rows[label].append(rows / n if n else 0.0)
+                        batching = "  %5.0f rows/commit" % (rows / n if n else 0.0,)
+                    print("  round %d  %-26s %9.0f ops/s  server CPU %5.1f us/op%s"
+                          % (rnd + 1, label, rate, us, batching), flush=True)
             stats = yield conns["persistent"][0].stats()
             extra["persistent_server_stats"] = {
                 k: stats[k] for k in ("disk_batches", "disk_flushed", "disk_write_queue",
@@ -296,6 +306,7 @@ def throughput(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
         "median_ops_per_s": med,
         "server_cpu_us_per_op_rounds": cpu_us,
         "median_server_cpu_us_per_op": cpu,
+        "rows_per_commit_rounds": {k: v for k, v in batch_rows.items() if v},
         "cpu_ratio_ephemeral_plain_vs_persistent_plain":
             cpu["ephemeral_plain"] / cpu["persistent_plain"],
         "ratio_persistent_plain_vs_ephemeral_plain":

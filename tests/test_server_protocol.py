@@ -20,7 +20,7 @@ from txcb.codec import (
     COUNTER_BODY, ENDURE_BODY, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET, REQ_MAGIC,
     NetstringDecoder, Op, Request, decode_response, encode_request, netstring)
 from txcb.embedded import EmbeddedBucket
-from txcb.errors import RC, ArgumentError, NotFoundError
+from txcb.errors import RC, ArgumentError, NotFoundError, TemporaryFailError
 from txcb.formats import FMT_BYTES
 from txcb.results import OperationResult, ValueResult
 from txcb.server import BucketServerFactory, BucketServerProtocol, _sync_handlers
@@ -398,6 +398,197 @@ class SyncHandlerTests(ServerTestBase):
         self.assertEqual((cm.exception.rc, cm.exception.message),
                          (RC.EINVAL, "insert takes no cas"))
         self.assertEqual(bucket.stats_sync()["items"], 0)
+
+
+class GatedDurableBucket(EmbeddedBucket):
+    """
+    An embedded bucket that can "persist" to one node: a durable mutation's
+    target waits in ``targets`` until the test fires it.
+    """
+
+    max_persist_to = 1
+
+    def __init__(self, *a, **kw):
+        EmbeddedBucket.__init__(self, *a, **kw)
+        self.targets = []
+
+    def _on_durable(self, result, persist_to, replicate_to, target):
+        if not persist_to or not result.seqno:
+            return False
+        self.targets.append((target, result))
+        return True
+
+
+class DurableSyncPathTests(ServerTestBase):
+    """
+    Durable mutations on a bucket served synchronously: made at once,
+    answered when the bucket fires the target it was given (no Deferred).
+    """
+
+    def setUp(self):
+        ServerTestBase.setUp(self)
+        self.bucket = GatedDurableBucket(clock=self.clock, pager_interval=0)
+        self.setup_server(bucket=self.bucket)
+
+    def test_durable_mutations_take_the_synchronous_path(self):
+        self.assertEqual(sorted(self.proto._sync_durable), sorted(
+            [Op.UPSERT, Op.INSERT, Op.REPLACE, Op.APPEND, Op.PREPEND, Op.REMOVE]))
+
+    def test_reply_waits_for_durability_and_the_mutation_is_made_at_once(self):
+        self.proto.dataReceived(frame(Op.UPSERT, 1, key=b"k", value=b"v", persist_to=1))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.bucket.get_sync("k").raw, b"v")
+        self.assertEqual(self.proto._inflight, 1)
+        [(target, result)] = self.bucket.targets
+        self.assertIsNot(type(target), Deferred)
+        target.callback(result)
+        [res] = self.responses()
+        self.assertEqual((res.opaque, res.status, res.cas, res.seqno),
+                         (1, 0, result.cas, result.seqno))
+        self.assertEqual(self.proto._inflight, 0)
+
+    def test_every_durable_opcode_answers_as_the_deferred_path(self):
+        self.bucket.store_sync("upsert", "k", b"v")
+        requests = [(Op.REPLACE, {"key": b"k", "value": b"w"}),
+                    (Op.APPEND, {"key": b"k", "value": b"+"}),
+                    (Op.PREPEND, {"key": b"k", "value": b"-"}),
+                    (Op.INSERT, {"key": b"n", "value": b"new"}),
+                    (Op.REMOVE, {"key": b"n"})]
+        for opaque, (op, kw) in enumerate(requests):
+            self.proto.dataReceived(frame(op, opaque, persist_to=1, **kw))
+        self.assertEqual(self.transport.value(), b"")
+        for target, result in self.bucket.targets:
+            target.callback(result)
+        res = self.responses()
+        self.assertEqual([(r.opcode, r.opaque, r.status) for r in res],
+                         [(op, i, 0) for i, (op, _kw) in enumerate(requests)])
+        self.assertEqual(self.bucket.get_sync("k").raw, b"-w+")
+
+    def test_quiet_remove_of_a_missing_key_answers_at_once(self):
+        self.proto.dataReceived(frame(Op.REMOVE, 1, key=b"nope", options=OPT_QUIET,
+                                      persist_to=1))
+        [res] = self.responses()
+        self.assertEqual(res.status, RC.KEY_ENOENT)
+        self.assertEqual(self.proto._inflight, 0)
+
+    def test_impossible_durability_is_refused_before_the_mutation(self):
+        res = self.call(Op.UPSERT, 1, key=b"k", value=b"v", persist_to=2)
+        self.assertEqual(res.status, RC.DURABILITY_IMPOSSIBLE)
+        res = self.call(Op.INSERT, 2, key=b"k", value=b"v", cas=5, persist_to=1)
+        self.assertEqual(res.status, RC.EINVAL)
+        self.assertRaises(NotFoundError, self.bucket.get_sync, "k")
+        self.assertEqual((self.bucket.targets, self.proto._inflight), ([], 0))
+
+    def test_mutation_errors_are_answered_at_once(self):
+        res = self.call(Op.REPLACE, 1, key=b"missing", value=b"v", persist_to=1)
+        self.assertEqual(res.status, RC.KEY_ENOENT)
+        self.assertEqual(self.proto._inflight, 0)
+
+    def test_durability_failure_is_answered_with_its_error(self):
+        self.proto.dataReceived(frame(Op.UPSERT, 1, key=b"a", value=b"v", persist_to=1)
+                                + frame(Op.UPSERT, 2, key=b"b", value=b"v", persist_to=1))
+        (t1, r1), (t2, r2) = self.bucket.targets
+        t1.errback(TemporaryFailError("the write could not be persisted", key=b"a"))
+        t2.errback(Failure(TemporaryFailError("again", key=b"b")))
+        res = self.responses()
+        self.assertEqual([(r.opaque, r.status, r.body) for r in res],
+                         [(1, RC.ETMPFAIL, b"the write could not be persisted"),
+                          (2, RC.ETMPFAIL, b"again")])
+        self.assertEqual(self.proto._inflight, 0)
+
+    def test_unexpected_durability_failure_is_an_internal_error_logged_once(self):
+        self.expected_failures = 1
+        self.proto.dataReceived(frame(Op.UPSERT, 1, key=b"a", value=b"v", persist_to=1))
+        [(target, _r)] = self.bucket.targets
+        target.errback(ZeroDivisionError("disk on fire"))
+        [res] = self.responses()
+        self.assertEqual(res.status, RC.EINTERNAL)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_inflight_cap_counts_durable_mutations(self):
+        self.setup_server(bucket=self.bucket, max_inflight=2)
+        self.proto.dataReceived(frame(Op.UPSERT, 1, key=b"a", value=b"v", persist_to=1)
+                                + frame(Op.UPSERT, 2, key=b"b", value=b"v", persist_to=1))
+        self.assertEqual(self.transport.producerState, "paused")
+        for target, result in self.bucket.targets:
+            target.callback(result)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual([r.opaque for r in self.responses()], [1, 2])
+
+    def test_target_fired_after_the_connection_is_lost_sends_nothing(self):
+        self.proto.dataReceived(frame(Op.UPSERT, 1, key=b"a", value=b"v", persist_to=1))
+        self.proto.connectionLost(Failure(ConnectionLost()))
+        [(target, result)] = self.bucket.targets
+        target.callback(result)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_durability_hook_replaced_on_the_instance_takes_the_deferred_path(self):
+        calls = []
+
+        def on_durable(result, persist_to, replicate_to, target):
+            calls.append(type(target))
+            return False
+        self.bucket._on_durable = on_durable
+        proto, transport = self.connect(self.factory)
+        self.assertEqual(proto._sync_durable, {})
+        res = self.call(Op.UPSERT, 1, key=b"k", value=b"v", persist_to=1, proto=proto,
+                        transport=transport)
+        self.assertEqual((res.status, calls), (0, [Deferred]))
+
+
+class LateReplyTests(ServerTestBase):
+    """
+    Replies made outside a read (a Deferred firing later) go out together,
+    in one write at the end of the reactor turn, where the transport names
+    its reactor.
+    """
+
+    def test_late_replies_are_written_once_at_the_end_of_the_turn(self):
+        bucket = PendingBucket()
+        factory = self.make_factory(bucket=bucket)
+        proto = factory.buildProtocol(ADDR)
+        transport = StringTransport(peerAddress=ADDR)
+        transport.reactor = self.clock
+        writes = []
+        write = transport.write
+        transport.write = lambda data: (writes.append(data), write(data))
+        proto.makeConnection(transport)
+        proto.dataReceived(b"".join(frame(Op.GET, i, key=b"k%d" % i) for i in range(3)))
+        for i in range(3):
+            bucket.answer(i)
+        self.assertEqual(writes, [])
+        self.clock.advance(0)
+        self.assertEqual(len(writes), 1)
+        self.assertEqual([r.opaque for r in self.responses(transport)], [0, 1, 2])
+
+    def test_many_late_replies_go_out_every_flush_every(self):
+        bucket = PendingBucket()
+        factory = self.make_factory(bucket=bucket)
+        proto = factory.buildProtocol(ADDR)
+        transport = StringTransport(peerAddress=ADDR)
+        transport.reactor = self.clock
+        proto.makeConnection(transport)
+        n = proto.flushEvery + 5
+        proto.dataReceived(b"".join(frame(Op.GET, i, key=b"k") for i in range(n)))
+        for i in range(n):
+            bucket.answer(i)
+        self.assertEqual(len(self.responses(transport)), proto.flushEvery)
+        self.clock.advance(0)
+        self.assertEqual([r.opaque for r in self.responses(transport)],
+                         list(range(proto.flushEvery, n)))
+
+    def test_late_replies_of_a_lost_connection_are_dropped(self):
+        bucket = PendingBucket()
+        factory = self.make_factory(bucket=bucket)
+        proto = factory.buildProtocol(ADDR)
+        transport = StringTransport(peerAddress=ADDR)
+        transport.reactor = self.clock
+        proto.makeConnection(transport)
+        proto.dataReceived(frame(Op.GET, 1, key=b"k"))
+        bucket.answer(0)
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.clock.advance(0)
+        self.assertEqual(transport.value(), b"")
 
 
 class InstancePatchTests(ServerTestBase):

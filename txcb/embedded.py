@@ -229,7 +229,22 @@ class EmbeddedBucket(MultiMixin):
     def _durable(self, result: OperationResult, persist_to: int, replicate_to: int,
                  key: Any) -> Deferred:
         """Fire the result once the mutation meets its durability requirement."""
+        d: Deferred = Deferred()
+        if self._on_durable(result, persist_to, replicate_to, d):
+            return d
         return succeed(result)
+
+    def _on_durable(self, result: OperationResult, persist_to: int, replicate_to: int,
+                    target: Any) -> bool:
+        """
+        Arrange for ``target.callback(result)`` (or ``target.errback(error)``)
+        once the mutation of ``result`` meets the (resolved) durability
+        requirement and return True, or return False if it is met already
+        (``target`` is then not used).  ``target`` is a Deferred, or any object
+        with ``called``, ``callback`` and ``errback`` (the server's synchronous
+        path uses one without a Deferred).  Memory only: met already.
+        """
+        return False
 
     # -- synchronous core (raises CouchbaseError) ---------------------------
 

@@ -402,7 +402,8 @@ class PersistentBucket(EmbeddedBucket):
         self._finishing = False
         self._persisted_seqno = 0
         self._marked_cas = self._marked_seqno = 0  # the meta rows on disk
-        self._persist_waiters: Deque[Tuple[int, Deferred, OperationResult]] = deque()
+        # (seqno, Deferred or another target with called/callback/errback, result)
+        self._persist_waiters: Deque[Tuple[int, Any, OperationResult]] = deque()
         self._endure_waiters: Dict[int, _EndureWaiter] = {}
         self._close_waiters: List[Deferred] = []
         self._close_result: Any = None
@@ -602,16 +603,15 @@ class PersistentBucket(EmbeddedBucket):
 
     # -- durability -------------------------------------------------------------
 
-    def _durable(self, result: OperationResult, persist_to: int, replicate_to: int,
-                 key: Any) -> Deferred:
+    def _on_durable(self, result: OperationResult, persist_to: int, replicate_to: int,
+                    target: Any) -> bool:
         seqno = result.seqno
         if not persist_to or seqno <= self._persisted_seqno:
-            return succeed(result)
-        d: Deferred = Deferred()
-        self._persist_waiters.append((seqno, d, result))
+            return False
+        self._persist_waiters.append((seqno, target, result))
         if self._lazy:
             self._hurry()
-        return d
+        return True
 
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                check_removed: bool = False, timeout: float = 5.0,

@@ -25,6 +25,7 @@ from txcb.codec import (
     OPT_INITIAL, OPT_QUIET, REQ_MAGIC, RES_MAGIC, FrameError, Op, Request, decode_request,
     encode_response)
 from txcb.codec import _req_unpack, _res_pack
+from txcb._validate import resolve_durability
 from txcb.errors import RC, ArgumentError, CouchbaseError
 from txcb.formats import Encoded
 
@@ -269,18 +270,26 @@ class BucketServerProtocol(FastNetstringReceiver):
         self._paused = False
         self._peer = str(self._io.getPeer())
         self._sync = _sync_handlers(f.bucket)
+        self._sync_durable = _durable_handlers(f.bucket, self._sync)
         self._sync_for = f.bucket
         set_nodelay(self._io)
         f.stats.connections += 1
         f.stats.total_connections += 1
         self._held: list = []  # frames read while the client's replies are backed up
         self._out_paused = False
+        # Replies ready outside a read (a Deferred fired later: a durable
+        # write's batch committing, a remote backend answering) gather here
+        # and go out in one write at the end of the reactor turn, rather than
+        # one send each.  Only where the transport names its reactor.
+        self._late: list = []
+        self._late_clock = getattr(self._io, "reactor", None)
         self._io.registerProducer(self, True)
         self._log.debug("txcb: connection from {peer}", peer=self._peer)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.connected = False
         self._held = []
+        self._late = []
         self.factory.stats.connections -= 1
         self._log.debug("txcb: connection from {peer} closed", peer=self._peer)
 
@@ -368,6 +377,7 @@ class BucketServerProtocol(FastNetstringReceiver):
         bucket = self.factory.bucket
         if bucket is not self._sync_for:  # the factory was given another bucket
             self._sync = _sync_handlers(bucket)
+            self._sync_durable = _durable_handlers(bucket, self._sync)
             self._sync_for = bucket
         sync = self._sync.get(req.opcode)
         if sync is not None and not (req.persist_to or req.replicate_to):
@@ -385,6 +395,29 @@ class BucketServerProtocol(FastNetstringReceiver):
             if payload is not None:
                 self.sendString(payload)
                 return
+        elif req.opcode in self._sync_durable:
+            # A durable mutation on such a bucket: made now, answered once
+            # durable (by a _DurableReply, not a Deferred chain).
+            encode, call = self._sync_durable[req.opcode]
+            self._inflight += 1
+            if self._inflight >= self.factory.max_inflight and not self._paused:
+                self._paused = True
+                self._io.pauseProducing()
+            try:
+                if req.cas and req.opcode == Op.INSERT:
+                    raise ArgumentError("insert takes no cas")  # as _store's handler
+                persist, replicate = resolve_durability(
+                    req.persist_to, req.replicate_to, bucket.max_persist_to,
+                    bucket.max_replicate_to, req.key)
+                result = call(bucket, req)
+                if not bucket._on_durable(result, persist, replicate,
+                                          _DurableReply(self, req, encode)):
+                    self._send(encode(result, req))
+            except CouchbaseError as e:
+                self._error(e, req)
+            except Exception:
+                self._internal_error(Failure(), req)
+            return
         handler = _HANDLERS[req.opcode]
         self._inflight += 1
         if self._inflight >= self.factory.max_inflight and not self._paused:
@@ -412,8 +445,23 @@ class BucketServerProtocol(FastNetstringReceiver):
             self._paused = False
             if self.connected and not self.brokenPeer and not self._out_paused:
                 self._io.resumeProducing()
-        if self.connected:
+        if not self.connected:
+            return
+        if self._batch is None and self._late_clock is not None:
+            late = self._late
+            late.append(b"%d:%s," % (len(payload), payload))
+            if len(late) == 1:
+                self._late_clock.callLater(0, self._send_late)
+            elif len(late) >= self.flushEvery:
+                self._send_late()
+        else:
             self.sendString(payload)
+
+    def _send_late(self) -> None:
+        """Write the replies gathered by :meth:`_send` since the last call."""
+        late, self._late = self._late, []
+        if late and self.connected:
+            self._flush(late)
 
     def _reply(self, payload: bytes, req: Request) -> None:
         self._send(payload)
@@ -676,6 +724,60 @@ def _sync_handlers(bucket: Any) -> Dict[int, Any]:
         table = {op: h for op, h in table.items()
                  if op not in _SYNC or not any(n in patched for n in _SYNC[op][0])}
     return table
+
+
+# Durable mutations served without Deferreds: opcode -> (encode the reply,
+# make the mutation), for a bucket whose synchronous calls and durability
+# hooks are EmbeddedBucket's own way (see _durable_handlers).
+_DURABLE = {
+    Op.UPSERT: (_mutation, lambda b, r: b.store_sync(
+        "upsert", r.key, Encoded(r.value, r.flags), r.cas, r.ttl)),
+    Op.REPLACE: (_mutation, lambda b, r: b.store_sync(
+        "replace", r.key, Encoded(r.value, r.flags), r.cas, r.ttl)),
+    Op.INSERT: (_mutation, lambda b, r: b.store_sync(
+        "insert", r.key, Encoded(r.value, r.flags), 0, r.ttl)),
+    Op.APPEND: (_mutation, lambda b, r: b.concat_sync("append", r.key, r.value, r.cas)),
+    Op.PREPEND: (_mutation, lambda b, r: b.concat_sync("prepend", r.key, r.value, r.cas)),
+    Op.REMOVE: (_quiet_miss, lambda b, r: b.remove_sync(
+        r.key, r.cas, bool(r.options & OPT_QUIET))),
+}
+
+
+def _durable_handlers(bucket: Any, sync: Dict[int, Any]) -> Dict[int, Any]:
+    """
+    The durable mutations this bucket can serve without Deferreds: those
+    served synchronously (``sync``, from :func:`_sync_handlers`) on a bucket
+    whose ``_durable`` is EmbeddedBucket's (durability customised, if at
+    all, through ``_on_durable``), neither replaced on the instance.
+    """
+    from txcb.embedded import EmbeddedBucket
+    if getattr(type(bucket), "_durable", None) is not EmbeddedBucket._durable:
+        return {}
+    patched = getattr(bucket, "__dict__", None) or {}
+    if "_durable" in patched or "_on_durable" in patched:
+        return {}
+    return {op: h for op, h in _DURABLE.items() if op in sync}
+
+
+class _DurableReply:
+    """The reply to a durable mutation, sent when the bucket fires it."""
+
+    __slots__ = ("proto", "req", "encode", "called")
+
+    def __init__(self, proto: BucketServerProtocol, req: Request, encode: Any) -> None:
+        self.proto = proto
+        self.req = req
+        self.encode = encode
+        self.called = False
+
+    def callback(self, result: Any) -> None:
+        self.called = True
+        self.proto._send(self.encode(result, self.req))
+
+    def errback(self, error: Any) -> None:
+        self.called = True
+        f = error if isinstance(error, Failure) else Failure(error)
+        self.proto._failed(f, self.req)
 
 
 _HANDLERS = {
