@@ -490,6 +490,29 @@ class ResponseTests(ClientTestBase):
             self.assertEqual((r.key, r.value, r.cas), (k, k + "!", ord(k)))
         self.assertIdle()
 
+    def test_multi_error_is_the_first_failed_key_in_key_order(self):
+        """
+        Regression: a key refused before sending (a bad key, a value too big)
+        ranked after every key sent, so a later key's server error was raised
+        instead of it.  Key order, as gather_results and the other buckets.
+        """
+        d = self.bucket.upsert_multi({"a": 1, "big": b"x" * 1001, "c": 3})
+        reqs = self.sent(self.transport)
+        self.assertEqual([r.key for r in reqs], [b"a", b"c"])
+        self.proto.dataReceived(response(Op.UPSERT, reqs[0].opaque, cas=1) +
+                                response(Op.UPSERT, reqs[1].opaque, RC.KEY_EEXISTS))
+        e = self.failureResultOf(d, errors.TooBigError).value
+        self.assertEqual(e.key, "big")
+        self.assertEqual([e.all_results[k].rc for k in ("a", "big", "c")],
+                         [0, RC.E2BIG, RC.KEY_EEXISTS])
+        # Without GET_MULTI, get_multi likewise.
+        d = self.bucket.get_multi(["a", "", "c"])
+        reqs = self.sent(self.transport)
+        self.proto.dataReceived(response(Op.GET, reqs[0].opaque, body=b"A") +
+                                response(Op.GET, reqs[1].opaque, RC.KEY_ENOENT))
+        self.assertEqual(self.failureResultOf(d, errors.ArgumentError).value.key, "")
+        self.assertIdle()
+
     def test_replies_in_one_chunk(self):
         ds = [self.bucket.noop() for _ in range(5)]
         reqs = self.sent(self.transport)
@@ -828,7 +851,7 @@ class InMemoryTests(ClientTestBase):
         self.pump.flush()
         self.assertTrue(self.successResultOf(d).all_ok)
         d = self.bucket.get_multi(["k%d" % i for i in range(10)] + ["missing"], quiet=True)
-        self.assertEqual(len(self.client_proto._pending), 11)
+        self.assertEqual(len(self.client_proto._pending), 1)  # one GET_MULTI for them all
         self.pump.flush()
         res = self.successResultOf(d)
         self.assertEqual([res["k%d" % i].value for i in range(10)], list(range(10)))

@@ -39,6 +39,7 @@ REQUESTS = {
     Op.UNLOCK: dict(key=b"lk", cas=12345),
     Op.ENDURE: dict(key=b"e", value=ENDURE_BODY.pack(5000, 10), options=OPT_CHECK_REMOVED,
                     persist_to=1, replicate_to=-1, cas=3),
+    Op.GET_MULTI: dict(value=b"\x01a\x03bcd", ttl=60),
 }
 
 
@@ -358,6 +359,40 @@ REQUEST_ILLEGAL = [
     ("key over 250 bytes", raw_request(key=b"k" * 251), RC.EINVAL, False, OPAQUE, Op.GET),
     ("key over 250 bytes on UPSERT", raw_request(opcode=Op.UPSERT, key=b"k" * 251),
      RC.EINVAL, False, OPAQUE, Op.UPSERT),
+    # GET_MULTI: the header's key must be empty, the body 1 to MAX_MULTI keys of
+    # <u8 length><key>, each 1 to 250 bytes, and nothing else.
+    ("GET_MULTI with zero keys", raw_request(opcode=Op.GET_MULTI, key=b""),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI with a key in the header", raw_request(opcode=Op.GET_MULTI, key=b"k",
+                                                       body=b"\x01a"),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI zero-length key", raw_request(opcode=Op.GET_MULTI, key=b"",
+                                              body=b"\x01a\x00\x01b"),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI zero-length key only", raw_request(opcode=Op.GET_MULTI, key=b"",
+                                                   body=b"\x00"),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI truncated key", raw_request(opcode=Op.GET_MULTI, key=b"",
+                                            body=b"\x01a\x05abc"),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI trailing byte", raw_request(opcode=Op.GET_MULTI, key=b"",
+                                            body=b"\x01a\x02bc\x07"),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI trailing zero byte", raw_request(opcode=Op.GET_MULTI, key=b"",
+                                                 body=b"\x01a\x00"),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI key of 251 bytes", raw_request(opcode=Op.GET_MULTI, key=b"",
+                                               body=b"\xfb" + b"k" * 251),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI key length 255", raw_request(opcode=Op.GET_MULTI, key=b"",
+                                             body=b"\xff" + b"k" * 255),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI of MAX_MULTI + 1 keys", raw_request(
+        opcode=Op.GET_MULTI, key=b"", body=b"\x01k" * (codec.MAX_MULTI + 1)),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+    ("GET_MULTI of MAX_MULTI keys and a broken one", raw_request(
+        opcode=Op.GET_MULTI, key=b"", body=b"\x01k" * codec.MAX_MULTI + b"\x09"),
+     RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
 ]
 
 
@@ -386,6 +421,15 @@ class DecodeRequestIllegalTests(unittest.SynchronousTestCase):
             decode_request(raw_request(opcode=Op.ENDURE, body=b"\0" * 8)).value, b"\0" * 8)
         req = decode_request(raw_request(persist_to=-1, replicate_to=-128))
         self.assertEqual((req.persist_to, req.replicate_to), (-1, -128))
+        # GET_MULTI: one key, keys of 1 and 250 bytes, MAX_MULTI keys.
+        req = decode_request(raw_request(opcode=Op.GET_MULTI, key=b"", body=b"\x01k"))
+        self.assertEqual(req.keys, [b"k"])
+        body = b"\x01a\xfa" + b"z" * 250
+        self.assertEqual(decode_request(raw_request(opcode=Op.GET_MULTI, key=b"",
+                                                    body=body)).keys, [b"a", b"z" * 250])
+        req = decode_request(raw_request(opcode=Op.GET_MULTI, key=b"",
+                                         body=b"\x01k" * codec.MAX_MULTI, ttl=U32))
+        self.assertEqual((len(req.keys), req.ttl), (codec.MAX_MULTI, U32))
 
 
 RESPONSE_ILLEGAL = [

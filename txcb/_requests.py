@@ -15,13 +15,15 @@ caller's (the latter as the server said in its HELLO).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from txcb._validate import check_cas, check_delta, check_lock_ttl, check_ttl, to_key
 from txcb.codec import (
     COUNTER_BODY, ENDURE_BODY, OPT_CHECK_REMOVED, OPT_DECREMENT, OPT_IDS_ONLY, OPT_INITIAL,
-    OPT_QUIET, Op, encode_scan_request)
-from txcb.errors import ArgumentError, TooBigError
+    OPT_QUIET, Op, encode_multi_keys, encode_scan_request)
+from txcb.errors import (
+    RC, ArgumentError, CouchbaseError, ProtocolError, TooBigError, exception_for_rc)
+from txcb.results import ValueResult
 
 #: (opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to)
 Fields = Tuple[int, Any, bytes, bytes, int, int, int, int, int, int]
@@ -165,3 +167,144 @@ def flush() -> Fields:
 
 def noop() -> Fields:
     return _NOOP
+
+
+# -- get_multi on one GET_MULTI request per chunk of keys (docs/protocol.rst, 3.2)
+#
+# Both clients: get_multi_requests() makes the requests, then each reply
+# frame's entries go through multi_entries(), a request that fails as a whole
+# (timeout, lost connection, error status) through multi_fail(), and
+# multi_outcome() gives the call's error, if any, once every request is done.
+# ``results`` is the call's MultiResult; ``errors`` maps each failed key to
+# its exception, or to ``(status, message bytes)`` from the server (made into
+# an exception only for the key that is raised).
+
+#: The message of a miss, whose entry carries none (every provider's).
+MISS_MESSAGE = "no such key"
+_ENOENT = RC.KEY_ENOENT
+
+
+def get_multi_requests(keys: List[Any], ttl: int, max_keys: int, max_body: int,
+                       results: Dict[Any, Any], errors: Dict[Any, Any]
+                       ) -> List[Tuple[List[Any], Fields]]:
+    """
+    The GET_MULTI requests for ``keys`` (unique; ``ttl`` checked by the
+    caller): ``(the keys it asks for, its fields)``, each with at most
+    ``max_keys`` keys and a body of at most ``max_body`` bytes.  A key that
+    cannot be sent (bad type or length) is not: its result and error go to
+    ``results`` and ``errors`` now, as a ``get`` of it would have failed.
+    """
+    n = len(keys)
+    if 0 < n <= max_keys:
+        # The usual case, checked in bulk: keys all str (or all bytes) of 1 to
+        # 250 bytes, in one request.
+        raw: Optional[List[bytes]] = None
+        if all([type(key) is str for key in keys]):
+            raw = [key.encode("utf-8") for key in keys]
+        elif all([type(key) is bytes for key in keys]):
+            raw = keys
+        if raw is not None:
+            lens = list(map(len, raw))
+            if min(lens) and max(lens) <= 250 and sum(lens) + n <= max_body:
+                return [(keys, (Op.GET_MULTI, None, b"", encode_multi_keys(raw), 0, ttl, 0, 0,
+                                0, 0))]
+    out = []
+    ks: List[Any] = []
+    raw = []
+    size = 0
+    for key in keys:
+        t = type(key)
+        if t is str:
+            k = key.encode("utf-8")
+        elif t is bytes:
+            k = key
+        else:
+            k = b""
+        if not 0 < len(k) <= 250:
+            try:
+                k = to_key(key)  # a subclass of str or bytes, or the error
+            except CouchbaseError as e:
+                results[key] = ValueResult(key, rc=e.rc)
+                errors[key] = e
+                continue
+        n = len(k) + 1
+        if size + n > max_body or len(ks) == max_keys:
+            if ks:
+                out.append((ks, (Op.GET_MULTI, None, b"", encode_multi_keys(raw), 0, ttl, 0,
+                                 0, 0, 0)))
+            ks, raw, size = [], [], 0
+        ks.append(key)
+        raw.append(k)
+        size += n
+    if ks:
+        out.append((ks, (Op.GET_MULTI, None, b"", encode_multi_keys(raw), 0, ttl, 0, 0, 0, 0)))
+    return out
+
+
+def check_multi_frame(nkeys: int, pos: int, count: int, last: bool) -> None:
+    """
+    A reply frame with ``count`` entries, after ``pos`` of ``nkeys`` keys
+    were answered, must not run past the keys, nor stop short of them if it
+    is the last, nor claim more are coming if it answers the last key:
+    raises ProtocolError.
+    """
+    end = pos + count
+    if end > nkeys or (end == nkeys) is not last:
+        raise ProtocolError("GET_MULTI reply of %d entries for %d keys, %s"
+                            % (end, nkeys, "and no more" if last else "and more to come"))
+
+
+def multi_entries(keys: List[Any], pos: int, entries: List[tuple], last: bool, quiet: bool,
+                  transcoder: Any, results: Dict[Any, Any], errors: Dict[Any, Any]) -> int:
+    """
+    Record one reply frame's entries (from :func:`txcb.codec.decode_multi_reply`)
+    for ``keys[pos:]``; returns the position after them.  ``last``: the frame
+    is the reply's last.  Raises ProtocolError (recording nothing) if the
+    entries do not fit the keys (see :func:`check_multi_frame`).
+    """
+    end = pos + len(entries)
+    if end > len(keys) or (end == len(keys)) is not last:
+        check_multi_frame(len(keys), pos, len(entries), last)
+    for key, (status, cas, flags, data) in zip(keys[pos:end], entries):
+        if not status:
+            results[key] = ValueResult(key, data, flags, cas, 0, transcoder)
+        else:
+            results[key] = ValueResult(key, rc=status)
+            if status != _ENOENT or not quiet:
+                errors[key] = (status, data)
+    return end
+
+
+def multi_fail(keys: List[Any], pos: int, error: Any, results: Dict[Any, Any],
+               errors: Dict[Any, Any]) -> None:
+    """``keys[pos:]`` failed with ``error`` (their request did, as a whole)."""
+    rc = error.rc if isinstance(error, CouchbaseError) else RC.EINTERNAL
+    for key in keys[pos:]:
+        results[key] = ValueResult(key, rc=rc)
+        errors[key] = error
+
+
+def multi_outcome(keys: List[Any], results: Dict[Any, Any], errors: Dict[Any, Any]
+                  ) -> Optional[BaseException]:
+    """
+    The error of the first failed key in ``keys`` (the call's key order),
+    with ``all_results``; None if no key failed.
+    """
+    if not errors:
+        return None
+    for key in keys:
+        e = errors.get(key)
+        if e is None:
+            continue
+        if type(e) is tuple:
+            status, data = e
+            e = exception_for_rc(status, data.decode("utf-8", "replace") or (
+                MISS_MESSAGE if status == _ENOENT else ""), key)
+        elif isinstance(e, CouchbaseError) and e.key is not key:  # a whole request's
+            e = exception_for_rc(e.rc, e.message, key)
+        try:
+            e.all_results = results
+        except AttributeError:
+            pass
+        return e
+    return None  # not reached: every key of errors is one of keys

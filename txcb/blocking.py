@@ -15,7 +15,7 @@ instead of returning Deferreds::
             bucket.get("nobody")
         except NotFoundError:
             pass
-        many = bucket.get_multi(["user:1", "user:2"], quiet=True)   # pipelined
+        many = bucket.get_multi(["user:1", "user:2"], quiet=True)   # one request
         for row in bucket.scan(prefix="user:"):                       # streamed
             print(row.key, row.value)
 
@@ -63,10 +63,11 @@ import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from txcb import _requests as _rq
-from txcb._validate import DEFAULT_MAX_VALUE_SIZE
+from txcb._validate import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
 from txcb.codec import (
-    HEADER_LEN, OPT_QUIET, FrameError, NetstringDecoder, Op, decode_response,
-    decode_scan_reply, encode_request, netstring, scan_args)
+    HEADER_LEN, MAX_MULTI, MULTI_MORE, OPT_QUIET, FrameError, NetstringDecoder, Op,
+    decode_multi_reply, decode_response, decode_scan_reply, encode_request, netstring,
+    scan_args)
 from txcb.errors import (
     RC, ArgumentError, ConnectError, CouchbaseError, NetworkError, ProtocolError,
     TimeoutError, exception_for_rc)
@@ -181,6 +182,17 @@ class _Req:
         self.opaque = 0
 
 
+class _MultiReq(_Req):
+    """A GET_MULTI request: the keys it asks for, and the entries answered so far."""
+
+    __slots__ = ("keys", "entries")
+
+    def __init__(self, keys: List[Any], payload: bytes, timeout: float) -> None:
+        _Req.__init__(self, Op.GET_MULTI, None, payload, False, timeout)
+        self.keys = keys
+        self.entries: List[tuple] = []
+
+
 def _unique(keys: Iterable[Any]) -> List[Any]:
     if isinstance(keys, (str, bytes)):
         raise TypeError("keys must be an iterable of keys, not a single key")
@@ -220,6 +232,9 @@ class Bucket:
         self.server_info: Dict[str, Any] = {}
         self.max_value_size = DEFAULT_MAX_VALUE_SIZE
         self._window = _DEFAULT_WINDOW
+        #: GET_MULTI: the server's key limit (0: none, a GET per key) and body limit.
+        self._multi_get_keys = 0
+        self._max_multi_body = MAX_KEY_LEN + DEFAULT_MAX_VALUE_SIZE
         self._sock: Optional[socket.socket] = None
         self._decoder: Optional[NetstringDecoder] = None
         self._next_opaque = 1
@@ -279,6 +294,12 @@ class Bucket:
         self._window = max(1, min(_DEFAULT_WINDOW, int(info.get("max_inflight", 1024)) // 2))
         self._decoder.max_length = max(self._decoder.max_length,
                                        HEADER_LEN + self.max_value_size + 1024)
+        n = info.get("get_multi")
+        self._multi_get_keys = min(n, MAX_MULTI) if type(n) is int and n > 0 else 0
+        frame = info.get("max_frame")
+        self._max_multi_body = (
+            frame - HEADER_LEN if type(frame) is int and frame > HEADER_LEN + MAX_KEY_LEN
+            else MAX_KEY_LEN + self.max_value_size)
         self._ever_connected = True
 
     def _ensure_connected(self) -> None:
@@ -394,10 +415,23 @@ class Bucket:
                 res = decode_response(payload)
             except FrameError as e:
                 raise ProtocolError("bad response from the server: %s" % (e,))
-            i = waiting.pop(res.opaque, None)
+            i = waiting.get(res.opaque)
             if i is None:
                 continue  # not ours (cannot happen: a timeout closes the connection)
-            results[i] = self._result(reqs[i], res)
+            req = reqs[i]
+            if req.opcode == Op.GET_MULTI and not res.status:
+                # One frame of a GET_MULTI reply: its entries, kept until the last.
+                try:
+                    entries = decode_multi_reply(res.body)
+                except FrameError as e:
+                    raise ProtocolError("malformed GET_MULTI reply: %s" % (e,))
+                _rq.check_multi_frame(len(req.keys), len(req.entries), len(entries),
+                                      not res.flags & MULTI_MORE)
+                req.entries.extend(entries)
+                if res.flags & MULTI_MORE:
+                    continue
+            del waiting[res.opaque]
+            results[i] = self._result(req, res)
 
     def _result(self, req: _Req, res: Any) -> Any:
         status = res.status
@@ -658,10 +692,40 @@ class Bucket:
 
     def get_multi(self, keys: Iterable[Any], ttl: int = 0, quiet: bool = False,
                   timeout: Optional[float] = None) -> MultiResult:
-        """get() for many keys, pipelined: a MultiResult (or the first error,
-        whose ``all_results`` holds every key's result)."""
-        return self._gather(_unique(keys), lambda k: self._r_get(k, ttl, quiet, timeout),
-                            ValueResult)
+        """get() for many keys: a MultiResult (or the first error, whose
+        ``all_results`` holds every key's result).  One GET_MULTI request per
+        chunk of keys where the server has it (docs/protocol.rst, 3.2), else
+        a GET per key, pipelined."""
+        keys = _unique(keys)
+        with self._lock:
+            self._ensure_connected()
+            max_keys = self._multi_get_keys
+            if max_keys and ttl:
+                try:
+                    check_ttl(ttl)
+                except CouchbaseError:  # every key fails as its own get would
+                    max_keys = 0
+            if not max_keys:
+                return self._gather(keys, lambda k: self._r_get(k, ttl, quiet, timeout),
+                                    ValueResult)
+            results = MultiResult()
+            errors: Dict[Any, Any] = {}
+            wait = self.timeout if timeout is None else timeout
+            reqs = [_MultiReq(ks, encode_request(fields[0], 0, *fields[2:]), wait)
+                    for ks, fields in _rq.get_multi_requests(
+                        keys, ttl or 0, max_keys, self._max_multi_body, results, errors)]
+            outcome = self._exchange_now(reqs) if reqs else []
+        transcoder = self.transcoder
+        for req, r in zip(reqs, outcome):
+            # Its entries (all of them, unless the request failed after some).
+            pos = _rq.multi_entries(req.keys, 0, req.entries, r is None, quiet, transcoder,
+                                    results, errors)
+            if r is not None:  # the request failed: the keys not answered with it
+                _rq.multi_fail(req.keys, pos, r, results, errors)
+        error = _rq.multi_outcome(keys, results, errors)
+        if error is not None:
+            raise error
+        return results
 
     def _store_multi(self, build: Callable[..., _Req], mapping: Any) -> MultiResult:
         items = self._items(mapping)

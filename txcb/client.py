@@ -32,8 +32,10 @@ from zope.interface import implementer
 from txcb import _requests as _rq
 from txcb._multi import MultiMixin, _unique, gather_results
 from txcb.server import FastNetstringReceiver, set_nodelay
-from txcb._validate import DEFAULT_MAX_VALUE_SIZE
-from txcb.codec import HEADER_LEN, OPT_QUIET, REQ_MAGIC, FrameError, Op, decode_response
+from txcb._validate import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
+from txcb.codec import (
+    HEADER_LEN, MAX_MULTI, MULTI_MORE, OPT_QUIET, REQ_MAGIC, FrameError, Op,
+    decode_multi_reply, decode_response)
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError,
     TimeoutError, exception_for_rc)
@@ -58,12 +60,14 @@ _COUNTER = 3
 _JSON = 4
 _NONE = 5
 _RAW = 6  # the reply body itself (SCAN)
+_MULTI = 7  # GET_MULTI: frames of entries, for a _GetMultiPart
 _KIND = {
     Op.GET: _VALUE, Op.GAT: _VALUE, Op.LOCK: _VALUE, Op.COUNTER: _COUNTER,
     Op.UPSERT: _MUTATION, Op.INSERT: _MUTATION, Op.REPLACE: _MUTATION,
     Op.REMOVE: _MUTATION, Op.APPEND: _MUTATION, Op.PREPEND: _MUTATION,
     Op.TOUCH: _MUTATION, Op.UNLOCK: _MUTATION, Op.ENDURE: _MUTATION,
     Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE, Op.FLUSH: _NONE, Op.SCAN: _RAW,
+    Op.GET_MULTI: _MULTI,
 }
 
 
@@ -74,6 +78,9 @@ class BucketClientProtocol(FastNetstringReceiver):
     :param timeout: each request's default timeout, in seconds; 0 (or None)
         disables it.
     :ivar server_info: what the server said about itself (HELLO), once known.
+    :ivar multi_get_keys: the most keys one GET_MULTI request may carry (0:
+        the server has no GET_MULTI, and ``get_multi`` sends a GET per key).
+    :ivar max_multi_body: the largest GET_MULTI request body the server takes.
     """
 
     _log = Logger()
@@ -93,6 +100,8 @@ class BucketClientProtocol(FastNetstringReceiver):
         self._next_opaque = 0
         self.server_info: Dict[str, Any] = {}
         self.max_value_size = DEFAULT_MAX_VALUE_SIZE
+        self.multi_get_keys = 0
+        self.max_multi_body = MAX_KEY_LEN + DEFAULT_MAX_VALUE_SIZE
         self._lost: Optional[str] = None
         self._on_lost: List[Any] = []
         self._ready: Any = None
@@ -115,6 +124,14 @@ class BucketClientProtocol(FastNetstringReceiver):
             else:
                 self.server_info = result
                 self.MAX_LENGTH = max(self.MAX_LENGTH, HEADER_LEN + self.max_value_size + 1024)
+                # GET_MULTI (docs/protocol.rst, 3.2): its key limit, and the
+                # server's frame limit, which a request must keep within.
+                n = result.get("get_multi")
+                self.multi_get_keys = min(n, MAX_MULTI) if type(n) is int and n > 0 else 0
+                frame = result.get("max_frame")
+                self.max_multi_body = (
+                    frame - HEADER_LEN if type(frame) is int and frame > HEADER_LEN + MAX_KEY_LEN
+                    else MAX_KEY_LEN + self.max_value_size)
         self._ready = result
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
@@ -260,6 +277,9 @@ class BucketClientProtocol(FastNetstringReceiver):
                                     self.transcoder, _UNSET, seqno) if kind == _VALUE
                         else OperationResult(entry[2], cas, 0, seqno))
                     return
+                if kind == _MULTI:
+                    self._multi_frame(opaque, entry[0], not flags & MULTI_MORE, payload)
+                    return
         try:
             res = decode_response(payload)
         except FrameError as e:
@@ -301,6 +321,21 @@ class BucketClientProtocol(FastNetstringReceiver):
             d.callback(result)
         else:
             d.callback(res.body if kind == _RAW else None)
+
+    def _multi_frame(self, opaque: int, part: "_GetMultiPart", last: bool,
+                     payload: bytes) -> None:
+        """One frame of a GET_MULTI reply (status 0): its entries go to ``part``."""
+        try:
+            entries = decode_multi_reply(payload, HEADER_LEN)
+            if last:
+                del self._pending[opaque]
+            part.frame(entries, last)
+        except (FrameError, ProtocolError) as e:
+            self._pending.pop(opaque, None)
+            error = ProtocolError("malformed GET_MULTI reply: %s" % (e,))
+            self._log.warn("txcb: {error}; closing", error=str(error))
+            part.errback(error)
+            self._lose(error)
 
     def _handleParseError(self) -> None:
         self._log.warn("txcb: malformed netstring from server; closing")
@@ -364,6 +399,8 @@ class _MultiCall:
         self.count = 0
         self.remaining = 0
         self.started = False
+        #: idx -> position in key order, where they differ (see RemoteBucket._gather).
+        self.order: Optional[List[int]] = None
         self.d: Deferred = Deferred(self._cancel)
 
     def send(self, p: BucketClientProtocol, fields: Any, timeout: Optional[float]) -> None:
@@ -412,7 +449,8 @@ class _MultiCall:
         if self.d.called:
             return
         if self.errors:
-            f = min(self.errors, key=lambda e: e[0])[1]
+            order = self.order
+            f = min(self.errors, key=lambda e: e[0] if order is None else order[e[0]])[1]
             try:
                 f.value.all_results = self.results
             except AttributeError:
@@ -432,6 +470,94 @@ class _MultiCall:
                 slot.errback(CancelledError())
         for d in self.deferreds:
             d.cancel()
+
+
+class _GetMulti:
+    """
+    A ``get_multi`` made of GET_MULTI requests (one per chunk of keys): its
+    Deferred, and every key's result as the replies come, with the rules of
+    :func:`txcb._multi.gather_results` (see :mod:`txcb._requests`).
+    Cancelling takes its requests off the pending table.
+    """
+
+    __slots__ = ("keys", "quiet", "transcoder", "results", "errors", "parts", "left", "d")
+
+    def __init__(self, keys: List[Any], quiet: bool, transcoder: Any) -> None:
+        self.keys = keys
+        self.quiet = quiet
+        self.transcoder = transcoder
+        self.results = MultiResult()
+        self.errors: Dict[Any, Any] = {}
+        self.parts: List[_GetMultiPart] = []
+        self.left = 0
+        self.d: Deferred = Deferred(self._cancel)
+
+    def part_done(self) -> None:
+        self.left -= 1
+        if not self.left:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.parts = []
+        if self.d.called:
+            return
+        error = _rq.multi_outcome(self.keys, self.results, self.errors)
+        if error is None:
+            self.d.callback(self.results)
+        else:
+            self.d.errback(error)
+
+    def _cancel(self, _d: Deferred) -> None:
+        parts, self.parts = self.parts, []
+        for part in parts:
+            if part.done:
+                continue
+            part.done = True
+            p = part.proto
+            entry = p._pending.get(part.opaque)
+            if entry is not None and entry[0] is part:
+                del p._pending[part.opaque]
+                if not p._pending:
+                    p._stop_sweeper()
+        # Deferred.cancel then errbacks self.d with CancelledError.
+
+
+class _GetMultiPart:
+    """One GET_MULTI request of a :class:`_GetMulti`, in the pending table."""
+
+    __slots__ = ("call", "keys", "pos", "proto", "opaque", "done")
+
+    def __init__(self, call: _GetMulti, keys: List[Any], proto: BucketClientProtocol) -> None:
+        self.call = call
+        self.keys = keys
+        self.pos = 0  # keys[:pos] are answered
+        self.proto = proto
+        self.opaque = 0
+        self.done = False
+
+    def frame(self, entries: List[tuple], last: bool) -> None:
+        """A reply frame's entries; raises ProtocolError if they do not fit the keys."""
+        if self.done:
+            return
+        c = self.call
+        self.pos = _rq.multi_entries(self.keys, self.pos, entries, last, c.quiet,
+                                     c.transcoder, c.results, c.errors)
+        if last:
+            self.done = True
+            c.part_done()
+
+    def callback(self, result: Any) -> None:  # a reply not taken as frames: cannot happen
+        self.errback(ProtocolError("unexpected GET_MULTI reply"))
+
+    def errback(self, error: Any) -> None:
+        """The request failed as a whole: every key not answered yet fails with it."""
+        if self.done:
+            return
+        self.done = True
+        c = self.call
+        _rq.multi_fail(self.keys, self.pos, error.value if isinstance(error, Failure) else error,
+                       c.results, c.errors)
+        c.part_done()
 
 
 @implementer(IBucket)
@@ -606,10 +732,58 @@ class RemoteBucket(MultiMixin):
                 batch, p._batch = p._batch, None
                 if batch and p._lost is None:
                     p._flush(batch)
-        for key, d in pairs:
-            if d is not None:  # failed before sending, or not through the connection
-                multi.add(key, d)
+        late = [i for i, (_key, d) in enumerate(pairs) if d is not None]
+        if late:
+            # Keys that failed before sending, or wait for a reconnection: they
+            # are added now, after the keys sent, but rank in key order.
+            multi.order = [i for i, (_key, d) in enumerate(pairs) if d is None] + late
+            for i in late:
+                multi.add(*pairs[i])
         return multi.start()
+
+    def get_multi(self, keys: Any, ttl: int = 0, quiet: bool = False,
+                  timeout: Optional[float] = None) -> Deferred:
+        """
+        IBucket.get_multi: one GET_MULTI request (docs/protocol.rst, 3.2) per
+        chunk of keys where the server has it, else a GET per key; the same
+        results either way.  ``timeout`` applies to each request.
+        """
+        p = self._proto
+        if p is None or not p.multi_get_keys or p._lost is not None or self._multi is not None:
+            return self._each(keys, lambda k: self.get(k, ttl, quiet, timeout), ValueResult)
+        keys = _unique(keys)
+        if ttl:
+            try:
+                check_ttl(ttl)
+            except CouchbaseError:  # every key fails as its own get would
+                return self._each(keys, lambda k: self.get(k, ttl, quiet, timeout),
+                                  ValueResult)
+        else:
+            ttl = 0
+        call = _GetMulti(keys, quiet, self.transcoder)
+        chunks = _rq.get_multi_requests(keys, ttl, p.multi_get_keys, p.max_multi_body,
+                                        call.results, call.errors)
+        call.left = len(chunks) + 1
+        if len(chunks) == 1:
+            part = _GetMultiPart(call, chunks[0][0], p)
+            call.parts.append(part)
+            part.opaque = p._send(part, *chunks[0][1], timeout=timeout)
+        elif chunks:
+            outer = p._batch
+            if outer is None:
+                p._batch = []
+            try:
+                for ks, fields in chunks:
+                    part = _GetMultiPart(call, ks, p)
+                    call.parts.append(part)
+                    part.opaque = p._send(part, *fields, timeout=timeout)
+            finally:
+                if outer is None:
+                    batch, p._batch = p._batch, None
+                    if batch:
+                        p._flush(batch)
+        call.part_done()  # every request is out: done when they are
+        return call.d
 
     # -- IBucket: txcb._requests checks and encodes, _call sends ------------
 

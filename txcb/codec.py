@@ -25,6 +25,8 @@ __all__ = [
     "OPT_INITIAL", "OPT_CHECK_REMOVED", "OPT_QUIET", "COUNTER_BODY",
     "OPT_IDS_ONLY", "SCAN_BODY", "SCAN_ROW", "scan_args", "encode_scan_request",
     "decode_scan_request", "encode_scan_reply", "decode_scan_reply",
+    "MAX_MULTI", "MULTI_ENTRY", "MULTI_MORE", "MULTI_FRAME_BYTES", "encode_multi_keys",
+    "decode_multi_keys", "encode_multi_frame", "encode_multi_reply", "decode_multi_reply",
 ]
 
 REQ_MAGIC = 0xCB
@@ -70,6 +72,7 @@ class Op:
     UNLOCK = 0x95
     ENDURE = 0xB0
     SCAN = 0xDA
+    GET_MULTI = 0x30
 
 
 # Which opcodes take a key, and which take a body.
@@ -78,7 +81,7 @@ _KEYED = frozenset((Op.GET, Op.UPSERT, Op.INSERT, Op.REPLACE, Op.REMOVE, Op.COUN
                     Op.ENDURE))
 _BODY = {Op.UPSERT: None, Op.INSERT: None, Op.REPLACE: None, Op.APPEND: None,
          Op.PREPEND: None, Op.COUNTER: COUNTER_BODY.size, Op.ENDURE: ENDURE_BODY.size,
-         Op.HELLO: None, Op.SCAN: None}
+         Op.HELLO: None, Op.SCAN: None, Op.GET_MULTI: None}
 KNOWN_OPS = frozenset(v for k, v in vars(Op).items() if not k.startswith("_"))
 MAX_KEY = 250
 
@@ -108,7 +111,10 @@ class Request:
     """A decoded request."""
 
     __slots__ = ("opcode", "opaque", "key", "value", "cas", "ttl", "flags", "options",
-                 "persist_to", "replicate_to")
+                 "persist_to", "replicate_to", "keys")
+
+    #: GET_MULTI only (set by :func:`decode_request`): the keys of the body.
+    keys: List[bytes]
 
     def __init__(self, opcode: int, opaque: int, key: bytes = b"", value: bytes = b"",
                  cas: int = 0, ttl: int = 0, flags: int = 0, options: int = 0,
@@ -189,8 +195,15 @@ def decode_request(payload: bytes) -> Request:
     if size is not None and n - end != size:
         raise FrameError("opcode 0x%02x takes a %d-byte body, not %d" % (opcode, size, n - end),
                          RC.EINVAL, opaque, opcode)
-    return Request(opcode, opaque, payload[HEADER_LEN:end], payload[end:], cas, ttl, flags,
-                   options, persist_to, replicate_to)
+    req = Request(opcode, opaque, payload[HEADER_LEN:end], payload[end:], cas, ttl, flags,
+                  options, persist_to, replicate_to)
+    if opcode == 0x30:  # GET_MULTI: the keys of its body, checked
+        try:
+            req.keys = decode_multi_keys(req.value)
+        except FrameError as e:
+            e.opaque, e.opcode = opaque, opcode
+            raise
+    return req
 
 
 def encode_response(opcode: int, opaque: int, status: int = 0, cas: int = 0, flags: int = 0,
@@ -384,3 +397,121 @@ def decode_scan_reply(body: bytes) -> tuple:
         rows.append((body[pos:pos + klen], flags, cas, expiry, body[pos + klen:end]))
         pos = end
     return resume, rows
+
+
+# -- GET_MULTI (docs/protocol.rst, 3.2) ----------------------------------------
+
+#: The most keys one GET_MULTI request may carry.
+MAX_MULTI = 4096
+#: One entry of a GET_MULTI reply: status, cas, flags, value length; then the
+#: value (status 0), nothing (0x01, a miss), or a UTF-8 error message.
+MULTI_ENTRY = struct.Struct("!HQII")
+#: The response header's ``flags`` of a GET_MULTI reply frame that is not the
+#: last one (the last has 0).
+MULTI_MORE = 0x01
+#: A server starts a new reply frame rather than let a body pass this many
+#: bytes (or the client's limit, if lower), unless the frame is still empty.
+MULTI_FRAME_BYTES = 1 << 20
+
+_KEYLEN = [bytes((i,)) for i in range(MAX_KEY + 1)]
+
+
+def encode_multi_keys(keys: List[bytes]) -> bytes:
+    """
+    The body of a GET_MULTI request: each key (1 to 250 bytes, checked by
+    the caller) as ``<u8 length><key>``.
+    """
+    n = _KEYLEN
+    return b"".join([n[len(k)] + k for k in keys])
+
+
+def decode_multi_keys(body: bytes) -> List[bytes]:
+    """The keys of a GET_MULTI request body; raises FrameError (EINVAL)."""
+    n = len(body)
+    if not n:
+        raise FrameError("GET_MULTI needs 1 to %d keys, not 0" % MAX_MULTI, RC.EINVAL)
+    keys: List[bytes] = []
+    append = keys.append
+    pos = 0
+    for _ in range(MAX_MULTI):  # refused without parsing more than that many keys
+        if pos >= n:
+            break
+        klen = body[pos]
+        pos += 1
+        end = pos + klen
+        if not 0 < klen <= MAX_KEY or end > n:
+            if not klen:
+                why = "is empty"
+            elif klen > MAX_KEY:
+                why = "is %d bytes, over %d" % (klen, MAX_KEY)
+            else:
+                why = "runs %d bytes past the body" % (end - n)
+            raise FrameError("GET_MULTI key %d %s" % (len(keys) + 1, why), RC.EINVAL)
+        append(body[pos:end])
+        pos = end
+    else:
+        if pos < n:
+            raise FrameError("GET_MULTI of more than %d keys" % MAX_MULTI, RC.EINVAL)
+    return keys
+
+
+def encode_multi_frame(opaque: int, entries: List[tuple], more: bool = False) -> bytes:
+    """
+    One frame (response payload) of a GET_MULTI reply: ``entries`` are
+    ``(status, cas, flags, data)`` (``data``: the value, the error message,
+    or ``b""`` for a miss); ``more``: frames follow (:data:`MULTI_MORE`).
+    """
+    pack = MULTI_ENTRY.pack
+    parts: List[bytes] = [_res_pack(RES_MAGIC, Op.GET_MULTI, 0, opaque, 0,
+                                    MULTI_MORE if more else 0, 0)]
+    append = parts.append
+    for status, cas, flags, data in entries:
+        append(pack(status, cas, flags, len(data)))
+        append(data)
+    return b"".join(parts)
+
+
+def encode_multi_reply(opaque: int, entries: List[tuple],
+                       limit: int = MULTI_FRAME_BYTES) -> List[bytes]:
+    """
+    The frames of a whole GET_MULTI reply, ``entries`` in the request's key
+    order (see :func:`encode_multi_frame`).  A new frame starts where the
+    body would pass ``limit`` bytes; every frame holds at least one entry.
+    """
+    frames = []
+    start = size = 0
+    for i, e in enumerate(entries):
+        m = 18 + len(e[3])
+        if size + m > limit and size:
+            frames.append(entries[start:i])
+            start, size = i, 0
+        size += m
+    if not frames:
+        return [encode_multi_frame(opaque, entries)]  # the usual case: one frame
+    frames.append(entries[start:])
+    last = len(frames) - 1
+    return [encode_multi_frame(opaque, f, i < last) for i, f in enumerate(frames)]
+
+
+def decode_multi_reply(body: bytes, pos: int = 0) -> List[tuple]:
+    """
+    The entries of one GET_MULTI reply frame's body (``body[pos:]``; pass a
+    whole response payload and ``HEADER_LEN`` to save a copy): ``(status,
+    cas, flags, data)``; raises FrameError (fatal) if the body does not parse.
+    """
+    n = len(body)
+    out: List[tuple] = []
+    append = out.append
+    unpack = MULTI_ENTRY.unpack_from
+    while pos < n:
+        if pos + 18 > n:
+            raise FrameError("truncated GET_MULTI entry header", fatal=True)
+        status, cas, flags, vlen = unpack(body, pos)
+        pos += 18
+        end = pos + vlen
+        if end > n:
+            raise FrameError("GET_MULTI entry value runs %d bytes past the frame"
+                             % (end - n), fatal=True)
+        append((status, cas, flags, body[pos:end]))
+        pos = end
+    return out

@@ -25,6 +25,9 @@ from txcb.codec import (
     OPT_INITIAL, OPT_QUIET, REQ_MAGIC, RES_MAGIC, FrameError, Op, Request, decode_request,
     encode_response)
 from txcb.codec import _req_unpack, _res_pack
+from txcb.codec import (
+    MAX_MULTI, MULTI_FRAME_BYTES, encode_multi_frame, encode_multi_keys, encode_multi_reply,
+    encode_request)
 from txcb._validate import resolve_durability
 from txcb.errors import RC, ArgumentError, CouchbaseError
 from txcb.formats import Encoded
@@ -622,7 +625,8 @@ def _scan(p: BucketServerProtocol, r: Request) -> Any:
 def _hello(p: BucketServerProtocol, r: Request) -> Any:
     info = {"server": "txcb/" + __version__, "protocol": 1,
             "max_value_size": p.factory.max_value_size,
-            "max_frame": p.factory.max_frame, "max_inflight": p.factory.max_inflight}
+            "max_frame": p.factory.max_frame, "max_inflight": p.factory.max_inflight,
+            "get_multi": MAX_MULTI}
     return succeed(encode_response(r.opcode, r.opaque, body=json.dumps(info).encode()))
 
 
@@ -780,6 +784,135 @@ class _DurableReply:
         self.proto._failed(f, self.req)
 
 
+# -- GET_MULTI (docs/protocol.rst, 3.2): many keys, one request ---------------
+
+_own_get_multi_cache: Dict[type, bool] = {}
+
+
+def _own_get_multi(bucket: Any) -> bool:
+    """Whether ``bucket.get_multi`` is EmbeddedBucket's (its own ``get`` per key)."""
+    cls = type(bucket)
+    own = _own_get_multi_cache.get(cls)
+    if own is None:
+        from txcb.embedded import EmbeddedBucket
+        own = _own_get_multi_cache[cls] = (
+            getattr(cls, "get_multi", None) is EmbeddedBucket.get_multi)
+    return own and "get_multi" not in (getattr(bucket, "__dict__", None) or ())
+
+
+def _multi_limit(p: BucketServerProtocol) -> int:
+    """A GET_MULTI reply frame's body: 1 MiB at most, and what the client accepts."""
+    return max(min(MULTI_FRAME_BYTES, p.factory.max_frame - HEADER_LEN), 1)
+
+
+def _multi_reply(p: BucketServerProtocol, r: Request, entries: list) -> bytes:
+    """
+    Write every frame of a GET_MULTI reply but the last, which is returned
+    (to go out through ``_send``, after them, as a handler's reply).
+    """
+    frames = encode_multi_reply(r.opaque, entries, _multi_limit(p))
+    for payload in frames[:-1]:
+        if p.connected:
+            p.sendString(payload)
+    return frames[-1]
+
+
+def _multi_entries(keys: list, results: Any, error: Optional[CouchbaseError]) -> list:
+    """
+    The entries of a MultiResult.  ``error``: the call's, if it failed (the
+    first failed key's, see txcb._multi.gather_results), whose message goes
+    with its key; other failed keys have only an rc, and the generic message.
+    """
+    from txcb.errors import exception_for_rc
+    entries: list = []
+    append = entries.append
+    mine = error.key if error is not None else None  # None: the first failed key's
+    for k in keys:
+        res = results.get(k)
+        rc = res.rc if res is not None else error.rc if error is not None else RC.EINTERNAL
+        if not rc:
+            append((0, res.cas, res.flags, res.raw or b""))
+        elif rc == RC.KEY_ENOENT:
+            append((rc, 0, 0, b""))
+        else:
+            if error is not None and (res is None or mine is None or mine == k):
+                message = error.message
+                if mine is None:
+                    mine = k
+            else:
+                message = exception_for_rc(rc).message
+            append((rc & 0xFFFF, 0, 0, message.encode("utf-8", "replace")[:_MAX_MESSAGE]))
+    return entries
+
+
+def _get_multi(p: BucketServerProtocol, r: Request) -> Any:
+    """
+    GET_MULTI: each key's get (quiet: a miss is an entry, not an error), or
+    GAT with the request's ttl.  A bucket whose ``get`` is served
+    synchronously is read key by key with ``get_sync``, a frame written as
+    soon as it is full; any other bucket through its ``get_multi``.
+
+    If the client stops reading (the transport pauses the protocol) in the
+    middle of a long reply, the keys left become a GET_MULTI of their own
+    (same opaque), held with the requests read after this one: the reply
+    goes on when the client reads again, and a client that never reads costs
+    a frame, not every value it asked for.
+    """
+    bucket = p.factory.bucket
+    keys = r.keys
+    ttl = r.ttl
+    if Op.GET in p._sync and _own_get_multi(bucket):
+        get = bucket.get_sync
+        limit = _multi_limit(p)
+        entries: list = []
+        append = entries.append
+        size = 0
+        sent = 0  # keys whose entries are written
+        for k in keys:
+            try:
+                res = get(k, ttl, True)
+            except CouchbaseError as e:
+                entry = (e.rc & 0xFFFF, 0, 0, e.message.encode("utf-8", "replace")[:_MAX_MESSAGE])
+                m = 18 + len(entry[3])
+            except Exception:
+                p._log.failure("txcb: internal error in GET_MULTI of {key!r}", key=k)
+                entry = (RC.EINTERNAL, 0, 0, b"internal server error")
+                m = 39
+            else:
+                if res.rc:  # a miss
+                    entry = (res.rc, 0, 0, b"")
+                    m = 18
+                else:
+                    raw = res.raw
+                    entry = (0, res.cas, res.flags, raw)
+                    m = 18 + len(raw)
+            if size + m > limit and size:  # the frame is full: out it goes
+                if p.connected:
+                    p.sendString(encode_multi_frame(r.opaque, entries, True))
+                sent += len(entries)
+                entries = [entry]
+                append = entries.append
+                size = m
+                if p._out_paused and sent + 1 < len(keys):
+                    p._held.append(encode_request(Op.GET_MULTI, r.opaque, ttl=ttl,
+                                                  value=encode_multi_keys(keys[sent + 1:])))
+                    return succeed(encode_multi_frame(r.opaque, entries, True))
+            else:
+                append(entry)
+                size += m
+        return succeed(encode_multi_frame(r.opaque, entries))
+
+    def failed(f: Failure) -> Any:
+        err = f.value
+        results = getattr(err, "all_results", None) if isinstance(err, CouchbaseError) \
+            else None
+        if not isinstance(results, dict):
+            return f  # one error for the whole request (see _failed)
+        return _multi_reply(p, r, _multi_entries(keys, results, err))
+    return bucket.get_multi(keys, ttl=ttl, quiet=True).addCallbacks(
+        lambda results: _multi_reply(p, r, _multi_entries(keys, results, None)), failed)
+
+
 _HANDLERS = {
     Op.GET: _get, Op.GAT: _gat,
     Op.UPSERT: _store("upsert"), Op.INSERT: _store("insert"), Op.REPLACE: _store("replace"),
@@ -787,7 +920,7 @@ _HANDLERS = {
     Op.REMOVE: _remove, Op.COUNTER: _counter, Op.TOUCH: _touch,
     Op.LOCK: _lock, Op.UNLOCK: _unlock, Op.ENDURE: _endure,
     Op.STATS: _stats, Op.NOOP: _noop, Op.HELLO: _hello, Op.FLUSH: _flush,
-    Op.SCAN: _scan,
+    Op.SCAN: _scan, Op.GET_MULTI: _get_multi,
 }
 
 
