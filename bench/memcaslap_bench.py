@@ -4,14 +4,16 @@ nutcracker (twemproxy) in front of a real memcached.  A benchmark, not a test.
 
     python bench/memcaslap_bench.py [--time 10] [--rounds 3] [--concurrency 32]
                                     [--threads 1] [--window 1k] [--direct]
-                                    [--binary] [--json out.json]
+                                    [--binary] [--baseline DIR] [--json out.json]
 
 The workload is memcaslap's 90% get / 10% set of 100-byte values (32-byte
 keys).  memcaslap sets every key of its window once before the mix starts,
 so the window is kept small (``-w 1k``) for the mix, not the fill, to be what
 is measured.  ``--direct`` adds memcached without the proxy, for reference;
 ``--binary`` runs memcaslap's binary protocol, which nutcracker does not
-speak, so txcb is then compared with memcached itself.
+speak, so txcb is then compared with memcached itself.  ``--baseline DIR``
+also measures the txcb of another checkout (say ``git worktree add DIR
+HEAD~1``), in the same rounds, to compare two versions under the same load.
 
 Every server starts on a free loopback port and every process started here is
 stopped by its pid, also on Ctrl-C.  With ``--rounds N`` the targets are
@@ -35,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,26 +112,25 @@ class Processes:
         self.procs = []
 
 
-def has_txcb_option(name: str) -> bool:
-    sys.path.insert(0, ROOT)
-    try:
-        from txcb import tap
-        return name in str(tap.Options())
-    finally:
-        sys.path.remove(ROOT)
+def has_txcb_option(name: str, root: str = ROOT) -> bool:
+    """Whether the txcb plugin of the checkout at ``root`` has an option."""
+    code = "import sys; from txcb import tap; sys.exit(%r not in str(tap.Options()))" % (name,)
+    return subprocess.run([sys.executable, "-c", code], cwd=root,
+                          env=dict(os.environ, PYTHONPATH=root)).returncode == 0
 
 
-def start_txcb(procs: Processes, workdir: str) -> int:
-    """twistd txcb --memcached on a free port; returns the port."""
+def start_txcb(procs: Processes, workdir: str, root: str = ROOT) -> int:
+    """twistd txcb --memcached from the checkout at ``root`` on a free port."""
     port = free_port()
+    log = os.path.join(workdir, "txcb-%d" % port)
     argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "--logfile", os.path.join(workdir, "txcb.log"), "txcb",
+            "-n", "--pidfile=", "--logfile", log + ".log", "txcb",
             "--port", "tcp:0:interface=127.0.0.1",
             "--memcached", "tcp:%d:interface=127.0.0.1" % port]
-    if has_txcb_option("--ephemeral"):
+    if has_txcb_option("--ephemeral", root):
         argv.append("--ephemeral")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = procs.start(argv, os.path.join(workdir, "txcb.out"), cwd=workdir, env=env)
+    env = dict(os.environ, PYTHONPATH=root)
+    proc = procs.start(argv, log + ".out", cwd=workdir, env=env)
     wait_port(port, proc)
     return port
 
@@ -197,6 +198,7 @@ def memcaslap(port: int, args: argparse.Namespace, workdir: str,
 
 
 TXCB = "txcb --memcached"
+BASELINE = "txcb baseline"
 CHAIN = "nutcracker -> memcached"
 DIRECT = "memcached (direct)"
 
@@ -218,6 +220,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="also measure memcached without the proxy, for reference")
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate the targets this many times; report the best of each")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="also measure the txcb of the checkout in DIR (another version)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--keep-logs", action="store_true",
                    help="keep the servers' logs and configs (their directory is printed)")
@@ -238,7 +242,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     workdir = tempfile.mkdtemp(prefix="txcb-memcaslap-")
-    starters = [(TXCB, start_txcb)]
+    starters: List[Tuple[str, Any]] = [(TXCB, start_txcb)]
+    if args.baseline:
+        baseline = os.path.abspath(args.baseline)
+        if not os.path.isdir(os.path.join(baseline, "txcb")):
+            print("--baseline: no txcb package in %s" % (baseline,), file=sys.stderr)
+            return 2
+        starters.append((BASELINE, lambda procs, workdir: start_txcb(procs, workdir,
+                                                                     baseline)))
     if not args.binary:
         starters.append((CHAIN, start_nutcracker_chain))
     if args.binary or args.direct:
@@ -276,12 +287,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in results:
         print("  %-26s %8d ops/s" % (name, best[name]))
     print("  ratio txcb / %-13s %8.2f" % (reference, ratio))
+    if args.baseline:
+        print("  ratio baseline / %-9s %8.2f   (txcb / baseline %.2f)"
+              % (reference, best[BASELINE] / best[reference], best[TXCB] / best[BASELINE]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"protocol": proto, "time": args.time, "concurrency": args.concurrency,
                        "threads": args.threads, "window": args.window, "rounds": results,
                        "best": best, "server_cpu": cpu, "reference": reference,
-                       "ratio": ratio}, f, indent=2)
+                       "ratio": ratio, "baseline": args.baseline}, f, indent=2)
     return 0
 
 

@@ -482,9 +482,10 @@ class AsciiStreamTests(unittest.TestCase):
 
 class FastPathEquivalenceTests(unittest.TestCase):
     """
-    A lone ``get``/``set`` (ASCII) or GET/SET frame on a bucket with
-    synchronous calls takes a fast path; every input must get exactly the
-    reply the general path (parser, Deferreds) gives it.
+    ``get``/``set`` (ASCII) or a GET/SET frame on a bucket with synchronous
+    calls takes a fast path; every input must get exactly the reply the
+    general path (parser, Deferreds) gives it.  (Pipelined runs, split at
+    every offset: tests/test_mc_fastpath.py.)
     """
 
     ASCII = [b"get k\r\n", b"get nope\r\n", b"get  k\r\n", b"get k \r\n", b"get k\n",

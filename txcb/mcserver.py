@@ -39,6 +39,14 @@ Replies leave in request order, whatever order the bucket answers in: a
 result that is ready at once is written (batched per read) unless an earlier
 one is still pending, and pending ones wait in an ordered queue of slots.
 
+Fast paths: on a bucket whose get and upsert are EmbeddedBucket's own (see
+:func:`_sync_calls`), while nothing is pending, a read's leading run of whole
+ASCII ``get``/``gets`` (one key or several) and ``set`` commands, or one
+whole binary GET/SET frame, is served by the bucket's synchronous calls
+without the parser and without Deferreds, with exactly the replies the
+general path gives (tests/test_mc_fastpath.py compares them, split at every
+offset); the rest of the read takes the parser.
+
 Flow control: the protocol is a streaming producer for its transport.  When
 the transport's write buffer fills up (a client that sends but never reads),
 the protocol stops executing commands and stops reading; parsed commands that
@@ -282,6 +290,7 @@ class MemcachedServerProtocol(Protocol):
             # NUL) in a key, and clients such as memcaslap use them.
             self._parser = A.Parser(max_value=self.factory.max_value_size,
                                     max_key=MAX_KEY_LEN, control_keys=True)
+            self._parser_idle = True     # the parser's at_command, as of its last feed
             self._handle = self._ascii_event
             self.dataReceived = self._ascii_received  # type: ignore[method-assign]
         self.dataReceived(data)
@@ -289,84 +298,182 @@ class MemcachedServerProtocol(Protocol):
     def _ascii_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if not (self._slots or self._backlog or self._out or self._out_full) \
-                and self.authenticated and self._parser.at_command \
-                and self._ascii_fast(data):
+        if self._slots or self._backlog or self._out or self._out_full \
+                or not self.authenticated or not self._parser_idle:
+            self._parse(data)
             return
-        self._run(self._parser.feed(data))
-
-    def _ascii_fast(self, data: bytes) -> bool:
-        """
-        The fast path for the commands a cache lives on: one whole ``get
-        <key>`` line, or one whole ``set <key> <flags> <exptime> <bytes>
-        [noreply]`` with its data block, alone in ``data``, for a bucket with
-        synchronous calls.  Handles the conservative subset it recognises
-        exactly as the parser and the general path would, and returns False
-        for anything else (which then takes the parser).
-        """
-        head = data[:4]
-        if head == b"get ":
-            get_sync = self._get_sync
-            if get_sync is None or data[-2:] != b"\r\n":
-                return False
+        if data[:4] == b"get " and data[-2:] == b"\r\n":
+            # The commonest request alone in a read: one "get <key>\r\n" line
+            # (no CR, LF, space or NUL in the key: nothing else in ``data``).
             key = data[4:-2]
-            if not 0 < len(key) <= MAX_KEY_LEN or \
-                    len(key.translate(None, _ASCII_KEY_FORBIDDEN)) != len(key):
-                return False
-            try:
-                r = get_sync(key, 0, True)
-            except Exception:
-                reply = _render_ascii_get1(Failure(), (key, False))
-            else:
+            get_sync = self._get_sync
+            if get_sync is not None and 0 < len(key) <= MAX_KEY_LEN and \
+                    len(key.translate(None, _ASCII_KEY_FORBIDDEN)) == len(key):
+                try:
+                    r = get_sync(key, 0, True)
+                except Exception:
+                    self._send_now(_render_ascii_get1(Failure(), (key, False)))
+                    return
                 if r.rc:
-                    reply = A.END
+                    self._send_now(A.END)
                 else:
                     raw = r.raw
-                    reply = b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, r.flags, len(raw), raw)
-        elif head == b"set ":
-            store_sync = self._store_sync
-            if store_sync is None:
-                return False
-            nl = data.find(b"\r\n", 4, 2048)
-            if nl < 0:
-                return False
-            tokens = data[4:nl].split(b" ")
-            noreply = False
-            if len(tokens) == 5 and tokens[4] == b"noreply":
-                noreply = True
-                del tokens[4]
-            if len(tokens) != 4:
-                return False
-            key, flags, exptime, size = tokens
-            if not (flags.isdigit() and exptime.isdigit() and size.isdigit()
-                    and len(flags) <= 10 and len(exptime) <= 9 and len(size) <= 9):
-                return False
-            n = int(size)
-            start = nl + 2
-            if len(data) != start + n + 2 or data[-2:] != b"\r\n" \
-                    or n > self.factory.max_value_size:
-                return False
-            iflags = int(flags)
-            if iflags > 0xFFFFFFFF or not 0 < len(key) <= MAX_KEY_LEN or \
-                    len(key.translate(None, _ASCII_KEY_FORBIDDEN)) != len(key):
-                return False
-            try:
-                r = store_sync("upsert", key, Encoded(data[start:start + n], iflags), 0,
+                    self._send_now(b"VALUE %s %d %d\r\n%s\r\nEND\r\n"
+                                   % (key, r.flags, len(raw), raw))
+                return
+        pos = self._ascii_fast(data)
+        if pos < len(data) and not self._closing:
+            # The rest (a command the fast path leaves alone, or an incomplete
+            # one) takes the parser, which is still at a command boundary.
+            self._parse(data[pos:] if pos else data)
+
+    def _parse(self, data: bytes) -> None:
+        """The general path: the parser's events, run in order."""
+        parser = self._parser
+        events = parser.feed(data)
+        self._parser_idle = parser.at_command
+        self._run(events)
+
+    def _ascii_fast(self, data: bytes) -> int:
+        """
+        The fast path for the commands a cache lives on, for a bucket with
+        synchronous calls: the leading run of whole ``get``/``gets <key>*``
+        lines and whole ``set <key> <flags> <exptime> <bytes> [noreply]``
+        commands (with their data block) in ``data``, pipelined or not.
+        Serves them exactly as the parser and the general path would, and
+        returns how many bytes it consumed: it stops at the first thing it
+        does not recognise as such (or that is incomplete), which then
+        takes the parser.  Replies are sent at once if ``data`` is consumed
+        whole, else queued in ``_out`` ahead of what the parser's commands
+        reply; past ``_WRITE_CHUNK`` bytes they are handed to the transport,
+        and if that fills it up the rest waits (flow control).
+        """
+        get_sync = self._get_sync
+        store_sync = self._store_sync
+        n = len(data)
+        pos = 0
+        replies: List[bytes] = []
+        size = 0
+        while pos < n:
+            head = data[pos:pos + 4]
+            if head == b"get " or (head == b"gets" and data[pos + 4:pos + 5] == b" "):
+                if get_sync is None:
+                    break
+                start = pos + 4 if head == b"get " else pos + 5
+                # The line: at most max_line (2048) bytes before its \r\n.
+                nl = data.find(b"\n", start, pos + 2050)
+                if nl < 0 or data[nl - 1] != 0x0D:
+                    break
+                keys = data[start:nl - 1]
+                with_cas = head == b"gets"
+                if 0 < len(keys) <= MAX_KEY_LEN and \
+                        len(keys.translate(None, _ASCII_KEY_FORBIDDEN)) == len(keys):
+                    try:
+                        r = get_sync(keys, 0, True)
+                    except Exception:
+                        reply = _render_ascii_get1(Failure(), (keys, with_cas))
+                    else:
+                        if r.rc:
+                            reply = A.END
+                        elif with_cas:
+                            raw = r.raw
+                            reply = b"VALUE %s %d %d %d\r\n%s\r\nEND\r\n" % (
+                                keys, r.flags, len(raw), r.cas, raw)
+                        else:
+                            raw = r.raw
+                            reply = b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (
+                                keys, r.flags, len(raw), raw)
+                else:
+                    several = self._fast_multi_get(keys, with_cas)
+                    if several is None:
+                        break
+                    reply = several
+                pos = nl + 1
+            elif head == b"set ":
+                if store_sync is None:
+                    break
+                nl = data.find(b"\n", pos + 4, pos + 2050)
+                if nl < 0 or data[nl - 1] != 0x0D:
+                    break
+                tokens = data[pos + 4:nl - 1].split(b" ")
+                noreply = False
+                if len(tokens) == 5 and tokens[4] == b"noreply":
+                    noreply = True
+                    del tokens[4]
+                if len(tokens) != 4:
+                    break
+                key, flags, exptime, length = tokens
+                if not (flags.isdigit() and exptime.isdigit() and length.isdigit()
+                        and len(flags) <= 10 and len(exptime) <= 9 and len(length) <= 9):
+                    break
+                start = nl + 1
+                end = start + int(length)
+                if end + 2 > n or data[end:end + 2] != b"\r\n" \
+                        or end - start > self.factory.max_value_size:
+                    break
+                iflags = int(flags)
+                if iflags > 0xFFFFFFFF or not 0 < len(key) <= MAX_KEY_LEN or \
+                        len(key.translate(None, _ASCII_KEY_FORBIDDEN)) != len(key):
+                    break
+                try:
+                    store_sync("upsert", key, Encoded(data[start:end], iflags), 0,
                                int(exptime))
-            except Exception:
-                r = Failure()
-            if type(r) is not Failure:
-                if noreply:
-                    return True
-                reply = A.STORED
-            else:
-                reply = _ascii_error(r, noreply)
+                except Exception:
+                    reply = _ascii_store_failure(Failure(), "set", noreply)
+                else:
+                    reply = b"" if noreply else A.STORED
+                pos = end + 2
                 if not reply:
-                    return True
-        else:
-            return False
-        self._send_now(reply)
-        return True
+                    continue
+            else:
+                break
+            if pos == n and not replies:  # one command in the read
+                self._send_now(reply)
+                return pos
+            replies.append(reply)
+            size += len(reply)
+            if size >= _WRITE_CHUNK and pos < n:
+                if not self._fast_flush(replies):
+                    return pos
+                del replies[:]
+                size = 0
+        if replies:
+            if pos == n:
+                self._send_now(replies[0] if len(replies) == 1 else b"".join(replies))
+            else:
+                self._out.extend(replies)
+                self._out_len += size
+        return pos
+
+    def _fast_multi_get(self, keys: bytes, with_cas: bool) -> Optional[bytes]:
+        """
+        The reply to ``get``/``gets`` of ``keys``, several valid keys one
+        space apart; None for anything else (a bad key, a run of spaces, no
+        key), which the parser is left to answer.
+        """
+        tokens = keys.split(b" ")
+        forbidden = _ASCII_KEY_FORBIDDEN
+        for key in tokens:
+            if not 0 < len(key) <= MAX_KEY_LEN or \
+                    len(key.translate(None, forbidden)) != len(key):
+                return None
+        get_sync = self._get_sync
+        results: List[Any] = []
+        for key in tokens:
+            try:
+                results.append(get_sync(key, 0, True))
+            except Exception:
+                results.append(Failure())
+        return _render_ascii_values(results, (tokens, with_cas))
+
+    def _fast_flush(self, replies: List[bytes]) -> bool:
+        """
+        Hand the fast path's replies so far to the transport; False if that
+        filled its buffer (or closed the connection): stop executing, the
+        rest of the input waits for the parser and the backlog.
+        """
+        self._send_now(b"".join(replies))
+        return not (self._out_full or self._closing)
 
     def _binary_received(self, data: bytes) -> None:
         if self._closing:
@@ -1001,9 +1108,12 @@ def _ascii_error(f: Failure, noreply: bool) -> bytes:
 def _render_ascii_store(r: Any, cmd: A.Command) -> bytes:
     if type(r) is not Failure:
         return b"" if cmd.noreply else A.STORED
-    if cmd.noreply:
+    return _ascii_store_failure(r, cmd.name, cmd.noreply)
+
+
+def _ascii_store_failure(r: Failure, name: str, noreply: bool) -> bytes:
+    if noreply:
         return _ascii_error(r, True)
-    name = cmd.name
     if r.check(KeyExistsError):
         return A.NOT_STORED if name == "add" else A.EXISTS
     if r.check(NotFoundError):
