@@ -193,6 +193,10 @@ def make_bucket(options: Options, reactor: Any) -> Any:
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService:
     if reactor is None:
+        # twistd installs a reactor here only if told to (--reactor); else
+        # txcb's own (see txcb._reactor), where the platform has epoll.
+        from txcb._reactor import install_default
+        install_default()
         from twisted.internet import reactor
     top = MultiService()
     bucket = make_bucket(options, reactor)
