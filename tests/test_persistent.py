@@ -62,6 +62,8 @@ def crash(bucket):
     if bucket._scheduled is not None and bucket._scheduled.active():
         bucket._scheduled.cancel()
     bucket._pool.stop()
+    if bucket._bg_pool is not None:
+        bucket._bg_pool.stop()
     bucket._conn.close()
     os.close(bucket._lock_fd)
 
@@ -350,6 +352,64 @@ class DurabilityTests(PersistentTestsMixin, unittest.TestCase):
         self.assertEqual(disk_rows(self.path)[b"k"][0], r.cas)
         self.assertEqual(b.stats_sync()["disk_errors"], 1)
         self.assertEqual(calls, [1, 1])
+
+
+class WriterThreadTests(PersistentTestsMixin, unittest.TestCase):
+    """Background batches on the niced flusher thread, awaited ones on the writer."""
+
+    def record_threads(self):
+        seen = []
+        real = persistent._write_batch
+
+        def recording(conn, batch, marks):
+            t = threading.current_thread()
+            seen.append((t.name, sorted(batch),
+                         os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+            return real(conn, batch, marks)
+        self.patch(persistent, "_write_batch", recording)
+        return seen
+
+    @defer.inlineCallbacks
+    def wait_for_batches(self, b, n):
+        for _ in range(500):
+            if b._disk["batches"] >= n and not b._busy:
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.fail("%d batches not written" % (n,))
+
+    @defer.inlineCallbacks
+    def test_background_batches_run_niced_and_awaited_ones_do_not(self):
+        seen = self.record_threads()
+        b = self.open()
+        own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        b.store_sync("upsert", "plain", "v")
+        yield self.wait_for_batches(b, 1)
+        yield b.upsert("durable", "v", persist_to=1)
+        yield b.close()
+        (t1, keys1, nice1), (t2, keys2, nice2) = seen[:2]
+        self.assertEqual((keys1, keys2), ([b"plain"], [b"durable"]))
+        self.assertIn("txcb-flusher-", t1)
+        self.assertIn("txcb-writer-", t2)
+        self.assertEqual(nice2, own)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), own)
+            lowered = True  # the OS lets a thread change its nice value
+        except OSError:
+            lowered = False
+        if lowered:
+            self.assertEqual(nice1, min(own + b.flusher_nice, 19))
+
+    @defer.inlineCallbacks
+    def test_flusher_nice_0_writes_everything_on_one_thread(self):
+        seen = self.record_threads()
+        b = self.open(flusher_nice=0)
+        b.store_sync("upsert", "plain", "v")
+        yield self.wait_for_batches(b, 1)
+        yield b.upsert("durable", "v", persist_to=1)
+        yield b.close()
+        self.assertEqual(len(seen), 2)
+        self.assertTrue(all("txcb-writer-" in name for name, _k, _n in seen), seen)
+        self.assertIsNone(b._bg_pool)
 
 
 class RestartTests(PersistentTestsMixin, unittest.TestCase):

@@ -5,10 +5,15 @@ Memory first, as in Couchbase: every operation is served from the embedded
 bucket's in-memory items and acknowledged at once.  Each mutation also lands
 in a *dirty* dict (key -> latest item, or None for a delete), so repeated
 writes of a key before the next flush are written once.  One background
-writer thread (a one-thread :class:`~twisted.python.threadpool.ThreadPool`
-owned by the bucket) takes the whole dirty dict as a batch and writes it in
-one SQLite transaction (group commit); while it writes, the next batch
-accumulates.  The reactor thread never waits on the disk.
+writer takes the whole dirty dict as a batch and writes it in one SQLite
+transaction (group commit); while it writes, the next batch accumulates.  The
+reactor thread never waits on the disk.  The writer is one of two one-thread
+:class:`~twisted.python.threadpool.ThreadPool` objects of the bucket, used
+one batch at a time: a batch somebody waits for (``persist_to``,
+:meth:`~PersistentBucket.endure`, :meth:`~PersistentBucket.close`) runs on a
+thread of normal priority; a background batch on one ``flusher_nice`` nice
+levels lower (where the OS allows), so that on a busy machine writing behind
+never takes CPU from the reactor thread serving requests.
 
 Durability: every mutation has a bucket-wide sequence number.  A batch holds
 every mutation up to the sequence number current when it was taken, so
@@ -246,6 +251,20 @@ def _open_db(path: str) -> sqlite3.Connection:
         raise
 
 
+def _be_nicer(steps: int) -> None:
+    """
+    (in a writer thread) Lower the calling thread's scheduling priority by
+    ``steps`` nice levels: on Linux a thread's nice value is its own.  Where
+    that is not allowed or not possible, the thread keeps its priority.
+    """
+    import threading
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + steps)
+    except (AttributeError, OSError) as e:
+        _log.info("txcb: the background writer keeps its priority: {e}", e=e)
+
+
 def _upgrade_from_1(conn: sqlite3.Connection, path: str) -> None:
     """Rewrite a format 1 file's items (``<QdI`` header + value) as format 2, at once."""
     from struct import Struct, error as struct_error
@@ -357,6 +376,9 @@ class PersistentBucket(EmbeddedBucket):
         ``persist_to`` mutation, an :meth:`endure` or :meth:`close` starts
         the batch at once.
     :param retry_interval: seconds before a failed batch is written again.
+    :param flusher_nice: how many nice levels lower the thread writing
+        background batches (nobody waiting for them) runs; 0 writes every
+        batch on the one normal-priority thread.
 
     Other parameters are :class:`~txcb.embedded.EmbeddedBucket`'s.
     """
@@ -368,7 +390,8 @@ class PersistentBucket(EmbeddedBucket):
                  reactor: Any = None, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
                  transcoder: Optional[Transcoder] = None, pager_interval: float = 10.0,
                  name: str = "default", start: bool = True,
-                 flush_delay: float = 0.01, retry_interval: float = 1.0) -> None:
+                 flush_delay: float = 0.01, retry_interval: float = 1.0,
+                 flusher_nice: int = 10) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ArgumentError("bucket name must be 1 to 100 characters of "
                                 "A-Z a-z 0-9 . _ %% -, not %r" % (name,))
@@ -387,11 +410,13 @@ class PersistentBucket(EmbeddedBucket):
         self.path = os.path.join(self.data_dir, name + ".sqlite3")
         self.flush_delay = flush_delay
         self.retry_interval = retry_interval
+        self.flusher_nice = flusher_nice
         self._closed = True  # until start() has warmed up
         self._state = "new"  # -> "open" -> "closing" -> "closed"
         self._conn: Any = None  # a sqlite3.Connection once started
         self._lock_fd: Any = None  # the locked lock file descriptor once started
         self._pool: Any = None  # the writer's ThreadPool once started
+        self._bg_pool: Any = None  # and the background one (flusher_nice), if any
         # The write queue.
         self._dirty: Dict[bytes, Optional[bytes]] = {}
         self._inflight: Dict[bytes, Optional[bytes]] = {}
@@ -446,6 +471,10 @@ class PersistentBucket(EmbeddedBucket):
             raise
         self._pool = ThreadPool(1, 1, name="txcb-writer-%s" % (self.name,))
         self._pool.start()
+        if self.flusher_nice > 0:
+            self._bg_pool = ThreadPool(1, 1, name="txcb-flusher-%s" % (self.name,))
+            self._bg_pool.start()
+            self._bg_pool.callInThread(_be_nicer, self.flusher_nice)
         self._state = "open"
         self._closed = False
         self._disk["warmup_time"] = took = time.perf_counter() - started
@@ -535,8 +564,13 @@ class PersistentBucket(EmbeddedBucket):
                 or seqno - self._marked_seqno >= META_STEP:
             marks = (self._cas, seqno)
         self._writing = True
-        d = deferToThreadPool(self._reactor, self._pool, _write_batch, self._conn, batch,
-                              marks)
+        # Batches run one at a time, so the two threads never share the
+        # connection at once.
+        pool = self._pool
+        if self._bg_pool is not None and not (
+                self._persist_waiters or self._endure_waiters or self._state == "closing"):
+            pool = self._bg_pool
+        d = deferToThreadPool(self._reactor, pool, _write_batch, self._conn, batch, marks)
         d.addBoth(self._batch_done, batch, seqno, marks)
 
     def _batch_done(self, result: Any, batch: Dict[bytes, Optional[bytes]],
@@ -766,6 +800,9 @@ class PersistentBucket(EmbeddedBucket):
     def _release(self, failure: Optional[Failure]) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
+            pool.stop()
+        if self._bg_pool is not None:
+            pool, self._bg_pool = self._bg_pool, None
             pool.stop()
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
