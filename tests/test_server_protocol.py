@@ -543,16 +543,20 @@ class LateReplyTests(ServerTestBase):
     its reactor.
     """
 
-    def test_late_replies_are_written_once_at_the_end_of_the_turn(self):
+    def connect_with_reactor(self):
+        """A PendingBucket's server, on a transport naming self.clock its reactor."""
         bucket = PendingBucket()
-        factory = self.make_factory(bucket=bucket)
-        proto = factory.buildProtocol(ADDR)
+        proto = self.make_factory(bucket=bucket).buildProtocol(ADDR)
         transport = StringTransport(peerAddress=ADDR)
         transport.reactor = self.clock
+        proto.makeConnection(transport)
+        return bucket, proto, transport
+
+    def test_late_replies_are_written_once_at_the_end_of_the_turn(self):
+        bucket, proto, transport = self.connect_with_reactor()
         writes = []
         write = transport.write
         transport.write = lambda data: (writes.append(data), write(data))
-        proto.makeConnection(transport)
         proto.dataReceived(b"".join(frame(Op.GET, i, key=b"k%d" % i) for i in range(3)))
         for i in range(3):
             bucket.answer(i)
@@ -562,12 +566,7 @@ class LateReplyTests(ServerTestBase):
         self.assertEqual([r.opaque for r in self.responses(transport)], [0, 1, 2])
 
     def test_many_late_replies_go_out_every_flush_every(self):
-        bucket = PendingBucket()
-        factory = self.make_factory(bucket=bucket)
-        proto = factory.buildProtocol(ADDR)
-        transport = StringTransport(peerAddress=ADDR)
-        transport.reactor = self.clock
-        proto.makeConnection(transport)
+        bucket, proto, transport = self.connect_with_reactor()
         n = proto.flushEvery + 5
         proto.dataReceived(b"".join(frame(Op.GET, i, key=b"k") for i in range(n)))
         for i in range(n):
@@ -578,12 +577,7 @@ class LateReplyTests(ServerTestBase):
                          list(range(proto.flushEvery, n)))
 
     def test_late_replies_of_a_lost_connection_are_dropped(self):
-        bucket = PendingBucket()
-        factory = self.make_factory(bucket=bucket)
-        proto = factory.buildProtocol(ADDR)
-        transport = StringTransport(peerAddress=ADDR)
-        transport.reactor = self.clock
-        proto.makeConnection(transport)
+        bucket, proto, transport = self.connect_with_reactor()
         proto.dataReceived(frame(Op.GET, 1, key=b"k"))
         bucket.answer(0)
         proto.connectionLost(Failure(ConnectionLost()))

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from txcb._validate import check_cas, check_delta, check_lock_ttl, check_ttl, to_key
+from txcb._validate import (
+    MAX_KEY_LEN, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
 from txcb.codec import (
-    COUNTER_BODY, ENDURE_BODY, OPT_CHECK_REMOVED, OPT_DECREMENT, OPT_IDS_ONLY, OPT_INITIAL,
-    OPT_QUIET, Op, encode_multi_keys, encode_scan_request)
+    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
+    OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, Op, encode_multi_keys, encode_scan_request)
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ProtocolError, TooBigError, exception_for_rc)
 from txcb.results import ValueResult
@@ -182,6 +183,19 @@ def noop() -> Fields:
 #: The message of a miss, whose entry carries none (every provider's).
 MISS_MESSAGE = "no such key"
 _ENOENT = RC.KEY_ENOENT
+
+
+def multi_limits(info: Dict[str, Any], max_value_size: int) -> Tuple[int, int]:
+    """
+    From a server's HELLO reply: how many keys one GET_MULTI may carry (0:
+    the server has no GET_MULTI) and the longest request body it accepts.
+    """
+    n = info.get("get_multi")
+    keys = min(n, MAX_MULTI) if type(n) is int and n > 0 else 0
+    frame = info.get("max_frame")
+    body = (frame - HEADER_LEN if type(frame) is int and frame > HEADER_LEN + MAX_KEY_LEN
+            else MAX_KEY_LEN + max_value_size)
+    return keys, body
 
 
 def get_multi_requests(keys: List[Any], ttl: int, max_keys: int, max_body: int,

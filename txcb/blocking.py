@@ -65,7 +65,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from txcb import _requests as _rq
 from txcb._validate import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
 from txcb.codec import (
-    HEADER_LEN, MAX_MULTI, MULTI_MORE, OPT_QUIET, FrameError, NetstringDecoder, Op,
+    HEADER_LEN, MULTI_MORE, OPT_QUIET, FrameError, NetstringDecoder, Op,
     decode_multi_reply, decode_response, decode_scan_reply, encode_request, netstring,
     scan_args)
 from txcb.errors import (
@@ -294,12 +294,8 @@ class Bucket:
         self._window = max(1, min(_DEFAULT_WINDOW, int(info.get("max_inflight", 1024)) // 2))
         self._decoder.max_length = max(self._decoder.max_length,
                                        HEADER_LEN + self.max_value_size + 1024)
-        n = info.get("get_multi")
-        self._multi_get_keys = min(n, MAX_MULTI) if type(n) is int and n > 0 else 0
-        frame = info.get("max_frame")
-        self._max_multi_body = (
-            frame - HEADER_LEN if type(frame) is int and frame > HEADER_LEN + MAX_KEY_LEN
-            else MAX_KEY_LEN + self.max_value_size)
+        self._multi_get_keys, self._max_multi_body = _rq.multi_limits(
+            info, self.max_value_size)
         self._ever_connected = True
 
     def _ensure_connected(self) -> None:

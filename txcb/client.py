@@ -34,7 +34,7 @@ from txcb._multi import MultiMixin, _unique, gather_results
 from txcb.server import FastNetstringReceiver, set_nodelay
 from txcb._validate import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
 from txcb.codec import (
-    HEADER_LEN, MAX_MULTI, MULTI_MORE, OPT_QUIET, REQ_MAGIC, FrameError, Op,
+    HEADER_LEN, MULTI_MORE, OPT_QUIET, REQ_MAGIC, FrameError, Op,
     decode_multi_reply, decode_response)
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError,
@@ -126,12 +126,8 @@ class BucketClientProtocol(FastNetstringReceiver):
                 self.MAX_LENGTH = max(self.MAX_LENGTH, HEADER_LEN + self.max_value_size + 1024)
                 # GET_MULTI (docs/protocol.rst, 3.2): its key limit, and the
                 # server's frame limit, which a request must keep within.
-                n = result.get("get_multi")
-                self.multi_get_keys = min(n, MAX_MULTI) if type(n) is int and n > 0 else 0
-                frame = result.get("max_frame")
-                self.max_multi_body = (
-                    frame - HEADER_LEN if type(frame) is int and frame > HEADER_LEN + MAX_KEY_LEN
-                    else MAX_KEY_LEN + self.max_value_size)
+                self.multi_get_keys, self.max_multi_body = _rq.multi_limits(
+                    result, self.max_value_size)
         self._ready = result
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
