@@ -54,6 +54,20 @@ if _twisted_tests is not None and HAVE_EPOLL:
     del _builder
 
 
+class TwistedSuiteAvailableTests(unittest.TestCase):
+    """Says so (as a skip) when Twisted's reactor tests could not be loaded here."""
+
+    def test_twisted_reactor_tests_were_loaded(self):
+        if not HAVE_EPOLL:
+            raise unittest.SkipTest("no epoll on this platform")
+        if _twisted_tests is None:
+            raise unittest.SkipTest("Twisted's reactor tests not run: %s" % (_why,))
+        generated = [n for n, v in globals().items()
+                     if n.startswith("Txcb") and isinstance(v, type)
+                     and issubclass(v, unittest.SynchronousTestCase)]
+        self.assertGreaterEqual(len(generated), 10, generated)
+
+
 class _Boom(Protocol):
     def dataReceived(self, data):
         raise ZeroDivisionError("boom in dataReceived")
