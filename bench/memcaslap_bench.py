@@ -40,6 +40,10 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench.run import free_port  # noqa: E402  (after the path set-up)
 
 CONFIG = """\
 key
@@ -63,14 +67,6 @@ bench:
   servers:
    - 127.0.0.1:{backend}:1
 """
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:

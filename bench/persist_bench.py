@@ -43,6 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bench.run import child_env, free_port  # noqa: E402  (after the path set-up)
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -111,7 +113,7 @@ def child_fill_persistent(data_dir: str, items: int, value_size: int) -> Dict[st
 
 
 def child_warmup(data_dir: str) -> Dict[str, Any]:
-    from twisted.internet import defer, task
+    from twisted.internet import defer
     from txcb.persistent import PersistentBucket
     out: Dict[str, Any] = {}
 
@@ -147,21 +149,6 @@ def run_child(*args: str) -> Dict[str, Any]:
 
 
 # -- servers ------------------------------------------------------------------------
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                else "")
-    return env
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 class Server:
     def __init__(self, name: str, args: List[str], workdir: str) -> None:
@@ -237,7 +224,7 @@ def run_load(reactor: Any, buckets: List[Any], ops: int, inflight: int, value: b
 
 
 def throughput(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
-    from twisted.internet import defer, task
+    from twisted.internet import defer
     from txcb.client import connect
 
     eph = Server("ephemeral", ["--ephemeral"], workdir)
