@@ -5,7 +5,7 @@ Benchmark of the persistent (``couchbase``) bucket, in one run::
 
 1. Throughput through the same server and client: ``twistd txcb --ephemeral``
    and ``twistd txcb --data-dir TMP`` are started side by side; this process
-   drives them with ``txcb.client`` connections keeping ``--inflight``
+   drives them with ``txcb.client.remote`` connections keeping ``--inflight``
    requests outstanding.  Rounds alternate (ephemeral plain upserts,
    persistent plain upserts, persistent ``persist_to=1`` upserts) and the
    medians are reported, with the target ratios:
@@ -75,7 +75,7 @@ def item_key(i: int) -> str:
 # -- child processes (one measurement each, one JSON line out) -------------------
 
 def child_fill_ephemeral(items: int, value_size: int) -> Dict[str, Any]:
-    from txcb.embedded import EmbeddedBucket
+    from txcb.buckets.embedded import EmbeddedBucket
     value = b"x" * value_size
     b = EmbeddedBucket(pager_interval=0)
     started = time.perf_counter()
@@ -87,7 +87,7 @@ def child_fill_ephemeral(items: int, value_size: int) -> Dict[str, Any]:
 
 def child_fill_persistent(data_dir: str, items: int, value_size: int) -> Dict[str, Any]:
     from twisted.internet import defer, task
-    from txcb.persistent import PersistentBucket
+    from txcb.buckets.persistent import PersistentBucket
     out: Dict[str, Any] = {}
 
     @defer.inlineCallbacks
@@ -114,7 +114,7 @@ def child_fill_persistent(data_dir: str, items: int, value_size: int) -> Dict[st
 
 def child_warmup(data_dir: str) -> Dict[str, Any]:
     from twisted.internet import defer
-    from txcb.persistent import PersistentBucket
+    from txcb.buckets.persistent import PersistentBucket
     out: Dict[str, Any] = {}
 
     @defer.inlineCallbacks
@@ -225,7 +225,7 @@ def run_load(reactor: Any, buckets: List[Any], ops: int, inflight: int, value: b
 
 def throughput(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
     from twisted.internet import defer
-    from txcb.client import connect
+    from txcb.client.remote import connect
 
     eph = Server("ephemeral", ["--ephemeral"], workdir)
     per = Server("persistent", ["--data-dir", os.path.join(workdir, "tp-data")], workdir)

@@ -37,7 +37,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # no
 from twisted.protocols.memcache import MemCacheProtocol  # noqa: E402
 
 from tests import _memcached_procs as procs  # noqa: E402
-from txcb.memcached import MemcachedPool  # noqa: E402
+from txcb.buckets.memcached import MemcachedPool  # noqa: E402
 
 
 def pipelined(reactor: Any, n: int, inflight: int, op: Callable[[int], defer.Deferred]

@@ -40,8 +40,8 @@ def main() -> int:
     if a.side == "server":
         from twisted.internet import reactor
 
-        from txcb.embedded import EmbeddedBucket
-        from txcb.server import BucketServerFactory
+        from txcb.buckets.embedded import EmbeddedBucket
+        from txcb.server.netstring import BucketServerFactory
 
         bucket = EmbeddedBucket(clock=reactor)
         listening = reactor.listenTCP(0, BucketServerFactory(bucket),  # type: ignore

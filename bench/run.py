@@ -171,7 +171,7 @@ def twistd_argv() -> List[str]:
 
 def txcb_has_option(name: str) -> bool:
     try:
-        from txcb.tap import Options
+        from txcb.service.tap import Options
     except ImportError:
         return False
     return ("--" + name) in str(Options())

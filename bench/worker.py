@@ -158,7 +158,7 @@ def drive_twisted(job: Dict[str, Any]) -> Any:
     consume: Optional[Callable[[Any], Any]] = None
 
     if client == "txcb":
-        from txcb.client import connect
+        from txcb.client.remote import connect
 
         keys = key_list(job, as_bytes=False)
 
@@ -456,7 +456,7 @@ def run_load(job: Dict[str, Any]) -> Dict[str, Any]:
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     t0 = _pc()
     if job["server"] == "txcb":
-        from txcb.codec import NetstringDecoder, Op, decode_response, encode_request, netstring
+        from txcb.wire.netstring import NetstringDecoder, Op, decode_response, encode_request, netstring
         from txcb.formats import FMT_BYTES
 
         dec = NetstringDecoder(1 << 20)
@@ -498,7 +498,7 @@ def run_idle(job: Dict[str, Any]) -> None:
     """Open n connections, one round trip each, then hold them until told."""
     socks = []
     if job["server"] == "txcb":
-        from txcb.codec import Op, encode_request, netstring
+        from txcb.wire.netstring import Op, encode_request, netstring
         hello = netstring(encode_request(Op.HELLO, 1))
     else:
         hello = b"version\r\n"

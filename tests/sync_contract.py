@@ -1,6 +1,6 @@
 """
 The synchronous counterpart of the IBucket contract suite, for blocking
-clients (:class:`txcb.blocking.Bucket`).
+clients (:class:`txcb.client.blocking.Bucket`).
 
 Every behaviour test of :class:`tests.contract.BucketContractMixin` runs
 again here, unchanged, against the blocking client: its results are handed
@@ -36,10 +36,10 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.python.failure import Failure
 
 from txcb import errors
-from txcb.embedded import EmbeddedBucket
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.interfaces import IBucket
 from txcb.results import MultiResult, OperationResult, ValueResult
-from txcb.server import BucketServerFactory
+from txcb.server.netstring import BucketServerFactory
 
 from tests.contract import BucketContractMixin
 

@@ -76,8 +76,8 @@ HARNESS = textwrap.dedent('''
     example = runpy.run_path(sys.argv[1])          # installs the asyncio reactor
     from twisted.internet import reactor, task
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
-    from txcb.embedded import EmbeddedBucket
-    from txcb.server import BucketServerFactory
+    from txcb.buckets.embedded import EmbeddedBucket
+    from txcb.server.netstring import BucketServerFactory
     assert isinstance(reactor, AsyncioSelectorReactor), reactor
     port = reactor.listenTCP(0, BucketServerFactory(EmbeddedBucket()), interface="127.0.0.1")
     print("reactor", type(reactor).__name__)

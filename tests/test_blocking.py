@@ -1,5 +1,5 @@
 """
-txcb.blocking: the synchronous contract suite against a real txcb server (on
+txcb.client.blocking: the synchronous contract suite against a real txcb server (on
 its own reactor thread), plus endpoints, timeouts, reconnection, pipelining
 and threads.
 """
@@ -15,8 +15,8 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from txcb import errors
-from txcb.blocking import Bucket, parse_endpoint
-from txcb.embedded import EmbeddedBucket
+from txcb.client.blocking import Bucket, parse_endpoint
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.testing import FaultyBucket
 
 from tests.sync_contract import SyncBucketContractMixin, ThreadedServer
@@ -147,7 +147,7 @@ class ConnectionTests(ServerMixin, SynchronousTestCase):
 
     def test_imports_no_twisted(self):
         out = subprocess.check_output(
-            [sys.executable, "-c", "import sys, txcb.blocking; "
+            [sys.executable, "-c", "import sys, txcb.client.blocking; "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
              "('twisted', 'zope')))"], cwd=ROOT)
         self.assertEqual(out.strip(), b"[]")

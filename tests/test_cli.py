@@ -22,8 +22,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from txcb import tap
-from txcb.blocking import Bucket
+from txcb.service import tap
+from txcb.client.blocking import Bucket
 from txcb.cli import EXIT
 
 from tests.test_tap import free_port

@@ -18,19 +18,19 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from txcb import client as client_module
+from txcb.client import remote as client_module
 from txcb import errors
-from txcb.client import (
+from txcb.client.remote import (
     BucketClientFactory, BucketClientProtocol, RemoteBucket, connect)
-from txcb.codec import (
+from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, OPT_CHECK_REMOVED, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET,
     NetstringDecoder, Op, decode_request, encode_response, netstring)
-from txcb.embedded import EmbeddedBucket
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC
 from txcb.formats import FMT_JSON, FMT_UTF8
 from txcb.interfaces import IBucket
 from txcb.results import OperationResult, ValueResult
-from txcb.server import BucketServerFactory, BucketServerProtocol
+from txcb.server.netstring import BucketServerFactory, BucketServerProtocol
 
 from tests.test_server_protocol import buffered
 

@@ -1,5 +1,5 @@
 """
-The sans-IO wire codec (txcb.codec): round trips for every opcode, the
+The sans-IO wire codec (txcb.wire.netstring): round trips for every opcode, the
 netstring decoder under every split of the stream, and illegal-input tables
 for the netstring decoder, decode_request and decode_response.
 """
@@ -8,8 +8,8 @@ import struct
 
 from twisted.trial import unittest
 
-from txcb import codec
-from txcb.codec import (
+from txcb.wire import netstring as codec
+from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, KNOWN_OPS, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_INITIAL, OPT_QUIET, REQ_MAGIC, RES_MAGIC, FrameError, NetstringDecoder, Op,
     decode_request, decode_response, encode_request, encode_response, netstring)

@@ -21,7 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from txcb.client import connect
+from txcb.client.remote import connect
 from txcb.errors import CouchbaseError
 from tests._memcached_procs import free_port
 

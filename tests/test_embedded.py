@@ -5,8 +5,9 @@ import time
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from txcb import embedded, errors
-from txcb.embedded import EmbeddedBucket
+from txcb import errors
+from txcb.buckets import embedded
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import FMT_BYTES, Encoded
 
 from tests.contract import BucketContractMixin

@@ -21,20 +21,20 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from txcb import _requests as _rq
+from txcb.client import requests as _rq
 from txcb import errors
-from txcb.blocking import Bucket
-from txcb.client import BucketClientProtocol, RemoteBucket
-from txcb.codec import (
+from txcb.client.blocking import Bucket
+from txcb.client.remote import BucketClientProtocol, RemoteBucket
+from txcb.wire.netstring import (
     HEADER_LEN, MAX_MULTI, MULTI_ENTRY, MULTI_FRAME_BYTES, MULTI_MORE, FrameError,
     NetstringDecoder, Op, decode_multi_keys, decode_multi_reply, decode_request,
     decode_response, encode_multi_keys, encode_multi_reply, encode_request, encode_response,
     netstring)
-from txcb.embedded import EmbeddedBucket
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC
 from txcb.formats import DEFAULT_TRANSCODER, FMT_BYTES
 from txcb.results import MultiResult, ValueResult
-from txcb.server import BucketServerFactory
+from txcb.server.netstring import BucketServerFactory
 
 from tests.sync_contract import ThreadedServer
 from tests.test_client_protocol import ADDR, ClientTestBase, response

@@ -1,5 +1,5 @@
 """
-Tests for txcb._ketama: twemproxy-compatible key distribution.
+Tests for txcb.buckets.ketama: twemproxy-compatible key distribution.
 
 The pure tests use vectors that were recorded from a real nutcracker 0.5.0
 (Debian's) and point counts checked against twemproxy's own C expression
@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from twisted.trial import unittest
 
-from txcb._ketama import (
+from txcb.buckets.ketama import (
     Continuum, Modula, NoServersError, ServerSpec, hash_md5, ketama_points,
     parse_server)
 
@@ -33,7 +33,7 @@ class PureTests(unittest.TestCase):
 
     def test_imports_nothing_but_stdlib(self) -> None:
         import ast
-        import txcb._ketama as module
+        import txcb.buckets.ketama as module
         with open(module.__file__, encoding="utf-8") as f:
             tree = ast.parse(f.read())
         imported: set = set()

@@ -15,7 +15,7 @@ import re
 from twisted.trial import unittest
 
 from tests.test_mcserver import Harness
-from txcb.embedded import LOCKED_CAS, EmbeddedBucket
+from txcb.buckets.embedded import LOCKED_CAS, EmbeddedBucket
 from txcb.errors import NetworkError
 from txcb.formats import Encoded
 from txcb.testing import FaultyBucket

@@ -1,5 +1,5 @@
 """
-Tests for txcb._mcascii, the sans-IO memcached ASCII protocol parser.
+Tests for txcb.wire.mcascii, the sans-IO memcached ASCII protocol parser.
 
 Expected error replies were checked against a real memcached 1.6.18; tests
 that mirror a memcached regression test are named after it (t/<name>.t).
@@ -11,8 +11,8 @@ from typing import List
 
 from twisted.trial import unittest
 
-from txcb import _mcascii as mc
-from txcb._mcascii import Command, Error, Parser
+from txcb.wire import mcascii as mc
+from txcb.wire.mcascii import Command, Error, Parser
 
 
 def parse(data: bytes, **kwargs: int) -> List[mc.Event]:

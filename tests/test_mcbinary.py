@@ -1,5 +1,5 @@
 """
-Tests for txcb._mcbinary, the sans-IO memcached binary protocol codec.
+Tests for txcb.wire.mcbinary, the sans-IO memcached binary protocol codec.
 
 Byte-exact vectors come from the memcached "Binary Protocol Revamped"
 document's examples.  Refusals are named after the memcached case they
@@ -26,8 +26,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from twisted.trial import unittest
 
-from txcb import _mcbinary as mc
-from txcb._mcbinary import (
+from txcb.wire import mcbinary as mc
+from txcb.wire.mcbinary import (
     COUNTER_NO_CREATE, DEFAULT_MAX_BODY, HEADER_LEN, MAX_KEY_LEN, QUIET,
     REQ_MAGIC, RES_MAGIC, Decoder, FrameError, Opcode, Packet, Status,
     build_sasl_plain, counter_extras, counter_value, encode_request,

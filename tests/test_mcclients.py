@@ -20,11 +20,11 @@ from twisted.internet.task import deferLater
 from twisted.protocols.memcache import MemCacheProtocol
 from twisted.trial import unittest
 
-from txcb import tap
-from txcb.client import connect
-from txcb.embedded import EmbeddedBucket
+from txcb.service import tap
+from txcb.client.remote import connect
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import Encoded
-from txcb.mcserver import VERSION, MemcachedServerFactory, MemcachedServerProtocol
+from txcb.server.memcached import VERSION, MemcachedServerFactory, MemcachedServerProtocol
 
 try:
     import pymemcache

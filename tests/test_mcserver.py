@@ -1,5 +1,5 @@
 """
-The memcached protocol adapters (txcb.mcserver), driven through a
+The memcached protocol adapters (txcb.server.memcached), driven through a
 StringTransport with the bucket on a task.Clock: every command of both
 protocols, pipelining and split frames, reply order with a slow bucket, the
 hostile inputs of memcached's own regression tests, authentication, limits
@@ -21,15 +21,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial import unittest
 
-from txcb import _mcbinary as B
-from txcb import errors, tap
-from txcb.codec import Op, encode_request, netstring
-from txcb.embedded import LOCKED_CAS, EmbeddedBucket
+from txcb.wire import mcbinary as B
+from txcb import errors
+from txcb.service import tap
+from txcb.wire.netstring import Op, encode_request, netstring
+from txcb.buckets.embedded import LOCKED_CAS, EmbeddedBucket
 from txcb.formats import FMT_JSON, Encoded
-from txcb.mcserver import (
+from txcb.server.memcached import (
     EXPIRED_TTL, TOO_MANY_CONNECTIONS, VERSION, MemcachedServerFactory,
     MemcachedServerProtocol, load_auth_file)
-from txcb.server import BucketServerFactory, ServerStats
+from txcb.server.netstring import BucketServerFactory, ServerStats
 from txcb.testing import FaultyBucket
 
 O = B.Opcode

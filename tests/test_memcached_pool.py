@@ -1,5 +1,5 @@
 """
-txcb.memcached.MemcachedPool against real memcached servers.
+txcb.buckets.memcached.MemcachedPool against real memcached servers.
 
 Three memcached processes on free loopback ports are shared by the contract
 and behaviour tests (flushed before each); the fault tests start their own
@@ -28,11 +28,11 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from txcb import _mcbinary as mcb
+from txcb.wire import mcbinary as mcb
 from txcb import errors
-from txcb._ketama import Continuum, Modula
+from txcb.buckets.ketama import Continuum, Modula
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
-from txcb.memcached import MemcachedPool, parse_backend, parse_servers
+from txcb.buckets.memcached import MemcachedPool, parse_backend, parse_servers
 from txcb.results import MultiResult
 
 from tests import _memcached_procs as procs
@@ -339,7 +339,7 @@ class PoolBehaviourTests(unittest.TestCase):
     def test_counter_created_by_another_client_meanwhile(self):
         # INCR misses, someone ADDs, our ADD fails: the INCR is retried.
         b = yield new_pool(self)
-        from txcb import memcached as m
+        from txcb.buckets import memcached as m
         orig = m._Op.resend
 
         def racing_resend(op, proto, opcode, kind, extras=b"", value=b""):
@@ -886,14 +886,14 @@ class TwistdProxyTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_twistd_proxies_to_the_pool(self):
-        from txcb.client import connect
+        from txcb.client.remote import connect
         servers = procs.shared_memcached()
         port = procs.free_port()
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         log = os.path.join(workdir, "twistd.log")
         backend = "memcached:" + ",".join(m.address for m in servers)
-        from txcb import tap
+        from txcb.service import tap
         extra = []
         if "--memcached" in str(tap.Options()):  # txcb's memcached endpoints, if present
             mc_port = procs.free_port()
@@ -1000,7 +1000,7 @@ class ParsingTests(unittest.TestCase):
             self.assertRaises(ValueError, parse_backend, bad)
 
     def test_tap_options(self):
-        from txcb import tap
+        from txcb.service import tap
         o = tap.Options()
         o.parseOptions(["--backend", "memcached:127.0.0.1:11211,127.0.0.1:11212:2",
                         "--distribution", "modula"])

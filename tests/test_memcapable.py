@@ -36,7 +36,7 @@ def start_twistd(testcase: unittest.TestCase, *extra: str) -> int:
     Start ``twistd -n txcb --memcached PORT`` from this checkout; returns the
     port.  The process is stopped by its pid at cleanup (SIGTERM, then KILL).
     """
-    from txcb import tap
+    from txcb.service import tap
     port = free_port()
     workdir = os.path.abspath(testcase.mktemp())
     os.makedirs(workdir)

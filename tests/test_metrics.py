@@ -25,10 +25,11 @@ from twisted.trial import unittest
 from twisted.web.client import Agent
 
 import txcb
-from txcb import errors, tap
-from txcb.client import BucketClientProtocol, RemoteBucket, connect
-from txcb.metrics import MeteredServerProtocol, ServerMetrics, metrics_site
-from txcb.server import BucketServerFactory
+from txcb import errors
+from txcb.service import tap
+from txcb.client.remote import BucketClientProtocol, RemoteBucket, connect
+from txcb.service.metrics import MeteredServerProtocol, ServerMetrics, metrics_site
+from txcb.server.netstring import BucketServerFactory
 from txcb.testing import FaultyBucket, memory_bucket
 
 from tests.test_tap import free_port

@@ -21,15 +21,16 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from txcb import embedded as embedded_module
-from txcb import errors, persistent
-from txcb.client import connect
-from txcb.embedded import EmbeddedBucket
+from txcb.buckets import embedded as embedded_module
+from txcb import errors
+from txcb.buckets import persistent
+from txcb.client.remote import connect
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8
-from txcb.persistent import (
+from txcb.buckets.persistent import (
     CAS_RESTART_GAP, CorruptDataError, DataDirLockedError, PersistentBucket,
     StorageError, create_bucket)
-from txcb.server import BucketServerFactory
+from txcb.server.netstring import BucketServerFactory
 
 from tests.contract import BucketContractMixin
 from tests.test_remote import start_server
@@ -789,7 +790,7 @@ class CreateBucketTests(PersistentTestsMixin, unittest.TestCase):
 class TapTests(PersistentTestsMixin, unittest.TestCase):
 
     def options(self, *args):
-        from txcb.tap import Options
+        from txcb.service.tap import Options
         o = Options()
         o.parseOptions(list(args))
         return o
@@ -803,7 +804,7 @@ class TapTests(PersistentTestsMixin, unittest.TestCase):
         self.assertTrue(o["ephemeral"])
 
     def test_make_bucket(self):
-        from txcb.tap import make_bucket
+        from txcb.service.tap import make_bucket
         b = make_bucket(self.options("--data-dir", self.dir), reactor)
         self.addCleanup(b.close)
         self.assertIsInstance(b, PersistentBucket)
@@ -814,7 +815,7 @@ class TapTests(PersistentTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_service_warms_up_before_listening_and_flushes_on_stop(self):
-        from txcb.tap import makeService
+        from txcb.service.tap import makeService
         seed = self.open()
         yield seed.upsert("old", "from disk")
         yield seed.close()
@@ -838,7 +839,7 @@ class TapTests(PersistentTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_locked_data_dir_stops_start_up_before_listening(self):
-        from txcb.tap import makeService
+        from txcb.service.tap import makeService
         holder = self.open()
         top = makeService(self.options("--data-dir", self.dir, "--port",
                                        "tcp:0:interface=127.0.0.1"), reactor)

@@ -1,5 +1,5 @@
 """
-txcb's reactor (txcb._reactor): Twisted's own reactor tests for TCP run
+txcb's reactor (txcb.service.reactor): Twisted's own reactor tests for TCP run
 against it, plus what it changes (no per-event log context, errors still
 logged and contained) and how ``twistd txcb`` picks it.
 """
@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.reflect import namedAny
 from twisted.trial import unittest
 
-from txcb import _reactor
+from txcb.service import reactor as _reactor
 
 try:
     from twisted.internet.test import test_core, test_tcp
@@ -23,14 +23,14 @@ except ImportError as e:  # Twisted's test modules need PyHamcrest ('.[test]' in
 else:
     _twisted_tests = (test_core, test_tcp)
 
-OURS = "txcb._reactor.EPollReactor"
+OURS = "txcb.service.reactor.EPollReactor"
 HAVE_EPOLL = hasattr(select, "epoll")
 
 
 def _no_log_prefix(self):
     raise unittest.SkipTest("by design: txcb's reactor sets no per-event log context, so "
                             "legacy log lines from dataReceived carry no logPrefix "
-                            "(txcb._reactor; ReactorTests checks the difference)")
+                            "(txcb.service.reactor; ReactorTests checks the difference)")
 
 
 def _ours(builder):
@@ -176,7 +176,7 @@ class InstallTests(unittest.TestCase):
         code = """if 1:
             import sys
             from twisted.python import usage
-            from txcb import tap
+            from txcb.service import tap
             options = tap.Options()
             options.parseOptions(['--ephemeral', '--port', 'tcp:0:interface=127.0.0.1'])
             tap.makeService(options)

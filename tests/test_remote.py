@@ -10,9 +10,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from txcb.client import RemoteBucket, connect
-from txcb.embedded import EmbeddedBucket
-from txcb.server import BucketServerFactory, BucketServerProtocol
+from txcb.client.remote import RemoteBucket, connect
+from txcb.buckets.embedded import EmbeddedBucket
+from txcb.server.netstring import BucketServerFactory, BucketServerProtocol
 
 from tests.contract import BucketContractMixin
 

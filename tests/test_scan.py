@@ -13,13 +13,13 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from txcb import errors
-from txcb.blocking import Bucket
-from txcb.client import connect
-from txcb.codec import (
+from txcb.client.blocking import Bucket
+from txcb.client.remote import connect
+from txcb.wire.netstring import (
     OPT_IDS_ONLY, SCAN_BODY, FrameError, Op, decode_request, decode_response,
     decode_scan_reply, decode_scan_request, encode_request, encode_scan_reply,
     encode_scan_request, scan_args)
-from txcb.embedded import EmbeddedBucket
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC
 from txcb.results import ScanItem
 from txcb.scan import KeyIndex, ScanResult

@@ -16,14 +16,14 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from txcb.codec import (
+from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET, REQ_MAGIC,
     NetstringDecoder, Op, Request, decode_response, encode_request, netstring)
-from txcb.embedded import EmbeddedBucket
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC, ArgumentError, NotFoundError, TemporaryFailError
 from txcb.formats import FMT_BYTES
 from txcb.results import OperationResult, ValueResult
-from txcb.server import BucketServerFactory, BucketServerProtocol, _sync_handlers
+from txcb.server.netstring import BucketServerFactory, BucketServerProtocol, _sync_handlers
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 SERVER_NS = BucketServerProtocol.__module__ + "." + BucketServerProtocol.__name__
@@ -412,7 +412,7 @@ class GatedDurableBucket(EmbeddedBucket):
         EmbeddedBucket.__init__(self, *a, **kw)
         self.targets = []
 
-    def _on_durable(self, result, persist_to, replicate_to, target):
+    def on_durable(self, result, persist_to, replicate_to, target):
         if not persist_to or not result.seqno:
             return False
         self.targets.append((target, result))
@@ -528,7 +528,7 @@ class DurableSyncPathTests(ServerTestBase):
         def on_durable(result, persist_to, replicate_to, target):
             calls.append(type(target))
             return False
-        self.bucket._on_durable = on_durable
+        self.bucket.on_durable = on_durable
         proto, transport = self.connect(self.factory)
         self.assertEqual(proto._sync_durable, {})
         res = self.call(Op.UPSERT, 1, key=b"k", value=b"v", persist_to=1, proto=proto,

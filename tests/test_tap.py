@@ -1,4 +1,4 @@
-"""The twistd plugin and txcb.tap: discovery, options, services, a real run."""
+"""The twistd plugin and txcb.service.tap: discovery, options, services, a real run."""
 
 import os
 import shutil
@@ -16,8 +16,8 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial import unittest
 
-from txcb import tap
-from txcb.client import connect
+from txcb.service import tap
+from txcb.client.remote import connect
 from tests._memcached_procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +34,7 @@ class PluginTests(unittest.TestCase):
     def test_plugin_import_is_lazy(self):
         out = subprocess.check_output(
             [sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
-             "import twisted.plugins.txcb_plugin; print('txcb.tap' in sys.modules)" % ROOT],
+             "import twisted.plugins.txcb_plugin; print('txcb.service.tap' in sys.modules)" % ROOT],
             cwd=ROOT)
         self.assertEqual(out.strip(), b"False")
 

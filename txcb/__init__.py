@@ -13,7 +13,7 @@ The public face, importable from ``txcb`` directly:
   :class:`Transcoder` -- value formats;
 - :mod:`txcb.errors`, :mod:`txcb.results`, :mod:`txcb.testing`.
 
-Names are loaded on first use, so ``import txcb.codec`` (the sans-IO wire
+Names are loaded on first use, so ``import txcb.wire.netstring`` (the sans-IO wire
 codec) does not import Twisted.
 """
 
@@ -24,13 +24,13 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "IBucket": "txcb.interfaces",
-    "EmbeddedBucket": "txcb.embedded",
-    "PersistentBucket": "txcb.persistent",
-    "create_bucket": "txcb.persistent",
-    "RemoteBucket": "txcb.client",
-    "BucketClientFactory": "txcb.client",
-    "connect": "txcb.client",
-    "BucketServerFactory": "txcb.server",
+    "EmbeddedBucket": "txcb.buckets.embedded",
+    "PersistentBucket": "txcb.buckets.persistent",
+    "create_bucket": "txcb.buckets.persistent",
+    "RemoteBucket": "txcb.client.remote",
+    "BucketClientFactory": "txcb.client.remote",
+    "connect": "txcb.client.remote",
+    "BucketServerFactory": "txcb.server.netstring",
     "FMT_JSON": "txcb.formats",
     "FMT_UTF8": "txcb.formats",
     "FMT_BYTES": "txcb.formats",

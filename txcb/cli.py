@@ -18,7 +18,7 @@
 ``--endpoint`` (``-e``, or ``$TXCB_ENDPOINT``) is a client endpoint string:
 ``tcp:HOST:PORT``, ``tcp6:...``, ``unix:PATH`` or a bare port number
 (default ``tcp:127.0.0.1:11222``, where ``twistd txcb`` listens).  The tool
-is built on :mod:`txcb.blocking` (plain sockets, the shared sans-IO codec):
+is built on :mod:`txcb.client.blocking` (plain sockets, the shared sans-IO codec):
 a short-lived command reads best as straight-line code, its exit status is
 simply the outcome of the calls it makes, and streaming to and from files
 and pipes gets flow control for free (a blocked write to stdout is a dump
@@ -63,7 +63,7 @@ from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 from txcb import __version__
 from txcb import errors
-from txcb.blocking import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, Bucket
+from txcb.client.blocking import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, Bucket
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded, format_of
 
 __all__ = ["main", "EXIT"]

@@ -12,7 +12,7 @@ absolute time in the past means already expired.
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IBucket"]
+__all__ = ["IBucket", "ISyncBucket"]
 
 
 class IBucket(Interface):
@@ -148,3 +148,59 @@ class IBucket(Interface):
 
     def close():
         """Release the bucket's resources; fires when done."""
+
+
+class ISyncBucket(Interface):
+    """
+    A bucket that can also answer at once, without a Deferred.
+
+    A server serves an opcode through these calls when (and only when) its
+    bucket provides this interface (``ISyncBucket.providedBy(bucket)``); any
+    other bucket, and any wrapper that does not declare it (``FaultyBucket``,
+    a user's proxy), is served through :class:`IBucket`'s Deferreds.  A
+    provider guarantees that each call has the same effect and result as its
+    IBucket counterpart, without the Deferred: errors are raised
+    (:class:`txcb.errors.CouchbaseError`), not errbacked.
+    """
+
+    max_persist_to = Attribute("How many disks a mutation can be persisted to (0 or 1).")
+    max_replicate_to = Attribute("How many replicas a mutation can reach (0: none).")
+
+    def get_sync(key, ttl=0, quiet=False):
+        """:meth:`IBucket.get`: returns the ValueResult."""
+
+    def store_sync(op, key, value, cas=0, ttl=0, format=None):
+        """``op`` is "upsert", "insert" or "replace": returns the OperationResult."""
+
+    def remove_sync(key, cas=0, quiet=False):
+        """:meth:`IBucket.remove` without durability: returns the OperationResult."""
+
+    def touch_sync(key, ttl):
+        """:meth:`IBucket.touch`."""
+
+    def lock_sync(key, ttl=15):
+        """:meth:`IBucket.lock`."""
+
+    def unlock_sync(key, cas):
+        """:meth:`IBucket.unlock`."""
+
+    def counter_sync(key, delta=1, initial=None, ttl=0):
+        """:meth:`IBucket.counter`."""
+
+    def concat_sync(op, key, value, cas=0):
+        """``op`` is "append" or "prepend"."""
+
+    def flush_sync():
+        """:meth:`IBucket.flush`: returns how many items it removed."""
+
+    def stats_sync():
+        """:meth:`IBucket.stats`: returns the dict."""
+
+    def on_durable(result, persist_to, replicate_to, target):
+        """
+        Arrange for ``target.callback(result)`` (or ``target.errback(error)``)
+        once the mutation of ``result`` (made by one of the calls above) meets
+        the resolved durability requirement, and return True; or return False
+        if it is met already (``target`` is then not used).  ``target`` is a
+        Deferred or any object with ``called``, ``callback`` and ``errback``.
+        """

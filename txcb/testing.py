@@ -36,11 +36,11 @@ from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
-from txcb._multi import MultiMixin
-from txcb.client import BucketClientProtocol, RemoteBucket
-from txcb.embedded import EmbeddedBucket
+from txcb.multi import MultiMixin
+from txcb.client.remote import BucketClientProtocol, RemoteBucket
+from txcb.buckets.embedded import EmbeddedBucket
 from txcb.interfaces import IBucket
-from txcb.server import BucketServerFactory
+from txcb.server.netstring import BucketServerFactory
 
 __all__ = ["memory_bucket", "InMemoryConnection", "FaultyBucket"]
 
@@ -55,7 +55,7 @@ class InMemoryConnection:
     """
     A txcb client and server joined in memory.
 
-    :ivar client: the :class:`~txcb.client.RemoteBucket` to hand to your code.
+    :ivar client: the :class:`~txcb.client.remote.RemoteBucket` to hand to your code.
     :ivar bucket: the bucket the server serves (an embedded one by default).
     :ivar clock: the clock of the client's timeouts (and of the default bucket).
 

@@ -1,14 +1,14 @@
 """
-The per-server connection machinery behind :class:`txcb.memcached.MemcachedPool`.
+The per-server connection machinery behind :class:`txcb.buckets.memcached.MemcachedPool`.
 
 Request bookkeeping (:class:`_Op` per single-key request; :class:`_Multi`
 and its per-server :class:`_Batch` per ``*_multi`` call), the pipelined
 binary-protocol connection (:class:`MemcachedProtocol`, replies matched by
 opaque) and :class:`_Server` (one server's state, handshake, failure
 accounting and reconnection).  It is separate only to keep
-:mod:`txcb.memcached` under the project's module size limit: it has no API
+:mod:`txcb.buckets.memcached` under the project's module size limit: it has no API
 of its own, works hand in hand with the pool's private attributes, and every
-name defined here stays importable from :mod:`txcb.memcached`.
+name defined here stays importable from :mod:`txcb.buckets.memcached`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txcb import _mcbinary as mcb
-from txcb._ketama import ServerSpec
+from txcb.wire import mcbinary as mcb
+from txcb.buckets.ketama import ServerSpec
 from txcb.errors import (
     RC, AuthError, CouchbaseError, NetworkError, NotFoundError, NotStoredError,
     NotSupportedError, ProtocolError, TemporaryFailError, TimeoutError, TooBigError,
@@ -35,11 +35,11 @@ from txcb.formats import FMT_JSON
 from txcb.results import MultiResult, OperationResult, ValueResult
 
 if TYPE_CHECKING:
-    from txcb.memcached import MemcachedPool
+    from txcb.buckets.memcached import MemcachedPool
 
 # The namespace the pool's log events have always had (Logger() would infer
 # this module's name).
-_log = Logger(namespace="txcb.memcached")
+_log = Logger(namespace="txcb.buckets.memcached")
 _U32 = struct.Struct(">I")
 O = mcb.Opcode
 

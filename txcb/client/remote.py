@@ -29,11 +29,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txcb import _requests as _rq
-from txcb._multi import MultiMixin, _unique, gather_results
-from txcb.server import FastNetstringReceiver, set_nodelay
-from txcb._validate import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
-from txcb.codec import (
+from txcb.client import requests as _rq
+from txcb.multi import MultiMixin, _unique, gather_results
+from txcb.transport import FastNetstringReceiver, set_nodelay
+from txcb.validation import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
+from txcb.wire.netstring import (
     HEADER_LEN, MULTI_MORE, OPT_QUIET, REQ_MAGIC, FrameError, Op,
     decode_multi_reply, decode_response)
 from txcb.errors import (
@@ -46,7 +46,7 @@ from txcb.results import _UNSET, MultiResult, OperationResult, ValueResult
 __all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect"]
 
 DEFAULT_TIMEOUT = 2.5
-_req_pack = _struct.Struct("!BBbbHHIQII").pack  # txcb.codec's request header
+_req_pack = _struct.Struct("!BBbbHHIQII").pack  # txcb.wire.netstring's request header
 _res_unpack = _struct.Struct("!BBHIQIQ").unpack_from  # and its response header
 _NEVER = float("inf")
 #: The sweeper fires this much before a deadline, and takes anything due
@@ -381,7 +381,7 @@ class _Slot:
 class _MultiCall:
     """
     The Deferred of a multi-key call and its per-key outcomes, with
-    :func:`txcb._multi.gather_results`'s rules: a MultiResult of every key,
+    :func:`txcb.multi.gather_results`'s rules: a MultiResult of every key,
     or the first (in key order) failed key's error carrying it as
     ``all_results``; cancelling cancels every key's request.
     """
@@ -472,7 +472,7 @@ class _GetMulti:
     """
     A ``get_multi`` made of GET_MULTI requests (one per chunk of keys): its
     Deferred, and every key's result as the replies come, with the rules of
-    :func:`txcb._multi.gather_results` (see :mod:`txcb._requests`).
+    :func:`txcb.multi.gather_results` (see :mod:`txcb.client.requests`).
     Cancelling takes its requests off the pending table.
     """
 
@@ -601,7 +601,7 @@ class RemoteBucket(MultiMixin):
         return p.max_value_size if p is not None else DEFAULT_MAX_VALUE_SIZE
 
     def _call(self, fields: _rq.Fields, timeout: Optional[float] = None) -> Deferred:
-        """Send the request of ``fields`` (from a txcb._requests function)."""
+        """Send the request of ``fields`` (from a txcb.client.requests function)."""
         p = self._proto
         if p is not None and (p._lost is None or self._service is None):
             multi = self._multi
@@ -706,7 +706,7 @@ class RemoteBucket(MultiMixin):
         Run ``make()`` (which calls the single-key methods) with the requests
         going to one :class:`_MultiCall` instead of a Deferred each, and
         written to the connection in one go.  Results and errors follow
-        :func:`txcb._multi.gather_results`.
+        :func:`txcb.multi.gather_results`.
         """
         if self._multi is not None:  # re-entered (from a transcoder?): the plain way
             outer_multi, self._multi = self._multi, None
@@ -781,7 +781,7 @@ class RemoteBucket(MultiMixin):
         call.part_done()  # every request is out: done when they are
         return call.d
 
-    # -- IBucket: txcb._requests checks and encodes, _call sends ------------
+    # -- IBucket: txcb.client.requests checks and encodes, _call sends ------------
 
     def get(self, key: Any, ttl: int = 0, quiet: bool = False,
             timeout: Optional[float] = None) -> Deferred:
@@ -820,7 +820,7 @@ class RemoteBucket(MultiMixin):
 
     def _send_fields(self, build: Any, *args: Any, timeout: Optional[float] = None
                      ) -> Deferred:
-        """The request ``build(*args)`` (a txcb._requests function) gives, or its error."""
+        """The request ``build(*args)`` (a txcb.client.requests function) gives, or its error."""
         try:
             fields = build(*args)
         except CouchbaseError as e:
@@ -888,7 +888,7 @@ class RemoteBucket(MultiMixin):
              ids_only: bool = False, batch_size: int = 1000, batch_bytes: int = 1048576,
              timeout: Optional[float] = None) -> Deferred:
         """See IBucket.scan: each batch is one SCAN request (``timeout`` each)."""
-        from txcb.codec import decode_scan_reply, scan_args
+        from txcb.wire.netstring import decode_scan_reply, scan_args
         from txcb.results import ScanItem
         from txcb.scan import ScanResult
         try:

@@ -11,7 +11,7 @@ never hold up fast ones.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional, Protocol as _Interface
+from typing import Any, Dict, Optional
 
 from twisted.internet.defer import succeed
 from twisted.internet.protocol import Factory
@@ -20,245 +20,24 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 
 from txcb import __version__
-from txcb.codec import (
+from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_INITIAL, OPT_QUIET, REQ_MAGIC, RES_MAGIC, FrameError, Op, Request, decode_request,
     encode_response)
-from txcb.codec import _req_unpack, _res_pack
-from txcb.codec import (
+from txcb.wire.netstring import _req_unpack, _res_pack
+from txcb.wire.netstring import (
     MAX_MULTI, MULTI_FRAME_BYTES, encode_multi_frame, encode_multi_keys, encode_multi_reply,
     encode_request)
-from txcb._validate import resolve_durability
+from txcb.validation import resolve_durability
 from txcb.errors import RC, ArgumentError, CouchbaseError
 from txcb.formats import Encoded
+from txcb.server.core import ServerStats
+from txcb.transport import FastNetstringReceiver, set_nodelay
 
 __all__ = ["BucketServerProtocol", "BucketServerFactory", "ServerStats"]
 
 #: Longest error message sent back, in bytes.
 _MAX_MESSAGE = 512
-
-
-class _StreamTransport(_Interface):
-    """
-    What the protocols use of their transport: an ``ITCPTransport`` that is
-    also an ``IConsumer`` and an ``IPushProducer`` (every Twisted stream
-    transport, TLS included, and the test transports).  ``Protocol.transport``
-    is typed ``Optional[ITransport]``, which has none of the producer methods.
-    """
-
-    def write(self, data: bytes) -> None: ...
-    def getPeer(self) -> Any: ...
-    def loseConnection(self) -> None: ...
-    def abortConnection(self) -> None: ...
-    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
-    def pauseProducing(self) -> None: ...
-    def resumeProducing(self) -> None: ...
-
-
-class ServerStats:
-    """
-    Connection counters shared by every endpoint serving one bucket, and
-    their common connection limit (``max_connections``, None: no limit).
-    """
-
-    def __init__(self, max_connections: Optional[int] = None) -> None:
-        self.connections = 0
-        self.total_connections = 0
-        self.rejected_connections = 0
-        self.max_connections = max_connections
-
-    def admit(self) -> bool:
-        """Whether one more connection may open now (a refusal is counted)."""
-        if self.max_connections is not None and self.connections >= self.max_connections:
-            self.rejected_connections += 1
-            return False
-        return True
-
-    def as_dict(self) -> Dict[str, int]:
-        return {"connections": self.connections,
-                "total_connections": self.total_connections,
-                "rejected_connections": self.rejected_connections}
-
-
-def set_nodelay(transport: Any) -> None:
-    """
-    Turn off Nagle's algorithm where the transport has it: every message
-    txcb writes is complete, so waiting for an ACK only adds latency.
-    """
-    nodelay = getattr(transport, "setTcpNoDelay", None)
-    if nodelay is not None:
-        try:
-            nodelay(True)
-        except OSError:
-            pass
-
-
-def _direct_writer(transport: Any) -> Any:
-    """
-    A ``write(data)`` for ``transport`` that sends at once when nothing is
-    queued before it, or None if the transport is not a plain socket one.
-
-    ``transport.write`` only queues: the bytes go out when the reactor next
-    finds the socket writable, a whole reactor turn (and two epoll_ctl calls)
-    later, which a request/response protocol pays on every round trip.  Here
-    the socket's ``send`` is tried first (what ``writeSomeData`` does); whatever
-    it does not take, or an error, goes through ``transport.write`` as usual,
-    so ordering, flow control, loseConnection and error handling stay Twisted's.
-    """
-    if not (hasattr(transport, "writeSomeData") and hasattr(transport, "_tempDataLen")
-            and hasattr(transport, "dataBuffer") and hasattr(transport, "TLS")
-            and hasattr(transport, "socket")):
-        return None
-    t = transport
-    send = transport.socket.send
-
-    def write(data: bytes) -> None:
-        if (t._tempDataLen or t.dataBuffer or t.TLS or t.disconnecting
-                or not t.connected or t._writeDisconnected):
-            t.write(data)
-            return
-        try:
-            n = send(data)
-        except OSError:  # EAGAIN, or an error the reactor will find and report
-            t.write(data)
-            return
-        if n < len(data):
-            t.write(data[n:])  # the rest is queued
-    return write
-
-
-class FastNetstringReceiver(NetstringReceiver):
-    """
-    A :class:`NetstringReceiver` (same frames, same MAX_LENGTH, same
-    ``_handleParseError`` on bad input) with a faster receive loop and write
-    batching:
-
-    - frames are cut out of each chunk by offset, instead of re-slicing the
-      rest of the buffer per frame; a long frame arriving in pieces is joined
-      once, when complete;
-    - every string sent while a chunk is being handled is written in one
-      ``write`` at its end, and a write with nothing queued before it goes to
-      the socket at once (see :func:`_direct_writer`).
-
-    Data arriving after a parse error is ignored.
-    """
-
-    _batch: Optional[list] = None
-    _direct: Any = None
-    #: ``self.transport``, typed for what is used of it (set by makeConnection).
-    _io: _StreamTransport
-    _parts: Optional[list] = None
-    #: While a chunk is handled, what is sent goes out every this many strings
-    #: (memcached's default requests per event is 20 too), so that both peers
-    #: work at once instead of taking turns with whole batches: with 100
-    #: requests in flight, flushing every 20 instead of once per chunk took
-    #: pipelined gets from ~52k to ~85-100k/s and upserts from ~48k to ~80k/s
-    #: (python -m bench --only get100,set100 on a 2-core machine).
-    flushEvery = 20
-
-    def makeConnection(self, transport: Any) -> None:
-        self._buf = b""
-        self._parts = None  # pieces of one long frame, while it arrives
-        self._have = self._need = 0
-        self._batch = None
-        self._direct = _direct_writer(transport)
-        self._io = transport
-        NetstringReceiver.makeConnection(self, transport)
-
-    def sendString(self, string: bytes) -> None:
-        data = b"%d:%s," % (len(string), string)
-        batch = self._batch
-        if batch is not None:
-            batch.append(data)
-            if len(batch) >= self.flushEvery or len(data) >= 16384:
-                # Hand many or big replies over now, so that the transport's
-                # flow control sees them (BucketServerProtocol.pauseProducing),
-                # and the peer works on the first ones while the next are made.
-                self._flush(batch)
-                del batch[:]
-        elif self._direct is not None:
-            self._direct(data)
-        else:
-            self._io.write(data)
-
-    def _flush(self, batch: list) -> None:
-        data = batch[0] if len(batch) == 1 else b"".join(batch)
-        if self._direct is not None:
-            self._direct(data)
-        else:
-            self._io.write(data)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.brokenPeer:
-            return
-        parts = self._parts
-        if parts is not None:
-            parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return
-            data = b"".join(parts)
-            self._parts = None
-        elif self._buf:
-            data = self._buf + data
-        self._buf = b""
-        outer = self._batch
-        batch = self._batch = [] if outer is None else outer
-        try:
-            self._frames(data)
-        finally:
-            if outer is None:
-                self._batch = None
-                if batch:
-                    self._flush(batch)
-
-    def _frames(self, data: bytes) -> None:
-        n = len(data)
-        pos = 0
-        find = data.find
-        received = self.stringReceived
-        while pos < n:
-            colon = find(b":", pos, pos + 21)
-            if colon < 0:
-                prefix = data[pos:]
-                if (len(prefix) > 20 or not prefix.isdigit()
-                        or (prefix[0] == 0x30 and len(prefix) > 1)
-                        or int(prefix) > self.MAX_LENGTH):
-                    self._parse_error()
-                    return
-                self._buf = prefix
-                return
-            prefix = data[pos:colon]
-            if (not prefix.isdigit() or (prefix[0] == 0x30 and colon - pos > 1)):
-                self._parse_error()
-                return
-            length = int(prefix)
-            if length > self.MAX_LENGTH:
-                self._parse_error()
-                return
-            end = colon + 1 + length
-            if end >= n:  # the payload or its comma is still to come
-                rest = data[pos:]
-                if end - pos > 65536:
-                    self._parts = [rest]
-                    self._have = len(rest)
-                    self._need = end + 1 - pos
-                else:
-                    self._buf = rest
-                return
-            if data[end] != 0x2C:  # ","
-                self._parse_error()
-                return
-            received(data[colon + 1:end])
-            pos = end + 1
-            if self.brokenPeer:
-                return
-
-    def _parse_error(self) -> None:
-        self._buf = b""
-        self._parts = None
-        self._handleParseError()
-        self.brokenPeer = 1
 
 
 class BucketServerProtocol(FastNetstringReceiver):
@@ -413,7 +192,7 @@ class BucketServerProtocol(FastNetstringReceiver):
                     req.persist_to, req.replicate_to, bucket.max_persist_to,
                     bucket.max_replicate_to, req.key)
                 result = call(bucket, req)
-                if not bucket._on_durable(result, persist, replicate,
+                if not bucket.on_durable(result, persist, replicate,
                                           _DurableReply(self, req, encode)):
                     self._send(encode(result, req))
             except CouchbaseError as e:
@@ -604,7 +383,7 @@ def _flush(p: BucketServerProtocol, r: Request) -> Any:
 
 def _scan(p: BucketServerProtocol, r: Request) -> Any:
     """One batch per request, nothing kept in between (docs/protocol.rst, 3.1)."""
-    from txcb.codec import (
+    from txcb.wire.netstring import (
         MAX_SCAN_BATCH, MAX_SCAN_BYTES, OPT_IDS_ONLY, decode_scan_request, encode_scan_reply)
     try:
         batch_size, batch_bytes, prefix, start, end = decode_scan_request(r.value)
@@ -716,7 +495,7 @@ def _sync_handlers(bucket: Any) -> Dict[int, Any]:
     cls = type(bucket)
     table = _sync_cache.get(cls)
     if table is None:
-        from txcb.embedded import EmbeddedBucket
+        from txcb.buckets.embedded import EmbeddedBucket
         table = {Op.NOOP: _noop_now}
         if issubclass(cls, EmbeddedBucket):
             for opcode, (names, handler) in _SYNC.items():
@@ -752,13 +531,13 @@ def _durable_handlers(bucket: Any, sync: Dict[int, Any]) -> Dict[int, Any]:
     The durable mutations this bucket can serve without Deferreds: those
     served synchronously (``sync``, from :func:`_sync_handlers`) on a bucket
     whose ``_durable`` is EmbeddedBucket's (durability customised, if at
-    all, through ``_on_durable``), neither replaced on the instance.
+    all, through ``on_durable``), neither replaced on the instance.
     """
-    from txcb.embedded import EmbeddedBucket
+    from txcb.buckets.embedded import EmbeddedBucket
     if getattr(type(bucket), "_durable", None) is not EmbeddedBucket._durable:
         return {}
     patched = getattr(bucket, "__dict__", None) or {}
-    if "_durable" in patched or "_on_durable" in patched:
+    if "_durable" in patched or "on_durable" in patched:
         return {}
     return {op: h for op, h in _DURABLE.items() if op in sync}
 
@@ -794,7 +573,7 @@ def _own_get_multi(bucket: Any) -> bool:
     cls = type(bucket)
     own = _own_get_multi_cache.get(cls)
     if own is None:
-        from txcb.embedded import EmbeddedBucket
+        from txcb.buckets.embedded import EmbeddedBucket
         own = _own_get_multi_cache[cls] = (
             getattr(cls, "get_multi", None) is EmbeddedBucket.get_multi)
     return own and "get_multi" not in (getattr(bucket, "__dict__", None) or ())
@@ -820,7 +599,7 @@ def _multi_reply(p: BucketServerProtocol, r: Request, entries: list) -> bytes:
 def _multi_entries(keys: list, results: Any, error: Optional[CouchbaseError]) -> list:
     """
     The entries of a MultiResult.  ``error``: the call's, if it failed (the
-    first failed key's, see txcb._multi.gather_results), whose message goes
+    first failed key's, see txcb.multi.gather_results), whose message goes
     with its key; other failed keys have only an rc, and the generic message.
     """
     from txcb.errors import exception_for_rc

@@ -1,13 +1,13 @@
 """
 The sans-IO request builder of both clients (no Twisted): one function per
 operation checks its arguments, encodes the value or body, and returns the
-request's fields, in the order of :func:`txcb.codec.encode_request`'s
+request's fields, in the order of :func:`txcb.wire.netstring.encode_request`'s
 arguments after the opaque, with the caller's key second::
 
     (opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to)
 
-:class:`txcb.client.RemoteBucket` sends them with its own header packing
-(opaque filled in), :class:`txcb.blocking.Bucket` with ``encode_request``.
+:class:`txcb.client.remote.RemoteBucket` sends them with its own header packing
+(opaque filled in), :class:`txcb.client.blocking.Bucket` with ``encode_request``.
 Bad arguments raise the :mod:`txcb.errors` exceptions (with ``key``) here,
 before anything is sent.  ``transcoder`` and ``max_value_size`` are the
 caller's (the latter as the server said in its HELLO).
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from txcb._validate import (
+from txcb.validation import (
     MAX_KEY_LEN, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
-from txcb.codec import (
+from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, Op, encode_multi_keys, encode_scan_request)
 from txcb.errors import (
@@ -143,7 +143,7 @@ def endure(key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
 
 def scan_batch(batch_size: int, batch_bytes: int, prefix: bytes, start: bytes, end: bytes,
                ids_only: bool) -> Fields:
-    """One SCAN batch from ``start``; the arguments as :func:`txcb.codec.scan_args` gave."""
+    """One SCAN batch from ``start``; the arguments as :func:`txcb.wire.netstring.scan_args` gave."""
     body = encode_scan_request(batch_size, batch_bytes, prefix, start, end)
     return (Op.SCAN, None, b"", body, 0, 0, 0, OPT_IDS_ONLY if ids_only else 0, 0, 0)
 
@@ -271,7 +271,7 @@ def check_multi_frame(nkeys: int, pos: int, count: int, last: bool) -> None:
 def multi_entries(keys: List[Any], pos: int, entries: List[tuple], last: bool, quiet: bool,
                   transcoder: Any, results: Dict[Any, Any], errors: Dict[Any, Any]) -> int:
     """
-    Record one reply frame's entries (from :func:`txcb.codec.decode_multi_reply`)
+    Record one reply frame's entries (from :func:`txcb.wire.netstring.decode_multi_reply`)
     for ``keys[pos:]``; returns the position after them.  ``last``: the frame
     is the reply's last.  Raises ProtocolError (recording nothing) if the
     entries do not fit the keys (see :func:`check_multi_frame`).

@@ -1,0 +1,22 @@
+"""
+txcb's clients: the Twisted client (:mod:`txcb.client.remote`), the blocking
+client (:mod:`txcb.client.blocking`, no Twisted) and the request builder they
+share (:mod:`txcb.client.requests`).
+
+``from txcb.client import connect, RemoteBucket, ...`` keeps working: the
+Twisted client's public names are loaded from :mod:`txcb.client.remote` on
+first use, so importing the blocking client imports no Twisted.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError("module 'txcb.client' has no attribute %r" % (name,))
+    value = getattr(import_module("txcb.client.remote"), name)
+    globals()[name] = value
+    return value

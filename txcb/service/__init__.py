@@ -1,0 +1,6 @@
+"""
+The service layer, on top of everything else: the ``twistd txcb`` plugin's
+options and service (:mod:`txcb.service.tap`), Prometheus metrics
+(:mod:`txcb.service.metrics`) and txcb's reactor (:mod:`txcb.service.reactor`).
+Nothing below this layer imports it.
+"""

@@ -1,0 +1,349 @@
+"""
+Prometheus metrics for a txcb server: ``twistd txcb --metrics ENDPOINT``.
+
+Off by default.  With ``--metrics 9100`` (a bare port listens on 127.0.0.1
+only) or any server endpoint string (``--metrics tcp:9100:interface=0.0.0.0``)
+the service answers ``GET /metrics`` with the Prometheus text exposition
+format (or OpenMetrics, if the scraper asks for it), made by the
+``prometheus_client`` library from a registry private to the service.
+
+What is exported (every name starts with ``txcb_``):
+
+=====================================  =========  ===================================
+name                                   type       what
+=====================================  =========  ===================================
+``txcb_info``                          info       version, bucket name and type
+``txcb_operations_total{op}``          counter    bucket operations, by kind
+``txcb_get_hits_total``                counter    reads that found the key
+``txcb_get_misses_total``              counter    reads that did not
+``txcb_expired_total``                 counter    items that expired
+``txcb_items``                         gauge      items stored
+``txcb_bytes``                         gauge      bytes of keys and values stored
+``txcb_locked_items``                  gauge      items locked now
+``txcb_high_seqno``                    gauge      the last mutation's sequence number
+``txcb_uptime_seconds``                gauge      since the bucket started
+``txcb_connections``                   gauge      client connections open
+``txcb_connections_total``             counter    client connections accepted
+``txcb_connections_rejected_total``    counter    refused over the connection limit
+``txcb_request_duration_seconds{op}``  histogram  request to reply, in the server
+``txcb_request_errors_total{op,status}`` counter  error replies, by status name
+``txcb_disk_*``, ``txcb_warmup_*``     various    a persistent bucket's write queue,
+                                                  items and batches written, write
+                                                  errors, persisted seqno, warm-up
+``process_*``, ``python_*``            various    the usual process and runtime ones
+=====================================  =========  ===================================
+
+Cost.  Nothing is counted twice: the bucket's own counters (``stats()``) and
+the server's connection counters are read when Prometheus scrapes, by a
+custom collector, on the reactor thread that owns them.  The only per-request
+work is timing each request into a plain-Python histogram (a bisect and two
+additions, no locks: the reactor is single-threaded), done by a subclass of
+the server protocol installed only when ``--metrics`` is given; without it
+the server runs exactly as before.  Error replies are counted on the error
+path only.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from time import perf_counter
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from txcb import __version__
+from txcb.wire.netstring import Op
+from txcb.errors import RC, CouchbaseError
+from txcb.server.netstring import BucketServerProtocol
+
+__all__ = ["ServerMetrics", "MeteredServerProtocol", "metered", "LatencyHistograms",
+           "install_metrics", "metrics_site"]
+
+#: Upper bounds of the latency histogram buckets, in seconds.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                   0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+OP_NAMES: Dict[int, str] = {v: k.lower() for k, v in vars(Op).items()
+                            if not k.startswith("_") and isinstance(v, int)}
+STATUS_NAMES: Dict[int, str] = {v: k.lower() for k, v in vars(RC).items()
+                                if not k.startswith("_") and isinstance(v, int)}
+
+
+def _op_name(opcode: int) -> str:
+    return OP_NAMES.get(opcode, "0x%02x" % (opcode,))
+
+
+class LatencyHistograms:
+    """Per-opcode latency histograms, cheap to update (reactor thread only)."""
+
+    def __init__(self, bounds: Tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        # opcode -> [per-bucket counts (the last one is +Inf), sum of seconds]
+        self.by_op: Dict[int, List[Any]] = {}
+        self.errors: Dict[Tuple[int, int], int] = {}
+
+    def histogram(self, opcode: int) -> List[Any]:
+        h = self.by_op.get(opcode)
+        if h is None:
+            h = self.by_op[opcode] = [[0] * (len(self.bounds) + 1), 0.0]
+        return h
+
+    def observe(self, opcode: int, seconds: float) -> None:
+        h = self.histogram(opcode)
+        h[0][bisect_left(self.bounds, seconds)] += 1
+        h[1] += seconds
+
+    def error(self, opcode: int, status: int) -> None:
+        k = (opcode, status)
+        self.errors[k] = self.errors.get(k, 0) + 1
+
+
+def metered(base: Any) -> Any:
+    """
+    A subclass of the server protocol ``base`` timing every request, from
+    its arrival to its reply, into ``factory.metrics.latency``.
+
+    A request answered while it is being handled (nearly all of them) is
+    timed around ``stringReceived``; one answered later (a durable write,
+    ENDURE) is remembered by its opaque until its reply is sent.  The base
+    class's methods are bound once, here, to keep the per-request cost to
+    two clock reads, a dict lookup, a bisect and two additions.
+    """
+    if getattr(base, "_txcb_metered", False):
+        return base
+    received = base.stringReceived
+    send = base._send
+    error = base._error
+    internal_error = base._internal_error
+    made = base.connectionMade
+    bounds = LATENCY_BUCKETS
+
+    class Metered(base):  # type: ignore[misc, valid-type]
+        _txcb_metered = True
+
+        def connectionMade(self) -> None:
+            made(self)
+            self._latency = self.factory.metrics.latency
+            self._by_op = self._latency.by_op
+            self._started: Dict[bytes, Tuple[int, float]] = {}
+
+        def stringReceived(self, payload: bytes) -> None:
+            inflight = self._inflight
+            t0 = perf_counter()
+            received(self, payload)
+            dt = perf_counter() - t0
+            if self._inflight == inflight:
+                try:
+                    h = self._by_op[payload[1]]
+                except (KeyError, IndexError):
+                    if len(payload) < 12:
+                        return  # not a request
+                    h = self._latency.histogram(payload[1])
+                h[0][bisect_left(bounds, dt)] += 1
+                h[1] += dt
+            elif len(payload) >= 12:
+                self._started[payload[8:12]] = (payload[1], t0)
+
+        def _send(self, payload: bytes) -> None:
+            started = self._started
+            if started:
+                s = started.pop(payload[4:8], None)
+                if s is not None:
+                    self._latency.observe(s[0], perf_counter() - s[1])
+            send(self, payload)
+
+        def _error(self, e: CouchbaseError, req: Any) -> None:
+            self._latency.error(req.opcode, e.rc & 0xFFFF)
+            error(self, e, req)
+
+        def _internal_error(self, f: Any, req: Any) -> None:
+            self._latency.error(req.opcode, RC.EINTERNAL)
+            internal_error(self, f, req)
+
+    Metered.__name__ = Metered.__qualname__ = "Metered" + base.__name__
+    return Metered
+
+
+#: The txcb server protocol, metered.
+MeteredServerProtocol = metered(BucketServerProtocol)
+
+
+def _bucket_stats(bucket: Any) -> Dict[str, Any]:
+    """The bucket's counters now, without waiting (empty if not available now)."""
+    try:
+        sync = getattr(bucket, "stats_sync", None)
+        if sync is not None:
+            return sync()
+        got: List[Any] = []
+        bucket.stats().addBoth(got.append)
+        return got[0] if got and isinstance(got[0], dict) else {}
+    except CouchbaseError:  # closed, not started...
+        return {}
+
+
+# stats key -> (metric name, type, help); the disk ones appear for persistent buckets.
+_SIMPLE = [
+    ("hits", "txcb_get_hits", "counter", "Reads that found the key."),
+    ("misses", "txcb_get_misses", "counter", "Reads that did not find the key."),
+    ("expired", "txcb_expired", "counter", "Items that expired."),
+    ("items", "txcb_items", "gauge", "Items stored."),
+    ("bytes", "txcb_bytes", "gauge", "Bytes of keys and values stored."),
+    ("locked", "txcb_locked_items", "gauge", "Items locked now."),
+    ("high_seqno", "txcb_high_seqno", "gauge", "Sequence number of the last mutation."),
+    ("uptime", "txcb_uptime_seconds", "gauge", "Seconds since the bucket started."),
+    ("disk_write_queue", "txcb_disk_write_queue", "gauge",
+     "Mutations waiting to be written to disk."),
+    ("disk_flushed", "txcb_disk_flushed", "counter", "Mutations written to disk."),
+    ("disk_batches", "txcb_disk_batches", "counter", "Write batches committed to disk."),
+    ("disk_errors", "txcb_disk_errors", "counter", "Write batches that failed."),
+    ("disk_last_flush_duration", "txcb_disk_last_flush_duration_seconds", "gauge",
+     "Duration of the last write batch."),
+    ("disk_last_batch", "txcb_disk_last_batch_items", "gauge",
+     "Mutations in the last write batch."),
+    ("persisted_seqno", "txcb_disk_persisted_seqno", "gauge",
+     "Highest sequence number known to be on disk."),
+    ("warmup_time", "txcb_warmup_seconds", "gauge", "Duration of the warm-up from disk."),
+    ("warmup_items", "txcb_warmup_items", "gauge", "Items loaded at warm-up."),
+]
+
+
+class BucketCollector:
+    """Reads the bucket's and the server's counters at scrape time."""
+
+    def __init__(self, metrics: "ServerMetrics") -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        m = self.metrics
+        stats = _bucket_stats(m.bucket)
+        yield InfoMetricFamily("txcb", "The txcb server.", value={
+            "version": __version__, "bucket": str(getattr(m.bucket, "name", "default")),
+            "bucket_type": str(stats.get("bucket_type", getattr(m.bucket, "bucket_type", "")))})
+        ops = CounterMetricFamily("txcb_operations", "Bucket operations, by kind.",
+                                  labels=["op"])
+        for name, value in sorted(stats.items()):
+            if name.startswith("op_") and isinstance(value, (int, float)):
+                ops.add_metric([name[3:]], value)
+        yield ops
+        for key, name, kind, text in _SIMPLE:
+            value = stats.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                yield family(name, text, value=value)
+        server = m.server_stats
+        if server is not None:
+            yield GaugeMetricFamily("txcb_connections", "Client connections open.",
+                                    value=server.connections)
+            yield CounterMetricFamily("txcb_connections", "Client connections accepted.",
+                                      value=server.total_connections)
+            yield CounterMetricFamily("txcb_connections_rejected",
+                                      "Client connections refused over the limit.",
+                                      value=server.rejected_connections)
+        lat = m.latency
+        hist = HistogramMetricFamily(
+            "txcb_request_duration_seconds",
+            "Time from a request's arrival to its reply, in the server.", labels=["op"])
+        for opcode, (counts, total) in sorted(lat.by_op.items()):
+            buckets = []
+            acc = 0
+            for bound, n in zip(lat.bounds, counts):
+                acc += n
+                buckets.append((repr(bound), acc))
+            buckets.append(("+Inf", acc + counts[-1]))
+            hist.add_metric([_op_name(opcode)], buckets, total)
+        yield hist
+        errors = CounterMetricFamily("txcb_request_errors", "Error replies, by status.",
+                                     labels=["op", "status"])
+        for (opcode, status), n in sorted(lat.errors.items()):
+            errors.add_metric([_op_name(opcode),
+                               STATUS_NAMES.get(status, "0x%04x" % (status,))], n)
+        yield errors
+
+
+class ServerMetrics:
+    """
+    The metrics of one served bucket, in a registry of their own.
+
+    :param bucket: the served bucket (read with ``stats_sync()`` or
+        ``stats()`` at scrape time).
+    :param server_stats: the server's :class:`~txcb.server.netstring.ServerStats`.
+    :param process: also export the process and Python runtime metrics.
+    """
+
+    def __init__(self, bucket: Any, server_stats: Any = None, process: bool = True) -> None:
+        self.bucket = bucket
+        self.server_stats = server_stats
+        self.latency = LatencyHistograms()
+        self.registry = CollectorRegistry()
+        self.registry.register(BucketCollector(self))
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+
+class MetricsPage(Resource):
+    """
+    ``/metrics``: the registry rendered on the reactor thread (the collector
+    reads state the reactor owns, so not from a thread pool as
+    ``prometheus_client.twisted.MetricsResource`` would).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        Resource.__init__(self)
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> bytes:
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return encoder(self.registry)
+
+
+class _Root(Resource):
+    def getChild(self, name: bytes, request: Any) -> Resource:
+        return self if name == b"" else Resource.getChild(self, name, request)
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"txcb metrics: GET /metrics\n"
+
+
+class _QuietSite(Site):
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        """No access log line per scrape."""
+
+
+def metrics_site(metrics: ServerMetrics) -> Site:
+    """The web site serving ``/metrics`` for these metrics."""
+    root = _Root()
+    root.putChild(b"metrics", MetricsPage(metrics.registry))  # type: ignore[arg-type]
+    return _QuietSite(root)
+
+
+def install_metrics(parent: Any, bucket: Any, factory: Any, description: str,
+                    reactor: Any) -> ServerMetrics:
+    """
+    Meter ``factory`` (a :class:`~txcb.server.netstring.BucketServerFactory`) and
+    serve its metrics on ``description`` as a child service of ``parent``.
+    """
+    from txcb.service.tap import ListenService
+    metrics = ServerMetrics(bucket, getattr(factory, "stats", None))
+    factory.metrics = metrics
+    factory.protocol = (MeteredServerProtocol if factory.protocol is BucketServerProtocol
+                        else metered(factory.protocol))
+    service = ListenService(description, metrics_site(metrics), reactor, what="txcb metrics")
+    service.setServiceParent(parent)
+    return metrics
