@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from txcb.errors import CouchbaseError, RC
 from txcb.results import MultiResult, OperationResult, ValueResult
 
-__all__ = ["MultiMixin", "gather_results"]
+__all__ = ["MultiMixin", "gather_results", "unique"]
 
 
 def gather_results(pairs: List[Tuple[Any, Deferred]], result_cls: type = OperationResult
@@ -67,7 +67,7 @@ def gather_results(pairs: List[Tuple[Any, Deferred]], result_cls: type = Operati
     return out
 
 
-def _unique(keys: Iterable[Any]) -> List[Any]:
+def unique(keys: Iterable[Any]) -> List[Any]:
     if isinstance(keys, (str, bytes)):
         raise TypeError("keys must be an iterable of keys, not a single key")
     return list(dict.fromkeys(keys))
@@ -107,7 +107,7 @@ class MultiMixin:
 
     def _each(self, keys: Iterable[Any], call: Callable[[Any], Deferred],
               result_cls: type = OperationResult) -> Deferred:
-        return gather_results([(k, call(k)) for k in _unique(keys)], result_cls)
+        return gather_results([(k, call(k)) for k in unique(keys)], result_cls)
 
     def _each_item(self, mapping: Any, call: Callable[[Any, Any], Deferred]) -> Deferred:
         items = mapping.items() if hasattr(mapping, "items") else mapping

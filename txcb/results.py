@@ -15,7 +15,7 @@ from txcb.errors import RC
 
 __all__ = ["Result", "OperationResult", "ValueResult", "ScanItem", "MultiResult"]
 
-_UNSET = object()
+UNSET = object()
 
 
 class Result:
@@ -76,7 +76,7 @@ class ValueResult(OperationResult):
     __slots__ = ("flags", "raw", "_value", "_transcoder")
 
     def __init__(self, key: Any, raw: Optional[bytes] = None, flags: int = 0, cas: int = 0,
-                 rc: int = RC.SUCCESS, transcoder: Any = None, value: Any = _UNSET,
+                 rc: int = RC.SUCCESS, transcoder: Any = None, value: Any = UNSET,
                  seqno: int = 0) -> None:
         self.key = key
         self.rc = rc
@@ -90,7 +90,7 @@ class ValueResult(OperationResult):
     @property
     def value(self) -> Any:
         v = self._value
-        if v is _UNSET:
+        if v is UNSET:
             if self.raw is None:
                 v = None
             elif self._transcoder is None:

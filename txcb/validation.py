@@ -6,13 +6,8 @@ from typing import Any
 
 from txcb.errors import ArgumentError, DurabilityError
 
-MAX_KEY_LEN = 250
-#: TTLs up to this many seconds are relative; larger ones are Unix times.
-THIRTY_DAYS = 30 * 24 * 3600
-MAX_TTL = 0xFFFFFFFF
-DEFAULT_MAX_VALUE_SIZE = 20 * 1024 * 1024
-MAX_LOCK_TTL = 30
-U64 = 0xFFFFFFFFFFFFFFFF
+from txcb.limits import (  # noqa: F401 (re-exported: the checks' limits)
+    DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_LOCK_TTL, MAX_TTL, THIRTY_DAYS, U64)
 
 
 def to_key(key: Any) -> bytes:

@@ -65,7 +65,7 @@ from txcb.buckets._mcconn import (  # noqa: F401
     K_NONE, K_PROBE, K_SASL, K_STATS, K_VALUE, NEW, UP, O, _COUNTER_TRIES, _U32, _Batch,
     _ConnFactory, MemcachedProtocol, _flags_of, _log, _Multi, _no_locks, _Op, _Server,
     _stat_value)
-from txcb.multi import MultiMixin, _unique
+from txcb.multi import MultiMixin, unique
 from txcb.validation import (
     MAX_KEY_LEN, check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability, to_key)
 from txcb.errors import (
@@ -735,7 +735,7 @@ class MemcachedPool(MultiMixin):
                   timeout: Optional[float] = None) -> Deferred:
         """One GETKQ (GATKQ with a ttl) batch per server, each closed by a NOOP."""
         try:
-            keys = _unique(keys)
+            keys = unique(keys)
             if ttl:
                 check_ttl(ttl)
         except (CouchbaseError, TypeError) as e:
@@ -784,7 +784,7 @@ class MemcachedPool(MultiMixin):
     def remove_multi(self, keys: Iterable[Any], quiet: bool = False, persist_to: int = 0,
                      replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
         try:
-            keys = _unique(keys)
+            keys = unique(keys)
             self._durability(persist_to, replicate_to, None)
         except (CouchbaseError, TypeError) as e:
             return fail(e if isinstance(e, CouchbaseError) else ArgumentError(str(e)))

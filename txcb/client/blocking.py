@@ -193,7 +193,7 @@ class _MultiReq(_Req):
         self.entries: List[tuple] = []
 
 
-def _unique(keys: Iterable[Any]) -> List[Any]:
+def unique(keys: Iterable[Any]) -> List[Any]:
     if isinstance(keys, (str, bytes)):
         raise TypeError("keys must be an iterable of keys, not a single key")
     return list(dict.fromkeys(keys))
@@ -692,7 +692,7 @@ class Bucket:
         ``all_results`` holds every key's result).  One GET_MULTI request per
         chunk of keys where the server has it (docs/protocol.rst, 3.2), else
         a GET per key, pipelined."""
-        keys = _unique(keys)
+        keys = unique(keys)
         with self._lock:
             self._ensure_connected()
             max_keys = self._multi_get_keys
@@ -749,24 +749,24 @@ class Bucket:
     def remove_multi(self, keys: Iterable[Any], quiet: bool = False, persist_to: int = 0,
                      replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
         """remove() for many keys, pipelined."""
-        return self._gather(_unique(keys), lambda k: self._r_remove(
+        return self._gather(unique(keys), lambda k: self._r_remove(
             k, 0, quiet, persist_to, replicate_to, timeout))
 
     def touch_multi(self, keys: Iterable[Any], ttl: int = 0,
                     timeout: Optional[float] = None) -> MultiResult:
         """touch() for many keys, pipelined."""
-        return self._gather(_unique(keys), lambda k: self._r_touch(k, ttl, timeout))
+        return self._gather(unique(keys), lambda k: self._r_touch(k, ttl, timeout))
 
     def counter_multi(self, keys: Iterable[Any], delta: int = 1, initial: Any = None,
                       ttl: int = 0, timeout: Optional[float] = None) -> MultiResult:
         """counter() for many keys, pipelined."""
-        return self._gather(_unique(keys), lambda k: self._r_counter(
+        return self._gather(unique(keys), lambda k: self._r_counter(
             k, delta, initial, ttl, timeout), ValueResult)
 
     def lock_multi(self, keys: Iterable[Any], ttl: int = 15,
                    timeout: Optional[float] = None) -> MultiResult:
         """lock() for many keys, pipelined."""
-        return self._gather(_unique(keys), lambda k: self._r_lock(k, ttl, timeout),
+        return self._gather(unique(keys), lambda k: self._r_lock(k, ttl, timeout),
                             ValueResult)
 
     def unlock_multi(self, keys: Any, timeout: Optional[float] = None) -> MultiResult:

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txcb.client import requests as _rq
-from txcb.multi import MultiMixin, _unique, gather_results
+from txcb.multi import MultiMixin, unique, gather_results
 from txcb.transport import FastNetstringReceiver, set_nodelay
 from txcb.validation import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
 from txcb.wire.netstring import (
@@ -41,7 +41,7 @@ from txcb.errors import (
     TimeoutError, exception_for_rc)
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.interfaces import IBucket
-from txcb.results import _UNSET, MultiResult, OperationResult, ValueResult
+from txcb.results import UNSET, MultiResult, OperationResult, ValueResult
 
 __all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect"]
 
@@ -270,7 +270,7 @@ class BucketClientProtocol(FastNetstringReceiver):
                     del pending[opaque]
                     entry[0].callback(
                         ValueResult(entry[2], payload[HEADER_LEN:], flags, cas, 0,
-                                    self.transcoder, _UNSET, seqno) if kind == _VALUE
+                                    self.transcoder, UNSET, seqno) if kind == _VALUE
                         else OperationResult(entry[2], cas, 0, seqno))
                     return
                 if kind == _MULTI:
@@ -694,7 +694,7 @@ class RemoteBucket(MultiMixin):
     _multi: Optional["_MultiCall"] = None
 
     def _each(self, keys: Any, call: Any, result_cls: type = OperationResult) -> Deferred:
-        keys = _unique(keys)
+        keys = unique(keys)
         return self._gather(lambda: [(k, call(k)) for k in keys], result_cls)
 
     def _each_item(self, mapping: Any, call: Any) -> Deferred:
@@ -747,7 +747,7 @@ class RemoteBucket(MultiMixin):
         p = self._proto
         if p is None or not p.multi_get_keys or p._lost is not None or self._multi is not None:
             return self._each(keys, lambda k: self.get(k, ttl, quiet, timeout), ValueResult)
-        keys = _unique(keys)
+        keys = unique(keys)
         if ttl:
             try:
                 check_ttl(ttl)

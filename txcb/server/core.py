@@ -7,7 +7,26 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-__all__ = ["ServerStats"]
+from zope.interface import Interface
+
+__all__ = ["ServerStats", "IRequestObserver"]
+
+
+class IRequestObserver(Interface):
+    """
+    Told of every request an endpoint served, whatever its protocol: how
+    metrics (``--metrics``) count the netstring, memcached and any later
+    endpoint alike.  A factory's ``observer`` is None unless one is
+    installed, and then the endpoints do no per-request work for it.
+    """
+
+    def request_done(op, status, started):
+        """
+        One request was answered.  ``op``: the IBucket operation it was
+        ("get", "upsert", "get_multi", "stats", ...); ``status``: 0, or the
+        rc of the error it was answered with; ``started``:
+        ``time.perf_counter()`` when its bytes were read.
+        """
 
 
 class ServerStats:

@@ -24,7 +24,7 @@ from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_INITIAL, OPT_QUIET, REQ_MAGIC, RES_MAGIC, FrameError, Op, Request, decode_request,
     encode_response)
-from txcb.wire.netstring import _req_unpack, _res_pack
+from txcb.wire.netstring import req_unpack, res_pack
 from txcb.wire.netstring import (
     MAX_MULTI, MULTI_FRAME_BYTES, encode_multi_frame, encode_multi_keys, encode_multi_reply,
     encode_request)
@@ -122,7 +122,7 @@ class BucketServerProtocol(FastNetstringReceiver):
             bucket = self.factory.bucket
             if bucket is self._sync_for and op in self._sync:
                 _m, _o, p_to, r_to, options, keylen, opaque, cas, ttl, flags = \
-                    _req_unpack(payload)
+                    req_unpack(payload)
                 end = HEADER_LEN + keylen
                 if 0 < keylen <= 250 and (end == n if op == 0x00 else end <= n) \
                         and not (p_to or r_to):
@@ -142,13 +142,13 @@ class BucketServerProtocol(FastNetstringReceiver):
                             self._internal_error(Failure(), req)
                         return
                     if op:
-                        self.sendString(_res_pack(RES_MAGIC, 0x01, 0, opaque, result.cas, 0,
+                        self.sendString(res_pack(RES_MAGIC, 0x01, 0, opaque, result.cas, 0,
                                                   result.seqno))
                     elif result.rc:  # a quiet miss
-                        self.sendString(_res_pack(RES_MAGIC, 0x00, result.rc, opaque,
+                        self.sendString(res_pack(RES_MAGIC, 0x00, result.rc, opaque,
                                                   0, 0, 0))
                     else:
-                        self.sendString(_res_pack(RES_MAGIC, 0x00, 0, opaque, result.cas,
+                        self.sendString(res_pack(RES_MAGIC, 0x00, 0, opaque, result.cas,
                                                   result.flags, result.seqno) + result.raw)
                     return
         try:
@@ -418,8 +418,8 @@ def _hello(p: BucketServerProtocol, r: Request) -> Any:
 
 def _value_now(result: Any, r: Request) -> bytes:
     if result.rc:  # a quiet miss
-        return _res_pack(RES_MAGIC, r.opcode, result.rc, r.opaque, 0, 0, 0)
-    return _res_pack(RES_MAGIC, r.opcode, 0, r.opaque, result.cas, result.flags,
+        return res_pack(RES_MAGIC, r.opcode, result.rc, r.opaque, 0, 0, 0)
+    return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, result.cas, result.flags,
                      result.seqno) + result.raw
 
 

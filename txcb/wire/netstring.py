@@ -19,7 +19,7 @@ from typing import List, Optional
 from txcb.errors import RC
 
 __all__ = [
-    "Op", "Request", "Response", "FrameError", "NetstringDecoder",
+    "Op", "Request", "Response", "FrameError", "NetstringDecoder", "req_unpack", "res_pack",
     "encode_request", "decode_request", "encode_response", "decode_response",
     "netstring", "REQ_MAGIC", "RES_MAGIC", "HEADER_LEN", "OPT_DECREMENT",
     "OPT_INITIAL", "OPT_CHECK_REMOVED", "OPT_QUIET", "COUNTER_BODY",
@@ -156,8 +156,8 @@ class Response:
 
 
 _req_pack = _REQ.pack
-_req_unpack = _REQ.unpack_from
-_res_pack = _RES.pack
+req_unpack = _REQ.unpack_from
+res_pack = _RES.pack
 _res_unpack = _RES.unpack_from
 
 
@@ -177,7 +177,7 @@ def decode_request(payload: bytes) -> Request:
         raise FrameError("request shorter than the %d-byte header" % HEADER_LEN,
                          opaque=opaque, fatal=opaque is None)
     magic, opcode, persist_to, replicate_to, options, keylen, opaque, cas, ttl, flags = \
-        _req_unpack(payload)
+        req_unpack(payload)
     if magic != REQ_MAGIC:
         raise FrameError("bad magic 0x%02x" % magic, opaque=opaque, opcode=opcode, fatal=True)
     if opcode not in KNOWN_OPS:
@@ -209,7 +209,7 @@ def decode_request(payload: bytes) -> Request:
 def encode_response(opcode: int, opaque: int, status: int = 0, cas: int = 0, flags: int = 0,
                     seqno: int = 0, body: bytes = b"") -> bytes:
     """The payload of a response; on error ``body`` is a UTF-8 message."""
-    return _res_pack(RES_MAGIC, opcode, status, opaque, cas, flags, seqno) + body
+    return res_pack(RES_MAGIC, opcode, status, opaque, cas, flags, seqno) + body
 
 
 def decode_response(payload: bytes) -> Response:
@@ -462,7 +462,7 @@ def encode_multi_frame(opaque: int, entries: List[tuple], more: bool = False) ->
     or ``b""`` for a miss); ``more``: frames follow (:data:`MULTI_MORE`).
     """
     pack = MULTI_ENTRY.pack
-    parts: List[bytes] = [_res_pack(RES_MAGIC, Op.GET_MULTI, 0, opaque, 0,
+    parts: List[bytes] = [res_pack(RES_MAGIC, Op.GET_MULTI, 0, opaque, 0,
                                     MULTI_MORE if more else 0, 0)]
     append = parts.append
     for status, cas, flags, data in entries:

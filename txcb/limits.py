@@ -1,0 +1,17 @@
+"""The limits every layer shares, defined once (no Twisted)."""
+
+__all__ = ["MAX_KEY_LEN", "THIRTY_DAYS", "MAX_TTL", "DEFAULT_MAX_VALUE_SIZE",
+           "MAX_LOCK_TTL", "U64", "DEFAULT_TIMEOUT"]
+
+#: Keys are 1 to this many bytes (memcached's and Couchbase's limit).
+MAX_KEY_LEN = 250
+#: TTLs up to this many seconds are relative; larger ones are Unix times.
+THIRTY_DAYS = 30 * 24 * 3600
+MAX_TTL = 0xFFFFFFFF
+#: The largest value a bucket accepts unless told otherwise (20 MiB).
+DEFAULT_MAX_VALUE_SIZE = 20 * 1024 * 1024
+#: Locks last 1 to this many seconds.
+MAX_LOCK_TTL = 30
+U64 = 0xFFFFFFFFFFFFFFFF
+#: Seconds a client operation waits for its reply unless told otherwise.
+DEFAULT_TIMEOUT = 2.5
