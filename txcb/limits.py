@@ -1,7 +1,8 @@
 """The limits every layer shares, defined once (no Twisted)."""
 
 __all__ = ["MAX_KEY_LEN", "THIRTY_DAYS", "MAX_TTL", "DEFAULT_MAX_VALUE_SIZE",
-           "MAX_LOCK_TTL", "U64", "DEFAULT_TIMEOUT"]
+           "MAX_LOCK_TTL", "U64", "DEFAULT_TIMEOUT", "MAX_SCAN_BATCH", "MAX_SCAN_BYTES",
+           "MAX_SCAN_BOUND"]
 
 #: Keys are 1 to this many bytes (memcached's and Couchbase's limit).
 MAX_KEY_LEN = 250
@@ -15,3 +16,8 @@ MAX_LOCK_TTL = 30
 U64 = 0xFFFFFFFFFFFFFFFF
 #: Seconds a client operation waits for its reply unless told otherwise.
 DEFAULT_TIMEOUT = 2.5
+#: A scan batch holds at most this many items and bytes.
+MAX_SCAN_BATCH = 10000
+MAX_SCAN_BYTES = 16 * 1024 * 1024
+#: A scan bound (prefix, start, end) is at most a key and a zero byte.
+MAX_SCAN_BOUND = MAX_KEY_LEN + 1

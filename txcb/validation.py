@@ -7,7 +7,8 @@ from typing import Any
 from txcb.errors import ArgumentError, DurabilityError
 
 from txcb.limits import (  # noqa: F401 (re-exported: the checks' limits)
-    DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_LOCK_TTL, MAX_TTL, THIRTY_DAYS, U64)
+    DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_LOCK_TTL, MAX_SCAN_BATCH, MAX_SCAN_BOUND,
+    MAX_SCAN_BYTES, MAX_TTL, THIRTY_DAYS, U64)
 
 
 def to_key(key: Any) -> bytes:
@@ -90,3 +91,28 @@ def resolve_durability(persist_to: Any, replicate_to: Any, max_persist: int,
         raise DurabilityError(
             "replicate_to=%d but this bucket has %d replica(s)" % (r, max_replicate), key=key)
     return p, r
+
+
+def scan_args(prefix: object, start: object, end: object, ids_only: object,
+              batch_size: object, batch_bytes: object) -> tuple:
+    """
+    Check the arguments of ``IBucket.scan``: returns ``(prefix, start, end,
+    ids_only, batch_size, batch_bytes)`` with the bounds as bytes (``b""``:
+    none); raises :class:`txcb.errors.ArgumentError`.
+    """
+    out = []
+    for name, v in (("prefix", prefix), ("start", start), ("end", end)):
+        if v is None:
+            v = b""
+        elif isinstance(v, str):
+            v = v.encode("utf-8")
+        elif not isinstance(v, bytes):
+            raise ArgumentError("%s must be str, bytes or None, not %r" % (name, v))
+        if len(v) > MAX_SCAN_BOUND:
+            raise ArgumentError("%s must be at most %d bytes" % (name, MAX_SCAN_BOUND))
+        out.append(v)
+    for name, v, top in (("batch_size", batch_size, MAX_SCAN_BATCH),
+                         ("batch_bytes", batch_bytes, MAX_SCAN_BYTES)):
+        if type(v) is not int or not 1 <= v <= top:
+            raise ArgumentError("%s must be an int from 1 to %d, not %r" % (name, top, v))
+    return out[0], out[1], out[2], bool(ids_only), batch_size, batch_bytes

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from txcb.multi import MultiMixin
 from txcb.validation import (
     DEFAULT_MAX_VALUE_SIZE, U64, check_cas, check_delta, check_lock_ttl, check_ttl,
-    expiry_time, resolve_durability, to_key)
+    expiry_time, resolve_durability, scan_args, to_key)
 from txcb.errors import (
     ArgumentError, CouchbaseError, DeltaBadvalError, KeyExistsError, NetworkError,
     NotFoundError, NotStoredError, TemporaryFailError, TimeoutError, TooBigError)
@@ -591,7 +591,6 @@ class EmbeddedBucket(MultiMixin):
              ids_only: bool = False, batch_size: int = 1000,
              batch_bytes: int = 1048576) -> Deferred:
         """See IBucket.scan; batches come from :meth:`scan_batch_sync`."""
-        from txcb.wire.netstring import scan_args
         from txcb.scan import ScanResult
         try:
             _check_open(self)

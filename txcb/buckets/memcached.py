@@ -67,7 +67,8 @@ from txcb.buckets._mcconn import (  # noqa: F401
     _stat_value)
 from txcb.multi import MultiMixin, unique
 from txcb.validation import (
-    MAX_KEY_LEN, check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability, to_key)
+    MAX_KEY_LEN, check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability,
+    scan_args, to_key)
 from txcb.errors import (
     ArgumentError, CouchbaseError, KeyExistsError, NetworkError, NotFoundError,
     NotSupportedError, TimeoutError, TooBigError)
@@ -879,7 +880,6 @@ class MemcachedPool(MultiMixin):
         Not supported: memcached keeps no key order and its binary protocol
         has no way to list keys.  Bad arguments still errback ArgumentError.
         """
-        from txcb.wire.netstring import scan_args
         try:
             scan_args(prefix, start, end, ids_only, batch_size, batch_bytes)
         except CouchbaseError as e:

@@ -17,6 +17,8 @@ import struct
 from typing import List, Optional
 
 from txcb.errors import RC
+from txcb.limits import MAX_SCAN_BATCH, MAX_SCAN_BOUND, MAX_SCAN_BYTES
+from txcb.validation import scan_args
 
 __all__ = [
     "Op", "Request", "Response", "FrameError", "NetstringDecoder", "req_unpack", "res_pack",
@@ -307,35 +309,7 @@ SCAN_BODY = struct.Struct("!IIHHH")
 #: One row of a SCAN reply: key length, flags, cas, expiry (Unix seconds, 0 =
 #: none), value length; then the key and the value.
 SCAN_ROW = struct.Struct("!HIQII")
-MAX_SCAN_BATCH = 10000
-MAX_SCAN_BYTES = 16 * 1024 * 1024
-_MAX_BOUND = MAX_KEY + 1  # a resume bound is a key and a zero byte
-
-
-def scan_args(prefix: object, start: object, end: object, ids_only: object,
-              batch_size: object, batch_bytes: object) -> tuple:
-    """
-    Check the arguments of ``IBucket.scan``: returns ``(prefix, start, end,
-    ids_only, batch_size, batch_bytes)`` with the bounds as bytes (``b""``:
-    none); raises :class:`txcb.errors.ArgumentError`.
-    """
-    from txcb.errors import ArgumentError
-    out = []
-    for name, v in (("prefix", prefix), ("start", start), ("end", end)):
-        if v is None:
-            v = b""
-        elif isinstance(v, str):
-            v = v.encode("utf-8")
-        elif not isinstance(v, bytes):
-            raise ArgumentError("%s must be str, bytes or None, not %r" % (name, v))
-        if len(v) > _MAX_BOUND:
-            raise ArgumentError("%s must be at most %d bytes" % (name, _MAX_BOUND))
-        out.append(v)
-    for name, v, top in (("batch_size", batch_size, MAX_SCAN_BATCH),
-                         ("batch_bytes", batch_bytes, MAX_SCAN_BYTES)):
-        if type(v) is not int or not 1 <= v <= top:
-            raise ArgumentError("%s must be an int from 1 to %d, not %r" % (name, top, v))
-    return out[0], out[1], out[2], bool(ids_only), batch_size, batch_bytes
+_MAX_BOUND = MAX_SCAN_BOUND
 
 
 def encode_scan_request(batch_size: int, batch_bytes: int, prefix: bytes, start: bytes,
