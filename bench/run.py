@@ -78,10 +78,10 @@ def free_port() -> int:
     return port
 
 
-def child_env() -> Dict[str, str]:
-    """Children import this checkout's txcb, bench and twistd plugin first."""
+def child_env(root: str = ROOT) -> Dict[str, str]:
+    """Children import the txcb, bench and twistd plugin of the tree ``root`` first."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                 else "")
     return env
 
@@ -110,14 +110,15 @@ def rss_bytes(pid: int) -> int:
 class Server:
     """A server process this run started (and so stops, by pid)."""
 
-    def __init__(self, name: str, argv: List[str], port: int, log_path: str) -> None:
+    def __init__(self, name: str, argv: List[str], port: int, log_path: str,
+                 root: str = ROOT, cwd: str = ROOT) -> None:
         self.name = name
         self.argv = argv
         self.port = port
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=child_env(), cwd=ROOT)
+                                     stdin=subprocess.DEVNULL, env=child_env(root), cwd=cwd)
         self.pid = self.proc.pid
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -169,6 +170,29 @@ def twistd_argv() -> List[str]:
             "from twisted.scripts.twistd import run; run()"]
 
 
+def twistd_in(root: str) -> List[str]:
+    """
+    ``twistd`` whose ``txcb`` plugin is the one of the tree ``root``.  Twisted
+    takes the first ``txcb_plugin`` on ``twisted.plugins.__path__``, where an
+    installed copy (of another layout) would come before the tree's own.  Run
+    it with PYTHONPATH=root and a cwd outside any tree.
+    """
+    return [sys.executable, "-c", "import sys, twisted.plugins as p; "
+            "p.__path__.insert(0, sys.argv.pop(1)); "
+            "from twisted.scripts.twistd import run; run()",
+            os.path.join(root, "twisted", "plugins")]
+
+
+def worker_argv(root: Optional[str]) -> List[str]:
+    """The client process: ``bench.worker``, as a script when it runs on another tree."""
+    if root is None:
+        return [sys.executable, "-m", "bench.worker"]
+    # runpy leaves sys.path alone: txcb comes from PYTHONPATH=root, not from bench's tree.
+    return [sys.executable, "-c", "import runpy, sys; sys.argv.pop(0); "
+            "runpy.run_path(sys.argv[0], run_name='__main__')",
+            os.path.join(HERE, "worker.py")]
+
+
 def txcb_has_option(name: str) -> bool:
     try:
         from txcb.service.tap import Options
@@ -193,11 +217,15 @@ def echo_server(name: str, out_dir: str) -> Server:
                   os.path.join(out_dir, name + ".log"))
 
 
-def run_worker(job: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-    """Run one job in a fresh client process; its last stdout line is the result."""
-    proc = subprocess.run([sys.executable, "-m", "bench.worker", json.dumps(job)],
-                          capture_output=True, text=True, timeout=timeout, env=child_env(),
-                          cwd=ROOT)
+def run_worker(job: Dict[str, Any], timeout: float, root: Optional[str] = None,
+               cwd: str = ROOT) -> Dict[str, Any]:
+    """
+    Run one job in a fresh client process; its last stdout line is the result.
+    With ``root``, the client code is that tree's txcb (``cwd`` must then be
+    outside any tree, since it comes first on sys.path).
+    """
+    proc = subprocess.run(worker_argv(root) + [json.dumps(job)], capture_output=True,
+                          text=True, timeout=timeout, env=child_env(root or ROOT), cwd=cwd)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"fatal": "worker exited %s: %s" % (
@@ -300,9 +328,29 @@ TARGETS = [
 ]
 
 
+BASELINE_ROWS = ("get1", "set1", "get100", "set100", "getmulti", "memcaslap", "persist1")
+BASELINE_HELP = """\
+baseline mode (--baseline DIR):
+  Measures two txcb source trees in one run: DIR (say a worktree of an older
+  commit: git worktree add /tmp/txcb-base COMMIT) and this one.  Each side
+  runs entirely from its own tree: its twistd txcb server (PYTHONPATH=that
+  tree, cwd a temporary directory) and its own client code.  Rows: netstring
+  get and upsert one at a time (get1, set1) and 100 in flight (get100,
+  set100), get_multi of 100 keys (getmulti), memcaslap 90/10 of 100-byte
+  values with -c 32 against each side's --ephemeral --memcached endpoint
+  (memcaslap), persist_to=1 upserts, 100 in flight, on a persistent bucket
+  (persist1).  Each round runs every row on both sides back to back (the
+  order alternating between rounds); the median of the rounds is compared.
+  The table gives baseline and current ops/s, their ratio and "ok" when the
+  ratio is >= 0.95.  Takes --duration, --warmup, --rounds, --quick, --only
+  and --out; exits 1 if a row failed, 3 if one is more than 5% slower.
+"""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.strip().split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=BASELINE_HELP)
     p.add_argument("--duration", type=float, default=None,
                    help="measured seconds per job and round (default 2; --quick 1)")
     p.add_argument("--warmup", type=float, default=None,
@@ -319,10 +367,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="items in the large bucket (default 1,000,000)")
     p.add_argument("--idle", type=int, default=None, help="idle connections (default 1,000)")
     p.add_argument("--only", default="",
-                   help="comma-separated workload ids to run (%s, memory)" % ", ".join(
-                       w["id"] for w in workloads(argparse.Namespace(
-                           inflight=100, multi=100, conns=10, idle=1000, items=1,
-                           small_items=1, value_size=100))))
+                   help="comma-separated workload ids to run (%s, memory; with --baseline: "
+                   "%s)" % (", ".join(w["id"] for w in workloads(argparse.Namespace(
+                       inflight=100, multi=100, conns=10, idle=1000, items=1,
+                       small_items=1, value_size=100))), ", ".join(BASELINE_ROWS)))
+    p.add_argument("--baseline", metavar="DIR",
+                   help="A/B mode: compare this tree's txcb with the txcb source tree in "
+                   "DIR, same run, interleaved rounds (see below)")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for the JSON, PNG and server logs (default bench/results)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
@@ -345,6 +396,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.items <= a.small_items:
         p.error("--items must be more than %d" % a.small_items)
     only = set(filter(None, a.only.split(",")))
+    if a.baseline:
+        if a.smoke:
+            p.error("--baseline measures; it does not combine with --smoke")
+        unknown = only - set(BASELINE_ROWS)
+        if unknown:
+            p.error("--only with --baseline takes %s (not %s)" % (
+                ", ".join(BASELINE_ROWS), ", ".join(sorted(unknown))))
+        from bench.baseline import run_baseline  # it builds on this module
+        return run_baseline(a, [r for r in BASELINE_ROWS if not only or r in only])
 
     missing, optional, versions = check_prerequisites()
     if missing:

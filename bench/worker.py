@@ -1,14 +1,18 @@
 """
 The client side of the benchmark: runs one job in this process and prints one
 JSON line with what it measured.  Started by :mod:`bench.run` as
-``python -m bench.worker '<job as JSON>'``.
+``python -m bench.worker '<job as JSON>'``, or (``--baseline``) as a script
+run on another txcb tree's PYTHONPATH: so it imports only txcb names that
+every layout of txcb has (``txcb.connect``, ``txcb.codec``, ``txcb.formats``)
+and nothing from ``bench``.
 
 Job kinds:
 
 - ``ops``: drive one client library against one server for ``warmup`` then
   ``duration`` seconds and count completed operations.  ``depth`` requests in
   flight per connection (1 = one at a time), ``conns`` connections, ``multi``
-  keys per multi-key call (0 = single-key calls).  CPU time comes from this
+  keys per multi-key call (0 = single-key calls); txcb upserts with
+  ``persist_to`` if the job has it.  CPU time comes from this
   process's rusage and from the server's ``/proc/PID/stat``, both read at the
   start and the end of the measured window.
 - ``load``: store keys ``key:START`` .. ``key:STOP-1`` with a raw pipelined
@@ -158,7 +162,7 @@ def drive_twisted(job: Dict[str, Any]) -> Any:
     consume: Optional[Callable[[Any], Any]] = None
 
     if client == "txcb":
-        from txcb.client.remote import connect
+        from txcb import connect  # the same name in every layout of txcb
 
         keys = key_list(job, as_bytes=False)
 
@@ -179,6 +183,11 @@ def drive_twisted(job: Dict[str, Any]) -> Any:
             def call(c: Any, i: int) -> Any:
                 return c.get(keys[i % len(keys)])
             consume = _txcb_value
+        elif job.get("persist_to"):
+            persist_to = job["persist_to"]
+
+            def call(c: Any, i: int) -> Any:
+                return c.upsert(keys[i % len(keys)], value, persist_to=persist_to)
         else:
             def call(c: Any, i: int) -> Any:
                 return c.upsert(keys[i % len(keys)], value)
@@ -456,7 +465,7 @@ def run_load(job: Dict[str, Any]) -> Dict[str, Any]:
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     t0 = _pc()
     if job["server"] == "txcb":
-        from txcb.wire.netstring import NetstringDecoder, Op, decode_response, encode_request, netstring
+        from txcb.codec import NetstringDecoder, Op, decode_response, encode_request, netstring
         from txcb.formats import FMT_BYTES
 
         dec = NetstringDecoder(1 << 20)
@@ -498,7 +507,7 @@ def run_idle(job: Dict[str, Any]) -> None:
     """Open n connections, one round trip each, then hold them until told."""
     socks = []
     if job["server"] == "txcb":
-        from txcb.wire.netstring import Op, encode_request, netstring
+        from txcb.codec import Op, encode_request, netstring
         hello = netstring(encode_request(Op.HELLO, 1))
     else:
         hello = b"version\r\n"
@@ -536,6 +545,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = run_blocking(job)
     else:
         out = run_twisted(job)
+    txcb = sys.modules.get("txcb")
+    if txcb is not None and txcb.__file__:  # which tree's client code ran
+        out["txcb_from"] = os.path.dirname(os.path.realpath(txcb.__file__))
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
     return 0
