@@ -2,8 +2,9 @@
 Smoke test of the benchmark harness (bench/): ``python -m bench --smoke``
 starts real servers (memcached, twistd txcb, the echo server), runs every
 workload for a twentieth of a second (all jobs in one client process),
-prints the table, writes the JSON and stops what it started.  It checks
-that the harness works, not how fast anything is: no timed assertions.
+prints the table, writes the JSON and stops what it started; and
+``python -m bench --baseline DIR`` with this tree as its own baseline.  They
+check that the harness works, not how fast anything is: no timed assertions.
 """
 
 import json
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(
+needs_memcached = pytest.mark.skipif(
     shutil.which("memcached") is None,
     reason="memcached is not installed (apt-get install memcached)")
 
@@ -35,6 +36,7 @@ def _alive(pid):
         return False
 
 
+@needs_memcached
 def test_bench_smoke(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
@@ -68,3 +70,38 @@ def test_bench_smoke(tmp_path):
     pids = report["meta"]["server_pids"]
     assert set(pids) >= {"txcb", "memcached", "echo"}
     assert [name for name, pid in pids.items() if _alive(pid)] == []
+
+
+def test_bench_baseline_smoke(tmp_path):
+    """``--baseline`` with this tree as its own baseline: the A/B table and its JSON."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--baseline", ROOT, "--only", "get1,getmulti",
+         "--duration", "0.1", "--warmup", "0.05", "--rounds", "1", "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    # 3: a row came out more than 5% slower, which two runs of one tree may well do.
+    assert proc.returncode in (0, 3), proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = [ln for ln in lines if ln.startswith("row ")]
+    assert len(header) == 1 and "baseline" in header[0] and "current" in header[0], lines
+    rows = {ln.split()[0]: ln.split() for ln in lines[lines.index(header[0]):]
+            if ln.split() and ln.split()[0] in ("get1", "getmulti", "set1")}
+    assert set(rows) == {"get1", "getmulti"}, proc.stdout
+    for row in rows.values():
+        assert row[-3] in ("ok", "NO"), row  # the ratio could be taken
+        assert float(row[-4]) > 0, row
+    [name] = [n for n in os.listdir(str(tmp_path)) if n.endswith(".json")]
+    with open(os.path.join(str(tmp_path), name)) as f:
+        report = json.load(f)
+    assert [r["row"] for r in report["rows"]] == ["get1", "getmulti"]
+    for r in report["rows"]:
+        assert r["ratio"] == r["current"]["ops_per_s"] / r["baseline"]["ops_per_s"], r
+        assert r["ok"] is (r["ratio"] >= 0.95), r
+        for side in ("baseline", "current"):
+            assert r[side]["ops"] > 0 and not r[side]["errors"], r
+            assert r[side]["txcb_from"] == os.path.join(os.path.realpath(ROOT), "txcb")
+    pids = report["meta"]["server_pids"]
+    assert set(pids) == {"baseline-ephemeral", "current-ephemeral"}, pids
+    assert [n for n, pid in pids.items() if _alive(pid)] == []
