@@ -6,9 +6,11 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from txcb import errors
-from txcb.buckets import embedded
+from txcb.buckets import items
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import FMT_BYTES, Encoded
+from txcb.interfaces import IBucket, ISyncBucket
+from zope.interface.verify import verifyObject
 
 from tests.contract import BucketContractMixin
 
@@ -30,6 +32,11 @@ class EmbeddedInternalsTests(unittest.TestCase):
         self.clock = Clock()
         self.b = EmbeddedBucket(clock=self.clock, pager_interval=10)
         self.addCleanup(self.b.close)
+
+    def test_provides_isyncbucket_and_ibucket(self):
+        self.assertTrue(ISyncBucket.providedBy(self.b))
+        self.assertTrue(verifyObject(ISyncBucket, self.b))
+        self.assertTrue(verifyObject(IBucket, self.b))
 
     def test_pager_reclaims_expired_items_without_access(self):
         for i in range(100):
@@ -57,19 +64,19 @@ class EmbeddedInternalsTests(unittest.TestCase):
         self.assertEqual(self.b.stats_sync()["bytes"], 0)
 
     def test_item_header_is_short_only_without_expiry_and_with_common_flags(self):
-        cases = [(flags, exp) for flags in embedded._FLAGS + (1, 0x02000001, 2**32 - 1)
+        cases = [(flags, exp) for flags in items.FLAGS + (1, 0x02000001, 2**32 - 1)
                  for exp in (0.0, 12.5)]
         for flags, exp in cases:
             for data in (b"", b"value"):
-                item = embedded._make_item(2**64 - 2, exp, flags, data)
-                short = not exp and flags in embedded._FLAGS
+                item = items.make_item(2**64 - 2, exp, flags, data)
+                short = not exp and flags in items.FLAGS
                 self.assertEqual(len(item) - len(data), 9 if short else 21, (flags, exp))
-                cas, got_exp, got_flags, off = embedded._header(item)
+                cas, got_exp, got_flags, off = items.header(item)
                 self.assertEqual((cas, got_exp, got_flags, item[off:]),
                                  (2**64 - 2, exp, flags, data))
-                self.assertEqual(embedded._expiry(item), exp)
-                self.assertEqual(embedded._cas_of(item), 2**64 - 2)
-                self.assertEqual(embedded._value_len(item), len(data))
+                self.assertEqual(items.expiry_of(item), exp)
+                self.assertEqual(items.cas_of(item), 2**64 - 2)
+                self.assertEqual(items.value_len(item), len(data))
 
     def test_header_changes_keep_value_flags_and_bytes(self):
         """An item moving between the short and long header loses nothing."""
