@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from txcb.errors import CouchbaseError, RC
+from txcb.limits import DEFAULT_LOCK_TTL
 from txcb.results import MultiResult, OperationResult, ValueResult
 
 __all__ = ["MultiMixin", "gather_results", "settle_multi", "unique"]
@@ -134,7 +135,7 @@ class MultiMixin:
         def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
                     ttl: int = 0) -> Deferred: ...
 
-        def lock(self, key: Any, ttl: int = 15) -> Deferred: ...
+        def lock(self, key: Any, ttl: int = DEFAULT_LOCK_TTL) -> Deferred: ...
 
         def unlock(self, key: Any, cas: int) -> Deferred: ...
 
@@ -177,7 +178,7 @@ class MultiMixin:
         return self._each(keys, lambda k: self.counter(k, delta=delta, initial=initial,
                                                        ttl=ttl), ValueResult)
 
-    def lock_multi(self, keys: Iterable[Any], ttl: int = 15) -> Deferred:
+    def lock_multi(self, keys: Iterable[Any], ttl: int = DEFAULT_LOCK_TTL) -> Deferred:
         return self._each(keys, lambda k: self.lock(k, ttl=ttl), ValueResult)
 
     def unlock_multi(self, keys: Any) -> Deferred:

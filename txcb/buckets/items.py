@@ -44,6 +44,7 @@ long_unpack = _LONG_HDR.unpack_from
 #: Flags a short header can name (the order is part of the disk format).
 FLAGS = (0, FMT_JSON, FMT_BYTES, FMT_UTF8, FMT_PICKLE)
 _FLAG_INDEX = {f: i for i, f in enumerate(FLAGS)}
+_U64_DIGITS = len(str(U64))
 
 # Mutation kinds, as the bucket's ``_mutated`` hook is told them.
 STORED = 1
@@ -91,7 +92,7 @@ def counted(value: bytes, delta: int, key: object = None) -> int:
     down, as memcached does.
     """
     text = value.strip()
-    if not (0 < len(text) <= 20 and text.isdigit()) or int(text) > U64:
+    if not (0 < len(text) <= _U64_DIGITS and text.isdigit()) or int(text) > U64:
         raise DeltaBadvalError("the value is not an unsigned 64-bit number", key=key)
     if delta >= 0:
         return (int(text) + delta) & U64
