@@ -36,6 +36,10 @@ the bucket serves anything.  A file that is not a txcb data file, or cannot
 be read, stops start-up with :class:`CorruptDataError` naming it; it is never
 replaced.  :meth:`~PersistentBucket.close` writes the whole queue before it
 fires.
+
+Where it lives: the data directory and file (lock, open, warmup, one batch,
+close) in :mod:`txcb.buckets._store`; the write queue in
+:mod:`txcb.buckets._writer`; the bucket's life cycle and durability waits here.
 """
 
 from __future__ import annotations
@@ -60,8 +64,8 @@ from txcb.buckets._writer import WriteQueue
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import ArgumentError, CouchbaseError, NetworkError, TimeoutError
 from txcb.formats import Transcoder
-from txcb.results import OperationResult
 from txcb.limits import DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_MAX_VALUE_SIZE
+from txcb.results import OperationResult
 from txcb.validation import resolve_durability
 
 __all__ = [
