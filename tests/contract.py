@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 
 from txcb import errors
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_PICKLE, FMT_UTF8, Encoded, Transcoder
-from txcb.interfaces import IBucket
+from txcb.interfaces import IBucket, ISyncBucket
 from txcb.results import MultiResult, OperationResult, ScanItem, ValueResult
 
 U64 = 2 ** 64 - 1
@@ -74,6 +74,13 @@ class BucketContractMixin:
     def test_provides_ibucket(self):
         b = yield self.bucket()
         self.assertTrue(verifyObject(IBucket, b))
+
+    @inlineCallbacks
+    def test_a_declared_sync_capability_is_complete(self):
+        """A provider that declares ISyncBucket has every method of it."""
+        b = yield self.bucket()
+        if ISyncBucket.providedBy(b):
+            self.assertTrue(verifyObject(ISyncBucket, b))
 
     # -- get / upsert -------------------------------------------------------
 

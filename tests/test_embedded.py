@@ -3,12 +3,17 @@
 import time
 
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from txcb import errors
-from txcb.buckets import embedded
+from txcb.buckets import items
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import FMT_BYTES, Encoded
+from txcb.interfaces import IBucket, ISyncBucket
+from txcb.multi import settle_multi
+from txcb.results import MultiResult, OperationResult, ValueResult
+from zope.interface.verify import verifyObject
 
 from tests.contract import BucketContractMixin
 
@@ -30,6 +35,11 @@ class EmbeddedInternalsTests(unittest.TestCase):
         self.clock = Clock()
         self.b = EmbeddedBucket(clock=self.clock, pager_interval=10)
         self.addCleanup(self.b.close)
+
+    def test_provides_isyncbucket_and_ibucket(self):
+        self.assertTrue(ISyncBucket.providedBy(self.b))
+        self.assertTrue(verifyObject(ISyncBucket, self.b))
+        self.assertTrue(verifyObject(IBucket, self.b))
 
     def test_pager_reclaims_expired_items_without_access(self):
         for i in range(100):
@@ -57,19 +67,19 @@ class EmbeddedInternalsTests(unittest.TestCase):
         self.assertEqual(self.b.stats_sync()["bytes"], 0)
 
     def test_item_header_is_short_only_without_expiry_and_with_common_flags(self):
-        cases = [(flags, exp) for flags in embedded._FLAGS + (1, 0x02000001, 2**32 - 1)
+        cases = [(flags, exp) for flags in items.FLAGS + (1, 0x02000001, 2**32 - 1)
                  for exp in (0.0, 12.5)]
         for flags, exp in cases:
             for data in (b"", b"value"):
-                item = embedded._make_item(2**64 - 2, exp, flags, data)
-                short = not exp and flags in embedded._FLAGS
+                item = items.make_item(2**64 - 2, exp, flags, data)
+                short = not exp and flags in items.FLAGS
                 self.assertEqual(len(item) - len(data), 9 if short else 21, (flags, exp))
-                cas, got_exp, got_flags, off = embedded._header(item)
+                cas, got_exp, got_flags, off = items.header(item)
                 self.assertEqual((cas, got_exp, got_flags, item[off:]),
                                  (2**64 - 2, exp, flags, data))
-                self.assertEqual(embedded._expiry(item), exp)
-                self.assertEqual(embedded._cas_of(item), 2**64 - 2)
-                self.assertEqual(embedded._value_len(item), len(data))
+                self.assertEqual(items.expiry_of(item), exp)
+                self.assertEqual(items.cas_of(item), 2**64 - 2)
+                self.assertEqual(items.value_len(item), len(data))
 
     def test_header_changes_keep_value_flags_and_bytes(self):
         """An item moving between the short and long header loses nothing."""
@@ -124,3 +134,51 @@ class EmbeddedInternalsTests(unittest.TestCase):
         self.failureResultOf(d)
         # Only the pager's call is left: the poll was cancelled with the Deferred.
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+
+class SettleMultiTests(unittest.SynchronousTestCase):
+    """txcb.multi.settle_multi: the one rule for a multi-key outcome."""
+
+    def test_no_failure_is_the_multi_result_in_key_order(self):
+        a, b = OperationResult("a", 1), OperationResult("b", 2)
+        out = settle_multi([("b", b), ("a", a)])
+        self.assertIsInstance(out, MultiResult)
+        self.assertEqual(list(out.items()), [("b", b), ("a", a)])
+
+    def test_the_first_failed_key_in_key_order_wins(self):
+        ok = ValueResult("a", b"x")
+        second = errors.NotFoundError("no such key", key="c")
+        first = errors.KeyExistsError("exists", key="b")
+        out = settle_multi([("a", ok), ("b", first), ("c", second)], result_cls=ValueResult)
+        self.assertIs(out, first)
+        self.assertEqual(list(out.all_results), ["a", "b", "c"])
+        self.assertIs(out.all_results["a"], ok)
+        self.assertIs(second.all_results, None)
+        self.assertIsInstance(out.all_results["b"], ValueResult)
+        self.assertEqual(out.all_results["b"].rc, first.rc)
+        self.assertEqual(out.all_results["c"].rc, second.rc)
+
+    def test_an_error_result_and_a_failure_and_an_unexpected_error(self):
+        carried = OperationResult("a", 0, rc=errors.RC.KEY_EEXISTS)
+        e = errors.KeyExistsError("exists", key="a", result=carried)
+        f = Failure(ZeroDivisionError("boom"))
+        out = settle_multi([("z", f), ("a", e)])
+        self.assertIs(out, f)
+        self.assertIs(f.value.all_results["a"], carried)
+        self.assertEqual(f.value.all_results["z"].rc, errors.RC.EINTERNAL)
+
+    def test_quiet_makes_a_miss_a_result(self):
+        miss = errors.NotFoundError("no such key", key="a")
+        out = settle_multi([("a", miss)], quiet=True, result_cls=ValueResult)
+        self.assertIsInstance(out, MultiResult)
+        self.assertEqual(out["a"].rc, errors.RC.KEY_ENOENT)
+        self.assertIs(settle_multi([("a", miss)]), miss)
+
+    def test_the_embedded_bucket_follows_it(self):
+        b = EmbeddedBucket(clock=Clock(), pager_interval=0)
+        b.store_sync("upsert", "a", 1)
+        f = self.failureResultOf(b.get_multi(["a", "x", "y"]), errors.NotFoundError)
+        self.assertEqual(f.value.key, "x")
+        self.assertEqual(sorted(f.value.all_results), ["a", "x", "y"])
+        self.assertEqual(f.value.all_results["a"].value, 1)
+        self.assertTrue(self.successResultOf(b.get_multi(["a", "x"], quiet=True))["a"].success)

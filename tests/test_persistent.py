@@ -21,12 +21,14 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from txcb.buckets import embedded as embedded_module
+from txcb.buckets import _store, items, table as table_module
 from txcb import errors
 from txcb.buckets import persistent
 from txcb.client.remote import connect
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8
+from txcb.interfaces import IBucket, ISyncBucket
+from zope.interface.verify import verifyObject
 from txcb.buckets.persistent import (
     CAS_RESTART_GAP, CorruptDataError, DataDirLockedError, PersistentBucket,
     StorageError, create_bucket)
@@ -71,7 +73,7 @@ def crash(bucket):
 
 def item_row(item):
     """A stored item as (cas, exp, flags, value)."""
-    cas, exp, flags, off = embedded_module._header(item)
+    cas, exp, flags, off = items.header(item)
     return cas, exp, flags, item[off:]
 
 
@@ -90,14 +92,14 @@ class Gate:
     def __init__(self, testcase):
         self.opened = threading.Event()
         self.entered = threading.Event()
-        real = persistent._write_batch
+        real = _store.write_batch
 
         def gated(*args):
             self.entered.set()
             if not self.opened.wait(10):
                 raise RuntimeError("the test gate was never opened")
             return real(*args)
-        testcase.patch(persistent, "_write_batch", gated)
+        testcase.patch(_store, "write_batch", gated)
         # Opened before any bucket the test opened is closed (a failed test
         # must not leave close() waiting on a held writer).
         testcase.addCleanup(self.opened.set)
@@ -129,6 +131,12 @@ class PersistentContractTests(BucketContractMixin, unittest.TestCase):
 
     def advance(self, seconds):
         self.clock.advance(seconds)
+
+    def test_provides_isyncbucket(self):
+        b = self.make_bucket()
+        self.assertTrue(ISyncBucket.providedBy(b))
+        self.assertTrue(verifyObject(ISyncBucket, b))
+        self.assertTrue(verifyObject(IBucket, b))
 
 
 class RemotePersistentContractTests(BucketContractMixin, unittest.TestCase):
@@ -334,7 +342,7 @@ class DurabilityTests(PersistentTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_failed_write_errbacks_persist_to_and_is_retried(self):
-        real = persistent._write_batch
+        real = _store.write_batch
         calls = []
 
         def flaky(*args):
@@ -342,7 +350,7 @@ class DurabilityTests(PersistentTestsMixin, unittest.TestCase):
             if len(calls) == 1:
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
             return real(*args)
-        self.patch(persistent, "_write_batch", flaky)
+        self.patch(_store, "write_batch", flaky)
         b = self.open(retry_interval=0.01)
         e = yield self.assertFails(b.upsert("k", "v", persist_to=1),
                                    errors.TemporaryFailError)
@@ -360,14 +368,14 @@ class WriterThreadTests(PersistentTestsMixin, unittest.TestCase):
 
     def record_threads(self):
         seen = []
-        real = persistent._write_batch
+        real = _store.write_batch
 
         def recording(conn, batch, marks):
             t = threading.current_thread()
             seen.append((t.name, sorted(batch),
                          os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
             return real(conn, batch, marks)
-        self.patch(persistent, "_write_batch", recording)
+        self.patch(_store, "write_batch", recording)
         return seen
 
     @defer.inlineCallbacks
@@ -538,7 +546,7 @@ class RestartTests(PersistentTestsMixin, unittest.TestCase):
         seen.append((yield b.remove("k1")).cas)
         yield b.close()
         # The next start-up's wall clock reads 1970.
-        self.patch(embedded_module, "time", types.SimpleNamespace(time_ns=lambda: 1000))
+        self.patch(table_module, "time", types.SimpleNamespace(time_ns=lambda: 1000))
         b2 = self.open()
         r = yield b2.upsert("new", 1)
         self.assertGreater(r.cas, max(seen))
@@ -559,7 +567,7 @@ class RestartTests(PersistentTestsMixin, unittest.TestCase):
         last = b.store_sync("upsert", "lost", "x")
         b._dirty.clear()  # the crash came before the writer wrote them
         crash(b)
-        self.patch(embedded_module, "time", types.SimpleNamespace(time_ns=lambda: 1000))
+        self.patch(table_module, "time", types.SimpleNamespace(time_ns=lambda: 1000))
         b2 = self.open()
         g = yield b2.get("k")
         self.assertEqual((g.value, g.cas), ("v", r1.cas))
@@ -587,7 +595,7 @@ class RestartTests(PersistentTestsMixin, unittest.TestCase):
         self.assertEqual(at_start[2], 0)  # "not closed cleanly" until close()
         yield b.upsert("k", 1, persist_to=1)
         self.assertEqual(marks(), at_start)  # batches leave them alone...
-        self.patch(persistent, "META_STEP", 3)
+        self.patch(_store, "META_STEP", 3)
         for i in range(5):
             b.store_sync("upsert", "k%d" % i, i)
         r = yield b.upsert("k", 2, persist_to=1)
@@ -681,10 +689,10 @@ class StartUpFailureTests(PersistentTestsMixin, unittest.TestCase):
         """A data file as txcb wrote it before format 2: <QdI header + value."""
         os.makedirs(self.dir)
         conn = sqlite3.connect(self.path)
-        for statement in persistent._SCHEMA:
+        for statement in _store.SCHEMA:
             conn.execute(statement)
-        conn.execute(persistent._META, ("format", 1))
-        conn.execute(persistent._META_MARKS, ("1000", 7, 1))
+        conn.execute(_store.META, ("format", 1))
+        conn.execute(_store.META_MARKS, ("1000", 7, 1))
         conn.executemany("INSERT INTO items (key, exp, item) VALUES (?, ?, ?)",
                          [(k, exp, item) for k, exp, item in items])
         conn.commit()

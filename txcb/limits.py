@@ -2,7 +2,8 @@
 
 __all__ = ["MAX_KEY_LEN", "THIRTY_DAYS", "MAX_TTL", "DEFAULT_MAX_VALUE_SIZE",
            "MAX_LOCK_TTL", "U64", "DEFAULT_TIMEOUT", "MAX_SCAN_BATCH", "MAX_SCAN_BYTES",
-           "MAX_SCAN_BOUND"]
+           "MAX_SCAN_BOUND", "DEFAULT_LOCK_TTL", "DEFAULT_SCAN_BATCH", "DEFAULT_SCAN_BYTES",
+           "DEFAULT_ENDURE_TIMEOUT", "DEFAULT_ENDURE_INTERVAL"]
 
 #: Keys are 1 to this many bytes (memcached's and Couchbase's limit).
 MAX_KEY_LEN = 250
@@ -13,6 +14,8 @@ MAX_TTL = 0xFFFFFFFF
 DEFAULT_MAX_VALUE_SIZE = 20 * 1024 * 1024
 #: Locks last 1 to this many seconds.
 MAX_LOCK_TTL = 30
+#: A lock's duration unless told otherwise, in seconds.
+DEFAULT_LOCK_TTL = 15
 U64 = 0xFFFFFFFFFFFFFFFF
 #: Seconds a client operation waits for its reply unless told otherwise.
 DEFAULT_TIMEOUT = 2.5
@@ -21,3 +24,10 @@ MAX_SCAN_BATCH = 10000
 MAX_SCAN_BYTES = 16 * 1024 * 1024
 #: A scan bound (prefix, start, end) is at most a key and a zero byte.
 MAX_SCAN_BOUND = MAX_KEY_LEN + 1
+#: A scan batch's size unless told otherwise: items and bytes.
+DEFAULT_SCAN_BATCH = 1000
+DEFAULT_SCAN_BYTES = 1024 * 1024
+#: How long ``endure`` waits unless told otherwise, and how often it polls
+#: (seconds).
+DEFAULT_ENDURE_TIMEOUT = 5.0
+DEFAULT_ENDURE_INTERVAL = 0.01

@@ -12,7 +12,7 @@ from txcb.limits import (  # noqa: F401 (re-exported: the checks' limits)
 
 
 def to_key(key: Any) -> bytes:
-    """The wire form of a key: str is UTF-8 encoded; 1 to 250 bytes."""
+    """The wire form of a key: str is UTF-8 encoded; 1 to ``MAX_KEY_LEN`` bytes."""
     t = type(key)
     if t is bytes:
         k = key

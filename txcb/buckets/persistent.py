@@ -36,19 +36,18 @@ the bucket serves anything.  A file that is not a txcb data file, or cannot
 be read, stops start-up with :class:`CorruptDataError` naming it; it is never
 replaced.  :meth:`~PersistentBucket.close` writes the whole queue before it
 fires.
+
+Where it lives: the data directory and file (lock, open, warmup, one batch,
+close) in :mod:`txcb.buckets._store`; the write queue in
+:mod:`txcb.buckets._writer`; the bucket's life cycle and durability waits here.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import heapq
 import os
 import re
-import sqlite3
 import time
-from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -57,13 +56,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from txcb.validation import DEFAULT_MAX_VALUE_SIZE, check_cas, resolve_durability, to_key
-from txcb.buckets.embedded import (
-    EmbeddedBucket, _check_open, _expiry, _make_item, _value_len)
-from txcb.errors import (
-    ArgumentError, CouchbaseError, NetworkError, TemporaryFailError, TimeoutError)
+from txcb.buckets import _store
+from txcb.buckets._store import (  # noqa: F401 (FORMAT_VERSION: part of the API)
+    FORMAT_VERSION, LOCK_FILE, META_STEP, RESTART_GAP, CorruptDataError,
+    DataDirLockedError, StorageError)
+from txcb.buckets._writer import WriteQueue
+from txcb.buckets.embedded import EmbeddedBucket
+from txcb.errors import ArgumentError, CouchbaseError, NetworkError, TimeoutError
 from txcb.formats import Transcoder
+from txcb.limits import DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_MAX_VALUE_SIZE
 from txcb.results import OperationResult
+from txcb.validation import resolve_durability
 
 __all__ = [
     "PersistentBucket", "create_bucket", "StorageError", "CorruptDataError",
@@ -75,270 +78,11 @@ __all__ = [
 DEFAULT_DATA_DIR = "txcb-data"
 #: The bucket types, as Couchbase names them.
 BUCKET_TYPES = ("couchbase", "ephemeral")
-LOCK_FILE = "txcb.lock"
-#: The data file's format version (meta row ``format``).  Format 1 (items
-#: with a fixed 20-byte header) is upgraded in place when opened.
-FORMAT_VERSION = 2
-#: CAS and seqno continuity across restarts.  The data file's meta rows hold
-#: a CAS and a seqno high-water mark.  A clean close writes the exact ones
-#: (and ``clean = 1``); start-up writes ``clean = 0``; while running, a batch
-#: rewrites them only once the bucket's CAS or seqno has moved
-#: ``META_STEP`` past them.  After an unclean stop, start-up adds
-#: ``RESTART_GAP`` (> META_STEP + whatever one batch's write lets through),
-#: so a CAS or seqno handed out after a restart is always above every one
-#: handed out before it, whatever the wall clock says.
-META_STEP = 1 << 31
-RESTART_GAP = 1 << 32
 CAS_RESTART_GAP = RESTART_GAP  # the name the tests and docs use
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._%-]{1,100}$")
 
-_SCHEMA = (
-    # key -> the embedded bucket's item bytes (its header + value, see
-    # txcb.buckets.embedded._make_item); exp is the header's expiry, kept in a column so warmup finds TTL'd items by index.
-    "CREATE TABLE items (key BLOB PRIMARY KEY, exp REAL NOT NULL, item BLOB NOT NULL)"
-    " WITHOUT ROWID",
-    "CREATE INDEX items_exp ON items (exp) WHERE exp > 0",
-    "CREATE TABLE meta (name TEXT PRIMARY KEY, value)",
-)
-# Rows go to SQLite in multi-row statements of up to _CHUNK rows (one call,
-# one GIL release and one statement step for many rows; executemany takes
-# and releases the GIL around every row, which a busy reactor thread turns
-# into a thread handoff per row).  Remainders use power-of-two chunk sizes, so
-# few distinct statements exist and all stay in the connection's statement
-# cache.  Python's sqlite3 copies each bound blob: items over _BIG bytes go
-# row by row, so no single statement copies more than _CHUNK * _BIG bytes.
-_CHUNK = 256  # * 3 parameters: under SQLite's historical 999-variable limit
-_BIG = 64 * 1024
-# An upsert updates a row in place (INSERT OR REPLACE deletes and inserts).
-_CONFLICT = (" ON CONFLICT (key) DO UPDATE SET exp = excluded.exp, item = excluded.item"
-             if sqlite3.sqlite_version_info >= (3, 24) else "")
-_PUT_HEAD = ("INSERT INTO items (key, exp, item) VALUES " if _CONFLICT
-             else "INSERT OR REPLACE INTO items (key, exp, item) VALUES ")
-_DEL = "DELETE FROM items WHERE key = ?"
-_META = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
-_META_MARKS = ("INSERT OR REPLACE INTO meta (name, value) "
-               "VALUES ('max_cas', ?), ('high_seqno', ?), ('clean', ?)")
-_PUT_SQL: Dict[int, str] = {}
-_DEL_SQL: Dict[int, str] = {}
-
-
-def _put_sql(n: int) -> str:
-    sql = _PUT_SQL.get(n)
-    if sql is None:
-        sql = _PUT_SQL[n] = _PUT_HEAD + ",".join(["(?, ?, ?)"] * n) + _CONFLICT
-    return sql
-
-
-def _del_sql(n: int) -> str:
-    sql = _DEL_SQL.get(n)
-    if sql is None:
-        sql = _DEL_SQL[n] = "DELETE FROM items WHERE key IN (%s)" % ",".join(["?"] * n)
-    return sql
-
-
-def _execute_chunked(conn: sqlite3.Connection, sql_for: Any, flat: List[Any],
-                     width: int) -> None:
-    """Run ``flat`` (rows of ``width`` parameters, concatenated) in chunks."""
-    rows = len(flat) // width
-    i = 0
-    while i < rows:
-        n = rows - i
-        n = _CHUNK if n >= _CHUNK else 1 << (n.bit_length() - 1)
-        conn.execute(sql_for(n), flat[i * width:(i + n) * width])
-        i += n
-
-
 _log = Logger()
-
-
-class StorageError(Exception):
-    """
-    The bucket's data directory or data file cannot be used (raised at
-    start-up only; operations on a started bucket never raise it).
-    """
-
-
-class CorruptDataError(StorageError):
-    """The data file is corrupt, unreadable or not a txcb data file."""
-
-
-class DataDirLockedError(StorageError):
-    """Another bucket (usually another process) is using the data directory."""
-
-
-def _lock_dir(data_dir: str) -> int:
-    """Create the data dir if missing and flock its lock file; returns the fd."""
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-    except OSError as e:
-        raise StorageError("cannot create the data directory %s: %s" % (data_dir, e))
-    if not os.path.isdir(data_dir):
-        raise StorageError("the data directory %s is not a directory" % (data_dir,))
-    path = os.path.join(data_dir, LOCK_FILE)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise StorageError("cannot open the lock file %s: %s" % (path, e))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        try:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-        except OSError:
-            holder = ""
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise DataDirLockedError(
-                "data dir %s is in use by %s (%s is locked); refusing to start"
-                % (data_dir, "pid %s" % holder if holder else "another txcb bucket", path))
-        raise StorageError("cannot lock %s: %s" % (path, e))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
-    return fd
-
-
-def _unlock_dir(fd: int) -> None:
-    try:
-        os.ftruncate(fd, 0)
-    except OSError:
-        pass
-    os.close(fd)  # releases the flock
-
-
-def _open_db(path: str) -> sqlite3.Connection:
-    """Open (or create) a data file, checking it is one of ours."""
-    conn = None
-    try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # The first read checks the file header: nothing is written before it.
-        tables = {r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and not {"items", "meta"} <= tables:
-            raise CorruptDataError(
-                "%s is not a txcb data file (it holds the tables %s); refusing to use it"
-                % (path, ", ".join(sorted(tables))))
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StorageError("cannot put %s in WAL mode (journal_mode is %s)"
-                               % (path, mode))
-        conn.execute("PRAGMA synchronous = FULL")
-        if not tables:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(_META, ("format", FORMAT_VERSION))
-            conn.execute(_META_MARKS, ("0", 0, 1))  # empty, and clean
-            conn.execute("COMMIT")
-        else:
-            row = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
-            if row is not None and row[0] == 1:
-                _upgrade_from_1(conn, path)
-                row = (FORMAT_VERSION,)
-            if row is None or row[0] != FORMAT_VERSION:
-                raise CorruptDataError(
-                    "%s has data format %r, this txcb reads format %d; refusing to use it"
-                    % (path, row and row[0], FORMAT_VERSION))
-        return conn
-    except sqlite3.Error as e:
-        if conn is not None:
-            conn.close()
-        raise CorruptDataError("cannot use the data file %s: %s (%s); it is left as it is"
-                               % (path, e, type(e).__name__))
-    except BaseException:
-        if conn is not None:
-            conn.close()
-        raise
-
-
-def _be_nicer(steps: int) -> None:
-    """
-    (in a writer thread) Lower the calling thread's scheduling priority by
-    ``steps`` nice levels: on Linux a thread's nice value is its own.  Where
-    that is not allowed or not possible, the thread keeps its priority.
-    """
-    import threading
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + steps)
-    except (AttributeError, OSError) as e:
-        _log.info("txcb: the background writer keeps its priority: {e}", e=e)
-
-
-def _upgrade_from_1(conn: sqlite3.Connection, path: str) -> None:
-    """Rewrite a format 1 file's items (``<QdI`` header + value) as format 2, at once."""
-    from struct import Struct, error as struct_error
-    unpack = Struct("<QdI").unpack_from
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        try:
-            rows = []
-            for k, item in conn.execute("SELECT key, item FROM items"):
-                cas, exp, flags = unpack(item)
-                rows.append((_make_item(cas, exp, flags, item[20:]), k))
-        except (struct_error, TypeError) as e:
-            raise CorruptDataError("%s (data format 1) holds a bad item (%s); it is left "
-                                   "as it is" % (path, e))
-        conn.executemany("UPDATE items SET item = ? WHERE key = ?", rows)
-        conn.execute(_META, ("format", FORMAT_VERSION))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
-                 marks: Optional[Tuple[int, int]]) -> Tuple[float, int]:
-    """
-    (writer thread) One batch, one transaction; returns (seconds, rows).
-    ``marks``: new (max CAS, high seqno) meta rows to write too, if any.
-    """
-    started = time.perf_counter()
-    puts: List[Any] = []  # key, exp, item, key, exp, item...
-    big: List[Tuple[bytes, float, bytes]] = []
-    dels: List[bytes] = []
-    for k, item in batch.items():
-        if item is None:
-            dels.append(k)
-        elif len(item) <= _BIG:
-            puts += (k, _expiry(item), item)
-        else:
-            big.append((k, _expiry(item), item))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if puts:
-            _execute_chunked(conn, _put_sql, puts, 3)
-        if big:
-            conn.executemany(_put_sql(1), big)
-        if dels:
-            _execute_chunked(conn, _del_sql, dels, 1)
-        if marks is not None:
-            conn.execute(_META_MARKS, (str(marks[0]), marks[1], 0))
-        conn.execute("COMMIT")  # synchronous=FULL: the WAL is fsynced here
-    except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        raise
-    return time.perf_counter() - started, len(puts) // 3 + len(big) + len(dels)
-
-
-def _close_db(conn: sqlite3.Connection, lock_fd: int, max_cas: int, seqno: int) -> None:
-    """
-    (writer thread) Record a clean shutdown with the exact CAS and seqno
-    high-water marks, checkpoint the WAL into the data file, close, unlock.
-    """
-    try:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_META_MARKS, (str(max_cas), seqno, 1))
-            conn.execute("COMMIT")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
-    finally:
-        _unlock_dir(lock_fd)
 
 
 class _EndureWaiter:
@@ -355,7 +99,7 @@ class _EndureWaiter:
         self.timer: Any = None
 
 
-class PersistentBucket(EmbeddedBucket):
+class PersistentBucket(WriteQueue, EmbeddedBucket):
     """
     A bucket kept in memory and persisted to a SQLite file in ``data_dir``.
 
@@ -417,24 +161,11 @@ class PersistentBucket(EmbeddedBucket):
         self._lock_fd: Any = None  # the locked lock file descriptor once started
         self._pool: Any = None  # the writer's ThreadPool once started
         self._bg_pool: Any = None  # and the background one (flusher_nice), if any
-        # The write queue.
-        self._dirty: Dict[bytes, Optional[bytes]] = {}
-        self._inflight: Dict[bytes, Optional[bytes]] = {}
-        self._busy = False  # a batch is scheduled, being written or waiting to retry
-        self._writing = False
-        self._scheduled: Any = None
-        self._lazy = False  # _scheduled is a flush_delay wait (not a retry)
         self._finishing = False
-        self._persisted_seqno = 0
-        self._marked_cas = self._marked_seqno = 0  # the meta rows on disk
-        # (seqno, Deferred or another target with called/callback/errback, result)
-        self._persist_waiters: Deque[Tuple[int, Any, OperationResult]] = deque()
+        self._init_queue()
         self._endure_waiters: Dict[int, _EndureWaiter] = {}
         self._close_waiters: List[Deferred] = []
         self._close_result: Any = None
-        self._disk = {"flushed": 0, "batches": 0, "errors": 0, "last_flush_duration": 0.0,
-                      "last_batch": 0, "warmup_time": 0.0, "warmup_items": 0,
-                      "warmup_expired": 0}
         if start:
             try:
                 self.start()
@@ -458,15 +189,15 @@ class PersistentBucket(EmbeddedBucket):
         if self._state != "new":
             raise StorageError("the bucket was started already")
         started = time.perf_counter()
-        self._lock_fd = _lock_dir(self.data_dir)
+        self._lock_fd = _store.lock_dir(self.data_dir)
         try:
-            self._conn = _open_db(self.path)
-            self._warmup(self._conn)
+            self._conn = _store.open_db(self.path)
+            self._load(_store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas))
         except BaseException:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            _unlock_dir(self._lock_fd)
+            _store.unlock_dir(self._lock_fd)
             self._lock_fd = None
             raise
         self._pool = ThreadPool(1, 1, name="txcb-writer-%s" % (self.name,))
@@ -474,7 +205,7 @@ class PersistentBucket(EmbeddedBucket):
         if self.flusher_nice > 0:
             self._bg_pool = ThreadPool(1, 1, name="txcb-flusher-%s" % (self.name,))
             self._bg_pool.start()
-            self._bg_pool.callInThread(_be_nicer, self.flusher_nice)
+            self._bg_pool.callInThread(_store.be_nicer, self.flusher_nice)
         self._state = "open"
         self._closed = False
         self._disk["warmup_time"] = took = time.perf_counter() - started
@@ -483,157 +214,15 @@ class PersistentBucket(EmbeddedBucket):
                   items=len(self._items), path=self.path, took=took,
                   expired=self._disk["warmup_expired"])
 
-    def _warmup(self, conn: sqlite3.Connection) -> None:
-        now = self.clock.seconds()
-        try:
-            meta = dict(conn.execute("SELECT name, value FROM meta"))
-            # Items that never expire: straight into a dict, no Python loop.
-            items: Dict[bytes, bytes] = dict(conn.execute(
-                "SELECT key, item FROM items WHERE exp = 0"))
-            heap: List[Tuple[float, bytes]] = []
-            expired: List[Tuple[bytes]] = []
-            for k, exp, item in conn.execute(
-                    "SELECT key, exp, item FROM items WHERE exp > 0"):
-                if exp <= now:
-                    expired.append((k,))
-                else:
-                    items[k] = item
-                    heap.append((exp, k))
-            heapq.heapify(heap)
-            try:
-                max_cas = int(meta.get("max_cas", 0))
-                seqno = int(meta.get("high_seqno", 0))
-                # (Both are "last handed out": the next ones are +1.)
-                gap = 0 if meta.get("clean") == 1 else RESTART_GAP
-                nbytes = sum(map(len, items)) + sum(map(_value_len, items.values()))
-            except (TypeError, ValueError) as e:
-                raise CorruptDataError("the data file %s holds bad data: %s"
-                                       % (self.path, e))
-            cas = max(self._cas, max_cas + gap)
-            if gap:
-                seqno += RESTART_GAP
-            # Expired items go, and the marks say "not closed cleanly" until
-            # close() says otherwise.
-            conn.execute("BEGIN IMMEDIATE")
-            if expired:
-                conn.executemany(_DEL, expired)
-            conn.execute(_META_MARKS, (str(cas), seqno, 0))
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise CorruptDataError("cannot read the data file %s: %s (%s); it is left as "
-                                   "it is" % (self.path, e, type(e).__name__))
-        self._items = items
-        self._expiries = heap
-        self._bytes = nbytes
-        self._cas = self._marked_cas = cas
-        self._seqno = self._persisted_seqno = self._marked_seqno = seqno
-        self._disk["warmup_items"] = len(items)
-        self._disk["warmup_expired"] = len(expired)
-
-    # -- the write queue ----------------------------------------------------------
-
-    def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
-        self._dirty[k] = item
-        if not self._busy:
-            self._busy = True
-            self._lazy = True
-            self._scheduled = self._reactor.callLater(self.flush_delay, self._start_batch)
-
-    def _hurry(self) -> None:
-        """Someone waits for the disk: a batch waiting for more writes starts now."""
-        if self._lazy:
-            self._lazy = False
-            self._scheduled.reset(0)
-
-    def _is_persisted(self, k: bytes) -> bool:
-        return k not in self._dirty and k not in self._inflight
-
-    def _start_batch(self) -> None:
-        self._scheduled = None
-        self._lazy = False
-        if not self._dirty:
-            self._busy = False
-            if self._state == "closing":
-                self._finish_close(None)
-            return
-        batch, self._dirty = self._dirty, {}
-        self._inflight = batch
-        seqno = self._seqno
-        marks = None
-        if self._cas - self._marked_cas >= META_STEP \
-                or seqno - self._marked_seqno >= META_STEP:
-            marks = (self._cas, seqno)
-        self._writing = True
-        # Batches run one at a time, so the two threads never share the
-        # connection at once.
-        pool = self._pool
-        if self._bg_pool is not None and not (
-                self._persist_waiters or self._endure_waiters or self._state == "closing"):
-            pool = self._bg_pool
-        d = deferToThreadPool(self._reactor, pool, _write_batch, self._conn, batch, marks)
-        d.addBoth(self._batch_done, batch, seqno, marks)
-
-    def _batch_done(self, result: Any, batch: Dict[bytes, Optional[bytes]],
-                    seqno: int, marks: Optional[Tuple[int, int]]) -> None:
-        self._writing = False
-        self._inflight = {}
-        if isinstance(result, Failure):
-            self._batch_failed(result, batch, seqno)
-            return
-        if marks is not None:
-            self._marked_cas, self._marked_seqno = marks
-        took, rows = result
-        disk = self._disk
-        disk["flushed"] += rows
-        disk["batches"] += 1
-        disk["last_flush_duration"] = took
-        disk["last_batch"] = rows
-        self._persisted_seqno = seqno
-        waiters = self._persist_waiters
-        # The next batch first, so its write overlaps the replies sent below.
-        if not self._dirty:
-            self._busy = False
-        elif (self._state == "closing" or self._endure_waiters or not self.flush_delay
-              or (waiters and waiters[-1][0] > seqno)):
-            self._start_batch()
-        else:
-            self._lazy = True
-            self._scheduled = self._reactor.callLater(self.flush_delay, self._start_batch)
-        while waiters and waiters[0][0] <= seqno:
-            _s, d, r = waiters.popleft()
-            if not d.called:
-                d.callback(r)
-        if self._endure_waiters:
-            self._recheck_endure()
-        if not self._busy:
-            if self._dirty:  # queued by the callbacks above (say, an item expiring)
-                self._busy = True
-                self._start_batch()
-            elif self._state == "closing":
-                self._finish_close(None)
-
-    def _batch_failed(self, f: Failure, batch: Dict[bytes, Optional[bytes]],
-                      seqno: int) -> None:
-        self._disk["errors"] += 1
-        _log.failure("txcb: writing {n} items to {path} failed; retrying in {retry}s",
-                     f, n=len(batch), path=self.path, retry=self.retry_interval)
-        # Put the batch back under what was queued since (newer wins).
-        dirty = self._dirty
-        for k, item in batch.items():
-            if k not in dirty:
-                dirty[k] = item
-        waiters = self._persist_waiters
-        error = TemporaryFailError("the write could not be persisted: %s"
-                                   % (f.getErrorMessage(),))
-        while waiters and waiters[0][0] <= seqno:
-            _s, d, r = waiters.popleft()
-            if not d.called:
-                d.errback(TemporaryFailError(error.message, key=r.key))
-        if self._state == "closing":
-            self._busy = False
-            self._finish_close(f)
-            return
-        self._scheduled = self._reactor.callLater(self.retry_interval, self._start_batch)
+    def _load(self, warm: _store.Warm) -> None:
+        """Take over what warmup loaded."""
+        self._items = warm.items
+        self._expiries = warm.expiries
+        self._bytes = warm.nbytes
+        self._cas = self._marked_cas = warm.cas
+        self._seqno = self._persisted_seqno = self._marked_seqno = warm.seqno
+        self._disk["warmup_items"] = len(warm.items)
+        self._disk["warmup_expired"] = warm.expired
 
     # -- durability -------------------------------------------------------------
 
@@ -648,8 +237,8 @@ class PersistentBucket(EmbeddedBucket):
         return True
 
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
-               check_removed: bool = False, timeout: float = 5.0,
-               interval: float = 0.01) -> Deferred:
+               check_removed: bool = False, timeout: float = DEFAULT_ENDURE_TIMEOUT,
+               interval: float = DEFAULT_ENDURE_INTERVAL) -> Deferred:
         """
         As :meth:`EmbeddedBucket.endure`; waiting for the disk is not polled:
         the key is checked again after each committed batch (``interval`` is
@@ -664,14 +253,8 @@ class PersistentBucket(EmbeddedBucket):
             return EmbeddedBucket.endure(self, key, persist_to, replicate_to, cas,
                                          check_removed, timeout, interval)
         try:
-            _check_open(self)
-            self._ops["endure"] += 1
-            k = to_key(key)
-            if cas:
-                check_cas(cas, key)
-            if not (isinstance(timeout, (int, float)) and timeout >= 0
-                    and isinstance(interval, (int, float)) and interval > 0):
-                raise ArgumentError("timeout must be >= 0 and interval > 0", key=key)
+            k, persist = self._endure_args(key, persist_to, replicate_to, cas, timeout,
+                                           interval)
             done = self._endured(k, key, persist, cas, check_removed)
             if done is None and not timeout:
                 raise TimeoutError("durability not reached within 0s", key=key)
@@ -788,7 +371,7 @@ class PersistentBucket(EmbeddedBucket):
                 pd.errback(NetworkError(error.message, key=r.key))
         conn, self._conn = self._conn, None
         lock_fd, self._lock_fd = self._lock_fd, None
-        d = deferToThreadPool(self._reactor, self._pool, _close_db, conn, lock_fd,
+        d = deferToThreadPool(self._reactor, self._pool, _store.close_db, conn, lock_fd,
                               self._cas, self._seqno)
 
         def closed(result: Any) -> None:
@@ -806,7 +389,7 @@ class PersistentBucket(EmbeddedBucket):
             pool.stop()
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
-            _unlock_dir(fd)
+            _store.unlock_dir(fd)
         self._state = "closed"
         self._close_result = failure
         waiters, self._close_waiters = self._close_waiters, []

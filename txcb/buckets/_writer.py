@@ -1,0 +1,167 @@
+"""
+The persistent bucket's write queue: mutations collected in a dirty dict and
+written behind, one batch (one SQLite transaction) at a time, by a writer
+thread (see :mod:`txcb.buckets.persistent` for the design).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Tuple
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txcb.buckets import _store
+from txcb.errors import TemporaryFailError
+from txcb.results import OperationResult
+
+__all__ = ["WriteQueue"]
+
+_log = Logger()
+
+
+class WriteQueue:
+    """
+    The write-behind queue of a bucket (a base of PersistentBucket): every
+    mutation's latest item per key, the batch being written, the waiters for
+    a seqno to be on disk.
+    """
+
+    if TYPE_CHECKING:
+        # What the bucket provides.
+        _reactor: Any
+        _conn: Any
+        _pool: Any
+        _bg_pool: Any
+        _state: str
+        _seqno: int
+        _cas: int
+        _endure_waiters: Dict[int, Any]
+        flush_delay: float
+        retry_interval: float
+        path: str
+
+        def _finish_close(self, failure: Optional[Failure]) -> None: ...
+
+        def _recheck_endure(self) -> None: ...
+
+    def _init_queue(self) -> None:
+        self._dirty: Dict[bytes, Optional[bytes]] = {}
+        self._inflight: Dict[bytes, Optional[bytes]] = {}
+        self._busy = False  # a batch is scheduled, being written or waiting to retry
+        self._writing = False
+        self._scheduled: Any = None
+        self._lazy = False  # _scheduled is a flush_delay wait (not a retry)
+        self._persisted_seqno = 0
+        self._marked_cas = self._marked_seqno = 0  # the meta rows on disk
+        # (seqno, Deferred or another target with called/callback/errback, result)
+        self._persist_waiters: Deque[Tuple[int, Any, OperationResult]] = deque()
+        self._disk = {"flushed": 0, "batches": 0, "errors": 0, "last_flush_duration": 0.0,
+                      "last_batch": 0, "warmup_time": 0.0, "warmup_items": 0,
+                      "warmup_expired": 0}
+
+    def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
+        self._dirty[k] = item
+        if not self._busy:
+            self._busy = True
+            self._lazy = True
+            self._scheduled = self._reactor.callLater(self.flush_delay, self._start_batch)
+
+    def _hurry(self) -> None:
+        """Someone waits for the disk: a batch waiting for more writes starts now."""
+        if self._lazy:
+            self._lazy = False
+            self._scheduled.reset(0)
+
+    def _is_persisted(self, k: bytes) -> bool:
+        return k not in self._dirty and k not in self._inflight
+
+    def _start_batch(self) -> None:
+        self._scheduled = None
+        self._lazy = False
+        if not self._dirty:
+            self._busy = False
+            if self._state == "closing":
+                self._finish_close(None)
+            return
+        batch, self._dirty = self._dirty, {}
+        self._inflight = batch
+        seqno = self._seqno
+        marks = None
+        if self._cas - self._marked_cas >= _store.META_STEP \
+                or seqno - self._marked_seqno >= _store.META_STEP:
+            marks = (self._cas, seqno)
+        self._writing = True
+        # Batches run one at a time, so the two threads never share the
+        # connection at once.
+        pool = self._pool
+        if self._bg_pool is not None and not (
+                self._persist_waiters or self._endure_waiters or self._state == "closing"):
+            pool = self._bg_pool
+        d = deferToThreadPool(self._reactor, pool, _store.write_batch, self._conn, batch,
+                               marks)
+        d.addBoth(self._batch_done, batch, seqno, marks)
+
+    def _batch_done(self, result: Any, batch: Dict[bytes, Optional[bytes]],
+                    seqno: int, marks: Optional[Tuple[int, int]]) -> None:
+        self._writing = False
+        self._inflight = {}
+        if isinstance(result, Failure):
+            self._batch_failed(result, batch, seqno)
+            return
+        if marks is not None:
+            self._marked_cas, self._marked_seqno = marks
+        took, rows = result
+        disk = self._disk
+        disk["flushed"] += rows
+        disk["batches"] += 1
+        disk["last_flush_duration"] = took
+        disk["last_batch"] = rows
+        self._persisted_seqno = seqno
+        waiters = self._persist_waiters
+        # The next batch first, so its write overlaps the replies sent below.
+        if not self._dirty:
+            self._busy = False
+        elif (self._state == "closing" or self._endure_waiters or not self.flush_delay
+              or (waiters and waiters[-1][0] > seqno)):
+            self._start_batch()
+        else:
+            self._lazy = True
+            self._scheduled = self._reactor.callLater(self.flush_delay, self._start_batch)
+        while waiters and waiters[0][0] <= seqno:
+            _s, d, r = waiters.popleft()
+            if not d.called:
+                d.callback(r)
+        if self._endure_waiters:
+            self._recheck_endure()
+        if not self._busy:
+            if self._dirty:  # queued by the callbacks above (say, an item expiring)
+                self._busy = True
+                self._start_batch()
+            elif self._state == "closing":
+                self._finish_close(None)
+
+    def _batch_failed(self, f: Failure, batch: Dict[bytes, Optional[bytes]],
+                      seqno: int) -> None:
+        self._disk["errors"] += 1
+        _log.failure("txcb: writing {n} items to {path} failed; retrying in {retry}s",
+                     f, n=len(batch), path=self.path, retry=self.retry_interval)
+        # Put the batch back under what was queued since (newer wins).
+        dirty = self._dirty
+        for k, item in batch.items():
+            if k not in dirty:
+                dirty[k] = item
+        waiters = self._persist_waiters
+        error = TemporaryFailError("the write could not be persisted: %s"
+                                   % (f.getErrorMessage(),))
+        while waiters and waiters[0][0] <= seqno:
+            _s, d, r = waiters.popleft()
+            if not d.called:
+                d.errback(TemporaryFailError(error.message, key=r.key))
+        if self._state == "closing":
+            self._busy = False
+            self._finish_close(f)
+            return
+        self._scheduled = self._reactor.callLater(self.retry_interval, self._start_batch)

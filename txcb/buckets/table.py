@@ -1,0 +1,247 @@
+"""
+The embedded bucket's item table: the items, their locks and expiries.
+
+Items live in one dict, key bytes -> the stored item (:mod:`txcb.buckets.items`).
+Expiry is lazy (checked on access) plus a pager that reclaims expired items
+periodically from a heap of expiry times.  Locks sit in a separate, usually
+empty, dict.  Every mutation gets a bucket-wide sequence number and passes
+through :meth:`ItemTable._mutated`, the hook a persistent bucket uses to
+queue the change for disk.  Scans walk a sorted :class:`~txcb.scan.KeyIndex`
+of the keys, built on the first scan.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from bisect import bisect_left
+from math import ceil
+from typing import Any, Dict, List, Optional, Tuple
+
+from txcb.buckets.items import (
+    DELETED, EXPIRED, LOCKED_CAS, LONG, STORED, cas_of, expiry_of, header, long_unpack,
+    make_item, value_len)
+from txcb.errors import KeyExistsError, NetworkError, NotFoundError, TemporaryFailError
+from txcb.results import OperationResult, ScanItem
+from txcb.scan import KeyIndex
+
+__all__ = ["ItemTable", "OPS"]
+
+#: The operations a bucket counts (its ``op_*`` stats).
+OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
+       "counter", "append", "prepend", "endure", "stats", "flush", "scan")
+#: What a scan row counts for against ``batch_bytes`` besides its key and
+#: value (as the wire does).
+SCAN_ROW_OVERHEAD = 22
+
+
+class ItemTable:
+    """
+    Items with CAS, expiry, locks and sequence numbers, on an injected clock.
+
+    The base of :class:`~txcb.buckets.embedded.EmbeddedBucket`: it holds the
+    state and the steps every operation is made of; the bucket holds the
+    operations.
+    """
+
+    def __init__(self, clock: Any, transcoder: Any) -> None:
+        self.clock = clock
+        self.transcoder = transcoder
+        self._items: Dict[bytes, bytes] = {}
+        self._locks: Dict[bytes, float] = {}
+        self._expiries: List[Tuple[float, bytes]] = []
+        self._bytes = 0
+        self._cas = time.time_ns()
+        self._seqno = 0
+        self._closed = False
+        self._stats = {"hits": 0, "misses": 0, "expired": 0}
+        self._ops = dict.fromkeys(OPS, 0)
+        self._scan_index: Any = None  # a KeyIndex, once something scans
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NetworkError("the bucket is closed")
+
+    def _next_cas(self) -> int:
+        self._cas = cas = self._cas + 1
+        return cas
+
+    def _lookup(self, k: bytes, now: float) -> Optional[bytes]:
+        """The live item for a key, expiring it on the way if it is due."""
+        item = self._items.get(k)
+        if item is not None and item[0] == LONG:
+            exp = long_unpack(item)[2]
+            if exp and exp <= now:
+                self._remove_item(k, item, EXPIRED)
+                return None
+        return item
+
+    def _is_locked(self, k: bytes, now: float) -> bool:
+        until = self._locks.get(k)
+        if until is None:
+            return False
+        if until <= now:
+            del self._locks[k]
+            return False
+        return True
+
+    def _check_unlocked(self, k: bytes, now: float, key: Any) -> None:
+        if self._locks and self._is_locked(k, now):
+            raise TemporaryFailError("the key is locked", key=key)
+
+    def _put(self, k: bytes, old: Optional[bytes], cas: int, exp: float, flags: int,
+             data: bytes) -> int:
+        item = make_item(cas, exp, flags, data)
+        self._items[k] = item
+        if old is None:
+            self._bytes += len(k) + len(data)
+            if self._scan_index is not None:
+                self._scan_index.add(k)
+        else:
+            self._bytes += len(data) - value_len(old)
+        if exp:
+            heapq.heappush(self._expiries, (exp, k))
+        self._seqno = seqno = self._seqno + 1
+        self._mutated(k, item, seqno, STORED)
+        return seqno
+
+    def _remove_item(self, k: bytes, item: bytes, why: int) -> int:
+        del self._items[k]
+        self._locks.pop(k, None)
+        self._bytes -= len(k) + value_len(item)
+        if why == EXPIRED:
+            self._stats["expired"] += 1
+        self._seqno = seqno = self._seqno + 1
+        self._mutated(k, None, seqno, why)
+        return seqno
+
+    def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
+        """Called after every change of an item (item None: removed)."""
+
+    def _check_mutable(self, k: bytes, item: bytes, cas: int, now: float, key: Any) -> None:
+        """Refuse a mutation on a locked item without the lock cas, or a cas mismatch."""
+        item_cas = cas_of(item)
+        if self._locks and self._is_locked(k, now):
+            if cas != item_cas:
+                raise TemporaryFailError("the key is locked", key=key)
+            del self._locks[k]
+        elif cas and cas != item_cas:
+            raise KeyExistsError("CAS mismatch", key=key)
+
+    def _remove_all(self) -> int:
+        """
+        Remove every item, each through ``_remove_item(k, item, DELETED)`` (so
+        the ``_mutated`` hook sees each removal); returns how many.
+        """
+        items = self._items
+        removed = 0
+        for k in list(items):
+            item = items.get(k)
+            if item is not None:
+                self._remove_item(k, item, DELETED)
+                removed += 1
+        self._locks.clear()
+        self._expiries = []
+        return removed
+
+    def _endured(self, k: bytes, key: Any, persist: int, cas: int,
+                 check_removed: bool) -> Optional[OperationResult]:
+        """The result if the requirement is met now, None to keep polling."""
+        item = self._lookup(k, self.clock.seconds())
+        if check_removed:
+            if item is None and (not persist or self._is_persisted(k)):
+                return OperationResult(key, 0)
+            return None
+        if item is None:
+            raise NotFoundError("no such key", key=key)
+        item_cas = cas_of(item)
+        if cas and cas != item_cas:
+            raise KeyExistsError("the key was modified since (CAS differs)", key=key)
+        if persist and not self._is_persisted(k):
+            return None
+        return OperationResult(key, item_cas)
+
+    def _is_persisted(self, k: bytes) -> bool:
+        """Whether the key's latest change is on disk (no disk: never)."""
+        return False
+
+    def run_pager(self, budget: int = 10000) -> int:
+        """Remove up to ``budget`` expired items; returns how many it removed."""
+        now = self.clock.seconds()
+        heap = self._expiries
+        removed = 0
+        while heap and heap[0][0] <= now and budget:
+            exp, k = heapq.heappop(heap)
+            budget -= 1
+            item = self._items.get(k)
+            if item is not None:
+                item_exp = expiry_of(item)
+                if item_exp and item_exp <= now:
+                    self._remove_item(k, item, EXPIRED)
+                    removed += 1
+        if len(heap) > 2 * len(self._items) + 1024:
+            # Stale entries (keys re-stored or touched) outnumber live ones.
+            self._expiries = [(e, k) for k, it in self._items.items()
+                              for e in (expiry_of(it),) if e]
+            heapq.heapify(self._expiries)
+        return removed
+
+    def scan_batch_sync(self, prefix: bytes, start: bytes, end: bytes, ids_only: bool,
+                        batch_size: int, batch_bytes: int) -> Tuple[List[Any], Any]:
+        """
+        One batch of a scan, from ``start`` (arguments as
+        :func:`txcb.validation.scan_args` returns them): ``(rows, resume)``,
+        ``resume`` being the start of the next batch or None at the end of the
+        range.  Walks the shared sorted :class:`~txcb.scan.KeyIndex`;
+        ``batch_bytes`` counts rows as the wire does (22 bytes + key + value)
+        and lets one row through on its own.
+        """
+        self._check_open()
+        self._ops["scan"] += 1
+        items = self._items
+        index = self._scan_index
+        if index is None or not index.usable(items):
+            index = self._scan_index = KeyIndex(items)
+        keys = index.sorted_keys()
+        now = self.clock.seconds()
+        i, n = bisect_left(keys, max(start, prefix)), len(keys)
+        rows: List[Any] = []
+        size, budget, last = 0, 4 * batch_size + 1024, None
+        while i < n:
+            k = keys[i]
+            if (end and k >= end) or not k.startswith(prefix):
+                return rows, None
+            i += 1
+            if k == last:
+                continue  # listed twice (removed, then added again)
+            last = k
+            budget -= 1
+            item = items.get(k)
+            if item is not None:
+                row = self._scan_row(k, item, now, ids_only)
+                if row is not None:
+                    raw = row.raw
+                    cost = SCAN_ROW_OVERHEAD + len(k) + (len(raw) if raw is not None else 0)
+                    if rows and size + cost > batch_bytes:
+                        return rows, k
+                    size += cost
+                    rows.append(row)
+                    if len(rows) >= batch_size:
+                        break
+            if budget <= 0:
+                break
+        if i >= n or (end and keys[i] >= end) or not keys[i].startswith(prefix):
+            return rows, None
+        return rows, k + b"\x00"
+
+    def _scan_row(self, k: bytes, item: bytes, now: float, ids_only: bool
+                  ) -> Optional[ScanItem]:
+        """A scan's row for an item, or None if it has expired (it is removed)."""
+        cas, exp, flags, off = header(item)
+        if exp and exp <= now:
+            self._remove_item(k, item, EXPIRED)
+            return None
+        if self._locks and self._is_locked(k, now):
+            cas = LOCKED_CAS
+        return ScanItem.from_row(k, flags, cas, ceil(exp) if exp else 0,
+                                 None if ids_only else item[off:], self.transcoder)
