@@ -26,7 +26,7 @@ from txcb.service import tap
 from txcb.client.blocking import Bucket
 from txcb.cli import EXIT
 
-from tests.test_tap import free_port
+from tests.support.procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 30

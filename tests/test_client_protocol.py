@@ -32,64 +32,8 @@ from txcb.interfaces import IBucket
 from txcb.results import OperationResult, ValueResult
 from txcb.server.netstring import BucketServerFactory, BucketServerProtocol
 
-from tests.test_server_protocol import buffered
-
-ADDR = IPv4Address("TCP", "127.0.0.1", 11222)
-CLIENT_NS = BucketClientProtocol.__module__ + "." + BucketClientProtocol.__name__
-HELLO_INFO = {"server": "txcb/test", "protocol": 1, "max_value_size": 1000,
-              "max_frame": 1278, "max_inflight": 16}
-
-
-def response(opcode, opaque, status=0, **kw):
-    return netstring(encode_response(opcode, opaque, status, **kw))
-
-
-class ClientTestBase(unittest.TestCase):
-
-    def setUp(self):
-        self.clock = Clock()
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        self.addCleanup(self.assertNoStrayFailures)
-
-    def assertNoStrayFailures(self):
-        gc.collect()  # unhandled errors in Deferreds are logged when collected
-        failures = [e for e in self.events if "log_failure" in e]
-        self.assertEqual(failures, [])
-
-    def client_warnings(self):
-        return [e for e in self.events if e.get("log_namespace") == CLIENT_NS
-                and e["log_level"] >= LogLevel.warn]
-
-    def sent(self, transport):
-        """The requests the client wrote since the last call."""
-        reqs = [decode_request(p) for p in NetstringDecoder(1 << 26).feed(transport.value())]
-        transport.clear()
-        return reqs
-
-    def make_client(self, timeout=2.5, hello=True):
-        proto = BucketClientProtocol(clock=self.clock, timeout=timeout)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        [req] = self.sent(transport)
-        self.assertEqual((req.opcode, req.key), (Op.HELLO, b""))
-        if hello:
-            proto.dataReceived(response(Op.HELLO, req.opaque,
-                                        body=json.dumps(HELLO_INFO).encode()))
-        self.proto, self.transport = proto, transport
-        self.bucket = RemoteBucket(proto, timeout=timeout)
-        return proto, transport
-
-    def assertIdle(self, proto=None):
-        """Nothing lingers: no pending request, no timer."""
-        proto = proto or self.proto
-        self.assertEqual(proto._pending, {})
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def one_request(self):
-        [req] = self.sent(self.transport)
-        return req
+from tests.support.netstring import SERVER_ADDR as ADDR
+from tests.support.netstring import CLIENT_NS, HELLO_INFO, ClientTestBase, buffered, response
 
 
 class HandshakeTests(ClientTestBase):

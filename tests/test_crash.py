@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from txcb.client.remote import connect
 from txcb.errors import CouchbaseError
-from tests._memcached_procs import free_port
+from tests.support.procs import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENTS = 4

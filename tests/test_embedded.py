@@ -10,7 +10,7 @@ from txcb.buckets import embedded
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import FMT_BYTES, Encoded
 
-from tests.contract import BucketContractMixin
+from tests.support.contract import BucketContractMixin
 
 
 class EmbeddedContractTests(BucketContractMixin, unittest.TestCase):

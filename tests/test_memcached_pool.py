@@ -35,8 +35,8 @@ from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.buckets.memcached import MemcachedPool, parse_backend, parse_servers
 from txcb.results import MultiResult
 
-from tests import _memcached_procs as procs
-from tests.contract import BucketContractMixin
+from tests.support import procs
+from tests.support.contract import BucketContractMixin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ import sys
 import time
 
 from twisted.trial import unittest
-from tests._memcached_procs import free_port
+from tests.support.procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMCAPABLE = shutil.which("memccapable") or shutil.which("memcapable")

@@ -32,7 +32,7 @@ from txcb.service.metrics import MeteredServerProtocol, ServerMetrics, metrics_s
 from txcb.server.netstring import BucketServerFactory
 from txcb.testing import FaultyBucket, memory_bucket
 
-from tests.test_tap import free_port
+from tests.support.procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -25,8 +25,8 @@ from txcb.results import ScanItem
 from txcb.scan import KeyIndex, ScanResult
 from txcb.testing import FaultyBucket, InMemoryConnection, memory_bucket
 
-from tests.sync_contract import ThreadedServer
-from tests.test_remote import start_server
+from tests.support.servers import start_server
+from tests.support.sync_contract import ThreadedServer
 
 
 class CodecTests(unittest.SynchronousTestCase):

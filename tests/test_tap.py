@@ -18,7 +18,8 @@ from twisted.trial import unittest
 
 from txcb.service import tap
 from txcb.client.remote import connect
-from tests._memcached_procs import free_port
+
+from tests.support.procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
