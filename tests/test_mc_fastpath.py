@@ -97,7 +97,7 @@ STREAMS = [
 ]
 
 
-class FastPathEquivalenceTests(unittest.TestCase):
+class PipelinedAsciiEquivalenceTests(unittest.TestCase):
 
     def assertSameEverywhere(self, data, setup=None, stride=1):
         reference = _run([data], False, setup)

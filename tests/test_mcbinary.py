@@ -278,7 +278,7 @@ class ExtrasTests(unittest.TestCase):
         self.assertRaises(ValueError, build_sasl_plain, b"u", b"p\0q")
 
 
-class RoundTripTests(unittest.TestCase):
+class BinaryCodecRoundTripTests(unittest.TestCase):
 
     def test_every_opcode_has_a_valid_example(self) -> None:
         self.assertEqual(sorted(VALID), ALL_OPCODES)

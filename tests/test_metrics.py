@@ -252,7 +252,7 @@ class ScrapeTests(unittest.TestCase):
         self.assertIn("txcb_disk_errors_total", s)
 
 
-class RealProcessTests(unittest.SynchronousTestCase):
+class TwistdMetricsProcessTests(unittest.SynchronousTestCase):
     """`twistd -n txcb --metrics PORT` scraped with urllib."""
 
     def test_twistd_serves_metrics(self):

@@ -29,7 +29,7 @@ from tests.support.servers import start_server
 from tests.support.sync_contract import ThreadedServer
 
 
-class CodecTests(unittest.SynchronousTestCase):
+class ScanCodecTests(unittest.SynchronousTestCase):
     def test_request_round_trip(self):
         body = encode_scan_request(10, 4096, b"p", b"pa", b"q")
         self.assertEqual(len(body), SCAN_BODY.size + 4)
@@ -68,7 +68,7 @@ class CodecTests(unittest.SynchronousTestCase):
             self.assertRaises(errors.ArgumentError, scan_args, *bad)
 
 
-class ServerTests(unittest.SynchronousTestCase):
+class ScanServerTests(unittest.SynchronousTestCase):
     """SCAN through the real server and client, pumped in memory."""
 
     def setUp(self):
