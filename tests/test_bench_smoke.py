@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT
+
 
 pytestmark = pytest.mark.skipif(
     shutil.which("memcached") is None,

@@ -19,9 +19,8 @@ from txcb.client.blocking import Bucket, parse_endpoint
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.testing import FaultyBucket
 
+from tests.support import ROOT
 from tests.support.sync_contract import SyncBucketContractMixin, ThreadedServer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ThreadedServerMixin:

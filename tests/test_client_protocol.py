@@ -4,16 +4,13 @@ mostly with StringTransport and task.Clock, client<->server in memory with
 an iosim pump, and reconnection against a real loopback server.
 """
 
-import gc
 import json
 
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -33,7 +30,7 @@ from txcb.results import OperationResult, ValueResult
 from txcb.server.netstring import BucketServerFactory, BucketServerProtocol
 
 from tests.support.netstring import SERVER_ADDR as ADDR
-from tests.support.netstring import CLIENT_NS, HELLO_INFO, ClientTestBase, buffered, response
+from tests.support.netstring import HELLO_INFO, ClientTestBase, buffered, response
 
 
 class HandshakeTests(ClientTestBase):

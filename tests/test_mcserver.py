@@ -14,7 +14,6 @@ import socket
 import time
 
 from twisted.internet import defer, reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -30,11 +29,11 @@ from txcb.formats import FMT_JSON, Encoded
 from txcb.server.memcached import (
     EXPIRED_TTL, TOO_MANY_CONNECTIONS, VERSION, MemcachedServerFactory,
     MemcachedServerProtocol, load_auth_file)
-from txcb.server.netstring import BucketServerFactory, ServerStats
+from txcb.server.netstring import BucketServerFactory
 from txcb.testing import FaultyBucket
 
 from tests.support.memcached import PEER as ADDR
-from tests.support.memcached import Conn, Harness, responses
+from tests.support.memcached import Harness, responses
 
 O = B.Opcode
 S = B.Status

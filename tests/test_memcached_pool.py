@@ -23,7 +23,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.memcache import MemCacheProtocol
 from twisted.python import usage
@@ -37,11 +37,10 @@ from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.buckets.memcached import MemcachedPool, parse_backend, parse_servers
 from txcb.results import MultiResult
 
-from tests.support import procs
+from tests.support import ROOT, procs, sleep
 from tests.support.contract import BucketContractMixin
 from tests.support.servers import start_memcached_server
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if not procs.have(procs.MEMCACHED):
     SKIP_MEMCACHED = "memcached is not installed (Debian package memcached)"
@@ -53,10 +52,6 @@ else:
     SKIP_NUTCRACKER = None
 
 U64 = 2 ** 64 - 1
-
-
-def sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
 
 
 def shared_addresses():

@@ -3,32 +3,27 @@ BucketServerProtocol driven through StringTransport, with an EmbeddedBucket
 (or a test double) on a task.Clock: no sockets, no real time.
 """
 
-import gc
 import json
-from io import BytesIO
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
-from twisted.trial import unittest
 
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET, REQ_MAGIC,
-    NetstringDecoder, Op, Request, decode_response, encode_request, netstring)
+    Op, Request, decode_response, encode_request, netstring)
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC, ArgumentError, NotFoundError, TemporaryFailError
 from txcb.formats import FMT_BYTES
 from txcb.results import OperationResult, ValueResult
-from txcb.server.netstring import BucketServerFactory, BucketServerProtocol, _sync_handlers
+from txcb.server.netstring import _sync_handlers
 from txcb.testing import FaultyBucket
 
 from tests.support.netstring import PEER as ADDR
 from tests.support.netstring import (
-    SERVER_NS, DelegatingBucket, LogCapture, PendingBucket, ServerTestBase, buffered, frame)
+    SERVER_NS, DelegatingBucket, PendingBucket, ServerTestBase, buffered, frame)
 
 
 def bad_magic_frame(opaque):
