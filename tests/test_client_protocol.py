@@ -27,10 +27,11 @@ from txcb.errors import RC
 from txcb.formats import FMT_JSON, FMT_UTF8
 from txcb.interfaces import IBucket
 from txcb.results import OperationResult, ValueResult
-from txcb.server.netstring import BucketServerFactory, BucketServerProtocol
+from txcb.server.netstring import BucketServerFactory
 
 from tests.support.netstring import SERVER_ADDR as ADDR
 from tests.support.netstring import HELLO_INFO, ClientTestBase, buffered, response
+from tests.support.servers import TrackedServerFactory
 
 
 class HandshakeTests(ClientTestBase):
@@ -1074,24 +1075,6 @@ class ReconnectInMemoryTests(ClientTestBase):
             self.server_factory.bucket.get_sync("k").value, "again")
 
 
-class _TrackedServerProtocol(BucketServerProtocol):
-    def connectionMade(self):
-        BucketServerProtocol.connectionMade(self)
-        self.factory.live[self] = Deferred()
-
-    def connectionLost(self, reason=None):
-        BucketServerProtocol.connectionLost(self, reason)
-        self.factory.live.pop(self).callback(None)
-
-
-class _TrackedServerFactory(BucketServerFactory):
-    protocol = _TrackedServerProtocol
-
-    def __init__(self, *a, **kw):
-        BucketServerFactory.__init__(self, *a, **kw)
-        self.live = {}
-
-
 class ReconnectLoopbackTests(unittest.TestCase):
     """connect(..., reconnect=True) against a real server over loopback TCP."""
 
@@ -1100,7 +1083,7 @@ class ReconnectLoopbackTests(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):
         self.server_bucket = PendingServerBucket(pager_interval=0)
-        self.factory = _TrackedServerFactory(self.server_bucket)
+        self.factory = TrackedServerFactory(self.server_bucket)
         port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(self.stop_server, port)
         self.bucket = yield connect(reactor, "tcp:127.0.0.1:%d" % port.getHost().port,

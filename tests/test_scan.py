@@ -2,7 +2,7 @@
 Streaming scans beyond the contract: the SCAN wire format, the server's
 statelessness and limits, the ScanResult cursor (flow control, each(),
 async iteration, cancellation), the embedded bucket's shared key index, and
-the blocking client's iterator.  (Scan semantics are in tests/contract.py.)
+the blocking client's iterator.  (Scan semantics are in tests/support/contract.py.)
 """
 
 import time

@@ -30,23 +30,28 @@ def _clock_at_now():
 class _TrackedProtocol(BucketServerProtocol):
     def connectionMade(self):
         BucketServerProtocol.connectionMade(self)
-        self.factory.lost[self] = defer.Deferred()
+        self.factory.live[self] = defer.Deferred()
 
     def connectionLost(self, reason=None):
         BucketServerProtocol.connectionLost(self, reason)
-        self.factory.lost.pop(self).callback(None)
+        self.factory.live.pop(self).callback(None)
 
 
 class TrackedServerFactory(BucketServerFactory):
-    """A server factory whose connections can be waited on at cleanup."""
+    """
+    A netstring server factory whose connections can be waited on at cleanup.
+
+    :ivar live: ``{protocol: Deferred}`` of the open connections; each
+        Deferred fires when its connection is lost.
+    """
     protocol = _TrackedProtocol
 
     def __init__(self, *a, **kw):
         BucketServerFactory.__init__(self, *a, **kw)
-        self.lost = {}
+        self.live = {}
 
     def all_closed(self):
-        return defer.gatherResults(list(self.lost.values()))
+        return defer.gatherResults(list(self.live.values()))
 
 
 @defer.inlineCallbacks
@@ -78,13 +83,11 @@ class _RecordingProtocol(ProtocolWrapper):
     def connectionMade(self):
         ProtocolWrapper.connectionMade(self)
         self.decoder = mcbinary.Decoder("request")
-        self.factory.connections.append(self)
-        self.factory.lost[self] = defer.Deferred()
+        self.factory.live[self] = defer.Deferred()
 
     def connectionLost(self, reason=None):
         ProtocolWrapper.connectionLost(self, reason)
-        self.factory.connections.remove(self)
-        self.factory.lost.pop(self).callback(None)
+        self.factory.live.pop(self).callback(None)
 
     def dataReceived(self, data):
         if self.factory.record:
@@ -100,7 +103,8 @@ class RecordingFactory(WrappingFactory):
     ``record``), and drops every request unanswered while ``mute`` is set, as
     a server that hangs would.
 
-    :ivar connections: the open connections (their ``transport`` is the TCP one).
+    :ivar live: ``{connection: Deferred}`` of the open connections; each
+        Deferred fires when its connection is lost.
     """
 
     protocol = _RecordingProtocol
@@ -110,11 +114,15 @@ class RecordingFactory(WrappingFactory):
         self.mute = mute
         self.record = record
         self.seen = []
-        self.connections = []
-        self.lost = {}
+        self.live = {}
+
+    @property
+    def connections(self):
+        """The open connections, oldest first (their ``transport`` is the TCP one)."""
+        return list(self.live)
 
     def all_closed(self):
-        return defer.gatherResults(list(self.lost.values()))
+        return defer.gatherResults(list(self.live.values()))
 
 
 @defer.inlineCallbacks
@@ -137,7 +145,7 @@ def start_memcached_server(testcase, bucket=None, clock=None, credentials=None,
     @defer.inlineCallbacks
     def cleanup():
         yield port.stopListening()
-        for c in list(factory.connections):
+        for c in factory.connections:
             c.transport.abortConnection()
         yield factory.all_closed()
         yield bucket.close()
