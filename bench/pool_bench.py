@@ -36,7 +36,7 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # noqa: E402
 from twisted.protocols.memcache import MemCacheProtocol  # noqa: E402
 
-from tests import _memcached_procs as procs  # noqa: E402
+from tests.support import procs  # noqa: E402
 from txcb.buckets.memcached import MemcachedPool  # noqa: E402
 
 

@@ -8,15 +8,14 @@ installs the asyncio reactor first: the remote contract suite under
 """
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 from twisted.trial import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT, temp_path
+
 TIME_LIMIT = 90
 
 #: The README's asyncio example (run against ``sys.argv[1]``).
@@ -83,15 +82,6 @@ HARNESS = textwrap.dedent('''
     print("reactor", type(reactor).__name__)
     task.react(example["run"], ["tcp:127.0.0.1:%d" % port.getHost().port])
 ''')
-
-
-
-def temp_path(testcase, name="f"):
-    """A path in a fresh temporary directory removed after the test (never in
-    the source tree, where pytest would leave trial's mktemp() directories)."""
-    d = tempfile.mkdtemp(prefix="txcb-test-")
-    testcase.addCleanup(shutil.rmtree, d, True)
-    return os.path.join(d, name)
 
 
 def run_python(args, timeout=TIME_LIMIT, env=None):

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT
+
 
 needs_memcached = pytest.mark.skipif(
     shutil.which("memcached") is None,

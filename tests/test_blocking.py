@@ -19,12 +19,11 @@ from txcb.client.blocking import Bucket, parse_endpoint
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.testing import FaultyBucket
 
-from tests.sync_contract import SyncBucketContractMixin, ThreadedServer
+from tests.support import ROOT
+from tests.support.sync_contract import SyncBucketContractMixin, ThreadedServer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-class ServerMixin:
+class ThreadedServerMixin:
     def start_server(self, **kwargs):
         server = ThreadedServer(**kwargs)
         self.addCleanup(server.stop)
@@ -36,7 +35,7 @@ class ServerMixin:
         return b
 
 
-class BlockingContractTests(ServerMixin, SyncBucketContractMixin, SynchronousTestCase):
+class BlockingContractTests(ThreadedServerMixin, SyncBucketContractMixin, SynchronousTestCase):
     def setUp(self):
         self.server = self.start_server()
 
@@ -75,7 +74,7 @@ class EndpointTests(SynchronousTestCase):
         self.assertIn("tcp:, tcp6: and unix:", str(cm.exception))
 
 
-class ConnectionTests(ServerMixin, SynchronousTestCase):
+class ConnectionTests(ThreadedServerMixin, SynchronousTestCase):
     def test_connect_failure_is_connect_error(self):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
@@ -153,7 +152,7 @@ class ConnectionTests(ServerMixin, SynchronousTestCase):
         self.assertEqual(out.strip(), b"[]")
 
 
-class PipelineTests(ServerMixin, SynchronousTestCase):
+class PipelineTests(ThreadedServerMixin, SynchronousTestCase):
     def test_pipeline_returns_results_and_errors_in_order(self):
         server = self.start_server()
         b = self.connect(server.endpoint)

@@ -26,9 +26,9 @@ from txcb.service import tap
 from txcb.client.blocking import Bucket
 from txcb.cli import EXIT
 
-from tests.test_tap import free_port
+from tests.support import ROOT, temp_path
+from tests.support.procs import die_with_parent, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 30
 
 
@@ -40,26 +40,6 @@ def txcb_script():
     found = shutil.which("txcb")
     assert found, "the txcb console script is not installed: pip install -e ."
     return found
-
-
-
-def temp_path(testcase, name="f"):
-    """A path in a fresh temporary directory removed after the test (never in
-    the source tree, where pytest would leave trial's mktemp() directories)."""
-    d = tempfile.mkdtemp(prefix="txcb-test-")
-    testcase.addCleanup(shutil.rmtree, d, True)
-    return os.path.join(d, name)
-
-
-def _die_with_parent():
-    """In the child: get SIGTERM if the test run is killed (Linux), so no
-    server outlives it even when atexit handlers do not run."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
 
 
 class _Server:
@@ -87,7 +67,7 @@ class _Server:
             args.append("--ephemeral")
         cls.proc = subprocess.Popen(args, cwd=workdir, env=dict(os.environ, PYTHONPATH=ROOT),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
         cls.endpoint = "tcp:127.0.0.1:%d" % port
         deadline = time.monotonic() + 20
         while True:

@@ -4,16 +4,13 @@ mostly with StringTransport and task.Clock, client<->server in memory with
 an iosim pump, and reconnection against a real loopback server.
 """
 
-import gc
 import json
 
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -30,66 +27,11 @@ from txcb.errors import RC
 from txcb.formats import FMT_JSON, FMT_UTF8
 from txcb.interfaces import IBucket
 from txcb.results import OperationResult, ValueResult
-from txcb.server.netstring import BucketServerFactory, BucketServerProtocol
+from txcb.server.netstring import BucketServerFactory
 
-from tests.test_server_protocol import buffered
-
-ADDR = IPv4Address("TCP", "127.0.0.1", 11222)
-CLIENT_NS = BucketClientProtocol.__module__ + "." + BucketClientProtocol.__name__
-HELLO_INFO = {"server": "txcb/test", "protocol": 1, "max_value_size": 1000,
-              "max_frame": 1278, "max_inflight": 16}
-
-
-def response(opcode, opaque, status=0, **kw):
-    return netstring(encode_response(opcode, opaque, status, **kw))
-
-
-class ClientTestBase(unittest.TestCase):
-
-    def setUp(self):
-        self.clock = Clock()
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        self.addCleanup(self.assertNoStrayFailures)
-
-    def assertNoStrayFailures(self):
-        gc.collect()  # unhandled errors in Deferreds are logged when collected
-        failures = [e for e in self.events if "log_failure" in e]
-        self.assertEqual(failures, [])
-
-    def client_warnings(self):
-        return [e for e in self.events if e.get("log_namespace") == CLIENT_NS
-                and e["log_level"] >= LogLevel.warn]
-
-    def sent(self, transport):
-        """The requests the client wrote since the last call."""
-        reqs = [decode_request(p) for p in NetstringDecoder(1 << 26).feed(transport.value())]
-        transport.clear()
-        return reqs
-
-    def make_client(self, timeout=2.5, hello=True):
-        proto = BucketClientProtocol(clock=self.clock, timeout=timeout)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        [req] = self.sent(transport)
-        self.assertEqual((req.opcode, req.key), (Op.HELLO, b""))
-        if hello:
-            proto.dataReceived(response(Op.HELLO, req.opaque,
-                                        body=json.dumps(HELLO_INFO).encode()))
-        self.proto, self.transport = proto, transport
-        self.bucket = RemoteBucket(proto, timeout=timeout)
-        return proto, transport
-
-    def assertIdle(self, proto=None):
-        """Nothing lingers: no pending request, no timer."""
-        proto = proto or self.proto
-        self.assertEqual(proto._pending, {})
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def one_request(self):
-        [req] = self.sent(self.transport)
-        return req
+from tests.support.netstring import SERVER_ADDR as ADDR
+from tests.support.netstring import HELLO_INFO, ClientTestBase, buffered, response
+from tests.support.servers import TrackedServerFactory
 
 
 class HandshakeTests(ClientTestBase):
@@ -1133,24 +1075,6 @@ class ReconnectInMemoryTests(ClientTestBase):
             self.server_factory.bucket.get_sync("k").value, "again")
 
 
-class _TrackedServerProtocol(BucketServerProtocol):
-    def connectionMade(self):
-        BucketServerProtocol.connectionMade(self)
-        self.factory.live[self] = Deferred()
-
-    def connectionLost(self, reason=None):
-        BucketServerProtocol.connectionLost(self, reason)
-        self.factory.live.pop(self).callback(None)
-
-
-class _TrackedServerFactory(BucketServerFactory):
-    protocol = _TrackedServerProtocol
-
-    def __init__(self, *a, **kw):
-        BucketServerFactory.__init__(self, *a, **kw)
-        self.live = {}
-
-
 class ReconnectLoopbackTests(unittest.TestCase):
     """connect(..., reconnect=True) against a real server over loopback TCP."""
 
@@ -1159,7 +1083,7 @@ class ReconnectLoopbackTests(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):
         self.server_bucket = PendingServerBucket(pager_interval=0)
-        self.factory = _TrackedServerFactory(self.server_bucket)
+        self.factory = TrackedServerFactory(self.server_bucket)
         port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(self.stop_server, port)
         self.bucket = yield connect(reactor, "tcp:127.0.0.1:%d" % port.getHost().port,

@@ -18,12 +18,13 @@ import tempfile
 import time
 
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from txcb.client.remote import connect
 from txcb.errors import CouchbaseError
-from tests._memcached_procs import free_port
+
+from tests.support import sleep
+from tests.support.procs import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENTS = 4
@@ -31,12 +32,6 @@ WORKERS = 16  # requests in flight per client
 RING = 40  # keys each worker cycles through (so keys are also overwritten)
 MAX_WRITES = 2000  # per worker: bounds the load even if the kill never comes
 KILL_AFTER = 2500  # acknowledged operations before the signal
-
-
-
-
-def sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
 
 
 class Server:

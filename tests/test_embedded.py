@@ -15,7 +15,7 @@ from txcb.multi import settle_multi
 from txcb.results import MultiResult, OperationResult, ValueResult
 from zope.interface.verify import verifyObject
 
-from tests.contract import BucketContractMixin
+from tests.support.contract import BucketContractMixin
 
 
 class EmbeddedContractTests(BucketContractMixin, unittest.TestCase):

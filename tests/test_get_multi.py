@@ -36,9 +36,10 @@ from txcb.formats import DEFAULT_TRANSCODER, FMT_BYTES
 from txcb.results import MultiResult, ValueResult
 from txcb.server.netstring import BucketServerFactory
 
-from tests.sync_contract import ThreadedServer
-from tests.test_client_protocol import ADDR, ClientTestBase, response
-from tests.test_server_protocol import DelegatingBucket, ServerTestBase, frame
+from tests.support.netstring import SERVER_ADDR as ADDR
+from tests.support.netstring import (
+    ClientTestBase, DelegatingBucket, ServerTestBase, frame, response)
+from tests.support.sync_contract import ThreadedServer
 
 U64 = 2 ** 64 - 1
 HELLO_MULTI = {"server": "txcb/test", "protocol": 1, "max_value_size": 1000,

@@ -26,6 +26,8 @@ from txcb.buckets.ketama import (
     Continuum, Modula, NoServersError, ServerSpec, hash_md5, ketama_points,
     parse_server)
 
+from tests.support.procs import free_port as _free_port
+
 
 # --- pure tests ----------------------------------------------------------
 
@@ -295,12 +297,6 @@ def _which(binary: str) -> Optional[str]:
     path = os.environ.get("PATH", os.defpath)
     return shutil.which(binary, path=os.pathsep.join(
         [path, "/usr/local/sbin", "/usr/sbin", "/sbin"]))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _AsciiClient:

@@ -14,7 +14,8 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT
+
 PKG = os.path.join(ROOT, "txcb")
 
 #: Old module paths that keep working as thin re-exports of their new home.

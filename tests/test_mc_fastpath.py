@@ -14,11 +14,12 @@ import re
 
 from twisted.trial import unittest
 
-from tests.test_mcserver import Harness
 from txcb.buckets.embedded import LOCKED_CAS, EmbeddedBucket
 from txcb.errors import NetworkError
 from txcb.formats import Encoded
 from txcb.testing import FaultyBucket
+
+from tests.support.memcached import Harness
 
 # A gets reply's VALUE line, its CAS apart.
 _GETS_LINE = re.compile(rb"(VALUE \S+ \d+ \d+) (\d+)\r\n")
@@ -96,7 +97,7 @@ STREAMS = [
 ]
 
 
-class FastPathEquivalenceTests(unittest.TestCase):
+class PipelinedAsciiEquivalenceTests(unittest.TestCase):
 
     def assertSameEverywhere(self, data, setup=None, stride=1):
         reference = _run([data], False, setup)

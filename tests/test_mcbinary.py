@@ -39,6 +39,8 @@ from txcb.wire.mcbinary import (
     verbosity_extras)
 from txcb.errors import RC
 
+from tests.support.procs import free_port as _free_port
+
 _RAW_HEADER = struct.Struct(">BBHBBHIIQ")
 
 
@@ -278,7 +280,7 @@ class ExtrasTests(unittest.TestCase):
         self.assertRaises(ValueError, build_sasl_plain, b"u", b"p\0q")
 
 
-class RoundTripTests(unittest.TestCase):
+class BinaryCodecRoundTripTests(unittest.TestCase):
 
     def test_every_opcode_has_a_valid_example(self) -> None:
         self.assertEqual(sorted(VALID), ALL_OPCODES)
@@ -782,11 +784,6 @@ class ValidateRequestTests(unittest.TestCase):
 
 
 # --- against a real memcached --------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Conn:

@@ -5,8 +5,10 @@ Three memcached processes on free loopback ports are shared by the contract
 and behaviour tests (flushed before each); the fault tests start their own
 and kill/restart them by pid.  nutcracker (twemproxy) cross-checks the key
 distribution, and a real ``twistd txcb --backend memcached:...`` proxies to
-the pool.  In-process fake servers cover what memcached cannot show
-(GET_LOCKED support, a server that never answers, SASL refusals).
+the pool.  txcb's own memcached endpoint over embedded buckets, in process,
+runs the whole contract (locks and moved clocks included: no memcached
+needed) and covers what memcached cannot show (a server that stops
+answering, SASL refusals); one small fake gives lock replies with chosen CAS.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.memcache import MemCacheProtocol
 from twisted.python import usage
@@ -35,10 +37,10 @@ from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.buckets.memcached import MemcachedPool, parse_backend, parse_servers
 from txcb.results import MultiResult
 
-from tests import _memcached_procs as procs
-from tests.contract import BucketContractMixin
+from tests.support import ROOT, procs, sleep
+from tests.support.contract import BucketContractMixin
+from tests.support.servers import start_memcached_server
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if not procs.have(procs.MEMCACHED):
     SKIP_MEMCACHED = "memcached is not installed (Debian package memcached)"
@@ -50,10 +52,6 @@ else:
     SKIP_NUTCRACKER = None
 
 U64 = 2 ** 64 - 1
-
-
-def sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
 
 
 def shared_addresses():
@@ -178,6 +176,58 @@ class MemcachedPoolContractTests(BucketContractMixin, unittest.TestCase):
         self.assertEqual(r.value, "again")
         yield b.flush()
         yield self.assertFails(b.get("a"), errors.NotFoundError)
+
+
+class TxcbEndpointPoolContractTests(BucketContractMixin, unittest.TestCase):
+    """
+    The IBucket contract against a pool of txcb's own memcached endpoint
+    (binary protocol, loopback TCP) over an embedded bucket on a task.Clock:
+    no memcached process, TTLs and locks on a moved clock, and the lock tests
+    on (the endpoint serves GET_LOCKED/UNLOCK_KEY).
+    """
+
+    timeout = 20
+    supports_locks = True
+    supports_scan = False
+    stats_per_server = True
+    max_persist_to = 0
+    #: How many endpoints (each over its own embedded bucket) the pool spans.
+    endpoints = 1
+    #: The value limit of the endpoints' buckets (the pool's own is larger,
+    #: so the servers' refusals are what the contract's limit tests see).
+    server_max_value_size = 4096
+
+    @inlineCallbacks
+    def make_bucket(self):
+        self.clock = Clock()
+        self.clock.advance(time.time())  # absolute TTLs are Unix times
+        addresses = []
+        for _ in range(self.endpoints):
+            _f, address, _bucket = yield start_memcached_server(
+                self, clock=self.clock, record=False,
+                max_value_size=self.server_max_value_size)
+            addresses.append(address)
+        pool = MemcachedPool(addresses, reactor=reactor)
+        self.addCleanup(pool.close)
+        return pool
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+
+    def max_value_size(self, b):
+        return self.server_max_value_size
+
+
+class ThreeTxcbEndpointsPoolContractTests(TxcbEndpointPoolContractTests):
+    """The same contract with the keys spread over 3 endpoints (one clock)."""
+
+    endpoints = 3
+
+    def test_cas_values_increase(self):
+        raise unittest.SkipTest(
+            "CAS is per server: each endpoint's embedded bucket has its own counter, so "
+            "keys on different endpoints have unrelated CAS values (the one-endpoint run, "
+            "TxcbEndpointPoolContractTests, checks the rule)")
 
 
 # -- behaviour specific to the pool ------------------------------------------------
@@ -439,17 +489,19 @@ class PoolBehaviourTests(unittest.TestCase):
         self.assertEqual(r["early"].value, "bird")
 
 
-# -- fake servers for what memcached does not do --------------------------------
+# -- in-process servers: txcb's own endpoint, and one fake ------------------------
 
-class FakeBinaryServer(Protocol):
+class FixedCasLockServer(Protocol):
     """
-    A binary-protocol server with Couchbase's GET_LOCKED/UNLOCK_KEY and SASL
-    PLAIN (when ``factory.users`` is set), or that never answers (``mute``).
+    A binary-protocol server with Couchbase's GET_LOCKED/UNLOCK_KEY whose
+    replies carry CAS values the test chose (77 locked, 78 unlocked), and
+    UNKNOWN_COMMAND for anything else.  Kept because txcb's own server cannot
+    produce it: its UNLOCK_KEY reply repeats the lock's CAS, so a test on it
+    cannot tell the CAS the server sent from the one the pool sent.
     """
 
     def connectionMade(self):
         self.decoder = mcb.Decoder("request")
-        self.authed = not self.factory.users
         self.factory.connections.append(self)
 
     def connectionLost(self, reason=None):
@@ -457,23 +509,12 @@ class FakeBinaryServer(Protocol):
 
     def dataReceived(self, data):
         for p in self.decoder.feed(data):
-            self.factory.seen.append(p.opcode)
-            if self.factory.mute:
-                continue
             self.transport.write(self.answer(p))
 
     def answer(self, p):
         O, S, f = mcb.Opcode, mcb.Status, self.factory
         res = lambda status=0, value=b"", extras=b"", cas=0: mcb.encode_response(  # noqa
             p.opcode, status, b"", value, extras, p.opaque, cas)
-        if p.opcode == O.SASL_AUTH:
-            user = mcb.parse_sasl_plain(p.value)
-            if f.users.get(user.username) == user.password:
-                self.authed = True
-                return res(value=b"Authenticated")
-            return res(S.AUTH_ERROR, b"Auth failure")
-        if not self.authed:
-            return res(S.AUTH_ERROR, b"Auth required")
         if p.opcode == O.GET_LOCKED:
             if not p.key:
                 return res(S.EINVAL)
@@ -486,25 +527,20 @@ class FakeBinaryServer(Protocol):
                 return res(S.ETMPFAIL)
             del f.locked[p.key]
             return res(cas=78)
-        if p.opcode == O.GET:
-            return res(0, b"1", mcb.get_response_extras(FMT_JSON), 5)
         return res(S.UNKNOWN_COMMAND)
 
 
-class FakeFactory(Factory):
-    protocol = FakeBinaryServer
+class FixedCasLockFactory(Factory):
+    protocol = FixedCasLockServer
 
-    def __init__(self, users=None, mute=False):
-        self.users = users or {}
-        self.mute = mute
+    def __init__(self):
         self.connections = []
-        self.seen = []
         self.locked = {}
 
 
 @inlineCallbacks
-def fake_server(testcase, **kw):
-    f = FakeFactory(**kw)
+def fixed_cas_lock_server(testcase):
+    f = FixedCasLockFactory()
     port = reactor.listenTCP(0, f, interface="127.0.0.1")
 
     @inlineCallbacks
@@ -517,12 +553,26 @@ def fake_server(testcase, **kw):
     yield
 
 
-class FakeServerTests(unittest.TestCase):
+@inlineCallbacks
+def txcb_server(testcase, users=None, mute=False):
+    """
+    txcb's memcached endpoint over an embedded bucket holding ``k`` = 1, on
+    loopback: SASL PLAIN when ``users`` is set; ``f.seen`` records the
+    opcodes received and ``f.mute = True`` makes it stop answering.
+    """
+    f, addr, bucket = yield start_memcached_server(testcase, credentials=users, mute=mute)
+    yield bucket.upsert("k", 1)
+    return f, addr
+
+
+class InProcessServerTests(unittest.TestCase):
+    """The pool against in-process servers: what a real memcached cannot show."""
+
     timeout = 10
 
     @inlineCallbacks
     def test_locks_used_where_the_server_has_them(self):
-        f, addr = yield fake_server(self)
+        f, addr = yield fixed_cas_lock_server(self)
         b = MemcachedPool([addr], reactor=reactor)
         self.addCleanup(b.close)
         r = yield b.lock("k", ttl=5)
@@ -535,7 +585,7 @@ class FakeServerTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_a_server_that_never_answers_times_out(self):
-        f, addr = yield fake_server(self, mute=True)
+        f, addr = yield txcb_server(self, mute=True)
         b = MemcachedPool([addr], reactor=reactor, timeout=0.2, connect_timeout=0.2,
                           retry_initial=10)
         self.addCleanup(b.close)
@@ -550,10 +600,10 @@ class FakeServerTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_timeouts_per_operation(self):
-        f, addr = yield fake_server(self)
+        f, addr = yield txcb_server(self)
         b = MemcachedPool([addr], reactor=reactor)
         self.addCleanup(b.close)
-        yield b.get("k")  # connected (the fake answers GET)
+        yield b.get("k")  # connected (the server answers GET)
         f.mute = True
         t0 = time.monotonic()
         yield self.assertFailure(b.get("k", timeout=0.1), errors.TimeoutError)
@@ -565,7 +615,7 @@ class FakeServerTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_connection_loss_errbacks_in_flight(self):
-        f, addr = yield fake_server(self)
+        f, addr = yield txcb_server(self)
         b = MemcachedPool([addr], reactor=reactor, retry_initial=10)
         self.addCleanup(b.close)
         yield b.get("k")
@@ -581,7 +631,7 @@ class FakeServerTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_sasl_plain(self):
-        f, addr = yield fake_server(self, users={b"alice": b"s3cret"})
+        f, addr = yield txcb_server(self, users={b"alice": b"s3cret"})
         b = MemcachedPool([addr], reactor=reactor, username="alice", password="s3cret")
         self.addCleanup(b.close)
         r = yield b.get("k")
@@ -590,7 +640,7 @@ class FakeServerTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_sasl_refused_or_missing_is_an_auth_error(self):
-        f, addr = yield fake_server(self, users={b"alice": b"s3cret"})
+        f, addr = yield txcb_server(self, users={b"alice": b"s3cret"})
         for kw in ({"username": "alice", "password": "wrong"}, {}):
             b = MemcachedPool([addr], reactor=reactor, retry_initial=10, **kw)
             yield self.assertFailure(b.get("k"), errors.AuthError)

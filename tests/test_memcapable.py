@@ -19,16 +19,15 @@ import sys
 import time
 
 from twisted.trial import unittest
-from tests._memcached_procs import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT
+from tests.support.procs import free_port
+
 MEMCAPABLE = shutil.which("memccapable") or shutil.which("memcapable")
 #: Tests per protocol in libmemcached 1.1's memcapable (Debian bookworm's 1.1.4).
 EXPECTED_TESTS = 27
 
 _RESULT = re.compile(r"^((?:ascii|binary) [^\[\n]*?)\s*\[(pass|FAIL|skip)\]\s*$", re.M)
-
-
 
 
 def start_twistd(testcase: unittest.TestCase, *extra: str) -> int:

@@ -4,11 +4,9 @@ with ``prometheus_client.parser``.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -32,18 +30,8 @@ from txcb.service.metrics import MeteredServerProtocol, ServerMetrics, metrics_s
 from txcb.server.netstring import BucketServerFactory
 from txcb.testing import FaultyBucket, memory_bucket
 
-from tests.test_tap import free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-
-def temp_path(testcase, name="f"):
-    """A path in a fresh temporary directory removed after the test (never in
-    the source tree, where pytest would leave trial's mktemp() directories)."""
-    d = tempfile.mkdtemp(prefix="txcb-test-")
-    testcase.addCleanup(shutil.rmtree, d, True)
-    return os.path.join(d, name)
+from tests.support import ROOT, temp_path
+from tests.support.procs import free_port
 
 
 def parse(text):
@@ -252,7 +240,7 @@ class ScrapeTests(unittest.TestCase):
         self.assertIn("txcb_disk_errors_total", s)
 
 
-class RealProcessTests(unittest.SynchronousTestCase):
+class TwistdMetricsProcessTests(unittest.SynchronousTestCase):
     """`twistd -n txcb --metrics PORT` scraped with urllib."""
 
     def test_twistd_serves_metrics(self):

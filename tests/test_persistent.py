@@ -34,8 +34,8 @@ from txcb.buckets.persistent import (
     StorageError, create_bucket)
 from txcb.server.netstring import BucketServerFactory
 
-from tests.contract import BucketContractMixin
-from tests.test_remote import start_server
+from tests.support.contract import BucketContractMixin
+from tests.support.servers import start_server
 
 
 def new_clock():

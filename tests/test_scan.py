@@ -2,7 +2,7 @@
 Streaming scans beyond the contract: the SCAN wire format, the server's
 statelessness and limits, the ScanResult cursor (flow control, each(),
 async iteration, cancellation), the embedded bucket's shared key index, and
-the blocking client's iterator.  (Scan semantics are in tests/contract.py.)
+the blocking client's iterator.  (Scan semantics are in tests/support/contract.py.)
 """
 
 import time
@@ -25,11 +25,11 @@ from txcb.results import ScanItem
 from txcb.scan import KeyIndex, ScanResult
 from txcb.testing import FaultyBucket, InMemoryConnection, memory_bucket
 
-from tests.sync_contract import ThreadedServer
-from tests.test_remote import start_server
+from tests.support.servers import start_server
+from tests.support.sync_contract import ThreadedServer
 
 
-class CodecTests(unittest.SynchronousTestCase):
+class ScanCodecTests(unittest.SynchronousTestCase):
     def test_request_round_trip(self):
         body = encode_scan_request(10, 4096, b"p", b"pa", b"q")
         self.assertEqual(len(body), SCAN_BODY.size + 4)
@@ -68,7 +68,7 @@ class CodecTests(unittest.SynchronousTestCase):
             self.assertRaises(errors.ArgumentError, scan_args, *bad)
 
 
-class ServerTests(unittest.SynchronousTestCase):
+class ScanServerTests(unittest.SynchronousTestCase):
     """SCAN through the real server and client, pumped in memory."""
 
     def setUp(self):

@@ -3,47 +3,27 @@ BucketServerProtocol driven through StringTransport, with an EmbeddedBucket
 (or a test double) on a task.Clock: no sockets, no real time.
 """
 
-import gc
 import json
-from io import BytesIO
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
-from twisted.trial import unittest
 
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET, REQ_MAGIC,
-    NetstringDecoder, Op, Request, decode_response, encode_request, netstring)
+    Op, Request, decode_response, encode_request, netstring)
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC, ArgumentError, NotFoundError, TemporaryFailError
 from txcb.formats import FMT_BYTES
 from txcb.results import OperationResult, ValueResult
-from txcb.server.netstring import BucketServerFactory, BucketServerProtocol, _sync_handlers
+from txcb.server.netstring import _sync_handlers
+from txcb.testing import FaultyBucket
 
-ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
-SERVER_NS = BucketServerProtocol.__module__ + "." + BucketServerProtocol.__name__
-
-
-def buffered(proto):
-    """Bytes the protocol holds, whatever its receive buffers are called."""
-    total = 0
-    for v in vars(proto).values():
-        if isinstance(v, (bytes, bytearray, memoryview)):
-            total += len(v)
-        elif isinstance(v, BytesIO):
-            total += len(v.getbuffer())
-        elif isinstance(v, list):
-            total += sum(len(x) for x in v if isinstance(x, (bytes, bytearray, memoryview)))
-    return total
-
-
-def frame(opcode, opaque, **kw):
-    return netstring(encode_request(opcode, opaque, **kw))
+from tests.support.netstring import PEER as ADDR
+from tests.support.netstring import (
+    SERVER_NS, DelegatingBucket, PendingBucket, ServerTestBase, buffered, frame)
 
 
 def bad_magic_frame(opaque):
@@ -52,121 +32,19 @@ def bad_magic_frame(opaque):
     return netstring(bytes(payload))
 
 
-class LogCapture:
-    """Every log event while a test runs."""
-
-    def __init__(self, testcase):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        testcase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def server_lines(self, min_level=LogLevel.info):
-        return [e for e in self.events if e.get("log_namespace") == SERVER_NS
-                and e["log_level"] >= min_level]
-
-    def failures(self):
-        return [e for e in self.events if "log_failure" in e]
-
-
-class PendingBucket:
-    """A bucket whose get() answers only when the test says so."""
-
-    def __init__(self):
-        self.calls = []
-
-    def get(self, key, ttl=0, quiet=False):
-        d = Deferred()
-        self.calls.append((key, d))
-        return d
-
-    def answer(self, i, value=None):
-        key, d = self.calls[i]
-        d.callback(ValueResult(key, value if value is not None else key, FMT_BYTES, 1000 + i))
-
-    def errors(self):
-        """Failures left at the end of the server's callback chains (none expected)."""
-        out = []
-        for _key, d in self.calls:
-            if d.called and isinstance(d.result, Failure):
-                out.append(d.result)
-                d.addErrback(lambda _f: None)  # reported here, not again at gc
-        return out
-
-
-class FaultyBucket(EmbeddedBucket):
-    """An embedded bucket whose get() misbehaves for some keys."""
+class ContractBreakingBucket(FaultyBucket):
+    """
+    txcb.testing.FaultyBucket (whose faults always come as Deferreds) plus
+    the two breaches of the IBucket contract it cannot inject: get() raising
+    at once (key b"raise") or returning no Deferred at all (key b"none").
+    """
 
     def get(self, key, ttl=0, quiet=False):
         if key == b"raise":
             raise ZeroDivisionError("sync boom")
-        if key == b"fail":
-            return fail(ZeroDivisionError("async boom"))
         if key == b"none":
             return None
-        if key == b"long-error":
-            return fail(NotFoundError("x" * 5000, key=key))
-        return EmbeddedBucket.get(self, key, ttl, quiet)
-
-
-class ServerTestBase(unittest.TestCase):
-
-    def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1700000000)
-        self.log = LogCapture(self)
-        self.addCleanup(self.assertNoStrayFailures)
-        self.expected_failures = 0
-
-    def assertNoStrayFailures(self):
-        # Unhandled errors in Deferreds are logged when they are collected.
-        gc.collect()
-        self.assertEqual(len(self.log.failures()), self.expected_failures,
-                         [e.get("log_format") for e in self.log.failures()])
-
-    def make_factory(self, bucket=None, max_inflight=1024, max_value_size=1000):
-        if isinstance(bucket, PendingBucket):
-            self.addCleanup(lambda: self.assertEqual(bucket.errors(), []))
-        if bucket is None:
-            bucket = EmbeddedBucket(clock=self.clock, max_value_size=max_value_size,
-                                    pager_interval=0)
-            self.bucket = bucket
-        return BucketServerFactory(bucket, max_inflight=max_inflight)
-
-    def connect(self, factory):
-        proto = factory.buildProtocol(ADDR)
-        transport = StringTransport(peerAddress=ADDR)
-        proto.makeConnection(transport)
-        return proto, transport
-
-    def setup_server(self, **kw):
-        self.factory = self.make_factory(**kw)
-        self.proto, self.transport = self.connect(self.factory)
-        return self.proto, self.transport
-
-    def responses(self, transport=None, clear=True):
-        transport = transport if transport is not None else self.transport
-        out = [decode_response(p) for p in NetstringDecoder(1 << 26).feed(transport.value())]
-        if clear:
-            transport.clear()
-        return out
-
-    def call(self, opcode, opaque=1, proto=None, transport=None, **kw):
-        """Send one request; return its one response."""
-        proto = proto or self.proto
-        proto.dataReceived(frame(opcode, opaque, **kw))
-        [res] = self.responses(transport)
-        self.assertEqual((res.opcode, res.opaque), (opcode, opaque))
-        return res
-
-
-class DelegatingBucket:
-    """An IBucket that is no EmbeddedBucket: served through its Deferreds."""
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+        return FaultyBucket.get(self, key, ttl, quiet)
 
 
 class OpcodeTests(ServerTestBase):
@@ -920,7 +798,9 @@ class UnexpectedErrorTests(ServerTestBase):
 
     def setUp(self):
         ServerTestBase.setUp(self)
-        self.setup_server(bucket=FaultyBucket(clock=self.clock, pager_interval=0))
+        self.faulty = ContractBreakingBucket(
+            EmbeddedBucket(clock=self.clock, pager_interval=0), self.clock)
+        self.setup_server(bucket=self.faulty)
 
     def assertInternalError(self, key, opaque):
         res = self.call(Op.GET, opaque, key=key)
@@ -939,6 +819,7 @@ class UnexpectedErrorTests(ServerTestBase):
         self.assertEqual(event["log_level"], LogLevel.critical)
 
     def test_bucket_failing_with_unexpected_error(self):
+        self.faulty.fail("get", ZeroDivisionError("async boom"), times=1)
         self.assertInternalError(b"fail", 1)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.expected_failures = 1
@@ -949,6 +830,7 @@ class UnexpectedErrorTests(ServerTestBase):
         self.expected_failures = 1
 
     def test_long_error_message_is_truncated(self):
+        self.faulty.fail("get", NotFoundError("x" * 5000, key=b"long-error"), times=1)
         res = self.call(Op.GET, 1, key=b"long-error")
         self.assertEqual(res.status, RC.KEY_ENOENT)
         self.assertEqual(len(res.body), 512)

@@ -18,11 +18,9 @@ from twisted.trial import unittest
 
 from txcb.service import tap
 from txcb.client.remote import connect
-from tests._memcached_procs import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
+from tests.support import ROOT
+from tests.support.procs import free_port
 
 
 class PluginTests(unittest.TestCase):

@@ -9,7 +9,7 @@ from txcb import errors
 from txcb.interfaces import IBucket
 from txcb.testing import FaultyBucket, InMemoryConnection, memory_bucket
 
-from tests.contract import BucketContractMixin
+from tests.support.contract import BucketContractMixin
 from twisted.trial import unittest
 
 

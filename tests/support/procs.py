@@ -41,7 +41,9 @@ def free_port() -> int:
         s.close()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """``preexec_fn`` of a child process: SIGTERM when the test run dies
+    (Linux), so no server outlives it even when atexit handlers do not run."""
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
@@ -86,7 +88,7 @@ class Process:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         kwargs = {}
         if sys.platform.startswith("linux"):
-            kwargs["preexec_fn"] = _die_with_parent
+            kwargs["preexec_fn"] = die_with_parent
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, env=self.env(), **kwargs)

@@ -2,7 +2,7 @@
 The synchronous counterpart of the IBucket contract suite, for blocking
 clients (:class:`txcb.client.blocking.Bucket`).
 
-Every behaviour test of :class:`tests.contract.BucketContractMixin` runs
+Every behaviour test of :class:`tests.support.contract.BucketContractMixin` runs
 again here, unchanged, against the blocking client: its results are handed
 to the contract's test bodies as already-fired Deferreds (a returned result
 becomes ``succeed(result)``, a raised CouchbaseError becomes ``fail(error)``)
@@ -41,7 +41,7 @@ from txcb.interfaces import IBucket
 from txcb.results import MultiResult, OperationResult, ValueResult
 from txcb.server.netstring import BucketServerFactory
 
-from tests.contract import BucketContractMixin
+from tests.support.contract import BucketContractMixin
 
 __all__ = ["SyncBucketContractMixin", "ThreadedServer", "DeferredFacade"]
 
