@@ -73,7 +73,6 @@ KNOWN = {
     'txcb.service.tap imports txcb.server.memcached inside a function',
     'txcb.service.tap imports txcb.service.metrics inside a function',
     'txcb.service.tap imports txcb.service.reactor inside a function',
-    'txcb.wire.mcbinary.feed: function over 80 lines',
 }
 
 

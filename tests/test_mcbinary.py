@@ -93,7 +93,8 @@ ALL_OPCODES = sorted(mc.OPCODE_NAMES)
 class SansIOTests(unittest.TestCase):
 
     def test_imports_nothing_but_stdlib_and_txcb_errors(self) -> None:
-        # Sans-IO: no Twisted, no sockets; only struct/typing and RC codes.
+        # Sans-IO: no Twisted, no sockets; only struct/typing, RC codes and
+        # the shared limits (MAX_KEY_LEN).
         with open(mc.__file__, encoding="utf-8") as f:
             tree = ast.parse(f.read())
         imported: set = set()
@@ -103,7 +104,8 @@ class SansIOTests(unittest.TestCase):
             elif isinstance(node, ast.ImportFrom):
                 imported.add(node.module or "")
         self.assertEqual(imported,
-                         {"__future__", "struct", "typing", "txcb.errors"})
+                         {"__future__", "struct", "typing", "txcb.errors",
+                          "txcb.limits"})
 
 
 class ConstantsTests(unittest.TestCase):
