@@ -30,6 +30,7 @@ from twisted.trial import unittest
 
 from txcb.wire import mcbinary as mcb
 from txcb import errors
+from txcb.buckets import mcrequests
 from txcb.buckets.ketama import Continuum, Modula
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.buckets.memcached import MemcachedPool, parse_backend, parse_servers
@@ -339,16 +340,15 @@ class PoolBehaviourTests(unittest.TestCase):
     def test_counter_created_by_another_client_meanwhile(self):
         # INCR misses, someone ADDs, our ADD fails: the INCR is retried.
         b = yield new_pool(self)
-        from txcb.buckets import memcached as m
-        orig = m._Op.resend
+        orig = mcrequests.Request.resend
 
         def racing_resend(op, proto, opcode, kind, extras=b"", value=b""):
-            if kind == m.K_COUNTER_ADD and op.args[3] == 1:
+            if kind == mcrequests.K_COUNTER_ADD and op.args[3] == 1:
                 proto.transport.write(mcb.encode_request(
                     mcb.Opcode.ADD, op.k, b"100", mcb.store_extras(FMT_JSON, 0), 0))
             return orig(op, proto, opcode, kind, extras, value)
-        m._Op.resend = racing_resend
-        self.addCleanup(setattr, m._Op, "resend", orig)
+        mcrequests.Request.resend = racing_resend
+        self.addCleanup(setattr, mcrequests.Request, "resend", orig)
         r = yield b.counter("race", delta=5, initial=1)
         self.assertEqual(r.value, 105)
 
