@@ -183,7 +183,8 @@ class MemcachedServer:
         self.ejected = False
         self.ejected_at = 0.0
         self.last_error: CouchbaseError = NetworkError("not connected")
-        self._opaque = 0
+        #: the last opaque handed out (senders take the next one, see next_opaque).
+        self.last_opaque = 0
         self._closed_waiters: List[Deferred] = []
 
     def endpoint(self) -> Any:
@@ -197,18 +198,18 @@ class MemcachedServer:
 
     def next_opaque(self, proto: Optional[MemcachedProtocol]) -> int:
         """The next opaque not in use on ``proto``."""
-        o = self._opaque = (self._opaque + 1) & 0xFFFFFFFF
+        o = self.last_opaque = (self.last_opaque + 1) & 0xFFFFFFFF
         if proto is not None:
             pending = proto.pending
             while o in pending:  # only after 2**32 requests with one still out
-                o = self._opaque = (o + 1) & 0xFFFFFFFF
+                o = self.last_opaque = (o + 1) & 0xFFFFFFFF
         return o
 
     def opaque_block(self, proto: Optional[MemcachedProtocol], n: int) -> int:
         """The first of ``n`` consecutive opaques, none of them in use."""
         while True:
-            base = (self._opaque + 1) & 0xFFFFFFFF
-            self._opaque = (base + n - 1) & 0xFFFFFFFF
+            base = (self.last_opaque + 1) & 0xFFFFFFFF
+            self.last_opaque = (base + n - 1) & 0xFFFFFFFF
             if proto is None or not proto.pending:
                 return base
             pending = proto.pending

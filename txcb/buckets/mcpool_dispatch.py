@@ -77,9 +77,19 @@ class Dispatcher:
         else:
             proto = None
         op = Request(self.transcoder, server, key, k, kind, quiet, args, locks)
-        op.opaque = opaque = server.next_opaque(proto)
+        # server.next_opaque(proto), inlined for the common case.
+        opaque = server.last_opaque = (server.last_opaque + 1) & 0xFFFFFFFF
+        if proto is not None and opaque in proto.pending:
+            opaque = server.next_opaque(proto)
+        op.opaque = opaque
         frame = _encode_request(opcode, k, value, extras, opaque, cas)
-        self._deadline(op, timeout)
+        if timeout is None:
+            timeout = self.timeout
+        if timeout:
+            op.timeout = timeout
+            op.deadline = deadline = self._seconds() + timeout
+            if deadline < self.sweeper.at:
+                self.sweeper.arm(deadline)
         if proto is not None:
             op.proto = proto
             proto.pending[opaque] = op

@@ -186,15 +186,23 @@ class Request:
         self.d.errback(error)
 
     def _value(self, proto: "MemcachedProtocol", p: mcb.Packet) -> None:
-        try:
-            flags = mcb.parse_item_flags(p.extras)
-        except ValueError as e:
-            self._error(ProtocolError(str(e), key=self.key))
+        extras = p.extras
+        if len(extras) == 4:  # mcb.parse_item_flags, inlined for the common case
+            flags = _ITEM_FLAGS(extras)[0]
         else:
-            self._done(ValueResult(self.key, p.value, flags, p.cas, 0, self.transcoder))
+            try:
+                flags = mcb.parse_item_flags(extras)
+            except ValueError as e:
+                self._error(ProtocolError(str(e), key=self.key))
+                return
+        self.proto = None
+        self.deadline = 0.0
+        self.d.callback(ValueResult(self.key, p.value, flags, p.cas, 0, self.transcoder))
 
     def _mutated(self, proto: "MemcachedProtocol", p: mcb.Packet) -> None:
-        self._done(OperationResult(self.key, p.cas))
+        self.proto = None
+        self.deadline = 0.0
+        self.d.callback(OperationResult(self.key, p.cas))
 
     def _counted(self, proto: "MemcachedProtocol", p: mcb.Packet) -> None:
         try:

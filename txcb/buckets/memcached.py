@@ -272,7 +272,10 @@ class MemcachedPool(MultiOperations, MultiMixin):
                 check_cas(cas, key)
             if persist_to or replicate_to:
                 resolve_durability(persist_to, replicate_to, 0, 0, key)
-            data, flags = self._encode(value, format, key)
+            data, flags = self._dispatcher.transcoder.encode(value, format)
+            if len(data) > self.max_value_size:
+                raise TooBigError("value of %d bytes is over the pool's %d byte limit"
+                                  % (len(data), self.max_value_size), key=key)
         except CouchbaseError as e:
             return fail(e)
         return self._request(k, key, opcode, K_MUTATION, mcb.store_extras(flags, ttl),

@@ -61,6 +61,7 @@ _U32 = struct.Struct(">I")
 ITEM_FLAGS = _U32
 _U64 = struct.Struct(">Q")
 _STORE = struct.Struct(">II")
+_pack_store = _STORE.pack
 _COUNTER = struct.Struct(">QQI")
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -257,8 +258,17 @@ def encode_request(opcode: int, key: BytesLike = b"", value: BytesLike = b"",
                    extras: BytesLike = b"", opaque: int = 0, cas: int = 0,
                    vbucket: int = 0, datatype: int = 0) -> bytes:
     """Build a request frame.  Raises ValueError for out-of-range fields."""
-    return _encode(REQ_MAGIC, opcode, datatype, vbucket, opaque, cas, extras,
-                   key, value)
+    extlen = len(extras)
+    keylen = len(key)
+    try:
+        header = _HEADER.pack(REQ_MAGIC, opcode, keylen, extlen, datatype,
+                              vbucket, extlen + keylen + len(value), opaque,
+                              cas)
+    except struct.error:
+        # _encode raises the ValueError that says which field.
+        return _encode(REQ_MAGIC, opcode, datatype, vbucket, opaque, cas,
+                       extras, key, value)
+    return b"".join((header, extras, key, value))
 
 
 def encode_response(opcode: int, status: int = 0, key: BytesLike = b"",
@@ -320,7 +330,10 @@ def _pack(st: struct.Struct, what: str, *values: int) -> bytes:
 
 def store_extras(flags: int, exptime: int) -> bytes:
     """SET/ADD/REPLACE extras: flags:u32, expiration:u32."""
-    return _pack(_STORE, "store extras", flags, exptime)
+    try:
+        return _pack_store(flags, exptime)
+    except struct.error:
+        return _pack(_STORE, "store extras", flags, exptime)  # raises ValueError
 
 
 def parse_store_extras(extras: BytesLike) -> Tuple[int, int]:
