@@ -39,6 +39,14 @@ libmemcached or pylibmc with ketama, so they can share the pool.
   call) and can be cancelled; a lost connection errbacks everything in
   flight on it with NetworkError.  No Deferred is left unfired.
 
+Its pieces, one job each: :mod:`~txcb.buckets.mcpool_servers` (the server
+forms, key placement, ejection, the deadline sweeper and write coalescer),
+:mod:`~txcb.buckets.mcconn` (one server's connection and reconnection),
+:mod:`~txcb.buckets.mcpool_dispatch` (the send path),
+:mod:`~txcb.buckets.mcrequests` (what each reply turns into),
+:mod:`~txcb.buckets.mcpool_multi` (the batched ``*_multi`` methods) and
+:mod:`~txcb.buckets.mcpool_endure` (``endure``'s polling).
+
 Example::
 
     pool = MemcachedPool(["10.0.0.1:11211", "10.0.0.2:11211:2"], reactor=reactor)
