@@ -161,9 +161,10 @@ class Dispatcher:
                     m.failed(i, e)
                     continue
             server = routes.get(k)
-            group = groups.get(server) if server is not None else None  # type: ignore[arg-type]
+            group = groups.get(server) if server is not None else None
             if group is None:
-                group = self._group(m, groups, server or route(k, key), i, key)
+                group = self._group(m, groups, route(k, key) if server is None else server,
+                                    i, key)
                 if group is None:
                     continue
             group[0].append(i)
