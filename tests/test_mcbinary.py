@@ -95,7 +95,8 @@ ALL_OPCODES = sorted(mc.OPCODE_NAMES)
 class SansIOTests(unittest.TestCase):
 
     def test_imports_nothing_but_stdlib_and_txcb_errors(self) -> None:
-        # Sans-IO: no Twisted, no sockets; only struct/typing and RC codes.
+        # Sans-IO: no Twisted, no sockets; only struct/typing, RC codes and
+        # the shared limits (MAX_KEY_LEN).
         with open(mc.__file__, encoding="utf-8") as f:
             tree = ast.parse(f.read())
         imported: set = set()
@@ -105,7 +106,8 @@ class SansIOTests(unittest.TestCase):
             elif isinstance(node, ast.ImportFrom):
                 imported.add(node.module or "")
         self.assertEqual(imported,
-                         {"__future__", "struct", "typing", "txcb.errors"})
+                         {"__future__", "struct", "typing", "txcb.errors",
+                          "txcb.limits"})
 
 
 class ConstantsTests(unittest.TestCase):
@@ -353,6 +355,38 @@ def _stream(big: bool) -> Tuple[bytes, List[Packet]]:
         frames.append(encode_request(Opcode.NOOP, opaque=10))
         expected.append(request(Opcode.NOOP, opaque=10))
     return b"".join(frames), expected
+
+
+class PoolEncoderTests(unittest.TestCase):
+    """The header, batch and flags helpers the memcached pool builds with."""
+
+    def test_header_is_the_one_struct(self) -> None:
+        self.assertIs(mc._HEADER, mc.HEADER)
+        self.assertEqual(mc.HEADER.size, HEADER_LEN)
+        self.assertEqual(mc.HEADER.format, _RAW_HEADER.format)
+        self.assertEqual(MAX_KEY_LEN, 250)
+
+    def test_encode_batch_consecutive_opaques_then_noop(self) -> None:
+        reqs = [(Opcode.GETKQ, b"a", b"", b""),
+                (Opcode.SETQ, b"b", store_extras(3, 0), b"v"),
+                (Opcode.GATKQ, b"c", touch_extras(9), b"")]
+        wire = mc.encode_batch(reqs, 0xFFFFFFFE)
+        self.assertEqual(wire, b"".join(
+            [encode_request(op, k, v, x, o) for (op, k, x, v), o in
+             zip(reqs, (0xFFFFFFFE, 0xFFFFFFFF, 0))]
+            + [encode_request(Opcode.NOOP, opaque=1)]))
+        packets = Decoder().feed(wire)
+        self.assertEqual([p.opaque for p in packets], [0xFFFFFFFE, 0xFFFFFFFF, 0, 1])
+        self.assertEqual(packets[-1].opcode, Opcode.NOOP)
+        self.assertEqual(mc.encode_batch([], 7), encode_request(Opcode.NOOP, opaque=7))
+        self.assertRaises(ValueError, mc.encode_batch,
+                          [(Opcode.GETKQ, b"k" * 65536, b"", b"")], 0)
+
+    def test_parse_item_flags(self) -> None:
+        self.assertEqual(mc.parse_item_flags(get_response_extras(0xDEADBEEF)), 0xDEADBEEF)
+        self.assertEqual(mc.parse_item_flags(b""), 0)
+        self.assertRaises(ValueError, mc.parse_item_flags, b"\0\0\0")
+        self.assertEqual(mc.ITEM_FLAGS.unpack(get_response_extras(5)), (5,))
 
 
 class StreamSplitTests(unittest.TestCase):

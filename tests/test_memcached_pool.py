@@ -23,8 +23,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.memcache import MemCacheProtocol
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -32,6 +32,7 @@ from twisted.trial import unittest
 
 from txcb.wire import mcbinary as mcb
 from txcb import errors
+from txcb.buckets import mcconn, mcrequests
 from txcb.buckets.ketama import Continuum, Modula
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.buckets.memcached import MemcachedPool, parse_backend, parse_servers
@@ -389,16 +390,15 @@ class PoolBehaviourTests(unittest.TestCase):
     def test_counter_created_by_another_client_meanwhile(self):
         # INCR misses, someone ADDs, our ADD fails: the INCR is retried.
         b = yield new_pool(self)
-        from txcb.buckets import memcached as m
-        orig = m._Op.resend
+        orig = mcrequests.Request.resend
 
         def racing_resend(op, proto, opcode, kind, extras=b"", value=b""):
-            if kind == m.K_COUNTER_ADD and op.args[3] == 1:
+            if kind == mcrequests.K_COUNTER_ADD and op.args[3] == 1:
                 proto.transport.write(mcb.encode_request(
                     mcb.Opcode.ADD, op.k, b"100", mcb.store_extras(FMT_JSON, 0), 0))
             return orig(op, proto, opcode, kind, extras, value)
-        m._Op.resend = racing_resend
-        self.addCleanup(setattr, m._Op, "resend", orig)
+        mcrequests.Request.resend = racing_resend
+        self.addCleanup(setattr, mcrequests.Request, "resend", orig)
         r = yield b.counter("race", delta=5, initial=1)
         self.assertEqual(r.value, 105)
 
@@ -878,6 +878,58 @@ class InjectedClockTests(unittest.TestCase):
         self.successResultOf(pool.close())
         self.assertEqual([c for c in r.getDelayedCalls() if c.active()], [])
 
+
+class _RecordingEvents:
+    """A ServerEvents listener that records what a server tells it."""
+
+    def __init__(self):
+        self.seen = []
+
+    def server_up(self, server):
+        self.seen.append(("up", server.label))
+
+    def server_failed(self, server):
+        self.seen.append(("failed", server.label, server.failures))
+
+    def retry_delay(self, attempts):
+        self.seen.append(("delay", attempts))
+        return 7.0
+
+
+class ServerConnectionTests(unittest.TestCase):
+    """mcconn.MemcachedServer on its own: what it needs from a pool is passed in."""
+
+    def test_server_with_injected_collaborators(self):
+        r = MemoryReactorClock()
+        events = _RecordingEvents()
+        armed, dirty = [], []
+        settings = mcconn.ConnectionSettings(r, 1.0, mcb.DEFAULT_MAX_BODY, None)
+        server = mcconn.MemcachedServer(0, parse_servers(["127.0.0.1:1"])[0], settings,
+                                        events, armed.append, dirty.append)
+        server.connect()
+        self.assertEqual(server.state, mcconn.FIRST)
+        proto = r.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        probe = mcb.Decoder("request").feed(transport.value())[-1]
+        self.assertEqual(probe.opcode, mcb.Opcode.GET_LOCKED)
+        self.assertEqual(armed, [r.seconds() + 1.0])  # the handshake's deadline
+        proto.dataReceived(mcb.encode_response(probe.opcode, mcb.Status.UNKNOWN_COMMAND,
+                                               opaque=probe.opaque))
+        conn = server.proto
+        self.assertIsInstance(conn, mcconn.MemcachedProtocol)
+        self.assertEqual((server.state, conn.locks), (mcconn.UP, False))
+        self.assertEqual(events.seen, [("up", "127.0.0.1:1")])
+        conn.send(b"x")
+        conn.send(b"y")
+        self.assertEqual(dirty, [conn])  # the first frame of a turn asks for a flush
+        proto.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(server.state, mcconn.DOWN)
+        self.assertEqual(events.seen[1:], [("failed", "127.0.0.1:1", 1), ("delay", 1)])
+        self.assertEqual([c.getTime() - r.seconds() for c in r.getDelayedCalls()
+                          if c.active()], [7.0])
+        self.successResultOf(server.close())
+        self.assertEqual([c for c in r.getDelayedCalls() if c.active()], [])
 
 # -- distribution: nutcracker as the peer ----------------------------------------------
 

@@ -19,12 +19,15 @@ alone, before a single body byte is stored.
 from __future__ import annotations
 
 import struct
-from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
+from typing import (
+    Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union)
 
 from txcb.errors import RC
+from txcb.limits import MAX_KEY_LEN
 
 __all__ = [
-    "REQ_MAGIC", "RES_MAGIC", "HEADER_LEN", "MAX_KEY_LEN", "DEFAULT_MAX_BODY",
+    "REQ_MAGIC", "RES_MAGIC", "HEADER", "HEADER_LEN", "ITEM_FLAGS", "MAX_KEY_LEN",
+    "DEFAULT_MAX_BODY",
     "COUNTER_NO_CREATE", "Opcode", "Status", "OPCODE_NAMES", "STATUS_NAMES",
     "QUIET", "is_quiet", "loud_opcode", "Packet", "encode_request",
     "encode_response", "FrameError", "Decoder", "validate_request",
@@ -34,14 +37,14 @@ __all__ = [
     "parse_verbosity_extras", "get_locked_extras", "parse_get_locked_extras",
     "get_response_extras", "parse_get_response_extras", "counter_value",
     "parse_counter_value", "SaslPlain", "parse_sasl_plain",
-    "build_sasl_plain",
+    "build_sasl_plain", "encode_batch", "parse_item_flags",
 ]
 
 REQ_MAGIC = 0x80
 RES_MAGIC = 0x81
 HEADER_LEN = 24
-#: memcached's KEY_MAX_LENGTH: longer keys are a protocol error.
-MAX_KEY_LEN = 250
+# MAX_KEY_LEN (txcb.limits) is memcached's KEY_MAX_LENGTH: longer keys are
+# a protocol error.
 #: Largest body the decoder buffers by default: memcached's 1 MiB default
 #: item size is far below; 20 MiB matches Couchbase's document limit, plus
 #: room for the key and extras.
@@ -49,10 +52,16 @@ DEFAULT_MAX_BODY = 20 * 1024 * 1024 + 1024
 #: INCR/DECR expiration meaning "fail with KEY_ENOENT instead of creating".
 COUNTER_NO_CREATE = 0xFFFFFFFF
 
-_HEADER = struct.Struct(">BBHBBHIIQ")
+#: The 24-byte frame header (see the module docstring), the one definition
+#: every memcached binary speaker in txcb packs and unpacks with.
+HEADER = struct.Struct(">BBHBBHIIQ")
+_HEADER = HEADER
 _U32 = struct.Struct(">I")
+#: GET-family response extras: the item's flags, u32.
+ITEM_FLAGS = _U32
 _U64 = struct.Struct(">Q")
 _STORE = struct.Struct(">II")
+_pack_store = _STORE.pack
 _COUNTER = struct.Struct(">QQI")
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -249,8 +258,17 @@ def encode_request(opcode: int, key: BytesLike = b"", value: BytesLike = b"",
                    extras: BytesLike = b"", opaque: int = 0, cas: int = 0,
                    vbucket: int = 0, datatype: int = 0) -> bytes:
     """Build a request frame.  Raises ValueError for out-of-range fields."""
-    return _encode(REQ_MAGIC, opcode, datatype, vbucket, opaque, cas, extras,
-                   key, value)
+    extlen = len(extras)
+    keylen = len(key)
+    try:
+        header = _HEADER.pack(REQ_MAGIC, opcode, keylen, extlen, datatype,
+                              vbucket, extlen + keylen + len(value), opaque,
+                              cas)
+    except struct.error:
+        # _encode raises the ValueError that says which field.
+        return _encode(REQ_MAGIC, opcode, datatype, vbucket, opaque, cas,
+                       extras, key, value)
+    return b"".join((header, extras, key, value))
 
 
 def encode_response(opcode: int, status: int = 0, key: BytesLike = b"",
@@ -259,6 +277,38 @@ def encode_response(opcode: int, status: int = 0, key: BytesLike = b"",
     """Build a response frame.  Raises ValueError for out-of-range fields."""
     return _encode(RES_MAGIC, opcode, datatype, status, opaque, cas, extras,
                    key, value)
+
+
+def encode_batch(requests: Iterable[Tuple[int, BytesLike, BytesLike, BytesLike]],
+                 opaque: int) -> bytes:
+    """
+    A pipelined batch: ``(opcode, key, extras, value)`` request frames with
+    consecutive opaques from ``opaque`` (wrapping at 2**32), then a NOOP
+    with the next one.  Memcached answers in order, so the NOOP's reply
+    says every request before it was answered (quiet ones only on failure).
+    Raises ValueError for out-of-range fields.
+    """
+    frames: List[BytesLike] = []
+    append = frames.append
+    pack = HEADER.pack
+    o = opaque
+    try:
+        for opcode, key, extras, value in requests:
+            lk = len(key)
+            lx = len(extras)
+            append(pack(REQ_MAGIC, opcode, lk, lx, 0, 0, lx + lk + len(value),
+                        o, 0))
+            if lx:
+                append(extras)
+            append(key)
+            if value:
+                append(value)
+            o = (o + 1) & 0xFFFFFFFF
+        append(pack(REQ_MAGIC, Opcode.NOOP, 0, 0, 0, 0, 0, o, 0))
+    except struct.error as e:
+        raise ValueError("batch field out of range (opaque=%r): %s"
+                         % (o, e)) from None
+    return b"".join(frames)
 
 
 # --- extras --------------------------------------------------------------
@@ -280,7 +330,10 @@ def _pack(st: struct.Struct, what: str, *values: int) -> bytes:
 
 def store_extras(flags: int, exptime: int) -> bytes:
     """SET/ADD/REPLACE extras: flags:u32, expiration:u32."""
-    return _pack(_STORE, "store extras", flags, exptime)
+    try:
+        return _pack_store(flags, exptime)
+    except struct.error:
+        return _pack(_STORE, "store extras", flags, exptime)  # raises ValueError
 
 
 def parse_store_extras(extras: BytesLike) -> Tuple[int, int]:
@@ -354,6 +407,16 @@ def get_response_extras(flags: int) -> bytes:
 def parse_get_response_extras(extras: BytesLike) -> int:
     """-> flags from a GET-family response."""
     return _unpack(_U32, extras, "get response")[0]
+
+
+def parse_item_flags(extras: BytesLike) -> int:
+    """-> an item's flags from GET-family response extras, 0 when there are
+    none (a server that keeps no flags); ValueError for any other length."""
+    if len(extras) == 4:
+        return int(_U32.unpack(extras)[0])
+    if not extras:
+        return 0
+    raise ValueError("GET reply extras of %d bytes" % (len(extras),))
 
 
 def counter_value(value: int) -> bytes:
@@ -510,14 +573,34 @@ class Decoder:
             if src is not buf and end:
                 buf += src
             return []
-
         out: List[Packet] = []
+        pos, err = self._frames(src, end, out)
+        if err is not None and err.fatal:
+            self._failed = err
+            self._buf = bytearray()
+            raise err
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
+        if err is not None:
+            raise err
+        return out
+
+    def _frames(self, src: BytesLike, end: int,
+                out: List[Packet]) -> Tuple[int, Optional[FrameError]]:
+        """
+        Decode the complete frames of ``src[:end]`` into ``out``: -> (bytes
+        consumed, the refusal that stopped decoding or None).
+        """
         err: Optional[FrameError] = None
         pos = 0
         expect = self._magic
         max_body = self.max_body
         max_key = self.max_key
         unpack = _HEADER.unpack_from
+        append = out.append
         # Slicing bytes gives bytes (one copy); anything else (the
         # bytearray buffer, a memoryview) is sliced through a memoryview
         # and copied once into bytes.
@@ -544,30 +627,18 @@ class Decoder:
             b = a + extlen
             c = b + keylen
             if direct is not None:
-                out.append(Packet(magic, opcode, datatype, vbs, opaque, cas,
-                                  direct[a:b], direct[b:c], direct[c:stop]))
+                append(Packet(magic, opcode, datatype, vbs, opaque, cas,
+                              direct[a:b], direct[b:c], direct[c:stop]))
             else:
                 assert mv is not None
-                out.append(Packet(magic, opcode, datatype, vbs, opaque, cas,
-                                  bytes(mv[a:b]) if extlen else b"",
-                                  bytes(mv[b:c]) if keylen else b"",
-                                  bytes(mv[c:stop]) if c < stop else b""))
+                append(Packet(magic, opcode, datatype, vbs, opaque, cas,
+                              bytes(mv[a:b]) if extlen else b"",
+                              bytes(mv[b:c]) if keylen else b"",
+                              bytes(mv[c:stop]) if c < stop else b""))
             pos = stop
-
         if mv is not None:
             mv.release()
-        if err is not None and err.fatal:
-            self._failed = err
-            self._buf = bytearray()
-            raise err
-        if src is buf:
-            if pos:
-                del buf[:pos]
-        elif pos < end:
-            buf += src[pos:]
-        if err is not None:
-            raise err
-        return out
+        return pos, err
 
     def _refusal(self, out: List[Packet], magic: int, opcode: int,
                  keylen: int, extlen: int, bodylen: int,
