@@ -67,12 +67,7 @@ KNOWN = {
     'txcb.server.netstring imports txcb.wire.netstring inside a function',
     'txcb.server.netstring.stringReceived: function over 80 lines',
     'txcb.service.metrics imports txcb.service.tap inside a function',
-    'txcb.service.tap imports txcb.buckets.embedded inside a function',
-    'txcb.service.tap imports txcb.buckets.memcached inside a function',
-    'txcb.service.tap imports txcb.buckets.persistent inside a function',
-    'txcb.service.tap imports txcb.server.memcached inside a function',
     'txcb.service.tap imports txcb.service.metrics inside a function',
-    'txcb.service.tap imports txcb.service.reactor inside a function',
     'txcb.wire.mcbinary.feed: function over 80 lines',
 }
 

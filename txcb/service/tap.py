@@ -2,31 +2,32 @@
 ``twistd txcb``: serve a bucket on one or more endpoints.
 
 Everything is wired here, at the edge: the options pick a bucket provider and
-the endpoints, and the services own their lifetimes (the bucket is closed,
-and so flushed, when the service stops).
+the endpoints, and the services (:mod:`txcb.service.listen`) own their
+lifetimes (the bucket is closed, and so flushed, when the service stops).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional
+from typing import Any, Dict, Optional
 
-from twisted.application.service import IServiceMaker, MultiService, Service
-from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.application.service import MultiService
 from twisted.python import usage
-from twisted.python.failure import Failure
 
-from txcb.validation import DEFAULT_MAX_VALUE_SIZE
+from txcb.buckets.embedded import EmbeddedBucket
+from txcb.buckets.memcached import MemcachedPool, parse_backend
+from txcb.buckets.persistent import PersistentBucket
+from txcb.limits import DEFAULT_MAX_VALUE_SIZE
 from txcb.server.core import ServerStats
+from txcb.server.memcached import MemcachedServerFactory, load_auth_file
 from txcb.server.netstring import BucketServerFactory
+from txcb.service.listen import BucketService, ListenService
+from txcb.service.reactor import install_default
 
 __all__ = ["Options", "makeService", "make_bucket", "BucketService", "ListenService",
            "DEFAULT_PORT", "endpoint_description"]
 
 DEFAULT_PORT = "tcp:11222:interface=127.0.0.1"
-
-_log = Logger()
 
 
 def endpoint_description(value: str) -> str:
@@ -96,127 +97,103 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
-        if self["max-value-size"] < 1:
-            raise usage.UsageError("--max-value-size must be positive")
-        if self["max-inflight"] < 1:
-            raise usage.UsageError("--max-inflight must be positive")
+        self._positive("max-value-size")
+        self._positive("max-inflight")
         if self["distribution"] not in ("ketama", "modula"):
             raise usage.UsageError("--distribution must be ketama or modula")
+        self._check_backend()
+        self._positive("max-connections")
+        self["credentials"] = self._credentials()
+        # Absolute now: a daemonized twistd changes directory before start-up.
+        self["data-dir"] = os.path.abspath(self["data-dir"])
+
+    def _positive(self, name: str) -> None:
+        if self[name] < 1:
+            raise usage.UsageError("--%s must be positive" % (name,))
+
+    def _check_backend(self) -> None:
+        """A --backend must parse now, not when the service starts."""
         if self["backend"] is not None:
-            from txcb.buckets.memcached import parse_backend
             try:
                 parse_backend(self["backend"])
             except ValueError as e:
                 raise usage.UsageError("--backend: %s" % (e,))
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be positive")
-        self["credentials"] = None
-        if self["auth-file"] is not None:
-            from txcb.server.memcached import load_auth_file
-            try:
-                self["credentials"] = load_auth_file(self["auth-file"])
-            except (OSError, ValueError) as e:
-                raise usage.UsageError("--auth-file: %s" % (e,))
-        # Absolute now: a daemonized twistd changes directory before start-up.
-        self["data-dir"] = os.path.abspath(self["data-dir"])
 
-
-class BucketService(Service):
-    """
-    Owns a bucket: starts it (a persistent bucket warms up from disk, before
-    any later service such as a ListenService starts) and closes it, so
-    flushes it, when the application stops.
-    """
-
-    def __init__(self, bucket: Any) -> None:
-        self.bucket = bucket
-
-    def startService(self) -> None:
-        Service.startService(self)
-        start = getattr(self.bucket, "start", None)
-        if start is not None:
-            start()
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        return self.bucket.close()
-
-
-class ListenService(Service):
-    """
-    Listens on one endpoint string while running, logging the address.
-    A failure to listen stops start-up with the error (twistd exits).
-    """
-
-    def __init__(self, description: str, factory: Any, reactor: Any, what: str = "txcb"
-                 ) -> None:
-        self.description = description
-        self.factory = factory
-        self.reactor = reactor
-        self.what = what
-        self.port: Any = None
-
-    def startService(self) -> None:
-        Service.startService(self)
-        result: List[Any] = []
-        serverFromString(self.reactor, self.description).listen(self.factory).addBoth(
-            result.append)
-        if result and isinstance(result[0], Failure):
-            result[0].raiseException()
-        if result:
-            self.port = result[0]
-            _log.info("{what} listening on {address} ({description})", what=self.what,
-                      address=str(self.port.getHost()), description=self.description)
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+    def _credentials(self) -> Optional[Dict[bytes, bytes]]:
+        """The --auth-file's users and passwords (None: no authentication)."""
+        if self["auth-file"] is None:
+            return None
+        try:
+            return load_auth_file(self["auth-file"])
+        except (OSError, ValueError) as e:
+            raise usage.UsageError("--auth-file: %s" % (e,))
 
 
 def make_bucket(options: Options, reactor: Any) -> Any:
     """The bucket the options ask for (not started: BucketService starts it)."""
     if options["backend"] is not None:
-        from txcb.buckets.memcached import MemcachedPool, parse_backend
-        size = options["max-value-size"]
-        return MemcachedPool(
-            parse_backend(options["backend"]), reactor=reactor,
-            distribution=options["distribution"], auto_eject_hosts=options["auto-eject-hosts"],
-            start=False, **({} if size == DEFAULT_MAX_VALUE_SIZE else {"max_value_size": size}))
+        return _memcached_pool(options, reactor)
     if options["ephemeral"]:
-        from txcb.buckets.embedded import EmbeddedBucket
         return EmbeddedBucket(clock=reactor, max_value_size=options["max-value-size"],
                               pager_interval=options["pager-interval"])
-    from txcb.buckets.persistent import PersistentBucket
     return PersistentBucket(options["data-dir"], clock=reactor, reactor=reactor,
                             max_value_size=options["max-value-size"],
                             pager_interval=options["pager-interval"], start=False)
 
 
+def _memcached_pool(options: Options, reactor: Any) -> MemcachedPool:
+    """--backend: a pool of memcached servers (its own value limit unless one is set)."""
+    size = options["max-value-size"]
+    return MemcachedPool(
+        parse_backend(options["backend"]), reactor=reactor,
+        distribution=options["distribution"], auto_eject_hosts=options["auto-eject-hosts"],
+        start=False, **({} if size == DEFAULT_MAX_VALUE_SIZE else {"max_value_size": size}))
+
+
+def _default_reactor() -> Any:
+    """The global reactor, txcb's own if none is installed yet."""
+    # twistd installs a reactor here only if told to (--reactor); else
+    # txcb's own (see txcb.service.reactor), where the platform has epoll.
+    install_default()
+    from twisted.internet import reactor
+    return reactor
+
+
+def _listen_netstring(top: MultiService, options: Options, bucket: Any,
+                      stats: ServerStats, reactor: Any) -> BucketServerFactory:
+    """A ListenService per --port, all on one netstring factory (returned)."""
+    factory = BucketServerFactory(bucket, max_inflight=options["max-inflight"], stats=stats)
+    for description in options["port"]:
+        ListenService(description, factory, reactor).setServiceParent(top)
+    return factory
+
+
+def _listen_memcached(top: MultiService, options: Options, bucket: Any,
+                      stats: ServerStats, reactor: Any) -> None:
+    """A ListenService per --memcached, all on one memcached factory."""
+    if not options["memcached"]:
+        return
+    mc_factory = MemcachedServerFactory(
+        bucket, stats=stats, credentials=options["credentials"],
+        max_inflight=options["max-inflight"], clock=reactor)
+    for description in options["memcached"]:
+        ListenService(description, mc_factory, reactor, what="txcb memcached"
+                      ).setServiceParent(top)
+
+
 def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService:
+    """
+    The application: the bucket's service first (so it starts first and
+    stops last), then the listeners, which share one connection count.
+    """
     if reactor is None:
-        # twistd installs a reactor here only if told to (--reactor); else
-        # txcb's own (see txcb.service.reactor), where the platform has epoll.
-        from txcb.service.reactor import install_default
-        install_default()
-        from twisted.internet import reactor
+        reactor = _default_reactor()
     top = MultiService()
     bucket = make_bucket(options, reactor)
     BucketService(bucket).setServiceParent(top)
     stats = ServerStats(max_connections=options["max-connections"])
-    factory = BucketServerFactory(bucket, max_inflight=options["max-inflight"], stats=stats)
-    for description in options["port"]:
-        ListenService(description, factory, reactor).setServiceParent(top)
-    if options["memcached"]:
-        from txcb.server.memcached import MemcachedServerFactory
-        mc_factory = MemcachedServerFactory(
-            bucket, stats=stats, credentials=options["credentials"],
-            max_inflight=options["max-inflight"], clock=reactor)
-        for description in options["memcached"]:
-            ListenService(description, mc_factory, reactor, what="txcb memcached"
-                          ).setServiceParent(top)
+    factory = _listen_netstring(top, options, bucket, stats, reactor)
+    _listen_memcached(top, options, bucket, stats, reactor)
     if options["metrics"]:
         from txcb.service.metrics import install_metrics
         install_metrics(top, bucket, factory, options["metrics"], reactor)
