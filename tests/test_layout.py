@@ -52,7 +52,6 @@ KNOWN = {
     'txcb.buckets.embedded.EmbeddedBucket: class over 500 lines',
     'txcb.buckets.memcached.MemcachedPool: class over 500 lines',
     'txcb.buckets.memcached._multi: function over 80 lines',
-    'txcb.cli.build_parser: function over 80 lines',
     'txcb.client.blocking.Bucket: class over 500 lines',
     'txcb.client.remote imports txcb.results inside a function',
     'txcb.client.remote imports txcb.scan inside a function',
