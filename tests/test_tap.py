@@ -83,6 +83,11 @@ class MakeServiceTests(unittest.TestCase):
         self.successResultOf(svc.stopService())
         self.assertTrue(bucket._closed)
 
+    def test_services_live_in_listen_and_tap_names_them(self):
+        from txcb.service import listen
+        self.assertIs(tap.BucketService, listen.BucketService)
+        self.assertIs(tap.ListenService, listen.ListenService)
+
     def test_listen_failure_stops_start_up(self):
         o = tap.Options()
         o.parseOptions(tap_test_args("--port", "tcp:1:interface=256.1.1.1"))
