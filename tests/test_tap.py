@@ -38,6 +38,18 @@ class PluginTests(unittest.TestCase):
             cwd=ROOT)
         self.assertEqual(out.strip(), b"False")
 
+    def test_twistd_help_imports_no_txcb_module(self):
+        """tap imports every bucket and server: only `twistd txcb` may pay for that."""
+        code = ("import sys, io, contextlib; sys.path.insert(0, %r); "
+                "sys.argv = ['twistd', '--help']; "
+                "from twisted.scripts.twistd import run; out = io.StringIO()\n"
+                "try:\n    with contextlib.redirect_stdout(out): run()\n"
+                "except SystemExit: pass\n"
+                "print('txcb' in out.getvalue(), "
+                "[m for m in sys.modules if m.split('.')[0] == 'txcb'])" % ROOT)
+        out = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT)
+        self.assertEqual(out.strip(), b"True []")
+
     def test_no_init_in_plugin_folder(self):
         self.assertFalse(os.path.exists(os.path.join(ROOT, "twisted", "plugins",
                                                      "__init__.py")))
