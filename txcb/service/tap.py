@@ -9,23 +9,31 @@ lifetimes (the bucket is closed, and so flushed, when the service stops).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+import platform
+import sys
+from typing import Any, Dict, List, Optional
 
+import twisted
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from txcb import __version__
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.memcached import MemcachedPool, parse_backend
-from txcb.buckets.persistent import PersistentBucket
+from txcb.buckets.persistent import (
+    CorruptDataError, DataDirLockedError, PersistentBucket, StorageError)
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
 from txcb.server.core import ServerStats
 from txcb.server.memcached import MemcachedServerFactory, load_auth_file
 from txcb.server.netstring import BucketServerFactory
-from txcb.service.listen import BucketService, ListenService
+from txcb.service.listen import (
+    ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
+    endpoint_problem, lower_first)
 from txcb.service.reactor import install_default
 
-__all__ = ["Options", "makeService", "make_bucket", "BucketService", "ListenService",
-           "DEFAULT_PORT", "endpoint_description"]
+__all__ = ["Options", "makeService", "make_bucket", "BucketService",
+           "ListenService", "DEFAULT_PORT", "endpoint_description", "startup_problem",
+           "version_line"]
 
 DEFAULT_PORT = "tcp:11222:interface=127.0.0.1"
 
@@ -35,6 +43,16 @@ def endpoint_description(value: str) -> str:
     if value.isdigit():
         return "tcp:%s:interface=127.0.0.1" % (value,)
     return value
+
+
+def version_line() -> str:
+    """txcb's version, and the Twisted and Python it runs on."""
+    return "txcb %s (Twisted %s, Python %s)" % (
+        __version__, twisted.__version__, platform.python_version())
+
+
+#: The options that name endpoints, as their Options keys.
+ENDPOINT_OPTIONS = ("port", "memcached", "metrics")
 
 
 class Options(usage.Options):
@@ -94,6 +112,23 @@ class Options(usage.Options):
          "off by default; a bare port number listens on 127.0.0.1).")
         self["memcached"].append(endpoint_description(value))
 
+    def opt_version(self) -> None:
+        """Print txcb's version (and Twisted's and Python's) and exit."""
+        print(version_line())
+        sys.exit(0)
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        """
+        Under twistd (a parent Options), a usage error is one line and exit
+        status 1: twistd itself would print its whole usage text first.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit("txcb: %s" % (e,))
+
     def postOptions(self) -> None:
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
@@ -103,6 +138,7 @@ class Options(usage.Options):
             raise usage.UsageError("--distribution must be ketama or modula")
         self._check_backend()
         self._positive("max-connections")
+        self._check_endpoints()
         self["credentials"] = self._credentials()
         # Absolute now: a daemonized twistd changes directory before start-up.
         self["data-dir"] = os.path.abspath(self["data-dir"])
@@ -119,14 +155,29 @@ class Options(usage.Options):
             except ValueError as e:
                 raise usage.UsageError("--backend: %s" % (e,))
 
+    def _check_endpoints(self) -> None:
+        """Endpoint strings must parse now, not when the service starts."""
+        for name in ENDPOINT_OPTIONS:
+            values = self[name] if isinstance(self[name], list) else [self[name]]
+            for description in filter(None, values):
+                problem = endpoint_problem(description)
+                if problem is not None:
+                    raise usage.UsageError("bad --%s %s: %s; %s" % (
+                        name, description, problem, ENDPOINT_HELP))
+
     def _credentials(self) -> Optional[Dict[bytes, bytes]]:
         """The --auth-file's users and passwords (None: no authentication)."""
-        if self["auth-file"] is None:
+        path = self["auth-file"]
+        if path is None:
             return None
         try:
-            return load_auth_file(self["auth-file"])
-        except (OSError, ValueError) as e:
-            raise usage.UsageError("--auth-file: %s" % (e,))
+            return load_auth_file(path)
+        except OSError as e:
+            raise usage.UsageError("cannot read --auth-file %s: %s; give a readable "
+                                   "file of user:password lines" % (path, lower_first(e.strerror or str(e))))
+        except ValueError as e:
+            raise usage.UsageError("bad --auth-file: %s; write one user:password a line"
+                                   % (e,))
 
 
 def make_bucket(options: Options, reactor: Any) -> Any:
@@ -181,6 +232,17 @@ def _listen_memcached(top: MultiService, options: Options, bucket: Any,
                       ).setServiceParent(top)
 
 
+def _application(options: Options, reactor: Any) -> MultiService:
+    """
+    The top service.  Under twistd (the options were parsed by twistd's, their
+    parent) start-up errors are one line and exit status 1; called directly,
+    start-up raises the error itself.
+    """
+    if getattr(options, "parent", None) is None:
+        return MultiService()
+    return OneLineStartup(lambda error: startup_problem(options, error), reactor)
+
+
 def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService:
     """
     The application: the bucket's service first (so it starts first and
@@ -188,7 +250,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     """
     if reactor is None:
         reactor = _default_reactor()
-    top = MultiService()
+    top = _application(options, reactor)
     bucket = make_bucket(options, reactor)
     BucketService(bucket).setServiceParent(top)
     stats = ServerStats(max_connections=options["max-connections"])
@@ -198,3 +260,39 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
         from txcb.service.metrics import install_metrics
         install_metrics(top, bucket, factory, options["metrics"], reactor)
     return top
+
+
+#: What to do about a data dir the bucket cannot start from, by error.
+_STORAGE_ADVICE = [
+    (DataDirLockedError, "stop the txcb using it or choose another --data-dir"),
+    (CorruptDataError, "move the data file aside (txcb then starts empty) or restore "
+                       "a backup, or choose another --data-dir"),
+    (StorageError, "check the directory and its permissions or choose another --data-dir"),
+]
+
+
+def startup_problem(options: Options, error: Exception) -> Optional[str]:
+    """
+    The one line that says what stopped start-up and what to do, naming the
+    option and its value (None: not an error the user can fix).
+    """
+    if isinstance(error, ListenError):
+        option = _endpoint_option(options, error.description)
+        advice = error.advice.format(option=option)
+        return "txcb: cannot listen on %s (%s): %s%s" % (
+            error.description, option, error.reason, advice and "; " + advice)
+    for kind, advice in _STORAGE_ADVICE:
+        if isinstance(error, kind):
+            return "txcb: cannot start the bucket in --data-dir %s: %s; %s" % (
+                options["data-dir"], error, advice)
+    return None
+
+
+def _endpoint_option(options: Options, description: str) -> str:
+    """The option (--port, --memcached, --metrics) that gave ``description``."""
+    for name in ENDPOINT_OPTIONS:
+        value = options[name]
+        if description == value or (isinstance(value, list) and description in value):
+            return "--" + name
+    return "an endpoint option"
+
