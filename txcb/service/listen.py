@@ -199,7 +199,7 @@ class OneLineStartup(MultiService):
             message = self.explain(e)
             if message is None:
                 raise
-            _log.critical("{message}", message=message)
+            _log.critical("{line}", line=message)
             self._stop_what_started()
             raise StartupExit(message) from None
 
