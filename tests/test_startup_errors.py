@@ -11,11 +11,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+from unittest import skipIf
 
 from twisted.trial import unittest
 
 from txcb import __version__
 from txcb.service.listen import ENDPOINT_HELP
+
+try:
+    import OpenSSL  # noqa: F401 (ssl: endpoints need it)
+    NO_TLS = None
+except ImportError:
+    NO_TLS = "pyOpenSSL is not installed"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -82,6 +89,25 @@ class StartupErrorTests(unittest.TestCase):
         self.assertFailsWith(
             "txcb: bad --port bogus:1: Unknown endpoint type: 'bogus'; " + ENDPOINT_HELP,
             "-p", "bogus:1", "--data-dir", os.path.join(self.workdir, "data"))
+
+    @skipIf(NO_TLS, NO_TLS)
+    def test_missing_ssl_key_file_is_one_line(self):
+        key = os.path.join(self.workdir, "missing.pem")
+        self.assertFailsWith(
+            "txcb: bad --port ssl:0:privateKey=%s: %s: no such file or directory; %s"
+            % (key, key, ENDPOINT_HELP), "-p", "ssl:0:privateKey=" + key, "--ephemeral")
+
+    @skipIf(NO_TLS, NO_TLS)
+    def test_bad_ssl_key_file_is_one_line(self):
+        key = os.path.join(self.workdir, "bad.pem")
+        with open(key, "w") as f:
+            f.write("not a key\n")
+        status, output = self.twistd("-p", "ssl:0:privateKey=" + key, "--ephemeral")
+        self.assertEqual(status, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(len(output.strip().splitlines()), 1, output)
+        self.assertTrue(output.startswith("txcb: bad --port ssl:0:privateKey=%s: " % key))
+        self.assertTrue(output.strip().endswith(ENDPOINT_HELP), output)
 
     def test_usage_error_is_one_line_not_the_usage_text(self):
         out = self.assertFailsWith("txcb: --max-value-size must be positive",

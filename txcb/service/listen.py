@@ -60,6 +60,13 @@ class ListenError(Exception):
         self.advice = advice
 
 
+#: What parsing a bad endpoint string raises: anything (ValueError for an
+#: unknown type, TypeError for a missing argument, OSError for a missing ssl
+#: key file, OpenSSL's errors for a bad one, IndexError for systemd: without
+#: sockets); parsing runs no txcb code, so any error is the string's.
+_PARSE_ERRORS = Exception
+
+
 def endpoint_problem(description: str) -> Optional[str]:
     """
     Why ``description`` is not a server endpoint string (None: it is one).
@@ -72,16 +79,16 @@ def endpoint_problem(description: str) -> Optional[str]:
     return None
 
 
-#: What parsing a bad endpoint string raises.
-_PARSE_ERRORS = (ValueError, TypeError, OSError)
-
-
 def _parse_problem(error: Exception) -> str:
     if isinstance(error, OSError):  # ssl: a key or certificate file
-        return "%s: %s" % (error.filename, error.strerror) if error.filename else str(error)
+        if error.filename and error.strerror:
+            return "%s: %s" % (error.filename, lower_first(error.strerror))
+        return str(error)
     if isinstance(error, TypeError):  # a missing or unknown argument
         return "malformed endpoint"
-    return str(error)
+    if isinstance(error, ValueError):
+        return str(error)
+    return "%s (%s)" % (error, type(error).__name__)
 
 
 #: What listening on a parsed endpoint raises when it cannot (a port over
