@@ -173,8 +173,9 @@ class Options(usage.Options):
         try:
             return load_auth_file(path)
         except OSError as e:
+            why = lower_first(e.strerror or str(e))
             raise usage.UsageError("cannot read --auth-file %s: %s; give a readable "
-                                   "file of user:password lines" % (path, lower_first(e.strerror or str(e))))
+                                   "file of user:password lines" % (path, why))
         except ValueError as e:
             raise usage.UsageError("bad --auth-file: %s; write one user:password a line"
                                    % (e,))
