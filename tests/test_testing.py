@@ -1,12 +1,20 @@
 """txcb.testing: the helpers users test their own code with."""
 
+import os
+import re
+
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.reporter import TestResult
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from txcb import errors
-from txcb.interfaces import IBucket
+from txcb.interfaces import IBucket, ISyncBucket
+from txcb.server.memcached import MemcachedServerFactory
+from txcb.server.netstring import BucketServerFactory
 from txcb.testing import FaultyBucket, InMemoryConnection, memory_bucket
 
 from tests.support.contract import BucketContractMixin
@@ -40,6 +48,21 @@ class InMemoryConnectionTests(SynchronousTestCase):
         conn.flush()
         conn.clock.advance(1.0)
         self.failureResultOf(d, errors.TimeoutError)
+
+    def test_a_server_factory_of_your_own(self):
+        factory = BucketServerFactory(memory_bucket(), max_inflight=1)
+        conn = InMemoryConnection(server_factory=factory)
+        self.assertIs(conn.server_factory, factory)
+        self.assertIs(conn.bucket, factory.bucket)
+        d = conn.client.upsert("k", "v")
+        conn.flush()
+        self.assertTrue(self.successResultOf(d).success)
+        self.assertEqual(factory.bucket.get_sync("k").value, "v")
+
+    def test_a_bucket_or_a_server_factory_not_both(self):
+        factory = BucketServerFactory(memory_bucket())
+        self.assertRaises(TypeError, InMemoryConnection, memory_bucket(),
+                          server_factory=factory)
 
     def test_disconnect_fails_requests_in_flight(self):
         conn = InMemoryConnection()
@@ -92,6 +115,54 @@ class FaultyBucketTests(SynchronousTestCase):
 
     def test_unknown_operation_is_refused(self):
         self.assertRaises(ValueError, self.b.fail, "gett", Exception())
+
+    def test_provides_no_synchronous_face(self):
+        """Whatever it wraps: servers must call its Deferred methods."""
+        self.assertTrue(ISyncBucket.providedBy(self.inner))
+        self.assertFalse(ISyncBucket.providedBy(self.b))
+
+    def test_netstring_server_meets_the_faults(self):
+        self.inner.upsert("k", "v")
+        self.b.fail("get", errors.TemporaryFailError("busy"))
+        conn = InMemoryConnection(self.b, clock=self.clock)
+        d = conn.client.get("k")
+        conn.flush()
+        self.failureResultOf(d, errors.TemporaryFailError)
+        self.assertEqual([c[0] for c in self.b.calls], ["get"])
+
+    def test_memcached_server_meets_the_faults(self):
+        self.inner.upsert("k", "v")
+        self.b.hang("get")
+        proto = MemcachedServerFactory(self.b, clock=self.clock).buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"get k\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual([c[0] for c in self.b.calls], ["get"])
+
+
+class ReadmeExampleTests(SynchronousTestCase):
+    """README.rst's "Testing your code" example runs, and passes."""
+
+    def example(self):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "README.rst"), encoding="utf-8") as f:
+            text = f.read()
+        section = text[text.index("Testing your code\n=="):]
+        block = re.search(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", section)
+        return "\n".join(line[4:] for line in block.group(1).splitlines())
+
+    def test_readme_example_passes(self):
+        namespace = {"__name__": "readme_example"}
+        exec(compile(self.example(), "README.rst", "exec"), namespace)
+        cases = [v for v in namespace.values() if isinstance(v, type)
+                 and issubclass(v, SynchronousTestCase) and v is not SynchronousTestCase]
+        self.assertEqual([c.__name__ for c in cases], ["RememberTests"])
+        result = TestResult()
+        for name in ("test_counts_logins", "test_bucket_down", "test_timeout"):
+            cases[0](name).run(result)
+        self.assertEqual((result.testsRun, result.errors, result.failures), (3, [], []))
 
 
 class InMemoryContractTests(BucketContractMixin, unittest.TestCase):

@@ -453,70 +453,93 @@ def cmd_ping(ctx: Ctx) -> None:
             % (len(times), min(times), sum(times) / len(times), max(times)))
 
 
-def cmd_load(ctx: Ctx) -> None:
-    a = ctx.args
-    if a.batch < 1:
-        raise UsageError("--batch must be at least 1")
-    stdin = getattr(sys.stdin, "buffer", sys.stdin)
-    if a.file == "-":
-        f, total, name = stdin, None, "<stdin>"
-    else:
-        try:
-            f = open(a.file, "rb")
-        except OSError as e:
-            raise UsageError("cannot read %s: %s" % (a.file, e.strerror))
-        total, name = os.fstat(f.fileno()).st_size, a.file
-    bucket = ctx.bucket
-    bar = ctx.progress(total=total, unit="B", unit_scale=True, desc="load")
-    started = time.monotonic()
-    stored = failed = 0
-    window: List[Tuple[int, Any, Any, int]] = []
-
-    def send() -> None:
-        nonlocal stored, failed
-        results = bucket.pipeline([(a.mode, (k, v), {"ttl": ttl})
-                                   for _n, k, v, ttl in window])
-        for (lineno, _k, _v, _t), r in zip(window, results):
-            if isinstance(r, (errors.ConnectError, errors.NetworkError, errors.TimeoutError)):
-                raise r
-            if isinstance(r, errors.CouchbaseError):
-                failed += 1
-                ctx.error("%s:%d: %s" % (name, lineno, _describe(r)), r)
-            else:
-                stored += 1
-        window.clear()
-
+def _open_load_file(path: str, stdin: Any) -> Tuple[Any, Optional[int], str]:
+    """(the file to read, its size if known, its name in messages)."""
+    if path == "-":
+        return stdin, None, "<stdin>"
     try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UsageError("cannot read %s: %s" % (path, e.strerror))
+    return f, os.fstat(f.fileno()).st_size, path
+
+
+def _load_line(line: bytes, default_ttl: int) -> Tuple[Any, Any, int]:
+    """One JSON line as (key, value, ttl); raises UsageError."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UsageError("not JSON: %s" % (e,))
+    return item_from_json(obj, default_ttl)
+
+
+class _Loader:
+    """Stores the items of ``load``'s file, ``--batch`` pipelined requests at a time."""
+
+    def __init__(self, ctx: Ctx, bucket: Bucket, name: str) -> None:
+        self.ctx, self.bucket, self.name = ctx, bucket, name
+        self.args = ctx.args
+        self.stored = self.failed = 0
+        self.window: List[Tuple[int, Any, Any, int]] = []
+
+    def run(self, f: Any, bar: Any) -> None:
+        """Read and store every line; stop at the first failure unless --keep-going."""
+        a = self.args
         for lineno, line in enumerate(f, 1):
             bar.update(len(line))
             if not line.strip():
                 continue
             try:
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-                    raise UsageError("not JSON: %s" % (e,))
-                key, value, ttl = item_from_json(obj, a.ttl)
+                key, value, ttl = _load_line(line, a.ttl)
             except UsageError as e:
-                failed += 1
-                ctx.error("%s:%d: %s" % (name, lineno, e), status=EXIT["usage"])
+                self.failed += 1
+                self.ctx.error("%s:%d: %s" % (self.name, lineno, e), status=EXIT["usage"])
                 if a.keep_going:
                     continue
                 break
-            window.append((lineno, key, value, ttl))
-            if len(window) >= a.batch:
-                send()
-                if failed and not a.keep_going:
+            self.window.append((lineno, key, value, ttl))
+            if len(self.window) >= a.batch:
+                self.send()
+                if self.failed and not a.keep_going:
                     break
-        if window:  # everything before a bad line is stored
-            send()
+        if self.window:  # everything before a bad line is stored
+            self.send()
+
+    def send(self) -> None:
+        """Store the window in one pipeline; a lost connection ends the load."""
+        window = self.window
+        results = self.bucket.pipeline([(self.args.mode, (k, v), {"ttl": ttl})
+                                        for _n, k, v, ttl in window])
+        for (lineno, _k, _v, _t), r in zip(window, results):
+            if isinstance(r, (errors.ConnectError, errors.NetworkError, errors.TimeoutError)):
+                raise r
+            if isinstance(r, errors.CouchbaseError):
+                self.failed += 1
+                self.ctx.error("%s:%d: %s" % (self.name, lineno, _describe(r)), r)
+            else:
+                self.stored += 1
+        window.clear()
+
+
+def cmd_load(ctx: Ctx) -> None:
+    a = ctx.args
+    if a.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    f, total, name = _open_load_file(a.file, stdin)
+    loader = _Loader(ctx, ctx.bucket, name)
+    bar = ctx.progress(total=total, unit="B", unit_scale=True, desc="load")
+    started = time.monotonic()
+    try:
+        loader.run(f, bar)
     finally:
         bar.close()
         if f is not stdin:
             f.close()
-    if failed and not a.keep_going:
+    if loader.failed and not a.keep_going:
         return  # the error said it all
     took = time.monotonic() - started
+    stored, failed = loader.stored, loader.failed
     ctx.info("loaded %d item%s in %.2fs (%.0f items/s)%s"
              % (stored, "" if stored == 1 else "s", took, stored / took if took else 0,
                 ", %d failed" % failed if failed else ""))
@@ -567,6 +590,104 @@ _EPILOG = ("exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 exists, "
            "5 connection failure, 6 timeout, 7 temporary failure, 8 too big, "
            "9 bad value, 10 not supported, 130 interrupted")
 
+#: One argument of a subcommand: add_argument's (names, keywords).
+Arg = Tuple[Tuple[str, ...], Dict[str, Any]]
+
+
+def _arg(*names: str, **kwargs: Any) -> Arg:
+    return names, kwargs
+
+
+#: Marks where a subcommand takes --progress / --no-progress.
+_PROGRESS: Arg = ((), {})
+
+_KEYS = _arg("keys", nargs="+", metavar="KEY")
+_KEY = _arg("key", metavar="KEY")
+_TTL_HELP = "expiry: seconds (up to 30 days) or a Unix time; 0 = never"
+
+
+def _store_args(method: str) -> List[Arg]:
+    """set, insert and replace: KEY VALUE and how to store it."""
+    args = [
+        _KEY,
+        _arg("value", metavar="VALUE", help="the value; - reads standard input"),
+        _arg("--ttl", type=_parse_ttl, default=0, metavar="N", help=_TTL_HELP),
+        _arg("--format", choices=("auto", "json", "utf8", "bytes"), default="auto",
+             help="how to store VALUE: auto (JSON if it parses as JSON, else "
+                  "UTF-8 text), json, utf8 or bytes"),
+    ]
+    if method != "insert":
+        args.append(_arg("--cas", type=_parse_int, default=0, metavar="CAS",
+                         help="only if the item's CAS is still this"))
+    return args
+
+
+#: The subcommands, in --help order: (name, function, help, description, arguments).
+COMMANDS: List[Tuple[str, Any, str, str, List[Arg]]] = [
+    ("get", cmd_get, "print the values of keys",
+     "Print each key's value on a line of its own: JSON as JSON, UTF-8 text "
+     "as text, other values as their raw bytes.", [
+         _KEYS,
+         _arg("--json", action="store_true",
+              help="print JSON lines (key, value, cas) in the dump format"),
+         _arg("-v", "--verbose", action="store_true",
+              help="also print each key's cas, flags and size on stderr")]),
+    ("set", _store("upsert", "stored"), "store a value (upsert)", "",
+     _store_args("upsert")),
+    ("insert", _store("insert", "inserted"), "store a value only if the key is absent", "",
+     _store_args("insert")),
+    ("replace", _store("replace", "replaced"), "store a value only if the key exists", "",
+     _store_args("replace")),
+    ("rm", cmd_rm, "remove keys", "", [
+        _KEYS,
+        _arg("--cas", type=_parse_int, default=0, metavar="CAS",
+             help="only if the item's CAS is still this (one key)")]),
+    ("counter", cmd_counter, "add to a counter and print its new value",
+     "Add DELTA (may be negative) to an unsigned 64-bit counter and print the "
+     "new value.  A missing key is created with --initial (without it: "
+     "not found).", [
+         _KEY,
+         _arg("--delta", type=_parse_int, default=1, metavar="N"),
+         _arg("--initial", type=_parse_int, default=None, metavar="N"),
+         _arg("--ttl", type=_parse_ttl, default=0, metavar="N",
+              help="expiry of a counter it creates")]),
+    ("touch", cmd_touch, "set the expiry of keys", "", [
+        _KEYS,
+        _arg("--ttl", type=_parse_ttl, required=True, metavar="N",
+             help="new " + _TTL_HELP)]),
+    ("stats", cmd_stats, "print the server's statistics", "", [
+        _arg("names", nargs="*", metavar="NAME", help="only these statistics"),
+        _arg("--json", action="store_true", help="print one JSON object")]),
+    ("ping", cmd_ping, "measure round-trip latency (NOOP)", "", [
+        _arg("-c", "--count", type=int, default=3, metavar="N"),
+        _arg("-i", "--interval", type=float, default=0.2, metavar="SECONDS")]),
+    ("load", cmd_load, "store the items of a JSON lines file (pipelined)",
+     "Store every item of FILE (JSON lines: key, value, optional ttl, "
+     "format or flags; see 'dump'), BATCH requests at a time.", [
+         _arg("file", metavar="FILE", help="JSON lines; - reads standard input"),
+         _arg("--mode", choices=("upsert", "insert", "replace"), default="upsert"),
+         _arg("--batch", type=int, default=1000, metavar="N",
+              help="requests in flight at once (default 1000)"),
+         _arg("--ttl", type=_parse_ttl, default=0, metavar="N",
+              help="expiry of items whose line has no ttl"),
+         _arg("--keep-going", action="store_true",
+              help="go on after a failed item or a bad line"),
+         _PROGRESS]),
+    ("dump", cmd_dump, "write every item as JSON lines (streamed scan)",
+     "Write the items whose keys are in a range, in key order, as JSON lines "
+     "that 'load' reads back.  The scan is streamed in batches: the next batch "
+     "is asked for only once the previous one is written.", [
+         _arg("--prefix", default=None, help="only keys starting with this"),
+         _arg("--start", default=None, metavar="KEY", help="from this key (included)"),
+         _arg("--end", default=None, metavar="KEY", help="up to this key (excluded)"),
+         _arg("--ids-only", action="store_true", help="write the keys only"),
+         _arg("--batch-size", type=int, default=1000, metavar="N",
+              help="items per batch (default 1000)"),
+         _arg("-o", "--output", default=None, metavar="FILE",
+              help="write to FILE instead of standard output"),
+         _PROGRESS]),
+]
+
 
 def _common() -> argparse.ArgumentParser:
     # Accepted before or after the command name.
@@ -584,107 +705,36 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+def _progress_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show a progress bar on stderr even if it is not a terminal")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show a progress bar")
+
+
+def _add_command(sub: Any, common: argparse.ArgumentParser, name: str, func: Any,
+                 help: str, description: str, args: List[Arg]) -> None:
+    p = sub.add_parser(name, parents=[common], help=help, epilog=_EPILOG,
+                       description=description or help)
+    p.set_defaults(func=func)
+    for arg in args:
+        if arg is _PROGRESS:
+            _progress_options(p)
+        else:
+            p.add_argument(*arg[0], **arg[1])
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``txcb`` parser: the common options, then one subparser per COMMANDS row."""
     common = _common()
     parser = argparse.ArgumentParser(
         prog="txcb", parents=[common], epilog=_EPILOG,
         description="Command-line client for a txcb server (twistd txcb).")
     parser.add_argument("--version", action="version", version="txcb " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, func: Any, help: str, description: str = "") -> Any:
-        p = sub.add_parser(name, parents=[common], help=help, epilog=_EPILOG,
-                           description=description or help)
-        p.set_defaults(func=func)
-        return p
-
-    p = command("get", cmd_get, "print the values of keys",
-                "Print each key's value on a line of its own: JSON as JSON, UTF-8 text "
-                "as text, other values as their raw bytes.")
-    p.add_argument("keys", nargs="+", metavar="KEY")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON lines (key, value, cas) in the dump format")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also print each key's cas, flags and size on stderr")
-
-    for name, method, verb, help in (
-            ("set", "upsert", "stored", "store a value (upsert)"),
-            ("insert", "insert", "inserted", "store a value only if the key is absent"),
-            ("replace", "replace", "replaced", "store a value only if the key exists")):
-        p = command(name, _store(method, verb), help)
-        p.add_argument("key", metavar="KEY")
-        p.add_argument("value", metavar="VALUE", help="the value; - reads standard input")
-        p.add_argument("--ttl", type=_parse_ttl, default=0, metavar="N",
-                       help="expiry: seconds (up to 30 days) or a Unix time; 0 = never")
-        p.add_argument("--format", choices=("auto", "json", "utf8", "bytes"),
-                       default="auto",
-                       help="how to store VALUE: auto (JSON if it parses as JSON, else "
-                            "UTF-8 text), json, utf8 or bytes")
-        if method != "insert":
-            p.add_argument("--cas", type=_parse_int, default=0, metavar="CAS",
-                           help="only if the item's CAS is still this")
-
-    p = command("rm", cmd_rm, "remove keys")
-    p.add_argument("keys", nargs="+", metavar="KEY")
-    p.add_argument("--cas", type=_parse_int, default=0, metavar="CAS",
-                   help="only if the item's CAS is still this (one key)")
-
-    p = command("counter", cmd_counter, "add to a counter and print its new value",
-                "Add DELTA (may be negative) to an unsigned 64-bit counter and print the "
-                "new value.  A missing key is created with --initial (without it: "
-                "not found).")
-    p.add_argument("key", metavar="KEY")
-    p.add_argument("--delta", type=_parse_int, default=1, metavar="N")
-    p.add_argument("--initial", type=_parse_int, default=None, metavar="N")
-    p.add_argument("--ttl", type=_parse_ttl, default=0, metavar="N",
-                   help="expiry of a counter it creates")
-
-    p = command("touch", cmd_touch, "set the expiry of keys")
-    p.add_argument("keys", nargs="+", metavar="KEY")
-    p.add_argument("--ttl", type=_parse_ttl, required=True, metavar="N",
-                   help="new expiry: seconds (up to 30 days) or a Unix time; 0 = never")
-
-    p = command("stats", cmd_stats, "print the server's statistics")
-    p.add_argument("names", nargs="*", metavar="NAME", help="only these statistics")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = command("ping", cmd_ping, "measure round-trip latency (NOOP)")
-    p.add_argument("-c", "--count", type=int, default=3, metavar="N")
-    p.add_argument("-i", "--interval", type=float, default=0.2, metavar="SECONDS")
-
-    def progress_options(p: argparse.ArgumentParser) -> None:
-        g = p.add_mutually_exclusive_group()
-        g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                       help="show a progress bar on stderr even if it is not a terminal")
-        g.add_argument("--no-progress", dest="progress", action="store_false",
-                       help="never show a progress bar")
-
-    p = command("load", cmd_load, "store the items of a JSON lines file (pipelined)",
-                "Store every item of FILE (JSON lines: key, value, optional ttl, "
-                "format or flags; see 'dump'), BATCH requests at a time.")
-    p.add_argument("file", metavar="FILE", help="JSON lines; - reads standard input")
-    p.add_argument("--mode", choices=("upsert", "insert", "replace"), default="upsert")
-    p.add_argument("--batch", type=int, default=1000, metavar="N",
-                   help="requests in flight at once (default 1000)")
-    p.add_argument("--ttl", type=_parse_ttl, default=0, metavar="N",
-                   help="expiry of items whose line has no ttl")
-    p.add_argument("--keep-going", action="store_true",
-                   help="go on after a failed item or a bad line")
-    progress_options(p)
-
-    p = command("dump", cmd_dump, "write every item as JSON lines (streamed scan)",
-                "Write the items whose keys are in a range, in key order, as JSON lines "
-                "that 'load' reads back.  The scan is streamed in batches: the next batch "
-                "is asked for only once the previous one is written.")
-    p.add_argument("--prefix", default=None, help="only keys starting with this")
-    p.add_argument("--start", default=None, metavar="KEY", help="from this key (included)")
-    p.add_argument("--end", default=None, metavar="KEY", help="up to this key (excluded)")
-    p.add_argument("--ids-only", action="store_true", help="write the keys only")
-    p.add_argument("--batch-size", type=int, default=1000, metavar="N",
-                   help="items per batch (default 1000)")
-    p.add_argument("-o", "--output", default=None, metavar="FILE",
-                   help="write to FILE instead of standard output")
-    progress_options(p)
+    for row in COMMANDS:
+        _add_command(sub, common, *row)
     return parser
 
 

@@ -55,6 +55,11 @@ class InMemoryConnection:
     """
     A txcb client and server joined in memory.
 
+    :param server_factory: the netstring server factory to connect to (one
+        you configured or subclassed), instead of a new
+        :class:`~txcb.server.netstring.BucketServerFactory` serving ``bucket``;
+        give one or the other, not both.
+
     :ivar client: the :class:`~txcb.client.remote.RemoteBucket` to hand to your code.
     :ivar bucket: the bucket the server serves (an embedded one by default).
     :ivar clock: the clock of the client's timeouts (and of the default bucket).
@@ -63,10 +68,16 @@ class InMemoryConnection:
     """
 
     def __init__(self, bucket: Any = None, clock: Optional[Clock] = None,
-                 timeout: float = 2.5) -> None:
+                 timeout: float = 2.5, server_factory: Optional[BucketServerFactory] = None
+                 ) -> None:
         self.clock = clock if clock is not None else Clock()
-        self.bucket = bucket if bucket is not None else memory_bucket(self.clock)
-        self.server_factory = BucketServerFactory(self.bucket)
+        if server_factory is None:
+            server_factory = BucketServerFactory(
+                bucket if bucket is not None else memory_bucket(self.clock))
+        elif bucket is not None:
+            raise TypeError("give a bucket or a server_factory, not both")
+        self.server_factory = server_factory
+        self.bucket = server_factory.bucket
         server = self.server_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 11222))
         self.client_protocol = BucketClientProtocol(clock=self.clock, timeout=timeout)
         self.pump: IOPump = connect(
@@ -100,6 +111,11 @@ class FaultyBucket(MultiMixin):
     """
     Wraps any bucket and injects faults into chosen operations.  ``*_multi``
     calls go through the faulty single-key operations, key by key.
+
+    It provides :class:`~txcb.interfaces.IBucket` only, not
+    :class:`~txcb.interfaces.ISyncBucket` (whatever the wrapped bucket
+    provides), so a server calls its Deferred methods and every request
+    meets the faults.
 
     :param bucket: the bucket to wrap.
     :param clock: the clock :meth:`delay` waits on.
@@ -237,6 +253,5 @@ class FaultyBucket(MultiMixin):
 
     @property
     def max_value_size(self) -> int:
-        # Only this is forwarded: exposing the wrapped bucket's *_sync fast
-        # paths would let a server bypass the injected faults.
+        """The wrapped bucket's value limit (servers size their buffers by it)."""
         return self.wrapped.max_value_size

@@ -2,31 +2,40 @@
 ``twistd txcb``: serve a bucket on one or more endpoints.
 
 Everything is wired here, at the edge: the options pick a bucket provider and
-the endpoints, and the services own their lifetimes (the bucket is closed,
-and so flushed, when the service stops).
+the endpoints, and the services (:mod:`txcb.service.listen`) own their
+lifetimes (the bucket is closed, and so flushed, when the service stops).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional
+import platform
+import sys
+from typing import Any, Dict, List, Optional
 
-from twisted.application.service import IServiceMaker, MultiService, Service
-from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+import twisted
+from twisted.application.service import MultiService
 from twisted.python import usage
-from twisted.python.failure import Failure
 
-from txcb.validation import DEFAULT_MAX_VALUE_SIZE
+from txcb import __version__
+from txcb.buckets.embedded import EmbeddedBucket
+from txcb.buckets.memcached import MemcachedPool, parse_backend
+from txcb.buckets.persistent import (
+    CorruptDataError, DataDirLockedError, PersistentBucket, StorageError)
+from txcb.limits import DEFAULT_MAX_VALUE_SIZE
 from txcb.server.core import ServerStats
+from txcb.server.memcached import MemcachedServerFactory, load_auth_file
 from txcb.server.netstring import BucketServerFactory
+from txcb.service.listen import (
+    ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
+    endpoint_problem, lower_first)
+from txcb.service.reactor import install_default
 
-__all__ = ["Options", "makeService", "make_bucket", "BucketService", "ListenService",
-           "DEFAULT_PORT", "endpoint_description"]
+__all__ = ["Options", "makeService", "make_bucket", "BucketService",
+           "ListenService", "DEFAULT_PORT", "endpoint_description", "startup_problem",
+           "version_line"]
 
 DEFAULT_PORT = "tcp:11222:interface=127.0.0.1"
-
-_log = Logger()
 
 
 def endpoint_description(value: str) -> str:
@@ -34,6 +43,16 @@ def endpoint_description(value: str) -> str:
     if value.isdigit():
         return "tcp:%s:interface=127.0.0.1" % (value,)
     return value
+
+
+def version_line() -> str:
+    """txcb's version, and the Twisted and Python it runs on."""
+    return "txcb %s (Twisted %s, Python %s)" % (
+        __version__, twisted.__version__, platform.python_version())
+
+
+#: The options that name endpoints, as their Options keys.
+ENDPOINT_OPTIONS = ("port", "memcached", "metrics")
 
 
 class Options(usage.Options):
@@ -93,131 +112,188 @@ class Options(usage.Options):
          "off by default; a bare port number listens on 127.0.0.1).")
         self["memcached"].append(endpoint_description(value))
 
+    def opt_version(self) -> None:
+        """Print txcb's version (and Twisted's and Python's) and exit."""
+        print(version_line())
+        sys.exit(0)
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        """
+        Under twistd (a parent Options), a usage error is one line and exit
+        status 1: twistd itself would print its whole usage text first.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit("txcb: %s" % (e,))
+
     def postOptions(self) -> None:
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
-        if self["max-value-size"] < 1:
-            raise usage.UsageError("--max-value-size must be positive")
-        if self["max-inflight"] < 1:
-            raise usage.UsageError("--max-inflight must be positive")
+        self._positive("max-value-size")
+        self._positive("max-inflight")
         if self["distribution"] not in ("ketama", "modula"):
             raise usage.UsageError("--distribution must be ketama or modula")
+        self._check_backend()
+        self._positive("max-connections")
+        self._check_endpoints()
+        self["credentials"] = self._credentials()
+        # Absolute now: a daemonized twistd changes directory before start-up.
+        self["data-dir"] = os.path.abspath(self["data-dir"])
+
+    def _positive(self, name: str) -> None:
+        if self[name] < 1:
+            raise usage.UsageError("--%s must be positive" % (name,))
+
+    def _check_backend(self) -> None:
+        """A --backend must parse now, not when the service starts."""
         if self["backend"] is not None:
-            from txcb.buckets.memcached import parse_backend
             try:
                 parse_backend(self["backend"])
             except ValueError as e:
                 raise usage.UsageError("--backend: %s" % (e,))
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be positive")
-        self["credentials"] = None
-        if self["auth-file"] is not None:
-            from txcb.server.memcached import load_auth_file
-            try:
-                self["credentials"] = load_auth_file(self["auth-file"])
-            except (OSError, ValueError) as e:
-                raise usage.UsageError("--auth-file: %s" % (e,))
-        # Absolute now: a daemonized twistd changes directory before start-up.
-        self["data-dir"] = os.path.abspath(self["data-dir"])
 
+    def _check_endpoints(self) -> None:
+        """Endpoint strings must parse now, not when the service starts."""
+        for name in ENDPOINT_OPTIONS:
+            values = self[name] if isinstance(self[name], list) else [self[name]]
+            for description in filter(None, values):
+                problem = endpoint_problem(description)
+                if problem is not None:
+                    raise usage.UsageError("bad --%s %s: %s; %s" % (
+                        name, description, problem, ENDPOINT_HELP))
 
-class BucketService(Service):
-    """
-    Owns a bucket: starts it (a persistent bucket warms up from disk, before
-    any later service such as a ListenService starts) and closes it, so
-    flushes it, when the application stops.
-    """
-
-    def __init__(self, bucket: Any) -> None:
-        self.bucket = bucket
-
-    def startService(self) -> None:
-        Service.startService(self)
-        start = getattr(self.bucket, "start", None)
-        if start is not None:
-            start()
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        return self.bucket.close()
-
-
-class ListenService(Service):
-    """
-    Listens on one endpoint string while running, logging the address.
-    A failure to listen stops start-up with the error (twistd exits).
-    """
-
-    def __init__(self, description: str, factory: Any, reactor: Any, what: str = "txcb"
-                 ) -> None:
-        self.description = description
-        self.factory = factory
-        self.reactor = reactor
-        self.what = what
-        self.port: Any = None
-
-    def startService(self) -> None:
-        Service.startService(self)
-        result: List[Any] = []
-        serverFromString(self.reactor, self.description).listen(self.factory).addBoth(
-            result.append)
-        if result and isinstance(result[0], Failure):
-            result[0].raiseException()
-        if result:
-            self.port = result[0]
-            _log.info("{what} listening on {address} ({description})", what=self.what,
-                      address=str(self.port.getHost()), description=self.description)
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+    def _credentials(self) -> Optional[Dict[bytes, bytes]]:
+        """The --auth-file's users and passwords (None: no authentication)."""
+        path = self["auth-file"]
+        if path is None:
+            return None
+        try:
+            return load_auth_file(path)
+        except OSError as e:
+            why = lower_first(e.strerror or str(e))
+            raise usage.UsageError("cannot read --auth-file %s: %s; give a readable "
+                                   "file of user:password lines" % (path, why))
+        except ValueError as e:
+            raise usage.UsageError("bad --auth-file: %s; write one user:password a line"
+                                   % (e,))
 
 
 def make_bucket(options: Options, reactor: Any) -> Any:
     """The bucket the options ask for (not started: BucketService starts it)."""
     if options["backend"] is not None:
-        from txcb.buckets.memcached import MemcachedPool, parse_backend
-        size = options["max-value-size"]
-        return MemcachedPool(
-            parse_backend(options["backend"]), reactor=reactor,
-            distribution=options["distribution"], auto_eject_hosts=options["auto-eject-hosts"],
-            start=False, **({} if size == DEFAULT_MAX_VALUE_SIZE else {"max_value_size": size}))
+        return _memcached_pool(options, reactor)
     if options["ephemeral"]:
-        from txcb.buckets.embedded import EmbeddedBucket
         return EmbeddedBucket(clock=reactor, max_value_size=options["max-value-size"],
                               pager_interval=options["pager-interval"])
-    from txcb.buckets.persistent import PersistentBucket
     return PersistentBucket(options["data-dir"], clock=reactor, reactor=reactor,
                             max_value_size=options["max-value-size"],
                             pager_interval=options["pager-interval"], start=False)
 
 
-def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService:
-    if reactor is None:
-        # twistd installs a reactor here only if told to (--reactor); else
-        # txcb's own (see txcb.service.reactor), where the platform has epoll.
-        from txcb.service.reactor import install_default
-        install_default()
-        from twisted.internet import reactor
-    top = MultiService()
-    bucket = make_bucket(options, reactor)
-    BucketService(bucket).setServiceParent(top)
-    stats = ServerStats(max_connections=options["max-connections"])
+def _memcached_pool(options: Options, reactor: Any) -> MemcachedPool:
+    """--backend: a pool of memcached servers (its own value limit unless one is set)."""
+    size = options["max-value-size"]
+    return MemcachedPool(
+        parse_backend(options["backend"]), reactor=reactor,
+        distribution=options["distribution"], auto_eject_hosts=options["auto-eject-hosts"],
+        start=False, **({} if size == DEFAULT_MAX_VALUE_SIZE else {"max_value_size": size}))
+
+
+def _default_reactor() -> Any:
+    """The global reactor, txcb's own if none is installed yet."""
+    # twistd installs a reactor here only if told to (--reactor); else
+    # txcb's own (see txcb.service.reactor), where the platform has epoll.
+    install_default()
+    from twisted.internet import reactor
+    return reactor
+
+
+def _listen_netstring(top: MultiService, options: Options, bucket: Any,
+                      stats: ServerStats, reactor: Any) -> BucketServerFactory:
+    """A ListenService per --port, all on one netstring factory (returned)."""
     factory = BucketServerFactory(bucket, max_inflight=options["max-inflight"], stats=stats)
     for description in options["port"]:
         ListenService(description, factory, reactor).setServiceParent(top)
-    if options["memcached"]:
-        from txcb.server.memcached import MemcachedServerFactory
-        mc_factory = MemcachedServerFactory(
-            bucket, stats=stats, credentials=options["credentials"],
-            max_inflight=options["max-inflight"], clock=reactor)
-        for description in options["memcached"]:
-            ListenService(description, mc_factory, reactor, what="txcb memcached"
-                          ).setServiceParent(top)
+    return factory
+
+
+def _listen_memcached(top: MultiService, options: Options, bucket: Any,
+                      stats: ServerStats, reactor: Any) -> None:
+    """A ListenService per --memcached, all on one memcached factory."""
+    if not options["memcached"]:
+        return
+    mc_factory = MemcachedServerFactory(
+        bucket, stats=stats, credentials=options["credentials"],
+        max_inflight=options["max-inflight"], clock=reactor)
+    for description in options["memcached"]:
+        ListenService(description, mc_factory, reactor, what="txcb memcached"
+                      ).setServiceParent(top)
+
+
+def _application(options: Options, reactor: Any) -> MultiService:
+    """
+    The top service.  Under twistd (the options were parsed by twistd's, their
+    parent) start-up errors are one line and exit status 1; called directly,
+    start-up raises the error itself.
+    """
+    if getattr(options, "parent", None) is None:
+        return MultiService()
+    return OneLineStartup(lambda error: startup_problem(options, error), reactor)
+
+
+def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService:
+    """
+    The application: the bucket's service first (so it starts first and
+    stops last), then the listeners, which share one connection count.
+    """
+    if reactor is None:
+        reactor = _default_reactor()
+    top = _application(options, reactor)
+    bucket = make_bucket(options, reactor)
+    BucketService(bucket).setServiceParent(top)
+    stats = ServerStats(max_connections=options["max-connections"])
+    factory = _listen_netstring(top, options, bucket, stats, reactor)
+    _listen_memcached(top, options, bucket, stats, reactor)
     if options["metrics"]:
         from txcb.service.metrics import install_metrics
         install_metrics(top, bucket, factory, options["metrics"], reactor)
     return top
+
+
+#: What to do about a data dir the bucket cannot start from, by error.
+_STORAGE_ADVICE = [
+    (DataDirLockedError, "stop the txcb using it or choose another --data-dir"),
+    (CorruptDataError, "move the data file aside (txcb then starts empty) or restore "
+                       "a backup, or choose another --data-dir"),
+    (StorageError, "check the directory and its permissions or choose another --data-dir"),
+]
+
+
+def startup_problem(options: Options, error: Exception) -> Optional[str]:
+    """
+    The one line that says what stopped start-up and what to do, naming the
+    option and its value (None: not an error the user can fix).
+    """
+    if isinstance(error, ListenError):
+        option = _endpoint_option(options, error.description)
+        advice = error.advice.format(option=option)
+        return "txcb: cannot listen on %s (%s): %s%s" % (
+            error.description, option, error.reason, advice and "; " + advice)
+    for kind, advice in _STORAGE_ADVICE:
+        if isinstance(error, kind):
+            return "txcb: cannot start the bucket in --data-dir %s: %s; %s" % (
+                options["data-dir"], error, advice)
+    return None
+
+
+def _endpoint_option(options: Options, description: str) -> str:
+    """The option (--port, --memcached, --metrics) that gave ``description``."""
+    for name in ENDPOINT_OPTIONS:
+        value = options[name]
+        if description == value or (isinstance(value, list) and description in value):
+            return "--" + name
+    return "an endpoint option"
+
