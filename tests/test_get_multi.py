@@ -943,7 +943,7 @@ class EndToEndTests(ClientTestBase):
         send = client.send
         for keys, kw in _Scenario.CALLS:
             sent = []
-            client.send = lambda *a, **k: sent.append(a[1]) or send(*a, **k)
+            client.send = lambda *a, **k: sent.append(a[1][0]) or send(*a, **k)
             d = bucket.get_multi(keys, **kw)
             pump.flush()
             box = []

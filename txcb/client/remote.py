@@ -6,7 +6,8 @@ as soon as they are made (pipelining) and matches responses to requests by
 their opaque id, so the server may answer in any order.  Each request has a
 timeout and can be cancelled; losing the connection errbacks every request in
 flight with :class:`~txcb.errors.NetworkError`.  No Deferred is left unfired
-and nothing is kept once a request completes.
+and nothing is kept once a request completes.  What each reply gives is
+decided by :mod:`txcb.client.replies`, shared with the blocking client.
 
 :class:`RemoteBucket` is the IBucket face of a connection;
 :class:`BucketClientFactory` (for ``reactor.connectTCP``) and :func:`connect`
@@ -29,7 +30,7 @@ from zope.interface import implementer
 
 from txcb.client import requests as _rq
 from txcb.client.replies import (
-    MULTI, bad_response, failed_key_result, frame_limit, is_last_frame, multi_frame, scan_rows,
+    KIND, MULTI, bad_response, failed_key_result, frame_limit, is_last_frame, multi_frame, scan_rows,
     server_limits, unpack_header, error as reply_error, success as reply_success)
 from txcb.multi import MultiMixin, unique, gather_results
 from txcb.transport import FastNetstringReceiver, set_nodelay
@@ -39,7 +40,6 @@ from txcb.wire.netstring import (
     HEADER_LEN, OPT_QUIET, RES_MAGIC, Op, encode_request)
 from txcb.errors import (
     ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError, TimeoutError)
-from txcb.client.replies import KIND
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.interfaces import IBucket
 from txcb.results import MultiResult, OperationResult, ValueResult
@@ -163,19 +163,19 @@ class BucketClientProtocol(FastNetstringReceiver):
         if self.lost is not None:
             return fail(NetworkError("not connected: %s" % (self.lost,), key=key))
         d = RequestDeferred(self.cancel_request)
-        d.opaque = self.send(d, opcode, key, k, value, cas, ttl, flags, options, persist_to,
-                             replicate_to, timeout=timeout)
+        d.opaque = self.send(d, (opcode, key, k, value, cas, ttl, flags, options, persist_to,
+                                 replicate_to), timeout)
         return d
 
-    def send(self, target: Any, opcode: int, key: Any, k: bytes, value: bytes = b"",
-             cas: int = 0, ttl: int = 0, flags: int = 0, options: int = 0,
-             persist_to: int = 0, replicate_to: int = 0, *,
-             timeout: Optional[float] = None) -> int:
+    def send(self, target: Any, fields: _rq.Fields, timeout: Optional[float] = None) -> int:
         """
-        Send a request whose outcome goes to ``target.callback(result)`` or
+        Send the request of ``fields`` (from a :mod:`txcb.client.requests`
+        function) whose outcome goes to ``target.callback(result)`` or
         ``target.errback(error)`` (a Deferred, or a slot of a multi-key call);
-        returns its opaque.  The connection must be up.
+        returns its opaque.  The connection must be up.  ``timeout`` as for
+        :meth:`request`.
         """
+        opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to = fields
         opaque = self._next_opaque
         pending = self._pending
         while opaque in pending:  # only after 2**32 requests, with one still out
@@ -400,7 +400,7 @@ class _MultiCall:
         self.count += 1
         self.remaining += 1
         self.slots.append(slot)
-        slot.opaque = p.send(slot, *fields, timeout=timeout)
+        slot.opaque = p.send(slot, fields, timeout)
 
     def add(self, key: Any, d: Deferred) -> None:
         """A key whose call gave a Deferred (an argument error, or a reconnection wait)."""
@@ -600,7 +600,7 @@ class RemoteBucket(MultiMixin):
                     return None  # type: ignore[return-value]  # only inside _each
                 # BucketClientProtocol.request, inlined: the hot path.
                 d = RequestDeferred(p.cancel_request)
-                d.opaque = p.send(d, *fields, timeout=timeout)
+                d.opaque = p.send(d, fields, timeout)
                 return d
             return p.request(*fields, timeout=timeout)
         if self._closed:
@@ -682,7 +682,7 @@ class RemoteBucket(MultiMixin):
             for ks, fields in chunks:
                 part = _GetMultiPart(call, ks, p)
                 call.parts.append(part)
-                part.opaque = p.send(part, *fields, timeout=timeout)
+                part.opaque = p.send(part, fields, timeout)
         finally:
             p.release_writes(held)
         call.part_done()  # every request is out: done when they are

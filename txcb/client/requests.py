@@ -6,8 +6,9 @@ arguments after the opaque, with the caller's key second::
 
     (opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to)
 
-:class:`txcb.client.remote.RemoteBucket` sends them with its own header packing
-(opaque filled in), :class:`txcb.client.blocking.Bucket` with ``encode_request``.
+:class:`txcb.client.remote.RemoteBucket` and :class:`txcb.client.blocking.Bucket`
+send them with ``encode_request`` (the opaque filled in at send);
+:mod:`txcb.client.replies` says what the replies give.
 Bad arguments raise the :mod:`txcb.errors` exceptions (with ``key``) here,
 before anything is sent.  ``transcoder`` and ``max_value_size`` are the
 caller's (the latter as the server said in its HELLO).
