@@ -30,8 +30,8 @@ from zope.interface import implementer
 
 from txcb.client import requests as _rq
 from txcb.client.replies import (
-    KIND, MULTI, bad_response, failed_key_result, frame_limit, is_last_frame, multi_frame, scan_rows,
-    server_limits, unpack_header, error as reply_error, success as reply_success)
+    KIND, MULTI, bad_response, failed_key_result, frame_limit, is_last_frame, multi_frame,
+    scan_rows, server_limits, unpack_header, error as reply_error, success as reply_success)
 from txcb.multi import MultiMixin, unique, gather_results
 from txcb.transport import FastNetstringReceiver, set_nodelay
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT, MAX_KEY_LEN

@@ -30,8 +30,9 @@ from txcb.wire.netstring import (
     decode_scan_reply, res_pack)
 
 __all__ = ["VALUE", "MUTATION", "COUNTER", "JSON", "NONE", "RAW", "MULTI", "KIND",
-           "unpack_header", "bad_response", "outcome", "success", "error", "multi_frame", "is_last_frame",
-           "scan_rows", "ServerLimits", "server_limits", "frame_limit", "failed_key_result"]
+           "unpack_header", "bad_response", "outcome", "success", "error", "multi_frame",
+           "is_last_frame", "scan_rows", "ServerLimits", "server_limits", "frame_limit",
+           "failed_key_result"]
 
 # What a successful response turns into, by opcode.
 VALUE = 1  # a ValueResult (GET, GAT, LOCK)
