@@ -1099,7 +1099,7 @@ class ReconnectLoopbackTests(unittest.TestCase):
     def kill_server_side(self):
         """Abort the server's end; fires once the client has seen the loss."""
         lost = Deferred()
-        self.bucket._proto._on_lost.append(lambda _p: lost.callback(None))
+        self.bucket._proto.on_lost(lambda _p: lost.callback(None))
         [server_proto] = list(self.factory.live)
         server_proto.transport.abortConnection()
         return lost

@@ -941,10 +941,10 @@ class EndToEndTests(ClientTestBase):
             client.multi_get_keys = 0
         base = inner._cas
         out = []
-        send = client._send
+        send = client.send
         for keys, kw in _Scenario.CALLS:
             sent = []
-            client._send = lambda *a, **k: sent.append(a[1]) or send(*a, **k)
+            client.send = lambda *a, **k: sent.append(a[1][0]) or send(*a, **k)
             d = bucket.get_multi(keys, **kw)
             pump.flush()
             box = []

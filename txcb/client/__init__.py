@@ -1,7 +1,8 @@
 """
 txcb's clients: the Twisted client (:mod:`txcb.client.remote`), the blocking
-client (:mod:`txcb.client.blocking`, no Twisted) and the request builder they
-share (:mod:`txcb.client.requests`).
+client (:mod:`txcb.client.blocking`, no Twisted), and the sans-IO core they
+share: the request builder (:mod:`txcb.client.requests`) and the reply
+decoding (:mod:`txcb.client.replies`), so each client only moves bytes.
 
 ``from txcb.client import connect, RemoteBucket, ...`` keeps working: the
 Twisted client's public names are loaded from :mod:`txcb.client.remote` on

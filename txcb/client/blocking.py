@@ -55,7 +55,7 @@ child process after ``fork()``; open a new one there.
 
 from __future__ import annotations
 
-import json
+import functools
 import select
 import socket
 import threading
@@ -63,34 +63,26 @@ import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from txcb.client import requests as _rq
-from txcb.validation import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
+from txcb.client.replies import (
+    KIND, MULTI, bad_response, failed_key_result, frame_limit, is_last_frame, multi_frame,
+    ServerLimits, outcome, scan_rows, server_limits, unpack_header)
+from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT, MAX_KEY_LEN
+from txcb.validation import check_ttl, scan_args
 from txcb.wire.netstring import (
-    HEADER_LEN, MULTI_MORE, OPT_QUIET, FrameError, NetstringDecoder, Op,
-    decode_multi_reply, decode_response, decode_scan_reply, encode_request, netstring,
-    scan_args)
+    HEADER_LEN, OPT_QUIET, RES_MAGIC, FrameError, NetstringDecoder, Op, encode_request,
+    netstring)
 from txcb.errors import (
-    RC, ArgumentError, ConnectError, CouchbaseError, NetworkError, ProtocolError,
-    TimeoutError, exception_for_rc)
+    ArgumentError, ConnectError, CouchbaseError, NetworkError, ProtocolError, TimeoutError)
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.results import MultiResult, OperationResult, ScanItem, ValueResult
 
-__all__ = ["Bucket", "ScanIterator", "parse_endpoint", "DEFAULT_ENDPOINT"]
+__all__ = ["Bucket", "ScanIterator", "parse_endpoint", "DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT"]
 
 DEFAULT_ENDPOINT = "tcp:127.0.0.1:11222"
-DEFAULT_TIMEOUT = 2.5
 #: Requests sent before reading replies, when the server did not say.
 _DEFAULT_WINDOW = 512
 _RECV = 262144
-
-# What a successful response turns into, by opcode (as in txcb.client.remote).
-_VALUE, _MUTATION, _COUNTER, _JSON, _NONE, _RAW = 1, 2, 3, 4, 5, 6
-_KIND = {
-    Op.GET: _VALUE, Op.GAT: _VALUE, Op.LOCK: _VALUE, Op.COUNTER: _COUNTER,
-    Op.UPSERT: _MUTATION, Op.INSERT: _MUTATION, Op.REPLACE: _MUTATION,
-    Op.REMOVE: _MUTATION, Op.APPEND: _MUTATION, Op.PREPEND: _MUTATION,
-    Op.TOUCH: _MUTATION, Op.UNLOCK: _MUTATION, Op.ENDURE: _MUTATION,
-    Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE, Op.FLUSH: _NONE, Op.SCAN: _RAW,
-}
+_kind = KIND.get
 
 
 # -- endpoint strings -----------------------------------------------------------
@@ -165,32 +157,38 @@ def parse_endpoint(description: str) -> Tuple[int, Any, Optional[float]]:
                         % (description,))
 
 
-# -- requests -------------------------------------------------------------------
+# -- requests and their round trips ---------------------------------------------
 
 class _Req:
-    """One request of a pipeline: its frame, and how to read its reply."""
+    """One request of a pipeline: its fields (from txcb.client.requests), and its reply's kind."""
 
-    __slots__ = ("opcode", "key", "payload", "quiet", "timeout", "opaque")
+    __slots__ = ("fields", "opcode", "kind", "key", "quiet", "timeout")
 
-    def __init__(self, opcode: int, key: Any, payload: bytes, quiet: bool,
-                 timeout: float) -> None:
-        self.opcode = opcode
-        self.key = key
-        self.payload = payload  # the request without its opaque (filled in at send)
-        self.quiet = quiet
+    def __init__(self, fields: _rq.Fields, timeout: float) -> None:
+        self.fields = fields
+        self.opcode = opcode = fields[0]
+        self.kind = _kind(opcode)
+        self.key = fields[1]
+        self.quiet = bool(fields[7] & OPT_QUIET)
         self.timeout = timeout
-        self.opaque = 0
 
 
 class _MultiReq(_Req):
-    """A GET_MULTI request: the keys it asks for, and the entries answered so far."""
+    """A GET_MULTI request: the keys it asks for, and where its results go."""
 
-    __slots__ = ("keys", "entries")
+    __slots__ = ("keys", "pos", "call")
 
-    def __init__(self, keys: List[Any], payload: bytes, timeout: float) -> None:
-        _Req.__init__(self, Op.GET_MULTI, None, payload, False, timeout)
+    def __init__(self, keys: List[Any], fields: _rq.Fields, timeout: float,
+                 call: Tuple[bool, Any, Dict[Any, Any], Dict[Any, Any]]) -> None:
+        _Req.__init__(self, fields, timeout)
         self.keys = keys
-        self.entries: List[tuple] = []
+        self.pos = 0  # keys[:pos] are answered
+        self.call = call  # (quiet, transcoder, results, errors) of the get_multi
+
+    def frame(self, payload: bytes, last: bool) -> None:
+        quiet, transcoder, results, errors = self.call
+        self.pos = multi_frame(payload, self.keys, self.pos, last, quiet, transcoder, results,
+                               errors)
 
 
 def unique(keys: Iterable[Any]) -> List[Any]:
@@ -199,7 +197,218 @@ def unique(keys: Iterable[Any]) -> List[Any]:
     return list(dict.fromkeys(keys))
 
 
-class Bucket:
+class _Connection:
+    """
+    One socket to a server (connected, handshake to follow): pipelined round
+    trips, each reply read by :mod:`txcb.client.replies`.  After a failed
+    round trip it is :attr:`broken` and must be closed.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = NetstringDecoder(frame_limit(DEFAULT_MAX_VALUE_SIZE))
+        self.next_opaque = 1
+        self.broken = False
+
+    @classmethod
+    def open(cls, family: int, address: Any, timeout: float, endpoint: str) -> "_Connection":
+        """Connect, or raise ConnectError."""
+        try:
+            if family == socket.AF_UNIX:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(address)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(address, timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except socket.timeout:
+            raise ConnectError("cannot connect to %s: timed out after %.3gs"
+                               % (endpoint, timeout))
+        except OSError as e:
+            raise ConnectError("cannot connect to %s: %s" % (endpoint, e.strerror or e))
+        return cls(sock)
+
+    def handshake(self, timeout: float, transcoder: Any, endpoint: str
+                  ) -> Tuple[Dict[str, Any], ServerLimits]:
+        """HELLO: the server's info and limits, or ConnectError (the socket closed)."""
+        out: List[Any] = [None]
+        self.round_trip([_Req(_rq.hello(), timeout)], [0], out, transcoder)
+        info = out[0]
+        try:
+            if isinstance(info, CouchbaseError):
+                raise info
+            limits = server_limits(info)
+        except CouchbaseError as e:
+            self.close()
+            raise ConnectError("handshake with %s failed: %s" % (endpoint, e.message))
+        self.decoder.max_length = max(self.decoder.max_length,
+                                      frame_limit(limits.max_value_size))
+        return info, limits
+
+    def closed_by_peer(self) -> bool:
+        """Whether the server closed the connection (an EOF waits to be read)."""
+        try:
+            readable = select.select([self.sock], [], [], 0)[0]
+            return bool(readable) and not self.sock.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def round_trip(self, reqs: List[Any], chunk: List[int], results: List[Any],
+                   transcoder: Any) -> None:
+        """Send ``reqs[i]`` for ``i`` in ``chunk`` together; their outcomes go to ``results``."""
+        waiting: Dict[int, int] = {}
+        frames = []
+        for i in chunk:
+            opaque = self.next_opaque
+            self.next_opaque = (opaque + 1) & 0xFFFFFFFF
+            waiting[opaque] = i
+            f = reqs[i].fields
+            frames.append(netstring(encode_request(f[0], opaque, *f[2:])))
+        wait = max(reqs[i].timeout for i in chunk)
+        sock = self.sock
+        error: Optional[CouchbaseError] = None
+        try:
+            sock.settimeout(wait)
+            sock.sendall(b"".join(frames))
+            while waiting:
+                data = sock.recv(_RECV)
+                if not data:
+                    raise NetworkError("connection closed by the server")
+                try:
+                    payloads = self.decoder.feed(data)
+                except FrameError as e:
+                    self._answer_all(e.payloads, reqs, waiting, results, transcoder)
+                    raise ProtocolError("bad frame from the server: %s" % (e,))
+                self._answer_all(payloads, reqs, waiting, results, transcoder)
+        except socket.timeout:
+            error = TimeoutError("no reply within %.3gs" % (wait,))
+        except CouchbaseError as e:
+            error = e
+        except OSError as e:
+            error = NetworkError("connection lost: %s" % (e.strerror or e,))
+        if error is not None:
+            self.broken = True
+            for i in waiting.values():
+                results[i] = type(error)(error.message, key=reqs[i].key)
+
+    @staticmethod
+    def _answer_all(payloads: List[bytes], reqs: List[Any], waiting: Dict[int, int],
+                    results: List[Any], transcoder: Any) -> None:
+        for payload in payloads:
+            if len(payload) < HEADER_LEN or payload[0] != RES_MAGIC:
+                raise bad_response(payload)
+            _m, _o, status, opaque, cas, flags, seqno = unpack_header(payload)
+            i = waiting.get(opaque)
+            if i is None:
+                continue  # not ours (cannot happen: a timeout closes the connection)
+            req = reqs[i]
+            if req.kind == MULTI and not status:
+                # One frame of a GET_MULTI reply: its entries go to the call's results.
+                last = is_last_frame(flags)
+                req.frame(payload, last)
+                if last:
+                    del waiting[opaque]
+                    results[i] = None
+                continue
+            results[i] = outcome(req.kind, req.key, req.quiet, status, cas, flags, seqno,
+                                 payload[HEADER_LEN:], transcoder)
+            del waiting[opaque]
+
+
+class _MultiCalls:
+    """
+    The pipelined ``*_multi`` calls of :class:`Bucket`: each runs the
+    single-key method per key, its requests collected and sent together
+    (``_collected``), with :func:`txcb.multi.gather_results`'s rules.
+    """
+
+    # Bucket's.
+    _collected: Callable[..., List[Any]]
+    upsert: Callable[..., Any]
+    insert: Callable[..., Any]
+    replace: Callable[..., Any]
+    remove: Callable[..., Any]
+    touch: Callable[..., Any]
+    counter: Callable[..., Any]
+    lock: Callable[..., Any]
+    unlock: Callable[..., Any]
+
+    def _gather(self, keys: List[Any], call: Callable[[Any], Any],
+                result_cls: type = OperationResult) -> MultiResult:
+        out = MultiResult()
+        first: Optional[CouchbaseError] = None
+        for key, r in zip(keys, self._collected([functools.partial(call, k) for k in keys])):
+            if isinstance(r, BaseException):
+                out[key] = failed_key_result(r, key, result_cls)
+                if first is None:
+                    first = r  # type: ignore[assignment]
+            else:
+                out[key] = r
+        if first is not None:
+            first.all_results = out
+            raise first
+        return out
+
+    def _store_multi(self, call: Callable[[Any, Any], Any], mapping: Any) -> MultiResult:
+        values = dict(mapping.items() if hasattr(mapping, "items") else mapping)
+        return self._gather(list(values), lambda k: call(k, values[k]))
+
+    def upsert_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
+                     replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
+        """upsert() for a mapping of key -> value, pipelined."""
+        return self._store_multi(lambda k, v: self.upsert(
+            k, v, 0, ttl, format, persist_to, replicate_to, timeout), keys)
+
+    def insert_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
+                     replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
+        """insert() for a mapping of key -> value, pipelined."""
+        return self._store_multi(lambda k, v: self.insert(
+            k, v, ttl, format, persist_to, replicate_to, timeout), keys)
+
+    def replace_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
+                      replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
+        """replace() for a mapping of key -> value, pipelined."""
+        return self._store_multi(lambda k, v: self.replace(
+            k, v, 0, ttl, format, persist_to, replicate_to, timeout), keys)
+
+    def remove_multi(self, keys: Iterable[Any], quiet: bool = False, persist_to: int = 0,
+                     replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
+        """remove() for many keys, pipelined."""
+        return self._gather(unique(keys), lambda k: self.remove(
+            k, 0, quiet, persist_to, replicate_to, timeout))
+
+    def touch_multi(self, keys: Iterable[Any], ttl: int = 0,
+                    timeout: Optional[float] = None) -> MultiResult:
+        """touch() for many keys, pipelined."""
+        return self._gather(unique(keys), lambda k: self.touch(k, ttl, timeout))
+
+    def counter_multi(self, keys: Iterable[Any], delta: int = 1, initial: Any = None,
+                      ttl: int = 0, timeout: Optional[float] = None) -> MultiResult:
+        """counter() for many keys, pipelined."""
+        return self._gather(unique(keys), lambda k: self.counter(
+            k, delta, initial, ttl, timeout), ValueResult)
+
+    def lock_multi(self, keys: Iterable[Any], ttl: int = 15,
+                   timeout: Optional[float] = None) -> MultiResult:
+        """lock() for many keys, pipelined."""
+        return self._gather(unique(keys), lambda k: self.lock(k, ttl, timeout), ValueResult)
+
+    def unlock_multi(self, keys: Any, timeout: Optional[float] = None) -> MultiResult:
+        """unlock() for a mapping of key -> lock cas, pipelined."""
+        return self._store_multi(lambda k, cas: self.unlock(k, cas, timeout), keys)
+
+
+class Bucket(_MultiCalls):
     """
     A blocking connection to a txcb server (see the module docstring).
 
@@ -235,10 +444,10 @@ class Bucket:
         #: GET_MULTI: the server's key limit (0: none, a GET per key) and body limit.
         self._multi_get_keys = 0
         self._max_multi_body = MAX_KEY_LEN + DEFAULT_MAX_VALUE_SIZE
-        self._sock: Optional[socket.socket] = None
-        self._decoder: Optional[NetstringDecoder] = None
-        self._next_opaque = 1
+        self._conn: Optional[_Connection] = None
         self._lock = threading.RLock()
+        #: While pipeline() or a *_multi call collects requests: where they go.
+        self._collect: Optional[List[Any]] = None
         self._closed = False
         self._ever_connected = False
         if connect:
@@ -247,7 +456,7 @@ class Bucket:
 
     def __repr__(self) -> str:
         return "<txcb.client.blocking.Bucket %s%s>" % (
-            self.endpoint, " connected" if self._sock is not None else "")
+            self.endpoint, " connected" if self._conn is not None else "")
 
     def __enter__(self) -> "Bucket":
         return self
@@ -260,70 +469,34 @@ class Bucket:
     @property
     def connected(self) -> bool:
         """Whether a connection is open (it may still turn out to be broken)."""
-        return self._sock is not None
+        return self._conn is not None
 
     def _connect(self) -> None:
-        try:
-            if self._family == socket.AF_UNIX:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self.connect_timeout)
-                try:
-                    sock.connect(self._address)
-                except BaseException:
-                    sock.close()
-                    raise
-            else:
-                sock = socket.create_connection(self._address, self.connect_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except socket.timeout:
-            raise ConnectError("cannot connect to %s: timed out after %.3gs"
-                               % (self.endpoint, self.connect_timeout))
-        except OSError as e:
-            raise ConnectError("cannot connect to %s: %s" % (self.endpoint, e.strerror or e))
-        self._sock = sock
-        self._decoder = NetstringDecoder(HEADER_LEN + DEFAULT_MAX_VALUE_SIZE + 1024)
-        try:
-            info = self._exchange_now([self._req(*_rq.hello(), timeout=None)])[0]
-            if isinstance(info, CouchbaseError):
-                raise info
-        except CouchbaseError as e:
-            self._drop()
-            raise ConnectError("handshake with %s failed: %s" % (self.endpoint, e.message))
-        self.server_info = info
-        self.max_value_size = int(info.get("max_value_size", self.max_value_size))
-        self._window = max(1, min(_DEFAULT_WINDOW, int(info.get("max_inflight", 1024)) // 2))
-        self._decoder.max_length = max(self._decoder.max_length,
-                                       HEADER_LEN + self.max_value_size + 1024)
-        self._multi_get_keys, self._max_multi_body = _rq.multi_limits(
-            info, self.max_value_size)
+        conn = _Connection.open(self._family, self._address, self.connect_timeout,
+                                self.endpoint)
+        self.server_info, limits = conn.handshake(self.timeout, self.transcoder, self.endpoint)
+        self._conn = conn
+        self.max_value_size = limits.max_value_size
+        self._window = max(1, min(_DEFAULT_WINDOW, limits.max_inflight // 2))
+        self._multi_get_keys, self._max_multi_body = limits.multi_keys, limits.multi_body
         self._ever_connected = True
 
     def _ensure_connected(self) -> None:
         if self._closed:
             raise NetworkError("the bucket is closed")
-        sock = self._sock
-        if sock is not None:
-            # A connection the server closed while we were idle reads as EOF:
-            # notice it now, before a request is sent into it.
-            try:
-                readable = select.select([sock], [], [], 0)[0]
-                if readable and not sock.recv(1, socket.MSG_PEEK):
-                    self._drop()
-            except (OSError, ValueError):
-                self._drop()
-        if self._sock is None:
+        # A connection the server closed while we were idle reads as EOF:
+        # notice it now, before a request is sent into it.
+        if self._conn is not None and self._conn.closed_by_peer():
+            self._drop()
+        if self._conn is None:
             if self._ever_connected and not self.reconnect:
                 raise NetworkError("not connected (the connection was lost)")
             self._connect()
 
     def _drop(self) -> None:
-        sock, self._sock = self._sock, None
-        self._decoder = None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         """Close the connection; later calls raise NetworkError."""
@@ -332,14 +505,6 @@ class Bucket:
             self._drop()
 
     # -- sending and receiving ------------------------------------------------
-
-    def _req(self, opcode: int, key: Any, k: bytes, value: bytes = b"", cas: int = 0,
-             ttl: int = 0, flags: int = 0, options: int = 0, persist_to: int = 0,
-             replicate_to: int = 0, timeout: Optional[float] = None) -> _Req:
-        payload = encode_request(opcode, 0, k, value, cas, ttl, flags, options, persist_to,
-                                 replicate_to)
-        return _Req(opcode, key, payload, bool(options & OPT_QUIET),
-                    self.timeout if timeout is None else timeout)
 
     def _exchange(self, reqs: List[Any]) -> List[Any]:
         """
@@ -357,257 +522,152 @@ class Bucket:
         window = self._window
         for start in range(0, len(todo), window):
             chunk = todo[start:start + window]
-            if self._sock is None:
+            conn = self._conn
+            if conn is None:
                 for i in chunk:
                     results[i] = NetworkError("not sent: the connection broke", key=reqs[i].key)
                 continue
-            self._round_trip(reqs, chunk, results)
+            conn.round_trip(reqs, chunk, results, self.transcoder)
+            if conn.broken:
+                self._drop()
         return results
 
-    def _round_trip(self, reqs: List[Any], chunk: List[int], results: List[Any]) -> None:
-        waiting: Dict[int, int] = {}
-        frames = []
-        for i in chunk:
-            r = reqs[i]
-            opaque = self._next_opaque
-            self._next_opaque = (opaque + 1) & 0xFFFFFFFF
-            r.opaque = opaque
-            waiting[opaque] = i
-            p = r.payload
-            frames.append(netstring(p[:8] + opaque.to_bytes(4, "big") + p[12:]))
-        wait = max(reqs[i].timeout for i in chunk)
-        sock = self._sock
-        decoder = self._decoder
-        assert sock is not None and decoder is not None
-        error: Optional[CouchbaseError] = None
-        try:
-            sock.settimeout(wait)
-            sock.sendall(b"".join(frames))
-            while waiting:
-                data = sock.recv(_RECV)
-                if not data:
-                    raise NetworkError("connection closed by the server")
-                try:
-                    payloads = decoder.feed(data)
-                except FrameError as e:
-                    self._answer_all(e.payloads, reqs, waiting, results)
-                    raise ProtocolError("bad frame from the server: %s" % (e,))
-                self._answer_all(payloads, reqs, waiting, results)
-        except socket.timeout:
-            error = TimeoutError("no reply within %.3gs" % (wait,))
-        except CouchbaseError as e:
-            error = e
-        except OSError as e:
-            error = NetworkError("connection lost: %s" % (e.strerror or e,))
-        if error is not None:
-            self._drop()
-            for i in waiting.values():
-                results[i] = type(error)(error.message, key=reqs[i].key)
-
-    def _answer_all(self, payloads: List[bytes], reqs: List[Any], waiting: Dict[int, int],
-                    results: List[Any]) -> None:
-        for payload in payloads:
-            try:
-                res = decode_response(payload)
-            except FrameError as e:
-                raise ProtocolError("bad response from the server: %s" % (e,))
-            i = waiting.get(res.opaque)
-            if i is None:
-                continue  # not ours (cannot happen: a timeout closes the connection)
-            req = reqs[i]
-            if req.opcode == Op.GET_MULTI and not res.status:
-                # One frame of a GET_MULTI reply: its entries, kept until the last.
-                try:
-                    entries = decode_multi_reply(res.body)
-                except FrameError as e:
-                    raise ProtocolError("malformed GET_MULTI reply: %s" % (e,))
-                _rq.check_multi_frame(len(req.keys), len(req.entries), len(entries),
-                                      not res.flags & MULTI_MORE)
-                req.entries.extend(entries)
-                if res.flags & MULTI_MORE:
-                    continue
-            del waiting[res.opaque]
-            results[i] = self._result(req, res)
-
-    def _result(self, req: _Req, res: Any) -> Any:
-        status = res.status
-        key = req.key
-        opcode = req.opcode
-        if status:
-            if status == RC.KEY_ENOENT and req.quiet:
-                return (ValueResult(key, rc=status) if opcode in (Op.GET, Op.GAT)
-                        else OperationResult(key, rc=status))
-            return exception_for_rc(status, res.body.decode("utf-8", "replace"), key)
-        kind = _KIND.get(opcode)
-        if kind == _VALUE:
-            return ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
-                               seqno=res.seqno)
-        if kind == _MUTATION:
-            return OperationResult(key, res.cas, 0, res.seqno)
-        if kind == _COUNTER:
-            return ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
-                               int(res.body), res.seqno)
-        if kind == _JSON:
-            return json.loads(res.body)
-        if kind == _RAW:
-            return res.body
-        return None
-
-    def _one(self, req: _Req) -> Any:
-        result = self._exchange([req])[0]
+    def _one(self, fields: _rq.Fields, timeout: Optional[float]) -> Any:
+        """
+        The result of one request (raising its error), or, while a pipeline
+        collects requests, None: the request is kept for it.
+        """
+        req = _Req(fields, self.timeout if timeout is None else timeout)
+        with self._lock:
+            collect = self._collect
+            if collect is not None:
+                collect.append(req)
+                return None
+            self._ensure_connected()
+            result = self._exchange_now([req])[0]
         if isinstance(result, BaseException):
             raise result
         return result
 
-    # -- requests (txcb.client.requests checks the arguments, raising here) ---------
+    def _collected(self, calls: Iterable[Callable[[], Any]], type_errors: bool = False
+                   ) -> List[Any]:
+        """
+        Make each call (of a single-key method) collect its request instead
+        of sending it, then send them all pipelined: each one's result or
+        exception, in order.  An argument error (and, given ``type_errors``,
+        a TypeError, as ArgumentError) is the call's outcome.
+        """
+        reqs: List[Any] = []
+        with self._lock:
+            outer, self._collect = self._collect, reqs
+            try:
+                for call in calls:
+                    n = len(reqs)
+                    try:
+                        call()
+                    except CouchbaseError as e:
+                        del reqs[n:]
+                        reqs.append(e)
+                    except TypeError as e:
+                        if not type_errors:
+                            raise
+                        del reqs[n:]
+                        reqs.append(ArgumentError(str(e)))
+            finally:
+                self._collect = outer
+            return self._exchange(reqs)
 
-    def _r_get(self, key: Any, ttl: int = 0, quiet: bool = False,
-               timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.get(key, ttl, quiet), timeout=timeout)
-
-    def _r_upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-                  persist_to: int = 0, replicate_to: int = 0,
-                  timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.store(Op.UPSERT, key, value, cas, ttl, format, persist_to,
-                                    replicate_to, self.transcoder, self.max_value_size),
-                         timeout=timeout)
-
-    def _r_insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
-                  persist_to: int = 0, replicate_to: int = 0,
-                  timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.store(Op.INSERT, key, value, 0, ttl, format, persist_to,
-                                    replicate_to, self.transcoder, self.max_value_size),
-                         timeout=timeout)
-
-    def _r_replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0,
-                   format: Any = None, persist_to: int = 0, replicate_to: int = 0,
-                   timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.store(Op.REPLACE, key, value, cas, ttl, format, persist_to,
-                                    replicate_to, self.transcoder, self.max_value_size),
-                         timeout=timeout)
-
-    def _r_append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                  persist_to: int = 0, replicate_to: int = 0,
-                  timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.concat(Op.APPEND, key, value, cas, persist_to, replicate_to,
-                                     self.transcoder, self.max_value_size), timeout=timeout)
-
-    def _r_prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                   persist_to: int = 0, replicate_to: int = 0,
-                   timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.concat(Op.PREPEND, key, value, cas, persist_to, replicate_to,
-                                     self.transcoder, self.max_value_size), timeout=timeout)
-
-    def _r_remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
-                  replicate_to: int = 0, timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.remove(key, cas, quiet, persist_to, replicate_to),
-                         timeout=timeout)
-
-    def _r_touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.touch(key, ttl), timeout=timeout)
-
-    def _r_lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.lock(key, ttl), timeout=timeout)
-
-    def _r_unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.unlock(key, cas), timeout=timeout)
-
-    def _r_counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
-                   ttl: int = 0, timeout: Optional[float] = None) -> _Req:
-        return self._req(*_rq.counter(key, delta, initial, ttl), timeout=timeout)
-
-    def _r_endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
-                  check_removed: bool = False, timeout: float = 5.0,
-                  interval: float = 0.01) -> _Req:
-        try:
-            fields = _rq.endure(key, persist_to, replicate_to, cas, check_removed, timeout,
-                                interval)
-        except TypeError:
-            raise ArgumentError("timeout must be >= 0 and interval > 0", key=key) from None
-        return self._req(*fields, timeout=timeout + self.timeout)
-
-    # -- IBucket, blocking ----------------------------------------------------
+    # -- IBucket, blocking: txcb.client.requests checks the arguments, raising here --
 
     def get(self, key: Any, ttl: int = 0, quiet: bool = False,
             timeout: Optional[float] = None) -> ValueResult:
         """Fetch a value (``ttl``: get-and-touch); NotFoundError unless ``quiet``."""
-        return self._one(self._r_get(key, ttl, quiet, timeout))
+        return self._one(_rq.get(key, ttl, quiet), timeout)
+
+    def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
+               persist_to: int, replicate_to: int, timeout: Optional[float]) -> Any:
+        return self._one(_rq.store(opcode, key, value, cas, ttl, format, persist_to,
+                                   replicate_to, self.transcoder, self.max_value_size), timeout)
 
     def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
                persist_to: int = 0, replicate_to: int = 0,
                timeout: Optional[float] = None) -> OperationResult:
         """Store a value whether or not the key exists."""
-        return self._one(self._r_upsert(key, value, cas, ttl, format, persist_to,
-                                        replicate_to, timeout))
+        return self._store(Op.UPSERT, key, value, cas, ttl, format, persist_to, replicate_to,
+                           timeout)
 
     def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
                persist_to: int = 0, replicate_to: int = 0,
                timeout: Optional[float] = None) -> OperationResult:
         """Store a value only if the key is absent (else KeyExistsError)."""
-        return self._one(self._r_insert(key, value, ttl, format, persist_to, replicate_to,
-                                        timeout))
+        return self._store(Op.INSERT, key, value, 0, ttl, format, persist_to, replicate_to,
+                           timeout)
 
     def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
                 persist_to: int = 0, replicate_to: int = 0,
                 timeout: Optional[float] = None) -> OperationResult:
         """Store a value only if the key exists (else NotFoundError)."""
-        return self._one(self._r_replace(key, value, cas, ttl, format, persist_to,
-                                         replicate_to, timeout))
+        return self._store(Op.REPLACE, key, value, cas, ttl, format, persist_to, replicate_to,
+                           timeout)
 
     def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
                persist_to: int = 0, replicate_to: int = 0,
                timeout: Optional[float] = None) -> OperationResult:
         """Append raw bytes (or UTF-8 text); missing key: NotStoredError."""
-        return self._one(self._r_append(key, value, cas, format, persist_to, replicate_to,
-                                        timeout))
+        return self._one(_rq.concat(Op.APPEND, key, value, cas, persist_to, replicate_to,
+                                    self.transcoder, self.max_value_size), timeout)
 
     def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
                 persist_to: int = 0, replicate_to: int = 0,
                 timeout: Optional[float] = None) -> OperationResult:
         """Prepend raw bytes (or UTF-8 text); missing key: NotStoredError."""
-        return self._one(self._r_prepend(key, value, cas, format, persist_to, replicate_to,
-                                         timeout))
+        return self._one(_rq.concat(Op.PREPEND, key, value, cas, persist_to, replicate_to,
+                                    self.transcoder, self.max_value_size), timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> OperationResult:
         """Delete a key; NotFoundError unless ``quiet``."""
-        return self._one(self._r_remove(key, cas, quiet, persist_to, replicate_to, timeout))
+        return self._one(_rq.remove(key, cas, quiet, persist_to, replicate_to), timeout)
 
     def touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> OperationResult:
         """Set a new expiry on an existing key."""
-        return self._one(self._r_touch(key, ttl, timeout))
+        return self._one(_rq.touch(key, ttl), timeout)
 
     def lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> ValueResult:
         """Fetch and lock a key for ``ttl`` seconds (1 to 30)."""
-        return self._one(self._r_lock(key, ttl, timeout))
+        return self._one(_rq.lock(key, ttl), timeout)
 
     def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> OperationResult:
         """Unlock a key locked with :meth:`lock`, given the lock's cas."""
-        return self._one(self._r_unlock(key, cas, timeout))
+        return self._one(_rq.unlock(key, cas), timeout)
 
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
                 timeout: Optional[float] = None) -> ValueResult:
         """Add ``delta`` to an unsigned 64-bit counter; ``.value`` is the new int."""
-        return self._one(self._r_counter(key, delta, initial, ttl, timeout))
+        return self._one(_rq.counter(key, delta, initial, ttl), timeout)
 
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                check_removed: bool = False, timeout: float = 5.0,
                interval: float = 0.01) -> OperationResult:
         """Wait (on the server) until a key meets a durability requirement."""
-        return self._one(self._r_endure(key, persist_to, replicate_to, cas, check_removed,
-                                        timeout, interval))
+        try:
+            fields = _rq.endure(key, persist_to, replicate_to, cas, check_removed, timeout,
+                                interval)
+        except TypeError:
+            raise ArgumentError("timeout must be >= 0 and interval > 0", key=key) from None
+        return self._one(fields, timeout + self.timeout)
 
     def stats(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """The server's counters, as a dict."""
-        return self._one(self._req(*_rq.stats(), timeout=timeout))
+        return self._one(_rq.stats(), timeout)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Remove every item in the server's bucket."""
-        return self._one(self._req(*_rq.flush(), timeout=timeout))
+        return self._one(_rq.flush(), timeout)
 
     def noop(self, timeout: Optional[float] = None) -> None:
         """A round trip that does nothing (health checks, latency)."""
-        return self._one(self._req(*_rq.noop(), timeout=timeout))
+        return self._one(_rq.noop(), timeout)
 
     def ping(self, timeout: Optional[float] = None) -> float:
         """The round-trip time of a NOOP, in seconds."""
@@ -626,10 +686,14 @@ class Bucket:
         it for rows, or call ``next_batch()`` for lists of rows (``[]`` at
         the end); each batch is one request, made when asked for.
         """
-        args = scan_args(prefix, start, end, ids_only, batch_size, batch_bytes)
-        scan = ScanIterator(self, args, timeout)
-        scan._ready = scan._fetch()
-        return scan
+        prefix, start, end, ids_only, batch_size, batch_bytes = scan_args(
+            prefix, start, end, ids_only, batch_size, batch_bytes)
+
+        def fetch(at: bytes) -> Tuple[List[ScanItem], Optional[bytes]]:
+            body = self._one(_rq.scan_batch(batch_size, batch_bytes, prefix, at, end,
+                                            ids_only), timeout)
+            return scan_rows(body, ids_only, self.transcoder)
+        return ScanIterator(fetch, start)
 
     # -- pipelines and *_multi ----------------------------------------------------
 
@@ -647,44 +711,12 @@ class Bucket:
                              ("upsert", ("b", 2), {"ttl": 60}),
                              ("get", ("c",), {"quiet": True})])
         """
-        reqs: List[Any] = []
+        todo = []
         for name, args, kwargs in calls:
             if name not in self._PIPELINE_OPS:
                 raise ArgumentError("pipeline: unknown operation %r" % (name,))
-            try:
-                reqs.append(getattr(self, "_r_" + name)(*args, **kwargs))
-            except CouchbaseError as e:
-                reqs.append(e)
-            except TypeError as e:
-                reqs.append(ArgumentError(str(e)))
-        return self._exchange(reqs)
-
-    def _gather(self, keys: List[Any], build: Callable[[Any], _Req],
-                result_cls: type = OperationResult) -> MultiResult:
-        reqs: List[Any] = []
-        for k in keys:
-            try:
-                reqs.append(build(k))
-            except CouchbaseError as e:
-                reqs.append(e)
-        out = MultiResult()
-        first: Optional[CouchbaseError] = None
-        for key, r in zip(keys, self._exchange(reqs)):
-            if isinstance(r, CouchbaseError):
-                out[key] = r.result if r.result is not None else result_cls(key, rc=r.rc)
-                if first is None:
-                    first = r
-            else:
-                out[key] = r
-        if first is not None:
-            first.all_results = out
-            raise first
-        return out
-
-    @staticmethod
-    def _items(mapping: Any) -> List[Tuple[Any, Any]]:
-        items = mapping.items() if hasattr(mapping, "items") else mapping
-        return list(items)
+            todo.append(functools.partial(getattr(self, name), *args, **kwargs))
+        return self._collected(todo, True)
 
     def get_multi(self, keys: Iterable[Any], ttl: int = 0, quiet: bool = False,
                   timeout: Optional[float] = None) -> MultiResult:
@@ -702,77 +734,22 @@ class Bucket:
                 except CouchbaseError:  # every key fails as its own get would
                     max_keys = 0
             if not max_keys:
-                return self._gather(keys, lambda k: self._r_get(k, ttl, quiet, timeout),
+                return self._gather(keys, lambda k: self.get(k, ttl, quiet, timeout),
                                     ValueResult)
             results = MultiResult()
             errors: Dict[Any, Any] = {}
+            call = (quiet, self.transcoder, results, errors)
             wait = self.timeout if timeout is None else timeout
-            reqs = [_MultiReq(ks, encode_request(fields[0], 0, *fields[2:]), wait)
-                    for ks, fields in _rq.get_multi_requests(
-                        keys, ttl or 0, max_keys, self._max_multi_body, results, errors)]
+            reqs = [_MultiReq(ks, fields, wait, call) for ks, fields in _rq.get_multi_requests(
+                keys, ttl or 0, max_keys, self._max_multi_body, results, errors)]
             outcome = self._exchange_now(reqs) if reqs else []
-        transcoder = self.transcoder
         for req, r in zip(reqs, outcome):
-            # Its entries (all of them, unless the request failed after some).
-            pos = _rq.multi_entries(req.keys, 0, req.entries, r is None, quiet, transcoder,
-                                    results, errors)
             if r is not None:  # the request failed: the keys not answered with it
-                _rq.multi_fail(req.keys, pos, r, results, errors)
+                _rq.multi_fail(req.keys, req.pos, r, results, errors)
         error = _rq.multi_outcome(keys, results, errors)
         if error is not None:
             raise error
         return results
-
-    def _store_multi(self, build: Callable[..., _Req], mapping: Any) -> MultiResult:
-        items = self._items(mapping)
-        values = dict(items)
-        return self._gather(list(values), lambda k: build(k, values[k]))
-
-    def upsert_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
-                     replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
-        """upsert() for a mapping of key -> value, pipelined."""
-        return self._store_multi(lambda k, v: self._r_upsert(
-            k, v, 0, ttl, format, persist_to, replicate_to, timeout), keys)
-
-    def insert_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
-                     replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
-        """insert() for a mapping of key -> value, pipelined."""
-        return self._store_multi(lambda k, v: self._r_insert(
-            k, v, ttl, format, persist_to, replicate_to, timeout), keys)
-
-    def replace_multi(self, keys: Any, ttl: int = 0, format: Any = None, persist_to: int = 0,
-                      replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
-        """replace() for a mapping of key -> value, pipelined."""
-        return self._store_multi(lambda k, v: self._r_replace(
-            k, v, 0, ttl, format, persist_to, replicate_to, timeout), keys)
-
-    def remove_multi(self, keys: Iterable[Any], quiet: bool = False, persist_to: int = 0,
-                     replicate_to: int = 0, timeout: Optional[float] = None) -> MultiResult:
-        """remove() for many keys, pipelined."""
-        return self._gather(unique(keys), lambda k: self._r_remove(
-            k, 0, quiet, persist_to, replicate_to, timeout))
-
-    def touch_multi(self, keys: Iterable[Any], ttl: int = 0,
-                    timeout: Optional[float] = None) -> MultiResult:
-        """touch() for many keys, pipelined."""
-        return self._gather(unique(keys), lambda k: self._r_touch(k, ttl, timeout))
-
-    def counter_multi(self, keys: Iterable[Any], delta: int = 1, initial: Any = None,
-                      ttl: int = 0, timeout: Optional[float] = None) -> MultiResult:
-        """counter() for many keys, pipelined."""
-        return self._gather(unique(keys), lambda k: self._r_counter(
-            k, delta, initial, ttl, timeout), ValueResult)
-
-    def lock_multi(self, keys: Iterable[Any], ttl: int = 15,
-                   timeout: Optional[float] = None) -> MultiResult:
-        """lock() for many keys, pipelined."""
-        return self._gather(unique(keys), lambda k: self._r_lock(k, ttl, timeout),
-                            ValueResult)
-
-    def unlock_multi(self, keys: Any, timeout: Optional[float] = None) -> MultiResult:
-        """unlock() for a mapping of key -> lock cas, pipelined."""
-        return self._store_multi(lambda k, cas: self._r_unlock(k, cas, timeout), keys)
-
 
 class ScanIterator:
     """
@@ -783,33 +760,23 @@ class ScanIterator:
         resumes a scan later.
     """
 
-    def __init__(self, bucket: Bucket, args: tuple, timeout: Optional[float]) -> None:
-        self._bucket = bucket
-        (self._prefix, start, self._end, self._ids_only, self._batch_size,
-         self._batch_bytes) = args
-        self._timeout = timeout
+    def __init__(self, fetch: Callable[[bytes], Tuple[List[ScanItem], Optional[bytes]]],
+                 start: bytes) -> None:
+        #: ``fetch(start)``: one batch from ``start``, and where the next starts.
+        self._fetch_batch = fetch
         self.continuation: Optional[bytes] = start
         self._ready: Optional[List[ScanItem]] = None
+        self._ready = self._fetch()
 
     @property
     def done(self) -> bool:
         return self.continuation is None and not self._ready
 
     def _fetch(self) -> List[ScanItem]:
-        b = self._bucket
         while self.continuation is not None:
-            raw = b._one(b._req(*_rq.scan_batch(self._batch_size, self._batch_bytes,
-                                                self._prefix, self.continuation, self._end,
-                                                self._ids_only), timeout=self._timeout))
-            try:
-                resume, found = decode_scan_reply(raw)
-            except FrameError as e:
-                raise ProtocolError("malformed SCAN reply: %s" % (e,))
-            self.continuation = resume or None
-            if found or not resume:
-                ids_only, transcoder = self._ids_only, b.transcoder
-                return [ScanItem.from_row(k, f, c, x, None if ids_only else v, transcoder)
-                        for k, f, c, x, v in found]
+            rows, self.continuation = self._fetch_batch(self.continuation)
+            if rows or self.continuation is None:
+                return rows
         return []
 
     def next_batch(self) -> List[ScanItem]:

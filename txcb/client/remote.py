@@ -6,7 +6,8 @@ as soon as they are made (pipelining) and matches responses to requests by
 their opaque id, so the server may answer in any order.  Each request has a
 timeout and can be cancelled; losing the connection errbacks every request in
 flight with :class:`~txcb.errors.NetworkError`.  No Deferred is left unfired
-and nothing is kept once a request completes.
+and nothing is kept once a request completes.  What each reply gives is
+decided by :mod:`txcb.client.replies`, shared with the blocking client.
 
 :class:`RemoteBucket` is the IBucket face of a connection;
 :class:`BucketClientFactory` (for ``reactor.connectTCP``) and :func:`connect`
@@ -15,10 +16,8 @@ and nothing is kept once a request completes.
 
 from __future__ import annotations
 
-import json
 import random
-import struct as _struct
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Callable, Dict, List, Optional, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -30,45 +29,39 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txcb.client import requests as _rq
+from txcb.client.replies import (
+    KIND, MULTI, bad_response, failed_key_result, frame_limit, is_last_frame, multi_frame,
+    scan_rows, server_limits, unpack_header, error as reply_error, success as reply_success)
 from txcb.multi import MultiMixin, unique, gather_results
 from txcb.transport import FastNetstringReceiver, set_nodelay
-from txcb.validation import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, check_ttl
+from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT, MAX_KEY_LEN
+from txcb.validation import check_ttl, scan_args
 from txcb.wire.netstring import (
-    HEADER_LEN, MULTI_MORE, OPT_QUIET, REQ_MAGIC, FrameError, Op,
-    decode_multi_reply, decode_response)
+    HEADER_LEN, OPT_QUIET, RES_MAGIC, Op, encode_request)
 from txcb.errors import (
-    RC, ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError,
-    TimeoutError, exception_for_rc)
+    ArgumentError, CouchbaseError, ConnectError, NetworkError, ProtocolError, TimeoutError)
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.interfaces import IBucket
-from txcb.results import UNSET, MultiResult, OperationResult, ValueResult
+from txcb.results import MultiResult, OperationResult, ValueResult
+from txcb.scan import ScanResult
 
-__all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect"]
+__all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "connect",
+           "DEFAULT_TIMEOUT"]
 
-DEFAULT_TIMEOUT = 2.5
-_req_pack = _struct.Struct("!BBbbHHIQII").pack  # txcb.wire.netstring's request header
-_res_unpack = _struct.Struct("!BBHIQIQ").unpack_from  # and its response header
 _NEVER = float("inf")
 #: The sweeper fires this much before a deadline, and takes anything due
 #: within twice it: float rounding never makes a timeout wait a turn longer.
 _EPSILON = 1e-6
+_kind = KIND.get
 
-# What a successful response turns into, by opcode.
-_VALUE = 1
-_MUTATION = 2
-_COUNTER = 3
-_JSON = 4
-_NONE = 5
-_RAW = 6  # the reply body itself (SCAN)
-_MULTI = 7  # GET_MULTI: frames of entries, for a _GetMultiPart
-_KIND = {
-    Op.GET: _VALUE, Op.GAT: _VALUE, Op.LOCK: _VALUE, Op.COUNTER: _COUNTER,
-    Op.UPSERT: _MUTATION, Op.INSERT: _MUTATION, Op.REPLACE: _MUTATION,
-    Op.REMOVE: _MUTATION, Op.APPEND: _MUTATION, Op.PREPEND: _MUTATION,
-    Op.TOUCH: _MUTATION, Op.UNLOCK: _MUTATION, Op.ENDURE: _MUTATION,
-    Op.STATS: _JSON, Op.HELLO: _JSON, Op.NOOP: _NONE, Op.FLUSH: _NONE, Op.SCAN: _RAW,
-    Op.GET_MULTI: _MULTI,
-}
+# A pending request: [target, reply kind, key, quiet, deadline or None, timeout].
+_TARGET, _KIND_AT, _KEY, _QUIET, _DEADLINE, _TIMEOUT = range(6)
+
+
+class RequestDeferred(Deferred):
+    """The Deferred of one request: its :attr:`opaque` is what cancelling takes back."""
+
+    opaque = 0
 
 
 class BucketClientProtocol(FastNetstringReceiver):
@@ -81,17 +74,18 @@ class BucketClientProtocol(FastNetstringReceiver):
     :ivar multi_get_keys: the most keys one GET_MULTI request may carry (0:
         the server has no GET_MULTI, and ``get_multi`` sends a GET per key).
     :ivar max_multi_body: the largest GET_MULTI request body the server takes.
+    :ivar lost: why the connection is gone (None while it is up).
     """
 
     _log = Logger()
-    MAX_LENGTH = HEADER_LEN + DEFAULT_MAX_VALUE_SIZE + 1024
+    MAX_LENGTH = frame_limit(DEFAULT_MAX_VALUE_SIZE)
 
     def __init__(self, clock: Any = None, timeout: Optional[float] = DEFAULT_TIMEOUT,
                  transcoder: Optional[Transcoder] = None) -> None:
         self.clock = clock
         self.timeout = timeout
         self.transcoder = transcoder if transcoder is not None else DEFAULT_TRANSCODER
-        # opaque -> [deferred, None, key, opcode, quiet, deadline, timeout]
+        # opaque -> a pending request (see _TARGET...)
         self._pending: Dict[int, List[Any]] = {}
         # One timer for every request's timeout: it fires at the earliest
         # deadline, errbacks what is due and sets itself for the next.
@@ -102,8 +96,8 @@ class BucketClientProtocol(FastNetstringReceiver):
         self.max_value_size = DEFAULT_MAX_VALUE_SIZE
         self.multi_get_keys = 0
         self.max_multi_body = MAX_KEY_LEN + DEFAULT_MAX_VALUE_SIZE
-        self._lost: Optional[str] = None
-        self._on_lost: List[Any] = []
+        self.lost: Optional[str] = None
+        self._on_lost: List[Callable[[BucketClientProtocol], Any]] = []
         self._ready: Any = None
         self._ready_waiters: List[Deferred] = []
 
@@ -118,16 +112,16 @@ class BucketClientProtocol(FastNetstringReceiver):
         """The server's HELLO reply (its limits) arrived, or the handshake failed."""
         if not isinstance(result, Failure):
             try:
-                self.max_value_size = int(result.get("max_value_size", self.max_value_size))
-            except (AttributeError, TypeError, ValueError):
-                result = Failure(ProtocolError("bad HELLO reply: %r" % (result,)))
+                limits = server_limits(result)
+            except ProtocolError as e:
+                result = Failure(e)
             else:
                 self.server_info = result
-                self.MAX_LENGTH = max(self.MAX_LENGTH, HEADER_LEN + self.max_value_size + 1024)
+                self.max_value_size = limits.max_value_size
+                self.MAX_LENGTH = max(self.MAX_LENGTH, frame_limit(limits.max_value_size))
                 # GET_MULTI (docs/protocol.rst, 3.2): its key limit, and the
                 # server's frame limit, which a request must keep within.
-                self.multi_get_keys, self.max_multi_body = _rq.multi_limits(
-                    result, self.max_value_size)
+                self.multi_get_keys, self.max_multi_body = limits.multi_keys, limits.multi_body
         self._ready = result
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
@@ -142,6 +136,18 @@ class BucketClientProtocol(FastNetstringReceiver):
             return d
         return fail(r) if isinstance(r, Failure) else succeed(r)
 
+    def on_lost(self, callback: Callable[["BucketClientProtocol"], Any]) -> None:
+        """Call ``callback(self)`` once the connection is lost."""
+        self._on_lost.append(callback)
+
+    def disconnect(self) -> None:
+        """Close the connection (what is in flight errbacks NetworkError)."""
+        self._io.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        self._io.abortConnection()
+
     # -- requests -----------------------------------------------------------
 
     def request(self, opcode: int, key: Any, k: bytes, value: bytes = b"", cas: int = 0,
@@ -154,23 +160,22 @@ class BucketClientProtocol(FastNetstringReceiver):
             protocol's :attr:`timeout`; 0 (or a protocol timeout of 0 or None)
             for no timeout.
         """
-        if self._lost is not None:
-            return fail(NetworkError("not connected: %s" % (self._lost,), key=key))
-        d: Deferred = Deferred(self._cancel)
-        d._txcb_opaque = self._send(  # type: ignore[attr-defined]
-            d, opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to,
-            timeout=timeout)
+        if self.lost is not None:
+            return fail(NetworkError("not connected: %s" % (self.lost,), key=key))
+        d = RequestDeferred(self.cancel_request)
+        d.opaque = self.send(d, (opcode, key, k, value, cas, ttl, flags, options, persist_to,
+                                 replicate_to), timeout)
         return d
 
-    def _send(self, target: Any, opcode: int, key: Any, k: bytes, value: bytes = b"",
-              cas: int = 0, ttl: int = 0, flags: int = 0, options: int = 0,
-              persist_to: int = 0, replicate_to: int = 0, *,
-              timeout: Optional[float] = None) -> int:
+    def send(self, target: Any, fields: _rq.Fields, timeout: Optional[float] = None) -> int:
         """
-        Send a request whose outcome goes to ``target.callback(result)`` or
+        Send the request of ``fields`` (from a :mod:`txcb.client.requests`
+        function) whose outcome goes to ``target.callback(result)`` or
         ``target.errback(error)`` (a Deferred, or a slot of a multi-key call);
-        returns its opaque.  The connection must be up.
+        returns its opaque.  The connection must be up.  ``timeout`` as for
+        :meth:`request`.
         """
+        opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to = fields
         opaque = self._next_opaque
         pending = self._pending
         while opaque in pending:  # only after 2**32 requests, with one still out
@@ -180,7 +185,7 @@ class BucketClientProtocol(FastNetstringReceiver):
             timeout = self.timeout
         if timeout:
             deadline = self.clock.seconds() + timeout
-            pending[opaque] = [target, None, key, opcode, options & OPT_QUIET, deadline,
+            pending[opaque] = [target, _kind(opcode), key, options & OPT_QUIET, deadline,
                                timeout]
             if deadline < self._sweep_at:
                 self._sweep_at = deadline
@@ -188,27 +193,46 @@ class BucketClientProtocol(FastNetstringReceiver):
                     self._sweeper.cancel()
                 self._sweeper = self.clock.callLater(max(timeout - _EPSILON, 0), self._sweep)
         else:
-            pending[opaque] = [target, None, key, opcode, options & OPT_QUIET, None, timeout]
-        payload = _req_pack(REQ_MAGIC, opcode, persist_to, replicate_to, options, len(k),
-                            opaque, cas, ttl, flags) + k + value
-        data = b"%d:%s," % (len(payload), payload)
-        batch = self._batch
-        if batch is not None:
-            batch.append(data)
-            if len(batch) >= self.flushEvery:
-                self._flush(batch)
-                del batch[:]
-        elif self._direct is not None:
-            self._direct(data)
-        else:
-            self._io.write(data)
+            pending[opaque] = [target, _kind(opcode), key, options & OPT_QUIET, None, timeout]
+        self.sendString(encode_request(opcode, opaque, k, value, cas, ttl, flags, options,
+                                       persist_to, replicate_to))
         return opaque
 
-    def _cancel(self, d: Deferred) -> None:
-        self._pending.pop(d._txcb_opaque, None)  # type: ignore[attr-defined]
+    def cancel_request(self, d: Deferred) -> None:
+        """The canceller of :meth:`request`'s Deferreds (RequestDeferred)."""
+        self._pending.pop(cast(RequestDeferred, d).opaque, None)
         if not self._pending:
             self._stop_sweeper()
         # Deferred.cancel then errbacks d with CancelledError.
+
+    def withdraw(self, opaque: int, target: Any) -> bool:
+        """Forget request ``opaque`` if ``target`` still waits for it (a cancelled
+        multi-key call); whether it did."""
+        entry = self._pending.get(opaque)
+        if entry is None or entry[_TARGET] is not target:
+            return False
+        del self._pending[opaque]
+        if not self._pending:
+            self._stop_sweeper()
+        return True
+
+    def hold_writes(self) -> bool:
+        """
+        Keep what is sent from now on to write it in one go at
+        :meth:`release_writes` (given what this returned: False if writes were
+        held already, by an outer caller or while replies are handled).
+        """
+        if self._batch is not None:
+            return False
+        self._batch = []
+        return True
+
+    def release_writes(self, held: bool) -> None:
+        """Write what :meth:`hold_writes` kept (if it was the one that held them)."""
+        if held:
+            batch, self._batch = self._batch, None
+            if batch and self.lost is None:
+                self._flush(batch)
 
     def _stop_sweeper(self) -> None:
         if self._sweeper is not None:
@@ -224,26 +248,26 @@ class BucketClientProtocol(FastNetstringReceiver):
         now = self.clock.seconds() + 2 * _EPSILON
         pending = self._pending
         due = [opaque for opaque, entry in pending.items()
-               if entry[5] is not None and entry[5] <= now]
+               if entry[_DEADLINE] is not None and entry[_DEADLINE] <= now]
         for opaque in due:
             entry = pending.pop(opaque, None)
             if entry is not None:
-                entry[0].errback(TimeoutError("no reply within %.3gs" % (entry[6],),
-                                              key=entry[2]))
+                entry[_TARGET].errback(TimeoutError(
+                    "no reply within %.3gs" % (entry[_TIMEOUT],), key=entry[_KEY]))
         # The errbacks may have made or cancelled requests: wait for the
         # earliest deadline still pending, if any.
-        if self._pending and self._lost is None:
+        if self._pending and self.lost is None:
             self._reschedule()
 
     def _reschedule(self) -> None:
         self._stop_sweeper()
-        deadlines = [e[5] for e in self._pending.values() if e[5] is not None]
+        deadlines = [e[_DEADLINE] for e in self._pending.values() if e[_DEADLINE] is not None]
         if deadlines:
             self._sweep_at = at = min(deadlines)
             self._sweeper = self.clock.callLater(
                 max(at - self.clock.seconds() - _EPSILON, 0), self._sweep)
 
-    # -- responses ----------------------------------------------------------
+    # -- responses: txcb.client.replies says what each one gives ------------
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -257,81 +281,53 @@ class BucketClientProtocol(FastNetstringReceiver):
                 self._stop_sweeper()
 
     def stringReceived(self, payload: bytes) -> None:
-        # Fast path: a success reply (status 0) to a request giving a value or
-        # a mutation result; anything else goes the general way below.
-        if len(payload) >= HEADER_LEN and payload[0] == 0xCC and not payload[2] \
-                and not payload[3]:
-            _m, _o, _s, opaque, cas, flags, seqno = _res_unpack(payload)
-            pending = self._pending
-            entry = pending.get(opaque)
-            if entry is not None:
-                kind = _KIND.get(entry[3])
-                if kind == _VALUE or kind == _MUTATION:
-                    del pending[opaque]
-                    entry[0].callback(
-                        ValueResult(entry[2], payload[HEADER_LEN:], flags, cas, 0,
-                                    self.transcoder, UNSET, seqno) if kind == _VALUE
-                        else OperationResult(entry[2], cas, 0, seqno))
-                    return
-                if kind == _MULTI:
-                    self._multi_frame(opaque, entry[0], not flags & MULTI_MORE, payload)
-                    return
-        try:
-            res = decode_response(payload)
-        except FrameError as e:
-            self._log.warn("txcb: bad response from server: {error}; closing", error=str(e))
-            self._lose(ProtocolError(str(e)))
+        if len(payload) < HEADER_LEN or payload[0] != RES_MAGIC:
+            self._bad_frame(payload)
             return
+        _m, _o, status, opaque, cas, flags, seqno = unpack_header(payload)
         pending = self._pending
-        entry = pending.pop(res.opaque, None)
+        entry = pending.get(opaque)
         if entry is None:
-            # Timed out or cancelled already: the reply has nobody to go to.
+            return  # timed out or cancelled already: the reply has nobody to go to
+        target, kind = entry[0], entry[1]
+        if kind == MULTI and not status:
+            self._multi_frame(opaque, target, is_last_frame(flags), payload)
             return
-        d, _, key, opcode, quiet = entry[:5]
-        status = res.status
+        del pending[opaque]
         if status:
-            if status == RC.KEY_ENOENT and quiet:
-                # A quiet request's miss is a failed result, not an error.
-                d.callback(ValueResult(key, rc=status) if opcode in (Op.GET, Op.GAT)
-                           else OperationResult(key, rc=status))
-                return
-            d.errback(exception_for_rc(status, res.body.decode("utf-8", "replace"), key))
+            outcome = reply_error(kind, entry[2], entry[3], status, payload[HEADER_LEN:])
+            if isinstance(outcome, CouchbaseError):
+                target.errback(outcome)
+            else:
+                target.callback(outcome)
             return
-        kind = _KIND.get(opcode)
-        if kind == _VALUE:
-            d.callback(ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
-                                   seqno=res.seqno))
-        elif kind == _MUTATION:
-            d.callback(OperationResult(key, res.cas, 0, res.seqno))
-        elif kind == _COUNTER or kind == _JSON:
-            try:
-                result = (ValueResult(key, res.body, res.flags, res.cas, 0, self.transcoder,
-                                      int(res.body), res.seqno) if kind == _COUNTER
-                          else json.loads(res.body))
-            except ValueError as e:  # UnicodeDecodeError and JSONDecodeError too
-                error = ProtocolError("malformed reply body: %s" % (e,), key=key)
-                self._log.warn("txcb: {error}; closing", error=str(error))
-                d.errback(error)
-                self._lose(error)
-                return
-            d.callback(result)
-        else:
-            d.callback(res.body if kind == _RAW else None)
+        try:
+            result = reply_success(kind, entry[2], cas, flags, seqno, payload[HEADER_LEN:],
+                                   self.transcoder)
+        except ProtocolError as e:
+            self._log.warn("txcb: {error}; closing", error=str(e))
+            target.errback(e)
+            self._lose(e)
+            return
+        target.callback(result)
+
+    def _bad_frame(self, payload: bytes) -> None:
+        error = bad_response(payload)
+        self._log.warn("txcb: {error}; closing", error=error.message)
+        self._lose(error)
 
     def _multi_frame(self, opaque: int, part: "_GetMultiPart", last: bool,
                      payload: bytes) -> None:
         """One frame of a GET_MULTI reply (status 0): its entries go to ``part``."""
         try:
-            entries = decode_multi_reply(payload, HEADER_LEN)
             if last:
                 del self._pending[opaque]
-            part.frame(entries, last)
-        except (FrameError, ProtocolError) as e:
+            part.frame(payload, last)
+        except ProtocolError as e:
             self._pending.pop(opaque, None)
-            error = ProtocolError("malformed GET_MULTI reply: %s" % (e,))
-            self._log.warn("txcb: {error}; closing", error=str(error))
-            part.errback(error)
-            self._lose(error)
+            self._log.warn("txcb: {error}; closing", error=str(e))
+            part.errback(e)
+            self._lose(e)
 
     def _handleParseError(self) -> None:
         self._log.warn("txcb: malformed netstring from server; closing")
@@ -349,12 +345,12 @@ class BucketClientProtocol(FastNetstringReceiver):
             callback(self)
 
     def _fail_all(self, error: NetworkError) -> None:
-        if self._lost is None:
-            self._lost = error.message
+        if self.lost is None:
+            self.lost = error.message
         pending, self._pending = self._pending, {}
         self._stop_sweeper()
         for entry in pending.values():
-            entry[0].errback(NetworkError(error.message, key=entry[2]))
+            entry[_TARGET].errback(NetworkError(error.message, key=entry[_KEY]))
 
 
 class _Slot:
@@ -404,7 +400,7 @@ class _MultiCall:
         self.count += 1
         self.remaining += 1
         self.slots.append(slot)
-        slot.opaque = p._send(slot, *fields, timeout=timeout)
+        slot.opaque = p.send(slot, fields, timeout)
 
     def add(self, key: Any, d: Deferred) -> None:
         """A key whose call gave a Deferred (an argument error, or a reconnection wait)."""
@@ -419,12 +415,7 @@ class _MultiCall:
         self._done()
 
     def failed(self, idx: int, key: Any, f: Failure) -> None:
-        err = f.value
-        r = err.result if isinstance(err, CouchbaseError) else None
-        if r is None:
-            rc = err.rc if isinstance(err, CouchbaseError) else RC.EINTERNAL
-            r = self.result_cls(key, rc=rc)
-        self.results[key] = r
+        self.results[key] = failed_key_result(f.value, key, self.result_cls)
         self.errors.append((idx, f))
         self._done()
 
@@ -458,11 +449,7 @@ class _MultiCall:
     def _cancel(self, _d: Deferred) -> None:
         slots, self.slots = self.slots, []
         for slot in slots:
-            p = slot.proto
-            if p._pending.get(slot.opaque, [None])[0] is slot:
-                del p._pending[slot.opaque]
-                if not p._pending:
-                    p._stop_sweeper()
+            if slot.proto.withdraw(slot.opaque, slot):
                 slot.errback(CancelledError())
         for d in self.deferreds:
             d.cancel()
@@ -509,12 +496,7 @@ class _GetMulti:
             if part.done:
                 continue
             part.done = True
-            p = part.proto
-            entry = p._pending.get(part.opaque)
-            if entry is not None and entry[0] is part:
-                del p._pending[part.opaque]
-                if not p._pending:
-                    p._stop_sweeper()
+            part.proto.withdraw(part.opaque, part)
         # Deferred.cancel then errbacks self.d with CancelledError.
 
 
@@ -531,13 +513,13 @@ class _GetMultiPart:
         self.opaque = 0
         self.done = False
 
-    def frame(self, entries: List[tuple], last: bool) -> None:
-        """A reply frame's entries; raises ProtocolError if they do not fit the keys."""
+    def frame(self, payload: bytes, last: bool) -> None:
+        """A reply frame; raises ProtocolError if it does not parse or fit the keys."""
         if self.done:
             return
         c = self.call
-        self.pos = _rq.multi_entries(self.keys, self.pos, entries, last, c.quiet,
-                                     c.transcoder, c.results, c.errors)
+        self.pos = multi_frame(payload, self.keys, self.pos, last, c.quiet, c.transcoder,
+                               c.results, c.errors)
         if last:
             self.done = True
             c.part_done()
@@ -583,13 +565,20 @@ class RemoteBucket(MultiMixin):
         #: The reactor timing waits for a reconnection (None: the global one).
         self._clock: Any = None
         if protocol is not None:
-            self._attach(protocol)
+            self.attach(protocol)
 
-    def _attach(self, protocol: BucketClientProtocol) -> None:
+    def attach(self, protocol: BucketClientProtocol) -> None:
+        """Use ``protocol`` (connected, handshake done) from now on."""
         protocol.transcoder = self.transcoder
         protocol.timeout = self.timeout
-        protocol._on_lost.append(self._detach)
+        protocol.on_lost(self._detach)
         self._proto = protocol
+
+    def reconnect_with(self, service: ClientService, clock: Any) -> None:
+        """Take each new connection from ``service`` (see :func:`connect`), timing
+        waits for it on ``clock``."""
+        self._service = service
+        self._clock = clock
 
     def _detach(self, protocol: BucketClientProtocol) -> None:
         if self._proto is protocol:
@@ -603,91 +592,23 @@ class RemoteBucket(MultiMixin):
     def _call(self, fields: _rq.Fields, timeout: Optional[float] = None) -> Deferred:
         """Send the request of ``fields`` (from a txcb.client.requests function)."""
         p = self._proto
-        if p is not None and (p._lost is None or self._service is None):
+        if p is not None and (p.lost is None or self._service is None):
             multi = self._multi
-            if p._lost is None:
+            if p.lost is None:
                 if multi is not None:
                     multi.send(p, fields, timeout)
                     return None  # type: ignore[return-value]  # only inside _each
                 # BucketClientProtocol.request, inlined: the hot path.
-                d: Deferred = Deferred(p._cancel)
-                d._txcb_opaque = p._send(  # type: ignore[attr-defined]
-                    d, *fields, timeout=timeout)
+                d = RequestDeferred(p.cancel_request)
+                d.opaque = p.send(d, fields, timeout)
                 return d
             return p.request(*fields, timeout=timeout)
         if self._closed:
             return fail(NetworkError("the bucket is closed", key=fields[1]))
         if self._service is None:
             return fail(NetworkError("not connected", key=fields[1]))
-        return self._after_reconnect(fields, timeout)
-
-    def _after_reconnect(self, fields: _rq.Fields, timeout: Optional[float]) -> Deferred:
-        """
-        Wait (within the timeout, if there is one) for the service to
-        reconnect, then send.
-        """
-        key = fields[1]
-        from twisted.internet import reactor
-        clock = self._clock or reactor
-        timeout = self.timeout if timeout is None else timeout
-        started = clock.seconds()
-        why: List[str] = []  # "timeout" or "cancel", once either happens
-        sent: List[Deferred] = []  # the request, once made on the new connection
-        waiting: Deferred = succeed(None)
-        timer: Optional[IDelayedCall] = None
-
-        def stop(reason: str) -> None:
-            why.append(reason)
-            if reason == "cancel" and timer is not None and timer.active():
-                timer.cancel()
-            waiting.cancel()
-            if sent:
-                sent[0].cancel()
-            if reason == "timeout" and not result.called:  # between two waits
-                result.errback(TimeoutError("not reconnected within %.3gs" % (timeout,),
-                                            key=key))
-
-        result: Deferred = Deferred(lambda _: stop("cancel"))
-
-        def wait() -> None:
-            nonlocal waiting
-            if result.called:
-                return
-            if self._service is None:
-                failed(Failure(NetworkError("the bucket is closed")))
-                return
-            waiting = self._service.whenConnected()
-            waiting.addCallbacks(connected, failed)
-
-        def connected(proto: BucketClientProtocol) -> None:
-            if proto._lost is not None:
-                # The connection that has just died: the service learns of it
-                # after its protocol does.  Ask again on the next turn.
-                clock.callLater(0, wait)
-                return
-            left = 0.0  # no timeout
-            if timer is not None:
-                timer.cancel()
-                left = max(timeout - (clock.seconds() - started), 0.001)
-            sent.append(proto.request(*fields, timeout=left))
-            sent[0].chainDeferred(result)
-
-        def failed(f: Failure) -> None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            if result.called or why == ["cancel"]:
-                return  # cancelled: Deferred.cancel errbacks CancelledError
-            if why:
-                result.errback(TimeoutError("not reconnected within %.3gs" % (timeout,),
-                                            key=key))
-            else:  # the service stopped (close()) or gave up
-                result.errback(NetworkError("not connected: %s" % (f.getErrorMessage(),),
-                                            key=key))
-
-        if timeout:  # 0: wait as long as it takes (or until cancelled or closed)
-            timer = clock.callLater(timeout, stop, "timeout")
-        wait()
-        return result
+        return _ReconnectWait(lambda: self._service, self._clock, fields,
+                              self.timeout if timeout is None else timeout).start()
 
     # -- multi-key calls: one Deferred, requests written together -----------
 
@@ -716,18 +637,14 @@ class RemoteBucket(MultiMixin):
                 self._multi = outer_multi
         multi = _MultiCall(result_cls)
         p = self._proto
-        outer = p._batch if p is not None else None
-        if p is not None and outer is None:
-            p._batch = []
+        held = p.hold_writes() if p is not None else False
         self._multi = multi
         try:
             pairs = make()
         finally:
             self._multi = None
-            if p is not None and outer is None:
-                batch, p._batch = p._batch, None
-                if batch and p._lost is None:
-                    p._flush(batch)
+            if p is not None:
+                p.release_writes(held)
         late = [i for i, (_key, d) in enumerate(pairs) if d is not None]
         if late:
             # Keys that failed before sending, or wait for a reconnection: they
@@ -745,7 +662,7 @@ class RemoteBucket(MultiMixin):
         results either way.  ``timeout`` applies to each request.
         """
         p = self._proto
-        if p is None or not p.multi_get_keys or p._lost is not None or self._multi is not None:
+        if p is None or not p.multi_get_keys or p.lost is not None or self._multi is not None:
             return self._each(keys, lambda k: self.get(k, ttl, quiet, timeout), ValueResult)
         keys = unique(keys)
         if ttl:
@@ -760,24 +677,14 @@ class RemoteBucket(MultiMixin):
         chunks = _rq.get_multi_requests(keys, ttl, p.multi_get_keys, p.max_multi_body,
                                         call.results, call.errors)
         call.left = len(chunks) + 1
-        if len(chunks) == 1:
-            part = _GetMultiPart(call, chunks[0][0], p)
-            call.parts.append(part)
-            part.opaque = p._send(part, *chunks[0][1], timeout=timeout)
-        elif chunks:
-            outer = p._batch
-            if outer is None:
-                p._batch = []
-            try:
-                for ks, fields in chunks:
-                    part = _GetMultiPart(call, ks, p)
-                    call.parts.append(part)
-                    part.opaque = p._send(part, *fields, timeout=timeout)
-            finally:
-                if outer is None:
-                    batch, p._batch = p._batch, None
-                    if batch:
-                        p._flush(batch)
+        held = p.hold_writes() if len(chunks) > 1 else False
+        try:
+            for ks, fields in chunks:
+                part = _GetMultiPart(call, ks, p)
+                call.parts.append(part)
+                part.opaque = p.send(part, fields, timeout)
+        finally:
+            p.release_writes(held)
         call.part_done()  # every request is out: done when they are
         return call.d
 
@@ -888,9 +795,6 @@ class RemoteBucket(MultiMixin):
              ids_only: bool = False, batch_size: int = 1000, batch_bytes: int = 1048576,
              timeout: Optional[float] = None) -> Deferred:
         """See IBucket.scan: each batch is one SCAN request (``timeout`` each)."""
-        from txcb.wire.netstring import decode_scan_reply, scan_args
-        from txcb.results import ScanItem
-        from txcb.scan import ScanResult
         try:
             prefix, start, end, ids_only, batch_size, batch_bytes = scan_args(
                 prefix, start, end, ids_only, batch_size, batch_bytes)
@@ -898,17 +802,10 @@ class RemoteBucket(MultiMixin):
             return fail(e)
         transcoder = self.transcoder
 
-        def rows(body: bytes) -> Any:
-            try:
-                resume, found = decode_scan_reply(body)
-            except FrameError as e:
-                raise ProtocolError("malformed SCAN reply: %s" % (e,))
-            return [ScanItem.from_row(k, f, c, x, None if ids_only else v, transcoder)
-                    for k, f, c, x, v in found], resume or None
-
         def fetch(at: bytes) -> Deferred:
             return self._call(_rq.scan_batch(batch_size, batch_bytes, prefix, at, end,
-                                             ids_only), timeout).addCallback(rows)
+                                             ids_only), timeout).addCallback(
+                scan_rows, ids_only, transcoder)
         return ScanResult.open(fetch, start)
 
     def close(self) -> Deferred:
@@ -921,9 +818,89 @@ class RemoteBucket(MultiMixin):
         if p is None or not p.connected:
             return succeed(None)
         done: Deferred = Deferred()
-        p._on_lost.append(lambda _p: done.callback(None))
-        p._io.loseConnection()
+        p.on_lost(lambda _p: done.callback(None))
+        p.disconnect()
         return done
+
+
+class _ReconnectWait:
+    """
+    A request made while a reconnecting bucket is down: it waits (within
+    its timeout, if it has one) for the service's next connection, and is
+    sent on it.  ``service()`` is the bucket's service (None once closed).
+    """
+
+    def __init__(self, service: Callable[[], Optional[ClientService]], clock: Any,
+                 fields: _rq.Fields, timeout: float) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+            clock = reactor
+        self.service = service
+        self.clock = clock
+        self.fields = fields
+        self.timeout = timeout
+        self.started = clock.seconds()
+        self.why: List[str] = []  # "timeout" or "cancel", once either happens
+        self.sent: Optional[Deferred] = None  # the request, once made on the new connection
+        self.waiting: Deferred = succeed(None)
+        self.timer: Optional[IDelayedCall] = None
+        self.result: Deferred = Deferred(lambda _: self.stop("cancel"))
+
+    def start(self) -> Deferred:
+        if self.timeout:  # 0: wait as long as it takes (or until cancelled or closed)
+            self.timer = self.clock.callLater(self.timeout, self.stop, "timeout")
+        self.wait()
+        return self.result
+
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError("not reconnected within %.3gs" % (self.timeout,),
+                            key=self.fields[1])
+
+    def stop(self, reason: str) -> None:
+        self.why.append(reason)
+        timer = self.timer
+        if reason == "cancel" and timer is not None and timer.active():
+            timer.cancel()
+        self.waiting.cancel()
+        if self.sent is not None:
+            self.sent.cancel()
+        if reason == "timeout" and not self.result.called:  # between two waits
+            self.result.errback(self._timed_out())
+
+    def wait(self) -> None:
+        if self.result.called:
+            return
+        service = self.service()
+        if service is None:
+            self.failed(Failure(NetworkError("the bucket is closed")))
+            return
+        self.waiting = service.whenConnected()
+        self.waiting.addCallbacks(self.connected, self.failed)
+
+    def connected(self, proto: BucketClientProtocol) -> None:
+        if proto.lost is not None:
+            # The connection that has just died: the service learns of it
+            # after its protocol does.  Ask again on the next turn.
+            self.clock.callLater(0, self.wait)
+            return
+        left = 0.0  # no timeout
+        if self.timer is not None:
+            self.timer.cancel()
+            left = max(self.timeout - (self.clock.seconds() - self.started), 0.001)
+        self.sent = proto.request(*self.fields, timeout=left)
+        self.sent.chainDeferred(self.result)
+
+    def failed(self, f: Failure) -> None:
+        timer = self.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self.result.called or self.why == ["cancel"]:
+            return  # cancelled: Deferred.cancel errbacks CancelledError
+        if self.why:
+            self.result.errback(self._timed_out())
+        else:  # the service stopped (close()) or gave up
+            self.result.errback(NetworkError("not connected: %s" % (f.getErrorMessage(),),
+                                             key=self.fields[1]))
 
 
 class BucketClientFactory(ClientFactory):
@@ -961,7 +938,7 @@ class BucketClientFactory(ClientFactory):
         if not self.deferred.called:
             self.deferred.errback(ConnectError("handshake failed: %s" % (f.getErrorMessage(),)))
         if p.connected:
-            p._io.abortConnection()
+            p.abort()
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.deferred.called:
@@ -980,7 +957,7 @@ class _ServiceFactory(Factory):
     def buildProtocol(self, addr: Any) -> BucketClientProtocol:
         p = BucketClientProtocol(self.clock, self.bucket.timeout, self.bucket.transcoder)
         p.factory = self
-        p.when_ready().addCallbacks(lambda _: self.bucket._attach(p), lambda _f: None)
+        p.when_ready().addCallbacks(lambda _: self.bucket.attach(p), lambda _f: None)
         return p
 
 
@@ -1037,8 +1014,7 @@ def connect(reactor: Any, endpoint: str = "tcp:127.0.0.1:11222", reconnect: bool
     bucket = RemoteBucket(timeout=timeout, transcoder=transcoder)
     service = ClientService(ep, _ServiceFactory(bucket, reactor),
                             retryPolicy=_reconnect_delay, clock=reactor)
-    bucket._service = service
-    bucket._clock = reactor
+    bucket.reconnect_with(service, reactor)
     service.startService()
     first = service.whenConnected(failAfterFailures=1)
 

@@ -6,8 +6,9 @@ arguments after the opaque, with the caller's key second::
 
     (opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to)
 
-:class:`txcb.client.remote.RemoteBucket` sends them with its own header packing
-(opaque filled in), :class:`txcb.client.blocking.Bucket` with ``encode_request``.
+:class:`txcb.client.remote.RemoteBucket` and :class:`txcb.client.blocking.Bucket`
+send them with ``encode_request`` (the opaque filled in at send);
+:mod:`txcb.client.replies` says what the replies give.
 Bad arguments raise the :mod:`txcb.errors` exceptions (with ``key``) here,
 before anything is sent.  ``transcoder`` and ``max_value_size`` are the
 caller's (the latter as the server said in its HELLO).
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from txcb.validation import (
-    MAX_KEY_LEN, check_cas, check_delta, check_lock_ttl, check_ttl, to_key)
+from txcb.limits import MAX_KEY_LEN
+from txcb.validation import check_cas, check_delta, check_lock_ttl, check_ttl, to_key
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, Op, encode_multi_keys, encode_scan_request)
@@ -211,7 +212,7 @@ def get_multi_requests(keys: List[Any], ttl: int, max_keys: int, max_body: int,
     n = len(keys)
     if 0 < n <= max_keys:
         # The usual case, checked in bulk: keys all str (or all bytes) of 1 to
-        # 250 bytes, in one request.
+        # MAX_KEY_LEN bytes, in one request.
         raw: Optional[List[bytes]] = None
         if all([type(key) is str for key in keys]):
             raw = [key.encode("utf-8") for key in keys]
@@ -219,7 +220,7 @@ def get_multi_requests(keys: List[Any], ttl: int, max_keys: int, max_body: int,
             raw = keys
         if raw is not None:
             lens = list(map(len, raw))
-            if min(lens) and max(lens) <= 250 and sum(lens) + n <= max_body:
+            if min(lens) and max(lens) <= MAX_KEY_LEN and sum(lens) + n <= max_body:
                 return [(keys, (Op.GET_MULTI, None, b"", encode_multi_keys(raw), 0, ttl, 0, 0,
                                 0, 0))]
     out = []
@@ -234,7 +235,7 @@ def get_multi_requests(keys: List[Any], ttl: int, max_keys: int, max_body: int,
             k = key
         else:
             k = b""
-        if not 0 < len(k) <= 250:
+        if not 0 < len(k) <= MAX_KEY_LEN:
             try:
                 k = to_key(key)  # a subclass of str or bytes, or the error
             except CouchbaseError as e:
