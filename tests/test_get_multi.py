@@ -20,6 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
+from zope.interface import implementer_only
 
 from txcb.client import requests as _rq
 from txcb import errors
@@ -33,6 +34,7 @@ from txcb.wire.netstring import (
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC
 from txcb.formats import DEFAULT_TRANSCODER, FMT_BYTES
+from txcb.interfaces import IBucket
 from txcb.results import MultiResult, ValueResult
 from txcb.server.netstring import BucketServerFactory
 
@@ -255,6 +257,11 @@ class RequestBuilderTests(unittest.SynchronousTestCase):
 
 # -- the server ------------------------------------------------------------------
 
+@implementer_only(IBucket)
+class DeferredOnlyBucket(EmbeddedBucket):
+    """An embedded bucket that does not provide ISyncBucket: served through its Deferreds."""
+
+
 class MultiGetBucket(DelegatingBucket):
     """An IBucket (no EmbeddedBucket) whose get_multi answers when told to."""
 
@@ -359,15 +366,19 @@ class ServerTests(ServerTestBase):
         self.assertEqual(self.proto._inflight, 0)
 
     def test_get_replaced_on_the_instance_is_called(self):
-        """As for GET: a bucket's own get replaced takes the Deferred path, key by key."""
-        self.setup_server()
-        self.fill()
+        """
+        As for GET: a bucket without ISyncBucket takes the Deferred path, its
+        get (replaced on the instance) called key by key.
+        """
+        bucket = DeferredOnlyBucket(clock=self.clock, pager_interval=0)
+        self.setup_server(bucket=bucket)
+        self.fill(bucket)
         calls = []
 
         def get(key, ttl=0, quiet=False):
             calls.append((key, ttl, quiet))
-            return EmbeddedBucket.get(self.bucket, key, ttl, quiet)
-        self.bucket.get = get
+            return EmbeddedBucket.get(bucket, key, ttl, quiet)
+        bucket.get = get
         proto, transport = self.connect(self.factory)  # connections made from now on
         [payload] = self.multi([b"a", b"nope"], proto=proto, transport=transport)
         self.assertEqual(calls, [(b"a", 0, True), (b"nope", 0, True)])

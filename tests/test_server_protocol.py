@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface import implementer_only
 
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, OPT_DECREMENT, OPT_INITIAL, OPT_QUIET, REQ_MAGIC,
@@ -22,8 +23,9 @@ from txcb.wire.netstring import (
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC, ArgumentError, NotFoundError, TemporaryFailError
 from txcb.formats import FMT_BYTES
+from txcb.interfaces import IBucket, ISyncBucket
 from txcb.results import OperationResult, ValueResult
-from txcb.server.netstring import BucketServerFactory, BucketServerProtocol, _sync_handlers
+from txcb.server.netstring import _COMMANDS, BucketServerFactory, BucketServerProtocol
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 SERVER_NS = BucketServerProtocol.__module__ + "." + BucketServerProtocol.__name__
@@ -93,7 +95,12 @@ class PendingBucket:
         return out
 
 
-class FaultyBucket(EmbeddedBucket):
+@implementer_only(IBucket)
+class DeferredOnlyBucket(EmbeddedBucket):
+    """An embedded bucket that does not provide ISyncBucket: served through its Deferreds."""
+
+
+class FaultyBucket(DeferredOnlyBucket):
     """An embedded bucket whose get() misbehaves for some keys."""
 
     def get(self, key, ttl=0, quiet=False):
@@ -166,6 +173,8 @@ class DelegatingBucket:
         self._inner = inner
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # not the inner bucket's interfaces (ISyncBucket)
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
 
@@ -380,7 +389,10 @@ class SyncHandlerTests(ServerTestBase):
     def test_get_handler_ignores_the_ttl_field(self):
         bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
         up = bucket.store_sync("upsert", b"k", b"v", ttl=10)
-        get = _sync_handlers(bucket)[Op.GET]
+        cmd = _COMMANDS[Op.GET]
+
+        def get(bucket, req):
+            return cmd.encode(cmd.call(None, bucket, req), req)
         for options in (0, OPT_QUIET):
             res = decode_response(get(bucket, Request(Op.GET, 1, b"k", ttl=100,
                                                       options=options)))
@@ -392,9 +404,9 @@ class SyncHandlerTests(ServerTestBase):
 
     def test_insert_handler_refuses_a_cas(self):
         bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
-        insert = _sync_handlers(bucket)[Op.INSERT]
+        insert = _COMMANDS[Op.INSERT].call
         with self.assertRaises(ArgumentError) as cm:
-            insert(bucket, Request(Op.INSERT, 1, b"k", b"v", cas=5))
+            insert(None, bucket, Request(Op.INSERT, 1, b"k", b"v", cas=5))
         self.assertEqual((cm.exception.rc, cm.exception.message),
                          (RC.EINVAL, "insert takes no cas"))
         self.assertEqual(bucket.stats_sync()["items"], 0)
@@ -431,7 +443,8 @@ class DurableSyncPathTests(ServerTestBase):
         self.setup_server(bucket=self.bucket)
 
     def test_durable_mutations_take_the_synchronous_path(self):
-        self.assertEqual(sorted(self.proto._sync_durable), sorted(
+        self.assertTrue(self.proto._sync)
+        self.assertEqual(sorted(op for op, c in _COMMANDS.items() if c.durable), sorted(
             [Op.UPSERT, Op.INSERT, Op.REPLACE, Op.APPEND, Op.PREPEND, Op.REMOVE]))
 
     def test_reply_waits_for_durability_and_the_mutation_is_made_at_once(self):
@@ -522,15 +535,16 @@ class DurableSyncPathTests(ServerTestBase):
         target.callback(result)
         self.assertEqual(self.transport.value(), b"")
 
-    def test_durability_hook_replaced_on_the_instance_takes_the_deferred_path(self):
+    def test_bucket_without_isyncbucket_takes_the_deferred_path(self):
         calls = []
 
         def on_durable(result, persist_to, replicate_to, target):
             calls.append(type(target))
             return False
         self.bucket.on_durable = on_durable
+        self.factory.bucket = DelegatingBucket(self.bucket)
         proto, transport = self.connect(self.factory)
-        self.assertEqual(proto._sync_durable, {})
+        self.assertFalse(proto._sync)
         res = self.call(Op.UPSERT, 1, key=b"k", value=b"v", persist_to=1, proto=proto,
                         transport=transport)
         self.assertEqual((res.status, calls), (0, [Deferred]))
@@ -587,12 +601,13 @@ class LateReplyTests(ServerTestBase):
 
 class InstancePatchTests(ServerTestBase):
     """
-    A method replaced on the bucket *instance* (``bucket.get = ...``) is
-    called by the server, though EmbeddedBucket's class methods are not.
+    A method replaced on the instance of a bucket that does not provide
+    ISyncBucket (``bucket.get = ...``) is called by the server: such a
+    bucket is served through its IBucket Deferreds.
     """
 
     def patched_bucket(self):
-        bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
+        bucket = DeferredOnlyBucket(clock=self.clock, pager_interval=0)
         bucket.store_sync("upsert", b"k", b"real")
         self.calls = []
 
@@ -620,13 +635,14 @@ class InstancePatchTests(ServerTestBase):
         self.assertEqual(res.cas, 88)
         self.assertEqual(self.calls, [("get", b"k", 0), ("get", b"k", 5),
                                       ("_mutate", b"k"), ("_mutate", b"n")])
-        # What is not replaced is still served synchronously.
+        # What is not replaced answers as usual, through its Deferred too.
         res = self.call(Op.COUNTER, 5, proto=proto, transport=transport, key=b"c",
                         value=COUNTER_BODY.pack(1, 3), options=OPT_INITIAL)
         self.assertEqual((res.status, res.body), (0, b"3"))
-        self.assertIn(Op.COUNTER, proto._sync)
-        self.assertNotIn(Op.GET, proto._sync)
-        self.assertNotIn(Op.UPSERT, proto._sync)
+        self.assertFalse(proto._sync)
+        self.assertNotIn(Op.COUNTER, proto._now)
+        self.assertNotIn(Op.GET, proto._now)
+        self.assertNotIn(Op.UPSERT, proto._now)
 
     def test_patched_before_the_connection(self):
         proto, transport = self.setup_server(bucket=self.patched_bucket())
@@ -639,11 +655,13 @@ class InstancePatchTests(ServerTestBase):
         self.factory.bucket = self.patched_bucket()
         self.assertPatchedCalled(proto, transport)
 
-    def test_class_table_is_not_changed_by_one_instance(self):
+    def test_a_plain_embedded_bucket_is_still_served_synchronously(self):
         self.patched_bucket()
         plain = EmbeddedBucket(clock=self.clock, pager_interval=0)
-        self.assertIn(Op.GET, _sync_handlers(plain))
-        self.assertIn(Op.UPSERT, _sync_handlers(plain))
+        self.assertTrue(ISyncBucket.providedBy(plain))
+        proto, _transport = self.connect(self.make_factory(bucket=plain))
+        self.assertIn(Op.GET, proto._now)
+        self.assertIn(Op.UPSERT, proto._now)
 
 
 class FramingTests(ServerTestBase):

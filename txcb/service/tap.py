@@ -207,6 +207,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     BucketService(bucket).setServiceParent(top)
     stats = ServerStats(max_connections=options["max-connections"])
     factory = BucketServerFactory(bucket, max_inflight=options["max-inflight"], stats=stats)
+    factories: List[Any] = [factory]
     for description in options["port"]:
         ListenService(description, factory, reactor).setServiceParent(top)
     if options["memcached"]:
@@ -214,10 +215,12 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
         mc_factory = MemcachedServerFactory(
             bucket, stats=stats, credentials=options["credentials"],
             max_inflight=options["max-inflight"], clock=reactor)
+        factories.append(mc_factory)
         for description in options["memcached"]:
             ListenService(description, mc_factory, reactor, what="txcb memcached"
                           ).setServiceParent(top)
     if options["metrics"]:
         from txcb.service.metrics import install_metrics
-        install_metrics(top, bucket, factory, options["metrics"], reactor)
+        ListenService(options["metrics"], install_metrics(bucket, factories, stats), reactor,
+                      what="txcb metrics").setServiceParent(top)
     return top
