@@ -384,27 +384,24 @@ class GenericPathOpcodeTests(OpcodeTests):
 
 
 class SyncHandlerTests(ServerTestBase):
-    """The synchronous handlers, called as the server does off the fast path."""
+    """The synchronous handlers, called as the server calls them."""
 
     def test_get_handler_ignores_the_ttl_field(self):
         bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
         up = bucket.store_sync("upsert", b"k", b"v", ttl=10)
-        cmd = _COMMANDS[Op.GET]
-
-        def get(bucket, req):
-            return cmd.encode(cmd.call(None, bucket, req), req)
+        get = _COMMANDS[Op.GET].now
         for options in (0, OPT_QUIET):
-            res = decode_response(get(bucket, Request(Op.GET, 1, b"k", ttl=100,
-                                                      options=options)))
+            res = decode_response(get(None, bucket, Request(Op.GET, 1, b"k", ttl=100,
+                                                            options=options)))
             self.assertEqual((res.status, res.body, res.cas), (0, b"v", up.cas))
         self.clock.advance(10)
-        res = decode_response(get(bucket, Request(Op.GET, 2, b"k", ttl=100,
-                                                  options=OPT_QUIET)))
+        res = decode_response(get(None, bucket, Request(Op.GET, 2, b"k", ttl=100,
+                                                        options=OPT_QUIET)))
         self.assertEqual(res.status, RC.KEY_ENOENT)
 
     def test_insert_handler_refuses_a_cas(self):
         bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
-        insert = _COMMANDS[Op.INSERT].call
+        insert = _COMMANDS[Op.INSERT].now
         with self.assertRaises(ArgumentError) as cm:
             insert(None, bucket, Request(Op.INSERT, 1, b"k", b"v", cas=5))
         self.assertEqual((cm.exception.rc, cm.exception.message),

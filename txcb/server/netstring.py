@@ -87,7 +87,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         self._bucket = bucket
         self._sync = ISyncBucket.providedBy(bucket)
         self._now = {op: c for op, c in _COMMANDS.items()
-                     if c.call is not None and (self._sync or c.bucketless)}
+                     if c.now is not None and (self._sync or c.bucketless)}
 
     # -- requests -------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
             return
         status = 0
         try:
-            reply = cmd.encode(cmd.call(self, bucket, req), req)
+            reply = cmd.now(self, bucket, req)
         except CouchbaseError as e:
             status = e.rc & 0xFFFF
             reply = self._error_reply(e, req)
@@ -161,7 +161,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         persist, replicate = resolve_durability(
             req.persist_to, req.replicate_to, bucket.max_persist_to, bucket.max_replicate_to,
             req.key)
-        result = cmd.call(self, bucket, req)
+        result = cmd.mutate(bucket, req)
         if not bucket.on_durable(result, persist, replicate,
                                  _DurableReply(self, req, cmd.encode, started)):
             self._finish(cmd.encode(result, req), req, 0, started)
@@ -250,9 +250,10 @@ class _DurableReply:
 
 
 # -- the commands -------------------------------------------------------------
-# ``call(p, bucket, req)``: the ISyncBucket call, returning its result (or
-# raising its CouchbaseError); ``encode(result, req)``: the reply payload;
-# ``later(p, bucket, req)``: the IBucket call, a Deferred of the payload.
+# ``now(p, bucket, req)``: the reply payload, from the ISyncBucket calls (or
+# the CouchbaseError they raise); ``later(p, bucket, req)``: a Deferred of it,
+# from the IBucket calls.  A mutation that may be durable also has
+# ``mutate(bucket, req)``, its ISyncBucket call, and ``encode(result, req)``.
 
 Handler = Callable[[BucketServerProtocol, Any, Request], Any]
 
@@ -260,26 +261,25 @@ Handler = Callable[[BucketServerProtocol, Any, Request], Any]
 class _Command:
     """One opcode: its name (for the request observer) and how it is served."""
 
-    __slots__ = ("name", "call", "encode", "later", "durable", "bucketless")
-    call: Any  # Optional[Handler]: None if only the IBucket call serves it
+    __slots__ = ("name", "now", "later", "mutate", "encode", "bucketless")
+    now: Any  # Optional[Handler]: None if only the IBucket call serves it
 
-    def __init__(self, name: str, later: Optional[Handler], call: Optional[Handler] = None,
-                 encode: Optional[Callable[[Any, Request], bytes]] = None,
-                 durable: bool = False) -> None:
+    def __init__(self, name: str, later: Optional[Handler], now: Optional[Handler] = None,
+                 mutate: Any = None, encode: Any = None) -> None:
         self.name = name
-        self.call = call
-        self.encode = encode or _same
-        self.durable = durable  # a mutation that persist_to/replicate_to may ask to wait for
+        self.now = now
+        self.mutate = mutate  # set: persist_to/replicate_to wait for durability
+        self.encode = encode
         self.bucketless = later is None  # answered at once, whatever the bucket
         self.later = later if later is not None else self._at_once
 
+    @property
+    def durable(self) -> bool:
+        """A mutation that persist_to/replicate_to may ask to wait for."""
+        return self.mutate is not None
+
     def _at_once(self, p: BucketServerProtocol, b: Any, r: Request) -> Any:
-        assert self.call is not None
-        return succeed(self.encode(self.call(p, b, r), r))
-
-
-def _same(payload: Any, r: Request) -> Any:
-    return payload
+        return succeed(self.now(p, b, r))
 
 
 def _mutation(result: Any, r: Request) -> bytes:
@@ -299,19 +299,22 @@ def _quiet_miss(result: Any, r: Request) -> bytes:
     return _mutation(result, r)
 
 
-def _get_now(p: Any, b: Any, r: Request) -> Any:
-    # GET ignores the ttl field (GAT is the one that touches).
-    return b.get_sync(r.key, 0, bool(r.options & OPT_QUIET))
+def _get_now(p: Any, b: Any, r: Request) -> bytes:
+    """GET, the commonest request: ``_value`` of ``get_sync``, written out."""
+    res = b.get_sync(r.key, 0, bool(r.options & OPT_QUIET))  # GAT is the one that touches
+    if res.rc:  # a quiet miss
+        return res_pack(RES_MAGIC, 0x00, res.rc, r.opaque, 0, 0, 0)
+    return res_pack(RES_MAGIC, 0x00, 0, r.opaque, res.cas, res.flags, res.seqno) + res.raw
 
 
 def _get(p: Any, b: Any, r: Request) -> Any:
     return b.get(r.key, quiet=bool(r.options & OPT_QUIET)).addCallback(_value, r)
 
 
-def _gat_now(p: Any, b: Any, r: Request) -> Any:
+def _gat_now(p: Any, b: Any, r: Request) -> bytes:
     if not r.ttl:
         raise ArgumentError("GAT needs a non-zero ttl")
-    return b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET))
+    return _value(b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET)), r)
 
 
 def _gat(p: Any, b: Any, r: Request) -> Any:
@@ -321,10 +324,14 @@ def _gat(p: Any, b: Any, r: Request) -> Any:
 
 
 def _store(op: str) -> _Command:
-    def call(p: Any, b: Any, r: Request) -> Any:
+    def mutate(b: Any, r: Request) -> Any:  # insert's cas is refused before (see now)
+        return b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl)
+
+    def now(p: Any, b: Any, r: Request) -> bytes:
         if op == "insert" and r.cas:
             raise ArgumentError("insert takes no cas")  # IBucket.insert has no cas
-        return b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl)
+        res = b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl)
+        return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, res.cas, 0, res.seqno)
 
     def later(p: Any, b: Any, r: Request) -> Any:
         kw = {"ttl": r.ttl, "persist_to": r.persist_to, "replicate_to": r.replicate_to}
@@ -334,20 +341,20 @@ def _store(op: str) -> _Command:
             kw["cas"] = r.cas
         return getattr(b, op)(r.key, Encoded(r.value, r.flags), **kw).addCallback(
             _mutation, r)
-    return _Command(op, later, call, _mutation, durable=True)
+    return _Command(op, later, now, mutate, _mutation)
 
 
 def _concat(op: str) -> _Command:
-    def call(p: Any, b: Any, r: Request) -> Any:
+    def mutate(b: Any, r: Request) -> Any:
         return b.concat_sync(op, r.key, r.value, r.cas)
 
     def later(p: Any, b: Any, r: Request) -> Any:
         return getattr(b, op)(r.key, r.value, cas=r.cas, persist_to=r.persist_to,
                               replicate_to=r.replicate_to).addCallback(_mutation, r)
-    return _Command(op, later, call, _mutation, durable=True)
+    return _Command(op, later, lambda p, b, r: _mutation(mutate(b, r), r), mutate, _mutation)
 
 
-def _remove_now(p: Any, b: Any, r: Request) -> Any:
+def _remove_now(b: Any, r: Request) -> Any:
     return b.remove_sync(r.key, r.cas, bool(r.options & OPT_QUIET))
 
 
@@ -364,9 +371,9 @@ def _counter_args(r: Request) -> tuple:
     return delta, initial if r.options & OPT_INITIAL else None
 
 
-def _counter_now(p: Any, b: Any, r: Request) -> Any:
+def _counter_now(p: Any, b: Any, r: Request) -> bytes:
     delta, initial = _counter_args(r)
-    return b.counter_sync(r.key, delta, initial, r.ttl)
+    return _value(b.counter_sync(r.key, delta, initial, r.ttl), r)
 
 
 def _counter(p: Any, b: Any, r: Request) -> Any:
@@ -536,27 +543,24 @@ def _get_multi(p: BucketServerProtocol, b: Any, r: Request) -> Any:
         lambda results: _multi_reply(p, r, _multi_entries(keys, results, None)), failed)
 
 
-def _sync_call(method: str, *fields: str) -> Handler:
-    """``bucket.<method>(*(req.<field> ...))``."""
-    def call(p: Any, b: Any, r: Request) -> Any:
-        return getattr(b, method)(*[getattr(r, f) for f in fields])
-    return call
-
-
 #: opcode -> how it is served (see _Command).
 _COMMANDS: Dict[int, _Command] = {
-    Op.GET: _Command("get", _get, _get_now, _value),
-    Op.GAT: _Command("gat", _gat, _gat_now, _value),
+    Op.GET: _Command("get", _get, _get_now),
+    Op.GAT: _Command("gat", _gat, _gat_now),
     Op.UPSERT: _store("upsert"), Op.INSERT: _store("insert"), Op.REPLACE: _store("replace"),
     Op.APPEND: _concat("append"), Op.PREPEND: _concat("prepend"),
-    Op.REMOVE: _Command("remove", _remove, _remove_now, _quiet_miss, durable=True),
-    Op.COUNTER: _Command("counter", _counter, _counter_now, _value),
-    Op.TOUCH: _Command("touch", lambda p, b, r: b.touch(r.key, r.ttl).addCallback(
-        _mutation, r), _sync_call("touch_sync", "key", "ttl"), _mutation),
-    Op.LOCK: _Command("lock", lambda p, b, r: b.lock(r.key, ttl=r.ttl).addCallback(
-        _value, r), _sync_call("lock_sync", "key", "ttl"), _value),
-    Op.UNLOCK: _Command("unlock", lambda p, b, r: b.unlock(r.key, r.cas).addCallback(
-        _mutation, r), _sync_call("unlock_sync", "key", "cas"), _mutation),
+    Op.REMOVE: _Command("remove", _remove, lambda p, b, r: _quiet_miss(_remove_now(b, r), r),
+                        _remove_now, _quiet_miss),
+    Op.COUNTER: _Command("counter", _counter, _counter_now),
+    Op.TOUCH: _Command(
+        "touch", lambda p, b, r: b.touch(r.key, r.ttl).addCallback(_mutation, r),
+        lambda p, b, r: _mutation(b.touch_sync(r.key, r.ttl), r)),
+    Op.LOCK: _Command(
+        "lock", lambda p, b, r: b.lock(r.key, ttl=r.ttl).addCallback(_value, r),
+        lambda p, b, r: _value(b.lock_sync(r.key, r.ttl), r)),
+    Op.UNLOCK: _Command(
+        "unlock", lambda p, b, r: b.unlock(r.key, r.cas).addCallback(_mutation, r),
+        lambda p, b, r: _mutation(b.unlock_sync(r.key, r.cas), r)),
     Op.ENDURE: _Command("endure", _endure),
     Op.STATS: _Command("stats", _stats),
     Op.FLUSH: _Command("flush", _flush),
