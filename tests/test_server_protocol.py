@@ -441,7 +441,7 @@ class DurableSyncPathTests(ServerTestBase):
 
     def test_durable_mutations_take_the_synchronous_path(self):
         self.assertTrue(self.proto._sync)
-        self.assertEqual(sorted(op for op, c in _COMMANDS.items() if c.durable), sorted(
+        self.assertEqual(sorted(self.proto._durable), sorted(
             [Op.UPSERT, Op.INSERT, Op.REPLACE, Op.APPEND, Op.PREPEND, Op.REMOVE]))
 
     def test_reply_waits_for_durability_and_the_mutation_is_made_at_once(self):
@@ -541,7 +541,7 @@ class DurableSyncPathTests(ServerTestBase):
         self.bucket.on_durable = on_durable
         self.factory.bucket = DelegatingBucket(self.bucket)
         proto, transport = self.connect(self.factory)
-        self.assertFalse(proto._sync)
+        self.assertEqual(proto._durable, {})
         res = self.call(Op.UPSERT, 1, key=b"k", value=b"v", persist_to=1, proto=proto,
                         transport=transport)
         self.assertEqual((res.status, calls), (0, [Deferred]))

@@ -81,13 +81,16 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         Serve ``bucket``: the one place that decides how each opcode runs,
         synchronously if the bucket provides ISyncBucket, else through its
         IBucket Deferreds (NOOP and HELLO, which need no bucket, always at
-        once).  Worked out when the connection is made and when the factory
-        is given another bucket, never per request.
+        once); a durable mutation on an ISyncBucket is made at once and
+        answered when the bucket says it is durable.  Worked out when the
+        connection is made and when the factory is given another bucket,
+        never per request.
         """
         self._bucket = bucket
-        self._sync = ISyncBucket.providedBy(bucket)
+        self._sync = sync = ISyncBucket.providedBy(bucket)
         self._now = {op: c for op, c in _COMMANDS.items()
-                     if c.now is not None and (self._sync or c.bucketless)}
+                     if c.now is not None and (sync or c.bucketless)}
+        self._durable = {op: c for op, c in _COMMANDS.items() if sync and c.durable}
 
     # -- requests -------------------------------------------------------------
 
@@ -133,15 +136,19 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         self.stringReceived(request)
 
     def _call_later(self, req: Request, started: float) -> None:
-        """A request answered later: through an IBucket Deferred, or once durable."""
-        cmd = _COMMANDS[req.opcode]
+        """
+        A request answered later: through an IBucket Deferred, or once durable
+        (only durable mutations on an ISyncBucket come here and are in
+        ``_durable``: not durable, they are answered at once).
+        """
         bucket = self._bucket
         self.request_started()
         try:
-            if cmd.durable and self._sync and (req.persist_to or req.replicate_to):
-                self._call_durable(cmd, bucket, req, started)
+            durable = self._durable.get(req.opcode)
+            if durable is not None:
+                self._call_durable(durable, bucket, req, started)
                 return
-            d = cmd.later(self, bucket, req)
+            d = _COMMANDS[req.opcode].later(self, bucket, req)
         except CouchbaseError as e:
             self._finish(self._error_reply(e, req), req, e.rc & 0xFFFF, started)
             return
