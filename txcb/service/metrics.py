@@ -59,7 +59,6 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-
 from zope.interface import implementer
 
 from txcb import __version__
