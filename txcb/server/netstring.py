@@ -7,11 +7,12 @@ Requests are dispatched as they arrive, without waiting for earlier ones, so
 pipelined clients keep the bucket busy and slow operations (a durable write)
 never hold up fast ones.
 
-Every opcode has one entry in ``_COMMANDS``: its name, its synchronous call
-(for a bucket providing :class:`~txcb.interfaces.ISyncBucket`, answered at
-once, no Deferred), its reply encoder, and its IBucket call (a Deferred, for
-any other bucket).  Which of the two a connection uses is decided once per
-bucket, in :meth:`BucketServerProtocol._serve`.
+Every opcode has one entry in ``_COMMANDS``: its name (for the request
+observer), its reply made at once from the ISyncBucket calls (for a bucket
+providing :class:`~txcb.interfaces.ISyncBucket`: no Deferred, no in-flight
+slot) and its reply made from the IBucket calls (a Deferred, for any other
+bucket).  Which of the two a connection uses is decided once per bucket, in
+:meth:`BucketServerProtocol._serve`.
 """
 
 from __future__ import annotations
