@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from time import perf_counter
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set
 
 from twisted.internet.defer import succeed
 from twisted.internet.protocol import Factory
@@ -59,6 +59,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         self._peer = str(self._io.getPeer())
         self._observer = f.observer  # installed before the connection is made
         self._serve(f.bucket)
+        f._protocols.add(self)  # told if the factory is given another bucket
         set_nodelay(self._io)
         f.stats.opened()
         # Replies made outside a read go out together at the end of the
@@ -75,6 +76,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         if self._late is not None:
             self._late.drop()
         self.factory.stats.closed()
+        self.factory._protocols.discard(self)
         self._log.debug("txcb: connection from {peer} closed", peer=self._peer)
 
     def _serve(self, bucket: Any) -> None:
@@ -84,8 +86,8 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         IBucket Deferreds (NOOP and HELLO, which need no bucket, always at
         once); a durable mutation on an ISyncBucket is made at once and
         answered when the bucket says it is durable.  Worked out when the
-        connection is made and when the factory is given another bucket,
-        never per request.
+        connection is made and when the factory is given another bucket
+        (``factory.bucket = ...``), never per request.
         """
         self._bucket = bucket
         self._sync = sync = ISyncBucket.providedBy(bucket)
@@ -112,16 +114,13 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         except FrameError as e:
             self._frame_error(e, started)
             return
-        bucket = self.factory.bucket
-        if bucket is not self._bucket:  # the factory was given another bucket
-            self._serve(bucket)
         cmd = self._now.get(req.opcode)
         if cmd is None or req.persist_to or req.replicate_to:
             self._call_later(req, started)
             return
         status = 0
         try:
-            reply = cmd.now(self, bucket, req)
+            reply = cmd.now(self, self._bucket, req)
         except CouchbaseError as e:
             status = e.rc & 0xFFFF
             reply = self._error_reply(e, req)
@@ -309,7 +308,7 @@ def _quiet_miss(result: Any, r: Request) -> bytes:
 
 def _get_now(p: Any, b: Any, r: Request) -> bytes:
     """GET, the commonest request: ``_value`` of ``get_sync``, written out."""
-    res = b.get_sync(r.key, 0, bool(r.options & OPT_QUIET))  # GAT is the one that touches
+    res = b.get_sync(r.key, 0, r.options & OPT_QUIET)  # GAT is the one that touches
     if res.rc:  # a quiet miss
         return res_pack(RES_MAGIC, 0x00, res.rc, r.opaque, 0, 0, 0)
     return res_pack(RES_MAGIC, 0x00, 0, r.opaque, res.cas, res.flags, res.seqno) + res.raw
@@ -599,12 +598,24 @@ class BucketServerFactory(Factory):
 
     def __init__(self, bucket: Any, max_inflight: int = 1024,
                  stats: Optional[ServerStats] = None) -> None:
-        self.bucket = bucket
+        self._bucket = bucket
+        self._protocols: Set[BucketServerProtocol] = set()  # connected
         self.max_inflight = max_inflight
         self.stats = stats if stats is not None else ServerStats()
         self.max_value_size = getattr(bucket, "max_value_size", DEFAULT_MAX_VALUE_SIZE)
         # The largest legal frame: header, longest key, largest value.
         self.max_frame = HEADER_LEN + MAX_KEY_LEN + self.max_value_size
+
+    @property
+    def bucket(self) -> Any:
+        """The bucket served; given another, every connection serves it next."""
+        return self._bucket
+
+    @bucket.setter
+    def bucket(self, bucket: Any) -> None:
+        self._bucket = bucket
+        for p in list(self._protocols):
+            p._serve(bucket)
 
     def buildProtocol(self, addr: Any) -> Any:
         # Over the (shared) connection limit: None makes Twisted hang up at once.
