@@ -14,6 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
+from zope.interface import implementer_only
 
 from txcb.client import remote as client_module
 from txcb import errors
@@ -721,6 +722,7 @@ class ClientFactoryTests(ClientTestBase):
         self.failureResultOf(factory.deferred, errors.ConnectError)
 
 
+@implementer_only(IBucket)  # no ISyncBucket: the server calls get()
 class PendingServerBucket(EmbeddedBucket):
     """Embedded, except that GET of b"slow" answers only when told to."""
 

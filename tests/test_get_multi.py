@@ -37,6 +37,7 @@ from txcb.results import MultiResult, ValueResult
 from txcb.server.netstring import BucketServerFactory
 
 from tests.support.netstring import SERVER_ADDR as ADDR
+from tests.support.netstring import DeferredOnlyBucket
 from tests.support.netstring import (
     ClientTestBase, DelegatingBucket, ServerTestBase, frame, response)
 from tests.support.sync_contract import ThreadedServer
@@ -360,15 +361,19 @@ class ServerTests(ServerTestBase):
         self.assertEqual(self.proto._inflight, 0)
 
     def test_get_replaced_on_the_instance_is_called(self):
-        """As for GET: a bucket's own get replaced takes the Deferred path, key by key."""
-        self.setup_server()
-        self.fill()
+        """
+        As for GET: a bucket without ISyncBucket takes the Deferred path, its
+        get (replaced on the instance) called key by key.
+        """
+        bucket = DeferredOnlyBucket(clock=self.clock, pager_interval=0)
+        self.setup_server(bucket=bucket)
+        self.fill(bucket)
         calls = []
 
         def get(key, ttl=0, quiet=False):
             calls.append((key, ttl, quiet))
-            return EmbeddedBucket.get(self.bucket, key, ttl, quiet)
-        self.bucket.get = get
+            return EmbeddedBucket.get(bucket, key, ttl, quiet)
+        bucket.get = get
         proto, transport = self.connect(self.factory)  # connections made from now on
         [payload] = self.multi([b"a", b"nope"], proto=proto, transport=transport)
         self.assertEqual(calls, [(b"a", 0, True), (b"nope", 0, True)])

@@ -51,13 +51,6 @@ KNOWN = {
     'txcb.server.memcached imports txcb.buckets.embedded inside a function',
     'txcb.server.memcached.MemcachedServerProtocol: class over 500 lines',
     'txcb.server.memcached._ascii_fast: function over 80 lines',
-    'txcb.server.netstring imports txcb.buckets.embedded (server -> buckets)',
-    'txcb.server.netstring imports txcb.buckets.embedded inside a function',
-    'txcb.server.netstring imports txcb.errors inside a function',
-    'txcb.server.netstring imports txcb.wire.netstring inside a function',
-    'txcb.server.netstring.stringReceived: function over 80 lines',
-    'txcb.service.metrics imports txcb.service.tap inside a function',
-    'txcb.service.tap imports txcb.service.metrics inside a function',
 }
 
 

@@ -26,7 +26,8 @@ import txcb
 from txcb import errors
 from txcb.service import tap
 from txcb.client.remote import BucketClientProtocol, RemoteBucket, connect
-from txcb.service.metrics import MeteredServerProtocol, ServerMetrics, metrics_site
+from txcb.server.core import IRequestObserver
+from txcb.service.metrics import ServerMetrics, install_metrics, metrics_site
 from txcb.server.netstring import BucketServerFactory
 from txcb.testing import FaultyBucket, memory_bucket
 
@@ -62,7 +63,7 @@ class OptionTests(unittest.SynchronousTestCase):
         self.addCleanup(svc.stopService)
         self.assertEqual(len(r.tcpServers), 1)
         factory = r.tcpServers[0][1]
-        self.assertFalse(issubclass(factory.protocol, MeteredServerProtocol))
+        self.assertIsNone(factory.observer)
 
     def test_bare_port_is_loopback(self):
         self.assertEqual(self.parse("--metrics", "9100")["metrics"],
@@ -79,19 +80,18 @@ class OptionTests(unittest.SynchronousTestCase):
         self.addCleanup(svc.stopService)
         self.assertEqual([(p, i) for p, _f, _b, i in r.tcpServers],
                          [(11222, "127.0.0.1"), (9100, "127.0.0.1")])
-        self.assertTrue(issubclass(r.tcpServers[0][1].protocol, MeteredServerProtocol))
+        self.assertTrue(IRequestObserver.providedBy(r.tcpServers[0][1].observer))
 
 
 class InMemoryMeteringTests(unittest.SynchronousTestCase):
-    """The metered protocol over an in-memory connection, on a task.Clock."""
+    """The metered server over an in-memory connection, on a task.Clock."""
 
     def setUp(self):
         self.clock = Clock()
         self.faulty = FaultyBucket(memory_bucket(self.clock), self.clock)
         self.factory = BucketServerFactory(self.faulty)
         self.metrics = ServerMetrics(self.faulty, self.factory.stats, process=False)
-        self.factory.metrics = self.metrics
-        self.factory.protocol = MeteredServerProtocol
+        self.factory.observer = self.metrics.latency
         server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         client = BucketClientProtocol(clock=self.clock, timeout=5)
         self.pump = iosim_connect(server, FakeTransport(server, isServer=True),
@@ -113,11 +113,11 @@ class InMemoryMeteringTests(unittest.SynchronousTestCase):
         self.successResultOf(d1)
         self.assertNoResult(d2)
         self.failureResultOf(d3, errors.NotFoundError)
-        self.assertEqual(list(self.server._started.values())[0][0], 0x00)
+        self.assertEqual(self.server._inflight, 1)  # the get, answered later
         self.clock.advance(1.0)
         self.pump.flush()
         self.assertEqual(self.successResultOf(d2).value, "v")
-        self.assertEqual(self.server._started, {})
+        self.assertEqual(self.server._inflight, 0)
         s = self.scrape()
         self.assertEqual(sample(s, "txcb_request_duration_seconds_count", op="get"), 2)
         self.assertEqual(sample(s, "txcb_request_duration_seconds_count", op="upsert"), 1)
@@ -277,3 +277,15 @@ class TwistdMetricsProcessTests(unittest.SynchronousTestCase):
         s = parse(text)
         self.assertEqual(sample(s, "txcb_items"), 0)
         self.assertEqual(sample(s, "txcb_connections"), 0)
+
+
+class MetricsInstallTests(unittest.SynchronousTestCase):
+    """install_metrics: every factory given is observed; the site serves them."""
+
+    def test_every_factory_gets_the_observer(self):
+        bucket = memory_bucket(Clock())
+        netstring, other = BucketServerFactory(bucket), BucketServerFactory(bucket)
+        site = install_metrics(bucket, [netstring, other], netstring.stats)
+        self.assertIs(netstring.observer, site.metrics.latency)
+        self.assertIs(other.observer, site.metrics.latency)
+        self.assertIs(site.metrics.server_stats, netstring.stats)

@@ -17,11 +17,13 @@ from txcb.wire.netstring import (
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC, ArgumentError, NotFoundError, TemporaryFailError
 from txcb.formats import FMT_BYTES
+from txcb.interfaces import ISyncBucket
 from txcb.results import OperationResult, ValueResult
-from txcb.server.netstring import _sync_handlers
 from txcb.testing import FaultyBucket
+from txcb.server.netstring import _COMMANDS
 
 from tests.support.netstring import PEER as ADDR
+from tests.support.netstring import DeferredOnlyBucket
 from tests.support.netstring import (
     SERVER_NS, DelegatingBucket, PendingBucket, ServerTestBase, buffered, frame)
 
@@ -253,26 +255,26 @@ class GenericPathOpcodeTests(OpcodeTests):
 
 
 class SyncHandlerTests(ServerTestBase):
-    """The synchronous handlers, called as the server does off the fast path."""
+    """The synchronous handlers, called as the server calls them."""
 
     def test_get_handler_ignores_the_ttl_field(self):
         bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
         up = bucket.store_sync("upsert", b"k", b"v", ttl=10)
-        get = _sync_handlers(bucket)[Op.GET]
+        get = _COMMANDS[Op.GET].now
         for options in (0, OPT_QUIET):
-            res = decode_response(get(bucket, Request(Op.GET, 1, b"k", ttl=100,
-                                                      options=options)))
+            res = decode_response(get(None, bucket, Request(Op.GET, 1, b"k", ttl=100,
+                                                            options=options)))
             self.assertEqual((res.status, res.body, res.cas), (0, b"v", up.cas))
         self.clock.advance(10)
-        res = decode_response(get(bucket, Request(Op.GET, 2, b"k", ttl=100,
-                                                  options=OPT_QUIET)))
+        res = decode_response(get(None, bucket, Request(Op.GET, 2, b"k", ttl=100,
+                                                        options=OPT_QUIET)))
         self.assertEqual(res.status, RC.KEY_ENOENT)
 
     def test_insert_handler_refuses_a_cas(self):
         bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
-        insert = _sync_handlers(bucket)[Op.INSERT]
+        insert = _COMMANDS[Op.INSERT].now
         with self.assertRaises(ArgumentError) as cm:
-            insert(bucket, Request(Op.INSERT, 1, b"k", b"v", cas=5))
+            insert(None, bucket, Request(Op.INSERT, 1, b"k", b"v", cas=5))
         self.assertEqual((cm.exception.rc, cm.exception.message),
                          (RC.EINVAL, "insert takes no cas"))
         self.assertEqual(bucket.stats_sync()["items"], 0)
@@ -309,7 +311,8 @@ class DurableSyncPathTests(ServerTestBase):
         self.setup_server(bucket=self.bucket)
 
     def test_durable_mutations_take_the_synchronous_path(self):
-        self.assertEqual(sorted(self.proto._sync_durable), sorted(
+        self.assertTrue(self.proto._sync)
+        self.assertEqual(sorted(self.proto._durable), sorted(
             [Op.UPSERT, Op.INSERT, Op.REPLACE, Op.APPEND, Op.PREPEND, Op.REMOVE]))
 
     def test_reply_waits_for_durability_and_the_mutation_is_made_at_once(self):
@@ -400,15 +403,16 @@ class DurableSyncPathTests(ServerTestBase):
         target.callback(result)
         self.assertEqual(self.transport.value(), b"")
 
-    def test_durability_hook_replaced_on_the_instance_takes_the_deferred_path(self):
+    def test_bucket_without_isyncbucket_takes_the_deferred_path(self):
         calls = []
 
         def on_durable(result, persist_to, replicate_to, target):
             calls.append(type(target))
             return False
         self.bucket.on_durable = on_durable
+        self.factory.bucket = DelegatingBucket(self.bucket)
         proto, transport = self.connect(self.factory)
-        self.assertEqual(proto._sync_durable, {})
+        self.assertEqual(proto._durable, {})
         res = self.call(Op.UPSERT, 1, key=b"k", value=b"v", persist_to=1, proto=proto,
                         transport=transport)
         self.assertEqual((res.status, calls), (0, [Deferred]))
@@ -465,12 +469,13 @@ class LateReplyTests(ServerTestBase):
 
 class InstancePatchTests(ServerTestBase):
     """
-    A method replaced on the bucket *instance* (``bucket.get = ...``) is
-    called by the server, though EmbeddedBucket's class methods are not.
+    A method replaced on the instance of a bucket that does not provide
+    ISyncBucket (``bucket.get = ...``) is called by the server: such a
+    bucket is served through its IBucket Deferreds.
     """
 
     def patched_bucket(self):
-        bucket = EmbeddedBucket(clock=self.clock, pager_interval=0)
+        bucket = DeferredOnlyBucket(clock=self.clock, pager_interval=0)
         bucket.store_sync("upsert", b"k", b"real")
         self.calls = []
 
@@ -498,13 +503,14 @@ class InstancePatchTests(ServerTestBase):
         self.assertEqual(res.cas, 88)
         self.assertEqual(self.calls, [("get", b"k", 0), ("get", b"k", 5),
                                       ("_mutate", b"k"), ("_mutate", b"n")])
-        # What is not replaced is still served synchronously.
+        # What is not replaced answers as usual, through its Deferred too.
         res = self.call(Op.COUNTER, 5, proto=proto, transport=transport, key=b"c",
                         value=COUNTER_BODY.pack(1, 3), options=OPT_INITIAL)
         self.assertEqual((res.status, res.body), (0, b"3"))
-        self.assertIn(Op.COUNTER, proto._sync)
-        self.assertNotIn(Op.GET, proto._sync)
-        self.assertNotIn(Op.UPSERT, proto._sync)
+        self.assertFalse(proto._sync)
+        self.assertNotIn(Op.COUNTER, proto._now)
+        self.assertNotIn(Op.GET, proto._now)
+        self.assertNotIn(Op.UPSERT, proto._now)
 
     def test_patched_before_the_connection(self):
         proto, transport = self.setup_server(bucket=self.patched_bucket())
@@ -517,11 +523,13 @@ class InstancePatchTests(ServerTestBase):
         self.factory.bucket = self.patched_bucket()
         self.assertPatchedCalled(proto, transport)
 
-    def test_class_table_is_not_changed_by_one_instance(self):
+    def test_a_plain_embedded_bucket_is_still_served_synchronously(self):
         self.patched_bucket()
         plain = EmbeddedBucket(clock=self.clock, pager_interval=0)
-        self.assertIn(Op.GET, _sync_handlers(plain))
-        self.assertIn(Op.UPSERT, _sync_handlers(plain))
+        self.assertTrue(ISyncBucket.providedBy(plain))
+        proto, _transport = self.connect(self.make_factory(bucket=plain))
+        self.assertIn(Op.GET, proto._now)
+        self.assertIn(Op.UPSERT, proto._now)
 
 
 class FramingTests(ServerTestBase):

@@ -56,6 +56,15 @@ def direct_writer(transport: Any) -> Any:
     the socket's ``send`` is tried first (what ``writeSomeData`` does); whatever
     it does not take, or an error, goes through ``transport.write`` as usual,
     so ordering, flow control, loseConnection and error handling stay Twisted's.
+
+    The one private read: whether Twisted still holds bytes written before
+    (``_tempDataLen``, written but not yet moved to ``dataBuffer``), which must
+    go out first; no public attribute says so.  The public alternative,
+    ``transport.write`` then ``transport.doWrite()``, registers and
+    unregisters the socket for writing around every send (two epoll_ctl
+    calls per reply), so it is kept here, confined to this function.  (A
+    send after the write side is shut down fails, and falls back to
+    ``transport.write``, which drops it as Twisted would.)
     """
     if not (hasattr(transport, "writeSomeData") and hasattr(transport, "_tempDataLen")
             and hasattr(transport, "dataBuffer") and hasattr(transport, "TLS")
@@ -65,8 +74,7 @@ def direct_writer(transport: Any) -> Any:
     send = transport.socket.send
 
     def write(data: bytes) -> None:
-        if (t._tempDataLen or t.dataBuffer or t.TLS or t.disconnecting
-                or not t.connected or t._writeDisconnected):
+        if t._tempDataLen or t.dataBuffer or t.TLS or t.disconnecting or not t.connected:
             t.write(data)
             return
         try:

@@ -15,10 +15,12 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface import implementer_only
 
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.client.remote import BucketClientProtocol, RemoteBucket
 from txcb.formats import FMT_BYTES
+from txcb.interfaces import IBucket
 from txcb.results import ValueResult
 from txcb.server.netstring import BucketServerFactory, BucketServerProtocol
 from txcb.wire.netstring import (
@@ -108,6 +110,8 @@ class DelegatingBucket:
         self._inner = inner
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # not the inner bucket's interfaces (ISyncBucket)
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
 
@@ -212,3 +216,8 @@ class ClientTestBase(unittest.TestCase):
     def one_request(self):
         [req] = self.sent(self.transport)
         return req
+
+
+@implementer_only(IBucket)
+class DeferredOnlyBucket(EmbeddedBucket):
+    """An embedded bucket that does not provide ISyncBucket: served through its Deferreds."""

@@ -1,15 +1,25 @@
 """
 The protocol-neutral part of txcb's servers: what every endpoint serving a
 bucket shares, whatever its wire protocol.
+
+- :class:`ServerStats` and :func:`admit`: connection counters and the
+  connection limit shared by every endpoint serving one bucket;
+- :class:`RequestFlow`: a server protocol's flow control, the in-flight cap
+  that stops reading while too many bucket calls are pending, and output
+  backpressure (an ``IPushProducer`` holding the requests read while the
+  client is not reading its replies);
+- :class:`LateReplies`: replies made outside a read, written together at the
+  end of the reactor turn;
+- :class:`IRequestObserver`: told of every request answered (metrics).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from zope.interface import Interface
 
-__all__ = ["ServerStats", "IRequestObserver"]
+__all__ = ["ServerStats", "IRequestObserver", "admit", "RequestFlow", "LateReplies"]
 
 
 class IRequestObserver(Interface):
@@ -48,7 +58,148 @@ class ServerStats:
             return False
         return True
 
+    def opened(self) -> None:
+        """A connection was made."""
+        self.connections += 1
+        self.total_connections += 1
+
+    def closed(self) -> None:
+        """A connection was lost."""
+        self.connections -= 1
+
     def as_dict(self) -> Dict[str, int]:
         return {"connections": self.connections,
                 "total_connections": self.total_connections,
                 "rejected_connections": self.rejected_connections}
+
+
+def admit(stats: ServerStats, addr: Any, log: Any, what: str = "txcb") -> bool:
+    """
+    Whether a connection from ``addr`` may open under the shared connection
+    limit; a refusal is counted and logged (the factory then refuses it in
+    its protocol's way: Twisted hangs up on None, memcached says why first).
+    """
+    if stats.admit():
+        return True
+    log.warn("{what}: refusing {addr}: {n} connections open already", what=what,
+             addr=str(addr), n=stats.connections)
+    return False
+
+
+class RequestFlow:
+    """
+    Flow control for a server protocol (a mixin): how many bucket calls a
+    connection may have pending, and what happens when its client stops
+    reading.
+
+    The protocol calls :meth:`flow_started` when its connection is made,
+    :meth:`request_started` when a request takes a slot (a bucket call whose
+    answer comes later) and :meth:`request_finished` when that answer is
+    sent.  At ``max_inflight`` slots it stops reading; it reads again when
+    half are free.
+
+    Registered with its transport as a streaming producer, it is paused while
+    the transport's write buffer is full: reading stops, and what was read
+    already waits in ``_held`` (the protocol puts a request there instead of
+    handling it while ``_out_paused`` or ``_held`` is set) until the buffer
+    drains, when :meth:`resumeProducing` hands each to :meth:`handle_held`.
+    A client that sends but never reads then costs one read of requests and
+    the transport's buffer, not unbounded replies.
+
+    ``brokenPeer`` set (Twisted's receivers' flag): reading never resumes.
+    """
+
+    _io: Any
+    connected: int
+    brokenPeer: int
+    _max_inflight: int
+    _inflight: int
+    _paused: bool       # reading stopped: too many requests in flight
+    _out_paused: bool   # the transport's write buffer is full
+    _held: List[Any]    # requests read while the client's replies are backed up
+
+    def flow_started(self, max_inflight: int) -> None:
+        """Start flow control on a new connection (registers the producer)."""
+        self._max_inflight = max_inflight
+        self._inflight = 0
+        self._paused = False
+        self._out_paused = False
+        self._held = []
+        self._io.registerProducer(self, True)
+
+    def handle_held(self, request: Any) -> None:
+        """Handle a request held while the client was not reading."""
+        raise NotImplementedError
+
+    def request_started(self) -> None:
+        """A request took an in-flight slot."""
+        self._inflight += 1
+        if self._inflight >= self._max_inflight and not self._paused:
+            self._paused = True
+            self._io.pauseProducing()
+
+    def request_finished(self) -> None:
+        """A request's slot is free again (its answer is being sent)."""
+        self._inflight -= 1
+        if self._paused and self._inflight <= self._max_inflight // 2:
+            self._paused = False
+            if self.connected and not self.brokenPeer and not self._out_paused:
+                self._io.resumeProducing()
+
+    # -- IPushProducer: the transport pauses us while its write buffer is full.
+
+    def pauseProducing(self) -> None:
+        self._out_paused = True
+        if not self._paused and self.connected and not self.brokenPeer:
+            self._io.pauseProducing()  # stop reading
+
+    def resumeProducing(self) -> None:
+        self._out_paused = False
+        held, self._held = self._held, []
+        for i, request in enumerate(held):
+            if self._out_paused or not self.connected:
+                self._held[:0] = held[i:]
+                return
+            self.handle_held(request)
+        if not (self._out_paused or self._paused) and self.connected \
+                and not self.brokenPeer:
+            self._io.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._held = []
+
+
+class LateReplies:
+    """
+    Replies ready outside a read (a Deferred fired later: a durable write's
+    batch committing, a remote backend answering), gathered and written in
+    one ``write(list_of_bytes)`` at the end of the reactor turn rather than
+    one send each, or as soon as ``every`` are waiting.
+    """
+
+    __slots__ = ("clock", "write", "every", "pending")
+
+    def __init__(self, clock: Any, write: Callable[[List[bytes]], None], every: int) -> None:
+        self.clock = clock
+        self.write = write
+        self.every = every
+        self.pending: List[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        """Queue one reply's bytes."""
+        pending = self.pending
+        pending.append(data)
+        if len(pending) == 1:
+            self.clock.callLater(0, self.flush)
+        elif len(pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued (a later call, with nothing queued, does nothing)."""
+        pending, self.pending = self.pending, []
+        if pending:
+            self.write(pending)
+
+    def drop(self) -> None:
+        """Forget what is queued (the connection is gone)."""
+        self.pending = []

@@ -1,17 +1,25 @@
 """
 The txcb server: serves any IBucket over the netstring protocol.
 
-The protocol only translates: a decoded request becomes one IBucket call and
+The protocol only translates: a decoded request becomes one bucket call and
 its result (or error) becomes one response carrying the request's opaque id.
 Requests are dispatched as they arrive, without waiting for earlier ones, so
 pipelined clients keep the bucket busy and slow operations (a durable write)
 never hold up fast ones.
+
+Every opcode has one entry in ``_COMMANDS``: its name (for the request
+observer), its reply made at once from the ISyncBucket calls (for a bucket
+providing :class:`~txcb.interfaces.ISyncBucket`: no Deferred, no in-flight
+slot) and its reply made from the IBucket calls (a Deferred, for any other
+bucket).  Which of the two a connection uses is decided once per bucket, in
+:meth:`BucketServerProtocol._serve`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from time import perf_counter
+from typing import Any, Callable, Dict, Optional, Set
 
 from twisted.internet.defer import succeed
 from twisted.internet.protocol import Factory
@@ -20,19 +28,19 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 
 from txcb import __version__
-from txcb.wire.netstring import (
-    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, OPT_CHECK_REMOVED, OPT_DECREMENT,
-    OPT_INITIAL, OPT_QUIET, REQ_MAGIC, RES_MAGIC, FrameError, Op, Request, decode_request,
-    encode_response)
-from txcb.wire.netstring import req_unpack, res_pack
-from txcb.wire.netstring import (
-    MAX_MULTI, MULTI_FRAME_BYTES, encode_multi_frame, encode_multi_keys, encode_multi_reply,
-    encode_request)
-from txcb.validation import resolve_durability
-from txcb.errors import RC, ArgumentError, CouchbaseError
+from txcb.errors import RC, ArgumentError, CouchbaseError, exception_for_rc
 from txcb.formats import Encoded
-from txcb.server.core import ServerStats
+from txcb.interfaces import ISyncBucket
+from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_SCAN_BATCH, MAX_SCAN_BYTES
+from txcb.server.core import LateReplies, RequestFlow, ServerStats, admit
 from txcb.transport import FastNetstringReceiver, set_nodelay
+from txcb.validation import resolve_durability
+from txcb.wire.netstring import (
+    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, MULTI_FRAME_BYTES, OPT_CHECK_REMOVED,
+    OPT_DECREMENT, OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, RES_MAGIC, FrameError, Op, Request,
+    decode_request, decode_scan_request, encode_multi_frame,
+    encode_multi_keys, encode_multi_reply, encode_request, encode_response, encode_scan_reply,
+    res_pack)
 
 __all__ = ["BucketServerProtocol", "BucketServerFactory", "ServerStats"]
 
@@ -40,66 +48,54 @@ __all__ = ["BucketServerProtocol", "BucketServerFactory", "ServerStats"]
 _MAX_MESSAGE = 512
 
 
-class BucketServerProtocol(FastNetstringReceiver):
-    """One client connection: netstring frames in, IBucket calls, frames out."""
+class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
+    """One client connection: netstring frames in, bucket calls, frames out."""
 
     _log = Logger()
 
     def connectionMade(self) -> None:
         f = self.factory
         self.MAX_LENGTH = f.max_frame
-        self._inflight = 0
-        self._paused = False
         self._peer = str(self._io.getPeer())
-        self._sync = _sync_handlers(f.bucket)
-        self._sync_durable = _durable_handlers(f.bucket, self._sync)
-        self._sync_for = f.bucket
+        self._observer = f.observer  # installed before the connection is made
+        self._serve(f.bucket)
+        f._protocols.add(self)  # told if the factory is given another bucket
         set_nodelay(self._io)
-        f.stats.connections += 1
-        f.stats.total_connections += 1
-        self._held: list = []  # frames read while the client's replies are backed up
-        self._out_paused = False
-        # Replies ready outside a read (a Deferred fired later: a durable
-        # write's batch committing, a remote backend answering) gather here
-        # and go out in one write at the end of the reactor turn, rather than
-        # one send each.  Only where the transport names its reactor.
-        self._late: list = []
-        self._late_clock = getattr(self._io, "reactor", None)
-        self._io.registerProducer(self, True)
+        f.stats.opened()
+        # Replies made outside a read go out together at the end of the
+        # reactor turn, where the transport names its reactor.
+        clock = getattr(self._io, "reactor", None)
+        self._late = (LateReplies(clock, self._write_late, self.flushEvery)
+                      if clock is not None else None)
+        self.flow_started(f.max_inflight)
         self._log.debug("txcb: connection from {peer}", peer=self._peer)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.connected = False
         self._held = []
-        self._late = []
-        self.factory.stats.connections -= 1
+        if self._late is not None:
+            self._late.drop()
+        self.factory.stats.closed()
+        self.factory._protocols.discard(self)
         self._log.debug("txcb: connection from {peer} closed", peer=self._peer)
 
-    # -- IPushProducer: the transport pauses us while its write buffer is full.
-    # A client that sends but never reads then costs one read of requests and
-    # the transport's buffer, not unbounded replies.
+    def _serve(self, bucket: Any) -> None:
+        """
+        Serve ``bucket``: the one place that decides how each opcode runs,
+        synchronously if the bucket provides ISyncBucket, else through its
+        IBucket Deferreds (NOOP and HELLO, which need no bucket, always at
+        once); a durable mutation on an ISyncBucket is made at once and
+        answered when the bucket says it is durable.  Worked out when the
+        connection is made and when the factory is given another bucket
+        (``factory.bucket = ...``), never per request.
+        """
+        self._bucket = bucket
+        self._sync = sync = ISyncBucket.providedBy(bucket)
+        self._now = {op: c for op, c in _COMMANDS.items()
+                     if c.now is not None and (sync or c.bucketless)}
+        self._durable = {op: c for op, c in _COMMANDS.items() if sync and c.durable}
 
-    def pauseProducing(self) -> None:
-        self._out_paused = True
-        if not self._paused and self.connected and not self.brokenPeer:
-            self._io.pauseProducing()  # stop reading
-
-    def resumeProducing(self) -> None:
-        self._out_paused = False
-        held, self._held = self._held, []
-        for i, payload in enumerate(held):
-            if self._out_paused or not self.connected:
-                self._held[:0] = held[i:]
-                return
-            self.stringReceived(payload)
-        if not (self._out_paused or self._paused) and self.connected \
-                and not self.brokenPeer:
-            self._io.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self._held = []
-
-    # -- NetstringReceiver --------------------------------------------------
+    # -- requests -------------------------------------------------------------
 
     # dataReceived: FastNetstringReceiver's, which, closing after a protocol
     # error, drops whatever still arrives (TLS keeps delivering until the peer
@@ -111,109 +107,71 @@ class BucketServerProtocol(FastNetstringReceiver):
         if self._out_paused or self._held:
             self._held.append(payload)  # run when the client has read its replies
             return
-        n = len(payload)
-        if n > HEADER_LEN and payload[1] <= 0x01 and payload[0] == REQ_MAGIC:
-            # GET and UPSERT, the commonest requests, served without the
-            # Request object when they are well formed (what decode_request
-            # checks for them: a key of 1 to 250 bytes, then nothing for a
-            # GET, the value for an UPSERT) and served synchronously (see
-            # _get_now and _store_now).  Anything else takes the general way.
-            op = payload[1]
-            bucket = self.factory.bucket
-            if bucket is self._sync_for and op in self._sync:
-                _m, _o, p_to, r_to, options, keylen, opaque, cas, ttl, flags = \
-                    req_unpack(payload)
-                end = HEADER_LEN + keylen
-                if 0 < keylen <= 250 and (end == n if op == 0x00 else end <= n) \
-                        and not (p_to or r_to):
-                    key = payload[HEADER_LEN:end]
-                    try:
-                        if op == 0x00:  # GET ignores the ttl field
-                            result = bucket.get_sync(key, 0, bool(options & OPT_QUIET))
-                        else:
-                            result = bucket.store_sync("upsert", key,
-                                                       Encoded(payload[end:], flags), cas, ttl)
-                    except Exception as e:
-                        req = Request(op, opaque, key, payload[end:], cas, ttl, flags, options)
-                        self._inflight += 1
-                        if isinstance(e, CouchbaseError):
-                            self._error(e, req)
-                        else:
-                            self._internal_error(Failure(), req)
-                        return
-                    if op:
-                        self.sendString(res_pack(RES_MAGIC, 0x01, 0, opaque, result.cas, 0,
-                                                  result.seqno))
-                    elif result.rc:  # a quiet miss
-                        self.sendString(res_pack(RES_MAGIC, 0x00, result.rc, opaque,
-                                                  0, 0, 0))
-                    else:
-                        self.sendString(res_pack(RES_MAGIC, 0x00, 0, opaque, result.cas,
-                                                  result.flags, result.seqno) + result.raw)
-                    return
+        observer = self._observer
+        started = 0.0 if observer is None else perf_counter()
         try:
             req = decode_request(payload)
         except FrameError as e:
-            self._frame_error(e)
+            self._frame_error(e, started)
             return
-        bucket = self.factory.bucket
-        if bucket is not self._sync_for:  # the factory was given another bucket
-            self._sync = _sync_handlers(bucket)
-            self._sync_durable = _durable_handlers(bucket, self._sync)
-            self._sync_for = bucket
-        sync = self._sync.get(req.opcode)
-        if sync is not None and not (req.persist_to or req.replicate_to):
-            # The bucket's own synchronous call: no Deferred, no in-flight slot.
-            try:
-                payload = sync(bucket, req)
-            except CouchbaseError as e:
-                self._inflight += 1
-                self._error(e, req)
-                return
-            except Exception:
-                self._inflight += 1
-                self._internal_error(Failure(), req)
-                return
-            if payload is not None:
-                self.sendString(payload)
-                return
-        elif req.opcode in self._sync_durable:
-            # A durable mutation on such a bucket: made now, answered once
-            # durable (by a _DurableReply, not a Deferred chain).
-            encode, call = self._sync_durable[req.opcode]
-            self._inflight += 1
-            if self._inflight >= self.factory.max_inflight and not self._paused:
-                self._paused = True
-                self._io.pauseProducing()
-            try:
-                if req.cas and req.opcode == Op.INSERT:
-                    raise ArgumentError("insert takes no cas")  # as _store's handler
-                persist, replicate = resolve_durability(
-                    req.persist_to, req.replicate_to, bucket.max_persist_to,
-                    bucket.max_replicate_to, req.key)
-                result = call(bucket, req)
-                if not bucket.on_durable(result, persist, replicate,
-                                          _DurableReply(self, req, encode)):
-                    self._send(encode(result, req))
-            except CouchbaseError as e:
-                self._error(e, req)
-            except Exception:
-                self._internal_error(Failure(), req)
+        cmd = self._now.get(req.opcode)
+        if cmd is None or req.persist_to or req.replicate_to:
+            self._call_later(req, started)
             return
-        handler = _HANDLERS[req.opcode]
-        self._inflight += 1
-        if self._inflight >= self.factory.max_inflight and not self._paused:
-            self._paused = True
-            self._io.pauseProducing()
+        status = 0
         try:
-            d = handler(self, req)
+            reply = cmd.now(self, self._bucket, req)
         except CouchbaseError as e:
-            self._error(e, req)
+            status = e.rc & 0xFFFF
+            reply = self._error_reply(e, req)
+        except Exception:
+            status = RC.EINTERNAL
+            reply = self._internal_reply(Failure(), req)
+        self.sendString(reply)
+        if observer is not None:
+            observer.request_done(cmd.name, status, started)
+
+    def handle_held(self, request: Any) -> None:
+        """RequestFlow: a request held while the client was not reading."""
+        self.stringReceived(request)
+
+    def _call_later(self, req: Request, started: float) -> None:
+        """
+        A request answered later: through an IBucket Deferred, or once durable
+        (only durable mutations on an ISyncBucket come here and are in
+        ``_durable``: not durable, they are answered at once).
+        """
+        bucket = self._bucket
+        self.request_started()
+        try:
+            durable = self._durable.get(req.opcode)
+            if durable is not None:
+                self._call_durable(durable, bucket, req, started)
+                return
+            d = _COMMANDS[req.opcode].later(self, bucket, req)
+        except CouchbaseError as e:
+            self._finish(self._error_reply(e, req), req, e.rc & 0xFFFF, started)
             return
         except Exception:
-            self._internal_error(Failure(), req)
+            self._finish(self._internal_reply(Failure(), req), req, RC.EINTERNAL, started)
             return
-        d.addCallbacks(self._reply, self._failed, (req,), None, (req,))
+        d.addCallbacks(self._finish, self._failed, (req, 0, started), None, (req, started))
+
+    def _call_durable(self, cmd: "_Command", bucket: Any, req: Request,
+                      started: float) -> None:
+        """
+        A durable mutation on an ISyncBucket: made now, answered once durable
+        (by the bucket's ``on_durable`` firing a _DurableReply, no Deferred).
+        """
+        if req.cas and req.opcode == Op.INSERT:
+            raise ArgumentError("insert takes no cas")  # as the IBucket call would
+        persist, replicate = resolve_durability(
+            req.persist_to, req.replicate_to, bucket.max_persist_to, bucket.max_replicate_to,
+            req.key)
+        result = cmd.mutate(bucket, req)
+        if not bucket.on_durable(result, persist, replicate,
+                                 _DurableReply(self, req, cmd.encode, started)):
+            self._finish(cmd.encode(result, req), req, 0, started)
 
     def _handleParseError(self) -> None:
         self._log.warn("txcb: malformed netstring from {peer}; closing", peer=self._peer)
@@ -221,52 +179,50 @@ class BucketServerProtocol(FastNetstringReceiver):
 
     # -- replies --------------------------------------------------------------
 
-    def _send(self, payload: bytes) -> None:
-        self._inflight -= 1
-        if self._paused and self._inflight <= self.factory.max_inflight // 2:
-            self._paused = False
-            if self.connected and not self.brokenPeer and not self._out_paused:
-                self._io.resumeProducing()
-        if not self.connected:
-            return
-        if self._batch is None and self._late_clock is not None:
-            late = self._late
-            late.append(b"%d:%s," % (len(payload), payload))
-            if len(late) == 1:
-                self._late_clock.callLater(0, self._send_late)
-            elif len(late) >= self.flushEvery:
-                self._send_late()
+    def _finish(self, payload: bytes, req: Request, status: int, started: float) -> None:
+        """Send the reply of a request that held an in-flight slot."""
+        self.request_finished()
+        if self.connected:
+            if self._batch is None and self._late is not None:
+                self._late.add(b"%d:%s," % (len(payload), payload))
+            else:
+                self.sendString(payload)
+        if self._observer is not None:
+            self._observer.request_done(_COMMANDS[req.opcode].name, status, started)
+
+    def _failed(self, f: Failure, req: Request, started: float) -> None:
+        e = f.value
+        if isinstance(e, CouchbaseError):
+            self._finish(self._error_reply(e, req), req, e.rc & 0xFFFF, started)
         else:
-            self.sendString(payload)
+            self._finish(self._internal_reply(f, req), req, RC.EINTERNAL, started)
+
+    def _write_late(self, replies: list) -> None:
+        if self.connected:
+            self._flush(replies)
 
     def _send_late(self) -> None:
-        """Write the replies gathered by :meth:`_send` since the last call."""
-        late, self._late = self._late, []
-        if late and self.connected:
-            self._flush(late)
+        """Write the late replies gathered so far, now."""
+        if self._late is not None:
+            self._late.flush()
 
-    def _reply(self, payload: bytes, req: Request) -> None:
-        self._send(payload)
-
-    def _failed(self, f: Failure, req: Request) -> None:
-        if isinstance(f.value, CouchbaseError):
-            self._error(f.value, req)
-        else:
-            self._internal_error(f, req)
-
-    def _error(self, e: CouchbaseError, req: Request) -> None:
+    def _error_reply(self, e: CouchbaseError, req: Request) -> bytes:
         msg = e.message.encode("utf-8", "replace")[:_MAX_MESSAGE]
-        self._send(encode_response(req.opcode, req.opaque, e.rc & 0xFFFF, body=msg))
+        return encode_response(req.opcode, req.opaque, e.rc & 0xFFFF, body=msg)
 
-    def _internal_error(self, f: Failure, req: Request) -> None:
+    def _internal_reply(self, f: Failure, req: Request) -> bytes:
         self._log.failure("txcb: internal error handling {req!r}", f, req=req)
-        self._send(encode_response(req.opcode, req.opaque, RC.EINTERNAL,
-                                   body=b"internal server error"))
+        return encode_response(req.opcode, req.opaque, RC.EINTERNAL,
+                               body=b"internal server error")
 
-    def _frame_error(self, e: FrameError) -> None:
+    def _frame_error(self, e: FrameError, started: float) -> None:
         if e.opaque is not None:
             self.sendString(encode_response(e.opcode, e.opaque, e.status,
                                             body=str(e).encode("utf-8")[:_MAX_MESSAGE]))
+            if self._observer is not None:
+                cmd = _COMMANDS.get(e.opcode)
+                self._observer.request_done(cmd.name if cmd is not None else
+                                            "0x%02x" % (e.opcode,), e.status, started)
         if e.fatal or e.opaque is None:
             self._log.warn("txcb: protocol error from {peer}: {error}; closing",
                            peer=self._peer, error=str(e))
@@ -277,114 +233,184 @@ class BucketServerProtocol(FastNetstringReceiver):
                            error=str(e))
 
 
-# -- request handlers: Request -> Deferred of a response payload --------------
+class _DurableReply:
+    """The reply to a durable mutation, sent when the bucket fires it."""
 
-def _mutation(result: Any, req: Request) -> bytes:
-    return encode_response(req.opcode, req.opaque, 0, result.cas, 0, result.seqno)
+    __slots__ = ("proto", "req", "encode", "started", "called")
+
+    def __init__(self, proto: BucketServerProtocol, req: Request, encode: Any,
+                 started: float) -> None:
+        self.proto = proto
+        self.req = req
+        self.encode = encode
+        self.started = started
+        self.called = False
+
+    def callback(self, result: Any) -> None:
+        self.called = True
+        self.proto._finish(self.encode(result, self.req), self.req, 0, self.started)
+
+    def errback(self, error: Any) -> None:
+        self.called = True
+        f = error if isinstance(error, Failure) else Failure(error)
+        self.proto._failed(f, self.req, self.started)
 
 
-def _value(result: Any, req: Request) -> bytes:
-    if not result.success:  # a quiet miss
-        return encode_response(req.opcode, req.opaque, result.rc)
-    return encode_response(req.opcode, req.opaque, 0, result.cas, result.flags,
-                           result.seqno, result.raw)
+# -- the commands -------------------------------------------------------------
+# ``now(p, bucket, req)``: the reply payload, from the ISyncBucket calls (or
+# the CouchbaseError they raise); ``later(p, bucket, req)``: a Deferred of it,
+# from the IBucket calls.  A mutation that may be durable also has
+# ``mutate(bucket, req)``, its ISyncBucket call, and ``encode(result, req)``.
+
+Handler = Callable[[BucketServerProtocol, Any, Request], Any]
 
 
-def _quiet_miss(result: Any, req: Request) -> bytes:
-    if not result.success:
-        return encode_response(req.opcode, req.opaque, result.rc)
-    return _mutation(result, req)
+class _Command:
+    """One opcode: its name (for the request observer) and how it is served."""
+
+    __slots__ = ("name", "now", "later", "mutate", "encode", "bucketless")
+    now: Any  # Optional[Handler]: None if only the IBucket call serves it
+
+    def __init__(self, name: str, later: Optional[Handler], now: Optional[Handler] = None,
+                 mutate: Any = None, encode: Any = None) -> None:
+        self.name = name
+        self.now = now
+        self.mutate = mutate  # set: persist_to/replicate_to wait for durability
+        self.encode = encode
+        self.bucketless = later is None  # answered at once, whatever the bucket
+        self.later = later if later is not None else self._at_once
+
+    @property
+    def durable(self) -> bool:
+        """A mutation that persist_to/replicate_to may ask to wait for."""
+        return self.mutate is not None
+
+    def _at_once(self, p: BucketServerProtocol, b: Any, r: Request) -> Any:
+        return succeed(self.now(p, b, r))
 
 
-def _get(p: BucketServerProtocol, r: Request) -> Any:
-    return p.factory.bucket.get(r.key, quiet=bool(r.options & OPT_QUIET)
-                                ).addCallback(_value, r)
+def _mutation(result: Any, r: Request) -> bytes:
+    return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, result.cas, 0, result.seqno)
 
 
-def _store(method: str) -> Any:
-    def handler(p: BucketServerProtocol, r: Request) -> Any:
+def _value(result: Any, r: Request) -> bytes:
+    if result.rc:  # a quiet miss
+        return res_pack(RES_MAGIC, r.opcode, result.rc, r.opaque, 0, 0, 0)
+    return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, result.cas, result.flags,
+                    result.seqno) + result.raw
+
+
+def _quiet_miss(result: Any, r: Request) -> bytes:
+    if result.rc:
+        return res_pack(RES_MAGIC, r.opcode, result.rc, r.opaque, 0, 0, 0)
+    return _mutation(result, r)
+
+
+def _get_now(p: Any, b: Any, r: Request) -> bytes:
+    """GET, the commonest request: ``_value`` of ``get_sync``, written out."""
+    res = b.get_sync(r.key, 0, r.options & OPT_QUIET)  # GAT is the one that touches
+    if res.rc:  # a quiet miss
+        return res_pack(RES_MAGIC, 0x00, res.rc, r.opaque, 0, 0, 0)
+    return res_pack(RES_MAGIC, 0x00, 0, r.opaque, res.cas, res.flags, res.seqno) + res.raw
+
+
+def _get(p: Any, b: Any, r: Request) -> Any:
+    return b.get(r.key, quiet=bool(r.options & OPT_QUIET)).addCallback(_value, r)
+
+
+def _gat_now(p: Any, b: Any, r: Request) -> bytes:
+    if not r.ttl:
+        raise ArgumentError("GAT needs a non-zero ttl")
+    return _value(b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET)), r)
+
+
+def _gat(p: Any, b: Any, r: Request) -> Any:
+    if not r.ttl:
+        raise ArgumentError("GAT needs a non-zero ttl")
+    return b.get(r.key, ttl=r.ttl, quiet=bool(r.options & OPT_QUIET)).addCallback(_value, r)
+
+
+def _store(op: str) -> _Command:
+    def mutate(b: Any, r: Request) -> Any:  # insert's cas is refused before (see now)
+        return b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl)
+
+    def now(p: Any, b: Any, r: Request) -> bytes:
+        if op == "insert" and r.cas:
+            raise ArgumentError("insert takes no cas")  # IBucket.insert has no cas
+        res = b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl)
+        return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, res.cas, 0, res.seqno)
+
+    def later(p: Any, b: Any, r: Request) -> Any:
         kw = {"ttl": r.ttl, "persist_to": r.persist_to, "replicate_to": r.replicate_to}
         if r.cas:
-            if method == "insert":  # IBucket.insert has no cas parameter
+            if op == "insert":
                 raise ArgumentError("insert takes no cas")
             kw["cas"] = r.cas
-        return getattr(p.factory.bucket, method)(r.key, Encoded(r.value, r.flags), **kw
-                                                 ).addCallback(_mutation, r)
-    return handler
+        return getattr(b, op)(r.key, Encoded(r.value, r.flags), **kw).addCallback(
+            _mutation, r)
+    return _Command(op, later, now, mutate, _mutation)
 
 
-def _concat(method: str) -> Any:
-    def handler(p: BucketServerProtocol, r: Request) -> Any:
-        return getattr(p.factory.bucket, method)(
-            r.key, r.value, cas=r.cas, persist_to=r.persist_to, replicate_to=r.replicate_to
-        ).addCallback(_mutation, r)
-    return handler
+def _concat(op: str) -> _Command:
+    def mutate(b: Any, r: Request) -> Any:
+        return b.concat_sync(op, r.key, r.value, r.cas)
+
+    def later(p: Any, b: Any, r: Request) -> Any:
+        return getattr(b, op)(r.key, r.value, cas=r.cas, persist_to=r.persist_to,
+                              replicate_to=r.replicate_to).addCallback(_mutation, r)
+    return _Command(op, later, lambda p, b, r: _mutation(mutate(b, r), r), mutate, _mutation)
 
 
-def _remove(p: BucketServerProtocol, r: Request) -> Any:
-    return p.factory.bucket.remove(r.key, cas=r.cas, quiet=bool(r.options & OPT_QUIET),
-                                   persist_to=r.persist_to, replicate_to=r.replicate_to
-                                   ).addCallback(_quiet_miss, r)
+def _remove_now(b: Any, r: Request) -> Any:
+    return b.remove_sync(r.key, r.cas, bool(r.options & OPT_QUIET))
 
 
-def _counter(p: BucketServerProtocol, r: Request) -> Any:
+def _remove(p: Any, b: Any, r: Request) -> Any:
+    return b.remove(r.key, cas=r.cas, quiet=bool(r.options & OPT_QUIET),
+                    persist_to=r.persist_to, replicate_to=r.replicate_to
+                    ).addCallback(_quiet_miss, r)
+
+
+def _counter_args(r: Request) -> tuple:
     delta, initial = COUNTER_BODY.unpack(r.value)
     if r.options & OPT_DECREMENT:
         delta = -delta
-    return p.factory.bucket.counter(
-        r.key, delta=delta, initial=initial if r.options & OPT_INITIAL else None, ttl=r.ttl
-    ).addCallback(_value, r)
+    return delta, initial if r.options & OPT_INITIAL else None
 
 
-def _touch(p: BucketServerProtocol, r: Request) -> Any:
-    return p.factory.bucket.touch(r.key, r.ttl).addCallback(_mutation, r)
+def _counter_now(p: Any, b: Any, r: Request) -> bytes:
+    delta, initial = _counter_args(r)
+    return _value(b.counter_sync(r.key, delta, initial, r.ttl), r)
 
 
-def _gat(p: BucketServerProtocol, r: Request) -> Any:
-    if not r.ttl:
-        raise ArgumentError("GAT needs a non-zero ttl")
-    return p.factory.bucket.get(r.key, ttl=r.ttl, quiet=bool(r.options & OPT_QUIET)
-                                ).addCallback(_value, r)
+def _counter(p: Any, b: Any, r: Request) -> Any:
+    delta, initial = _counter_args(r)
+    return b.counter(r.key, delta=delta, initial=initial, ttl=r.ttl).addCallback(_value, r)
 
 
-def _lock(p: BucketServerProtocol, r: Request) -> Any:
-    return p.factory.bucket.lock(r.key, ttl=r.ttl).addCallback(_value, r)
-
-
-def _unlock(p: BucketServerProtocol, r: Request) -> Any:
-    return p.factory.bucket.unlock(r.key, r.cas).addCallback(_mutation, r)
-
-
-def _endure(p: BucketServerProtocol, r: Request) -> Any:
+def _endure(p: Any, b: Any, r: Request) -> Any:
     timeout_ms, interval_ms = ENDURE_BODY.unpack(r.value)
-    return p.factory.bucket.endure(
+    return b.endure(
         r.key, persist_to=r.persist_to, replicate_to=r.replicate_to, cas=r.cas,
         check_removed=bool(r.options & OPT_CHECK_REMOVED), timeout=timeout_ms / 1000.0,
         interval=max(interval_ms, 1) / 1000.0).addCallback(_mutation, r)
 
 
-def _stats(p: BucketServerProtocol, r: Request) -> Any:
+def _stats(p: BucketServerProtocol, b: Any, r: Request) -> Any:
     def encode(stats: Dict[str, Any]) -> bytes:
         stats = dict(stats)
         stats.update(p.factory.stats.as_dict())
         body = json.dumps(stats, default=str, separators=(",", ":")).encode("utf-8")
         return encode_response(r.opcode, r.opaque, body=body)
-    return p.factory.bucket.stats().addCallback(encode)
+    return b.stats().addCallback(encode)
 
 
-def _noop(p: BucketServerProtocol, r: Request) -> Any:
-    return succeed(encode_response(r.opcode, r.opaque))
+def _flush(p: Any, b: Any, r: Request) -> Any:
+    return b.flush().addCallback(lambda _: encode_response(r.opcode, r.opaque))
 
 
-def _flush(p: BucketServerProtocol, r: Request) -> Any:
-    return p.factory.bucket.flush().addCallback(
-        lambda _: encode_response(r.opcode, r.opaque))
-
-
-def _scan(p: BucketServerProtocol, r: Request) -> Any:
+def _scan(p: BucketServerProtocol, b: Any, r: Request) -> Any:
     """One batch per request, nothing kept in between (docs/protocol.rst, 3.1)."""
-    from txcb.wire.netstring import (
-        MAX_SCAN_BATCH, MAX_SCAN_BYTES, OPT_IDS_ONLY, decode_scan_request, encode_scan_reply)
     try:
         batch_size, batch_bytes, prefix, start, end = decode_scan_request(r.value)
     except FrameError as e:
@@ -396,198 +422,84 @@ def _scan(p: BucketServerProtocol, r: Request) -> Any:
             r.opcode, r.opaque, body=encode_scan_reply(scan.continuation or b"", [
                 (x.key if type(x.key) is bytes else x.key.encode("utf-8"), x.flags, x.cas,
                  x.expiry, x.raw or b"") for x in rows])))
-    return p.factory.bucket.scan(prefix, start, end, bool(r.options & OPT_IDS_ONLY),
-                                 min(batch_size, MAX_SCAN_BATCH), batch_bytes
-                                 ).addCallback(batch)
+    return b.scan(prefix, start, end, bool(r.options & OPT_IDS_ONLY),
+                  min(batch_size, MAX_SCAN_BATCH), batch_bytes).addCallback(batch)
 
 
-def _hello(p: BucketServerProtocol, r: Request) -> Any:
+def _hello(p: BucketServerProtocol, b: Any, r: Request) -> bytes:
+    f = p.factory
     info = {"server": "txcb/" + __version__, "protocol": 1,
-            "max_value_size": p.factory.max_value_size,
-            "max_frame": p.factory.max_frame, "max_inflight": p.factory.max_inflight,
-            "get_multi": MAX_MULTI}
-    return succeed(encode_response(r.opcode, r.opaque, body=json.dumps(info).encode()))
+            "max_value_size": f.max_value_size, "max_frame": f.max_frame,
+            "max_inflight": f.max_inflight, "get_multi": MAX_MULTI}
+    return encode_response(r.opcode, r.opaque, body=json.dumps(info).encode())
 
 
-# -- synchronous handlers: (bucket, Request) -> response payload ---------------
-# Used for a bucket whose IBucket method for the opcode is EmbeddedBucket's
-# own, which is exactly the matching ``*_sync`` call wrapped in a Deferred:
-# calling that directly gives the same result without the Deferred.  A
-# handler answers as the Deferred path would, errors (CouchbaseError) included;
-# None means "take the Deferred path" (a request the wrapper would treat apart).
-
-def _value_now(result: Any, r: Request) -> bytes:
-    if result.rc:  # a quiet miss
-        return res_pack(RES_MAGIC, r.opcode, result.rc, r.opaque, 0, 0, 0)
-    return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, result.cas, result.flags,
-                     result.seqno) + result.raw
-
-
-def _get_now(b: Any, r: Request) -> bytes:
-    # GET ignores the ttl field, as _get does (GAT is the one that touches).
-    return _value_now(b.get_sync(r.key, 0, bool(r.options & OPT_QUIET)), r)
-
-
-def _gat_now(b: Any, r: Request) -> bytes:
-    if not r.ttl:
-        raise ArgumentError("GAT needs a non-zero ttl")
-    return _value_now(b.get_sync(r.key, r.ttl, bool(r.options & OPT_QUIET)), r)
-
-
-def _store_now(op: str) -> Any:
-    def handler(b: Any, r: Request) -> bytes:
-        if op == "insert" and r.cas:
-            raise ArgumentError("insert takes no cas")  # as _store's handler
-        return _mutation(b.store_sync(op, r.key, Encoded(r.value, r.flags), r.cas, r.ttl), r)
-    return handler
-
-
-def _concat_now(op: str) -> Any:
-    def handler(b: Any, r: Request) -> bytes:
-        return _mutation(b.concat_sync(op, r.key, r.value, r.cas), r)
-    return handler
-
-
-def _remove_now(b: Any, r: Request) -> bytes:
-    return _quiet_miss(b.remove_sync(r.key, r.cas, bool(r.options & OPT_QUIET)), r)
-
-
-def _counter_now(b: Any, r: Request) -> bytes:
-    delta, initial = COUNTER_BODY.unpack(r.value)
-    if r.options & OPT_DECREMENT:
-        delta = -delta
-    return _value(b.counter_sync(r.key, delta, initial if r.options & OPT_INITIAL else None,
-                                 r.ttl), r)
-
-
-def _noop_now(b: Any, r: Request) -> bytes:
-    return encode_response(r.opcode, r.opaque)
-
-
-# opcode -> (the EmbeddedBucket methods that must not be overridden, handler)
-_SYNC = {
-    Op.GET: (("get",), _get_now), Op.GAT: (("get",), _gat_now),
-    Op.UPSERT: (("upsert", "_mutate"), _store_now("upsert")),
-    Op.INSERT: (("insert", "_mutate"), _store_now("insert")),
-    Op.REPLACE: (("replace", "_mutate"), _store_now("replace")),
-    Op.APPEND: (("append", "_mutate"), _concat_now("append")),
-    Op.PREPEND: (("prepend", "_mutate"), _concat_now("prepend")),
-    Op.REMOVE: (("remove", "_mutate"), _remove_now),
-    Op.COUNTER: (("counter",), _counter_now),
-    Op.TOUCH: (("touch",), lambda b, r: _mutation(b.touch_sync(r.key, r.ttl), r)),
-    Op.LOCK: (("lock",), lambda b, r: _value(b.lock_sync(r.key, r.ttl), r)),
-    Op.UNLOCK: (("unlock",), lambda b, r: _mutation(b.unlock_sync(r.key, r.cas), r)),
-}
-_sync_cache: Dict[type, Dict[int, Any]] = {}
-
-
-def _sync_handlers(bucket: Any) -> Dict[int, Any]:
-    """
-    The opcodes this bucket can serve synchronously, and how: those whose
-    IBucket methods are EmbeddedBucket's own, on the bucket's class and not
-    replaced on the instance (``bucket.get = ...``: that opcode then takes
-    the Deferred path, calling the replacement).
-
-    Worked out when a connection is made and when the factory is given
-    another bucket, never per request: a method replaced on the instance
-    afterwards is seen by the connections made after that.
-    """
-    cls = type(bucket)
-    table = _sync_cache.get(cls)
-    if table is None:
-        from txcb.buckets.embedded import EmbeddedBucket
-        table = {Op.NOOP: _noop_now}
-        if issubclass(cls, EmbeddedBucket):
-            for opcode, (names, handler) in _SYNC.items():
-                if all(getattr(cls, n, None) is getattr(EmbeddedBucket, n) for n in names):
-                    table[opcode] = handler
-        _sync_cache[cls] = table
-    patched = getattr(bucket, "__dict__", None)
-    if patched and len(table) > 1:  # methods replaced on the instance itself
-        table = {op: h for op, h in table.items()
-                 if op not in _SYNC or not any(n in patched for n in _SYNC[op][0])}
-    return table
-
-
-# Durable mutations served without Deferreds: opcode -> (encode the reply,
-# make the mutation), for a bucket whose synchronous calls and durability
-# hooks are EmbeddedBucket's own way (see _durable_handlers).
-_DURABLE = {
-    Op.UPSERT: (_mutation, lambda b, r: b.store_sync(
-        "upsert", r.key, Encoded(r.value, r.flags), r.cas, r.ttl)),
-    Op.REPLACE: (_mutation, lambda b, r: b.store_sync(
-        "replace", r.key, Encoded(r.value, r.flags), r.cas, r.ttl)),
-    Op.INSERT: (_mutation, lambda b, r: b.store_sync(
-        "insert", r.key, Encoded(r.value, r.flags), 0, r.ttl)),
-    Op.APPEND: (_mutation, lambda b, r: b.concat_sync("append", r.key, r.value, r.cas)),
-    Op.PREPEND: (_mutation, lambda b, r: b.concat_sync("prepend", r.key, r.value, r.cas)),
-    Op.REMOVE: (_quiet_miss, lambda b, r: b.remove_sync(
-        r.key, r.cas, bool(r.options & OPT_QUIET))),
-}
-
-
-def _durable_handlers(bucket: Any, sync: Dict[int, Any]) -> Dict[int, Any]:
-    """
-    The durable mutations this bucket can serve without Deferreds: those
-    served synchronously (``sync``, from :func:`_sync_handlers`) on a bucket
-    whose ``_durable`` is EmbeddedBucket's (durability customised, if at
-    all, through ``on_durable``), neither replaced on the instance.
-    """
-    from txcb.buckets.embedded import EmbeddedBucket
-    if getattr(type(bucket), "_durable", None) is not EmbeddedBucket._durable:
-        return {}
-    patched = getattr(bucket, "__dict__", None) or {}
-    if "_durable" in patched or "on_durable" in patched:
-        return {}
-    return {op: h for op, h in _DURABLE.items() if op in sync}
-
-
-class _DurableReply:
-    """The reply to a durable mutation, sent when the bucket fires it."""
-
-    __slots__ = ("proto", "req", "encode", "called")
-
-    def __init__(self, proto: BucketServerProtocol, req: Request, encode: Any) -> None:
-        self.proto = proto
-        self.req = req
-        self.encode = encode
-        self.called = False
-
-    def callback(self, result: Any) -> None:
-        self.called = True
-        self.proto._send(self.encode(result, self.req))
-
-    def errback(self, error: Any) -> None:
-        self.called = True
-        f = error if isinstance(error, Failure) else Failure(error)
-        self.proto._failed(f, self.req)
+def _noop(p: Any, b: Any, r: Request) -> bytes:
+    return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, 0, 0, 0)
 
 
 # -- GET_MULTI (docs/protocol.rst, 3.2): many keys, one request ---------------
-
-_own_get_multi_cache: Dict[type, bool] = {}
-
-
-def _own_get_multi(bucket: Any) -> bool:
-    """Whether ``bucket.get_multi`` is EmbeddedBucket's (its own ``get`` per key)."""
-    cls = type(bucket)
-    own = _own_get_multi_cache.get(cls)
-    if own is None:
-        from txcb.buckets.embedded import EmbeddedBucket
-        own = _own_get_multi_cache[cls] = (
-            getattr(cls, "get_multi", None) is EmbeddedBucket.get_multi)
-    return own and "get_multi" not in (getattr(bucket, "__dict__", None) or ())
-
 
 def _multi_limit(p: BucketServerProtocol) -> int:
     """A GET_MULTI reply frame's body: 1 MiB at most, and what the client accepts."""
     return max(min(MULTI_FRAME_BYTES, p.factory.max_frame - HEADER_LEN), 1)
 
 
+def _multi_entry(b: Any, p: BucketServerProtocol, key: bytes, ttl: int) -> tuple:
+    """One key's GET_MULTI entry from ``get_sync`` (quiet: a miss is an entry)."""
+    try:
+        res = b.get_sync(key, ttl, True)
+    except CouchbaseError as e:
+        return (e.rc & 0xFFFF, 0, 0, e.message.encode("utf-8", "replace")[:_MAX_MESSAGE])
+    except Exception:
+        p._log.failure("txcb: internal error in GET_MULTI of {key!r}", key=key)
+        return (RC.EINTERNAL, 0, 0, b"internal server error")
+    if res.rc:  # a miss
+        return (res.rc, 0, 0, b"")
+    return (0, res.cas, res.flags, res.raw)
+
+
+def _get_multi_now(p: BucketServerProtocol, b: Any, r: Request) -> bytes:
+    """
+    GET_MULTI on an ISyncBucket: each key's get (or GAT with the request's
+    ttl) with ``get_sync``, a frame written as soon as it is full; the last
+    frame is returned.
+
+    If the client stops reading (the transport pauses the protocol) in the
+    middle of a long reply, the keys left become a GET_MULTI of their own
+    (same opaque), held with the requests read after this one: the reply
+    goes on when the client reads again, and a client that never reads costs
+    a frame, not every value it asked for.
+    """
+    keys = r.keys
+    ttl = r.ttl
+    limit = _multi_limit(p)
+    entries: list = []
+    size = 0
+    sent = 0  # keys whose entries are written
+    for k in keys:
+        entry = _multi_entry(b, p, k, ttl)
+        m = 18 + len(entry[3])
+        if size + m > limit and size:  # the frame is full: out it goes
+            if p.connected:
+                p.sendString(encode_multi_frame(r.opaque, entries, True))
+            sent += len(entries)
+            entries = [entry]
+            size = m
+            if p._out_paused and sent + 1 < len(keys):
+                p._held.append(encode_request(Op.GET_MULTI, r.opaque, ttl=ttl,
+                                              value=encode_multi_keys(keys[sent + 1:])))
+                return encode_multi_frame(r.opaque, entries, True)
+        else:
+            entries.append(entry)
+            size += m
+    return encode_multi_frame(r.opaque, entries)
+
+
 def _multi_reply(p: BucketServerProtocol, r: Request, entries: list) -> bytes:
     """
     Write every frame of a GET_MULTI reply but the last, which is returned
-    (to go out through ``_send``, after them, as a handler's reply).
+    (to go out after them, as the request's reply).
     """
     frames = encode_multi_reply(r.opaque, entries, _multi_limit(p))
     for payload in frames[:-1]:
@@ -602,7 +514,6 @@ def _multi_entries(keys: list, results: Any, error: Optional[CouchbaseError]) ->
     first failed key's, see txcb.multi.gather_results), whose message goes
     with its key; other failed keys have only an rc, and the generic message.
     """
-    from txcb.errors import exception_for_rc
     entries: list = []
     append = entries.append
     mine = error.key if error is not None else None  # None: the first failed key's
@@ -624,62 +535,9 @@ def _multi_entries(keys: list, results: Any, error: Optional[CouchbaseError]) ->
     return entries
 
 
-def _get_multi(p: BucketServerProtocol, r: Request) -> Any:
-    """
-    GET_MULTI: each key's get (quiet: a miss is an entry, not an error), or
-    GAT with the request's ttl.  A bucket whose ``get`` is served
-    synchronously is read key by key with ``get_sync``, a frame written as
-    soon as it is full; any other bucket through its ``get_multi``.
-
-    If the client stops reading (the transport pauses the protocol) in the
-    middle of a long reply, the keys left become a GET_MULTI of their own
-    (same opaque), held with the requests read after this one: the reply
-    goes on when the client reads again, and a client that never reads costs
-    a frame, not every value it asked for.
-    """
-    bucket = p.factory.bucket
+def _get_multi(p: BucketServerProtocol, b: Any, r: Request) -> Any:
+    """GET_MULTI on any other bucket: its ``get_multi``, quiet (misses are entries)."""
     keys = r.keys
-    ttl = r.ttl
-    if Op.GET in p._sync and _own_get_multi(bucket):
-        get = bucket.get_sync
-        limit = _multi_limit(p)
-        entries: list = []
-        append = entries.append
-        size = 0
-        sent = 0  # keys whose entries are written
-        for k in keys:
-            try:
-                res = get(k, ttl, True)
-            except CouchbaseError as e:
-                entry = (e.rc & 0xFFFF, 0, 0, e.message.encode("utf-8", "replace")[:_MAX_MESSAGE])
-                m = 18 + len(entry[3])
-            except Exception:
-                p._log.failure("txcb: internal error in GET_MULTI of {key!r}", key=k)
-                entry = (RC.EINTERNAL, 0, 0, b"internal server error")
-                m = 39
-            else:
-                if res.rc:  # a miss
-                    entry = (res.rc, 0, 0, b"")
-                    m = 18
-                else:
-                    raw = res.raw
-                    entry = (0, res.cas, res.flags, raw)
-                    m = 18 + len(raw)
-            if size + m > limit and size:  # the frame is full: out it goes
-                if p.connected:
-                    p.sendString(encode_multi_frame(r.opaque, entries, True))
-                sent += len(entries)
-                entries = [entry]
-                append = entries.append
-                size = m
-                if p._out_paused and sent + 1 < len(keys):
-                    p._held.append(encode_request(Op.GET_MULTI, r.opaque, ttl=ttl,
-                                                  value=encode_multi_keys(keys[sent + 1:])))
-                    return succeed(encode_multi_frame(r.opaque, entries, True))
-            else:
-                append(entry)
-                size += m
-        return succeed(encode_multi_frame(r.opaque, entries))
 
     def failed(f: Failure) -> Any:
         err = f.value
@@ -688,18 +546,35 @@ def _get_multi(p: BucketServerProtocol, r: Request) -> Any:
         if not isinstance(results, dict):
             return f  # one error for the whole request (see _failed)
         return _multi_reply(p, r, _multi_entries(keys, results, err))
-    return bucket.get_multi(keys, ttl=ttl, quiet=True).addCallbacks(
+    return b.get_multi(keys, ttl=r.ttl, quiet=True).addCallbacks(
         lambda results: _multi_reply(p, r, _multi_entries(keys, results, None)), failed)
 
 
-_HANDLERS = {
-    Op.GET: _get, Op.GAT: _gat,
+#: opcode -> how it is served (see _Command).
+_COMMANDS: Dict[int, _Command] = {
+    Op.GET: _Command("get", _get, _get_now),
+    Op.GAT: _Command("gat", _gat, _gat_now),
     Op.UPSERT: _store("upsert"), Op.INSERT: _store("insert"), Op.REPLACE: _store("replace"),
     Op.APPEND: _concat("append"), Op.PREPEND: _concat("prepend"),
-    Op.REMOVE: _remove, Op.COUNTER: _counter, Op.TOUCH: _touch,
-    Op.LOCK: _lock, Op.UNLOCK: _unlock, Op.ENDURE: _endure,
-    Op.STATS: _stats, Op.NOOP: _noop, Op.HELLO: _hello, Op.FLUSH: _flush,
-    Op.SCAN: _scan, Op.GET_MULTI: _get_multi,
+    Op.REMOVE: _Command("remove", _remove, lambda p, b, r: _quiet_miss(_remove_now(b, r), r),
+                        _remove_now, _quiet_miss),
+    Op.COUNTER: _Command("counter", _counter, _counter_now),
+    Op.TOUCH: _Command(
+        "touch", lambda p, b, r: b.touch(r.key, r.ttl).addCallback(_mutation, r),
+        lambda p, b, r: _mutation(b.touch_sync(r.key, r.ttl), r)),
+    Op.LOCK: _Command(
+        "lock", lambda p, b, r: b.lock(r.key, ttl=r.ttl).addCallback(_value, r),
+        lambda p, b, r: _value(b.lock_sync(r.key, r.ttl), r)),
+    Op.UNLOCK: _Command(
+        "unlock", lambda p, b, r: b.unlock(r.key, r.cas).addCallback(_mutation, r),
+        lambda p, b, r: _mutation(b.unlock_sync(r.key, r.cas), r)),
+    Op.ENDURE: _Command("endure", _endure),
+    Op.STATS: _Command("stats", _stats),
+    Op.FLUSH: _Command("flush", _flush),
+    Op.SCAN: _Command("scan", _scan),
+    Op.NOOP: _Command("noop", None, _noop),
+    Op.HELLO: _Command("hello", None, _hello),
+    Op.GET_MULTI: _Command("get_multi", _get_multi, _get_multi_now),
 }
 
 
@@ -707,31 +582,43 @@ class BucketServerFactory(Factory):
     """
     Serves one IBucket to every connection.
 
-    :param bucket: any IBucket provider.  An EmbeddedBucket is called through
-        its ``*_sync`` methods; a method replaced on the bucket instance
-        (``bucket.get = ...``) is called instead, by the connections made after
-        the replacement (see :func:`_sync_handlers`).
+    :param bucket: any IBucket provider; one that provides ISyncBucket (an
+        EmbeddedBucket) is called through its synchronous methods.
     :param max_inflight: requests one connection may have outstanding before
         the server stops reading from it.
     :param stats: connection counters, shared with other endpoints serving
         the same bucket.
+
+    ``observer``: an IRequestObserver told of every request (metrics), or
+    None; set before connections are made.
     """
 
     protocol = BucketServerProtocol
+    observer: Any = None
 
     def __init__(self, bucket: Any, max_inflight: int = 1024,
                  stats: Optional[ServerStats] = None) -> None:
-        self.bucket = bucket
+        self._bucket = bucket
+        self._protocols: Set[BucketServerProtocol] = set()  # connected
         self.max_inflight = max_inflight
         self.stats = stats if stats is not None else ServerStats()
-        self.max_value_size = getattr(bucket, "max_value_size", 20 * 1024 * 1024)
+        self.max_value_size = getattr(bucket, "max_value_size", DEFAULT_MAX_VALUE_SIZE)
         # The largest legal frame: header, longest key, largest value.
-        self.max_frame = HEADER_LEN + 250 + self.max_value_size
+        self.max_frame = HEADER_LEN + MAX_KEY_LEN + self.max_value_size
+
+    @property
+    def bucket(self) -> Any:
+        """The bucket served; given another, every connection serves it next."""
+        return self._bucket
+
+    @bucket.setter
+    def bucket(self, bucket: Any) -> None:
+        self._bucket = bucket
+        for p in list(self._protocols):
+            p._serve(bucket)
 
     def buildProtocol(self, addr: Any) -> Any:
         # Over the (shared) connection limit: None makes Twisted hang up at once.
-        if not self.stats.admit():
-            self.protocol._log.warn("txcb: refusing {addr}: {n} connections open already",
-                                    addr=str(addr), n=self.stats.connections)
+        if not admit(self.stats, addr, self.protocol._log):
             return None
         return Factory.buildProtocol(self, addr)

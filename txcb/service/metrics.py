@@ -37,17 +37,18 @@ Cost.  Nothing is counted twice: the bucket's own counters (``stats()``) and
 the server's connection counters are read when Prometheus scrapes, by a
 custom collector, on the reactor thread that owns them.  The only per-request
 work is timing each request into a plain-Python histogram (a bisect and two
-additions, no locks: the reactor is single-threaded), done by a subclass of
-the server protocol installed only when ``--metrics`` is given; without it
-the server runs exactly as before.  Error replies are counted on the error
-path only.
+additions, no locks: the reactor is single-threaded): the latency histograms
+are the endpoints' request observer (``IRequestObserver``), installed on every
+endpoint's factory only when ``--metrics`` is given; without it the servers
+do no per-request work for metrics.  Error replies are counted by the same
+call, on their status.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from time import perf_counter
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -58,122 +59,60 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from txcb import __version__
-from txcb.wire.netstring import Op
 from txcb.errors import RC, CouchbaseError
-from txcb.server.netstring import BucketServerProtocol
+from txcb.server.core import IRequestObserver
 
-__all__ = ["ServerMetrics", "MeteredServerProtocol", "metered", "LatencyHistograms",
-           "install_metrics", "metrics_site"]
+__all__ = ["ServerMetrics", "LatencyHistograms", "MetricsSite", "install_metrics",
+           "metrics_site"]
 
 #: Upper bounds of the latency histogram buckets, in seconds.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-OP_NAMES: Dict[int, str] = {v: k.lower() for k, v in vars(Op).items()
-                            if not k.startswith("_") and isinstance(v, int)}
 STATUS_NAMES: Dict[int, str] = {v: k.lower() for k, v in vars(RC).items()
                                 if not k.startswith("_") and isinstance(v, int)}
 
 
-def _op_name(opcode: int) -> str:
-    return OP_NAMES.get(opcode, "0x%02x" % (opcode,))
-
-
+@implementer(IRequestObserver)
 class LatencyHistograms:
-    """Per-opcode latency histograms, cheap to update (reactor thread only)."""
+    """
+    Per-operation latency histograms and error counts, keyed by the op
+    name the endpoints report ("get", "upsert", ...), cheap to update
+    (reactor thread only).
+    """
 
     def __init__(self, bounds: Tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.bounds = bounds
-        # opcode -> [per-bucket counts (the last one is +Inf), sum of seconds]
-        self.by_op: Dict[int, List[Any]] = {}
-        self.errors: Dict[Tuple[int, int], int] = {}
+        # op -> [per-bucket counts (the last one is +Inf), sum of seconds]
+        self.by_op: Dict[str, List[Any]] = {}
+        self.errors: Dict[Tuple[str, int], int] = {}
 
-    def histogram(self, opcode: int) -> List[Any]:
-        h = self.by_op.get(opcode)
+    def histogram(self, op: str) -> List[Any]:
+        h = self.by_op.get(op)
         if h is None:
-            h = self.by_op[opcode] = [[0] * (len(self.bounds) + 1), 0.0]
+            h = self.by_op[op] = [[0] * (len(self.bounds) + 1), 0.0]
         return h
 
-    def observe(self, opcode: int, seconds: float) -> None:
-        h = self.histogram(opcode)
+    def observe(self, op: str, seconds: float) -> None:
+        h = self.by_op.get(op) or self.histogram(op)
         h[0][bisect_left(self.bounds, seconds)] += 1
         h[1] += seconds
 
-    def error(self, opcode: int, status: int) -> None:
-        k = (opcode, status)
+    def error(self, op: str, status: int) -> None:
+        k = (op, status)
         self.errors[k] = self.errors.get(k, 0) + 1
 
-
-def metered(base: Any) -> Any:
-    """
-    A subclass of the server protocol ``base`` timing every request, from
-    its arrival to its reply, into ``factory.metrics.latency``.
-
-    A request answered while it is being handled (nearly all of them) is
-    timed around ``stringReceived``; one answered later (a durable write,
-    ENDURE) is remembered by its opaque until its reply is sent.  The base
-    class's methods are bound once, here, to keep the per-request cost to
-    two clock reads, a dict lookup, a bisect and two additions.
-    """
-    if getattr(base, "_txcb_metered", False):
-        return base
-    received = base.stringReceived
-    send = base._send
-    error = base._error
-    internal_error = base._internal_error
-    made = base.connectionMade
-    bounds = LATENCY_BUCKETS
-
-    class Metered(base):  # type: ignore[misc, valid-type]
-        _txcb_metered = True
-
-        def connectionMade(self) -> None:
-            made(self)
-            self._latency = self.factory.metrics.latency
-            self._by_op = self._latency.by_op
-            self._started: Dict[bytes, Tuple[int, float]] = {}
-
-        def stringReceived(self, payload: bytes) -> None:
-            inflight = self._inflight
-            t0 = perf_counter()
-            received(self, payload)
-            dt = perf_counter() - t0
-            if self._inflight == inflight:
-                try:
-                    h = self._by_op[payload[1]]
-                except (KeyError, IndexError):
-                    if len(payload) < 12:
-                        return  # not a request
-                    h = self._latency.histogram(payload[1])
-                h[0][bisect_left(bounds, dt)] += 1
-                h[1] += dt
-            elif len(payload) >= 12:
-                self._started[payload[8:12]] = (payload[1], t0)
-
-        def _send(self, payload: bytes) -> None:
-            started = self._started
-            if started:
-                s = started.pop(payload[4:8], None)
-                if s is not None:
-                    self._latency.observe(s[0], perf_counter() - s[1])
-            send(self, payload)
-
-        def _error(self, e: CouchbaseError, req: Any) -> None:
-            self._latency.error(req.opcode, e.rc & 0xFFFF)
-            error(self, e, req)
-
-        def _internal_error(self, f: Any, req: Any) -> None:
-            self._latency.error(req.opcode, RC.EINTERNAL)
-            internal_error(self, f, req)
-
-    Metered.__name__ = Metered.__qualname__ = "Metered" + base.__name__
-    return Metered
-
-
-#: The txcb server protocol, metered.
-MeteredServerProtocol = metered(BucketServerProtocol)
+    def request_done(self, op: str, status: int, started: float) -> None:
+        """IRequestObserver: time the request, and count it if it failed."""
+        seconds = perf_counter() - started
+        h = self.by_op.get(op) or self.histogram(op)
+        h[0][bisect_left(self.bounds, seconds)] += 1
+        h[1] += seconds
+        if status:
+            self.error(op, status)
 
 
 def _bucket_stats(bucket: Any) -> Dict[str, Any]:
@@ -251,19 +190,19 @@ class BucketCollector:
         hist = HistogramMetricFamily(
             "txcb_request_duration_seconds",
             "Time from a request's arrival to its reply, in the server.", labels=["op"])
-        for opcode, (counts, total) in sorted(lat.by_op.items()):
+        for op, (counts, total) in sorted(lat.by_op.items()):
             buckets = []
             acc = 0
             for bound, n in zip(lat.bounds, counts):
                 acc += n
                 buckets.append((repr(bound), acc))
             buckets.append(("+Inf", acc + counts[-1]))
-            hist.add_metric([_op_name(opcode)], buckets, total)
+            hist.add_metric([op], buckets, total)
         yield hist
         errors = CounterMetricFamily("txcb_request_errors", "Error replies, by status.",
                                      labels=["op", "status"])
-        for (opcode, status), n in sorted(lat.errors.items()):
-            errors.add_metric([_op_name(opcode),
+        for (op, status), n in sorted(lat.errors.items()):
+            errors.add_metric([op,
                                STATUS_NAMES.get(status, "0x%04x" % (status,))], n)
         yield errors
 
@@ -319,31 +258,37 @@ class _Root(Resource):
         return b"txcb metrics: GET /metrics\n"
 
 
-class _QuietSite(Site):
+class MetricsSite(Site):
+    """The web site serving ``/metrics``; ``metrics``: what it serves."""
+
     noisy = False
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        root = _Root()
+        root.putChild(b"metrics", MetricsPage(metrics.registry))  # type: ignore[arg-type]
+        Site.__init__(self, root)
+        self.metrics = metrics
 
     def log(self, request: Any) -> None:
         """No access log line per scrape."""
 
 
-def metrics_site(metrics: ServerMetrics) -> Site:
+def metrics_site(metrics: ServerMetrics) -> MetricsSite:
     """The web site serving ``/metrics`` for these metrics."""
-    root = _Root()
-    root.putChild(b"metrics", MetricsPage(metrics.registry))  # type: ignore[arg-type]
-    return _QuietSite(root)
+    return MetricsSite(metrics)
 
 
-def install_metrics(parent: Any, bucket: Any, factory: Any, description: str,
-                    reactor: Any) -> ServerMetrics:
+def install_metrics(bucket: Any, factories: Iterable[Any], server_stats: Any = None
+                    ) -> MetricsSite:
     """
-    Meter ``factory`` (a :class:`~txcb.server.netstring.BucketServerFactory`) and
-    serve its metrics on ``description`` as a child service of ``parent``.
+    Count the requests of every endpoint factory given (netstring and
+    memcached alike: each gets the metrics' latency histograms as its
+    ``observer``) and return the web site serving ``/metrics`` for them,
+    ``bucket``'s counters and ``server_stats``' connection counters.  The
+    caller listens with the site (``twistd txcb --metrics``: tap's
+    ListenService).  Call it before the factories' connections are made.
     """
-    from txcb.service.tap import ListenService
-    metrics = ServerMetrics(bucket, getattr(factory, "stats", None))
-    factory.metrics = metrics
-    factory.protocol = (MeteredServerProtocol if factory.protocol is BucketServerProtocol
-                        else metered(factory.protocol))
-    service = ListenService(description, metrics_site(metrics), reactor, what="txcb metrics")
-    service.setServiceParent(parent)
-    return metrics
+    metrics = ServerMetrics(bucket, server_stats)
+    for factory in factories:
+        factory.observer = metrics.latency
+    return MetricsSite(metrics)

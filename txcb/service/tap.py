@@ -29,6 +29,7 @@ from txcb.server.netstring import BucketServerFactory
 from txcb.service.listen import (
     ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
     endpoint_problem, lower_first)
+from txcb.service.metrics import install_metrics
 from txcb.service.reactor import install_default
 
 __all__ = ["Options", "makeService", "make_bucket", "BucketService",
@@ -221,16 +222,17 @@ def _listen_netstring(top: MultiService, options: Options, bucket: Any,
 
 
 def _listen_memcached(top: MultiService, options: Options, bucket: Any,
-                      stats: ServerStats, reactor: Any) -> None:
-    """A ListenService per --memcached, all on one memcached factory."""
+                      stats: ServerStats, reactor: Any) -> List[Any]:
+    """A ListenService per --memcached, all on one memcached factory ([it], or [])."""
     if not options["memcached"]:
-        return
+        return []
     mc_factory = MemcachedServerFactory(
         bucket, stats=stats, credentials=options["credentials"],
         max_inflight=options["max-inflight"], clock=reactor)
     for description in options["memcached"]:
         ListenService(description, mc_factory, reactor, what="txcb memcached"
                       ).setServiceParent(top)
+    return [mc_factory]
 
 
 def _application(options: Options, reactor: Any) -> MultiService:
@@ -255,11 +257,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     bucket = make_bucket(options, reactor)
     BucketService(bucket).setServiceParent(top)
     stats = ServerStats(max_connections=options["max-connections"])
-    factory = _listen_netstring(top, options, bucket, stats, reactor)
-    _listen_memcached(top, options, bucket, stats, reactor)
+    factories = [_listen_netstring(top, options, bucket, stats, reactor)]
+    factories += _listen_memcached(top, options, bucket, stats, reactor)
     if options["metrics"]:
-        from txcb.service.metrics import install_metrics
-        install_metrics(top, bucket, factory, options["metrics"], reactor)
+        ListenService(options["metrics"], install_metrics(bucket, factories, stats), reactor,
+                      what="txcb metrics").setServiceParent(top)
     return top
 
 
