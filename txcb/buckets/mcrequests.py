@@ -124,10 +124,7 @@ class Request:
             proto.pending.pop(self.opaque, None)
             self.proto = None
         else:
-            try:
-                self.server.waiting.remove(self)
-            except ValueError:
-                pass
+            _leave_queue(self)
 
     def _cancel(self, _d: Deferred) -> None:
         self.deadline = 0.0
@@ -493,10 +490,7 @@ class Batch:
                     del pending[o]
             self.proto = None
         else:
-            try:
-                self.server.waiting.remove(self)
-            except ValueError:
-                pass
+            _leave_queue(self)
 
     def respond(self, proto: "MemcachedProtocol", p: mcb.Packet) -> None:
         opaque = p.opaque
@@ -550,3 +544,11 @@ class Batch:
     def lost(self, proto: "MemcachedProtocol", message: str) -> None:
         if not self.finished:
             self.fail(NetworkError(message))
+
+
+def _leave_queue(request: Any) -> None:
+    """Take a request not yet written off its server's wait queue (if it is on it)."""
+    try:
+        request.server.waiting.remove(request)
+    except ValueError:
+        pass
