@@ -38,11 +38,11 @@ bytes) is buffered.
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 __all__ = [
     "Parser", "Command", "Error", "Event",
-    "format_value", "format_number", "format_stats",
+    "format_value", "format_hit", "format_one_hit", "format_number", "format_stats",
     "END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED",
     "TOUCHED", "OK", "ERROR",
     "BAD_FORMAT", "BAD_DATA_CHUNK", "TOO_LARGE", "BAD_DELTA",
@@ -132,6 +132,18 @@ class Command:
         self.noreply = noreply
         self.args = [] if args is None else args
 
+    def __getattr__(self, field: str) -> Any:
+        # Only called for a field left unset: the parser's hot paths set the
+        # fields a command uses and leave the rest to their defaults.
+        if field in _LIST_FIELDS:
+            value: Any = []
+            setattr(self, field, value)
+            return value
+        try:
+            return _DEFAULTS[field]
+        except KeyError:
+            raise AttributeError(field) from None
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not Command:
             return NotImplemented
@@ -150,6 +162,20 @@ class Command:
             shown.append("%s=%r" % (s, v))
         return "Command(%r%s)" % (
             self.name, "".join(", " + x for x in shown))
+
+
+_new = object.__new__
+_DEFAULTS = {"key": None, "flags": 0, "exptime": 0, "cas": None, "delta": None,
+             "value": None, "noreply": False}
+_LIST_FIELDS = frozenset(("keys", "args"))
+
+
+def _keys_command(name: str, keys: List[bytes]) -> Command:
+    """``Command(name, keys=keys)``, built without keyword parsing: get's hot path."""
+    cmd = _new(Command)
+    cmd.name = name
+    cmd.keys = keys
+    return cmd
 
 
 class Error:
@@ -186,6 +212,8 @@ def _parse_uint(token: bytes, maximum: int) -> Optional[int]:
     """Parse plain decimal digits no larger than ``maximum``, else None."""
     if not token.isdigit():
         return None
+    if len(token) < 10:     # below every maximum used here (2**31 - 3 and up)
+        return int(token)
     digits = token.lstrip(b"0")
     # Bound the work (and dodge int()'s digit limit) before converting.
     if len(digits) > len(str(maximum)):
@@ -245,7 +273,9 @@ class Parser:
         self.max_key = max_key
         self.max_keys = max_keys
         self._forbidden = _KEY_FORBIDDEN_MIN if control_keys else _KEY_FORBIDDEN
-        self._buf = bytearray()
+        # Unconsumed input: b"" when empty, the caller's bytes during a feed,
+        # a bytearray while an incomplete command is held between feeds.
+        self._buf: Union[bytes, bytearray] = b""
         self._pos = 0          # start of unconsumed bytes in _buf
         self._scan = 0         # _buf offset already searched for b"\n"
         self._state = _LINE
@@ -276,32 +306,61 @@ class Parser:
         return self._state == _LINE and self._pos == len(self._buf)
 
     def feed(self, data: bytes) -> List[Event]:
-        """Consume ``data`` and return the events it completed."""
+        """
+        Consume ``data`` and return the events it completed: every complete
+        command of the read, in order.  When nothing is held from earlier
+        input (the usual case) the commands are cut straight out of
+        ``data``, and only an incomplete tail is copied into the buffer.
+        """
         events: List[Event] = []
         if self._state == _CLOSED or not data:
             return events
-        view = memoryview(data)
-        if self._state == _SWALLOW and self._pos == len(self._buf):
-            # Skip swallowed bytes without copying them into the buffer.
-            n = min(len(view), self._need)
-            self._need -= n
-            view = view[n:]
-            if self._need == 0:
-                self._state = _LINE
-        self._buf += view
-        while self._state != _CLOSED and self._step(events):
-            pass
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._pos == len(self._buf):
+            if self._state == _SWALLOW:
+                # Skip swallowed bytes without copying them anywhere.
+                n = min(len(data), self._need)
+                self._need -= n
+                data = data[n:] if n else data
+                if self._need == 0:
+                    self._state = _LINE
+            self._buf = data
+            self._pos = self._scan = 0
+        else:
+            self._buf += data
+        if self._state != _LINE or self._step_line(events):
+            step = self._step
+            while self._state != _CLOSED and step(events):
+                pass
+        if self._pos == len(self._buf) and self._state != _CLOSED:
+            self._buf = b""
+            self._pos = self._scan = 0
+        else:
+            self._keep_tail()
+        return events
+
+    def _keep_tail(self) -> None:
+        """After a feed: keep only the unconsumed bytes, in a bytearray."""
         if self._state == _CLOSED:
-            self._buf = bytearray()
+            self._buf = b""
             self._pos = self._scan = 0
             self._pending = None
             self._get_partial = b""
             self._get_keys = []
-        elif self._pos:
-            del self._buf[:self._pos]
-            self._scan = max(0, self._scan - self._pos)
+            return
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            self._buf = b""
+            self._pos = self._scan = 0
+        elif isinstance(buf, bytes):
+            self._buf = bytearray(buf[pos:])
+            self._scan = max(0, self._scan - pos)
             self._pos = 0
-        return events
+        elif pos:
+            del buf[:pos]
+            self._scan = max(0, self._scan - pos)
+            self._pos = 0
 
     # -- state machine --
 
@@ -325,23 +384,38 @@ class Parser:
         return False
 
     def _step_line(self, events: List[Event]) -> bool:
-        buf, pos = self._buf, self._pos
-        if pos == len(buf):
-            return False
-        nl = buf.find(b"\n", max(self._scan, pos))
-        if nl < 0:
-            self._scan = len(buf)
-            # Content plus a possible trailing \r, still without a newline.
-            if len(buf) - pos > self.max_line + 1:
+        """
+        Cut out every complete command line (and the data block of a
+        storage command) while the parser stays in the line state; False
+        when more input is needed.
+        """
+        buf = self._buf
+        n = len(buf)
+        pos = self._pos
+        dispatch = self._dispatch
+        while pos < n:
+            scan = self._scan
+            nl = buf.find(b"\n", scan if scan > pos else pos)
+            if nl < 0:
+                self._scan = n
+                # Content plus a possible trailing \r, still without a newline.
+                if n - pos > self.max_line + 1:
+                    return self._long_line(events)
+                return False
+            end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
+            if end - pos > self.max_line:
                 return self._long_line(events)
-            return False
-        end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-        if end - pos > self.max_line:
-            return self._long_line(events)
-        line = bytes(buf[pos:end])
-        self._pos = self._scan = nl + 1
-        self._dispatch(line, events)
-        return True
+            line = buf[pos:end]
+            if type(line) is not bytes:
+                line = bytes(line)
+            self._pos = self._scan = pos = nl + 1
+            dispatch(line, events)
+            state = self._state
+            if state != _LINE:
+                if state != _DATA or not self._step_data(events):
+                    return state != _CLOSED
+                pos = self._pos
+        return False
 
     def _long_line(self, events: List[Event]) -> bool:
         """A line over max_line: stream it if a multi-get, else hang up."""
@@ -413,11 +487,14 @@ class Parser:
         self._pending = None
         self._pos = self._scan = pos + need
         self._state = _LINE
-        if self._buf[pos + need - 2:pos + need] == b"\r\n":
+        buf = self._buf
+        if buf[pos + need - 2:pos + need] == b"\r\n":
             # One copy, straight out of the buffer.
-            with memoryview(self._buf) as view, \
-                    view[pos:pos + need - 2] as block:
-                cmd.value = block.tobytes()
+            if type(buf) is bytes:
+                cmd.value = buf[pos:pos + need - 2]
+            else:
+                with memoryview(buf) as view, view[pos:pos + need - 2] as block:
+                    cmd.value = block.tobytes()
             events.append(cmd)
         else:
             # complete_nread_ascii: the block is consumed either way.
@@ -446,18 +523,23 @@ class Parser:
 
     def _dispatch(self, line: bytes, events: List[Event]) -> None:
         """Parse one complete command line (without its line ending)."""
-        tokens = [t for t in line.split(b" ") if t]
-        # process_command_ascii: no command is shorter than two bytes.
-        if not tokens or len(tokens[0]) < 2:
+        if line[:4] == b"get ":
+            # The commonest line, "get <key>": as the tokens below would read
+            # it when the rest is one valid key; anything else takes them.
+            key = line[4:]
+            if 0 < len(key) <= self.max_key and \
+                    len(key.translate(None, self._forbidden)) == len(key):
+                events.append(_keys_command("get", [key]))
+                return
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+        entry = _BY_NAME.get(tokens[0]) if tokens else None
+        if entry is not None:
+            entry[1](self, entry[0], tokens, events)
+        elif not tokens or len(tokens[0]) < 2:
+            # process_command_ascii: no command is shorter than two bytes.
             events.append(Error(ERROR))
-            return
-        try:
-            name = tokens[0].decode("ascii")
-        except UnicodeDecodeError:
-            name = ""
-        handler = _HANDLERS.get(name)
-        if handler is not None:
-            handler(self, name, tokens, events)
         elif tokens[-1].startswith(b"HTTP/"):
             # An HTTP request line: memcached hangs up without replying.
             self._close(events, _HANGUP)
@@ -466,7 +548,16 @@ class Parser:
 
     def _get(self, name: str, tokens: List[bytes],
              events: List[Event]) -> None:
-        if len(tokens) < 2:
+        n = len(tokens)
+        if n == 2 and (name == "get" or name == "gets"):
+            key = tokens[1]     # the common case: one key (never empty here)
+            if len(key) <= self.max_key and \
+                    len(key.translate(None, self._forbidden)) == len(key):
+                events.append(_keys_command(name, [key]))
+            else:
+                events.append(Error(BAD_FORMAT))
+            return
+        if n < 2:
             events.append(Error(ERROR))
             return
         exptime = 0
@@ -513,8 +604,13 @@ class Parser:
             events.append(Error(b"" if noreply else TOO_LARGE))
             self._swallow(vlen + 2)
             return
-        self._pending = Command(name, key=key, flags=flags, exptime=exptime,
-                                cas=cas, noreply=noreply)
+        cmd = self._pending = _new(Command)
+        cmd.name = name
+        cmd.key = key
+        cmd.flags = flags
+        cmd.exptime = exptime
+        cmd.cas = cas
+        cmd.noreply = noreply
         self._need = vlen + 2
         self._state = _DATA
 
@@ -618,7 +714,7 @@ class Parser:
         self._state = _CLOSED
 
 
-_HANDLERS = {
+_HANDLERS: Dict[str, Callable[[Parser, str, List[bytes], List[Event]], None]] = {
     "get": Parser._get, "gets": Parser._get,
     "gat": Parser._get, "gats": Parser._get,
     "set": Parser._storage, "add": Parser._storage,
@@ -632,6 +728,8 @@ _HANDLERS = {
     "version": Parser._simple, "stats": Parser._simple,
     "quit": Parser._quit,
 }
+# The same, by the command's bytes: (name, handler).
+_BY_NAME = {name.encode("ascii"): (name, handler) for name, handler in _HANDLERS.items()}
 
 
 # -- formatting -------------------------------------------------------------
@@ -647,12 +745,27 @@ def format_value(key: bytes, flags: int, data: bytes,
         raise ValueError("invalid key %r" % (key,))
     if not 0 <= flags <= _UINT32_MAX:
         raise ValueError("flags out of range: %r" % (flags,))
-    head = b"VALUE %s %d %d" % (key, flags, len(data))
-    if cas is not None:
-        if not 0 <= cas <= _UINT64_MAX:
-            raise ValueError("cas out of range: %r" % (cas,))
-        head += b" %d" % (cas,)
-    return b"".join((head, b"\r\n", data, b"\r\n"))
+    if cas is not None and not 0 <= cas <= _UINT64_MAX:
+        raise ValueError("cas out of range: %r" % (cas,))
+    return format_hit(key, flags, data, cas)
+
+
+def format_hit(key: bytes, flags: int, data: bytes, cas: Optional[int] = None) -> bytes:
+    """
+    :func:`format_value` without its checks, for a server's get path: the
+    key is one the :class:`Parser` accepted (it may hold control characters
+    with ``control_keys=True``) and flags and CAS are a stored item's.
+    """
+    if cas is None:
+        return b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(data), data)
+    return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(data), cas, data)
+
+
+def format_one_hit(key: bytes, flags: int, data: bytes, cas: Optional[int] = None) -> bytes:
+    """The whole reply to a one-key get that hit: :func:`format_hit` and ``END``."""
+    if cas is None:
+        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(data), data)
+    return b"VALUE %s %d %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(data), cas, data)
 
 
 def format_number(n: int) -> bytes:
