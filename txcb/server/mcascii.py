@@ -59,6 +59,8 @@ class AsciiSession(Session):
         self.parser = A.Parser(max_value=self.factory.max_value_size,
                                max_key=MAX_KEY_LEN, control_keys=True)
         self._feed = self.parser.feed
+        #: The handlers by command name (only the login until authenticated).
+        self._table = _HANDLERS if self.auth.done else _UNAUTHENTICATED
         self._get_sync: Any = self.bucket.get_sync if self.sync else None
         self._store_sync: Any = self.bucket.store_sync if self.sync else None
 
@@ -70,32 +72,31 @@ class AsciiSession(Session):
 
     def handle(self, ev: Any) -> None:
         """Execute one parsed command (or answer one refused line)."""
-        if type(ev) is _Error:
-            if ev.response:
-                self.reply(ev.response)
-            if ev.close:
-                _log.info("txcb memcached: closing {peer} after a refused line",
-                          peer=self.auth.peer)
-                self.close()
-            return
-        if not self.auth.done:
-            self._unauthenticated(ev)
-            return
         try:
-            _HANDLERS[ev.name](self, ev)
+            self._table[ev.name](self, ev)
         except Exception:
             _log.failure("txcb memcached: internal error handling {cmd!r}", cmd=ev)
-            if not ev.noreply:
+            if not getattr(ev, "noreply", False):
                 self.reply(_SERVER_ERROR_INTERNAL)
 
     def internal_error(self, ctx: Any) -> bytes:
         return _SERVER_ERROR_INTERNAL
+
+    def _refused(self, ev: A.Error) -> None:
+        if ev.response:
+            self.reply(ev.response)
+        if ev.close:
+            _log.info("txcb memcached: closing {peer} after a refused line",
+                      peer=self.auth.peer)
+            self.close()
 
     def _unauthenticated(self, ev: A.Command) -> None:
         if ev.name == "quit":
             self.close()
         elif ev.name == "set":
             self.reply(self.auth.ascii_login(ev))
+            if self.auth.done:
+                self._table = _HANDLERS
         elif not ev.noreply:
             self.reply(CLIENT_ERROR_UNAUTHENTICATED)
 
@@ -150,7 +151,9 @@ class AsciiSession(Session):
     def _set(self, cmd: A.Command) -> None:
         assert cmd.value is not None  # the parser sets it for every store command
         value = Encoded(cmd.value, cmd.flags)
-        ttl = _ascii_ttl(cmd.exptime)
+        ttl = cmd.exptime
+        if ttl < 0:
+            ttl = EXPIRED_TTL
         op = _STORE_OPS[cmd.name]
         if self.sync:
             try:
@@ -281,7 +284,7 @@ def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
         return Failure()
 
 
-_HANDLERS: Dict[str, Callable[[AsciiSession, A.Command], None]] = {
+_HANDLERS: Dict[Any, Callable[[AsciiSession, Any], None]] = {
     "get": AsciiSession._get, "gets": AsciiSession._get,
     "gat": AsciiSession._gat, "gats": AsciiSession._gat,
     "set": AsciiSession._set, "add": AsciiSession._set, "replace": AsciiSession._set,
@@ -295,7 +298,11 @@ _HANDLERS: Dict[str, Callable[[AsciiSession, A.Command], None]] = {
     "verbosity": AsciiSession._verbosity,
     "stats": AsciiSession._stats,
     "quit": AsciiSession._quit,
+    None: AsciiSession._refused,        # an Error event: a refused line
 }
+_UNAUTHENTICATED: Dict[Any, Callable[[AsciiSession, Any], None]] = dict.fromkeys(
+    _HANDLERS, AsciiSession._unauthenticated)
+_UNAUTHENTICATED[None] = AsciiSession._refused
 
 
 # -- rendering: (result or Failure, context) -> reply bytes ------------------------

@@ -80,6 +80,8 @@ class BinarySession(Session):
         super().__init__(*args)
         self.decoder = B.Decoder(max_body=self.factory.max_body, max_key=MAX_KEY_LEN)
         self._feed = self.decoder.feed
+        self._get_sync: Any = self.bucket.get_sync if self.sync else None
+        self._store_sync: Any = self.bucket.store_sync if self.sync else None
 
     def data_received(self, data: bytes) -> None:
         """One read: every complete frame in it, answered in one write."""
@@ -144,10 +146,13 @@ class BinarySession(Session):
         key = p.key
         if self.sync:
             try:
-                r = self.bucket.get_sync(key, 0, True)
+                r = self._get_sync(key, 0, True)
             except Exception:
                 r = Failure()
-            self.done("get", r, _render_value, p)
+            if self.observer is None:
+                self.reply(_render_value(r, p))
+            else:
+                self.done("get", r, _render_value, p)
         else:
             self.later("get", self._deferred(lambda b: b.get(key, quiet=True)),
                        _render_value, p)
@@ -167,10 +172,13 @@ class BinarySession(Session):
             return
         if self.sync:
             try:
-                r = self.bucket.store_sync(op, key, value, cas, exptime)
+                r = self._store_sync(op, key, value, cas, exptime)
             except Exception:
                 r = Failure()
-            self.done(op, r, _render_mutation, p)
+            if self.observer is None:
+                self.reply(_render_mutation(r, p))
+            else:
+                self.done(op, r, _render_mutation, p)
         elif op == "upsert":
             self.later(op, self._deferred(lambda b: b.upsert(key, value, cas=cas, ttl=exptime)),
                        _render_mutation, p)

@@ -103,6 +103,29 @@ class OrderedReplies(Protocol):
     def run(self, events: List[Any]) -> None:
         """Execute requests in order, keeping the rest while output is backed up."""
         slots = self._slots
+        if slots or self._backlog or self._out_full or self._closing:
+            self._run_held(events)
+            return
+        # Nothing pending: run until a reply is pending or output backs up.
+        handle = self.handle
+        done = 0
+        for event in events:
+            handle(event)
+            done += 1
+            if slots or self._out_full or self._closing:
+                self._run_held(events[done:])
+                return
+        out = self._out
+        if out:
+            self._out = []
+            self._out_len = 0
+            self._send_now(out[0] if len(out) == 1 else b"".join(out))
+        if not self._reading:
+            self._update_reading()
+
+    def _run_held(self, events: List[Any]) -> None:
+        """:meth:`run` while replies are pending, output is backed up or closing."""
+        slots = self._slots
         limit = self._max_inflight
         if self._backlog or self._out_full or self._closing or len(slots) >= limit:
             self._backlog.extend(events)
@@ -112,19 +135,12 @@ class OrderedReplies(Protocol):
             for event in events:
                 handle(event)
                 done += 1
-                if self._out_full or self._closing or (slots and len(slots) >= limit):
+                if self._out_full or self._closing or len(slots) >= limit:
                     if not self._closing:
                         self._backlog.extend(events[done:])
                     break
-        out = self._out
-        if out:
-            self._out = []
-            self._out_len = 0
-            if not self._gone:
-                self._send_now(out[0] if len(out) == 1 else b"".join(out))
-        if not self._reading or self._backlog or self._closing or self._out_full \
-                or (slots and len(slots) >= limit):
-            self._update_reading()
+        self._flush()
+        self._update_reading()
 
     def _drain_backlog(self) -> None:
         backlog = self._backlog

@@ -189,6 +189,8 @@ class Error:
     """
 
     __slots__ = ("response", "close")
+    #: Not a command (a Command's name is a str): one key for both in a table.
+    name = None
 
     def __init__(self, response: bytes, close: bool = False) -> None:
         self.response = response
@@ -392,29 +394,43 @@ class Parser:
         buf = self._buf
         n = len(buf)
         pos = self._pos
+        scan = max(self._scan, pos)     # searched for b"\n" up to here already
+        in_bytes = type(buf) is bytes
         dispatch = self._dispatch
+        max_key, max_line, forbidden = self.max_key, self.max_line, self._forbidden
         while pos < n:
-            scan = self._scan
-            nl = buf.find(b"\n", scan if scan > pos else pos)
+            nl = buf.find(b"\n", scan)
             if nl < 0:
-                self._scan = n
+                self._pos, self._scan = pos, n
                 # Content plus a possible trailing \r, still without a newline.
-                if n - pos > self.max_line + 1:
+                if n - pos > max_line + 1:
                     return self._long_line(events)
                 return False
             end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-            if end - pos > self.max_line:
+            if end - pos > max_line:
+                self._pos = pos
                 return self._long_line(events)
-            line = buf[pos:end]
-            if type(line) is not bytes:
-                line = bytes(line)
-            self._pos = self._scan = pos = nl + 1
+            line: bytes = buf[pos:end] if in_bytes else bytes(buf[pos:end])  # type: ignore[assignment]
+            pos = scan = nl + 1
+            if line[:4] == b"get ":
+                # The commonest line, "get <key>": as _dispatch's tokens would
+                # read it when the rest is one valid key; anything else takes them.
+                key = line[4:]
+                if 0 < len(key) <= max_key and \
+                        len(key.translate(None, forbidden)) == len(key):
+                    cmd = _new(Command)
+                    cmd.name = "get"
+                    cmd.keys = [key]
+                    events.append(cmd)
+                    continue
+            self._pos = self._scan = pos
             dispatch(line, events)
             state = self._state
             if state != _LINE:
                 if state != _DATA or not self._step_data(events):
                     return state != _CLOSED
-                pos = self._pos
+                pos = scan = self._pos
+        self._pos = self._scan = pos
         return False
 
     def _long_line(self, events: List[Event]) -> bool:
@@ -523,14 +539,6 @@ class Parser:
 
     def _dispatch(self, line: bytes, events: List[Event]) -> None:
         """Parse one complete command line (without its line ending)."""
-        if line[:4] == b"get ":
-            # The commonest line, "get <key>": as the tokens below would read
-            # it when the rest is one valid key; anything else takes them.
-            key = line[4:]
-            if 0 < len(key) <= self.max_key and \
-                    len(key.translate(None, self._forbidden)) == len(key):
-                events.append(_keys_command("get", [key]))
-                return
         tokens = line.split(b" ")
         if b"" in tokens:
             tokens = [t for t in tokens if t]
