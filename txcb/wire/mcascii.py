@@ -319,7 +319,7 @@ class Parser:
             return events
         if type(data) is not bytes:
             data = bytes(data)
-        if self._pos == len(self._buf):
+        if not self._buf:       # nothing held (a held tail starts at 0)
             if self._state == _SWALLOW:
                 # Skip swallowed bytes without copying them anywhere.
                 n = min(len(data), self._need)
@@ -328,7 +328,6 @@ class Parser:
                 if self._need == 0:
                     self._state = _LINE
             self._buf = data
-            self._pos = self._scan = 0
         else:
             self._buf += data
         if self._state != _LINE or self._step_line(events):
@@ -595,9 +594,16 @@ class Parser:
             return
         noreply = tokens[-1] == _NOREPLY
         key = tokens[1]
-        flags = _parse_uint(tokens[2], _UINT32_MAX)
-        exptime = _parse_int32(tokens[3])
-        vlen = _parse_vlen(tokens[4])
+        f, e, v = tokens[2], tokens[3], tokens[4]
+        flags: Optional[int]
+        exptime: Optional[int]
+        vlen: Optional[int]
+        if len(f) < 10 and len(e) < 10 and len(v) < 10 and f.isdigit() and \
+                e.isdigit() and v.isdigit():
+            # Short plain numbers (the usual): in range of every field.
+            flags, exptime, vlen = int(f), int(e), int(v)
+        else:
+            flags, exptime, vlen = _parse_uint(f, _UINT32_MAX), _parse_int32(e), _parse_vlen(v)
         cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
         if (not _valid_key(key, self.max_key, self._forbidden) or flags is None
                 or exptime is None or vlen is None
