@@ -127,7 +127,9 @@ class OrderedReplies(Protocol):
         """:meth:`run` while replies are pending, output is backed up or closing."""
         slots = self._slots
         limit = self._max_inflight
-        if self._backlog or self._out_full or self._closing or len(slots) >= limit:
+        if self._closing:
+            pass                    # nothing more runs
+        elif self._backlog or self._out_full or len(slots) >= limit:
             self._backlog.extend(events)
         else:
             handle = self.handle

@@ -248,7 +248,233 @@ def _valid_key(key: bytes, max_key: int, forbidden: bytes = _KEY_FORBIDDEN) -> b
 _LINE, _DATA, _SWALLOW, _GETSTREAM, _CLOSED = range(5)
 
 
-class Parser:
+class _CommandLines:
+    """
+    The grammar of command lines, one method per command: a complete line's
+    tokens in, events out (and the state a storage command's data block
+    needs).  :class:`Parser` frames the stream around it.
+    """
+
+    max_key: int
+    max_keys: int
+    max_value: int
+    _forbidden: bytes
+    _state: int
+    _pending: Optional[Command]
+    _need: int
+
+    def _close(self, events: List[Event], response: bytes) -> None:
+        events.append(Error(response, close=True))
+        self._state = _CLOSED
+
+
+    def _collect_keys(self, tokens: List[bytes],
+                      keys: List[bytes]) -> Optional[bytes]:
+        """Append the non-empty tokens to keys; return an error or None."""
+        max_key, max_keys = self.max_key, self.max_keys
+        for token in tokens:
+            if not token:
+                continue
+            if not _valid_key(token, max_key, self._forbidden):
+                return BAD_FORMAT
+            keys.append(token)
+            if len(keys) > max_keys:
+                return GET_TOO_MANY_KEYS
+        return None
+
+    def _dispatch(self, line: bytes, events: List[Event]) -> None:
+        """Parse one complete command line (without its line ending)."""
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+        entry = _BY_NAME.get(tokens[0]) if tokens else None
+        if entry is not None:
+            entry[1](self, entry[0], tokens, events)
+        elif not tokens or len(tokens[0]) < 2:
+            # process_command_ascii: no command is shorter than two bytes.
+            events.append(Error(ERROR))
+        elif tokens[-1].startswith(b"HTTP/"):
+            # An HTTP request line: memcached hangs up without replying.
+            self._close(events, _HANGUP)
+        else:
+            events.append(Error(ERROR))
+
+    def _get(self, name: str, tokens: List[bytes],
+             events: List[Event]) -> None:
+        n = len(tokens)
+        if n == 2 and (name == "get" or name == "gets"):
+            key = tokens[1]     # the common case: one key (never empty here)
+            if len(key) <= self.max_key and \
+                    len(key.translate(None, self._forbidden)) == len(key):
+                events.append(_keys_command(name, [key]))
+            else:
+                events.append(Error(BAD_FORMAT))
+            return
+        if n < 2:
+            events.append(Error(ERROR))
+            return
+        exptime = 0
+        first_key = 1
+        if name in ("gat", "gats"):
+            parsed = _parse_int32(tokens[1])
+            if parsed is None:
+                events.append(Error(BAD_EXPTIME))
+                return
+            exptime = parsed
+            first_key = 2
+        keys: List[bytes] = []
+        failure = self._collect_keys(tokens[first_key:], keys)
+        if failure is not None:
+            events.append(Error(failure))
+            return
+        # "gat <exptime>" with no keys is legal in memcached: it answers END.
+        events.append(Command(name, keys=keys, exptime=exptime))
+
+    def _storage(self, name: str, tokens: List[bytes],
+                 events: List[Event]) -> None:
+        handle_cas = name == "cas"
+        base = 6 if handle_cas else 5
+        if len(tokens) not in (base, base + 1):
+            # memcached answers ERROR and then reads the data as commands.
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        key = tokens[1]
+        f, e, v = tokens[2], tokens[3], tokens[4]
+        flags: Optional[int]
+        exptime: Optional[int]
+        vlen: Optional[int]
+        if len(f) < 10 and len(e) < 10 and len(v) < 10 and f.isdigit() and \
+                e.isdigit() and v.isdigit():
+            # Short plain numbers (the usual): in range of every field.
+            flags, exptime, vlen = int(f), int(e), int(v)
+        else:
+            flags, exptime, vlen = _parse_uint(f, _UINT32_MAX), _parse_int32(e), _parse_vlen(v)
+        cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
+        if (not _valid_key(key, self.max_key, self._forbidden) or flags is None
+                or exptime is None or vlen is None
+                or (handle_cas and cas is None)):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            if vlen is not None:
+                # Stricter than memcached: keep the stream in sync instead
+                # of executing the data block as commands.
+                self._swallow(vlen + 2)
+            return
+        if vlen > self.max_value:
+            events.append(Error(b"" if noreply else TOO_LARGE))
+            self._swallow(vlen + 2)
+            return
+        cmd = self._pending = _new(Command)
+        cmd.name = name
+        cmd.key = key
+        cmd.flags = flags
+        cmd.exptime = exptime
+        cmd.cas = cas
+        cmd.noreply = noreply
+        self._need = vlen + 2
+        self._state = _DATA
+
+    def _swallow(self, count: int) -> None:
+        self._need = count
+        self._state = _SWALLOW
+
+    def _arithmetic(self, name: str, tokens: List[bytes],
+                    events: List[Event]) -> None:
+        if len(tokens) not in (3, 4):
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        if not _valid_key(tokens[1], self.max_key, self._forbidden):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        delta = _parse_uint(tokens[2], _UINT64_MAX)
+        if delta is None:
+            events.append(Error(b"" if noreply else BAD_DELTA))
+            return
+        events.append(Command(name, key=tokens[1], delta=delta,
+                              noreply=noreply))
+
+    def _touch(self, name: str, tokens: List[bytes],
+               events: List[Event]) -> None:
+        if len(tokens) not in (3, 4):
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        if not _valid_key(tokens[1], self.max_key, self._forbidden):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        exptime = _parse_int32(tokens[2])
+        if exptime is None:
+            events.append(Error(b"" if noreply else BAD_EXPTIME))
+            return
+        events.append(Command(name, key=tokens[1], exptime=exptime,
+                              noreply=noreply))
+
+    def _delete(self, name: str, tokens: List[bytes],
+                events: List[Event]) -> None:
+        n = len(tokens)
+        if not 2 <= n <= 4:
+            events.append(Error(ERROR))
+            return
+        noreply = False
+        if n > 2:
+            # Only "delete <key> [0] [noreply]" is allowed; the legacy hold
+            # time must be 0 (process_delete_command).
+            hold_is_zero = tokens[2] == b"0"
+            noreply = tokens[-1] == _NOREPLY
+            if not ((n == 3 and (hold_is_zero or noreply))
+                    or (n == 4 and hold_is_zero and noreply)):
+                events.append(Error(b"" if noreply else BAD_DELETE))
+                return
+        if not _valid_key(tokens[1], self.max_key, self._forbidden):
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        events.append(Command(name, key=tokens[1], noreply=noreply))
+
+    def _flush_all(self, name: str, tokens: List[bytes],
+                   events: List[Event]) -> None:
+        n = len(tokens)
+        if not 1 <= n <= 3:
+            events.append(Error(ERROR))
+            return
+        noreply = n > 1 and tokens[-1] == _NOREPLY
+        args = tokens[1:-1] if noreply else tokens[1:]
+        exptime = 0
+        if args:
+            parsed = _parse_int32(args[0])
+            if parsed is None:
+                events.append(Error(b"" if noreply else BAD_EXPTIME))
+                return
+            exptime = parsed
+        events.append(Command(name, exptime=exptime, noreply=noreply,
+                              args=args))
+
+    def _verbosity(self, name: str, tokens: List[bytes],
+                   events: List[Event]) -> None:
+        if len(tokens) not in (2, 3):
+            events.append(Error(ERROR))
+            return
+        noreply = tokens[-1] == _NOREPLY
+        if _parse_uint(tokens[1], _UINT32_MAX) is None:
+            events.append(Error(b"" if noreply else BAD_FORMAT))
+            return
+        args = tokens[1:-1] if noreply and len(tokens) == 3 else tokens[1:]
+        events.append(Command(name, noreply=noreply, args=args))
+
+    def _simple(self, name: str, tokens: List[bytes],
+                events: List[Event]) -> None:
+        # version and stats take anything after them, as memcached does;
+        # stats subcommands are the server's to judge.
+        events.append(Command(name, args=tokens[1:]))
+
+    def _quit(self, name: str, tokens: List[bytes],
+              events: List[Event]) -> None:
+        # memcached closes after quit and runs nothing pipelined behind it.
+        events.append(Command(name, args=tokens[1:]))
+        self._state = _CLOSED
+
+
+class Parser(_CommandLines):
     """
     Incremental parser for the memcached ASCII protocol, as a server sees it.
 
@@ -516,231 +742,19 @@ class Parser:
             events.append(Error(b"" if cmd.noreply else BAD_DATA_CHUNK))
         return True
 
-    def _close(self, events: List[Event], response: bytes) -> None:
-        events.append(Error(response, close=True))
-        self._state = _CLOSED
-
-    # -- command lines --
-
-    def _collect_keys(self, tokens: List[bytes],
-                      keys: List[bytes]) -> Optional[bytes]:
-        """Append the non-empty tokens to keys; return an error or None."""
-        max_key, max_keys = self.max_key, self.max_keys
-        for token in tokens:
-            if not token:
-                continue
-            if not _valid_key(token, max_key, self._forbidden):
-                return BAD_FORMAT
-            keys.append(token)
-            if len(keys) > max_keys:
-                return GET_TOO_MANY_KEYS
-        return None
-
-    def _dispatch(self, line: bytes, events: List[Event]) -> None:
-        """Parse one complete command line (without its line ending)."""
-        tokens = line.split(b" ")
-        if b"" in tokens:
-            tokens = [t for t in tokens if t]
-        entry = _BY_NAME.get(tokens[0]) if tokens else None
-        if entry is not None:
-            entry[1](self, entry[0], tokens, events)
-        elif not tokens or len(tokens[0]) < 2:
-            # process_command_ascii: no command is shorter than two bytes.
-            events.append(Error(ERROR))
-        elif tokens[-1].startswith(b"HTTP/"):
-            # An HTTP request line: memcached hangs up without replying.
-            self._close(events, _HANGUP)
-        else:
-            events.append(Error(ERROR))
-
-    def _get(self, name: str, tokens: List[bytes],
-             events: List[Event]) -> None:
-        n = len(tokens)
-        if n == 2 and (name == "get" or name == "gets"):
-            key = tokens[1]     # the common case: one key (never empty here)
-            if len(key) <= self.max_key and \
-                    len(key.translate(None, self._forbidden)) == len(key):
-                events.append(_keys_command(name, [key]))
-            else:
-                events.append(Error(BAD_FORMAT))
-            return
-        if n < 2:
-            events.append(Error(ERROR))
-            return
-        exptime = 0
-        first_key = 1
-        if name in ("gat", "gats"):
-            parsed = _parse_int32(tokens[1])
-            if parsed is None:
-                events.append(Error(BAD_EXPTIME))
-                return
-            exptime = parsed
-            first_key = 2
-        keys: List[bytes] = []
-        failure = self._collect_keys(tokens[first_key:], keys)
-        if failure is not None:
-            events.append(Error(failure))
-            return
-        # "gat <exptime>" with no keys is legal in memcached: it answers END.
-        events.append(Command(name, keys=keys, exptime=exptime))
-
-    def _storage(self, name: str, tokens: List[bytes],
-                 events: List[Event]) -> None:
-        handle_cas = name == "cas"
-        base = 6 if handle_cas else 5
-        if len(tokens) not in (base, base + 1):
-            # memcached answers ERROR and then reads the data as commands.
-            events.append(Error(ERROR))
-            return
-        noreply = tokens[-1] == _NOREPLY
-        key = tokens[1]
-        f, e, v = tokens[2], tokens[3], tokens[4]
-        flags: Optional[int]
-        exptime: Optional[int]
-        vlen: Optional[int]
-        if len(f) < 10 and len(e) < 10 and len(v) < 10 and f.isdigit() and \
-                e.isdigit() and v.isdigit():
-            # Short plain numbers (the usual): in range of every field.
-            flags, exptime, vlen = int(f), int(e), int(v)
-        else:
-            flags, exptime, vlen = _parse_uint(f, _UINT32_MAX), _parse_int32(e), _parse_vlen(v)
-        cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
-        if (not _valid_key(key, self.max_key, self._forbidden) or flags is None
-                or exptime is None or vlen is None
-                or (handle_cas and cas is None)):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
-            if vlen is not None:
-                # Stricter than memcached: keep the stream in sync instead
-                # of executing the data block as commands.
-                self._swallow(vlen + 2)
-            return
-        if vlen > self.max_value:
-            events.append(Error(b"" if noreply else TOO_LARGE))
-            self._swallow(vlen + 2)
-            return
-        cmd = self._pending = _new(Command)
-        cmd.name = name
-        cmd.key = key
-        cmd.flags = flags
-        cmd.exptime = exptime
-        cmd.cas = cas
-        cmd.noreply = noreply
-        self._need = vlen + 2
-        self._state = _DATA
-
-    def _swallow(self, count: int) -> None:
-        self._need = count
-        self._state = _SWALLOW
-
-    def _arithmetic(self, name: str, tokens: List[bytes],
-                    events: List[Event]) -> None:
-        if len(tokens) not in (3, 4):
-            events.append(Error(ERROR))
-            return
-        noreply = tokens[-1] == _NOREPLY
-        if not _valid_key(tokens[1], self.max_key, self._forbidden):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
-            return
-        delta = _parse_uint(tokens[2], _UINT64_MAX)
-        if delta is None:
-            events.append(Error(b"" if noreply else BAD_DELTA))
-            return
-        events.append(Command(name, key=tokens[1], delta=delta,
-                              noreply=noreply))
-
-    def _touch(self, name: str, tokens: List[bytes],
-               events: List[Event]) -> None:
-        if len(tokens) not in (3, 4):
-            events.append(Error(ERROR))
-            return
-        noreply = tokens[-1] == _NOREPLY
-        if not _valid_key(tokens[1], self.max_key, self._forbidden):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
-            return
-        exptime = _parse_int32(tokens[2])
-        if exptime is None:
-            events.append(Error(b"" if noreply else BAD_EXPTIME))
-            return
-        events.append(Command(name, key=tokens[1], exptime=exptime,
-                              noreply=noreply))
-
-    def _delete(self, name: str, tokens: List[bytes],
-                events: List[Event]) -> None:
-        n = len(tokens)
-        if not 2 <= n <= 4:
-            events.append(Error(ERROR))
-            return
-        noreply = False
-        if n > 2:
-            # Only "delete <key> [0] [noreply]" is allowed; the legacy hold
-            # time must be 0 (process_delete_command).
-            hold_is_zero = tokens[2] == b"0"
-            noreply = tokens[-1] == _NOREPLY
-            if not ((n == 3 and (hold_is_zero or noreply))
-                    or (n == 4 and hold_is_zero and noreply)):
-                events.append(Error(b"" if noreply else BAD_DELETE))
-                return
-        if not _valid_key(tokens[1], self.max_key, self._forbidden):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
-            return
-        events.append(Command(name, key=tokens[1], noreply=noreply))
-
-    def _flush_all(self, name: str, tokens: List[bytes],
-                   events: List[Event]) -> None:
-        n = len(tokens)
-        if not 1 <= n <= 3:
-            events.append(Error(ERROR))
-            return
-        noreply = n > 1 and tokens[-1] == _NOREPLY
-        args = tokens[1:-1] if noreply else tokens[1:]
-        exptime = 0
-        if args:
-            parsed = _parse_int32(args[0])
-            if parsed is None:
-                events.append(Error(b"" if noreply else BAD_EXPTIME))
-                return
-            exptime = parsed
-        events.append(Command(name, exptime=exptime, noreply=noreply,
-                              args=args))
-
-    def _verbosity(self, name: str, tokens: List[bytes],
-                   events: List[Event]) -> None:
-        if len(tokens) not in (2, 3):
-            events.append(Error(ERROR))
-            return
-        noreply = tokens[-1] == _NOREPLY
-        if _parse_uint(tokens[1], _UINT32_MAX) is None:
-            events.append(Error(b"" if noreply else BAD_FORMAT))
-            return
-        args = tokens[1:-1] if noreply and len(tokens) == 3 else tokens[1:]
-        events.append(Command(name, noreply=noreply, args=args))
-
-    def _simple(self, name: str, tokens: List[bytes],
-                events: List[Event]) -> None:
-        # version and stats take anything after them, as memcached does;
-        # stats subcommands are the server's to judge.
-        events.append(Command(name, args=tokens[1:]))
-
-    def _quit(self, name: str, tokens: List[bytes],
-              events: List[Event]) -> None:
-        # memcached closes after quit and runs nothing pipelined behind it.
-        events.append(Command(name, args=tokens[1:]))
-        self._state = _CLOSED
-
-
-_HANDLERS: Dict[str, Callable[[Parser, str, List[bytes], List[Event]], None]] = {
-    "get": Parser._get, "gets": Parser._get,
-    "gat": Parser._get, "gats": Parser._get,
-    "set": Parser._storage, "add": Parser._storage,
-    "replace": Parser._storage, "append": Parser._storage,
-    "prepend": Parser._storage, "cas": Parser._storage,
-    "incr": Parser._arithmetic, "decr": Parser._arithmetic,
-    "touch": Parser._touch,
-    "delete": Parser._delete,
-    "flush_all": Parser._flush_all,
-    "verbosity": Parser._verbosity,
-    "version": Parser._simple, "stats": Parser._simple,
-    "quit": Parser._quit,
+_HANDLERS: Dict[str, Callable[[_CommandLines, str, List[bytes], List[Event]], None]] = {
+    "get": _CommandLines._get, "gets": _CommandLines._get,
+    "gat": _CommandLines._get, "gats": _CommandLines._get,
+    "set": _CommandLines._storage, "add": _CommandLines._storage,
+    "replace": _CommandLines._storage, "append": _CommandLines._storage,
+    "prepend": _CommandLines._storage, "cas": _CommandLines._storage,
+    "incr": _CommandLines._arithmetic, "decr": _CommandLines._arithmetic,
+    "touch": _CommandLines._touch,
+    "delete": _CommandLines._delete,
+    "flush_all": _CommandLines._flush_all,
+    "verbosity": _CommandLines._verbosity,
+    "version": _CommandLines._simple, "stats": _CommandLines._simple,
+    "quit": _CommandLines._quit,
 }
 # The same, by the command's bytes: (name, handler).
 _BY_NAME = {name.encode("ascii"): (name, handler) for name, handler in _HANDLERS.items()}
