@@ -619,37 +619,36 @@ class Parser(_CommandLines):
         buf = self._buf
         n = len(buf)
         pos = self._pos
-        scan = max(self._scan, pos)     # searched for b"\n" up to here already
-        in_bytes = type(buf) is bytes
-        dispatch = self._dispatch
-        max_key, max_line, forbidden = self.max_key, self.max_line, self._forbidden
+        scan = self._scan       # searched for b"\n" up to here already
+        if scan < pos:
+            scan = pos
         while pos < n:
             nl = buf.find(b"\n", scan)
             if nl < 0:
                 self._pos, self._scan = pos, n
                 # Content plus a possible trailing \r, still without a newline.
-                if n - pos > max_line + 1:
+                if n - pos > self.max_line + 1:
                     return self._long_line(events)
                 return False
             end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-            if end - pos > max_line:
+            if end - pos > self.max_line:
                 self._pos = pos
                 return self._long_line(events)
-            line: bytes = buf[pos:end] if in_bytes else bytes(buf[pos:end])  # type: ignore[assignment]
-            pos = scan = nl + 1
-            if line[:4] == b"get ":
+            if buf.startswith(b"get ", pos):
                 # The commonest line, "get <key>": as _dispatch's tokens would
                 # read it when the rest is one valid key; anything else takes them.
-                key = line[4:]
-                if 0 < len(key) <= max_key and \
-                        len(key.translate(None, forbidden)) == len(key):
+                key = buf[pos + 4:end]
+                if 0 < len(key) <= self.max_key and \
+                        len(key.translate(None, self._forbidden)) == len(key):
                     cmd = _new(Command)
                     cmd.name = "get"
-                    cmd.keys = [key]
+                    cmd.keys = [key if type(key) is bytes else bytes(key)]
                     events.append(cmd)
+                    pos = scan = nl + 1
                     continue
-            self._pos = self._scan = pos
-            dispatch(line, events)
+            line = buf[pos:end]
+            self._pos = self._scan = pos = scan = nl + 1
+            self._dispatch(line if type(line) is bytes else bytes(line), events)
             state = self._state
             if state != _LINE:
                 if state != _DATA or not self._step_data(events):
