@@ -117,9 +117,10 @@ class OrderedReplies(Protocol):
                 return
         out = self._out
         if out:
-            self._out = []
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             self._out_len = 0
-            self._send_now(out[0] if len(out) == 1 else b"".join(out))
+            self._send_now(data)
         if not self._reading:
             self._update_reading()
 

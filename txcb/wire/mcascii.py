@@ -541,10 +541,27 @@ class Parser(_CommandLines):
         ``data``, and only an incomplete tail is copied into the buffer.
         """
         events: List[Event] = []
-        if self._state == _CLOSED or not data:
-            return events
-        if type(data) is not bytes:
-            data = bytes(data)
+        if not self._buf and self._state == _LINE and type(data) is bytes:
+            # The usual read: nothing held, at a command line.
+            self._buf = data
+            more = self._step_line(events)
+        else:
+            if self._state == _CLOSED or not data:
+                return events
+            more = self._take(bytes(data) if type(data) is not bytes else data, events)
+        if more:
+            step = self._step
+            while self._state != _CLOSED and step(events):
+                pass
+        if self._pos == len(self._buf) and self._state != _CLOSED:
+            self._buf = b""
+            self._pos = self._scan = 0
+        else:
+            self._keep_tail()
+        return events
+
+    def _take(self, data: bytes, events: List[Event]) -> bool:
+        """Add ``data`` to what is held; True if the state machine may step on."""
         if not self._buf:       # nothing held (a held tail starts at 0)
             if self._state == _SWALLOW:
                 # Skip swallowed bytes without copying them anywhere.
@@ -556,16 +573,7 @@ class Parser(_CommandLines):
             self._buf = data
         else:
             self._buf += data
-        if self._state != _LINE or self._step_line(events):
-            step = self._step
-            while self._state != _CLOSED and step(events):
-                pass
-        if self._pos == len(self._buf) and self._state != _CLOSED:
-            self._buf = b""
-            self._pos = self._scan = 0
-        else:
-            self._keep_tail()
-        return events
+        return self._state != _LINE or self._step_line(events)
 
     def _keep_tail(self) -> None:
         """After a feed: keep only the unconsumed bytes, in a bytearray."""
@@ -638,8 +646,9 @@ class Parser(_CommandLines):
                 # The commonest line, "get <key>": as _dispatch's tokens would
                 # read it when the rest is one valid key; anything else takes them.
                 key = buf[pos + 4:end]
-                if 0 < len(key) <= self.max_key and \
-                        len(key.translate(None, self._forbidden)) == len(key):
+                size = len(key)
+                if 0 < size <= self.max_key and \
+                        len(key.translate(None, self._forbidden)) == size:
                     cmd = _new(Command)
                     cmd.name = "get"
                     cmd.keys = [key if type(key) is bytes else bytes(key)]
