@@ -213,6 +213,14 @@ class OneWritePerReadTests(unittest.TestCase):
                          b"STORED\r\nVALUE big 0 70000\r\n" + b"x" * 70000
                          + b"\r\nEND\r\nVALUE a 0 1\r\n1\r\nEND\r\n")
 
+    def test_a_big_multi_get_reply_is_handed_over_once(self):
+        self.h.embedded.store_sync("upsert", b"big", Encoded(b"x" * 70000, 0))
+        self.c.p.dataReceived(b"get big k\r\nget k\r\n")
+        self.assertEqual(len(self.writes), 2)
+        self.assertEqual(b"".join(self.writes),
+                         b"VALUE big 0 70000\r\n" + b"x" * 70000 + b"\r\nVALUE k 7 3\r\nabc\r\n"
+                         b"END\r\nVALUE k 7 3\r\nabc\r\nEND\r\n")
+
     def test_big_replies_are_handed_over_in_chunks(self):
         self.h.embedded.store_sync("upsert", b"big", Encoded(b"x" * 70000, 0))
         self.c.p.dataReceived(b"get big\r\n" * 3)

@@ -11,7 +11,7 @@ formatting; the replies of one read leave in one write.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
@@ -70,14 +70,13 @@ class AsciiSession(Session):
             self.started = time.perf_counter()
         self.run(self._feed(data))
 
-    def handle(self, ev: Any) -> None:
+    def handle(self, ev: Any) -> Optional[bytes]:
         """Execute one parsed command (or answer one refused line)."""
         try:
-            self._table[ev.name](self, ev)
+            return self._table[ev.name](self, ev)
         except Exception:
             _log.failure("txcb memcached: internal error handling {cmd!r}", cmd=ev)
-            if not getattr(ev, "noreply", False):
-                self.reply(_SERVER_ERROR_INTERNAL)
+            return None if getattr(ev, "noreply", False) else _SERVER_ERROR_INTERNAL
 
     def internal_error(self, ctx: Any) -> bytes:
         return _SERVER_ERROR_INTERNAL
@@ -102,7 +101,7 @@ class AsciiSession(Session):
 
     # -- handlers ---------------------------------------------------------------------
 
-    def _get(self, cmd: A.Command) -> None:
+    def _get(self, cmd: A.Command) -> Optional[bytes]:
         keys = cmd.keys
         with_cas = cmd.name == "gets"
         if len(keys) == 1:
@@ -113,15 +112,16 @@ class AsciiSession(Session):
                 except Exception:
                     r = Failure()
                 else:
-                    if self.observer is None and not r.rc:
-                        self.reply(_format_one_hit(key, r.flags, r.raw,
-                                                   r.cas if with_cas else None))
-                        return
+                    if self.observer is None:
+                        if r.rc:
+                            return _END
+                        return _format_one_hit(key, r.flags, r.raw,
+                                               r.cas if with_cas else None)
                 self.done("get", r, _render_get1, (key, with_cas))
             else:
                 self.later("get", self._deferred(lambda b: b.get(key, quiet=True)),
                            _render_get1, (key, with_cas))
-            return
+            return None
         if self.sync:
             get_sync = self.bucket.get_sync
             results: List[Any] = []
@@ -134,6 +134,7 @@ class AsciiSession(Session):
         else:
             bucket = self.bucket
             self._later_all("get", [_get_deferred(bucket, k) for k in keys], (keys, with_cas))
+        return None
 
     def _gat(self, cmd: A.Command) -> None:
         keys = cmd.keys
@@ -148,7 +149,7 @@ class AsciiSession(Session):
             self._later_all("get", [get_and_touch(self.bucket, k, ttl) for k in keys],
                             (keys, cmd.name == "gats"))
 
-    def _set(self, cmd: A.Command) -> None:
+    def _set(self, cmd: A.Command) -> Optional[bytes]:
         assert cmd.value is not None  # the parser sets it for every store command
         value = Encoded(cmd.value, cmd.flags)
         ttl = cmd.exptime
@@ -162,12 +163,10 @@ class AsciiSession(Session):
                 r: Any = Failure()
             else:
                 if self.observer is None:
-                    if not cmd.noreply:
-                        self.reply(_STORED)
-                    return
+                    return None if cmd.noreply else _STORED
                 r = None
             self.done(op, r, _render_store, cmd)
-            return
+            return None
         key = cmd.key
         if op == "upsert":
             d = self._deferred(lambda b: b.upsert(key, value, ttl=ttl))
@@ -176,6 +175,7 @@ class AsciiSession(Session):
         else:
             d = self._deferred(lambda b: b.replace(key, value, ttl=ttl))
         self.later(op, d, _render_store, cmd)
+        return None
 
     def _cas(self, cmd: A.Command) -> None:
         key, cas = cmd.key, cmd.cas
@@ -284,7 +284,7 @@ def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
         return Failure()
 
 
-_HANDLERS: Dict[Any, Callable[[AsciiSession, Any], None]] = {
+_HANDLERS: Dict[Any, Callable[[AsciiSession, Any], Optional[bytes]]] = {
     "get": AsciiSession._get, "gets": AsciiSession._get,
     "gat": AsciiSession._gat, "gats": AsciiSession._gat,
     "set": AsciiSession._set, "add": AsciiSession._set, "replace": AsciiSession._set,
@@ -300,7 +300,7 @@ _HANDLERS: Dict[Any, Callable[[AsciiSession, Any], None]] = {
     "quit": AsciiSession._quit,
     None: AsciiSession._refused,        # an Error event: a refused line
 }
-_UNAUTHENTICATED: Dict[Any, Callable[[AsciiSession, Any], None]] = dict.fromkeys(
+_UNAUTHENTICATED: Dict[Any, Callable[[AsciiSession, Any], Optional[bytes]]] = dict.fromkeys(
     _HANDLERS, AsciiSession._unauthenticated)
 _UNAUTHENTICATED[None] = AsciiSession._refused
 

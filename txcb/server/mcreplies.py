@@ -18,7 +18,7 @@ one reply, and ``max_inflight`` pending results.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, List, Protocol as TypingProtocol, cast
+from typing import Any, Callable, Deque, List, Optional, Protocol as TypingProtocol, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -61,8 +61,9 @@ class OrderedReplies(Protocol):
     """
     A connection whose requests are executed in order and answered in order,
     with flow control.  A protocol session sets :attr:`handle` (one parsed
-    request -> its execution) and feeds parsed requests to :meth:`run`; the
-    handlers answer with :meth:`reply` or :meth:`submit`.
+    request -> its execution) and feeds parsed requests to :meth:`run`.  A
+    handler returns its reply when it is ready at once and is all it sends,
+    else answers with :meth:`reply` or :meth:`submit` and returns None.
     """
 
     _log = Logger()
@@ -78,7 +79,7 @@ class OrderedReplies(Protocol):
         self._reading = True
         self._closing = False        # no more requests: a close is under way
         self._gone = False           # connectionLost was called
-        self.handle: Callable[[Any], None] = _ignore
+        self.handle: Callable[[Any], Optional[bytes]] = _ignore
         #: What a request whose handler failed is answered with.
         self.internal_error: Callable[[Any], bytes] = lambda ctx: b""
         transport = self.transport
@@ -91,7 +92,7 @@ class OrderedReplies(Protocol):
         self._gone = True
         self._closing = True
         self._backlog.clear()
-        self._out = []
+        self._out.clear()
 
     @property
     def closing(self) -> bool:
@@ -108,14 +109,19 @@ class OrderedReplies(Protocol):
             return
         # Nothing pending: run until a reply is pending or output backs up.
         handle = self.handle
+        out = self._out
         done = 0
         for event in events:
-            handle(event)
+            data = handle(event)
             done += 1
+            if data:                # a reply ready now, and nothing pending before it
+                out.append(data)
+                self._out_len += len(data)
+                if self._out_len >= WRITE_CHUNK:
+                    self._flush()
             if slots or self._out_full or self._closing:
                 self._run_held(events[done:])
                 return
-        out = self._out
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
@@ -136,7 +142,9 @@ class OrderedReplies(Protocol):
             handle = self.handle
             done = 0
             for event in events:
-                handle(event)
+                data = handle(event)
+                if data:
+                    self.reply(data)
                 done += 1
                 if self._out_full or self._closing or len(slots) >= limit:
                     if not self._closing:
@@ -151,7 +159,9 @@ class OrderedReplies(Protocol):
         slots = self._slots
         limit = self._max_inflight
         while backlog and not (self._out_full or self._closing or len(slots) >= limit):
-            handle(backlog.popleft())
+            data = handle(backlog.popleft())
+            if data:
+                self.reply(data)
         if self._closing:
             backlog.clear()
         self._flush()
@@ -193,12 +203,13 @@ class OrderedReplies(Protocol):
             self._flush()
 
     def _flush(self) -> None:
-        out = self._out
+        out = self._out       # one list for the connection's life: run() holds it
         if out:
-            self._out = []
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             self._out_len = 0
             if not self._gone:
-                self._send_now(out[0] if len(out) == 1 else b"".join(out))
+                self._send_now(data)
 
     def _send_now(self, data: bytes) -> None:
         """Straight to the socket if nothing is queued, else through the transport."""
@@ -308,6 +319,7 @@ class OrderedReplies(Protocol):
             transport.loseConnection()
 
 
-def _ignore(event: Any) -> None:
+def _ignore(event: Any) -> Optional[bytes]:
     """The handler before a connection's protocol is known."""
+    return None
 
