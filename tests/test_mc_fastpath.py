@@ -1,10 +1,12 @@
 """
-The memcached ASCII fast path (MemcachedServerProtocol._ascii_fast): runs of
-whole ``get``/``gets`` (one key or several) and ``set`` commands, pipelined
-in one read, served without the parser.  Whatever the input and however it
-is split into reads, the replies, the connection's fate and the bucket's
-contents must be exactly those of the general path (the parser and the
-bucket's Deferred API, which a FaultyBucket wrapper forces).
+The memcached ASCII endpoint's one path (the parser cuts every complete
+command out of a read, one handler per command, one write per read): runs of
+``get``/``gets`` (one key or several) and ``set`` commands pipelined in one
+read, mixed with other and refused commands.  Whatever the input and however
+it is split into reads (at every offset, byte by byte, in random chunks), the
+replies, the connection's fate and the bucket's contents are the expected
+ones, and the same whether the bucket is called through ISyncBucket or
+through IBucket's Deferreds (which a FaultyBucket wrapper forces).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import re
 
 from twisted.trial import unittest
 
-from txcb.buckets.embedded import LOCKED_CAS, EmbeddedBucket
+from txcb.buckets.embedded import LOCKED_CAS
 from txcb.errors import NetworkError
 from txcb.formats import Encoded
+from txcb.interfaces import ISyncBucket
 from txcb.testing import FaultyBucket
 
 from tests.support.memcached import Harness
@@ -27,7 +30,7 @@ _GETS_LINE = re.compile(rb"(VALUE \S+ \d+ \d+) (\d+)\r\n")
 KEYS = [b"k", b"a", b"b", b"c", b"x", b"k\x10", b"big"]
 
 
-def _general(b, clock):
+def _deferred(b, clock):
     return FaultyBucket(b, clock)
 
 
@@ -36,11 +39,14 @@ def _cas(cas, base):
     return cas if cas == LOCKED_CAS else cas - base
 
 
-def _run(chunks, fast, setup=None, max_value_size=4096):
-    """Feed ``chunks`` to a new connection; return what can be observed."""
-    h = Harness(wrap=None if fast else _general, max_value_size=max_value_size)
+def _run(chunks, sync, setup=None, max_value_size=4096):
+    """
+    Feed ``chunks`` to a new connection (its bucket called through ISyncBucket
+    if ``sync``, else through Deferreds); return what can be observed.
+    """
+    h = Harness(wrap=None if sync else _deferred, max_value_size=max_value_size)
     c = h.connect()
-    assert isinstance(c.p.bucket, EmbeddedBucket) == fast
+    assert ISyncBucket.providedBy(c.p.bucket) == sync
     c.send(b"set k 7 0 3\r\nabc\r\n")
     base = h.embedded.get_sync(b"k").cas  # CAS values start from the time
     if setup is not None:
@@ -70,11 +76,11 @@ def _splits(data, stride=1):
 LONG_GET = b"get " + b" ".join(b"k%d" % i for i in range(1000)) + b"\r\n"
 
 STREAMS = [
-    # pure fast-path runs
+    # runs of gets and sets
     b"get k\r\nget nope\r\nset a 1 0 3\r\nxyz\r\nget a k nope a\r\ngets a\r\n"
     b"set b 0 0 2 noreply\r\nhi\r\nget b\r\ngets k b\r\n",
     b"set a 0 0 12\r\nget k\r\nabcde\r\nget a\r\n",  # a data block that looks like commands
-    # fast commands around ones the parser serves
+    # gets and sets around other commands
     b"set a 0 0 1\r\n1\r\nincr a 5\r\nget a\r\ndelete a\r\nget a\r\nversion\r\n"
     b"touch k 100\r\nget k\r\nappend k 0 0 2\r\nzz\r\nget k\r\n",
     # refused input in between: runs of spaces, bad chunks, negative exptime,
@@ -97,13 +103,16 @@ STREAMS = [
 ]
 
 
-class PipelinedAsciiEquivalenceTests(unittest.TestCase):
+class SplitStreamTests(unittest.TestCase):
+    """Replies and bucket state do not depend on the split nor on ISyncBucket."""
 
     def assertSameEverywhere(self, data, setup=None, stride=1):
         reference = _run([data], False, setup)
-        # The general path itself does not depend on the split.
+        # Through Deferreds, the result does not depend on the split.
         self.assertEqual(_run([data[i:i + 1] for i in range(len(data))], False, setup),
                          reference)
+        # Through ISyncBucket: the same, in one read, split anywhere, bytewise,
+        # in random chunks.
         self.assertEqual(_run([data], True, setup), reference, data[:60])
         for chunks in _splits(data, stride):
             self.assertEqual(_run(chunks, True, setup), reference, chunks)
@@ -134,36 +143,38 @@ class PipelinedAsciiEquivalenceTests(unittest.TestCase):
             b"version\r\n", close)
 
 
-class FastPathTests(unittest.TestCase):
-    """The fast path is taken where it should be, with one write per read."""
+class OneWritePerReadTests(unittest.TestCase):
+    """Each read is parsed once, its commands run in order, its replies written once."""
 
     def setUp(self):
         self.h = Harness(max_value_size=100000)
         self.c = self.h.connect()
         self.c.send(b"set k 7 0 3\r\nabc\r\n")
         self.parsed = []
-        parse = self.c.p._parse
+        session = self.c.p.session
+        feed = session._feed
 
-        def counting_parse(data):
+        def counting_feed(data):
             self.parsed.append(data)
-            parse(data)
-        self.c.p._parse = counting_parse
+            return feed(data)
+        session._feed = counting_feed
         self.writes = []
         self.c.t.write = self.writes.append
         self.c.p._direct = None
 
-    def test_pipelined_gets_and_sets_skip_the_parser(self):
-        self.c.p.dataReceived(b"get k\r\nset a 1 0 2\r\nhi\r\nget a k nope\r\ngets a\r\n"
-                              b"set b 0 0 1 noreply\r\nz\r\nget b\r\n")
+    def test_pipelined_gets_and_sets_in_one_parse_and_one_write(self):
+        data = (b"get k\r\nset a 1 0 2\r\nhi\r\nget a k nope\r\ngets a\r\n"
+                b"set b 0 0 1 noreply\r\nz\r\nget b\r\n")
+        self.c.p.dataReceived(data)
         cas = self.h.embedded.get_sync(b"a").cas
-        self.assertEqual(self.parsed, [])
+        self.assertEqual(self.parsed, [data])
         self.assertEqual(self.writes, [
             b"VALUE k 7 3\r\nabc\r\nEND\r\nSTORED\r\nVALUE a 1 2\r\nhi\r\nVALUE k 7 3\r\n"
             b"abc\r\nEND\r\nVALUE a 1 2 %d\r\nhi\r\nEND\r\nVALUE b 0 1\r\nz\r\nEND\r\n" % cas])
 
-    def test_the_rest_takes_the_parser_in_the_same_write(self):
+    def test_mixed_commands_in_the_same_write_and_a_held_partial_set(self):
         self.c.p.dataReceived(b"get k\r\nincr n 1\r\nget k\r\nset a 0 0 5\r\nab")
-        self.assertEqual(self.parsed, [b"incr n 1\r\nget k\r\nset a 0 0 5\r\nab"])
+        self.assertEqual(self.parsed, [b"get k\r\nincr n 1\r\nget k\r\nset a 0 0 5\r\nab"])
         self.assertEqual(self.writes, [b"VALUE k 7 3\r\nabc\r\nEND\r\nNOT_FOUND\r\n"
                                        b"VALUE k 7 3\r\nabc\r\nEND\r\n"])
         del self.writes[:]
@@ -172,18 +183,18 @@ class FastPathTests(unittest.TestCase):
         self.assertEqual(self.writes, [b"STORED\r\nVALUE a 0 5\r\nabcde\r\nEND\r\n"])
         del self.writes[:]
         self.c.p.dataReceived(b"get a\r\n")  # the parser is back at a command
-        self.assertEqual(len(self.parsed), 2)
+        self.assertEqual(len(self.parsed), 3)
         self.assertEqual(self.writes, [b"VALUE a 0 5\r\nabcde\r\nEND\r\n"])
 
-    def test_incomplete_command_is_left_to_the_parser(self):
+    def test_incomplete_command_is_held_by_the_parser(self):
         self.c.p.dataReceived(b"get k\r\nget k")
-        self.assertEqual(self.parsed, [b"get k"])
+        self.assertEqual(self.parsed, [b"get k\r\nget k"])
+        self.assertEqual(self.c.p.session.parser.buffered, 5)
         self.c.p.dataReceived(b"\r\n")
         self.assertEqual(self.writes, [b"VALUE k 7 3\r\nabc\r\nEND\r\n"] * 2)
 
     def test_big_replies_go_out_as_they_come_and_flow_control_stops_the_rest(self):
         c = self.c
-        c.p._parse = type(c.p)._parse.__get__(c.p)
         self.h.embedded.store_sync("upsert", b"big", Encoded(b"x" * 70000, 0))
 
         def write(data):
@@ -203,6 +214,14 @@ class FastPathTests(unittest.TestCase):
                          b"STORED\r\nVALUE big 0 70000\r\n" + b"x" * 70000
                          + b"\r\nEND\r\nVALUE a 0 1\r\n1\r\nEND\r\n")
 
+    def test_a_big_multi_get_reply_is_handed_over_once(self):
+        self.h.embedded.store_sync("upsert", b"big", Encoded(b"x" * 70000, 0))
+        self.c.p.dataReceived(b"get big k\r\nget k\r\n")
+        self.assertEqual(len(self.writes), 2)
+        self.assertEqual(b"".join(self.writes),
+                         b"VALUE big 0 70000\r\n" + b"x" * 70000 + b"\r\nVALUE k 7 3\r\nabc\r\n"
+                         b"END\r\nVALUE k 7 3\r\nabc\r\nEND\r\n")
+
     def test_big_replies_are_handed_over_in_chunks(self):
         self.h.embedded.store_sync("upsert", b"big", Encoded(b"x" * 70000, 0))
         self.c.p.dataReceived(b"get big\r\n" * 3)
@@ -210,14 +229,16 @@ class FastPathTests(unittest.TestCase):
         self.assertEqual(b"".join(self.writes),
                          (b"VALUE big 0 70000\r\n" + b"x" * 70000 + b"\r\nEND\r\n") * 3)
 
-    def test_not_while_replies_are_pending(self):
+    def test_a_bucket_without_isyncbucket_is_served_through_deferreds(self):
         h = Harness(wrap=lambda b, clock: FaultyBucket(b, clock))
         c = h.connect()
-        # No synchronous calls: everything takes the parser and Deferreds.
+        # No synchronous calls: everything goes through Deferreds.
         self.assertEqual(c.send(b"set k 0 0 1\r\na\r\nget k k\r\n"),
                          b"STORED\r\nVALUE k 0 1\r\na\r\nVALUE k 0 1\r\na\r\nEND\r\n")
+        self.assertFalse(c.p.session.sync)
+        self.assertTrue(self.c.p.session.sync)
 
-    def test_unauthenticated_connections_take_the_parser(self):
+    def test_unauthenticated_connections_answer_only_the_login(self):
         h = Harness(credentials={b"user": b"pw"})
         c = h.connect()
         self.assertEqual(c.send(b"get k\r\nset k 0 0 1\r\na\r\n"),

@@ -425,12 +425,12 @@ class AsciiStreamTests(unittest.TestCase):
         self.assertEqual((h.stats.connections, h.stats.total_connections), (0, 2))
 
 
-class FastPathEquivalenceTests(unittest.TestCase):
+class SyncAndDeferredBucketsAgreeTests(unittest.TestCase):
     """
-    ``get``/``set`` (ASCII) or a GET/SET frame on a bucket with synchronous
-    calls takes a fast path; every input must get exactly the reply the
-    general path (parser, Deferreds) gives it.  (Pipelined runs, split at
-    every offset: tests/test_mc_fastpath.py.)
+    ``get``/``set`` (ASCII) or a GET/SET frame, odd or refused ones included,
+    get exactly the same reply whether the bucket provides ISyncBucket (its
+    synchronous calls are used) or not (its Deferreds are).  (Pipelined runs,
+    split at every offset: tests/test_mc_fastpath.py.)
     """
 
     ASCII = [b"get k\r\n", b"get nope\r\n", b"get  k\r\n", b"get k \r\n", b"get k\n",
@@ -503,6 +503,57 @@ class FastPathEquivalenceTests(unittest.TestCase):
                              data[:40])
 
 
+class _RecordingObserver:
+    def __init__(self):
+        self.seen = []
+
+    def request_done(self, op, status, started):
+        self.seen.append((op, status, type(started)))
+
+
+class RequestObserverTests(unittest.TestCase):
+    """The factory's observer is told of every answered request, both protocols."""
+
+    def observed(self, wrap=None):
+        h = Harness(wrap=wrap)
+        h.factory.observer = observer = _RecordingObserver()
+        return h, observer
+
+    def check_ascii(self, wrap):
+        h, observer = self.observed(wrap)
+        c = h.connect()
+        c.send(b"set k 0 0 1\r\na\r\nget k\r\nget nope\r\nget k nope\r\nadd k 0 0 1\r\nb\r\n"
+               b"delete nope\r\nincr k 1\r\ntouch k 10\r\nappend k 0 0 1\r\nc\r\n")
+        self.assertEqual(observer.seen, [
+            ("upsert", 0, float), ("get", 0, float), ("get", errors.RC.KEY_ENOENT, float),
+            ("get", errors.RC.KEY_ENOENT, float), ("insert", errors.RC.KEY_EEXISTS, float),
+            ("remove", errors.RC.KEY_ENOENT, float),
+            ("counter", errors.RC.DELTA_BADVAL, float), ("touch", 0, float),
+            ("append", 0, float)])
+
+    def test_ascii_sync_bucket(self):
+        self.check_ascii(None)
+
+    def test_ascii_deferred_bucket(self):
+        self.check_ascii(lambda b, clock: FaultyBucket(b, clock))
+
+    def test_binary(self):
+        h, observer = self.observed()
+        c = h.connect()
+        c.send(req(O.SET, b"k", b"v", B.store_extras(0, 0)) + req(O.GET, b"k")
+               + req(O.GETQ, b"nope") + req(O.DELETE, b"k") + req(O.NOOP))
+        self.assertEqual(observer.seen, [
+            ("upsert", 0, float), ("get", 0, float), ("get", errors.RC.KEY_ENOENT, float),
+            ("remove", 0, float)])
+
+    def test_no_observer_no_calls(self):
+        h = Harness()
+        self.assertIsNone(h.factory.observer)
+        c = h.connect()
+        self.assertEqual(c.send(b"set k 0 0 1\r\na\r\nget k\r\n"),
+                         b"STORED\r\nVALUE k 0 1\r\na\r\nEND\r\n")
+
+
 class AsciiHostileInputTests(unittest.TestCase):
     """memcached's own regression cases (t/issue_*.t, malicious-commands.t)."""
 
@@ -513,7 +564,7 @@ class AsciiHostileInputTests(unittest.TestCase):
     def test_ascii_line_over_2048_bytes_without_newline_closes(self):
         self.assertEqual(self.c.send(b"set " + b"k" * 3000), b"")
         self.assertTrue(self.c.closed)
-        self.assertLess(self.c.p._parser.buffered, 2100)
+        self.assertLess(self.c.p.session.parser.buffered, 2100)
 
     def test_get_followed_by_thousands_of_spaces(self):
         c = self.c
@@ -535,7 +586,7 @@ class AsciiHostileInputTests(unittest.TestCase):
         self.assertEqual(c.send(b"set k 0 0 2147483600\r\n"),
                          b"SERVER_ERROR object too large for cache\r\n")
         self.assertFalse(c.closed)
-        self.assertEqual(self.c.p._parser.buffered, 0)
+        self.assertEqual(self.c.p.session.parser.buffered, 0)
 
     def test_key_over_250_bytes(self):
         c = self.c
@@ -841,7 +892,7 @@ class BinaryHostileInputTests(unittest.TestCase):
                                    + b"\0" * 1000))
         self.assertEqual([(r.status, r.opaque) for r in rs], [(S.E2BIG, 6)])
         self.assertTrue(self.c.closed)
-        self.assertEqual(self.c.p._decoder.buffered, 0)
+        self.assertEqual(self.c.p.session.decoder.buffered, 0)
 
     def test_binary_huge_length(self):
         rs = responses(self.c.send(self.header(O.GET, keylen=1, bodylen=4294967295,

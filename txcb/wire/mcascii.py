@@ -38,11 +38,11 @@ bytes) is buffered.
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 __all__ = [
     "Parser", "Command", "Error", "Event",
-    "format_value", "format_number", "format_stats",
+    "format_value", "format_hit", "format_one_hit", "format_number", "format_stats",
     "END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED",
     "TOUCHED", "OK", "ERROR",
     "BAD_FORMAT", "BAD_DATA_CHUNK", "TOO_LARGE", "BAD_DELTA",
@@ -132,6 +132,18 @@ class Command:
         self.noreply = noreply
         self.args = [] if args is None else args
 
+    def __getattr__(self, field: str) -> Any:
+        # Only called for a field left unset: the parser's hot paths set the
+        # fields a command uses and leave the rest to their defaults.
+        if field in _LIST_FIELDS:
+            value: Any = []
+            setattr(self, field, value)
+            return value
+        try:
+            return _DEFAULTS[field]
+        except KeyError:
+            raise AttributeError(field) from None
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not Command:
             return NotImplemented
@@ -152,6 +164,20 @@ class Command:
             self.name, "".join(", " + x for x in shown))
 
 
+_new = object.__new__
+_DEFAULTS = {"key": None, "flags": 0, "exptime": 0, "cas": None, "delta": None,
+             "value": None, "noreply": False}
+_LIST_FIELDS = frozenset(("keys", "args"))
+
+
+def _keys_command(name: str, keys: List[bytes]) -> Command:
+    """``Command(name, keys=keys)``, built without keyword parsing: get's hot path."""
+    cmd = _new(Command)
+    cmd.name = name
+    cmd.keys = keys
+    return cmd
+
+
 class Error:
     """
     A request the server must refuse.
@@ -163,6 +189,8 @@ class Error:
     """
 
     __slots__ = ("response", "close")
+    #: Not a command (a Command's name is a str): one key for both in a table.
+    name = None
 
     def __init__(self, response: bytes, close: bool = False) -> None:
         self.response = response
@@ -186,6 +214,8 @@ def _parse_uint(token: bytes, maximum: int) -> Optional[int]:
     """Parse plain decimal digits no larger than ``maximum``, else None."""
     if not token.isdigit():
         return None
+    if len(token) < 10:     # below every maximum used here (2**31 - 3 and up)
+        return int(token)
     digits = token.lstrip(b"0")
     # Bound the work (and dodge int()'s digit limit) before converting.
     if len(digits) > len(str(maximum)):
@@ -218,217 +248,25 @@ def _valid_key(key: bytes, max_key: int, forbidden: bytes = _KEY_FORBIDDEN) -> b
 _LINE, _DATA, _SWALLOW, _GETSTREAM, _CLOSED = range(5)
 
 
-class Parser:
+class _CommandLines:
     """
-    Incremental parser for the memcached ASCII protocol, as a server sees it.
-
-    Feed it received bytes with :meth:`feed`; it returns the events that the
-    bytes completed, in order, and gives the same events however the stream
-    is split.  ``max_line`` bounds a command line (memcached uses 2048; only
-    ``get``/``gets`` lines may be longer, as in memcached), ``max_value`` a
-    data block, ``max_key`` a key and ``max_keys`` the keys of one multi-get.
-    ``control_keys=True`` accepts control characters in keys, as memcached
-    does (only space, CR, LF and NUL are refused).
+    The grammar of command lines, one method per command: a complete line's
+    tokens in, events out (and the state a storage command's data block
+    needs).  :class:`Parser` frames the stream around it.
     """
 
-    def __init__(self, max_line: int = 2048,
-                 max_value: int = 20 * 1024 * 1024, max_key: int = 250,
-                 max_keys: int = 65536, control_keys: bool = False) -> None:
-        if max_line < 128:
-            raise ValueError("max_line must be at least 128")
-        if not 0 <= max_value <= _MAX_VLEN:
-            raise ValueError("max_value out of range")
-        if max_key < 1 or max_keys < 1:
-            raise ValueError("max_key and max_keys must be positive")
-        self.max_line = max_line
-        self.max_value = max_value
-        self.max_key = max_key
-        self.max_keys = max_keys
-        self._forbidden = _KEY_FORBIDDEN_MIN if control_keys else _KEY_FORBIDDEN
-        self._buf = bytearray()
-        self._pos = 0          # start of unconsumed bytes in _buf
-        self._scan = 0         # _buf offset already searched for b"\n"
-        self._state = _LINE
-        self._pending: Optional[Command] = None   # _DATA: awaiting value
-        self._need = 0         # _DATA: bytes wanted; _SWALLOW: bytes left
-        # _GETSTREAM state: an over-long get/gets line, tokenised as it comes.
-        self._get_name = ""
-        self._get_keys: List[bytes] = []
-        self._get_partial = b""          # an unfinished key token
-        self._get_failure: Optional[bytes] = None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of input held internally (for checking memory bounds)."""
-        return len(self._buf) - self._pos + len(self._get_partial)
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection must close; input is then ignored."""
-        return self._state == _CLOSED
-
-    @property
-    def at_command(self) -> bool:
-        """
-        True when nothing is held and the next byte fed starts a command
-        line (so a caller may recognise a simple complete line itself).
-        """
-        return self._state == _LINE and self._pos == len(self._buf)
-
-    def feed(self, data: bytes) -> List[Event]:
-        """Consume ``data`` and return the events it completed."""
-        events: List[Event] = []
-        if self._state == _CLOSED or not data:
-            return events
-        view = memoryview(data)
-        if self._state == _SWALLOW and self._pos == len(self._buf):
-            # Skip swallowed bytes without copying them into the buffer.
-            n = min(len(view), self._need)
-            self._need -= n
-            view = view[n:]
-            if self._need == 0:
-                self._state = _LINE
-        self._buf += view
-        while self._state != _CLOSED and self._step(events):
-            pass
-        if self._state == _CLOSED:
-            self._buf = bytearray()
-            self._pos = self._scan = 0
-            self._pending = None
-            self._get_partial = b""
-            self._get_keys = []
-        elif self._pos:
-            del self._buf[:self._pos]
-            self._scan = max(0, self._scan - self._pos)
-            self._pos = 0
-        return events
-
-    # -- state machine --
-
-    def _step(self, events: List[Event]) -> bool:
-        """Make one unit of progress; False when more input is needed."""
-        state = self._state
-        if state == _LINE:
-            return self._step_line(events)
-        if state == _DATA:
-            return self._step_data(events)
-        if state == _SWALLOW:
-            n = min(len(self._buf) - self._pos, self._need)
-            self._pos += n
-            self._need -= n
-            if self._need:
-                return False
-            self._state = _LINE
-            return True
-        if state == _GETSTREAM:
-            return self._step_getstream(events)
-        return False
-
-    def _step_line(self, events: List[Event]) -> bool:
-        buf, pos = self._buf, self._pos
-        if pos == len(buf):
-            return False
-        nl = buf.find(b"\n", max(self._scan, pos))
-        if nl < 0:
-            self._scan = len(buf)
-            # Content plus a possible trailing \r, still without a newline.
-            if len(buf) - pos > self.max_line + 1:
-                return self._long_line(events)
-            return False
-        end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-        if end - pos > self.max_line:
-            return self._long_line(events)
-        line = bytes(buf[pos:end])
-        self._pos = self._scan = nl + 1
-        self._dispatch(line, events)
-        return True
-
-    def _long_line(self, events: List[Event]) -> bool:
-        """A line over max_line: stream it if a multi-get, else hang up."""
-        prefix = bytes(self._buf[self._pos:self._pos + self.max_line + 2])
-        body = prefix.lstrip(b" ")
-        skipped = len(prefix) - len(body)
-        for name in ("get", "gets"):
-            if skipped <= _MAX_LEADING_SPACES and \
-                    body.startswith(name.encode() + b" "):
-                self._state = _GETSTREAM
-                self._get_name = name
-                self._get_keys = []
-                self._get_partial = b""
-                self._get_failure = None
-                self._pos += skipped + len(name) + 1
-                return True
-        self._close(events, _HANGUP)
-        return False
-
-    def _step_getstream(self, events: List[Event]) -> bool:
-        buf, pos = self._buf, self._pos
-        if pos == len(buf):
-            return False
-        # Work through at most _STREAM_SLICE bytes a step, so that one huge
-        # feed() cannot make split() build millions of tokens at once.
-        limit = pos + _STREAM_SLICE
-        nl = buf.find(b"\n", pos, limit)
-        stop = min(len(buf), limit) if nl < 0 else nl
-        if self._get_failure is None:
-            text = self._get_partial + bytes(buf[pos:stop])
-            if nl >= 0 and text.endswith(b"\r"):
-                text = text[:-1]
-            tokens = text.split(b" ")
-            if nl < 0:
-                partial = tokens.pop()
-                # +1: the token may yet turn out to end in the line's \r.
-                if len(partial) > self.max_key + 1:
-                    self._get_failure = BAD_FORMAT
-                    partial = b""
-                self._get_partial = partial
-            else:
-                self._get_partial = b""
-            if self._get_failure is None:
-                self._get_failure = self._collect_keys(tokens, self._get_keys)
-            if self._get_failure is not None:
-                self._get_keys = []
-                self._get_partial = b""
-        if nl < 0:
-            self._pos = stop
-            return stop < len(buf)
-        self._pos = self._scan = nl + 1
-        self._state = _LINE
-        if self._get_failure is not None:
-            events.append(Error(self._get_failure))
-        elif not self._get_keys:
-            events.append(Error(ERROR))     # "get" and only spaces
-        else:
-            events.append(Command(self._get_name, keys=self._get_keys))
-        self._get_keys = []
-        self._get_failure = None
-        return True
-
-    def _step_data(self, events: List[Event]) -> bool:
-        pos, need = self._pos, self._need
-        if len(self._buf) - pos < need:
-            return False
-        cmd = self._pending
-        assert cmd is not None
-        self._pending = None
-        self._pos = self._scan = pos + need
-        self._state = _LINE
-        if self._buf[pos + need - 2:pos + need] == b"\r\n":
-            # One copy, straight out of the buffer.
-            with memoryview(self._buf) as view, \
-                    view[pos:pos + need - 2] as block:
-                cmd.value = block.tobytes()
-            events.append(cmd)
-        else:
-            # complete_nread_ascii: the block is consumed either way.
-            events.append(Error(b"" if cmd.noreply else BAD_DATA_CHUNK))
-        return True
+    max_key: int
+    max_keys: int
+    max_value: int
+    _forbidden: bytes
+    _state: int
+    _pending: Optional[Command]
+    _need: int
 
     def _close(self, events: List[Event], response: bytes) -> None:
         events.append(Error(response, close=True))
         self._state = _CLOSED
 
-    # -- command lines --
 
     def _collect_keys(self, tokens: List[bytes],
                       keys: List[bytes]) -> Optional[bytes]:
@@ -446,18 +284,15 @@ class Parser:
 
     def _dispatch(self, line: bytes, events: List[Event]) -> None:
         """Parse one complete command line (without its line ending)."""
-        tokens = [t for t in line.split(b" ") if t]
-        # process_command_ascii: no command is shorter than two bytes.
-        if not tokens or len(tokens[0]) < 2:
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+        entry = _BY_NAME.get(tokens[0]) if tokens else None
+        if entry is not None:
+            entry[1](self, entry[0], tokens, events)
+        elif not tokens or len(tokens[0]) < 2:
+            # process_command_ascii: no command is shorter than two bytes.
             events.append(Error(ERROR))
-            return
-        try:
-            name = tokens[0].decode("ascii")
-        except UnicodeDecodeError:
-            name = ""
-        handler = _HANDLERS.get(name)
-        if handler is not None:
-            handler(self, name, tokens, events)
         elif tokens[-1].startswith(b"HTTP/"):
             # An HTTP request line: memcached hangs up without replying.
             self._close(events, _HANGUP)
@@ -466,7 +301,16 @@ class Parser:
 
     def _get(self, name: str, tokens: List[bytes],
              events: List[Event]) -> None:
-        if len(tokens) < 2:
+        n = len(tokens)
+        if n == 2 and (name == "get" or name == "gets"):
+            key = tokens[1]     # the common case: one key (never empty here)
+            if len(key) <= self.max_key and \
+                    len(key.translate(None, self._forbidden)) == len(key):
+                events.append(_keys_command(name, [key]))
+            else:
+                events.append(Error(BAD_FORMAT))
+            return
+        if n < 2:
             events.append(Error(ERROR))
             return
         exptime = 0
@@ -496,9 +340,16 @@ class Parser:
             return
         noreply = tokens[-1] == _NOREPLY
         key = tokens[1]
-        flags = _parse_uint(tokens[2], _UINT32_MAX)
-        exptime = _parse_int32(tokens[3])
-        vlen = _parse_vlen(tokens[4])
+        f, e, v = tokens[2], tokens[3], tokens[4]
+        flags: Optional[int]
+        exptime: Optional[int]
+        vlen: Optional[int]
+        if len(f) < 10 and len(e) < 10 and len(v) < 10 and f.isdigit() and \
+                e.isdigit() and v.isdigit():
+            # Short plain numbers (the usual): in range of every field.
+            flags, exptime, vlen = int(f), int(e), int(v)
+        else:
+            flags, exptime, vlen = _parse_uint(f, _UINT32_MAX), _parse_int32(e), _parse_vlen(v)
         cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
         if (not _valid_key(key, self.max_key, self._forbidden) or flags is None
                 or exptime is None or vlen is None
@@ -513,8 +364,13 @@ class Parser:
             events.append(Error(b"" if noreply else TOO_LARGE))
             self._swallow(vlen + 2)
             return
-        self._pending = Command(name, key=key, flags=flags, exptime=exptime,
-                                cas=cas, noreply=noreply)
+        cmd = self._pending = _new(Command)
+        cmd.name = name
+        cmd.key = key
+        cmd.flags = flags
+        cmd.exptime = exptime
+        cmd.cas = cas
+        cmd.noreply = noreply
         self._need = vlen + 2
         self._state = _DATA
 
@@ -618,20 +474,298 @@ class Parser:
         self._state = _CLOSED
 
 
-_HANDLERS = {
-    "get": Parser._get, "gets": Parser._get,
-    "gat": Parser._get, "gats": Parser._get,
-    "set": Parser._storage, "add": Parser._storage,
-    "replace": Parser._storage, "append": Parser._storage,
-    "prepend": Parser._storage, "cas": Parser._storage,
-    "incr": Parser._arithmetic, "decr": Parser._arithmetic,
-    "touch": Parser._touch,
-    "delete": Parser._delete,
-    "flush_all": Parser._flush_all,
-    "verbosity": Parser._verbosity,
-    "version": Parser._simple, "stats": Parser._simple,
-    "quit": Parser._quit,
+class Parser(_CommandLines):
+    """
+    Incremental parser for the memcached ASCII protocol, as a server sees it.
+
+    Feed it received bytes with :meth:`feed`; it returns the events that the
+    bytes completed, in order, and gives the same events however the stream
+    is split.  ``max_line`` bounds a command line (memcached uses 2048; only
+    ``get``/``gets`` lines may be longer, as in memcached), ``max_value`` a
+    data block, ``max_key`` a key and ``max_keys`` the keys of one multi-get.
+    ``control_keys=True`` accepts control characters in keys, as memcached
+    does (only space, CR, LF and NUL are refused).
+    """
+
+    def __init__(self, max_line: int = 2048,
+                 max_value: int = 20 * 1024 * 1024, max_key: int = 250,
+                 max_keys: int = 65536, control_keys: bool = False) -> None:
+        if max_line < 128:
+            raise ValueError("max_line must be at least 128")
+        if not 0 <= max_value <= _MAX_VLEN:
+            raise ValueError("max_value out of range")
+        if max_key < 1 or max_keys < 1:
+            raise ValueError("max_key and max_keys must be positive")
+        self.max_line = max_line
+        self.max_value = max_value
+        self.max_key = max_key
+        self.max_keys = max_keys
+        self._forbidden = _KEY_FORBIDDEN_MIN if control_keys else _KEY_FORBIDDEN
+        # Unconsumed input: b"" when empty, the caller's bytes during a feed,
+        # a bytearray while an incomplete command is held between feeds.
+        self._buf: Union[bytes, bytearray] = b""
+        self._pos = 0          # start of unconsumed bytes in _buf
+        self._scan = 0         # _buf offset already searched for b"\n"
+        self._state = _LINE
+        self._pending: Optional[Command] = None   # _DATA: awaiting value
+        self._need = 0         # _DATA: bytes wanted; _SWALLOW: bytes left
+        # _GETSTREAM state: an over-long get/gets line, tokenised as it comes.
+        self._get_name = ""
+        self._get_keys: List[bytes] = []
+        self._get_partial = b""          # an unfinished key token
+        self._get_failure: Optional[bytes] = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of input held internally (for checking memory bounds)."""
+        return len(self._buf) - self._pos + len(self._get_partial)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection must close; input is then ignored."""
+        return self._state == _CLOSED
+
+    @property
+    def at_command(self) -> bool:
+        """
+        True when nothing is held and the next byte fed starts a command
+        line (so a caller may recognise a simple complete line itself).
+        """
+        return self._state == _LINE and self._pos == len(self._buf)
+
+    def feed(self, data: bytes) -> List[Event]:
+        """
+        Consume ``data`` and return the events it completed: every complete
+        command of the read, in order.  When nothing is held from earlier
+        input (the usual case) the commands are cut straight out of
+        ``data``, and only an incomplete tail is copied into the buffer.
+        """
+        events: List[Event] = []
+        if not self._buf and self._state == _LINE and type(data) is bytes:
+            # The usual read: nothing held, at a command line.
+            self._buf = data
+            more = self._step_line(events)
+        else:
+            if self._state == _CLOSED or not data:
+                return events
+            more = self._take(bytes(data) if type(data) is not bytes else data, events)
+        if more:
+            step = self._step
+            while self._state != _CLOSED and step(events):
+                pass
+        if self._pos == len(self._buf) and self._state != _CLOSED:
+            self._buf = b""
+            self._pos = self._scan = 0
+        else:
+            self._keep_tail()
+        return events
+
+    def _take(self, data: bytes, events: List[Event]) -> bool:
+        """Add ``data`` to what is held; True if the state machine may step on."""
+        if not self._buf:       # nothing held (a held tail starts at 0)
+            if self._state == _SWALLOW:
+                # Skip swallowed bytes without copying them anywhere.
+                n = min(len(data), self._need)
+                self._need -= n
+                data = data[n:] if n else data
+                if self._need == 0:
+                    self._state = _LINE
+            self._buf = data
+        else:
+            self._buf += data
+        return self._state != _LINE or self._step_line(events)
+
+    def _keep_tail(self) -> None:
+        """After a feed: keep only the unconsumed bytes, in a bytearray."""
+        if self._state == _CLOSED:
+            self._buf = b""
+            self._pos = self._scan = 0
+            self._pending = None
+            self._get_partial = b""
+            self._get_keys = []
+            return
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            self._buf = b""
+            self._pos = self._scan = 0
+        elif isinstance(buf, bytes):
+            self._buf = bytearray(buf[pos:])
+            self._scan = max(0, self._scan - pos)
+            self._pos = 0
+        elif pos:
+            del buf[:pos]
+            self._scan = max(0, self._scan - pos)
+            self._pos = 0
+
+    # -- state machine --
+
+    def _step(self, events: List[Event]) -> bool:
+        """Make one unit of progress; False when more input is needed."""
+        state = self._state
+        if state == _LINE:
+            return self._step_line(events)
+        if state == _DATA:
+            return self._step_data(events)
+        if state == _SWALLOW:
+            n = min(len(self._buf) - self._pos, self._need)
+            self._pos += n
+            self._need -= n
+            if self._need:
+                return False
+            self._state = _LINE
+            return True
+        if state == _GETSTREAM:
+            return self._step_getstream(events)
+        return False
+
+    def _step_line(self, events: List[Event]) -> bool:
+        """
+        Cut out every complete command line (and the data block of a
+        storage command) while the parser stays in the line state; False
+        when more input is needed.
+        """
+        buf = self._buf
+        n = len(buf)
+        pos = self._pos
+        scan = self._scan       # searched for b"\n" up to here already
+        if scan < pos:
+            scan = pos
+        while pos < n:
+            nl = buf.find(b"\n", scan)
+            if nl < 0:
+                self._pos, self._scan = pos, n
+                # Content plus a possible trailing \r, still without a newline.
+                if n - pos > self.max_line + 1:
+                    return self._long_line(events)
+                return False
+            end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
+            if end - pos > self.max_line:
+                self._pos = pos
+                return self._long_line(events)
+            if buf.startswith(b"get ", pos):
+                # The commonest line, "get <key>": as _dispatch's tokens would
+                # read it when the rest is one valid key; anything else takes them.
+                key = buf[pos + 4:end]
+                size = len(key)
+                if 0 < size <= self.max_key and \
+                        len(key.translate(None, self._forbidden)) == size:
+                    cmd = _new(Command)
+                    cmd.name = "get"
+                    cmd.keys = [key if type(key) is bytes else bytes(key)]
+                    events.append(cmd)
+                    pos = scan = nl + 1
+                    continue
+            line = buf[pos:end]
+            self._pos = self._scan = pos = scan = nl + 1
+            self._dispatch(line if type(line) is bytes else bytes(line), events)
+            state = self._state
+            if state != _LINE:
+                if state != _DATA or not self._step_data(events):
+                    return state != _CLOSED
+                pos = scan = self._pos
+        self._pos = self._scan = pos
+        return False
+
+    def _long_line(self, events: List[Event]) -> bool:
+        """A line over max_line: stream it if a multi-get, else hang up."""
+        prefix = bytes(self._buf[self._pos:self._pos + self.max_line + 2])
+        body = prefix.lstrip(b" ")
+        skipped = len(prefix) - len(body)
+        for name in ("get", "gets"):
+            if skipped <= _MAX_LEADING_SPACES and \
+                    body.startswith(name.encode() + b" "):
+                self._state = _GETSTREAM
+                self._get_name = name
+                self._get_keys = []
+                self._get_partial = b""
+                self._get_failure = None
+                self._pos += skipped + len(name) + 1
+                return True
+        self._close(events, _HANGUP)
+        return False
+
+    def _step_getstream(self, events: List[Event]) -> bool:
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            return False
+        # Work through at most _STREAM_SLICE bytes a step, so that one huge
+        # feed() cannot make split() build millions of tokens at once.
+        limit = pos + _STREAM_SLICE
+        nl = buf.find(b"\n", pos, limit)
+        stop = min(len(buf), limit) if nl < 0 else nl
+        if self._get_failure is None:
+            text = self._get_partial + bytes(buf[pos:stop])
+            if nl >= 0 and text.endswith(b"\r"):
+                text = text[:-1]
+            tokens = text.split(b" ")
+            if nl < 0:
+                partial = tokens.pop()
+                # +1: the token may yet turn out to end in the line's \r.
+                if len(partial) > self.max_key + 1:
+                    self._get_failure = BAD_FORMAT
+                    partial = b""
+                self._get_partial = partial
+            else:
+                self._get_partial = b""
+            if self._get_failure is None:
+                self._get_failure = self._collect_keys(tokens, self._get_keys)
+            if self._get_failure is not None:
+                self._get_keys = []
+                self._get_partial = b""
+        if nl < 0:
+            self._pos = stop
+            return stop < len(buf)
+        self._pos = self._scan = nl + 1
+        self._state = _LINE
+        if self._get_failure is not None:
+            events.append(Error(self._get_failure))
+        elif not self._get_keys:
+            events.append(Error(ERROR))     # "get" and only spaces
+        else:
+            events.append(Command(self._get_name, keys=self._get_keys))
+        self._get_keys = []
+        self._get_failure = None
+        return True
+
+    def _step_data(self, events: List[Event]) -> bool:
+        pos, need = self._pos, self._need
+        if len(self._buf) - pos < need:
+            return False
+        cmd = self._pending
+        assert cmd is not None
+        self._pending = None
+        self._pos = self._scan = pos + need
+        self._state = _LINE
+        buf = self._buf
+        if buf[pos + need - 2:pos + need] == b"\r\n":
+            # One copy, straight out of the buffer.
+            if type(buf) is bytes:
+                cmd.value = buf[pos:pos + need - 2]
+            else:
+                with memoryview(buf) as view, view[pos:pos + need - 2] as block:
+                    cmd.value = block.tobytes()
+            events.append(cmd)
+        else:
+            # complete_nread_ascii: the block is consumed either way.
+            events.append(Error(b"" if cmd.noreply else BAD_DATA_CHUNK))
+        return True
+
+_HANDLERS: Dict[str, Callable[[_CommandLines, str, List[bytes], List[Event]], None]] = {
+    "get": _CommandLines._get, "gets": _CommandLines._get,
+    "gat": _CommandLines._get, "gats": _CommandLines._get,
+    "set": _CommandLines._storage, "add": _CommandLines._storage,
+    "replace": _CommandLines._storage, "append": _CommandLines._storage,
+    "prepend": _CommandLines._storage, "cas": _CommandLines._storage,
+    "incr": _CommandLines._arithmetic, "decr": _CommandLines._arithmetic,
+    "touch": _CommandLines._touch,
+    "delete": _CommandLines._delete,
+    "flush_all": _CommandLines._flush_all,
+    "verbosity": _CommandLines._verbosity,
+    "version": _CommandLines._simple, "stats": _CommandLines._simple,
+    "quit": _CommandLines._quit,
 }
+# The same, by the command's bytes: (name, handler).
+_BY_NAME = {name.encode("ascii"): (name, handler) for name, handler in _HANDLERS.items()}
 
 
 # -- formatting -------------------------------------------------------------
@@ -647,12 +781,27 @@ def format_value(key: bytes, flags: int, data: bytes,
         raise ValueError("invalid key %r" % (key,))
     if not 0 <= flags <= _UINT32_MAX:
         raise ValueError("flags out of range: %r" % (flags,))
-    head = b"VALUE %s %d %d" % (key, flags, len(data))
-    if cas is not None:
-        if not 0 <= cas <= _UINT64_MAX:
-            raise ValueError("cas out of range: %r" % (cas,))
-        head += b" %d" % (cas,)
-    return b"".join((head, b"\r\n", data, b"\r\n"))
+    if cas is not None and not 0 <= cas <= _UINT64_MAX:
+        raise ValueError("cas out of range: %r" % (cas,))
+    return format_hit(key, flags, data, cas)
+
+
+def format_hit(key: bytes, flags: int, data: bytes, cas: Optional[int] = None) -> bytes:
+    """
+    :func:`format_value` without its checks, for a server's get path: the
+    key is one the :class:`Parser` accepted (it may hold control characters
+    with ``control_keys=True``) and flags and CAS are a stored item's.
+    """
+    if cas is None:
+        return b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(data), data)
+    return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(data), cas, data)
+
+
+def format_one_hit(key: bytes, flags: int, data: bytes, cas: Optional[int] = None) -> bytes:
+    """The whole reply to a one-key get that hit: :func:`format_hit` and ``END``."""
+    if cas is None:
+        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(data), data)
+    return b"VALUE %s %d %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(data), cas, data)
 
 
 def format_number(n: int) -> bytes:

@@ -1,0 +1,325 @@
+"""
+The memcached endpoint's connection core: replies in request order and flow
+control, whatever the protocol (ASCII or binary) the connection speaks.
+
+Replies leave in request order, whatever order the bucket answers in: a
+result that is ready at once is written (batched per read) unless an earlier
+one is still pending, and pending ones wait in an ordered queue of slots.
+
+Flow control: the connection is a streaming producer for its transport.
+When the transport's write buffer fills up (a client that sends but never
+reads), it stops executing commands and stops reading; parsed commands that
+were already read wait in a backlog, and everything resumes once the buffer
+drains.  The same happens while ``max_inflight`` bucket calls are pending.
+So a connection holds at most one read of input, the transport's buffer plus
+one reply, and ``max_inflight`` pending results.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional, Protocol as TypingProtocol, cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txcb.transport import StreamTransport, direct_writer, set_nodelay
+
+__all__ = ["OrderedReplies", "WRITE_CHUNK", "Render"]
+
+#: Pending output is handed to the transport once it reaches this size.
+WRITE_CHUNK = 65536
+
+#: ``render(result or Failure, context) -> reply bytes`` (b"" for none).
+Render = Callable[[Any, Any], bytes]
+
+
+class _ProducerTransport(StreamTransport, TypingProtocol):
+    """A stream transport, with ``disconnecting`` (no Twisted interface has both)."""
+
+    disconnecting: bool
+
+
+class _Slot:
+    """One pending reply, in request order: ``data`` is None until it is ready."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any = None) -> None:
+        self.data = data
+
+
+# Marks "close the connection here" in the reply queue.
+_CLOSE = object()
+
+
+@implementer(IPushProducer)
+class OrderedReplies(Protocol):
+    """
+    A connection whose requests are executed in order and answered in order,
+    with flow control.  A protocol session sets :attr:`handle` (one parsed
+    request -> its execution) and feeds parsed requests to :meth:`run`.  A
+    handler returns its reply when it is ready at once and is all it sends,
+    else answers with :meth:`reply` or :meth:`submit` and returns None.
+    """
+
+    _log = Logger()
+
+    def start_replies(self, max_inflight: int) -> None:
+        """Set up (from connectionMade): empty queues, registered as producer."""
+        self._max_inflight = max_inflight
+        self._slots: Deque[_Slot] = deque()
+        self._backlog: Deque[Any] = deque()
+        self._out: List[bytes] = []
+        self._out_len = 0
+        self._out_full = False       # the transport's write buffer is full
+        self._reading = True
+        self._closing = False        # no more requests: a close is under way
+        self._gone = False           # connectionLost was called
+        self.handle: Callable[[Any], Optional[bytes]] = _ignore
+        #: What a request whose handler failed is answered with.
+        self.internal_error: Callable[[Any], bytes] = lambda ctx: b""
+        transport = self.transport
+        self._direct = direct_writer(transport)
+        set_nodelay(transport)
+        cast(StreamTransport, transport).registerProducer(self, True)
+
+    def stop_replies(self) -> None:
+        """The connection is gone (from connectionLost): drop what is queued."""
+        self._gone = True
+        self._closing = True
+        self._backlog.clear()
+        self._out.clear()
+
+    @property
+    def closing(self) -> bool:
+        """True once no more requests run (a close is under way or done)."""
+        return self._closing
+
+    # -- execution and flow control -----------------------------------------------
+
+    def run(self, events: List[Any]) -> None:
+        """Execute requests in order, keeping the rest while output is backed up."""
+        slots = self._slots
+        if slots or self._backlog or self._out_full or self._closing:
+            self._run_held(events)
+            return
+        # Nothing pending: run until a reply is pending or output backs up.
+        handle = self.handle
+        out = self._out
+        done = 0
+        for event in events:
+            data = handle(event)
+            done += 1
+            if data:                # a reply ready now, and nothing pending before it
+                out.append(data)
+                self._out_len += len(data)
+                if self._out_len >= WRITE_CHUNK:
+                    self._flush()
+            if slots or self._out_full or self._closing:
+                self._run_held(events[done:])
+                return
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._out_len = 0
+            self._send_now(data)
+        if not self._reading:
+            self._update_reading()
+
+    def _run_held(self, events: List[Any]) -> None:
+        """:meth:`run` while replies are pending, output is backed up or closing."""
+        slots = self._slots
+        limit = self._max_inflight
+        if self._closing:
+            pass                    # nothing more runs
+        elif self._backlog or self._out_full or len(slots) >= limit:
+            self._backlog.extend(events)
+        else:
+            handle = self.handle
+            done = 0
+            for event in events:
+                data = handle(event)
+                if data:
+                    self.reply(data)
+                done += 1
+                if self._out_full or self._closing or len(slots) >= limit:
+                    if not self._closing:
+                        self._backlog.extend(events[done:])
+                    break
+        self._flush()
+        self._update_reading()
+
+    def _drain_backlog(self) -> None:
+        backlog = self._backlog
+        handle = self.handle
+        slots = self._slots
+        limit = self._max_inflight
+        while backlog and not (self._out_full or self._closing or len(slots) >= limit):
+            data = handle(backlog.popleft())
+            if data:
+                self.reply(data)
+        if self._closing:
+            backlog.clear()
+        self._flush()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = cast(_ProducerTransport, self.transport)
+        if self._gone or transport.disconnecting:
+            return
+        want = not (self._closing or self._out_full or self._backlog
+                    or len(self._slots) >= self._max_inflight)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resumeProducing()
+            else:
+                transport.pauseProducing()
+
+    # IPushProducer: the transport calls these as its write buffer fills and drains.
+
+    def pauseProducing(self) -> None:
+        self._out_full = True
+
+    def resumeProducing(self) -> None:
+        self._out_full = False
+        if not self._gone:
+            self._drain_backlog()
+
+    def stopProducing(self) -> None:
+        self._closing = True
+        self._backlog.clear()
+
+    # -- replies ----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_len += len(data)
+        if self._out_len >= WRITE_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        out = self._out       # one list for the connection's life: run() holds it
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._out_len = 0
+            if not self._gone:
+                self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
+        """Straight to the socket if nothing is queued, else through the transport."""
+        if self._direct is not None:
+            self._direct(data)
+        else:
+            transport = self.transport
+            assert transport is not None
+            transport.write(data)
+
+    def reply(self, data: bytes) -> None:
+        """A reply that is ready now (b"": none): written behind any pending one."""
+        if self._slots:
+            self._slots.append(_Slot(data))
+        elif data:
+            self._out.append(data)
+            self._out_len += len(data)
+            if self._out_len >= WRITE_CHUNK:
+                self._flush()
+
+    def submit(self, d: Deferred, render: Render, ctx: Any) -> None:
+        """
+        Reply with ``render(result or Failure, ctx)`` once ``d`` fires, in
+        request order.  ``render`` returns the bytes to send (b"" for none).
+        """
+        box: List[Any] = []
+        d.addBoth(box.append)
+        if box:
+            self.reply(render(box[0], ctx))
+            return
+        slot = _Slot()
+        self._slots.append(slot)
+        d.addCallback(self._completed, box, slot, render, ctx)
+
+    def submit_all(self, ds: List[Deferred], render: Render, ctx: Any) -> None:
+        """:meth:`submit` for several Deferreds answered by one reply (of their list)."""
+        boxes: List[List[Any]] = []
+        pending = 0
+        for d in ds:
+            box: List[Any] = []
+            d.addBoth(box.append)
+            boxes.append(box)
+            if not box:
+                pending += 1
+        if not pending:
+            self.submit(succeed([b[0] for b in boxes]), render, ctx)
+            return
+        whole: Deferred = Deferred()
+        left = [pending]
+
+        def one_done(_: Any) -> None:
+            left[0] -= 1
+            if not left[0]:
+                whole.callback([b[0] for b in boxes])
+
+        for d, box in zip(ds, boxes):
+            if not box:
+                d.addCallback(one_done)
+        self.submit(whole, render, ctx)
+
+    def _completed(self, _: Any, box: List[Any], slot: _Slot, render: Render,
+                   ctx: Any) -> None:
+        try:
+            slot.data = render(box[0], ctx)
+        except Exception:
+            self._log.failure("txcb memcached: internal error rendering a reply")
+            slot.data = self.internal_error(ctx)
+        self._drain_slots()
+
+    def _drain_slots(self) -> None:
+        if self._gone:
+            self._slots.clear()
+            return
+        slots = self._slots
+        while slots and slots[0].data is not None:
+            data = slots.popleft().data
+            if data is _CLOSE:
+                self._close_now()
+                return
+            if data:
+                self._write(data)
+        if self._backlog:
+            self._drain_backlog()
+        else:
+            self._flush()
+            self._update_reading()
+
+    def close(self) -> None:
+        """Close once every earlier reply is written; run nothing more."""
+        if self._closing:
+            return
+        self._closing = True
+        self._backlog.clear()
+        if self._slots:
+            self._update_reading()
+            self._slots.append(_Slot(_CLOSE))
+        else:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        self._closing = True
+        self._flush()
+        self._slots.clear()
+        if not self._gone:
+            transport = self.transport
+            assert transport is not None
+            transport.loseConnection()
+
+
+def _ignore(event: Any) -> Optional[bytes]:
+    """The handler before a connection's protocol is known."""
+    return None
+
