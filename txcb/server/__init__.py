@@ -1,7 +1,10 @@
 """
 txcb's servers: the protocol-neutral core (:mod:`txcb.server.core`) and one
 module per wire protocol: :mod:`txcb.server.netstring` (txcb's own) and
-:mod:`txcb.server.memcached` (memcached ASCII and binary).
+:mod:`txcb.server.memcached` (memcached ASCII and binary, chosen per
+connection by its first byte, over the sessions in :mod:`txcb.server.mcascii`
+and :mod:`txcb.server.mcbinary`, with :mod:`txcb.server.mcsession`,
+:mod:`txcb.server.mcreplies` and :mod:`txcb.server.mcauth`).
 
 Servers import no bucket implementation: they serve any IBucket.  ``from
 txcb.server import BucketServerFactory, ...`` keeps working: the netstring
