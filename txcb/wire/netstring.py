@@ -110,7 +110,10 @@ class FrameError(Exception):
 
 
 class Request:
-    """A decoded request."""
+    """
+    A decoded request.  :func:`decode_request` fills the same slots without
+    calling ``__init__``: a field added here is added there too.
+    """
 
     __slots__ = ("opcode", "opaque", "key", "value", "cas", "ttl", "flags", "options",
                  "persist_to", "replicate_to", "keys")
