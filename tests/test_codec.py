@@ -92,6 +92,17 @@ class RoundTripTests(unittest.SynchronousTestCase):
         self.assertEqual(len(encode_request(Op.NOOP, 0)), 28)
         self.assertEqual(len(encode_response(Op.NOOP, 0)), 28)
 
+    def test_decoded_request_sets_every_field_init_sets(self):
+        # decode_request fills a Request's slots without its __init__.
+        for opcode in sorted(KNOWN_OPS):
+            kw = request_kwargs(opcode)
+            req = decode_request(request_payload(opcode, 7, **kw))
+            made = codec.Request(opcode, 7)
+            for name in codec.Request.__slots__:
+                if name != "keys":
+                    self.assertTrue(hasattr(made, name), name)
+                    self.assertTrue(hasattr(req, name), (opcode, name))
+
     def test_request_round_trip_every_opcode(self):
         for opcode in sorted(KNOWN_OPS):
             kw = request_kwargs(opcode)

@@ -91,7 +91,8 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         """
         self._bucket = bucket
         self._sync = sync = ISyncBucket.providedBy(bucket)
-        self._now = {op: c for op, c in _COMMANDS.items()
+        # opcode -> its ``now`` handler, the one call stringReceived makes.
+        self._now = {op: c.now for op, c in _COMMANDS.items()
                      if c.now is not None and (sync or c.bucketless)}
         self._durable = {op: c for op, c in _COMMANDS.items() if sync and c.durable}
 
@@ -114,22 +115,27 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         except FrameError as e:
             self._frame_error(e, started)
             return
-        cmd = self._now.get(req.opcode)
-        if cmd is None or req.persist_to or req.replicate_to:
+        now = self._now.get(req.opcode)
+        if now is None or req.persist_to or req.replicate_to:
             self._call_later(req, started)
             return
-        status = 0
         try:
-            reply = cmd.now(self, self._bucket, req)
+            reply = now(self, self._bucket, req)
         except CouchbaseError as e:
-            status = e.rc & 0xFFFF
-            reply = self._error_reply(e, req)
+            self._failed_now(req, e.rc & 0xFFFF, self._error_reply(e, req), started)
+            return
         except Exception:
-            status = RC.EINTERNAL
-            reply = self._internal_reply(Failure(), req)
+            self._failed_now(req, RC.EINTERNAL, self._internal_reply(Failure(), req), started)
+            return
         self.sendString(reply)
         if observer is not None:
-            observer.request_done(cmd.name, status, started)
+            observer.request_done(_COMMANDS[req.opcode].name, 0, started)
+
+    def _failed_now(self, req: Request, status: int, reply: bytes, started: float) -> None:
+        """Send the error reply of a request answered at once."""
+        self.sendString(reply)
+        if self._observer is not None:
+            self._observer.request_done(_COMMANDS[req.opcode].name, status, started)
 
     def handle_held(self, request: Any) -> None:
         """RequestFlow: a request held while the client was not reading."""

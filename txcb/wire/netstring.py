@@ -110,7 +110,10 @@ class FrameError(Exception):
 
 
 class Request:
-    """A decoded request."""
+    """
+    A decoded request.  :func:`decode_request` fills the same slots without
+    calling ``__init__``: a field added here is added there too.
+    """
 
     __slots__ = ("opcode", "opaque", "key", "value", "cas", "ttl", "flags", "options",
                  "persist_to", "replicate_to", "keys")
@@ -181,13 +184,39 @@ def decode_request(payload: bytes) -> Request:
     magic, opcode, persist_to, replicate_to, options, keylen, opaque, cas, ttl, flags = \
         req_unpack(payload)
     end = HEADER_LEN + keylen
-    if opcode <= 0x01 and magic == REQ_MAGIC and 0 < keylen <= MAX_KEY \
-            and (end == n if opcode == 0x00 else end <= n):
-        # A well-formed GET or UPSERT, the commonest requests: what the checks
-        # below ask of them (a key of 1 to 250 bytes, then nothing for a GET,
-        # the value for an UPSERT), in one test.
-        return Request(opcode, opaque, payload[HEADER_LEN:end], payload[end:], cas, ttl,
-                       flags, options, persist_to, replicate_to)
+    if not (opcode <= 0x01 and magic == REQ_MAGIC and 0 < keylen <= MAX_KEY
+            and (end == n if opcode == 0x00 else end <= n)):
+        # Not a well-formed GET or UPSERT, the commonest requests (a key of 1
+        # to 250 bytes, then nothing for a GET, the value for an UPSERT):
+        # the checks every other request needs.
+        _check_request(magic, opcode, keylen, n, opaque)
+    # The request, made without an __init__ call (the commonest requests' cost).
+    req = _new_request(Request)
+    req.opcode = opcode
+    req.opaque = opaque
+    req.key = payload[HEADER_LEN:end]
+    req.value = payload[end:]
+    req.cas = cas
+    req.ttl = ttl
+    req.flags = flags
+    req.options = options
+    req.persist_to = persist_to
+    req.replicate_to = replicate_to
+    if opcode == 0x30:  # GET_MULTI: the keys of its body, checked
+        try:
+            req.keys = decode_multi_keys(req.value)
+        except FrameError as e:
+            e.opaque, e.opcode = opaque, opcode
+            raise
+    return req
+
+
+_new_request = object.__new__
+
+
+def _check_request(magic: int, opcode: int, keylen: int, n: int, opaque: int) -> None:
+    """Raise the FrameError of a request header that does not fit its opcode."""
+    end = HEADER_LEN + keylen
     if magic != REQ_MAGIC:
         raise FrameError("bad magic 0x%02x" % magic, opaque=opaque, opcode=opcode, fatal=True)
     if opcode not in KNOWN_OPS:
@@ -204,15 +233,6 @@ def decode_request(payload: bytes) -> Request:
     if size is not None and n - end != size:
         raise FrameError("opcode 0x%02x takes a %d-byte body, not %d" % (opcode, size, n - end),
                          RC.EINVAL, opaque, opcode)
-    req = Request(opcode, opaque, payload[HEADER_LEN:end], payload[end:], cas, ttl, flags,
-                  options, persist_to, replicate_to)
-    if opcode == 0x30:  # GET_MULTI: the keys of its body, checked
-        try:
-            req.keys = decode_multi_keys(req.value)
-        except FrameError as e:
-            e.opaque, e.opcode = opaque, opcode
-            raise
-    return req
 
 
 def encode_response(opcode: int, opaque: int, status: int = 0, cas: int = 0, flags: int = 0,
