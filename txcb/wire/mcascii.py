@@ -282,15 +282,9 @@ class _CommandLines:
                 return GET_TOO_MANY_KEYS
         return None
 
-    def _dispatch(self, line: bytes, events: List[Event]) -> None:
-        """Parse one complete command line (without its line ending)."""
-        tokens = line.split(b" ")
-        if b"" in tokens:
-            tokens = [t for t in tokens if t]
-        entry = _BY_NAME.get(tokens[0]) if tokens else None
-        if entry is not None:
-            entry[1](self, entry[0], tokens, events)
-        elif not tokens or len(tokens[0]) < 2:
+    def _unknown(self, tokens: List[bytes], events: List[Event]) -> None:
+        """A command line (its tokens) that names no command."""
+        if not tokens or len(tokens[0]) < 2:
             # process_command_ascii: no command is shorter than two bytes.
             events.append(Error(ERROR))
         elif tokens[-1].startswith(b"HTTP/"):
@@ -351,8 +345,9 @@ class _CommandLines:
         else:
             flags, exptime, vlen = _parse_uint(f, _UINT32_MAX), _parse_int32(e), _parse_vlen(v)
         cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
-        if (not _valid_key(key, self.max_key, self._forbidden) or flags is None
-                or exptime is None or vlen is None
+        if (not 0 < len(key) <= self.max_key
+                or len(key.translate(None, self._forbidden)) != len(key)
+                or flags is None or exptime is None or vlen is None
                 or (handle_cas and cas is None)):
             events.append(Error(b"" if noreply else BAD_FORMAT))
             if vlen is not None:
@@ -643,7 +638,7 @@ class Parser(_CommandLines):
                 self._pos = pos
                 return self._long_line(events)
             if buf.startswith(b"get ", pos):
-                # The commonest line, "get <key>": as _dispatch's tokens would
+                # The commonest line, "get <key>": as the tokens below would
                 # read it when the rest is one valid key; anything else takes them.
                 key = buf[pos + 4:end]
                 size = len(key)
@@ -657,7 +652,15 @@ class Parser(_CommandLines):
                     continue
             line = buf[pos:end]
             self._pos = self._scan = pos = scan = nl + 1
-            self._dispatch(line if type(line) is bytes else bytes(line), events)
+            # The line's tokens name the command; its method parses the rest.
+            tokens = (line if type(line) is bytes else bytes(line)).split(b" ")
+            if b"" in tokens:
+                tokens = [t for t in tokens if t]
+            entry = _BY_NAME.get(tokens[0]) if tokens else None
+            if entry is not None:
+                entry[1](self, entry[0], tokens, events)
+            else:
+                self._unknown(tokens, events)
             state = self._state
             if state != _LINE:
                 if state != _DATA or not self._step_data(events):
