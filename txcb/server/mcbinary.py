@@ -10,6 +10,7 @@ ISyncBucket); the responses of one read leave in one write.
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -65,7 +66,12 @@ _TEMPORARY_RCS = frozenset((RC.TIMEOUT, RC.CONNECT_ERROR, RC.NETWORK_ERROR))
 # so that a client can always say goodbye).
 _AUTH_FREE = frozenset((_O.SASL_LIST_MECHS, _O.SASL_AUTH, _O.SASL_STEP, _O.VERSION,
                         _O.QUIT, _O.QUITQ))
-_STORE_OPS = {_O.SET: "upsert", _O.ADD: "insert", _O.REPLACE: "replace"}
+_LOUD_STORE_OPS = {_O.SET: "upsert", _O.ADD: "insert", _O.REPLACE: "replace"}
+#: The bucket operation of each store opcode, loud or quiet.
+_STORE_OPS = {**_LOUD_STORE_OPS, **{q: _LOUD_STORE_OPS[loud] for q, loud in _QUIET.items()
+                                    if loud in _LOUD_STORE_OPS}}
+# A GET response's header and item flags, packed at once.
+_pack_value_head = struct.Struct(_HEADER.format + B.ITEM_FLAGS.format.lstrip("<>!=@")).pack
 
 
 class BinarySession(Session):
@@ -160,7 +166,7 @@ class BinarySession(Session):
     def _store(self, p: B.Packet) -> Optional[bytes]:
         flags, exptime = B.parse_store_extras(p.extras)
         value = Encoded(p.value, flags)
-        op = _STORE_OPS[B.loud_opcode(p.opcode)]
+        op = _STORE_OPS[p.opcode]
         key, cas = p.key, p.cas
         if op == "insert" and cas:
             return _error(p, _S.EINVAL)
@@ -353,12 +359,14 @@ def _render_value(r: Any, p: B.Packet) -> bytes:
         if opcode in _QUIET:
             return b""
         return _error(p, r.rc)
-    key = p.key if opcode in _KEYED else b""
     raw = r.raw
-    return b"".join((
-        _pack_header(_RES_MAGIC, opcode, len(key), 4, 0, 0, 4 + len(key) + len(raw),
-                     p.opaque, r.cas),
-        B.ITEM_FLAGS.pack(r.flags), key, raw))
+    if opcode in _KEYED:
+        key = p.key
+        return b"".join((
+            _pack_value_head(_RES_MAGIC, opcode, len(key), 4, 0, 0, 4 + len(key) + len(raw),
+                             p.opaque, r.cas, r.flags), key, raw))
+    return _pack_value_head(_RES_MAGIC, opcode, 0, 4, 0, 0, 4 + len(raw),
+                            p.opaque, r.cas, r.flags) + raw
 
 
 def _render_mutation(r: Any, p: B.Packet) -> bytes:
