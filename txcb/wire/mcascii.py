@@ -540,6 +540,8 @@ class Parser(_CommandLines):
             # The usual read: nothing held, at a command line.
             self._buf = data
             more = self._step_line(events)
+            if not (more or self._buf):
+                return events       # every command of the read complete
         else:
             if self._state == _CLOSED or not data:
                 return events
@@ -625,16 +627,17 @@ class Parser(_CommandLines):
         scan = self._scan       # searched for b"\n" up to here already
         if scan < pos:
             scan = pos
+        max_line, max_key, forbidden = self.max_line, self.max_key, self._forbidden
         while pos < n:
             nl = buf.find(b"\n", scan)
             if nl < 0:
                 self._pos, self._scan = pos, n
                 # Content plus a possible trailing \r, still without a newline.
-                if n - pos > self.max_line + 1:
+                if n - pos > max_line + 1:
                     return self._long_line(events)
                 return False
             end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-            if end - pos > self.max_line:
+            if end - pos > max_line:
                 self._pos = pos
                 return self._long_line(events)
             if buf.startswith(b"get ", pos):
@@ -642,8 +645,7 @@ class Parser(_CommandLines):
                 # read it when the rest is one valid key; anything else takes them.
                 key = buf[pos + 4:end]
                 size = len(key)
-                if 0 < size <= self.max_key and \
-                        len(key.translate(None, self._forbidden)) == size:
+                if 0 < size <= max_key and len(key.translate(None, forbidden)) == size:
                     cmd = _new(Command)
                     cmd.name = "get"
                     cmd.keys = [key if type(key) is bytes else bytes(key)]
@@ -666,7 +668,9 @@ class Parser(_CommandLines):
                 if state != _DATA or not self._step_data(events):
                     return state != _CLOSED
                 pos = scan = self._pos
-        self._pos = self._scan = pos
+        # Every byte consumed: nothing to hold.
+        self._buf = b""
+        self._pos = self._scan = 0
         return False
 
     def _long_line(self, events: List[Event]) -> bool:
