@@ -359,13 +359,22 @@ class _CommandLines:
             events.append(Error(b"" if noreply else TOO_LARGE))
             self._swallow(vlen + 2)
             return
-        cmd = self._pending = _new(Command)
+        cmd = _new(Command)
         cmd.name = name
         cmd.key = key
         cmd.flags = flags
         cmd.exptime = exptime
         cmd.cas = cas
         cmd.noreply = noreply
+        buf, start = self._buf, self._pos
+        stop = start + vlen
+        if type(buf) is bytes and buf[stop:stop + 2] == b"\r\n":
+            # The data block is here already (the usual): one copy, out of the read.
+            cmd.value = buf[start:stop]
+            events.append(cmd)
+            self._pos = self._scan = stop + 2
+            return
+        self._pending = cmd
         self._need = vlen + 2
         self._state = _DATA
 
@@ -667,7 +676,7 @@ class Parser(_CommandLines):
             if state != _LINE:
                 if state != _DATA or not self._step_data(events):
                     return state != _CLOSED
-                pos = scan = self._pos
+            pos = scan = self._pos    # past a data block that was taken with its line
         # Every byte consumed: nothing to hold.
         self._buf = b""
         self._pos = self._scan = 0
