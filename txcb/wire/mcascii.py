@@ -259,6 +259,9 @@ class _CommandLines:
     max_keys: int
     max_value: int
     _forbidden: bytes
+    _buf: Union[bytes, bytearray]
+    _pos: int
+    _scan: int
     _state: int
     _pending: Optional[Command]
     _need: int
