@@ -63,11 +63,16 @@ class AsciiSession(Session):
         self._table = _HANDLERS if self.auth.done else _UNAUTHENTICATED
         self._get_sync: Any = self.bucket.get_sync if self.sync else None
         self._store_sync: Any = self.bucket.store_sync if self.sync else None
+        if self.observer is None:
+            self.data_received = self._unobserved_read  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         """One read: every complete command in it, answered in one write."""
-        if self.observer is not None:
-            self.started = time.perf_counter()
+        self.started = time.perf_counter()
+        self.run(self._feed(data))
+
+    def _unobserved_read(self, data: bytes) -> None:
+        """:meth:`data_received` with no observer: no start time to take."""
         self.run(self._feed(data))
 
     def handle(self, ev: Any) -> Optional[bytes]:
@@ -103,7 +108,6 @@ class AsciiSession(Session):
 
     def _get(self, cmd: A.Command) -> Optional[bytes]:
         keys = cmd.keys
-        with_cas = cmd.name == "gets"
         if len(keys) == 1:
             key = keys[0]
             if self.sync:
@@ -116,12 +120,13 @@ class AsciiSession(Session):
                         if r.rc:
                             return _END
                         return _format_one_hit(key, r.flags, r.raw,
-                                               r.cas if with_cas else None)
-                self.done("get", r, _render_get1, (key, with_cas))
+                                               r.cas if cmd.name == "gets" else None)
+                self.done("get", r, _render_get1, (key, cmd.name == "gets"))
             else:
                 self.later("get", self._deferred(lambda b: b.get(key, quiet=True)),
-                           _render_get1, (key, with_cas))
+                           _render_get1, (key, cmd.name == "gets"))
             return None
+        with_cas = cmd.name == "gets"
         if self.sync:
             get_sync = self.bucket.get_sync
             results: List[Any] = []

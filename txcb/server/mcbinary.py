@@ -10,6 +10,7 @@ ISyncBucket); the responses of one read leave in one write.
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -65,7 +66,12 @@ _TEMPORARY_RCS = frozenset((RC.TIMEOUT, RC.CONNECT_ERROR, RC.NETWORK_ERROR))
 # so that a client can always say goodbye).
 _AUTH_FREE = frozenset((_O.SASL_LIST_MECHS, _O.SASL_AUTH, _O.SASL_STEP, _O.VERSION,
                         _O.QUIT, _O.QUITQ))
-_STORE_OPS = {_O.SET: "upsert", _O.ADD: "insert", _O.REPLACE: "replace"}
+_LOUD_STORE_OPS = {_O.SET: "upsert", _O.ADD: "insert", _O.REPLACE: "replace"}
+#: The bucket operation of each store opcode, loud or quiet.
+_STORE_OPS = {**_LOUD_STORE_OPS, **{q: _LOUD_STORE_OPS[loud] for q, loud in _QUIET.items()
+                                    if loud in _LOUD_STORE_OPS}}
+# A GET response's header and item flags, packed at once.
+_pack_value_head = struct.Struct(_HEADER.format + B.ITEM_FLAGS.format.lstrip("<>!=@")).pack
 
 
 class BinarySession(Session):
@@ -105,23 +111,21 @@ class BinarySession(Session):
                 events.append(e)
         return events
 
-    def handle(self, p: Any) -> None:
+    def handle(self, p: Any) -> Optional[bytes]:
         """Execute one decoded request (or answer one refused frame)."""
         if type(p) is not _Packet:
             self._frame_error(p)
-            return
+            return None
         status = _validate(p)
         if status is not None:
-            self.reply(_error(p, status))
-            return
+            return _error(p, status)
         if not self.auth.done and p.opcode not in _AUTH_FREE:
-            self.reply(_error(p, _S.AUTH_ERROR))
-            return
+            return _error(p, _S.AUTH_ERROR)
         try:
-            _HANDLERS[p.opcode](self, p)
+            return _HANDLERS[p.opcode](self, p)
         except Exception:
             _log.failure("txcb memcached: internal error handling {packet!r}", packet=p)
-            self.reply(_error(p, _S.EINTERNAL))
+            return _error(p, _S.EINTERNAL)
 
     def internal_error(self, ctx: Any) -> bytes:
         if isinstance(ctx, _Packet):
@@ -139,7 +143,7 @@ class BinarySession(Session):
 
     # -- handlers ---------------------------------------------------------------------
 
-    def _get(self, p: B.Packet) -> None:
+    def _get(self, p: B.Packet) -> Optional[bytes]:
         key = p.key
         if self.sync:
             try:
@@ -147,35 +151,33 @@ class BinarySession(Session):
             except Exception:
                 r = Failure()
             if self.observer is None:
-                self.reply(_render_value(r, p))
-            else:
-                self.done("get", r, _render_value, p)
+                return _render_value(r, p)
+            self.done("get", r, _render_value, p)
         else:
             self.later("get", self._deferred(lambda b: b.get(key, quiet=True)),
                        _render_value, p)
+        return None
 
     def _gat(self, p: B.Packet) -> None:
         key, ttl = p.key, B.parse_touch_extras(p.extras)
         # A bucket's get with a ttl is memcached's GAT (exptime 0: touch, get).
         self.later("get", get_and_touch(self.bucket, key, ttl), _render_value, p)
 
-    def _store(self, p: B.Packet) -> None:
+    def _store(self, p: B.Packet) -> Optional[bytes]:
         flags, exptime = B.parse_store_extras(p.extras)
         value = Encoded(p.value, flags)
-        op = _STORE_OPS[B.loud_opcode(p.opcode)]
+        op = _STORE_OPS[p.opcode]
         key, cas = p.key, p.cas
         if op == "insert" and cas:
-            self.reply(_error(p, _S.EINVAL))
-            return
+            return _error(p, _S.EINVAL)
         if self.sync:
             try:
                 r = self._store_sync(op, key, value, cas, exptime)
             except Exception:
                 r = Failure()
             if self.observer is None:
-                self.reply(_render_mutation(r, p))
-            else:
-                self.done(op, r, _render_mutation, p)
+                return _render_mutation(r, p)
+            self.done(op, r, _render_mutation, p)
         elif op == "upsert":
             self.later(op, self._deferred(lambda b: b.upsert(key, value, cas=cas, ttl=exptime)),
                        _render_mutation, p)
@@ -186,6 +188,7 @@ class BinarySession(Session):
             self.later(op, self._deferred(lambda b: b.replace(key, value, cas=cas,
                                                               ttl=exptime)),
                        _render_mutation, p)
+        return None
 
     def _concat(self, p: B.Packet) -> None:
         op = "append" if B.loud_opcode(p.opcode) == _O.APPEND else "prepend"
@@ -285,7 +288,7 @@ class BinarySession(Session):
 
 
 _B = BinarySession
-_HANDLERS: Dict[int, Callable[[BinarySession, B.Packet], None]] = {
+_HANDLERS: Dict[int, Callable[[BinarySession, B.Packet], Optional[bytes]]] = {
     _O.GET: _B._get, _O.GETQ: _B._get, _O.GETK: _B._get, _O.GETKQ: _B._get,
     _O.GAT: _B._gat, _O.GATQ: _B._gat, _O.GATK: _B._gat, _O.GATKQ: _B._gat,
     _O.SET: _B._store, _O.SETQ: _B._store, _O.ADD: _B._store,
@@ -356,12 +359,14 @@ def _render_value(r: Any, p: B.Packet) -> bytes:
         if opcode in _QUIET:
             return b""
         return _error(p, r.rc)
-    key = p.key if opcode in _KEYED else b""
     raw = r.raw
-    return b"".join((
-        _pack_header(_RES_MAGIC, opcode, len(key), 4, 0, 0, 4 + len(key) + len(raw),
-                     p.opaque, r.cas),
-        B.ITEM_FLAGS.pack(r.flags), key, raw))
+    if opcode in _KEYED:
+        key = p.key
+        return b"".join((
+            _pack_value_head(_RES_MAGIC, opcode, len(key), 4, 0, 0, 4 + len(key) + len(raw),
+                             p.opaque, r.cas, r.flags), key, raw))
+    return _pack_value_head(_RES_MAGIC, opcode, 0, 4, 0, 0, 4 + len(raw),
+                            p.opaque, r.cas, r.flags) + raw
 
 
 def _render_mutation(r: Any, p: B.Packet) -> bytes:

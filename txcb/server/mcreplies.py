@@ -83,7 +83,7 @@ class OrderedReplies(Protocol):
         #: What a request whose handler failed is answered with.
         self.internal_error: Callable[[Any], bytes] = lambda ctx: b""
         transport = self.transport
-        self._direct = direct_writer(transport)
+        self._direct = direct_writer(transport)     # also binds _send
         set_nodelay(transport)
         cast(StreamTransport, transport).registerProducer(self, True)
 
@@ -107,8 +107,22 @@ class OrderedReplies(Protocol):
         if slots or self._backlog or self._out_full or self._closing:
             self._run_held(events)
             return
-        # Nothing pending: run until a reply is pending or output backs up.
         handle = self.handle
+        if len(events) == 1:
+            # One request in the read (the usual): its reply needs no batching.
+            data = handle(events[0])
+            if slots or self._out_full or self._closing or self._out:
+                if data:
+                    self.reply(data)
+                self._flush()
+                self._update_reading()
+            else:
+                if data:
+                    self._send(data)
+                if not self._reading:
+                    self._update_reading()
+            return
+        # Nothing pending: run until a reply is pending or output backs up.
         out = self._out
         done = 0
         for event in events:
@@ -126,7 +140,7 @@ class OrderedReplies(Protocol):
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             self._out_len = 0
-            self._send_now(data)
+            self._send(data)
         if not self._reading:
             self._update_reading()
 
@@ -209,16 +223,27 @@ class OrderedReplies(Protocol):
             out.clear()
             self._out_len = 0
             if not self._gone:
-                self._send_now(data)
+                self._send(data)
 
     def _send_now(self, data: bytes) -> None:
         """Straight to the socket if nothing is queued, else through the transport."""
-        if self._direct is not None:
-            self._direct(data)
-        else:
-            transport = self.transport
-            assert transport is not None
-            transport.write(data)
+        self._send(data)
+
+    def _transport_write(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+
+    @property
+    def _direct(self) -> Optional[Callable[[bytes], None]]:
+        """The transport's direct writer (None: none), which :attr:`_send` is bound to."""
+        return self._direct_writer
+
+    @_direct.setter
+    def _direct(self, writer: Optional[Callable[[bytes], None]]) -> None:
+        self._direct_writer = writer
+        self._send: Callable[[bytes], None] = (
+            writer if writer is not None else self._transport_write)
 
     def reply(self, data: bytes) -> None:
         """A reply that is ready now (b"": none): written behind any pending one."""

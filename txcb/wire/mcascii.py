@@ -259,6 +259,9 @@ class _CommandLines:
     max_keys: int
     max_value: int
     _forbidden: bytes
+    _buf: Union[bytes, bytearray]
+    _pos: int
+    _scan: int
     _state: int
     _pending: Optional[Command]
     _need: int
@@ -282,15 +285,9 @@ class _CommandLines:
                 return GET_TOO_MANY_KEYS
         return None
 
-    def _dispatch(self, line: bytes, events: List[Event]) -> None:
-        """Parse one complete command line (without its line ending)."""
-        tokens = line.split(b" ")
-        if b"" in tokens:
-            tokens = [t for t in tokens if t]
-        entry = _BY_NAME.get(tokens[0]) if tokens else None
-        if entry is not None:
-            entry[1](self, entry[0], tokens, events)
-        elif not tokens or len(tokens[0]) < 2:
+    def _unknown(self, tokens: List[bytes], events: List[Event]) -> None:
+        """A command line (its tokens) that names no command."""
+        if not tokens or len(tokens[0]) < 2:
             # process_command_ascii: no command is shorter than two bytes.
             events.append(Error(ERROR))
         elif tokens[-1].startswith(b"HTTP/"):
@@ -351,8 +348,9 @@ class _CommandLines:
         else:
             flags, exptime, vlen = _parse_uint(f, _UINT32_MAX), _parse_int32(e), _parse_vlen(v)
         cas = _parse_uint(tokens[5], _UINT64_MAX) if handle_cas else None
-        if (not _valid_key(key, self.max_key, self._forbidden) or flags is None
-                or exptime is None or vlen is None
+        if (not 0 < len(key) <= self.max_key
+                or len(key.translate(None, self._forbidden)) != len(key)
+                or flags is None or exptime is None or vlen is None
                 or (handle_cas and cas is None)):
             events.append(Error(b"" if noreply else BAD_FORMAT))
             if vlen is not None:
@@ -364,13 +362,22 @@ class _CommandLines:
             events.append(Error(b"" if noreply else TOO_LARGE))
             self._swallow(vlen + 2)
             return
-        cmd = self._pending = _new(Command)
+        cmd = _new(Command)
         cmd.name = name
         cmd.key = key
         cmd.flags = flags
         cmd.exptime = exptime
         cmd.cas = cas
         cmd.noreply = noreply
+        buf, start = self._buf, self._pos
+        stop = start + vlen
+        if type(buf) is bytes and buf[stop:stop + 2] == b"\r\n":
+            # The data block is here already (the usual): one copy, out of the read.
+            cmd.value = buf[start:stop]
+            events.append(cmd)
+            self._pos = self._scan = stop + 2
+            return
+        self._pending = cmd
         self._need = vlen + 2
         self._state = _DATA
 
@@ -545,6 +552,8 @@ class Parser(_CommandLines):
             # The usual read: nothing held, at a command line.
             self._buf = data
             more = self._step_line(events)
+            if not (more or self._buf):
+                return events       # every command of the read complete
         else:
             if self._state == _CLOSED or not data:
                 return events
@@ -630,25 +639,25 @@ class Parser(_CommandLines):
         scan = self._scan       # searched for b"\n" up to here already
         if scan < pos:
             scan = pos
+        max_line, max_key, forbidden = self.max_line, self.max_key, self._forbidden
         while pos < n:
             nl = buf.find(b"\n", scan)
             if nl < 0:
                 self._pos, self._scan = pos, n
                 # Content plus a possible trailing \r, still without a newline.
-                if n - pos > self.max_line + 1:
+                if n - pos > max_line + 1:
                     return self._long_line(events)
                 return False
             end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
-            if end - pos > self.max_line:
+            if end - pos > max_line:
                 self._pos = pos
                 return self._long_line(events)
             if buf.startswith(b"get ", pos):
-                # The commonest line, "get <key>": as _dispatch's tokens would
+                # The commonest line, "get <key>": as the tokens below would
                 # read it when the rest is one valid key; anything else takes them.
                 key = buf[pos + 4:end]
                 size = len(key)
-                if 0 < size <= self.max_key and \
-                        len(key.translate(None, self._forbidden)) == size:
+                if 0 < size <= max_key and len(key.translate(None, forbidden)) == size:
                     cmd = _new(Command)
                     cmd.name = "get"
                     cmd.keys = [key if type(key) is bytes else bytes(key)]
@@ -657,13 +666,23 @@ class Parser(_CommandLines):
                     continue
             line = buf[pos:end]
             self._pos = self._scan = pos = scan = nl + 1
-            self._dispatch(line if type(line) is bytes else bytes(line), events)
+            # The line's tokens name the command; its method parses the rest.
+            tokens = (line if type(line) is bytes else bytes(line)).split(b" ")
+            if b"" in tokens:
+                tokens = [t for t in tokens if t]
+            entry = _BY_NAME.get(tokens[0]) if tokens else None
+            if entry is not None:
+                entry[1](self, entry[0], tokens, events)
+            else:
+                self._unknown(tokens, events)
             state = self._state
             if state != _LINE:
                 if state != _DATA or not self._step_data(events):
                     return state != _CLOSED
-                pos = scan = self._pos
-        self._pos = self._scan = pos
+            pos = scan = self._pos    # past a data block that was taken with its line
+        # Every byte consumed: nothing to hold.
+        self._buf = b""
+        self._pos = self._scan = 0
         return False
 
     def _long_line(self, events: List[Event]) -> bool:
