@@ -41,7 +41,13 @@ class WriteQueue:
         _endure_waiters: Dict[int, Any]
         flush_delay: float
         retry_interval: float
+        max_retry_interval: float
+        checkpoint_interval: float
+        max_queue: int
+        close_timeout: float
         path: str
+        name: str
+        _gated: bool
 
         def _finish_close(self, failure: Optional[Failure]) -> None: ...
 
@@ -60,14 +66,36 @@ class WriteQueue:
         self._persist_waiters: Deque[Tuple[int, Any, OperationResult]] = deque()
         self._disk = {"flushed": 0, "batches": 0, "errors": 0, "last_flush_duration": 0.0,
                       "last_batch": 0, "warmup_time": 0.0, "warmup_items": 0,
-                      "warmup_expired": 0}
+                      "warmup_expired": 0, "checkpoints": 0, "refused": 0, "lost": 0}
+        self._failures = 0  # batches failed in a row
+        self._refusing = False  # failing, and the queue is at max_queue: no mutations
+        self._last_error = ""
+        self._ckpt_at = 0.0  # when (reactor seconds) the last checkpoint was
+        self._ckpt_seqno = 0  # and the seqno the manifest says the file holds
+        self._close_deadline = 0.0  # a closing bucket stops retrying then
 
     def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
-        self._dirty[k] = item
+        dirty = self._dirty
+        dirty[k] = item
         if not self._busy:
             self._busy = True
             self._lazy = True
             self._scheduled = self._reactor.callLater(self.flush_delay, self._start_batch)
+        elif self._failures and len(dirty) >= self.max_queue:
+            self._refuse(True)
+
+    def _refuse(self, refusing: bool) -> None:
+        """Start or stop refusing mutations (the disk cannot take the queue)."""
+        if refusing != self._refusing:
+            self._refusing = refusing
+            self._gated = refusing or self._state != "open"
+            if refusing:
+                _log.warn("txcb: bucket {name!r}: {n} writes wait for the disk: refusing "
+                          "mutations (temporary failure) until they are written",
+                          name=self.name, n=len(self._dirty) + len(self._inflight))
+            else:
+                _log.info("txcb: bucket {name!r}: the disk takes writes again",
+                          name=self.name)
 
     def _hurry(self) -> None:
         """Someone waits for the disk: a batch waiting for more writes starts now."""
@@ -81,7 +109,8 @@ class WriteQueue:
     def _start_batch(self) -> None:
         self._scheduled = None
         self._lazy = False
-        if not self._dirty:
+        ckpt = self._checkpoint_due()
+        if not self._dirty and not ckpt:
             self._busy = False
             if self._state == "closing":
                 self._finish_close(None)
@@ -100,9 +129,32 @@ class WriteQueue:
         if self._bg_pool is not None and not (
                 self._persist_waiters or self._endure_waiters or self._state == "closing"):
             pool = self._bg_pool
-        d = deferToThreadPool(self._reactor, pool, _store.write_batch, self._conn, batch,
-                               marks)
+        d: Any
+        if ckpt:
+            d = deferToThreadPool(self._reactor, pool, _store.write_and_checkpoint,
+                                  self._conn, batch, marks, seqno, self.path,
+                                  self._failures > 0)
+        else:
+            d = deferToThreadPool(self._reactor, pool, _store.write_batch, self._conn,
+                                  batch, marks, seqno)
         d.addBoth(self._batch_done, batch, seqno, marks)
+
+    def _checkpoint_due(self) -> bool:
+        """Whether the next job checkpoints: on recovery, or every checkpoint_interval."""
+        if self._failures:
+            return True
+        return (self._seqno > self._ckpt_seqno and self._state == "open"
+                and self._reactor.seconds() - self._ckpt_at >= self.checkpoint_interval)
+
+    def _checkpointed(self, seqno: int, error: Optional[Exception]) -> None:
+        if error is None:
+            self._ckpt_seqno = seqno
+            self._ckpt_at = self._reactor.seconds()
+            self._disk["checkpoints"] += 1
+        else:
+            self._disk["errors"] += 1
+            self._last_error = str(error)
+            _log.warn("txcb: the checkpoint of {path} failed: {e}", path=self.path, e=error)
 
     def _batch_done(self, result: Any, batch: Dict[bytes, Optional[bytes]],
                     seqno: int, marks: Optional[Tuple[int, int]]) -> None:
@@ -113,7 +165,12 @@ class WriteQueue:
             return
         if marks is not None:
             self._marked_cas, self._marked_seqno = marks
-        took, rows = result
+        if len(result) == 3:
+            self._checkpointed(seqno, result[2])
+        if self._failures:
+            self._failures = 0
+            self._refuse(False)
+        took, rows = result[0], result[1]
         disk = self._disk
         disk["flushed"] += rows
         disk["batches"] += 1
@@ -146,8 +203,19 @@ class WriteQueue:
     def _batch_failed(self, f: Failure, batch: Dict[bytes, Optional[bytes]],
                       seqno: int) -> None:
         self._disk["errors"] += 1
-        _log.failure("txcb: writing {n} items to {path} failed; retrying in {retry}s",
-                     f, n=len(batch), path=self.path, retry=self.retry_interval)
+        self._failures += 1
+        self._last_error = f.getErrorMessage()
+        retry = min(self.retry_interval * 2 ** min(self._failures - 1, 30),
+                    max(self.retry_interval, self.max_retry_interval))
+        if self._state == "closing":
+            retry = min(retry, max(0.0, self._close_deadline - self._reactor.seconds()))
+        if self._failures == 1:
+            _log.failure("txcb: writing {n} items to {path} failed; retrying in {retry}s",
+                         f, n=len(batch), path=self.path, retry=retry)
+        else:
+            _log.warn("txcb: writing {n} items to {path} failed again ({e}); retrying in "
+                      "{retry:.3g}s", n=len(batch), path=self.path, e=self._last_error,
+                      retry=retry)
         # Put the batch back under what was queued since (newer wins).
         dirty = self._dirty
         for k, item in batch.items():
@@ -160,8 +228,10 @@ class WriteQueue:
             _s, d, r = waiters.popleft()
             if not d.called:
                 d.errback(TemporaryFailError(error.message, key=r.key))
-        if self._state == "closing":
+        if len(dirty) >= self.max_queue:
+            self._refuse(True)
+        if self._state == "closing" and self._reactor.seconds() >= self._close_deadline:
             self._busy = False
             self._finish_close(f)
             return
-        self._scheduled = self._reactor.callLater(self.retry_interval, self._start_batch)
+        self._scheduled = self._reactor.callLater(retry, self._start_batch)

@@ -141,6 +141,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
         cas, exp, flags, off = header(item)
         if ttl:
             check_ttl(ttl, key)
+            if self._gated:
+                self._check_mutation(key)
             self._check_unlocked(k, now, key)
             cas = self._retouch(k, item, ttl, now)[0]
         elif self._locks and self._is_locked(k, now):
@@ -150,8 +152,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
     def store_sync(self, op: str, key: Any, value: Any, cas: int = 0, ttl: int = 0,
                    format: Any = None) -> OperationResult:
         """upsert/insert/replace without the Deferred (``op`` names which)."""
-        if self._closed:
-            self._check_open()
+        if self._gated:
+            self._check_mutation(key)
         self._ops[op] += 1
         k = to_key(key)
         if cas:
@@ -176,6 +178,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def remove_sync(self, key: Any, cas: int = 0, quiet: bool = False) -> OperationResult:
         k = self._begin("remove", key)
+        if self._gated:
+            self._check_mutation(key)
         if cas:
             check_cas(cas, key)
         now = self.clock.seconds()
@@ -190,6 +194,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def touch_sync(self, key: Any, ttl: int) -> OperationResult:
         k = self._begin("touch", key)
+        if self._gated:
+            self._check_mutation(key)
         check_ttl(ttl, key)
         now = self.clock.seconds()
         item = self._existing(k, now, key)
@@ -227,6 +233,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
     def counter_sync(self, key: Any, delta: int = 1, initial: Optional[int] = None,
                      ttl: int = 0) -> ValueResult:
         k = self._begin("counter", key)
+        if self._gated:
+            self._check_mutation(key)
         check_delta(delta, initial, key)
         if ttl:
             check_ttl(ttl, key)
@@ -248,6 +256,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
     def concat_sync(self, op: str, key: Any, value: Any, cas: int = 0) -> OperationResult:
         """append/prepend without the Deferred."""
         k = self._begin(op, key)
+        if self._gated:
+            self._check_mutation(key)
         if cas:
             check_cas(cas, key)
         if isinstance(value, str):
@@ -275,6 +285,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
         (each a removal the ``_mutated`` hook sees, as for :meth:`remove`).
         """
         self._check_open()
+        if self._gated:
+            self._check_mutation(None)
         self._ops["flush"] += 1
         return self._remove_all()
 
@@ -394,6 +406,7 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def close(self) -> Deferred:
         self._closed = True
+        self._gated = True
         if self._pager is not None and self._pager.running:
             self._pager.stop()
         return succeed(None)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from typing import Any, Dict, List, Optional
 
@@ -56,13 +57,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from txcb.buckets import _store
+from txcb.buckets import _manifest, _store
 from txcb.buckets._store import (  # noqa: F401 (FORMAT_VERSION: part of the API)
     FORMAT_VERSION, LOCK_FILE, META_STEP, RESTART_GAP, CorruptDataError,
-    DataDirLockedError, StorageError)
+    DataDirLockedError, DiskFullError, StorageError)
 from txcb.buckets._writer import WriteQueue
 from txcb.buckets.embedded import EmbeddedBucket
-from txcb.errors import ArgumentError, CouchbaseError, NetworkError, TimeoutError
+from txcb.errors import (
+    ArgumentError, CouchbaseError, NetworkError, TemporaryFailError, TimeoutError)
 from txcb.formats import Transcoder
 from txcb.limits import DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_MAX_VALUE_SIZE
 from txcb.results import OperationResult
@@ -70,7 +72,7 @@ from txcb.validation import resolve_durability
 
 __all__ = [
     "PersistentBucket", "create_bucket", "StorageError", "CorruptDataError",
-    "DataDirLockedError", "DEFAULT_DATA_DIR", "BUCKET_TYPES",
+    "DataDirLockedError", "DiskFullError", "DEFAULT_DATA_DIR", "BUCKET_TYPES",
 ]
 
 #: Where ``twistd txcb`` and :func:`create_bucket` keep data by default
@@ -119,7 +121,13 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         waits for it (fewer, larger transactions for plain writes); a
         ``persist_to`` mutation, an :meth:`endure` or :meth:`close` starts
         the batch at once.
-    :param retry_interval: seconds before a failed batch is written again.
+    :param retry_interval: seconds before a failed batch is written again
+        (doubling while it keeps failing, up to ``max_retry_interval``).
+    :param checkpoint_interval: how often (seconds, while writing) the WAL is
+        copied into the data file and the manifest written.
+    :param max_queue: while writes fail, mutations are refused with
+        TemporaryFailError once this many keys wait for the disk.
+    :param close_timeout: how long :meth:`close` keeps retrying failed writes.
     :param flusher_nice: how many nice levels lower the thread writing
         background batches (nobody waiting for them) runs; 0 writes every
         batch on the one normal-priority thread.
@@ -135,7 +143,9 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
                  transcoder: Optional[Transcoder] = None, pager_interval: float = 10.0,
                  name: str = "default", start: bool = True,
                  flush_delay: float = 0.01, retry_interval: float = 1.0,
-                 flusher_nice: int = 10) -> None:
+                 flusher_nice: int = 10, checkpoint_interval: float = 5.0,
+                 max_queue: int = 1000, max_retry_interval: float = 5.0,
+                 close_timeout: float = 10.0) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ArgumentError("bucket name must be 1 to 100 characters of "
                                 "A-Z a-z 0-9 . _ %% -, not %r" % (name,))
@@ -154,8 +164,13 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self.path = os.path.join(self.data_dir, name + ".sqlite3")
         self.flush_delay = flush_delay
         self.retry_interval = retry_interval
+        self.max_retry_interval = max_retry_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.max_queue = max_queue
+        self.close_timeout = close_timeout
         self.flusher_nice = flusher_nice
-        self._closed = True  # until start() has warmed up
+        self.lost_writes = 0  # acknowledged writes close could not save
+        self._closed = self._gated = True  # until start() has warmed up
         self._state = "new"  # -> "open" -> "closing" -> "closed"
         self._conn: Any = None  # a sqlite3.Connection once started
         self._lock_fd: Any = None  # the locked lock file descriptor once started
@@ -191,8 +206,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         started = time.perf_counter()
         self._lock_fd = _store.lock_dir(self.data_dir)
         try:
-            self._conn = _store.open_db(self.path)
-            self._load(_store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas))
+            self._open_and_warm_up()
         except BaseException:
             if self._conn is not None:
                 self._conn.close()
@@ -207,12 +221,32 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             self._bg_pool.start()
             self._bg_pool.callInThread(_store.be_nicer, self.flusher_nice)
         self._state = "open"
-        self._closed = False
+        self._closed = self._gated = False
         self._disk["warmup_time"] = took = time.perf_counter() - started
         _log.info("txcb: bucket {name!r} warmed up {items} items from {path} in {took:.3f}s"
                   " ({expired} expired items dropped)", name=self.name,
                   items=len(self._items), path=self.path, took=took,
                   expired=self._disk["warmup_expired"])
+
+    def _open_and_warm_up(self) -> None:
+        """Check the files against the manifest, open, warm up, checkpoint."""
+        mpath = _manifest.manifest_path(self.path)
+        manifest = _manifest.read_manifest(mpath, CorruptDataError)
+        _manifest.check_files(self.path, manifest, CorruptDataError)
+        self._conn = _store.open_db(self.path)
+        warm = _store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas,
+                              manifest)
+        try:
+            _store.checkpoint(self._conn, self.path, warm.seqno, False, len(warm.items))
+        except (OSError, sqlite3.Error) as e:
+            if _manifest.disk_full(e, self.path):
+                raise DiskFullError("the disk holding %s is full (%s); free some space "
+                                    "and start again" % (self.path, e))
+            raise StorageError("cannot checkpoint %s or write %s: %s"
+                               % (self.path, mpath, e))
+        self._load(warm)
+        self._ckpt_seqno = warm.seqno
+        self._ckpt_at = self._reactor.seconds()
 
     def _load(self, warm: _store.Warm) -> None:
         """Take over what warmup loaded."""
@@ -311,6 +345,13 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             "disk_last_flush_duration": disk["last_flush_duration"],
             "disk_last_batch": disk["last_batch"],
             "disk_errors": disk["errors"],
+            "disk_queue_limit": self.max_queue,
+            "disk_refusing": int(self._refusing),
+            "disk_refused": disk["refused"],
+            "disk_failing": self._failures,
+            "disk_last_error": self._last_error,
+            "disk_checkpoints": disk["checkpoints"],
+            "checkpointed_seqno": self._ckpt_seqno,
             "persisted_seqno": self._persisted_seqno,
             "warmup_time": disk["warmup_time"],
             "warmup_items": disk["warmup_items"],
@@ -322,8 +363,10 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
     def close(self) -> Deferred:
         """
         Stop taking operations, write the whole queue, close the data file
-        and unlock the data dir; fires when that is done (errbacks if the
-        last writes failed: they are then lost, and logged).
+        and unlock the data dir; fires when that is done.  Failed writes are
+        retried for ``close_timeout`` seconds; what still could not be written
+        is lost: logged, with how many keys' acknowledged writes, and counted
+        in :attr:`lost_writes`.
         """
         d: Deferred = Deferred()
         if self._state == "closed":
@@ -334,6 +377,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             return d
         was_new = self._state == "new"
         self._state = "closing"
+        self._close_deadline = self._reactor.seconds() + self.close_timeout
         EmbeddedBucket.close(self)
         if was_new:
             self._release(None)
@@ -350,15 +394,25 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         # persist_to callback): _batch_done goes on to finish the close.
         return d
 
+    def _check_mutation(self, key: Any) -> None:
+        self._check_open()
+        if self._refusing:
+            self._disk["refused"] += 1
+            raise TemporaryFailError(
+                "%d writes wait for the disk (%s): try again later"
+                % (len(self._dirty) + len(self._inflight), self._last_error), key=key)
+
     def _finish_close(self, failure: Optional[Failure]) -> None:
         if self._finishing:
             return
         self._finishing = True
         lost = len(self._dirty)
         if failure is not None:
-            _log.critical("txcb: closing bucket {name!r}: {n} queued writes could not be "
-                          "written to {path} and are lost", name=self.name, n=lost,
-                          path=self.path)
+            self.lost_writes = self._disk["lost"] = lost
+            _log.critical("txcb: closing bucket {name!r}: {n} acknowledged writes (the "
+                          "latest of {n} keys) could not be written to {path} after "
+                          "retrying for {t:.3g}s and are lost: {e}", name=self.name, n=lost,
+                          path=self.path, t=self.close_timeout, e=self._last_error)
         error = NetworkError("the bucket is closed")
         for wid, w in list(self._endure_waiters.items()):
             if w.timer.active():
@@ -372,12 +426,12 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         conn, self._conn = self._conn, None
         lock_fd, self._lock_fd = self._lock_fd, None
         d = deferToThreadPool(self._reactor, self._pool, _store.close_db, conn, lock_fd,
-                              self._cas, self._seqno)
+                              self.path, self._cas, self._seqno, self._persisted_seqno)
 
         def closed(result: Any) -> None:
             if isinstance(result, Failure):
                 _log.failure("txcb: closing {path} failed", result, path=self.path)
-            self._release(failure)
+            self._release(None)
         d.addBoth(closed)
 
     def _release(self, failure: Optional[Failure]) -> None:

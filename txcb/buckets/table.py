@@ -54,6 +54,8 @@ class ItemTable:
         self._cas = time.time_ns()
         self._seqno = 0
         self._closed = False
+        # Mutations ask _check_mutation first (closed, or refusing writes).
+        self._gated = False
         self._stats = {"hits": 0, "misses": 0, "expired": 0}
         self._ops = dict.fromkeys(OPS, 0)
         self._scan_index: Any = None  # a KeyIndex, once something scans
@@ -61,6 +63,10 @@ class ItemTable:
     def _check_open(self) -> None:
         if self._closed:
             raise NetworkError("the bucket is closed")
+
+    def _check_mutation(self, key: Any) -> None:
+        """(only while ``_gated``) Refuse a mutation now: closed (or, in a subclass, busy)."""
+        self._check_open()
 
     def _next_cas(self) -> int:
         self._cas = cas = self._cas + 1
