@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from txcb import errors
-from txcb.buckets import _manifest, _store, items, persistent
+from txcb.buckets import _store, items, persistent
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.persistent import CorruptDataError, DiskFullError, PersistentBucket
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import heapq
 import os
 import sqlite3
 import threading
 import time
+from operator import eq, itemgetter
 from zlib import crc32
 from struct import Struct, error as struct_error
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -409,15 +411,23 @@ def _damaged(path: str, k: bytes) -> CorruptDataError:
 
 def _never_expiring(conn: sqlite3.Connection, path: str) -> Dict[bytes, bytes]:
     """The items that never expire, checksums verified (in C: no per-row Python)."""
-    rows = conn.execute("SELECT key, item, crc FROM items WHERE exp = 0").fetchall()
+    # A million row tuples alive at once would each trigger collections.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        rows = conn.execute("SELECT key, item, crc FROM items WHERE exp = 0").fetchall()
+    finally:
+        if collecting:
+            gc.enable()
     if not rows:
         return {}
-    keys, values, crcs = zip(*rows)
-    if tuple(map(crc32, values, map(crc32, keys))) != crcs:
-        for k, item, crc in rows:
-            if crc32(item, crc32(k)) != crc:
+    key, item, crc = itemgetter(0), itemgetter(1), itemgetter(2)
+    if not all(map(eq, map(crc32, map(item, rows), map(crc32, map(key, rows))),
+                   map(crc, rows))):
+        for k, v, c in rows:
+            if crc32(v, crc32(k)) != c:
                 raise _damaged(path, k)
-    return dict(zip(keys, values))
+    return dict(zip(map(key, rows), map(item, rows)))
 
 
 def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
