@@ -417,3 +417,102 @@ class _Freeing(dict):
     def update(self, **kw):
         for k, v in kw.items():
             self[k] = v
+
+
+class FlushIsConstantTimeTests(DiskTestsMixin, unittest.TestCase):
+    """Item 6: a flush is O(1) on the reactor thread, whatever the item count."""
+
+    def count_reactor_work(self, b):
+        """Count the per-item steps a flush could take on the reactor thread."""
+        counts = {"removed": 0, "mutated": 0}
+        remove, mutated = b._remove_item, b._mutated
+
+        def counting_remove(*args):
+            counts["removed"] += 1
+            return remove(*args)
+
+        def counting_mutated(*args):
+            counts["mutated"] += 1
+            return mutated(*args)
+        b._remove_item = counting_remove
+        b._mutated = counting_mutated
+        return counts
+
+    def flush_counts(self, b, n):
+        for i in range(n):
+            b.store_sync("upsert", "k%d" % i, b"v", 0, 3600 if i % 2 else 0)
+        b.lock_sync("k0", 5)
+        counts = self.count_reactor_work(b)
+        self.assertEqual(b.flush_sync(), n)
+        self.assertEqual(b.stats_sync()["items"], 0)
+        self.assertEqual(b.stats_sync()["locked"], 0)
+        return counts
+
+    def test_flush_of_many_items_is_o1_on_the_reactor_thread(self):
+        clock = new_clock()
+        small = self.flush_counts(EmbeddedBucket(clock=clock, pager_interval=0), 10)
+        big = self.flush_counts(EmbeddedBucket(clock=clock, pager_interval=0), 300_000)
+        self.assertEqual(small, big)
+        self.assertEqual(big, {"removed": 0, "mutated": 0})
+
+    def test_flushed_items_are_freed_in_batches(self):
+        from txcb.buckets import table
+        clock = new_clock()
+        b = EmbeddedBucket(clock=clock, pager_interval=0)
+        for i in range(25_000):
+            b.store_sync("upsert", "k%d" % i, b"v")
+        freed = []
+        free = b._free_some
+
+        def recording(old):
+            n = len(old)
+            free(old)
+            freed.append(n - len(old))
+        b._free_some = recording
+        b.flush_sync()
+        self.assertEqual(freed, [])  # nothing freed on the flush's own turn
+        clock.advance(0)
+        self.assertEqual(freed, [table.FREE_BATCH, table.FREE_BATCH, 5_000])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_persistent_flush_is_o1_and_deletes_from_disk_in_the_background(self):
+        b = self.open()
+        counts = self.flush_counts(b, 20_000)
+        self.assertEqual(counts, {"removed": 0, "mutated": 0})
+        yield b.upsert("after", b"a", persist_to=1)
+        r = yield b.endure("k5", persist_to=1, check_removed=True, timeout=5)
+        self.assertTrue(r.success)
+        yield b.close()
+        b2 = self.open()
+        self.assertEqual(b2.stats_sync()["items"], 1)
+        self.assertEqual(b2.get_sync("after").raw, b"a")
+
+    @defer.inlineCallbacks
+    def test_flush_while_a_batch_fails_does_not_bring_the_batch_back(self):
+        b = self.open(retry_interval=0.01)
+        real = _store.write_batch
+        gate = defer.Deferred()
+        calls = []
+
+        def failing_once(*args):
+            calls.append(1)
+            if len(calls) == 1:
+                from twisted.internet.threads import blockingCallFromThread
+                blockingCallFromThread(reactor, lambda: gate)
+                raise sqlite3.OperationalError("disk I/O error (simulated)")
+            return real(*args)
+        self.patch(_store, "write_batch", failing_once)
+        b.store_sync("upsert", "gone", b"g")
+        b._hurry()
+        for _ in range(500):
+            if b._writing:
+                break
+            yield task.deferLater(reactor, 0.005, lambda: None)
+        b.flush_sync()
+        gate.callback(None)
+        yield b.upsert("kept", b"k", persist_to=1)
+        yield b.close()
+        b2 = self.open()
+        self.assertEqual(sorted(b2._items), [b"kept"])
+        self.flushLoggedErrors(sqlite3.OperationalError)

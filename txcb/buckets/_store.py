@@ -298,11 +298,13 @@ def upgrade_from_2(conn: sqlite3.Connection, path: str) -> None:
 
 
 def write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
-                 marks: Optional[Tuple[int, int]], seqno: int) -> Tuple[float, int]:
+                 marks: Optional[Tuple[int, int]], seqno: int,
+                 wipe: bool = False) -> Tuple[float, int]:
     """
     (writer thread) One batch, one transaction; returns (seconds, rows).
     ``marks``: new (max CAS, high seqno) meta rows to write too, if any;
-    ``seqno``: the seqno the file holds every mutation up to once it commits.
+    ``seqno``: the seqno the file holds every mutation up to once it commits;
+    ``wipe``: delete every row first (a flush).
     """
     started = time.perf_counter()
     puts: List[Any] = []  # key, exp, item, crc, key, exp, item, crc...
@@ -317,6 +319,8 @@ def write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
             big.append((k, expiry_of(item), item, crc32(item, crc32(k))))
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if wipe:
+            conn.execute("DELETE FROM items")
         if puts:
             _execute_chunked(conn, _put_sql, puts, 4)
         if big:
@@ -353,7 +357,8 @@ def checkpoint(conn: sqlite3.Connection, path: str, seqno: int, clean: bool,
 
 def write_and_checkpoint(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
                          marks: Optional[Tuple[int, int]], seqno: int, path: str,
-                         recover: bool = False) -> Tuple[float, int, Optional[Exception]]:
+                         recover: bool = False, wipe: bool = False
+                         ) -> Tuple[float, int, Optional[Exception]]:
     """
     (writer thread) :func:`write_batch` (if ``batch``), then :func:`checkpoint`;
     returns (seconds, rows, the checkpoint's error if it failed).  ``recover``
@@ -365,7 +370,8 @@ def write_and_checkpoint(conn: sqlite3.Connection, batch: Dict[bytes, Optional[b
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
-    took, rows = write_batch(conn, batch, marks, seqno) if batch else (0.0, 0)
+    took, rows = (write_batch(conn, batch, marks, seqno, wipe) if batch or wipe
+                  else (0.0, 0))
     try:
         checkpoint(conn, path, seqno, False)
     except (sqlite3.Error, OSError) as e:

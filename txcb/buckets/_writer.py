@@ -67,6 +67,9 @@ class WriteQueue:
         self._disk = {"flushed": 0, "batches": 0, "errors": 0, "last_flush_duration": 0.0,
                       "last_batch": 0, "warmup_time": 0.0, "warmup_items": 0,
                       "warmup_expired": 0, "checkpoints": 0, "refused": 0, "lost": 0}
+        self._wipe = False  # the next batch deletes every row first (a flush)
+        self._wiping = False  # the batch being written does
+        self._moot = False  # a flush came after the batch being written was taken
         self._failures = 0  # batches failed in a row
         self._refusing = False  # failing, and the queue is at max_queue: no mutations
         self._last_error = ""
@@ -104,19 +107,38 @@ class WriteQueue:
             self._scheduled.reset(0)
 
     def _is_persisted(self, k: bytes) -> bool:
+        if self._wipe or self._wiping:
+            return False
         return k not in self._dirty and k not in self._inflight
+
+    def _flushed(self, old: Dict[bytes, bytes], seqno: int) -> None:
+        """A flush: what is queued is moot; the next batch deletes every row first."""
+        self._dirty = {}
+        self._wipe = True
+        self._moot = self._writing
+        self._mutated_all()
+        super()._flushed(old, seqno)  # type: ignore[misc]
+
+    def _mutated_all(self) -> None:
+        if not self._busy:
+            self._busy = True
+            self._lazy = True
+            self._scheduled = self._reactor.callLater(self.flush_delay, self._start_batch)
 
     def _start_batch(self) -> None:
         self._scheduled = None
         self._lazy = False
         ckpt = self._checkpoint_due()
-        if not self._dirty and not ckpt:
+        wipe, self._wipe = self._wipe, False
+        if not self._dirty and not ckpt and not wipe:
             self._busy = False
             if self._state == "closing":
                 self._finish_close(None)
             return
         batch, self._dirty = self._dirty, {}
         self._inflight = batch
+        self._wiping = wipe
+        self._moot = False
         seqno = self._seqno
         marks = None
         if self._cas - self._marked_cas >= _store.META_STEP \
@@ -133,10 +155,10 @@ class WriteQueue:
         if ckpt:
             d = deferToThreadPool(self._reactor, pool, _store.write_and_checkpoint,
                                   self._conn, batch, marks, seqno, self.path,
-                                  self._failures > 0)
+                                  self._failures > 0, wipe)
         else:
             d = deferToThreadPool(self._reactor, pool, _store.write_batch, self._conn,
-                                  batch, marks, seqno)
+                                  batch, marks, seqno, wipe)
         d.addBoth(self._batch_done, batch, seqno, marks)
 
     def _checkpoint_due(self) -> bool:
@@ -160,7 +182,10 @@ class WriteQueue:
                     seqno: int, marks: Optional[Tuple[int, int]]) -> None:
         self._writing = False
         self._inflight = {}
+        wiped, self._wiping = self._wiping, False
         if isinstance(result, Failure):
+            if wiped:
+                self._wipe = True
             self._batch_failed(result, batch, seqno)
             return
         if marks is not None:
@@ -216,11 +241,13 @@ class WriteQueue:
             _log.warn("txcb: writing {n} items to {path} failed again ({e}); retrying in "
                       "{retry:.3g}s", n=len(batch), path=self.path, e=self._last_error,
                       retry=retry)
-        # Put the batch back under what was queued since (newer wins).
+        # Put the batch back under what was queued since (newer wins), unless
+        # a flush came since.
         dirty = self._dirty
-        for k, item in batch.items():
-            if k not in dirty:
-                dirty[k] = item
+        if not self._moot:
+            for k, item in batch.items():
+                if k not in dirty:
+                    dirty[k] = item
         waiters = self._persist_waiters
         error = TemporaryFailError("the write could not be persisted: %s"
                                    % (f.getErrorMessage(),))

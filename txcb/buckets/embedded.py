@@ -281,8 +281,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def flush_sync(self) -> int:
         """
-        :meth:`flush` without the Deferred; returns how many items it removed
-        (each a removal the ``_mutated`` hook sees, as for :meth:`remove`).
+        :meth:`flush` without the Deferred; returns how many items it removed.
+        O(1): the item table is swapped for an empty one (see ``_flushed``).
         """
         self._check_open()
         if self._gated:
