@@ -516,3 +516,82 @@ class FlushIsConstantTimeTests(DiskTestsMixin, unittest.TestCase):
         b2 = self.open()
         self.assertEqual(sorted(b2._items), [b"kept"])
         self.flushLoggedErrors(sqlite3.OperationalError)
+
+
+class EndureWaitersTests(DiskTestsMixin, unittest.TestCase):
+    """Item 2 (the bucket part): waiters are indexed, never polled."""
+
+    def count_checks(self, b):
+        calls = []
+        endured = b._endured
+
+        def counting(*args):
+            calls.append(args[0])
+            return endured(*args)
+        b._endured = counting
+        return calls
+
+    def test_endure_waiters_schedule_no_calls_per_waiter(self):
+        clock = new_clock()
+        b = EmbeddedBucket(clock=clock, pager_interval=0)
+        for i in range(1000):
+            b.store_sync("upsert", "k%d" % i, b"v")
+        ds = [b.endure("k%d" % i, check_removed=True, timeout=60, interval=0.001)
+              for i in range(1000)]
+        self.assertLessEqual(len(clock.getDelayedCalls()), 1)
+        checks = self.count_checks(b)
+        for _ in range(100):
+            clock.advance(0.001)
+        self.assertEqual(checks, [])  # nothing re-checked while nothing changed
+        b.remove_sync("k7")
+        clock.advance(0)
+        self.assertEqual(checks, [b"k7"])  # exactly the waiter released
+        self.assertTrue(self.successResultOf(ds[7]).success)
+        for d in ds[:7] + ds[8:]:
+            d.cancel()
+            self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(b._waiters), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertNotIn("_mutated", b.__dict__)  # no per-mutation hook left
+
+    def test_cancelled_endure_removes_its_waiter_at_once(self):
+        clock = new_clock()
+        b = EmbeddedBucket(clock=clock, pager_interval=0)
+        b.store_sync("upsert", "k", b"v")
+        ds = [b.endure("k", check_removed=True, timeout=3600) for _ in range(500)]
+        for d in ds:
+            d.cancel()
+            self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual((len(b._waiters), b._waiters.waits_for(b"k")), (0, False))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_endure_on_an_expiring_key_fires_at_expiry(self):
+        clock = new_clock()
+        b = EmbeddedBucket(clock=clock, pager_interval=0)
+        b.store_sync("upsert", "k", b"v", 0, 5)
+        d = b.endure("k", check_removed=True, timeout=10)
+        clock.advance(4)
+        self.assertNoResult(d)
+        clock.advance(1.5)
+        self.assertTrue(self.successResultOf(d).success)
+
+    @defer.inlineCallbacks
+    def test_commits_do_not_recheck_waiters_they_do_not_release(self):
+        b = self.open()
+        for i in range(1000):
+            b.store_sync("upsert", "w%d" % i, b"v")
+        yield b.upsert("sync", b"s", persist_to=1)
+        ds = [b.endure("w%d" % i, persist_to=1, check_removed=True, timeout=30)
+              for i in range(1000)]
+        checks = self.count_checks(b)
+        for i in range(20):
+            yield b.upsert("other%d" % i, b"o", persist_to=1)
+        self.assertEqual(checks, [])
+        yield b.remove("w3")
+        r = yield ds[3]
+        self.assertTrue(r.success)
+        self.assertEqual(sorted(set(checks)), [b"w3"])
+        for d in ds[4:] + ds[:3]:
+            d.cancel()
+            self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(b._waiters), 0)

@@ -276,7 +276,7 @@ class DurabilityTests(PersistentTestsMixin, unittest.TestCase):
         c = b.endure("k", persist_to=1, cas=r.cas, timeout=5)
         c.cancel()
         self.failureResultOf(c, defer.CancelledError)
-        self.assertEqual(b._endure_waiters, {})
+        self.assertEqual(len(b._waiters), 0)
         gate.open()
 
     @defer.inlineCallbacks

@@ -38,7 +38,7 @@ class WriteQueue:
         _state: str
         _seqno: int
         _cas: int
-        _endure_waiters: Dict[int, Any]
+        _waiters: Any
         flush_delay: float
         retry_interval: float
         max_retry_interval: float
@@ -51,7 +51,6 @@ class WriteQueue:
 
         def _finish_close(self, failure: Optional[Failure]) -> None: ...
 
-        def _recheck_endure(self) -> None: ...
 
     def _init_queue(self) -> None:
         self._dirty: Dict[bytes, Optional[bytes]] = {}
@@ -149,7 +148,7 @@ class WriteQueue:
         # connection at once.
         pool = self._pool
         if self._bg_pool is not None and not (
-                self._persist_waiters or self._endure_waiters or self._state == "closing"):
+                self._persist_waiters or self._waiters or self._state == "closing"):
             pool = self._bg_pool
         d: Any
         if ckpt:
@@ -206,7 +205,7 @@ class WriteQueue:
         # The next batch first, so its write overlaps the replies sent below.
         if not self._dirty:
             self._busy = False
-        elif (self._state == "closing" or self._endure_waiters or not self.flush_delay
+        elif (self._state == "closing" or self._waiters or not self.flush_delay
               or (waiters and waiters[-1][0] > seqno)):
             self._start_batch()
         else:
@@ -216,8 +215,8 @@ class WriteQueue:
             _s, d, r = waiters.popleft()
             if not d.called:
                 d.callback(r)
-        if self._endure_waiters:
-            self._recheck_endure()
+        if self._waiters:
+            self._waiters.committed(seqno)
         if not self._busy:
             if self._dirty:  # queued by the callbacks above (say, an item expiring)
                 self._busy = True

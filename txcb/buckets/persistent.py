@@ -48,7 +48,7 @@ import os
 import re
 import sqlite3
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -85,20 +85,6 @@ CAS_RESTART_GAP = RESTART_GAP  # the name the tests and docs use
 _NAME_RE = re.compile(r"^[A-Za-z0-9._%-]{1,100}$")
 
 _log = Logger()
-
-
-class _EndureWaiter:
-    __slots__ = ("k", "key", "persist", "cas", "check_removed", "d", "timer")
-
-    def __init__(self, k: bytes, key: Any, persist: int, cas: int,
-                 check_removed: bool) -> None:
-        self.k = k
-        self.key = key
-        self.persist = persist
-        self.cas = cas
-        self.check_removed = check_removed
-        self.d: Any = None
-        self.timer: Any = None
 
 
 class PersistentBucket(WriteQueue, EmbeddedBucket):
@@ -178,7 +164,6 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self._bg_pool: Any = None  # and the background one (flusher_nice), if any
         self._finishing = False
         self._init_queue()
-        self._endure_waiters: Dict[int, _EndureWaiter] = {}
         self._close_waiters: List[Deferred] = []
         self._close_result: Any = None
         if start:
@@ -275,63 +260,18 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
                interval: float = DEFAULT_ENDURE_INTERVAL) -> Deferred:
         """
         As :meth:`EmbeddedBucket.endure`; waiting for the disk is not polled:
-        the key is checked again after each committed batch (``interval`` is
-        unused then), and ``timeout`` runs on the bucket's clock.
+        a waiter is checked again when a commit reaches the seqno it needs,
+        and a batch somebody waits for starts at once.
         """
-        try:
-            persist = resolve_durability(persist_to, replicate_to, self.max_persist_to,
-                                         self.max_replicate_to, key)[0]
-        except CouchbaseError:
-            persist = 0
-        if not persist:  # nothing to wait for on disk (or a bad argument)
-            return EmbeddedBucket.endure(self, key, persist_to, replicate_to, cas,
-                                         check_removed, timeout, interval)
-        try:
-            k, persist = self._endure_args(key, persist_to, replicate_to, cas, timeout,
-                                           interval)
-            done = self._endured(k, key, persist, cas, check_removed)
-            if done is None and not timeout:
-                raise TimeoutError("durability not reached within 0s", key=key)
-        except CouchbaseError as e:
-            return fail(e)
-        if done is not None:
-            return succeed(done)
-        w = _EndureWaiter(k, key, persist, cas, check_removed)
-        wid = id(w)
-        self._endure_waiters[wid] = w
-        self._hurry()
+        d = EmbeddedBucket.endure(self, key, persist_to, replicate_to, cas, check_removed,
+                                  timeout, interval)
+        if not d.called:
+            self._hurry()
+        return d
 
-        def cancel(_d: Deferred) -> None:
-            self._endure_waiters.pop(wid, None)
-            if w.timer is not None and w.timer.active():
-                w.timer.cancel()
-
-        w.d = Deferred(cancel)
-        w.timer = self.clock.callLater(timeout, self._endure_timed_out, wid, timeout)
-        return w.d
-
-    def _endure_timed_out(self, wid: int, timeout: float) -> None:
-        w = self._endure_waiters.pop(wid, None)
-        if w is not None:
-            w.d.errback(TimeoutError("durability not reached within %.3gs" % (timeout,),
-                                     key=w.key))
-
-    def _recheck_endure(self) -> None:
-        for wid, w in list(self._endure_waiters.items()):
-            done: Any
-            try:
-                done = self._endured(w.k, w.key, w.persist, w.cas, w.check_removed)
-            except CouchbaseError as e:
-                done = Failure(e)
-            if done is None:
-                continue
-            del self._endure_waiters[wid]
-            if w.timer.active():
-                w.timer.cancel()
-            if isinstance(done, Failure):
-                w.d.errback(done)
-            else:
-                w.d.callback(done)
+    def _soon(self, f: Callable[..., Any], *args: Any) -> None:
+        """On the next turn of the reactor the writer reports to (the clock may be fake)."""
+        self._reactor.callLater(0, f, *args)
 
     # -- stats / close ------------------------------------------------------------
 
@@ -414,11 +354,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
                           "retrying for {t:.3g}s and are lost: {e}", name=self.name, n=lost,
                           path=self.path, t=self.close_timeout, e=self._last_error)
         error = NetworkError("the bucket is closed")
-        for wid, w in list(self._endure_waiters.items()):
-            if w.timer.active():
-                w.timer.cancel()
-            w.d.errback(NetworkError(error.message, key=w.key))
-        self._endure_waiters.clear()
+        self._waiters.fail_all(lambda key: NetworkError(error.message, key=key))
         while self._persist_waiters:
             _s, pd, r = self._persist_waiters.popleft()
             if not pd.called:
