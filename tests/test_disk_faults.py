@@ -68,7 +68,7 @@ class DiskTestsMixin:
         for i in range(n):
             yield b.upsert("key%04d" % (i,), value_of(i),
                            persist_to=1 if i == n - 1 else 0)
-        defer.returnValue(b)
+        return b
 
     def assertRefused(self, exc_type, *names):
         e = self.assertRaises(exc_type, PersistentBucket, self.dir, clock=self.clock,

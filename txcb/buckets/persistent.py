@@ -37,9 +37,25 @@ be read, stops start-up with :class:`CorruptDataError` naming it; it is never
 replaced.  :meth:`~PersistentBucket.close` writes the whole queue before it
 fires.
 
+Damaged data is refused, never served: every stored item carries a CRC-32 of
+its key and bytes, verified at warmup.  The bucket knows what it had: a
+manifest, ``<bucket name>.manifest`` (:mod:`txcb.buckets._manifest`), says
+how many items the data file held at which seqno at its last checkpoint (at
+start-up, every ``checkpoint_interval`` while writing, and at close), and
+start-up refuses, naming the file, a data file that is missing, empty or
+behind it, or a WAL missing after an unclean stop.
+
+A full or failing disk: a failed batch is retried with backoff (first
+emptying the WAL into the data file), mutations are refused with
+TemporaryFailError while more than ``max_queue`` keys wait for the disk
+(``disk_refusing`` and friends in the stats), and the bucket takes writes
+again by itself once a batch commits.  A full disk at start-up is
+:class:`DiskFullError`, not corruption.
+
 Where it lives: the data directory and file (lock, open, warmup, one batch,
-close) in :mod:`txcb.buckets._store`; the write queue in
-:mod:`txcb.buckets._writer`; the bucket's life cycle and durability waits here.
+checkpoint, close) in :mod:`txcb.buckets._store`; the manifest in
+:mod:`txcb.buckets._manifest`; the write queue in :mod:`txcb.buckets._writer`;
+endure waiters in :mod:`txcb.buckets._waiters`; the life cycle here.
 """
 
 from __future__ import annotations
@@ -63,12 +79,10 @@ from txcb.buckets._store import (  # noqa: F401 (FORMAT_VERSION: part of the API
     DataDirLockedError, DiskFullError, StorageError)
 from txcb.buckets._writer import WriteQueue
 from txcb.buckets.embedded import EmbeddedBucket
-from txcb.errors import (
-    ArgumentError, CouchbaseError, NetworkError, TemporaryFailError, TimeoutError)
+from txcb.errors import ArgumentError, NetworkError, TemporaryFailError
 from txcb.formats import Transcoder
 from txcb.limits import DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_MAX_VALUE_SIZE
 from txcb.results import OperationResult
-from txcb.validation import resolve_durability
 
 __all__ = [
     "PersistentBucket", "create_bucket", "StorageError", "CorruptDataError",
