@@ -595,3 +595,30 @@ class EndureWaitersTests(DiskTestsMixin, unittest.TestCase):
             d.cancel()
             self.failureResultOf(d, defer.CancelledError)
         self.assertEqual(len(b._waiters), 0)
+
+
+class ManifestWriteFailureTests(DiskTestsMixin, unittest.TestCase):
+    """A manifest that cannot be written at close does not make a clean stop look lost."""
+
+    @defer.inlineCallbacks
+    def test_clean_close_without_a_new_manifest_still_restarts(self):
+        import errno
+        from txcb.buckets import _manifest
+        b = yield self.filled(n=20)
+        real = _manifest.write_manifest
+
+        def full(path, m):
+            if m.clean:
+                raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+            return real(path, m)
+        _manifest.write_manifest = full
+        try:
+            yield b.close()
+        finally:
+            _manifest.write_manifest = real
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertFalse(os.path.exists(self.path + "-wal"))
+        with open(self.manifest) as f:
+            self.assertFalse(json.load(f)["clean"])
+        b2 = self.open()
+        self.assertEqual(b2.stats_sync()["items"], 20)

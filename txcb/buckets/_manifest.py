@@ -98,10 +98,14 @@ def write_manifest(path: str, m: Manifest) -> None:
         os.close(dfd)
 
 
-def check_files(data_path: str, m: Optional[Manifest], corrupt: type) -> None:
-    """Before opening: refuse a missing or empty data file, or a missing WAL."""
+def check_files(data_path: str, m: Optional[Manifest], corrupt: type) -> bool:
+    """
+    Before opening: refuse a missing or empty data file; returns whether the
+    WAL is missing (which :func:`check_data` judges).
+    """
+    wal_missing = not os.path.exists(data_path + "-wal")
     if m is None:
-        return
+        return wal_missing
     had = "the manifest %s says it held %d items up to seqno %d" % (
         manifest_path(data_path), m.items, m.seqno)
     if m.seqno or m.items:
@@ -111,21 +115,27 @@ def check_files(data_path: str, m: Optional[Manifest], corrupt: type) -> None:
             raise corrupt("the data file %s is missing but %s; refusing to start (restore "
                           "it, or remove the manifest to start empty)" % (data_path, had))
         except OSError:
-            return  # open_db says what is wrong with it
+            return wal_missing  # open_db says what is wrong with it
         if size == 0:
             raise corrupt("the data file %s is empty but %s; refusing to start (restore "
                           "it, or remove the manifest to start empty)" % (data_path, had))
-    if not m.clean and not os.path.exists(data_path + "-wal"):
-        raise corrupt("the write-ahead log %s-wal is missing after an unclean stop "
-                      "(the writes since the last checkpoint would be lost; %s); "
-                      "refusing to start" % (data_path, had))
+    return wal_missing
 
 
 def check_data(data_path: str, seqno: Optional[int], items: int, m: Optional[Manifest],
-               corrupt: type) -> None:
-    """After reading: refuse data behind what the manifest says the file had."""
+               corrupt: type, wal_missing: bool = False, closed: bool = False) -> None:
+    """
+    After reading: refuse data behind what the manifest says the file had, or
+    a WAL missing after an unclean stop (``closed``: the data file itself
+    says it was closed cleanly, so nothing was left in a WAL).
+    """
     if m is None or seqno is None:
         return
+    if wal_missing and not m.clean and not closed:
+        raise corrupt("the write-ahead log %s-wal is missing after an unclean stop (the "
+                      "writes since the last checkpoint would be lost; the manifest %s "
+                      "says the data file held %d items up to seqno %d then); refusing "
+                      "to start" % (data_path, manifest_path(data_path), m.items, m.seqno))
     if seqno < m.seqno or (seqno == m.seqno and items != m.items):
         raise corrupt(
             "the data file %s (with its write-ahead log) holds %d items up to seqno %d, "

@@ -437,7 +437,7 @@ def _never_expiring(conn: sqlite3.Connection, path: str) -> Dict[bytes, bytes]:
 
 
 def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
-            manifest: Optional[Manifest] = None) -> Warm:
+            manifest: Optional[Manifest] = None, wal_missing: bool = False) -> Warm:
     """
     Load every live item of the data file (checksums verified), refuse data
     behind ``manifest``, delete the expired items from the file and mark it
@@ -468,7 +468,8 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
             nbytes = sum(map(len, items)) + sum(map(value_len, items.values()))
             held = meta.get("seqno")
             _manifest.check_data(path, None if held is None else int(held),
-                                 len(items) + len(expired), manifest, CorruptDataError)
+                                 len(items) + len(expired), manifest, CorruptDataError,
+                                 wal_missing, meta.get("clean") == 1)
         except (TypeError, ValueError) as e:
             raise CorruptDataError("the data file %s holds bad data: %s" % (path, e))
         cas = max(floor_cas, max_cas + gap)

@@ -231,10 +231,10 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         """Check the files against the manifest, open, warm up, checkpoint."""
         mpath = _manifest.manifest_path(self.path)
         manifest = _manifest.read_manifest(mpath, CorruptDataError)
-        _manifest.check_files(self.path, manifest, CorruptDataError)
+        wal_missing = _manifest.check_files(self.path, manifest, CorruptDataError)
         self._conn = _store.open_db(self.path)
         warm = _store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas,
-                              manifest)
+                              manifest, wal_missing)
         try:
             _store.checkpoint(self._conn, self.path, warm.seqno, False, len(warm.items))
         except (OSError, sqlite3.Error) as e:
