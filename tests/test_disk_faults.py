@@ -622,3 +622,34 @@ class ManifestWriteFailureTests(DiskTestsMixin, unittest.TestCase):
             self.assertFalse(json.load(f)["clean"])
         b2 = self.open()
         self.assertEqual(b2.stats_sync()["items"], 20)
+
+
+class DamagedWalTests(DiskTestsMixin, unittest.TestCase):
+    """Item 8: a damaged WAL after kill -9 is refused, not replayed up to the damage."""
+
+    @defer.inlineCallbacks
+    def test_damaged_wal_after_kill9_is_refused_not_started_with_fewer_items(self):
+        b = self.open(checkpoint_interval=3600)
+        for i in range(30):  # 30 transactions in the WAL
+            yield b.upsert("key%04d" % (i,), value_of(i), persist_to=1)
+        kill(b)
+        wal = self.path + "-wal"
+        with open(wal, "rb") as f:
+            data = bytearray(f.read())
+        page_size = int.from_bytes(data[8:12], "big")
+        frame = 24 + page_size
+        self.assertGreater((len(data) - 32) // frame, 20)
+        at = 32 + 5 * frame + 24 + 100  # inside the 6th frame's page
+        data[at:at + 4] = bytes(255 - x for x in data[at:at + 4])
+        with open(wal, "wb") as f:
+            f.write(data)
+        self.assertRefused(CorruptDataError, wal, "damaged")
+
+    @defer.inlineCallbacks
+    def test_intact_wal_after_kill9_restarts_with_everything(self):
+        b = self.open(checkpoint_interval=3600)
+        for i in range(30):
+            yield b.upsert("key%04d" % (i,), value_of(i), persist_to=1)
+        kill(b)
+        b2 = self.open()
+        self.assertEqual(b2.stats_sync()["items"], 30)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 from typing import NamedTuple, Optional
 
 __all__ = ["Manifest", "manifest_path", "read_manifest", "write_manifest",
-           "check_files", "check_data", "disk_full"]
+           "check_files", "check_data", "check_wal_tail", "disk_full"]
 
 
 #: Free bytes under which an I/O error is taken for a full disk.
@@ -142,3 +143,37 @@ def check_data(data_path: str, seqno: Optional[int], items: int, m: Optional[Man
             "but the manifest %s says it held %d items up to seqno %d: it lost "
             "writes; refusing to start, it is left as it is"
             % (data_path, items, seqno, manifest_path(data_path), m.items, m.seqno))
+
+
+_WAL_HEADER = struct.Struct(">IIIIII")  # magic, version, page size, seq, salt-1, salt-2
+_FRAME_HEADER = struct.Struct(">IIII")  # page, db size after commit (0: not a commit), salts
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def check_wal_tail(data_path: str, used: int, corrupt: type) -> None:
+    """
+    After SQLite recovered the WAL using its first ``used`` frames: refuse if
+    a later frame of the same WAL generation ends a transaction.  SQLite stops
+    at the first damaged frame, silently dropping the commits after it.
+    """
+    wal = data_path + "-wal"
+    try:
+        with open(wal, "rb") as f:
+            head = f.read(_WAL_HEADER.size + 8)
+            if len(head) < _WAL_HEADER.size + 8:
+                return
+            magic, _v, page_size, _seq, salt1, salt2 = _WAL_HEADER.unpack_from(head)
+            if magic not in _WAL_MAGIC or not 512 <= page_size <= 65536:
+                return
+            frame = 24 + page_size
+            size = os.fstat(f.fileno()).st_size
+            for i in range(used, (size - 32) // frame):
+                f.seek(32 + i * frame)
+                _page, commit, s1, s2 = _FRAME_HEADER.unpack(f.read(16))
+                if commit and (s1, s2) == (salt1, salt2):
+                    raise corrupt(
+                        "the write-ahead log %s is damaged: SQLite stops at frame %d but "
+                        "frame %d ends a later transaction, whose writes would be lost; "
+                        "refusing to start, it is left as it is" % (wal, used + 1, i + 1))
+    except OSError:
+        return

@@ -204,6 +204,9 @@ def open_db(path: str) -> sqlite3.Connection:
             raise StorageError("cannot put %s in WAL mode (journal_mode is %s)"
                                % (path, mode))
         conn.execute("PRAGMA synchronous = FULL")
+        if tables and os.path.exists(path + "-wal"):
+            used = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+            _manifest.check_wal_tail(path, max(0, used), CorruptDataError)
         if not tables:
             conn.execute("BEGIN IMMEDIATE")
             for statement in SCHEMA:
