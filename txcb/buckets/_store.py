@@ -9,26 +9,35 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import heapq
 import os
 import sqlite3
 import threading
 import time
+from operator import eq, itemgetter
+from zlib import crc32
 from struct import Struct, error as struct_error
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from twisted.logger import Logger
 
+from txcb.buckets import _manifest
+from txcb.buckets._manifest import Manifest
 from txcb.buckets.items import expiry_of, make_item, value_len
 
-__all__ = ["StorageError", "CorruptDataError", "DataDirLockedError", "lock_dir",
-           "unlock_dir", "open_db", "be_nicer", "write_batch", "close_db", "warm_up",
-           "Warm", "LOCK_FILE", "FORMAT_VERSION", "META_STEP", "RESTART_GAP"]
+__all__ = ["StorageError", "CorruptDataError", "DataDirLockedError", "DiskFullError",
+           "lock_dir", "unlock_dir", "open_db", "be_nicer", "write_batch", "checkpoint",
+           "write_and_checkpoint",
+           "close_db", "warm_up", "checksum", "Warm", "LOCK_FILE", "FORMAT_VERSION",
+           "META_STEP", "RESTART_GAP"]
 
 LOCK_FILE = "txcb.lock"
-#: The data file's format version (meta row ``format``).  Format 1 (items
-#: with a fixed 20-byte header) is upgraded in place when opened.
-FORMAT_VERSION = 2
+#: The data file's format version (meta row ``format``).  Format 3 stores
+#: each item's checksum (``crc``) and the exact persisted seqno (meta row
+#: ``seqno``).  Format 1 (items with a fixed 20-byte header) and format 2
+#: (no checksums) are upgraded in place when opened.
+FORMAT_VERSION = 3
 #: CAS and seqno continuity across restarts.  The data file's meta rows hold
 #: a CAS and a seqno high-water mark.  A clean close writes the exact ones
 #: (and ``clean = 1``); start-up writes ``clean = 0``; while running, a batch
@@ -43,9 +52,9 @@ RESTART_GAP = 1 << 32
 SCHEMA = (
     # key -> the embedded bucket's item bytes (its header + value, see
     # txcb.buckets.items); exp is the header's expiry, kept in a
-    # column so warmup finds TTL'd items by index.
-    "CREATE TABLE items (key BLOB PRIMARY KEY, exp REAL NOT NULL, item BLOB NOT NULL)"
-    " WITHOUT ROWID",
+    # column so warmup finds TTL'd items by index; crc is checksum(key, item).
+    "CREATE TABLE items (key BLOB PRIMARY KEY, exp REAL NOT NULL, item BLOB NOT NULL,"
+    " crc INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
     "CREATE INDEX items_exp ON items (exp) WHERE exp > 0",
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value)",
 )
@@ -56,17 +65,19 @@ SCHEMA = (
 # few distinct statements exist and all stay in the connection's statement
 # cache.  Python's sqlite3 copies each bound blob: items over _BIG bytes go
 # row by row, so no single statement copies more than _CHUNK * _BIG bytes.
-_CHUNK = 256  # * 3 parameters: under SQLite's historical 999-variable limit
+_CHUNK = 240  # * 4 parameters: under SQLite's historical 999-variable limit
 _BIG = 64 * 1024
 # An upsert updates a row in place (INSERT OR REPLACE deletes and inserts).
-_CONFLICT = (" ON CONFLICT (key) DO UPDATE SET exp = excluded.exp, item = excluded.item"
+_CONFLICT = (" ON CONFLICT (key) DO UPDATE SET exp = excluded.exp, item = excluded.item,"
+             " crc = excluded.crc"
              if sqlite3.sqlite_version_info >= (3, 24) else "")
-_PUT_HEAD = ("INSERT INTO items (key, exp, item) VALUES " if _CONFLICT
-             else "INSERT OR REPLACE INTO items (key, exp, item) VALUES ")
+_PUT_HEAD = ("INSERT INTO items (key, exp, item, crc) VALUES " if _CONFLICT
+             else "INSERT OR REPLACE INTO items (key, exp, item, crc) VALUES ")
 DEL = "DELETE FROM items WHERE key = ?"
 META = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
 META_MARKS = ("INSERT OR REPLACE INTO meta (name, value) "
                "VALUES ('max_cas', ?), ('high_seqno', ?), ('clean', ?)")
+META_SEQNO = "INSERT OR REPLACE INTO meta (name, value) VALUES ('seqno', ?)"
 _PUT_SQL: Dict[int, str] = {}
 _DEL_SQL: Dict[int, str] = {}
 
@@ -74,7 +85,7 @@ _DEL_SQL: Dict[int, str] = {}
 def _put_sql(n: int) -> str:
     sql = _PUT_SQL.get(n)
     if sql is None:
-        sql = _PUT_SQL[n] = _PUT_HEAD + ",".join(["(?, ?, ?)"] * n) + _CONFLICT
+        sql = _PUT_SQL[n] = _PUT_HEAD + ",".join(["(?, ?, ?, ?)"] * n) + _CONFLICT
     return sql
 
 
@@ -115,6 +126,24 @@ class DataDirLockedError(StorageError):
     """Another bucket (usually another process) is using the data directory."""
 
 
+class DiskFullError(StorageError):
+    """The disk holding the data directory is full (nothing is corrupt)."""
+
+
+def checksum(k: bytes, item: bytes) -> int:
+    """The checksum stored with an item: CRC-32 of its key, then its bytes."""
+    return crc32(item, crc32(k))
+
+
+def _refusal(path: str, e: BaseException, what: str) -> StorageError:
+    """The start-up error for a SQLite error: a full disk, or a corrupt file."""
+    if _manifest.disk_full(e, path):
+        return DiskFullError("the disk holding %s is full (%s); free some space and "
+                             "start again" % (path, e))
+    return CorruptDataError("%s %s: %s (%s); it is left as it is"
+                            % (what, path, e, type(e).__name__))
+
+
 def lock_dir(data_dir: str) -> int:
     """Create the data dir if missing and flock its lock file; returns the fd."""
     try:
@@ -141,8 +170,12 @@ def lock_dir(data_dir: str) -> int:
                 "data dir %s is in use by %s (%s is locked); refusing to start"
                 % (data_dir, "pid %s" % holder if holder else "another txcb bucket", path))
         raise StorageError("cannot lock %s: %s" % (path, e))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)  # who holds it, for the refusal above
+    except OSError as e:
+        if not _manifest.disk_full(e):
+            raise
     return fd
 
 
@@ -155,7 +188,7 @@ def unlock_dir(fd: int) -> None:
 
 
 def open_db(path: str) -> sqlite3.Connection:
-    """Open (or create) a data file, checking it is one of ours."""
+    """Open (or create) a data file, checking it is one of ours; upgrade old formats."""
     conn = None
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -171,17 +204,24 @@ def open_db(path: str) -> sqlite3.Connection:
             raise StorageError("cannot put %s in WAL mode (journal_mode is %s)"
                                % (path, mode))
         conn.execute("PRAGMA synchronous = FULL")
+        if tables and os.path.exists(path + "-wal"):
+            used = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+            _manifest.check_wal_tail(path, max(0, used), CorruptDataError)
         if not tables:
             conn.execute("BEGIN IMMEDIATE")
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(META, ("format", FORMAT_VERSION))
             conn.execute(META_MARKS, ("0", 0, 1))  # empty, and clean
+            conn.execute(META_SEQNO, (0,))
             conn.execute("COMMIT")
         else:
             row = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
             if row is not None and row[0] == 1:
                 upgrade_from_1(conn, path)
+                row = (2,)
+            if row is not None and row[0] == 2:
+                upgrade_from_2(conn, path)
                 row = (FORMAT_VERSION,)
             if row is None or row[0] != FORMAT_VERSION:
                 raise CorruptDataError(
@@ -191,8 +231,7 @@ def open_db(path: str) -> sqlite3.Connection:
     except sqlite3.Error as e:
         if conn is not None:
             conn.close()
-        raise CorruptDataError("cannot use the data file %s: %s (%s); it is left as it is"
-                               % (path, e, type(e).__name__))
+        raise _refusal(path, e, "cannot use the data file")
     except BaseException:
         if conn is not None:
             conn.close()
@@ -212,6 +251,8 @@ def be_nicer(steps: int) -> None:
         _log.info("txcb: the background writer keeps its priority: {e}", e=e)
 
 
+
+
 def upgrade_from_1(conn: sqlite3.Connection, path: str) -> None:
     """Rewrite a format 1 file's items (``<QdI`` header + value) as format 2, at once."""
     unpack = Struct("<QdI").unpack_from
@@ -226,6 +267,32 @@ def upgrade_from_1(conn: sqlite3.Connection, path: str) -> None:
             raise CorruptDataError("%s (data format 1) holds a bad item (%s); it is left "
                                    "as it is" % (path, e))
         conn.executemany("UPDATE items SET item = ? WHERE key = ?", rows)
+        conn.execute(META, ("format", 2))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def upgrade_from_2(conn: sqlite3.Connection, path: str) -> None:
+    """Give a format 2 file's items their checksums (and the seqno row): format 3."""
+    def crc_of(k: Any, item: Any) -> int:
+        if not isinstance(k, bytes) or not isinstance(item, bytes) or not item:
+            raise ValueError("key %r holds %r" % (k, type(item).__name__))
+        return checksum(k, item)
+
+    conn.create_function("txcb_checksum", 2, crc_of)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "crc" not in {r[1] for r in conn.execute("PRAGMA table_info(items)")}:
+            conn.execute("ALTER TABLE items ADD COLUMN crc INTEGER NOT NULL DEFAULT 0")
+        try:
+            conn.execute("UPDATE items SET crc = txcb_checksum(key, item)")
+        except sqlite3.OperationalError as e:
+            if "user-defined function raised exception" not in str(e):
+                raise
+            raise CorruptDataError("%s (data format 2) holds a bad item; it is left as it "
+                                   "is" % (path,))
         conn.execute(META, ("format", FORMAT_VERSION))
         conn.execute("COMMIT")
     except BaseException:
@@ -234,32 +301,38 @@ def upgrade_from_1(conn: sqlite3.Connection, path: str) -> None:
 
 
 def write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
-                 marks: Optional[Tuple[int, int]]) -> Tuple[float, int]:
+                 marks: Optional[Tuple[int, int]], seqno: int,
+                 wipe: bool = False) -> Tuple[float, int]:
     """
     (writer thread) One batch, one transaction; returns (seconds, rows).
-    ``marks``: new (max CAS, high seqno) meta rows to write too, if any.
+    ``marks``: new (max CAS, high seqno) meta rows to write too, if any;
+    ``seqno``: the seqno the file holds every mutation up to once it commits;
+    ``wipe``: delete every row first (a flush).
     """
     started = time.perf_counter()
-    puts: List[Any] = []  # key, exp, item, key, exp, item...
-    big: List[Tuple[bytes, float, bytes]] = []
+    puts: List[Any] = []  # key, exp, item, crc, key, exp, item, crc...
+    big: List[Tuple[bytes, float, bytes, int]] = []
     dels: List[bytes] = []
     for k, item in batch.items():
         if item is None:
             dels.append(k)
         elif len(item) <= _BIG:
-            puts += (k, expiry_of(item), item)
+            puts += (k, expiry_of(item), item, crc32(item, crc32(k)))
         else:
-            big.append((k, expiry_of(item), item))
+            big.append((k, expiry_of(item), item, crc32(item, crc32(k))))
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if wipe:
+            conn.execute("DELETE FROM items")
         if puts:
-            _execute_chunked(conn, _put_sql, puts, 3)
+            _execute_chunked(conn, _put_sql, puts, 4)
         if big:
             conn.executemany(_put_sql(1), big)
         if dels:
             _execute_chunked(conn, _del_sql, dels, 1)
         if marks is not None:
             conn.execute(META_MARKS, (str(marks[0]), marks[1], 0))
+        conn.execute(META_SEQNO, (seqno,))
         conn.execute("COMMIT")  # synchronous=FULL: the WAL is fsynced here
     except BaseException:
         try:
@@ -267,20 +340,62 @@ def write_batch(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
         except sqlite3.Error:
             pass
         raise
-    return time.perf_counter() - started, len(puts) // 3 + len(big) + len(dels)
+    return time.perf_counter() - started, len(puts) // 4 + len(big) + len(dels)
 
 
-def close_db(conn: sqlite3.Connection, lock_fd: int, max_cas: int, seqno: int) -> None:
+def checkpoint(conn: sqlite3.Connection, path: str, seqno: int, clean: bool,
+               items: Optional[int] = None) -> None:
+    """
+    (writer thread) Copy the WAL into the data file, truncate the WAL and
+    write the manifest: the file holds ``items`` items (counted if None) up to
+    ``seqno``.
+    """
+    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if busy:
+        raise sqlite3.OperationalError("the checkpoint of %s could not finish" % (path,))
+    if items is None:
+        items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    _manifest.write_manifest(_manifest.manifest_path(path), Manifest(seqno, items, clean))
+
+
+def write_and_checkpoint(conn: sqlite3.Connection, batch: Dict[bytes, Optional[bytes]],
+                         marks: Optional[Tuple[int, int]], seqno: int, path: str,
+                         recover: bool = False, wipe: bool = False
+                         ) -> Tuple[float, int, Optional[Exception]]:
+    """
+    (writer thread) :func:`write_batch` (if ``batch``), then :func:`checkpoint`;
+    returns (seconds, rows, the checkpoint's error if it failed).  ``recover``
+    (after failed writes, say a full disk): first try to empty the WAL into the
+    data file, so the batch is written into the space that frees.
+    """
+    if recover:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+    took, rows = (write_batch(conn, batch, marks, seqno, wipe) if batch or wipe
+                  else (0.0, 0))
+    try:
+        checkpoint(conn, path, seqno, False)
+    except (sqlite3.Error, OSError) as e:
+        return took, rows, e
+    return took, rows, None
+
+
+def close_db(conn: sqlite3.Connection, lock_fd: int, path: str, max_cas: int,
+             high_seqno: int, seqno: int) -> None:
     """
     (writer thread) Record a clean shutdown with the exact CAS and seqno
-    high-water marks, checkpoint the WAL into the data file, close, unlock.
+    high-water marks, checkpoint the WAL into the data file, write the
+    manifest, close, unlock.  ``seqno``: the file holds everything up to it.
     """
     try:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(META_MARKS, (str(max_cas), seqno, 1))
+            conn.execute(META_MARKS, (str(max_cas), high_seqno, 1))
+            conn.execute(META_SEQNO, (seqno,))
             conn.execute("COMMIT")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            checkpoint(conn, path, seqno, True)
         finally:
             conn.close()
     finally:
@@ -298,22 +413,50 @@ class Warm(NamedTuple):
     expired: int  # expired items dropped from the file
 
 
-def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int) -> Warm:
+def _damaged(path: str, k: bytes) -> CorruptDataError:
+    return CorruptDataError("the data file %s holds a damaged item (key %r: checksum "
+                            "mismatch); refusing to start, it is left as it is" % (path, k))
+
+
+def _never_expiring(conn: sqlite3.Connection, path: str) -> Dict[bytes, bytes]:
+    """The items that never expire, checksums verified (in C: no per-row Python)."""
+    # A million row tuples alive at once would each trigger collections.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        rows = conn.execute("SELECT key, item, crc FROM items WHERE exp = 0").fetchall()
+    finally:
+        if collecting:
+            gc.enable()
+    if not rows:
+        return {}
+    key, item, crc = itemgetter(0), itemgetter(1), itemgetter(2)
+    if not all(map(eq, map(crc32, map(item, rows), map(crc32, map(key, rows))),
+                   map(crc, rows))):
+        for k, v, c in rows:
+            if crc32(v, crc32(k)) != c:
+                raise _damaged(path, k)
+    return dict(zip(map(key, rows), map(item, rows)))
+
+
+def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
+            manifest: Optional[Manifest] = None, wal_missing: bool = False) -> Warm:
     """
-    Load every live item of the data file, delete the expired ones from it and
-    mark it "not closed cleanly" (until :func:`close_db` says otherwise).
-    After an unclean stop the CAS and seqno go on ``RESTART_GAP`` past the
-    marks; the CAS never goes below ``floor_cas``.
+    Load every live item of the data file (checksums verified), refuse data
+    behind ``manifest``, delete the expired items from the file and mark it
+    "not closed cleanly" (until :func:`close_db` says otherwise).  After an
+    unclean stop the CAS and seqno go on ``RESTART_GAP`` past the marks; the
+    CAS never goes below ``floor_cas``.
     """
     try:
         meta = dict(conn.execute("SELECT name, value FROM meta"))
-        # Items that never expire: straight into a dict, no Python loop.
-        items: Dict[bytes, bytes] = dict(conn.execute(
-            "SELECT key, item FROM items WHERE exp = 0"))
+        items = _never_expiring(conn, path)
         heap: List[Tuple[float, bytes]] = []
         expired: List[Tuple[bytes]] = []
-        for k, exp, item in conn.execute(
-                "SELECT key, exp, item FROM items WHERE exp > 0"):
+        for k, exp, item, crc in conn.execute(
+                "SELECT key, exp, item, crc FROM items WHERE exp > 0"):
+            if crc32(item, crc32(k)) != crc:
+                raise _damaged(path, k)
             if exp <= now:
                 expired.append((k,))
             else:
@@ -326,6 +469,10 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int) -> 
             # (Both are "last handed out": the next ones are +1.)
             gap = 0 if meta.get("clean") == 1 else RESTART_GAP
             nbytes = sum(map(len, items)) + sum(map(value_len, items.values()))
+            held = meta.get("seqno")
+            _manifest.check_data(path, None if held is None else int(held),
+                                 len(items) + len(expired), manifest, CorruptDataError,
+                                 wal_missing, meta.get("clean") == 1)
         except (TypeError, ValueError) as e:
             raise CorruptDataError("the data file %s holds bad data: %s" % (path, e))
         cas = max(floor_cas, max_cas + gap)
@@ -335,8 +482,11 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int) -> 
         if expired:
             conn.executemany(DEL, expired)
         conn.execute(META_MARKS, (str(cas), seqno, 0))
+        conn.execute(META_SEQNO, (seqno,))
         conn.execute("COMMIT")
     except sqlite3.Error as e:
-        raise CorruptDataError("cannot read the data file %s: %s (%s); it is left as "
-                               "it is" % (path, e, type(e).__name__))
+        raise _refusal(path, e, "cannot read the data file")
+    except (TypeError, struct_error) as e:
+        raise CorruptDataError("the data file %s holds bad data: %s; it is left as it is"
+                               % (path, e))
     return Warm(items, heap, nbytes, cas, seqno, len(expired))

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
+from txcb.buckets._waiters import EndureWaiter, EndureWaiters
 from txcb.buckets.items import DELETED, LOCKED_CAS, cas_of, counted, header, make_item
 from txcb.buckets.table import ItemTable
 from txcb.errors import (
@@ -75,6 +76,7 @@ class EmbeddedBucket(ItemTable, MultiMixin):
                            transcoder if transcoder is not None else DEFAULT_TRANSCODER)
         self.name = name
         self.max_value_size = max_value_size
+        self._waiters = EndureWaiters(self)
         self._started = clock.seconds()
         self._pager: Optional[LoopingCall] = None
         if pager_interval:
@@ -141,6 +143,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
         cas, exp, flags, off = header(item)
         if ttl:
             check_ttl(ttl, key)
+            if self._gated:
+                self._check_mutation(key)
             self._check_unlocked(k, now, key)
             cas = self._retouch(k, item, ttl, now)[0]
         elif self._locks and self._is_locked(k, now):
@@ -150,8 +154,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
     def store_sync(self, op: str, key: Any, value: Any, cas: int = 0, ttl: int = 0,
                    format: Any = None) -> OperationResult:
         """upsert/insert/replace without the Deferred (``op`` names which)."""
-        if self._closed:
-            self._check_open()
+        if self._gated:
+            self._check_mutation(key)
         self._ops[op] += 1
         k = to_key(key)
         if cas:
@@ -176,6 +180,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def remove_sync(self, key: Any, cas: int = 0, quiet: bool = False) -> OperationResult:
         k = self._begin("remove", key)
+        if self._gated:
+            self._check_mutation(key)
         if cas:
             check_cas(cas, key)
         now = self.clock.seconds()
@@ -190,6 +196,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def touch_sync(self, key: Any, ttl: int) -> OperationResult:
         k = self._begin("touch", key)
+        if self._gated:
+            self._check_mutation(key)
         check_ttl(ttl, key)
         now = self.clock.seconds()
         item = self._existing(k, now, key)
@@ -227,6 +235,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
     def counter_sync(self, key: Any, delta: int = 1, initial: Optional[int] = None,
                      ttl: int = 0) -> ValueResult:
         k = self._begin("counter", key)
+        if self._gated:
+            self._check_mutation(key)
         check_delta(delta, initial, key)
         if ttl:
             check_ttl(ttl, key)
@@ -248,6 +258,8 @@ class EmbeddedBucket(ItemTable, MultiMixin):
     def concat_sync(self, op: str, key: Any, value: Any, cas: int = 0) -> OperationResult:
         """append/prepend without the Deferred."""
         k = self._begin(op, key)
+        if self._gated:
+            self._check_mutation(key)
         if cas:
             check_cas(cas, key)
         if isinstance(value, str):
@@ -271,10 +283,12 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def flush_sync(self) -> int:
         """
-        :meth:`flush` without the Deferred; returns how many items it removed
-        (each a removal the ``_mutated`` hook sees, as for :meth:`remove`).
+        :meth:`flush` without the Deferred; returns how many items it removed.
+        O(1): the item table is swapped for an empty one (see ``_flushed``).
         """
         self._check_open()
+        if self._gated:
+            self._check_mutation(None)
         self._ops["flush"] += 1
         return self._remove_all()
 
@@ -394,6 +408,7 @@ class EmbeddedBucket(ItemTable, MultiMixin):
 
     def close(self) -> Deferred:
         self._closed = True
+        self._gated = True
         if self._pager is not None and self._pager.running:
             self._pager.stop()
         return succeed(None)
@@ -417,33 +432,41 @@ class EmbeddedBucket(ItemTable, MultiMixin):
                check_removed: bool = False, timeout: float = DEFAULT_ENDURE_TIMEOUT,
                interval: float = DEFAULT_ENDURE_INTERVAL) -> Deferred:
         """
-        Poll (every ``interval`` seconds, on the bucket's clock) until the key
-        meets the durability requirement or ``timeout`` runs out.
+        Fire once the key meets the durability requirement, or errback
+        TimeoutError after ``timeout`` seconds on the bucket's clock.  Not
+        polled (``interval`` is checked, not used): the key is checked again
+        when it changes (or expires, or a commit reaches it).
         """
         try:
             k, persist = self._endure_args(key, persist_to, replicate_to, cas, timeout,
                                            interval)
+            done = self._endured(k, key, persist, cas, check_removed)
+            if done is None and not timeout:
+                raise TimeoutError("durability not reached within 0s", key=key)
         except CouchbaseError as e:
             return fail(e)
-        deadline = self.clock.seconds() + timeout
-        d: Deferred = Deferred(lambda _d: call and call.active() and call.cancel())
-        call = None
+        if done is not None:
+            return succeed(done)
+        return self._waiters.wait(EndureWaiter(k, key, persist, cas, check_removed, timeout))
 
-        def check() -> None:
-            nonlocal call
-            call = None
-            try:
-                done = self._endured(k, key, persist, cas, check_removed)
-            except CouchbaseError as e:
-                d.errback(e)
-                return
-            if done is not None:
-                d.callback(done)
-            elif self.clock.seconds() >= deadline:
-                d.errback(TimeoutError("durability not reached within %.3gs" % (timeout,),
-                                       key=key))
-            else:
-                call = self.clock.callLater(interval, check)
+    def _key_waiting(self, waiting: bool) -> None:
+        """(EndureWaiters) Hear of mutations only while an endure waits for a key."""
+        if waiting:
+            self._mutated = self._mutated_waited  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("_mutated", None)
 
-        check()
-        return d
+    def _mutated_waited(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
+        type(self)._mutated(self, k, item, seqno, why)
+        if self._waiters.waits_for(k):
+            # On the next turn: never inside the mutation being made.
+            self._soon(self._waiters.key_changed, k)
+
+    def _flushed(self, old: Dict[bytes, bytes], seqno: int) -> None:
+        if len(self._waiters):
+            self._soon(self._waiters.all_changed)
+        ItemTable._flushed(self, old, seqno)
+
+    def _soon(self, f: Callable[..., Any], *args: Any) -> None:
+        """Call ``f(*args)`` on the next turn of the bucket's clock."""
+        self.clock.callLater(0, f, *args)

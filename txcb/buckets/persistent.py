@@ -37,17 +37,34 @@ be read, stops start-up with :class:`CorruptDataError` naming it; it is never
 replaced.  :meth:`~PersistentBucket.close` writes the whole queue before it
 fires.
 
+Damaged data is refused, never served: every stored item carries a CRC-32 of
+its key and bytes, verified at warmup.  The bucket knows what it had: a
+manifest, ``<bucket name>.manifest`` (:mod:`txcb.buckets._manifest`), says
+how many items the data file held at which seqno at its last checkpoint (at
+start-up, every ``checkpoint_interval`` while writing, and at close), and
+start-up refuses, naming the file, a data file that is missing, empty or
+behind it, or a WAL missing after an unclean stop.
+
+A full or failing disk: a failed batch is retried with backoff (first
+emptying the WAL into the data file), mutations are refused with
+TemporaryFailError while more than ``max_queue`` keys wait for the disk
+(``disk_refusing`` and friends in the stats), and the bucket takes writes
+again by itself once a batch commits.  A full disk at start-up is
+:class:`DiskFullError`, not corruption.
+
 Where it lives: the data directory and file (lock, open, warmup, one batch,
-close) in :mod:`txcb.buckets._store`; the write queue in
-:mod:`txcb.buckets._writer`; the bucket's life cycle and durability waits here.
+checkpoint, close) in :mod:`txcb.buckets._store`; the manifest in
+:mod:`txcb.buckets._manifest`; the write queue in :mod:`txcb.buckets._writer`;
+endure waiters in :mod:`txcb.buckets._waiters`; the life cycle here.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -56,21 +73,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from txcb.buckets import _store
+from txcb.buckets import _manifest, _store
 from txcb.buckets._store import (  # noqa: F401 (FORMAT_VERSION: part of the API)
     FORMAT_VERSION, LOCK_FILE, META_STEP, RESTART_GAP, CorruptDataError,
-    DataDirLockedError, StorageError)
+    DataDirLockedError, DiskFullError, StorageError)
 from txcb.buckets._writer import WriteQueue
 from txcb.buckets.embedded import EmbeddedBucket
-from txcb.errors import ArgumentError, CouchbaseError, NetworkError, TimeoutError
+from txcb.errors import ArgumentError, NetworkError, TemporaryFailError
 from txcb.formats import Transcoder
 from txcb.limits import DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_MAX_VALUE_SIZE
 from txcb.results import OperationResult
-from txcb.validation import resolve_durability
 
 __all__ = [
     "PersistentBucket", "create_bucket", "StorageError", "CorruptDataError",
-    "DataDirLockedError", "DEFAULT_DATA_DIR", "BUCKET_TYPES",
+    "DataDirLockedError", "DiskFullError", "DEFAULT_DATA_DIR", "BUCKET_TYPES",
 ]
 
 #: Where ``twistd txcb`` and :func:`create_bucket` keep data by default
@@ -83,20 +99,6 @@ CAS_RESTART_GAP = RESTART_GAP  # the name the tests and docs use
 _NAME_RE = re.compile(r"^[A-Za-z0-9._%-]{1,100}$")
 
 _log = Logger()
-
-
-class _EndureWaiter:
-    __slots__ = ("k", "key", "persist", "cas", "check_removed", "d", "timer")
-
-    def __init__(self, k: bytes, key: Any, persist: int, cas: int,
-                 check_removed: bool) -> None:
-        self.k = k
-        self.key = key
-        self.persist = persist
-        self.cas = cas
-        self.check_removed = check_removed
-        self.d: Any = None
-        self.timer: Any = None
 
 
 class PersistentBucket(WriteQueue, EmbeddedBucket):
@@ -119,7 +121,13 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         waits for it (fewer, larger transactions for plain writes); a
         ``persist_to`` mutation, an :meth:`endure` or :meth:`close` starts
         the batch at once.
-    :param retry_interval: seconds before a failed batch is written again.
+    :param retry_interval: seconds before a failed batch is written again
+        (doubling while it keeps failing, up to ``max_retry_interval``).
+    :param checkpoint_interval: how often (seconds, while writing) the WAL is
+        copied into the data file and the manifest written.
+    :param max_queue: while writes fail, mutations are refused with
+        TemporaryFailError once this many keys wait for the disk.
+    :param close_timeout: how long :meth:`close` keeps retrying failed writes.
     :param flusher_nice: how many nice levels lower the thread writing
         background batches (nobody waiting for them) runs; 0 writes every
         batch on the one normal-priority thread.
@@ -135,7 +143,9 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
                  transcoder: Optional[Transcoder] = None, pager_interval: float = 10.0,
                  name: str = "default", start: bool = True,
                  flush_delay: float = 0.01, retry_interval: float = 1.0,
-                 flusher_nice: int = 10) -> None:
+                 flusher_nice: int = 10, checkpoint_interval: float = 5.0,
+                 max_queue: int = 1000, max_retry_interval: float = 5.0,
+                 close_timeout: float = 10.0) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ArgumentError("bucket name must be 1 to 100 characters of "
                                 "A-Z a-z 0-9 . _ %% -, not %r" % (name,))
@@ -154,8 +164,13 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self.path = os.path.join(self.data_dir, name + ".sqlite3")
         self.flush_delay = flush_delay
         self.retry_interval = retry_interval
+        self.max_retry_interval = max_retry_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.max_queue = max_queue
+        self.close_timeout = close_timeout
         self.flusher_nice = flusher_nice
-        self._closed = True  # until start() has warmed up
+        self.lost_writes = 0  # acknowledged writes close could not save
+        self._closed = self._gated = True  # until start() has warmed up
         self._state = "new"  # -> "open" -> "closing" -> "closed"
         self._conn: Any = None  # a sqlite3.Connection once started
         self._lock_fd: Any = None  # the locked lock file descriptor once started
@@ -163,7 +178,6 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self._bg_pool: Any = None  # and the background one (flusher_nice), if any
         self._finishing = False
         self._init_queue()
-        self._endure_waiters: Dict[int, _EndureWaiter] = {}
         self._close_waiters: List[Deferred] = []
         self._close_result: Any = None
         if start:
@@ -191,8 +205,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         started = time.perf_counter()
         self._lock_fd = _store.lock_dir(self.data_dir)
         try:
-            self._conn = _store.open_db(self.path)
-            self._load(_store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas))
+            self._open_and_warm_up()
         except BaseException:
             if self._conn is not None:
                 self._conn.close()
@@ -207,12 +220,32 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             self._bg_pool.start()
             self._bg_pool.callInThread(_store.be_nicer, self.flusher_nice)
         self._state = "open"
-        self._closed = False
+        self._closed = self._gated = False
         self._disk["warmup_time"] = took = time.perf_counter() - started
         _log.info("txcb: bucket {name!r} warmed up {items} items from {path} in {took:.3f}s"
                   " ({expired} expired items dropped)", name=self.name,
                   items=len(self._items), path=self.path, took=took,
                   expired=self._disk["warmup_expired"])
+
+    def _open_and_warm_up(self) -> None:
+        """Check the files against the manifest, open, warm up, checkpoint."""
+        mpath = _manifest.manifest_path(self.path)
+        manifest = _manifest.read_manifest(mpath, CorruptDataError)
+        wal_missing = _manifest.check_files(self.path, manifest, CorruptDataError)
+        self._conn = _store.open_db(self.path)
+        warm = _store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas,
+                              manifest, wal_missing)
+        try:
+            _store.checkpoint(self._conn, self.path, warm.seqno, False, len(warm.items))
+        except (OSError, sqlite3.Error) as e:
+            if _manifest.disk_full(e, self.path):
+                raise DiskFullError("the disk holding %s is full (%s); free some space "
+                                    "and start again" % (self.path, e))
+            raise StorageError("cannot checkpoint %s or write %s: %s"
+                               % (self.path, mpath, e))
+        self._load(warm)
+        self._ckpt_seqno = warm.seqno
+        self._ckpt_at = self._reactor.seconds()
 
     def _load(self, warm: _store.Warm) -> None:
         """Take over what warmup loaded."""
@@ -241,63 +274,18 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
                interval: float = DEFAULT_ENDURE_INTERVAL) -> Deferred:
         """
         As :meth:`EmbeddedBucket.endure`; waiting for the disk is not polled:
-        the key is checked again after each committed batch (``interval`` is
-        unused then), and ``timeout`` runs on the bucket's clock.
+        a waiter is checked again when a commit reaches the seqno it needs,
+        and a batch somebody waits for starts at once.
         """
-        try:
-            persist = resolve_durability(persist_to, replicate_to, self.max_persist_to,
-                                         self.max_replicate_to, key)[0]
-        except CouchbaseError:
-            persist = 0
-        if not persist:  # nothing to wait for on disk (or a bad argument)
-            return EmbeddedBucket.endure(self, key, persist_to, replicate_to, cas,
-                                         check_removed, timeout, interval)
-        try:
-            k, persist = self._endure_args(key, persist_to, replicate_to, cas, timeout,
-                                           interval)
-            done = self._endured(k, key, persist, cas, check_removed)
-            if done is None and not timeout:
-                raise TimeoutError("durability not reached within 0s", key=key)
-        except CouchbaseError as e:
-            return fail(e)
-        if done is not None:
-            return succeed(done)
-        w = _EndureWaiter(k, key, persist, cas, check_removed)
-        wid = id(w)
-        self._endure_waiters[wid] = w
-        self._hurry()
+        d = EmbeddedBucket.endure(self, key, persist_to, replicate_to, cas, check_removed,
+                                  timeout, interval)
+        if not d.called:
+            self._hurry()
+        return d
 
-        def cancel(_d: Deferred) -> None:
-            self._endure_waiters.pop(wid, None)
-            if w.timer is not None and w.timer.active():
-                w.timer.cancel()
-
-        w.d = Deferred(cancel)
-        w.timer = self.clock.callLater(timeout, self._endure_timed_out, wid, timeout)
-        return w.d
-
-    def _endure_timed_out(self, wid: int, timeout: float) -> None:
-        w = self._endure_waiters.pop(wid, None)
-        if w is not None:
-            w.d.errback(TimeoutError("durability not reached within %.3gs" % (timeout,),
-                                     key=w.key))
-
-    def _recheck_endure(self) -> None:
-        for wid, w in list(self._endure_waiters.items()):
-            done: Any
-            try:
-                done = self._endured(w.k, w.key, w.persist, w.cas, w.check_removed)
-            except CouchbaseError as e:
-                done = Failure(e)
-            if done is None:
-                continue
-            del self._endure_waiters[wid]
-            if w.timer.active():
-                w.timer.cancel()
-            if isinstance(done, Failure):
-                w.d.errback(done)
-            else:
-                w.d.callback(done)
+    def _soon(self, f: Callable[..., Any], *args: Any) -> None:
+        """On the next turn of the reactor the writer reports to (the clock may be fake)."""
+        self._reactor.callLater(0, f, *args)
 
     # -- stats / close ------------------------------------------------------------
 
@@ -311,6 +299,13 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             "disk_last_flush_duration": disk["last_flush_duration"],
             "disk_last_batch": disk["last_batch"],
             "disk_errors": disk["errors"],
+            "disk_queue_limit": self.max_queue,
+            "disk_refusing": int(self._refusing),
+            "disk_refused": disk["refused"],
+            "disk_failing": self._failures,
+            "disk_last_error": self._last_error,
+            "disk_checkpoints": disk["checkpoints"],
+            "checkpointed_seqno": self._ckpt_seqno,
             "persisted_seqno": self._persisted_seqno,
             "warmup_time": disk["warmup_time"],
             "warmup_items": disk["warmup_items"],
@@ -322,8 +317,10 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
     def close(self) -> Deferred:
         """
         Stop taking operations, write the whole queue, close the data file
-        and unlock the data dir; fires when that is done (errbacks if the
-        last writes failed: they are then lost, and logged).
+        and unlock the data dir; fires when that is done.  Failed writes are
+        retried for ``close_timeout`` seconds; what still could not be written
+        is lost: logged, with how many keys' acknowledged writes, and counted
+        in :attr:`lost_writes`.
         """
         d: Deferred = Deferred()
         if self._state == "closed":
@@ -334,6 +331,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             return d
         was_new = self._state == "new"
         self._state = "closing"
+        self._close_deadline = self._reactor.seconds() + self.close_timeout
         EmbeddedBucket.close(self)
         if was_new:
             self._release(None)
@@ -350,21 +348,27 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         # persist_to callback): _batch_done goes on to finish the close.
         return d
 
+    def _check_mutation(self, key: Any) -> None:
+        self._check_open()
+        if self._refusing:
+            self._disk["refused"] += 1
+            raise TemporaryFailError(
+                "%d writes wait for the disk (%s): try again later"
+                % (len(self._dirty) + len(self._inflight), self._last_error), key=key)
+
     def _finish_close(self, failure: Optional[Failure]) -> None:
         if self._finishing:
             return
         self._finishing = True
         lost = len(self._dirty)
         if failure is not None:
-            _log.critical("txcb: closing bucket {name!r}: {n} queued writes could not be "
-                          "written to {path} and are lost", name=self.name, n=lost,
-                          path=self.path)
+            self.lost_writes = self._disk["lost"] = lost
+            _log.critical("txcb: closing bucket {name!r}: {n} acknowledged writes (the "
+                          "latest of {n} keys) could not be written to {path} after "
+                          "retrying for {t:.3g}s and are lost: {e}", name=self.name, n=lost,
+                          path=self.path, t=self.close_timeout, e=self._last_error)
         error = NetworkError("the bucket is closed")
-        for wid, w in list(self._endure_waiters.items()):
-            if w.timer.active():
-                w.timer.cancel()
-            w.d.errback(NetworkError(error.message, key=w.key))
-        self._endure_waiters.clear()
+        self._waiters.fail_all(lambda key: NetworkError(error.message, key=key))
         while self._persist_waiters:
             _s, pd, r = self._persist_waiters.popleft()
             if not pd.called:
@@ -372,12 +376,12 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         conn, self._conn = self._conn, None
         lock_fd, self._lock_fd = self._lock_fd, None
         d = deferToThreadPool(self._reactor, self._pool, _store.close_db, conn, lock_fd,
-                              self._cas, self._seqno)
+                              self.path, self._cas, self._seqno, self._persisted_seqno)
 
         def closed(result: Any) -> None:
             if isinstance(result, Failure):
                 _log.failure("txcb: closing {path} failed", result, path=self.path)
-            self._release(failure)
+            self._release(None)
         d.addBoth(closed)
 
     def _release(self, failure: Optional[Failure]) -> None:

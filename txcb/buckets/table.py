@@ -19,7 +19,7 @@ from math import ceil
 from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.buckets.items import (
-    DELETED, EXPIRED, LOCKED_CAS, LONG, STORED, cas_of, expiry_of, header, long_unpack,
+    EXPIRED, LOCKED_CAS, LONG, STORED, cas_of, expiry_of, header, long_unpack,
     make_item, value_len)
 from txcb.errors import KeyExistsError, NetworkError, NotFoundError, TemporaryFailError
 from txcb.results import OperationResult, ScanItem
@@ -33,6 +33,8 @@ OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock"
 #: What a scan row counts for against ``batch_bytes`` besides its key and
 #: value (as the wire does).
 SCAN_ROW_OVERHEAD = 22
+#: How many items of a flushed table one reactor turn frees.
+FREE_BATCH = 10000
 
 
 class ItemTable:
@@ -54,6 +56,8 @@ class ItemTable:
         self._cas = time.time_ns()
         self._seqno = 0
         self._closed = False
+        # Mutations ask _check_mutation first (closed, or refusing writes).
+        self._gated = False
         self._stats = {"hits": 0, "misses": 0, "expired": 0}
         self._ops = dict.fromkeys(OPS, 0)
         self._scan_index: Any = None  # a KeyIndex, once something scans
@@ -61,6 +65,10 @@ class ItemTable:
     def _check_open(self) -> None:
         if self._closed:
             raise NetworkError("the bucket is closed")
+
+    def _check_mutation(self, key: Any) -> None:
+        """(only while ``_gated``) Refuse a mutation now: closed (or, in a subclass, busy)."""
+        self._check_open()
 
     def _next_cas(self) -> int:
         self._cas = cas = self._cas + 1
@@ -130,19 +138,33 @@ class ItemTable:
 
     def _remove_all(self) -> int:
         """
-        Remove every item, each through ``_remove_item(k, item, DELETED)`` (so
-        the ``_mutated`` hook sees each removal); returns how many.
+        Remove every item at once, in O(1): the table is swapped for an empty
+        one, the old one handed to :meth:`_flushed` (one seqno for the whole
+        flush); returns how many items it held.
         """
-        items = self._items
-        removed = 0
-        for k in list(items):
-            item = items.get(k)
-            if item is not None:
-                self._remove_item(k, item, DELETED)
-                removed += 1
-        self._locks.clear()
+        old = self._items
+        removed = len(old)
+        self._items = {}
+        self._locks = {}
         self._expiries = []
+        self._bytes = 0
+        self._scan_index = None
+        if removed:
+            self._seqno += 1
+            self._flushed(old, self._seqno)
         return removed
+
+    def _flushed(self, old: Dict[bytes, bytes], seqno: int) -> None:
+        """Called after a flush with the old items: freed in the background, in batches."""
+        self.clock.callLater(0, self._free_some, old)
+
+    def _free_some(self, old: Dict[bytes, bytes]) -> None:
+        """Drop up to FREE_BATCH of a flushed table's items; again later if more are left."""
+        pop = old.popitem
+        for _ in range(min(FREE_BATCH, len(old))):
+            pop()
+        if old:
+            self.clock.callLater(0, self._free_some, old)
 
     def _endured(self, k: bytes, key: Any, persist: int, cas: int,
                  check_removed: bool) -> Optional[OperationResult]:
