@@ -2,10 +2,12 @@
 The memcached ASCII protocol over a bucket: one session per connection.
 
 Bytes in go through the one parser (:class:`txcb.wire.mcascii.Parser`),
-which cuts every complete command out of a read; each command has one
-handler (:data:`_HANDLERS`), which calls the bucket (synchronously when it
-provides ISyncBucket) and renders its reply with :mod:`txcb.wire.mcascii`'s
-formatting; the replies of one read leave in one write.
+which cuts every complete command out of a read and calls the session's
+method for it (:data:`_METHODS`) with its fields; the method calls the
+bucket (synchronously when it provides ISyncBucket) and renders its reply
+with :mod:`txcb.wire.mcascii`'s formatting; the replies of one read leave in
+one write.  While replies back up, a command is held in the reply queue's
+backlog (``conn.hold``) and runs, in order, once they drain.
 """
 
 from __future__ import annotations

@@ -65,6 +65,9 @@ class OrderedReplies(Protocol):
     request -> its execution) and feeds parsed requests to :meth:`run`.  A
     handler returns its reply when it is ready at once and is all it sends,
     else answers with :meth:`reply` or :meth:`submit` and returns None.
+    A session may instead run its requests itself: each answers with
+    :meth:`reply` or :meth:`submit`, waits with :meth:`hold` while
+    :attr:`blocked`, and the read ends with :meth:`end_read`.
     """
 
     _log = Logger()

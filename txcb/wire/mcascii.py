@@ -1,11 +1,15 @@
 """
 A sans-IO parser and formatter for the memcached ASCII (text) protocol.
 
-:class:`Parser` turns the bytes a memcached client sends into
-:class:`Command` and :class:`Error` events; the ``format_*`` helpers and the
-reply constants build what the server sends back.  Nothing here does I/O or
-imports Twisted: a thin protocol wrapper feeds received bytes in, acts on the
-events and writes the replies out (the design of h11).
+:class:`Parser` cuts the commands out of the bytes a memcached client sends
+and calls its user's handler for each, with the command's fields (a table
+by command name, like twisted's ``LineReceiver.lineReceived``), and an error
+callback for each refused line; the ``format_*`` helpers and the reply
+constants build what the server sends back.  Nothing here does I/O or
+imports Twisted: a thin protocol wrapper feeds received bytes in, its
+handlers act on the commands and it writes the replies out.
+:class:`EventRecorder` is a handler table that rebuilds each call as a
+:class:`Command` or :class:`Error` event, for a user that wants events.
 
 The behaviour follows memcached 1.6's ``proto_text.c`` (checked against a
 real memcached 1.6.18), including its error strings, its silent hang-up on
@@ -164,7 +168,6 @@ class Command:
             self.name, "".join(", " + x for x in shown))
 
 
-_new = object.__new__
 _DEFAULTS = {"key": None, "flags": 0, "exptime": 0, "cas": None, "delta": None,
              "value": None, "noreply": False}
 _LIST_FIELDS = frozenset(("keys", "args"))
@@ -294,7 +297,7 @@ _LINE, _DATA, _SWALLOW, _GETSTREAM, _CLOSED = range(5)
 class _CommandLines:
     """
     The grammar of command lines, one method per command: a complete line's
-    tokens in, events out (and the state a storage command's data block
+    tokens in, a handler call out (and the state a storage command's data block
     needs).  :class:`Parser` frames the stream around it.
     """
 
@@ -513,9 +516,11 @@ class Parser(_CommandLines):
     """
     Incremental parser for the memcached ASCII protocol, as a server sees it.
 
-    Feed it received bytes with :meth:`feed`; it returns the events that the
-    bytes completed, in order, and gives the same events however the stream
-    is split.  ``max_line`` bounds a command line (memcached uses 2048; only
+    Feed it received bytes with :meth:`feed`; it calls ``handlers[name]``
+    for each command the bytes completed (arguments: see
+    :class:`EventRecorder`) and ``on_error(response, close)`` for each
+    refused line, in order, and makes the same calls however the stream is
+    split.  ``max_line`` bounds a command line (memcached uses 2048; only
     ``get``/``gets`` lines may be longer, as in memcached), ``max_value`` a
     data block, ``max_key`` a key and ``max_keys`` the keys of one multi-get.
     ``control_keys=True`` accepts control characters in keys, as memcached
