@@ -678,6 +678,7 @@ class Parser(_CommandLines):
         if scan < pos:
             scan = pos
         max_line, max_key, forbidden = self.max_line, self.max_key, self._forbidden
+        on_get = self.handlers["get"]   # fetched again after any other command
         while pos < n:
             nl = buf.find(b"\n", scan)
             if nl < 0:
@@ -697,7 +698,7 @@ class Parser(_CommandLines):
                 size = len(key)
                 if 0 < size <= max_key and len(key.translate(None, forbidden)) == size:
                     # (A get handler cannot change the parser's state.)
-                    self.handlers["get"]([key if type(key) is bytes else bytes(key)], False)
+                    on_get([key if type(key) is bytes else bytes(key)], False)
                     pos = scan = nl + 1
                     continue
             line = buf[pos:end]
@@ -711,6 +712,7 @@ class Parser(_CommandLines):
                 entry[1](self, entry[0], tokens)
             else:
                 self._unknown(tokens)
+            on_get = self.handlers["get"]     # a command may swap the table (a login)
             state = self._state
             if state != _LINE:
                 if state != _DATA or not self._step_data():
