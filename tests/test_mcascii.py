@@ -7,12 +7,30 @@ that mirror a memcached regression test are named after it (t/<name>.t).
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, List
 
 from twisted.trial import unittest
 
 from txcb.wire import mcascii as mc
-from txcb.wire.mcascii import Command, Error, Parser
+from txcb.wire.mcascii import Command, Error
+
+
+class Parser(mc.Parser):
+    """
+    The parser driven by a recording handler table (:class:`mc.EventRecorder`):
+    ``feed`` returns what each callback stood for, as events, in order.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.recorded: List[mc.Event] = []
+        recorder = mc.EventRecorder(self.recorded.append)
+        super().__init__(recorder.handlers, recorder.on_error, **kwargs)
+
+    def feed(self, data: bytes) -> List[mc.Event]:  # type: ignore[override]
+        super().feed(data)
+        events = self.recorded[:]
+        del self.recorded[:]
+        return events
 
 
 def parse(data: bytes, **kwargs: int) -> List[mc.Event]:

@@ -2,10 +2,12 @@
 The memcached ASCII protocol over a bucket: one session per connection.
 
 Bytes in go through the one parser (:class:`txcb.wire.mcascii.Parser`),
-which cuts every complete command out of a read; each command has one
-handler (:data:`_HANDLERS`), which calls the bucket (synchronously when it
-provides ISyncBucket) and renders its reply with :mod:`txcb.wire.mcascii`'s
-formatting; the replies of one read leave in one write.
+which cuts every complete command out of a read and calls the session's
+method for it (:data:`_METHODS`) with its fields; the method calls the
+bucket (synchronously when it provides ISyncBucket) and renders its reply
+with :mod:`txcb.wire.mcascii`'s formatting; the replies of one read leave in
+one write.  While replies back up, a command is held in the reply queue's
+backlog (``conn.hold``) and runs, in order, once they drain.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ _STORE_OPS = {"set": "upsert", "add": "insert", "replace": "replace"}
 _format_one_hit = A.format_one_hit
 _END = A.END
 _STORED = A.STORED
-_Error = A.Error
 
 
 def _ascii_ttl(exptime: int) -> int:
@@ -48,19 +49,24 @@ def _ascii_ttl(exptime: int) -> int:
 
 
 class AsciiSession(Session):
-    """One ASCII connection: the parser, and a handler per command."""
+    """One ASCII connection: the parser, and a handler per command it calls."""
 
     name = "ascii"
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        #: The parser's table once authenticated: a bound method per command.
+        self.handlers: Dict[str, Callable[..., None]] = {
+            name: getattr(self, method) for name, method in _METHODS.items()}
+        #: Before login: every command as a Command, for the login step.
+        self._login = A.EventRecorder(self._unauthenticated)
         # control_keys: memcached takes any byte but space, CR, LF (and NUL)
         # in a key, and clients such as memcaslap use them.
-        self.parser = A.Parser(max_value=self.factory.max_value_size,
+        self.parser = A.Parser(self.handlers if self.auth.done else self._login.handlers,
+                               self._refused, max_value=self.factory.max_value_size,
                                max_key=MAX_KEY_LEN, control_keys=True)
         self._feed = self.parser.feed
-        #: The handlers by command name (only the login until authenticated).
-        self._table = _HANDLERS if self.auth.done else _UNAUTHENTICATED
+        self._end_read = self.conn.end_read
         self._get_sync: Any = self.bucket.get_sync if self.sync else None
         self._store_sync: Any = self.bucket.store_sync if self.sync else None
         if self.observer is None:
@@ -69,64 +75,84 @@ class AsciiSession(Session):
     def data_received(self, data: bytes) -> None:
         """One read: every complete command in it, answered in one write."""
         self.started = time.perf_counter()
-        self.run(self._feed(data))
+        self._feed(data)
+        self._end_read()
 
     def _unobserved_read(self, data: bytes) -> None:
         """:meth:`data_received` with no observer: no start time to take."""
-        self.run(self._feed(data))
+        self._feed(data)
+        self._end_read()
 
-    def handle(self, ev: Any) -> Optional[bytes]:
-        """Execute one parsed command (or answer one refused line)."""
-        try:
-            return self._table[ev.name](self, ev)
-        except Exception:
-            _log.failure("txcb memcached: internal error handling {cmd!r}", cmd=ev)
-            return None if getattr(ev, "noreply", False) else _SERVER_ERROR_INTERNAL
+    def handle(self, held: Tuple[Callable[..., None], Tuple[Any, ...]]) -> None:
+        """Run a command held while output was backed up (``conn.hold``)."""
+        self.conn.blocked = False
+        held[0](*held[1])
 
     def internal_error(self, ctx: Any) -> bytes:
         return _SERVER_ERROR_INTERNAL
 
-    def _refused(self, ev: A.Error) -> None:
-        if ev.response:
-            self.reply(ev.response)
-        if ev.close:
+    def _failed(self, noreply: bool) -> None:
+        """A handler raised: log it, and answer as memcached's internal error."""
+        _log.failure("txcb memcached: internal error handling a command")
+        if not noreply:
+            self.reply(_SERVER_ERROR_INTERNAL)
+
+    def _refused(self, response: bytes, close: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self._refused, (response, close))
+            return
+        if response:
+            self.reply(response)
+        if close:
             _log.info("txcb memcached: closing {peer} after a refused line",
                       peer=self.auth.peer)
             self.close()
 
-    def _unauthenticated(self, ev: A.Command) -> None:
-        if ev.name == "quit":
+    def _unauthenticated(self, ev: Any) -> None:
+        """A command before login (an :class:`A.Command`, from the recorder)."""
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self._unauthenticated, (ev,))
+        elif ev.name == "quit":
             self.close()
         elif ev.name == "set":
             self.reply(self.auth.ascii_login(ev))
             if self.auth.done:
-                self._table = _HANDLERS
+                self.parser.handlers = self.handlers
         elif not ev.noreply:
             self.reply(CLIENT_ERROR_UNAUTHENTICATED)
 
-    # -- handlers ---------------------------------------------------------------------
+    # -- handlers: the parser calls them with a command's fields ------------------------
 
-    def _get(self, cmd: A.Command) -> Optional[bytes]:
-        keys = cmd.keys
-        if len(keys) == 1:
-            key = keys[0]
-            if self.sync:
+    def get(self, keys: List[bytes], with_cas: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.get, (keys, with_cas))
+            return
+        try:
+            if len(keys) != 1:
+                self._multi_get(keys, with_cas)
+            elif self.sync:
+                key = keys[0]
                 try:
                     r = self._get_sync(key, 0, True)
                 except Exception:
                     r = Failure()
                 else:
                     if self.observer is None:
-                        if r.rc:
-                            return _END
-                        return _format_one_hit(key, r.flags, r.raw,
-                                               r.cas if cmd.name == "gets" else None)
-                self.done("get", r, _render_get1, (key, cmd.name == "gets"))
+                        self.reply(_END if r.rc else _format_one_hit(
+                            key, r.flags, r.raw, r.cas if with_cas else None))
+                        return
+                self.done("get", r, _render_get1, (key, with_cas))
             else:
+                key = keys[0]
                 self.later("get", self._deferred(lambda b: b.get(key, quiet=True)),
-                           _render_get1, (key, cmd.name == "gets"))
-            return None
-        with_cas = cmd.name == "gets"
+                           _render_get1, (key, with_cas))
+        except Exception:
+            self._failed(False)
+
+    def _multi_get(self, keys: List[bytes], with_cas: bool) -> None:
         if self.sync:
             get_sync = self.bucket.get_sync
             results: List[Any] = []
@@ -139,110 +165,168 @@ class AsciiSession(Session):
         else:
             bucket = self.bucket
             self._later_all("get", [_get_deferred(bucket, k) for k in keys], (keys, with_cas))
-        return None
 
-    def _gat(self, cmd: A.Command) -> None:
-        keys = cmd.keys
-        if not keys:
-            self.reply(_END)
+    def gat(self, keys: List[bytes], exptime: int, with_cas: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.gat, (keys, exptime, with_cas))
             return
-        ttl = _ascii_ttl(cmd.exptime)
-        if self.sync:
-            results = [_get_and_touch_sync(self.bucket, k, ttl) for k in keys]
-            self.done("get", results, _render_values, (keys, cmd.name == "gats"))
-        else:
-            self._later_all("get", [get_and_touch(self.bucket, k, ttl) for k in keys],
-                            (keys, cmd.name == "gats"))
-
-    def _set(self, cmd: A.Command) -> Optional[bytes]:
-        assert cmd.value is not None  # the parser sets it for every store command
-        value = Encoded(cmd.value, cmd.flags)
-        ttl = cmd.exptime
-        if ttl < 0:
-            ttl = EXPIRED_TTL
-        op = _STORE_OPS[cmd.name]
-        if self.sync:
-            try:
-                self._store_sync(op, cmd.key, value, 0, ttl)
-            except Exception:
-                r: Any = Failure()
+        try:
+            if not keys:
+                self.reply(_END)
+                return
+            ttl = _ascii_ttl(exptime)
+            if self.sync:
+                results = [_get_and_touch_sync(self.bucket, k, ttl) for k in keys]
+                self.done("get", results, _render_values, (keys, with_cas))
             else:
-                if self.observer is None:
-                    return None if cmd.noreply else _STORED
-                r = None
-            self.done(op, r, _render_store, cmd)
-            return None
-        key = cmd.key
-        if op == "upsert":
-            d = self._deferred(lambda b: b.upsert(key, value, ttl=ttl))
-        elif op == "insert":
-            d = self._deferred(lambda b: b.insert(key, value, ttl=ttl))
-        else:
-            d = self._deferred(lambda b: b.replace(key, value, ttl=ttl))
-        self.later(op, d, _render_store, cmd)
-        return None
+                self._later_all("get", [get_and_touch(self.bucket, k, ttl) for k in keys],
+                                (keys, with_cas))
+        except Exception:
+            self._failed(False)
 
-    def _cas(self, cmd: A.Command) -> None:
-        key, cas = cmd.key, cmd.cas
-        if not cas:
-            # No item ever has CAS 0: nothing to store; EXISTS or NOT_FOUND.
-            self.call("get", _render_cas0, cmd, lambda b: b.get_sync(key, 0, True),
-                      lambda b: b.get(key, quiet=True))
+    def store(self, name: str, key: bytes, flags: int, exptime: int, data: bytes,
+              cas: Optional[int], noreply: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.store, (name, key, flags, exptime, data, cas, noreply))
             return
-        assert cmd.value is not None  # the parser sets it for every store command
-        value = Encoded(cmd.value, cmd.flags)
-        ttl = _ascii_ttl(cmd.exptime)
-        self.call("replace", _render_store, cmd,
-                  lambda b: b.store_sync("replace", key, value, cas, ttl),
-                  lambda b: b.replace(key, value, cas=cas, ttl=ttl))
+        try:
+            op = _STORE_OPS.get(name)
+            if op is None:
+                self._store_other(name, key, flags, exptime, data, cas, noreply)
+                return
+            value = Encoded(data, flags)
+            ttl = EXPIRED_TTL if exptime < 0 else exptime
+            if self.sync:
+                try:
+                    self._store_sync(op, key, value, 0, ttl)
+                except Exception:
+                    r: Any = Failure()
+                else:
+                    if self.observer is None:
+                        if not noreply:
+                            self.reply(_STORED)
+                        return
+                    r = None
+                self.done(op, r, _render_store, (name, noreply))
+                return
+            if op == "upsert":
+                d = self._deferred(lambda b: b.upsert(key, value, ttl=ttl))
+            elif op == "insert":
+                d = self._deferred(lambda b: b.insert(key, value, ttl=ttl))
+            else:
+                d = self._deferred(lambda b: b.replace(key, value, ttl=ttl))
+            self.later(op, d, _render_store, (name, noreply))
+        except Exception:
+            self._failed(noreply)
 
-    def _concat(self, cmd: A.Command) -> None:
-        op, key, value = cmd.name, cmd.key, cmd.value
-        self.call(op, _render_store, cmd, lambda b: b.concat_sync(op, key, value),
-                  lambda b: getattr(b, op)(key, value))
+    def _store_other(self, name: str, key: bytes, flags: int, exptime: int, data: bytes,
+                     cas: Optional[int], noreply: bool) -> None:
+        """cas, append and prepend."""
+        ctx = (name, noreply)
+        if name != "cas":
+            self.call(name, _render_store, ctx, lambda b: b.concat_sync(name, key, data),
+                      lambda b: getattr(b, name)(key, data))
+        elif not cas:
+            # No item ever has CAS 0: nothing to store; EXISTS or NOT_FOUND.
+            self.call("get", _render_cas0, ctx, lambda b: b.get_sync(key, 0, True),
+                      lambda b: b.get(key, quiet=True))
+        else:
+            value = Encoded(data, flags)
+            ttl = _ascii_ttl(exptime)
+            self.call("replace", _render_store, ctx,
+                      lambda b: b.store_sync("replace", key, value, cas, ttl),
+                      lambda b: b.replace(key, value, cas=cas, ttl=ttl))
 
-    def _arith(self, cmd: A.Command) -> None:
-        assert cmd.delta is not None  # the parser sets it for incr/decr
-        key = cmd.key
-        delta = cmd.delta if cmd.name == "incr" else -cmd.delta
-        self.call("counter", _render_counter, cmd, lambda b: b.counter_sync(key, delta),
-                  lambda b: b.counter(key, delta=delta))
+    def arith(self, name: str, key: bytes, delta: int, noreply: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.arith, (name, key, delta, noreply))
+            return
+        try:
+            if name != "incr":
+                delta = -delta
+            self.call("counter", _render_counter, noreply,
+                      lambda b: b.counter_sync(key, delta),
+                      lambda b: b.counter(key, delta=delta))
+        except Exception:
+            self._failed(noreply)
 
-    def _touch(self, cmd: A.Command) -> None:
-        key, ttl = cmd.key, _ascii_ttl(cmd.exptime)
-        self.call("touch", _render_simple, (cmd, A.TOUCHED),
-                  lambda b: b.touch_sync(key, ttl), lambda b: b.touch(key, ttl))
+    def touch(self, key: bytes, exptime: int, noreply: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.touch, (key, exptime, noreply))
+            return
+        try:
+            ttl = _ascii_ttl(exptime)
+            self.call("touch", _render_simple, (noreply, A.TOUCHED),
+                      lambda b: b.touch_sync(key, ttl), lambda b: b.touch(key, ttl))
+        except Exception:
+            self._failed(noreply)
 
-    def _delete(self, cmd: A.Command) -> None:
-        key = cmd.key
-        self.call("remove", _render_simple, (cmd, A.DELETED),
-                  lambda b: b.remove_sync(key), lambda b: b.remove(key))
+    def delete(self, key: bytes, noreply: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.delete, (key, noreply))
+            return
+        try:
+            self.call("remove", _render_simple, (noreply, A.DELETED),
+                      lambda b: b.remove_sync(key), lambda b: b.remove(key))
+        except Exception:
+            self._failed(noreply)
 
-    def _flush_all(self, cmd: A.Command) -> None:
-        d = self._deferred(lambda b: self.factory.flush(cmd.exptime))
-        self.later("flush", d, _render_simple, (cmd, A.OK))
+    def flush_all(self, exptime: int, args: List[bytes], noreply: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.flush_all, (exptime, args, noreply))
+            return
+        try:
+            d = self._deferred(lambda b: self.factory.flush(exptime))
+            self.later("flush", d, _render_simple, (noreply, A.OK))
+        except Exception:
+            self._failed(noreply)
 
-    def _version(self, cmd: A.Command) -> None:
+    def version(self, args: List[bytes]) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.version, (args,))
+            return
         self.reply(_VERSION_REPLY)
 
-    def _verbosity(self, cmd: A.Command) -> None:
-        self.factory.verbosity = int(cmd.args[0])
-        if not cmd.noreply:
+    def verbosity(self, args: List[bytes], noreply: bool) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.verbosity, (args, noreply))
+            return
+        self.factory.verbosity = int(args[0])
+        if not noreply:
             self.reply(A.OK)
 
-    def _stats(self, cmd: A.Command) -> None:
-        if not cmd.args:
-            d = self._deferred(lambda b: self.factory.general_stats())
-        elif cmd.args == [b"settings"]:
-            d = self._deferred(lambda b: succeed(self.factory.settings_stats()))
-        else:
-            # memcached answers ERROR to a statistics group it does not know
-            # (and "stats noreply": stats takes no noreply).
-            self.reply(A.ERROR)
+    def stats(self, args: List[bytes]) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.stats, (args,))
             return
-        self.later("stats", d, _render_stats, cmd)
+        try:
+            if not args:
+                d = self._deferred(lambda b: self.factory.general_stats())
+            elif args == [b"settings"]:
+                d = self._deferred(lambda b: succeed(self.factory.settings_stats()))
+            else:
+                # memcached answers ERROR to a statistics group it does not know
+                # (and "stats noreply": stats takes no noreply).
+                self.reply(A.ERROR)
+                return
+            self.later("stats", d, _render_stats, None)
+        except Exception:
+            self._failed(False)
 
-    def _quit(self, cmd: A.Command) -> None:
+    def quit(self, args: List[bytes]) -> None:
+        conn = self.conn
+        if conn.blocked:
+            conn.hold(self.quit, (args,))
+            return
         self.close()
 
     # -- Deferreds ----------------------------------------------------------------------
@@ -289,25 +373,14 @@ def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
         return Failure()
 
 
-_HANDLERS: Dict[Any, Callable[[AsciiSession, Any], Optional[bytes]]] = {
-    "get": AsciiSession._get, "gets": AsciiSession._get,
-    "gat": AsciiSession._gat, "gats": AsciiSession._gat,
-    "set": AsciiSession._set, "add": AsciiSession._set, "replace": AsciiSession._set,
-    "append": AsciiSession._concat, "prepend": AsciiSession._concat,
-    "cas": AsciiSession._cas,
-    "incr": AsciiSession._arith, "decr": AsciiSession._arith,
-    "touch": AsciiSession._touch,
-    "delete": AsciiSession._delete,
-    "flush_all": AsciiSession._flush_all,
-    "version": AsciiSession._version,
-    "verbosity": AsciiSession._verbosity,
-    "stats": AsciiSession._stats,
-    "quit": AsciiSession._quit,
-    None: AsciiSession._refused,        # an Error event: a refused line
+#: The session's method for each command the parser calls back.
+_METHODS: Dict[str, str] = {
+    "get": "get", "gets": "get", "gat": "gat", "gats": "gat",
+    "set": "store", "add": "store", "replace": "store", "append": "store",
+    "prepend": "store", "cas": "store", "incr": "arith", "decr": "arith",
+    "touch": "touch", "delete": "delete", "flush_all": "flush_all",
+    "version": "version", "verbosity": "verbosity", "stats": "stats", "quit": "quit",
 }
-_UNAUTHENTICATED: Dict[Any, Callable[[AsciiSession, Any], Optional[bytes]]] = dict.fromkeys(
-    _HANDLERS, AsciiSession._unauthenticated)
-_UNAUTHENTICATED[None] = AsciiSession._refused
 
 
 # -- rendering: (result or Failure, context) -> reply bytes ------------------------
@@ -357,30 +430,31 @@ def _ascii_error(f: Failure, noreply: bool) -> bytes:
     return _SERVER_ERROR_INTERNAL
 
 
-def _render_store(r: Any, cmd: A.Command) -> bytes:
+def _render_store(r: Any, ctx: Tuple[str, bool]) -> bytes:
+    name, noreply = ctx
     if type(r) is not Failure:
-        return b"" if cmd.noreply else _STORED
-    if cmd.noreply:
+        return b"" if noreply else _STORED
+    if noreply:
         return _ascii_error(r, True)
     if r.check(KeyExistsError):
-        return A.NOT_STORED if cmd.name == "add" else A.EXISTS
+        return A.NOT_STORED if name == "add" else A.EXISTS
     if r.check(NotFoundError):
-        return A.NOT_FOUND if cmd.name == "cas" else A.NOT_STORED
+        return A.NOT_FOUND if name == "cas" else A.NOT_STORED
     if r.check(NotStoredError):
         return A.NOT_STORED
     return _ascii_error(r, False)
 
 
-def _render_cas0(r: Any, cmd: A.Command) -> bytes:
-    if cmd.noreply:
+def _render_cas0(r: Any, ctx: Tuple[str, bool]) -> bytes:
+    if ctx[1]:
         return b""
     if type(r) is Failure:
         return _ascii_error(r, False)
     return A.EXISTS if r.success else A.NOT_FOUND
 
 
-def _render_counter(r: Any, cmd: A.Command) -> bytes:
-    if cmd.noreply:
+def _render_counter(r: Any, noreply: bool) -> bytes:
+    if noreply:
         return _ascii_error(r, True) if type(r) is Failure else b""
     if type(r) is not Failure:
         return A.format_number(r.value)
@@ -391,9 +465,9 @@ def _render_counter(r: Any, cmd: A.Command) -> bytes:
     return _ascii_error(r, False)
 
 
-def _render_simple(r: Any, ctx: Tuple[A.Command, bytes]) -> bytes:
-    cmd, ok = ctx
-    if cmd.noreply:
+def _render_simple(r: Any, ctx: Tuple[bool, bytes]) -> bytes:
+    noreply, ok = ctx
+    if noreply:
         return _ascii_error(r, True) if type(r) is Failure else b""
     if type(r) is not Failure:
         return ok
@@ -402,7 +476,7 @@ def _render_simple(r: Any, ctx: Tuple[A.Command, bytes]) -> bytes:
     return _ascii_error(r, False)
 
 
-def _render_stats(r: Any, cmd: A.Command) -> bytes:
+def _render_stats(r: Any, ctx: None) -> bytes:
     if type(r) is Failure:
         return _ascii_error(r, False)
     return A.format_stats(r)

@@ -18,7 +18,8 @@ one reply, and ``max_inflight`` pending results.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Protocol as TypingProtocol, cast
+from typing import (
+    Any, Callable, Deque, List, Optional, Protocol as TypingProtocol, Tuple, cast)
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -64,6 +65,9 @@ class OrderedReplies(Protocol):
     request -> its execution) and feeds parsed requests to :meth:`run`.  A
     handler returns its reply when it is ready at once and is all it sends,
     else answers with :meth:`reply` or :meth:`submit` and returns None.
+    A session may instead run its requests itself: each answers with
+    :meth:`reply` or :meth:`submit`, waits with :meth:`hold` while
+    :attr:`blocked`, and the read ends with :meth:`end_read`.
     """
 
     _log = Logger()
@@ -79,6 +83,9 @@ class OrderedReplies(Protocol):
         self._reading = True
         self._closing = False        # no more requests: a close is under way
         self._gone = False           # connectionLost was called
+        #: True while a request must wait (:meth:`hold`) rather than run: a
+        #: close, full output, a backlog or ``max_inflight`` pending.
+        self.blocked = False
         self.handle: Callable[[Any], Optional[bytes]] = _ignore
         #: What a request whose handler failed is answered with.
         self.internal_error: Callable[[Any], bytes] = lambda ctx: b""
@@ -91,6 +98,7 @@ class OrderedReplies(Protocol):
         """The connection is gone (from connectionLost): drop what is queued."""
         self._gone = True
         self._closing = True
+        self.blocked = True
         self._backlog.clear()
         self._out.clear()
 
@@ -144,6 +152,31 @@ class OrderedReplies(Protocol):
         if not self._reading:
             self._update_reading()
 
+    def hold(self, call: Callable[..., None], args: Tuple[Any, ...]) -> None:
+        """
+        Keep a request for later, while :attr:`blocked`: its ``handle`` gets
+        ``(call, args)`` once output drains (dropped if the connection closes).
+        """
+        if not self._closing:
+            self._backlog.append((call, args))
+            self.blocked = True
+
+    def end_read(self) -> None:
+        """After a read whose requests replied through :meth:`reply`: one write."""
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._out_len = 0
+            if not self._gone:
+                self._send(data)
+        if self.blocked or not self._reading:
+            if self._backlog and not (self._out_full or self._closing
+                                      or len(self._slots) >= self._max_inflight):
+                self._drain_backlog()
+            else:
+                self._update_reading()
+
     def _run_held(self, events: List[Any]) -> None:
         """:meth:`run` while replies are pending, output is backed up or closing."""
         slots = self._slots
@@ -182,11 +215,12 @@ class OrderedReplies(Protocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
+        want = not (self._closing or self._out_full or self._backlog
+                    or len(self._slots) >= self._max_inflight)
+        self.blocked = not want
         transport = cast(_ProducerTransport, self.transport)
         if self._gone or transport.disconnecting:
             return
-        want = not (self._closing or self._out_full or self._backlog
-                    or len(self._slots) >= self._max_inflight)
         if want != self._reading:
             self._reading = want
             if want:
@@ -198,6 +232,7 @@ class OrderedReplies(Protocol):
 
     def pauseProducing(self) -> None:
         self._out_full = True
+        self.blocked = True
 
     def resumeProducing(self) -> None:
         self._out_full = False
@@ -206,6 +241,7 @@ class OrderedReplies(Protocol):
 
     def stopProducing(self) -> None:
         self._closing = True
+        self.blocked = True
         self._backlog.clear()
 
     # -- replies ----------------------------------------------------------------------
@@ -267,6 +303,8 @@ class OrderedReplies(Protocol):
             return
         slot = _Slot()
         self._slots.append(slot)
+        if len(self._slots) >= self._max_inflight:
+            self.blocked = True
         d.addCallback(self._completed, box, slot, render, ctx)
 
     def submit_all(self, ds: List[Deferred], render: Render, ctx: Any) -> None:
@@ -327,6 +365,7 @@ class OrderedReplies(Protocol):
         if self._closing:
             return
         self._closing = True
+        self.blocked = True
         self._backlog.clear()
         if self._slots:
             self._update_reading()
@@ -336,6 +375,7 @@ class OrderedReplies(Protocol):
 
     def _close_now(self) -> None:
         self._closing = True
+        self.blocked = True
         self._flush()
         self._slots.clear()
         if not self._gone:

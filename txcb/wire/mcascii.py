@@ -1,11 +1,15 @@
 """
 A sans-IO parser and formatter for the memcached ASCII (text) protocol.
 
-:class:`Parser` turns the bytes a memcached client sends into
-:class:`Command` and :class:`Error` events; the ``format_*`` helpers and the
-reply constants build what the server sends back.  Nothing here does I/O or
-imports Twisted: a thin protocol wrapper feeds received bytes in, acts on the
-events and writes the replies out (the design of h11).
+:class:`Parser` cuts the commands out of the bytes a memcached client sends
+and calls its user's handler for each, with the command's fields (a table
+by command name, like twisted's ``LineReceiver.lineReceived``), and an error
+callback for each refused line; the ``format_*`` helpers and the reply
+constants build what the server sends back.  Nothing here does I/O or
+imports Twisted: a thin protocol wrapper feeds received bytes in, its
+handlers act on the commands and it writes the replies out.
+:class:`EventRecorder` is a handler table that rebuilds each call as a
+:class:`Command` or :class:`Error` event, for a user that wants events.
 
 The behaviour follows memcached 1.6's ``proto_text.c`` (checked against a
 real memcached 1.6.18), including its error strings, its silent hang-up on
@@ -38,10 +42,10 @@ bytes) is buffered.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 __all__ = [
-    "Parser", "Command", "Error", "Event",
+    "Parser", "EventRecorder", "Command", "Error", "Event",
     "format_value", "format_hit", "format_one_hit", "format_number", "format_stats",
     "END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED",
     "TOUCHED", "OK", "ERROR",
@@ -164,18 +168,60 @@ class Command:
             self.name, "".join(", " + x for x in shown))
 
 
-_new = object.__new__
 _DEFAULTS = {"key": None, "flags": 0, "exptime": 0, "cas": None, "delta": None,
              "value": None, "noreply": False}
 _LIST_FIELDS = frozenset(("keys", "args"))
 
 
-def _keys_command(name: str, keys: List[bytes]) -> Command:
-    """``Command(name, keys=keys)``, built without keyword parsing: get's hot path."""
-    cmd = _new(Command)
-    cmd.name = name
-    cmd.keys = keys
-    return cmd
+class EventRecorder:
+    """
+    A :class:`Parser` handler table that turns each callback back into the
+    :class:`Command` or :class:`Error` it stands for and hands it to
+    ``sink``: for a user that wants events (tests, a login step).
+
+    The parser calls, by command name: ``get``/``gets``: ``(keys,
+    with_cas)``; ``gat``/``gats``: ``(keys, exptime, with_cas)``; the
+    storage commands: ``(name, key, flags, exptime, value, cas, noreply)``;
+    ``incr``/``decr``: ``(name, key, delta, noreply)``; ``touch``: ``(key,
+    exptime, noreply)``; ``delete``: ``(key, noreply)``; ``flush_all``:
+    ``(exptime, args, noreply)``; ``verbosity``: ``(args, noreply)``;
+    ``version``/``stats``/``quit``: ``(args)``.
+    """
+
+    def __init__(self, sink: Callable[[Event], Any]) -> None:
+        self.sink = sink
+        self.handlers: Dict[str, Callable[..., None]] = {}
+        for name in _HANDLERS:
+            self.handlers[name] = self._recorder(name)
+
+    def on_error(self, response: bytes, close: bool) -> None:
+        self.sink(Error(response, close))
+
+    def _recorder(self, name: str) -> Callable[..., None]:
+        sink = self.sink
+        if name in ("get", "gets"):
+            return lambda keys, with_cas: sink(Command(name, keys=keys))
+        if name in ("gat", "gats"):
+            return lambda keys, exptime, with_cas: sink(
+                Command(name, keys=keys, exptime=exptime))
+        if name in STORAGE_COMMANDS:
+            return lambda n, key, flags, exptime, value, cas, noreply: sink(Command(
+                n, key=key, flags=flags, exptime=exptime, value=value, cas=cas,
+                noreply=noreply))
+        if name in ("incr", "decr"):
+            return lambda n, key, delta, noreply: sink(
+                Command(n, key=key, delta=delta, noreply=noreply))
+        if name == "touch":
+            return lambda key, exptime, noreply: sink(
+                Command(name, key=key, exptime=exptime, noreply=noreply))
+        if name == "delete":
+            return lambda key, noreply: sink(Command(name, key=key, noreply=noreply))
+        if name == "flush_all":
+            return lambda exptime, args, noreply: sink(
+                Command(name, exptime=exptime, noreply=noreply, args=args))
+        if name == "verbosity":
+            return lambda args, noreply: sink(Command(name, noreply=noreply, args=args))
+        return lambda args: sink(Command(name, args=args))
 
 
 class Error:
@@ -251,7 +297,7 @@ _LINE, _DATA, _SWALLOW, _GETSTREAM, _CLOSED = range(5)
 class _CommandLines:
     """
     The grammar of command lines, one method per command: a complete line's
-    tokens in, events out (and the state a storage command's data block
+    tokens in, a handler call out (and the state a storage command's data block
     needs).  :class:`Parser` frames the stream around it.
     """
 
@@ -263,12 +309,14 @@ class _CommandLines:
     _pos: int
     _scan: int
     _state: int
-    _pending: Optional[Command]
+    _pending: Optional[Tuple[str, bytes, int, int, Optional[int], bool]]
+    handlers: Mapping[str, Callable[..., None]]
+    on_error: Callable[[bytes, bool], None]
     _need: int
 
-    def _close(self, events: List[Event], response: bytes) -> None:
-        events.append(Error(response, close=True))
+    def _close(self, response: bytes) -> None:
         self._state = _CLOSED
+        self.on_error(response, True)
 
 
     def _collect_keys(self, tokens: List[bytes],
@@ -285,55 +333,56 @@ class _CommandLines:
                 return GET_TOO_MANY_KEYS
         return None
 
-    def _unknown(self, tokens: List[bytes], events: List[Event]) -> None:
+    def _unknown(self, tokens: List[bytes]) -> None:
         """A command line (its tokens) that names no command."""
         if not tokens or len(tokens[0]) < 2:
             # process_command_ascii: no command is shorter than two bytes.
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
         elif tokens[-1].startswith(b"HTTP/"):
             # An HTTP request line: memcached hangs up without replying.
-            self._close(events, _HANGUP)
+            self._close(_HANGUP)
         else:
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
 
-    def _get(self, name: str, tokens: List[bytes],
-             events: List[Event]) -> None:
+    def _get(self, name: str, tokens: List[bytes]) -> None:
         n = len(tokens)
         if n == 2 and (name == "get" or name == "gets"):
             key = tokens[1]     # the common case: one key (never empty here)
             if len(key) <= self.max_key and \
                     len(key.translate(None, self._forbidden)) == len(key):
-                events.append(_keys_command(name, [key]))
+                self.handlers[name]([key], name == "gets")
             else:
-                events.append(Error(BAD_FORMAT))
+                self.on_error(BAD_FORMAT, False)
             return
         if n < 2:
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
             return
         exptime = 0
         first_key = 1
         if name in ("gat", "gats"):
             parsed = _parse_int32(tokens[1])
             if parsed is None:
-                events.append(Error(BAD_EXPTIME))
+                self.on_error(BAD_EXPTIME, False)
                 return
             exptime = parsed
             first_key = 2
         keys: List[bytes] = []
         failure = self._collect_keys(tokens[first_key:], keys)
         if failure is not None:
-            events.append(Error(failure))
+            self.on_error(failure, False)
             return
         # "gat <exptime>" with no keys is legal in memcached: it answers END.
-        events.append(Command(name, keys=keys, exptime=exptime))
+        if first_key == 2:
+            self.handlers[name](keys, exptime, name == "gats")
+        else:
+            self.handlers[name](keys, name == "gets")
 
-    def _storage(self, name: str, tokens: List[bytes],
-                 events: List[Event]) -> None:
+    def _storage(self, name: str, tokens: List[bytes]) -> None:
         handle_cas = name == "cas"
         base = 6 if handle_cas else 5
         if len(tokens) not in (base, base + 1):
             # memcached answers ERROR and then reads the data as commands.
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
             return
         noreply = tokens[-1] == _NOREPLY
         key = tokens[1]
@@ -352,32 +401,24 @@ class _CommandLines:
                 or len(key.translate(None, self._forbidden)) != len(key)
                 or flags is None or exptime is None or vlen is None
                 or (handle_cas and cas is None)):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
+            self.on_error(b"" if noreply else BAD_FORMAT, False)
             if vlen is not None:
                 # Stricter than memcached: keep the stream in sync instead
                 # of executing the data block as commands.
                 self._swallow(vlen + 2)
             return
         if vlen > self.max_value:
-            events.append(Error(b"" if noreply else TOO_LARGE))
+            self.on_error(b"" if noreply else TOO_LARGE, False)
             self._swallow(vlen + 2)
             return
-        cmd = _new(Command)
-        cmd.name = name
-        cmd.key = key
-        cmd.flags = flags
-        cmd.exptime = exptime
-        cmd.cas = cas
-        cmd.noreply = noreply
         buf, start = self._buf, self._pos
         stop = start + vlen
         if type(buf) is bytes and buf[stop:stop + 2] == b"\r\n":
             # The data block is here already (the usual): one copy, out of the read.
-            cmd.value = buf[start:stop]
-            events.append(cmd)
             self._pos = self._scan = stop + 2
+            self.handlers[name](name, key, flags, exptime, buf[start:stop], cas, noreply)
             return
-        self._pending = cmd
+        self._pending = (name, key, flags, exptime, cas, noreply)
         self._need = vlen + 2
         self._state = _DATA
 
@@ -385,43 +426,38 @@ class _CommandLines:
         self._need = count
         self._state = _SWALLOW
 
-    def _arithmetic(self, name: str, tokens: List[bytes],
-                    events: List[Event]) -> None:
+    def _arithmetic(self, name: str, tokens: List[bytes]) -> None:
         if len(tokens) not in (3, 4):
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
             return
         noreply = tokens[-1] == _NOREPLY
         if not _valid_key(tokens[1], self.max_key, self._forbidden):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
+            self.on_error(b"" if noreply else BAD_FORMAT, False)
             return
         delta = _parse_uint(tokens[2], _UINT64_MAX)
         if delta is None:
-            events.append(Error(b"" if noreply else BAD_DELTA))
+            self.on_error(b"" if noreply else BAD_DELTA, False)
             return
-        events.append(Command(name, key=tokens[1], delta=delta,
-                              noreply=noreply))
+        self.handlers[name](name, tokens[1], delta, noreply)
 
-    def _touch(self, name: str, tokens: List[bytes],
-               events: List[Event]) -> None:
+    def _touch(self, name: str, tokens: List[bytes]) -> None:
         if len(tokens) not in (3, 4):
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
             return
         noreply = tokens[-1] == _NOREPLY
         if not _valid_key(tokens[1], self.max_key, self._forbidden):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
+            self.on_error(b"" if noreply else BAD_FORMAT, False)
             return
         exptime = _parse_int32(tokens[2])
         if exptime is None:
-            events.append(Error(b"" if noreply else BAD_EXPTIME))
+            self.on_error(b"" if noreply else BAD_EXPTIME, False)
             return
-        events.append(Command(name, key=tokens[1], exptime=exptime,
-                              noreply=noreply))
+        self.handlers[name](tokens[1], exptime, noreply)
 
-    def _delete(self, name: str, tokens: List[bytes],
-                events: List[Event]) -> None:
+    def _delete(self, name: str, tokens: List[bytes]) -> None:
         n = len(tokens)
         if not 2 <= n <= 4:
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
             return
         noreply = False
         if n > 2:
@@ -431,18 +467,17 @@ class _CommandLines:
             noreply = tokens[-1] == _NOREPLY
             if not ((n == 3 and (hold_is_zero or noreply))
                     or (n == 4 and hold_is_zero and noreply)):
-                events.append(Error(b"" if noreply else BAD_DELETE))
+                self.on_error(b"" if noreply else BAD_DELETE, False)
                 return
         if not _valid_key(tokens[1], self.max_key, self._forbidden):
-            events.append(Error(b"" if noreply else BAD_FORMAT))
+            self.on_error(b"" if noreply else BAD_FORMAT, False)
             return
-        events.append(Command(name, key=tokens[1], noreply=noreply))
+        self.handlers[name](tokens[1], noreply)
 
-    def _flush_all(self, name: str, tokens: List[bytes],
-                   events: List[Event]) -> None:
+    def _flush_all(self, name: str, tokens: List[bytes]) -> None:
         n = len(tokens)
         if not 1 <= n <= 3:
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
             return
         noreply = n > 1 and tokens[-1] == _NOREPLY
         args = tokens[1:-1] if noreply else tokens[1:]
@@ -450,51 +485,50 @@ class _CommandLines:
         if args:
             parsed = _parse_int32(args[0])
             if parsed is None:
-                events.append(Error(b"" if noreply else BAD_EXPTIME))
+                self.on_error(b"" if noreply else BAD_EXPTIME, False)
                 return
             exptime = parsed
-        events.append(Command(name, exptime=exptime, noreply=noreply,
-                              args=args))
+        self.handlers[name](exptime, args, noreply)
 
-    def _verbosity(self, name: str, tokens: List[bytes],
-                   events: List[Event]) -> None:
+    def _verbosity(self, name: str, tokens: List[bytes]) -> None:
         if len(tokens) not in (2, 3):
-            events.append(Error(ERROR))
+            self.on_error(ERROR, False)
             return
         noreply = tokens[-1] == _NOREPLY
         if _parse_uint(tokens[1], _UINT32_MAX) is None:
-            events.append(Error(b"" if noreply else BAD_FORMAT))
+            self.on_error(b"" if noreply else BAD_FORMAT, False)
             return
         args = tokens[1:-1] if noreply and len(tokens) == 3 else tokens[1:]
-        events.append(Command(name, noreply=noreply, args=args))
+        self.handlers[name](args, noreply)
 
-    def _simple(self, name: str, tokens: List[bytes],
-                events: List[Event]) -> None:
+    def _simple(self, name: str, tokens: List[bytes]) -> None:
         # version and stats take anything after them, as memcached does;
         # stats subcommands are the server's to judge.
-        events.append(Command(name, args=tokens[1:]))
+        self.handlers[name](tokens[1:])
 
-    def _quit(self, name: str, tokens: List[bytes],
-              events: List[Event]) -> None:
+    def _quit(self, name: str, tokens: List[bytes]) -> None:
         # memcached closes after quit and runs nothing pipelined behind it.
-        events.append(Command(name, args=tokens[1:]))
         self._state = _CLOSED
+        self.handlers[name](tokens[1:])
 
 
 class Parser(_CommandLines):
     """
     Incremental parser for the memcached ASCII protocol, as a server sees it.
 
-    Feed it received bytes with :meth:`feed`; it returns the events that the
-    bytes completed, in order, and gives the same events however the stream
-    is split.  ``max_line`` bounds a command line (memcached uses 2048; only
+    Feed it received bytes with :meth:`feed`; it calls ``handlers[name]``
+    for each command the bytes completed (arguments: see
+    :class:`EventRecorder`) and ``on_error(response, close)`` for each
+    refused line, in order, and makes the same calls however the stream is
+    split.  ``max_line`` bounds a command line (memcached uses 2048; only
     ``get``/``gets`` lines may be longer, as in memcached), ``max_value`` a
     data block, ``max_key`` a key and ``max_keys`` the keys of one multi-get.
     ``control_keys=True`` accepts control characters in keys, as memcached
     does (only space, CR, LF and NUL are refused).
     """
 
-    def __init__(self, max_line: int = 2048,
+    def __init__(self, handlers: Mapping[str, Callable[..., None]],
+                 on_error: Callable[[bytes, bool], None], max_line: int = 2048,
                  max_value: int = 20 * 1024 * 1024, max_key: int = 250,
                  max_keys: int = 65536, control_keys: bool = False) -> None:
         if max_line < 128:
@@ -503,6 +537,11 @@ class Parser(_CommandLines):
             raise ValueError("max_value out of range")
         if max_key < 1 or max_keys < 1:
             raise ValueError("max_key and max_keys must be positive")
+        #: The callable per command name (see :class:`EventRecorder` for each
+        #: one's arguments); the user may swap the table between commands.
+        self.handlers = handlers
+        #: ``on_error(response, close)``: a refused line (see :class:`Error`).
+        self.on_error = on_error
         self.max_line = max_line
         self.max_value = max_value
         self.max_key = max_key
@@ -514,7 +553,8 @@ class Parser(_CommandLines):
         self._pos = 0          # start of unconsumed bytes in _buf
         self._scan = 0         # _buf offset already searched for b"\n"
         self._state = _LINE
-        self._pending: Optional[Command] = None   # _DATA: awaiting value
+        # _DATA: the storage command awaiting its value.
+        self._pending: Optional[Tuple[str, bytes, int, int, Optional[int], bool]] = None
         self._need = 0         # _DATA: bytes wanted; _SWALLOW: bytes left
         # _GETSTREAM state: an over-long get/gets line, tokenised as it comes.
         self._get_name = ""
@@ -540,36 +580,34 @@ class Parser(_CommandLines):
         """
         return self._state == _LINE and self._pos == len(self._buf)
 
-    def feed(self, data: bytes) -> List[Event]:
+    def feed(self, data: bytes) -> None:
         """
-        Consume ``data`` and return the events it completed: every complete
-        command of the read, in order.  When nothing is held from earlier
-        input (the usual case) the commands are cut straight out of
-        ``data``, and only an incomplete tail is copied into the buffer.
+        Consume ``data``, calling a handler for every command it completed
+        (or ``on_error`` for a refused line), in order.  When nothing is held
+        from earlier input (the usual case) the commands are cut straight out
+        of ``data``, and only an incomplete tail is copied into the buffer.
         """
-        events: List[Event] = []
         if not self._buf and self._state == _LINE and type(data) is bytes:
             # The usual read: nothing held, at a command line.
             self._buf = data
-            more = self._step_line(events)
+            more = self._step_line()
             if not (more or self._buf):
-                return events       # every command of the read complete
+                return              # every command of the read complete
         else:
             if self._state == _CLOSED or not data:
-                return events
-            more = self._take(bytes(data) if type(data) is not bytes else data, events)
+                return
+            more = self._take(bytes(data) if type(data) is not bytes else data)
         if more:
             step = self._step
-            while self._state != _CLOSED and step(events):
+            while self._state != _CLOSED and step():
                 pass
         if self._pos == len(self._buf) and self._state != _CLOSED:
             self._buf = b""
             self._pos = self._scan = 0
         else:
             self._keep_tail()
-        return events
 
-    def _take(self, data: bytes, events: List[Event]) -> bool:
+    def _take(self, data: bytes) -> bool:
         """Add ``data`` to what is held; True if the state machine may step on."""
         if not self._buf:       # nothing held (a held tail starts at 0)
             if self._state == _SWALLOW:
@@ -582,7 +620,7 @@ class Parser(_CommandLines):
             self._buf = data
         else:
             self._buf += data
-        return self._state != _LINE or self._step_line(events)
+        return self._state != _LINE or self._step_line()
 
     def _keep_tail(self) -> None:
         """After a feed: keep only the unconsumed bytes, in a bytearray."""
@@ -608,13 +646,13 @@ class Parser(_CommandLines):
 
     # -- state machine --
 
-    def _step(self, events: List[Event]) -> bool:
+    def _step(self) -> bool:
         """Make one unit of progress; False when more input is needed."""
         state = self._state
         if state == _LINE:
-            return self._step_line(events)
+            return self._step_line()
         if state == _DATA:
-            return self._step_data(events)
+            return self._step_data()
         if state == _SWALLOW:
             n = min(len(self._buf) - self._pos, self._need)
             self._pos += n
@@ -624,10 +662,10 @@ class Parser(_CommandLines):
             self._state = _LINE
             return True
         if state == _GETSTREAM:
-            return self._step_getstream(events)
+            return self._step_getstream()
         return False
 
-    def _step_line(self, events: List[Event]) -> bool:
+    def _step_line(self) -> bool:
         """
         Cut out every complete command line (and the data block of a
         storage command) while the parser stays in the line state; False
@@ -640,28 +678,27 @@ class Parser(_CommandLines):
         if scan < pos:
             scan = pos
         max_line, max_key, forbidden = self.max_line, self.max_key, self._forbidden
+        on_get = self.handlers["get"]   # fetched again after any other command
         while pos < n:
             nl = buf.find(b"\n", scan)
             if nl < 0:
                 self._pos, self._scan = pos, n
                 # Content plus a possible trailing \r, still without a newline.
                 if n - pos > max_line + 1:
-                    return self._long_line(events)
+                    return self._long_line()
                 return False
             end = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
             if end - pos > max_line:
                 self._pos = pos
-                return self._long_line(events)
+                return self._long_line()
             if buf.startswith(b"get ", pos):
                 # The commonest line, "get <key>": as the tokens below would
                 # read it when the rest is one valid key; anything else takes them.
                 key = buf[pos + 4:end]
                 size = len(key)
                 if 0 < size <= max_key and len(key.translate(None, forbidden)) == size:
-                    cmd = _new(Command)
-                    cmd.name = "get"
-                    cmd.keys = [key if type(key) is bytes else bytes(key)]
-                    events.append(cmd)
+                    # (A get handler cannot change the parser's state.)
+                    on_get([key if type(key) is bytes else bytes(key)], False)
                     pos = scan = nl + 1
                     continue
             line = buf[pos:end]
@@ -672,12 +709,13 @@ class Parser(_CommandLines):
                 tokens = [t for t in tokens if t]
             entry = _BY_NAME.get(tokens[0]) if tokens else None
             if entry is not None:
-                entry[1](self, entry[0], tokens, events)
+                entry[1](self, entry[0], tokens)
             else:
-                self._unknown(tokens, events)
+                self._unknown(tokens)
+            on_get = self.handlers["get"]     # a command may swap the table (a login)
             state = self._state
             if state != _LINE:
-                if state != _DATA or not self._step_data(events):
+                if state != _DATA or not self._step_data():
                     return state != _CLOSED
             pos = scan = self._pos    # past a data block that was taken with its line
         # Every byte consumed: nothing to hold.
@@ -685,7 +723,7 @@ class Parser(_CommandLines):
         self._pos = self._scan = 0
         return False
 
-    def _long_line(self, events: List[Event]) -> bool:
+    def _long_line(self) -> bool:
         """A line over max_line: stream it if a multi-get, else hang up."""
         prefix = bytes(self._buf[self._pos:self._pos + self.max_line + 2])
         body = prefix.lstrip(b" ")
@@ -700,10 +738,10 @@ class Parser(_CommandLines):
                 self._get_failure = None
                 self._pos += skipped + len(name) + 1
                 return True
-        self._close(events, _HANGUP)
+        self._close(_HANGUP)
         return False
 
-    def _step_getstream(self, events: List[Event]) -> bool:
+    def _step_getstream(self) -> bool:
         buf, pos = self._buf, self._pos
         if pos == len(buf):
             return False
@@ -737,21 +775,22 @@ class Parser(_CommandLines):
         self._pos = self._scan = nl + 1
         self._state = _LINE
         if self._get_failure is not None:
-            events.append(Error(self._get_failure))
+            self.on_error(self._get_failure, False)
         elif not self._get_keys:
-            events.append(Error(ERROR))     # "get" and only spaces
+            self.on_error(ERROR, False)     # "get" and only spaces
         else:
-            events.append(Command(self._get_name, keys=self._get_keys))
+            self.handlers[self._get_name](self._get_keys, self._get_name == "gets")
         self._get_keys = []
         self._get_failure = None
         return True
 
-    def _step_data(self, events: List[Event]) -> bool:
+    def _step_data(self) -> bool:
         pos, need = self._pos, self._need
         if len(self._buf) - pos < need:
             return False
-        cmd = self._pending
-        assert cmd is not None
+        pending = self._pending
+        assert pending is not None
+        name, key, flags, exptime, cas, noreply = pending
         self._pending = None
         self._pos = self._scan = pos + need
         self._state = _LINE
@@ -759,17 +798,17 @@ class Parser(_CommandLines):
         if buf[pos + need - 2:pos + need] == b"\r\n":
             # One copy, straight out of the buffer.
             if type(buf) is bytes:
-                cmd.value = buf[pos:pos + need - 2]
+                value = buf[pos:pos + need - 2]
             else:
                 with memoryview(buf) as view, view[pos:pos + need - 2] as block:
-                    cmd.value = block.tobytes()
-            events.append(cmd)
+                    value = block.tobytes()
+            self.handlers[name](name, key, flags, exptime, value, cas, noreply)
         else:
             # complete_nread_ascii: the block is consumed either way.
-            events.append(Error(b"" if cmd.noreply else BAD_DATA_CHUNK))
+            self.on_error(b"" if noreply else BAD_DATA_CHUNK, False)
         return True
 
-_HANDLERS: Dict[str, Callable[[_CommandLines, str, List[bytes], List[Event]], None]] = {
+_HANDLERS: Dict[str, Callable[[_CommandLines, str, List[bytes]], None]] = {
     "get": _CommandLines._get, "gets": _CommandLines._get,
     "gat": _CommandLines._get, "gats": _CommandLines._get,
     "set": _CommandLines._storage, "add": _CommandLines._storage,
