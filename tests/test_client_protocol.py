@@ -1077,6 +1077,46 @@ class ReconnectInMemoryTests(ClientTestBase):
             self.server_factory.bucket.get_sync("k").value, "again")
 
 
+class FirstConnectionRefusedTests(unittest.TestCase):
+    """
+    Regression (issue 13): connect(..., reconnect=True) with no server
+    errbacked RuntimeError ("attempting to reentrantly run _Client.stop")
+    instead of ConnectError, and left the retry loop running.
+    """
+
+    def refuse_first(self, reconnect):
+        mreactor = MemoryReactorClock()
+        d = connect(mreactor, "tcp:127.0.0.1:11222", reconnect=reconnect)
+        self.assertEqual(len(mreactor.tcpClients), 1)
+        factory = mreactor.tcpClients[0][2]
+        factory.clientConnectionFailed(mreactor.connectors[0],
+                                       Failure(ConnectionRefusedError()))
+        mreactor.advance(0)
+        f = self.failureResultOf(d, errors.ConnectError)
+        self.assertIn("127.0.0.1:11222", f.value.message)
+        self.assertEqual(mreactor.getDelayedCalls(), [])
+        mreactor.advance(60)
+        self.assertEqual(len(mreactor.tcpClients), 1)
+
+    def test_reconnect_first_connection_refused_errbacks_connect_error(self):
+        self.refuse_first(reconnect=True)
+
+    def test_first_connection_refused_errbacks_connect_error(self):
+        self.refuse_first(reconnect=False)
+
+    @inlineCallbacks
+    def test_reconnect_refused_loopback_port_errbacks_connect_error(self):
+        """The same against a real loopback port where nothing listens."""
+        port = reactor.listenTCP(0, TrackedServerFactory(EmbeddedBucket(pager_interval=0)),
+                                 interface="127.0.0.1")
+        number = port.getHost().port
+        yield port.stopListening()
+        before = set(reactor.getDelayedCalls())
+        with self.assertRaises(errors.ConnectError):
+            yield connect(reactor, "tcp:127.0.0.1:%d" % number, reconnect=True)
+        self.assertEqual(set(reactor.getDelayedCalls()) - before, set())
+
+
 class ReconnectLoopbackTests(unittest.TestCase):
     """connect(..., reconnect=True) against a real server over loopback TCP."""
 

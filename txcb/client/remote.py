@@ -1022,8 +1022,13 @@ def connect(reactor: Any, endpoint: str = "tcp:127.0.0.1:11222", reconnect: bool
         # The service's protocols come from _ServiceFactory.
         return cast(BucketClientProtocol, p).when_ready().addCallback(lambda _: bucket)
 
-    def first_failed(f: Failure) -> None:
-        service.stopService()
-        raise ConnectError("cannot connect to %s: %s" % (endpoint, f.getErrorMessage()))
+    def first_failed(f: Failure) -> Deferred:
+        # The failure arrives from inside the service's own state machine,
+        # which refuses a reentrant stopService(): stop it on the next turn,
+        # and errback only once it has stopped (no retry left scheduled).
+        error = ConnectError("cannot connect to %s: %s" % (endpoint, f.getErrorMessage()))
+        stopped: Deferred = Deferred()
+        reactor.callLater(0, lambda: service.stopService().chainDeferred(stopped))
+        return stopped.addBoth(lambda _: fail(error))
 
     return first.addCallback(connected).addErrback(first_failed)
