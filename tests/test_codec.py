@@ -24,7 +24,7 @@ REQUESTS = {
     Op.GAT: dict(key=b"gat-key", ttl=30),
     Op.UPSERT: dict(key=b"u" * 250, value=b"\x00binary,:value\xff", cas=U64, ttl=U32,
                     flags=U32, persist_to=-1, replicate_to=127),
-    Op.INSERT: dict(key=b"ins", value=b"", flags=0x02000000, persist_to=-128),
+    Op.INSERT: dict(key=b"ins", value=b"", flags=0x02000000, persist_to=-1, replicate_to=-1),
     Op.REPLACE: dict(key=b"rep", value=b"123:,", cas=1, ttl=2592001),
     Op.REMOVE: dict(key=b"rm", cas=7, options=OPT_QUIET),
     Op.COUNTER: dict(key=b"ctr", value=COUNTER_BODY.pack(U64, 10),
@@ -404,10 +404,40 @@ REQUEST_ILLEGAL = [
     ("GET_MULTI of MAX_MULTI keys and a broken one", raw_request(
         opcode=Op.GET_MULTI, key=b"", body=b"\x01k" * codec.MAX_MULTI + b"\x09"),
      RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+] + [
+    # Issue 12 item 9 / issue 13: unknown option bits and durability below -1
+    # were accepted; docs/protocol.rst says unknown bits must be 0.
+    ("unknown option bits 0x%04x on %s" % (bits, name),
+     raw_request(opcode=op, options=bits, **fields), RC.EINVAL, False, OPAQUE, op)
+    for bits in (0xFFFF, 0x80, 0x20, 0x8000, 0x80 | OPT_QUIET)
+    for name, op, fields in (("GET", Op.GET, {}),
+                             ("UPSERT", Op.UPSERT, dict(body=b"v")),
+                             ("COUNTER", Op.COUNTER, dict(body=COUNTER_BODY.pack(1, 0))),
+                             ("NOOP", Op.NOOP, dict(key=b"")))
+] + [
+    ("%s %d on %s" % (field, value, name),
+     raw_request(opcode=op, body=body, **{field: value}), RC.EINVAL, False, OPAQUE, op)
+    for field in ("persist_to", "replicate_to")
+    for value in (-128, -2, -100)
+    for name, op, body in (("GET", Op.GET, b""), ("UPSERT", Op.UPSERT, b"v"),
+                           ("REMOVE", Op.REMOVE, b""))
 ]
 
 
 class DecodeRequestIllegalTests(unittest.SynchronousTestCase):
+
+    def test_unknown_option_bits_refused(self):
+        # Issue 12 item 9: options 0xFFFF was accepted.
+        with self.assertRaises(FrameError) as cm:
+            decode_request(raw_request(options=0xFFFF))
+        self.assertEqual((cm.exception.status, cm.exception.fatal), (RC.EINVAL, False))
+        self.assertIn("0xffe0", str(cm.exception))
+
+    def test_persist_to_minus_128_refused(self):
+        # Issue 12 item 9: persist_to=-128 was accepted.
+        with self.assertRaises(FrameError) as cm:
+            decode_request(raw_request(opcode=Op.UPSERT, persist_to=-128, body=b"v"))
+        self.assertEqual((cm.exception.status, cm.exception.fatal), (RC.EINVAL, False))
 
     def test_table(self):
         for name, payload, status, fatal, opaque, opcode in REQUEST_ILLEGAL:
@@ -430,8 +460,14 @@ class DecodeRequestIllegalTests(unittest.SynchronousTestCase):
             b"\0" * 16)
         self.assertEqual(
             decode_request(raw_request(opcode=Op.ENDURE, body=b"\0" * 8)).value, b"\0" * 8)
-        req = decode_request(raw_request(persist_to=-1, replicate_to=-128))
-        self.assertEqual((req.persist_to, req.replicate_to), (-1, -128))
+        req = decode_request(raw_request(persist_to=-1, replicate_to=-1))
+        self.assertEqual((req.persist_to, req.replicate_to), (-1, -1))
+        req = decode_request(raw_request(opcode=Op.UPSERT, persist_to=127, replicate_to=127))
+        self.assertEqual((req.persist_to, req.replicate_to), (127, 127))
+        every_option = (OPT_QUIET | OPT_DECREMENT | OPT_INITIAL | OPT_CHECK_REMOVED
+                        | codec.OPT_IDS_ONLY)
+        self.assertEqual(decode_request(raw_request(options=every_option)).options,
+                         every_option)
         # GET_MULTI: one key, keys of 1 and 250 bytes, MAX_MULTI keys.
         req = decode_request(raw_request(opcode=Op.GET_MULTI, key=b"", body=b"\x01k"))
         self.assertEqual(req.keys, [b"k"])

@@ -636,6 +636,25 @@ class FramingTests(ServerTestBase):
         self.assertEqual(self.log.server_lines(LogLevel.warn), [])
         self.assertEqual(len(self.log.server_lines(LogLevel.info)), 1)
 
+    def test_unknown_option_bits_refused_keeps_connection(self):
+        # Issue 12 item 9 / issue 13: options 0xFFFF and 0x80 were accepted.
+        proto, transport = self.setup_server()
+        for opaque, bits in ((50, 0xFFFF), (51, 0x80)):
+            res = self.call(Op.UPSERT, opaque, key=b"k", value=b"v", options=bits)
+            self.assertEqual((res.opaque, res.status), (opaque, RC.EINVAL))
+        self.assertEqual(self.call(Op.GET, 52, key=b"k").status, RC.KEY_ENOENT)
+        self.assertFalse(transport.disconnecting)
+
+    def test_persist_to_minus_128_refused_keeps_connection(self):
+        # Issue 12 item 9: persist_to=-128 was accepted.
+        proto, transport = self.setup_server()
+        res = self.call(Op.UPSERT, 60, key=b"k", value=b"v", persist_to=-128)
+        self.assertEqual((res.opaque, res.status), (60, RC.EINVAL))
+        res = self.call(Op.UPSERT, 61, key=b"k", value=b"v", replicate_to=-2)
+        self.assertEqual((res.opaque, res.status), (61, RC.EINVAL))
+        self.assertEqual(self.call(Op.GET, 62, key=b"k").status, RC.KEY_ENOENT)
+        self.assertFalse(transport.disconnecting)
+
     def test_wrong_counter_body_keeps_connection(self):
         proto, transport = self.setup_server()
         res = self.call(Op.COUNTER, 8, key=b"c", value=b"\0" * 15)
