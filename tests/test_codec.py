@@ -4,6 +4,9 @@ netstring decoder under every split of the stream, and illegal-input tables
 for the netstring decoder, decode_request and decode_response.
 """
 
+import json
+import os
+import re
 import struct
 
 from twisted.trial import unittest
@@ -24,7 +27,7 @@ REQUESTS = {
     Op.GAT: dict(key=b"gat-key", ttl=30),
     Op.UPSERT: dict(key=b"u" * 250, value=b"\x00binary,:value\xff", cas=U64, ttl=U32,
                     flags=U32, persist_to=-1, replicate_to=127),
-    Op.INSERT: dict(key=b"ins", value=b"", flags=0x02000000, persist_to=-128),
+    Op.INSERT: dict(key=b"ins", value=b"", flags=0x02000000, persist_to=-1, replicate_to=-1),
     Op.REPLACE: dict(key=b"rep", value=b"123:,", cas=1, ttl=2592001),
     Op.REMOVE: dict(key=b"rm", cas=7, options=OPT_QUIET),
     Op.COUNTER: dict(key=b"ctr", value=COUNTER_BODY.pack(U64, 10),
@@ -404,10 +407,40 @@ REQUEST_ILLEGAL = [
     ("GET_MULTI of MAX_MULTI keys and a broken one", raw_request(
         opcode=Op.GET_MULTI, key=b"", body=b"\x01k" * codec.MAX_MULTI + b"\x09"),
      RC.EINVAL, False, OPAQUE, Op.GET_MULTI),
+] + [
+    # Issue 12 item 9 / issue 13: unknown option bits and durability below -1
+    # were accepted; docs/protocol.rst says unknown bits must be 0.
+    ("unknown option bits 0x%04x on %s" % (bits, name),
+     raw_request(opcode=op, options=bits, **fields), RC.EINVAL, False, OPAQUE, op)
+    for bits in (0xFFFF, 0x80, 0x20, 0x8000, 0x80 | OPT_QUIET)
+    for name, op, fields in (("GET", Op.GET, {}),
+                             ("UPSERT", Op.UPSERT, dict(body=b"v")),
+                             ("COUNTER", Op.COUNTER, dict(body=COUNTER_BODY.pack(1, 0))),
+                             ("NOOP", Op.NOOP, dict(key=b"")))
+] + [
+    ("%s %d on %s" % (field, value, name),
+     raw_request(opcode=op, body=body, **{field: value}), RC.EINVAL, False, OPAQUE, op)
+    for field in ("persist_to", "replicate_to")
+    for value in (-128, -2, -100)
+    for name, op, body in (("GET", Op.GET, b""), ("UPSERT", Op.UPSERT, b"v"),
+                           ("REMOVE", Op.REMOVE, b""))
 ]
 
 
 class DecodeRequestIllegalTests(unittest.SynchronousTestCase):
+
+    def test_unknown_option_bits_refused(self):
+        # Issue 12 item 9: options 0xFFFF was accepted.
+        with self.assertRaises(FrameError) as cm:
+            decode_request(raw_request(options=0xFFFF))
+        self.assertEqual((cm.exception.status, cm.exception.fatal), (RC.EINVAL, False))
+        self.assertIn("0xffe0", str(cm.exception))
+
+    def test_persist_to_minus_128_refused(self):
+        # Issue 12 item 9: persist_to=-128 was accepted.
+        with self.assertRaises(FrameError) as cm:
+            decode_request(raw_request(opcode=Op.UPSERT, persist_to=-128, body=b"v"))
+        self.assertEqual((cm.exception.status, cm.exception.fatal), (RC.EINVAL, False))
 
     def test_table(self):
         for name, payload, status, fatal, opaque, opcode in REQUEST_ILLEGAL:
@@ -430,8 +463,14 @@ class DecodeRequestIllegalTests(unittest.SynchronousTestCase):
             b"\0" * 16)
         self.assertEqual(
             decode_request(raw_request(opcode=Op.ENDURE, body=b"\0" * 8)).value, b"\0" * 8)
-        req = decode_request(raw_request(persist_to=-1, replicate_to=-128))
-        self.assertEqual((req.persist_to, req.replicate_to), (-1, -128))
+        req = decode_request(raw_request(persist_to=-1, replicate_to=-1))
+        self.assertEqual((req.persist_to, req.replicate_to), (-1, -1))
+        req = decode_request(raw_request(opcode=Op.UPSERT, persist_to=127, replicate_to=127))
+        self.assertEqual((req.persist_to, req.replicate_to), (127, 127))
+        every_option = (OPT_QUIET | OPT_DECREMENT | OPT_INITIAL | OPT_CHECK_REMOVED
+                        | codec.OPT_IDS_ONLY)
+        self.assertEqual(decode_request(raw_request(options=every_option)).options,
+                         every_option)
         # GET_MULTI: one key, keys of 1 and 250 bytes, MAX_MULTI keys.
         req = decode_request(raw_request(opcode=Op.GET_MULTI, key=b"", body=b"\x01k"))
         self.assertEqual(req.keys, [b"k"])
@@ -472,3 +511,117 @@ class ModuleTests(unittest.SynchronousTestCase):
         names += [n.module for n in ast.walk(tree)
                   if isinstance(n, ast.ImportFrom) and n.module]
         self.assertFalse([n for n in names if n.startswith("twisted")], names)
+
+
+# -- docs/protocol.rst's worked examples -------------------------------------
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                   "docs", "protocol.rst")
+HELLO_INFO = {"server": "txcb/0.1.0", "protocol": 1, "max_value_size": 20971520,
+              "max_frame": 20971798, "max_inflight": 1024, "get_multi": 4096}
+
+
+def doc_examples():
+    """
+    (caption, frame, what it decodes to) of each worked example in section 6
+    of docs/protocol.rst; ``python3 -c "import tests.test_codec as t;
+    t.print_doc_examples()"`` prints the dumps to paste there.
+    """
+    scan_rows = [(b"user:1", 0x02000000, 0x17, 0, b'{"n":1}'),
+                 (b"user:2", 0x02000000, 0x18, 1767225600, b'{"n":2}')]
+    return [
+        ("HELLO request, opaque 1, empty body",
+         netstring(encode_request(Op.HELLO, 1)),
+         dict(opcode=Op.HELLO, opaque=1, key=b"", value=b"")),
+        ("HELLO reply",
+         netstring(encode_response(Op.HELLO, 1, body=json.dumps(HELLO_INFO).encode())),
+         dict(opcode=Op.HELLO, opaque=1, status=0, json=HELLO_INFO)),
+        ("COUNTER request: add 1 to ``hits``, creating it at 10, opaque 2",
+         netstring(encode_request(Op.COUNTER, 2, key=b"hits",
+                                  value=COUNTER_BODY.pack(1, 10), options=OPT_INITIAL)),
+         dict(opcode=Op.COUNTER, opaque=2, key=b"hits", options=OPT_INITIAL,
+              counter=(1, 10))),
+        ("COUNTER reply: created at 10, JSON flags, CAS 0x11, seqno 3",
+         netstring(encode_response(Op.COUNTER, 2, cas=0x11, flags=0x02000000, seqno=3,
+                                   body=b"10")),
+         dict(opcode=Op.COUNTER, opaque=2, status=0, cas=0x11, flags=0x02000000, seqno=3,
+              body=b"10")),
+        ("SCAN request: keys starting ``user:``, 2 rows or 64 KiB a batch, opaque 3",
+         netstring(encode_request(Op.SCAN, 3, value=codec.encode_scan_request(
+             2, 65536, b"user:", b"", b""))),
+         dict(opcode=Op.SCAN, opaque=3, key=b"", scan=(2, 65536, b"user:", b"", b""))),
+        ("SCAN reply: two rows, resume after ``user:2``",
+         netstring(encode_response(Op.SCAN, 3, body=codec.encode_scan_reply(
+             b"user:2\x00", scan_rows))),
+         dict(opcode=Op.SCAN, opaque=3, status=0, rows=(b"user:2\x00", scan_rows))),
+    ]
+
+
+def hexdump(frame):
+    """The frame as the document shows it: 16 bytes a line, offset, hex, ASCII."""
+    lines = []
+    for i in range(0, len(frame), 16):
+        chunk = frame[i:i + 16]
+        text = "".join(chr(c) if 32 <= c < 127 else "." for c in chunk)
+        lines.append("    %04x  %-47s  |%s|" % (i, " ".join("%02x" % c for c in chunk), text))
+    return "\n".join(lines)
+
+
+def print_doc_examples():
+    for caption, frame, _ in doc_examples():
+        print("%s::\n\n%s\n" % (caption, hexdump(frame)))
+
+
+def doc_dumps():
+    """{caption: frame bytes} of the hex dumps in docs/protocol.rst."""
+    with open(DOC, encoding="utf-8") as f:
+        text = f.read()
+    found = {}
+    pattern = r"^(\S[^\n]*)::\n\n((?:    [0-9a-f]{4}  [^\n]*\n)+)"
+    for m in re.finditer(pattern, text, re.M):
+        hexes = [line[10:57].split() for line in m.group(2).splitlines()]
+        found[m.group(1)] = bytes(int(h, 16) for row in hexes for h in row)
+    return found
+
+
+def payload_of(frame):
+    decoder = NetstringDecoder(max_length=1 << 20)
+    [payload] = decoder.feed(frame)
+    return payload
+
+
+class DocExampleTests(unittest.SynchronousTestCase):
+    """docs/protocol.rst's byte examples are what the codec makes and reads."""
+
+    def test_examples_match_codec(self):
+        dumps = doc_dumps()
+        for caption, frame, _ in doc_examples():
+            self.assertIn(caption, dumps)
+            self.assertEqual(dumps[caption], frame, caption)
+
+    def test_examples_decode_as_described(self):
+        for caption, frame, want in doc_examples():
+            payload = payload_of(doc_dumps()[caption])
+            if payload[0] == REQ_MAGIC:
+                req = decode_request(payload)
+                got = dict(opcode=req.opcode, opaque=req.opaque, key=req.key)
+                if "value" in want:
+                    got["value"] = req.value
+                if "options" in want:
+                    got["options"] = req.options
+                if "counter" in want:
+                    got["counter"] = COUNTER_BODY.unpack(req.value)
+                if "scan" in want:
+                    got["scan"] = codec.decode_scan_request(req.value)
+            else:
+                res = decode_response(payload)
+                got = dict(opcode=res.opcode, opaque=res.opaque, status=res.status)
+                for field in ("cas", "flags", "seqno", "body"):
+                    if field in want:
+                        got[field] = getattr(res, field)
+                if "json" in want:
+                    got["json"] = json.loads(res.body)
+                if "rows" in want:
+                    got["rows"] = codec.decode_scan_reply(res.body)
+                    got["rows"] = (got["rows"][0], [tuple(r) for r in got["rows"][1]])
+            self.assertEqual(got, want, caption)

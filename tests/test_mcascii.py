@@ -575,6 +575,43 @@ class IllegalInputTests(unittest.TestCase):
             parse(b"set a\x01 0 0 11\r\nflush_all\r\n\r\nversion\r\n"),
             [Error(mc.BAD_FORMAT), VERSION])
 
+    # Issue 12 item 9: ``set k 0 0 2147483646``.  Every length memcached
+    # 1.6.18 accepts (up to INT_MAX - 2) that is over the endpoint's max value
+    # size is answered SERVER_ERROR object too large and its data swallowed;
+    # a length over INT_MAX - 2 is CLIENT_ERROR bad command line format in
+    # memcached 1.6.18 itself (checked live: "set k 0 0 2147483646\r\nab\r\n"
+    # answers CLIENT_ERROR, then ERROR for "ab"), so it is here too.
+    TOO_LARGE_LENGTHS = [101, 102, 1024 * 1024 + 1, 20 * 1024 * 1024 + 1,
+                         2147483644, 2147483645]
+    BAD_LENGTHS = [2147483646, 2147483647, 4294967295, 4294967296, 10 ** 30]
+
+    def test_set_k_0_0_2147483646_table(self) -> None:
+        for vlen in self.TOO_LARGE_LENGTHS:
+            for name in ("set", "add", "replace", "append", "prepend"):
+                p = Parser(max_value=100)
+                line = b"%s k 0 0 %d\r\n" % (name.encode(), vlen)
+                self.assertEqual(p.feed(line), [Error(mc.TOO_LARGE)], line)
+                self.assertEqual(p.buffered, 0, line)
+                # The data block is swallowed, not run as commands.
+                self.assertEqual(p.feed(b"flush_all\r\n" if vlen == 101 else b"x" * 64), [],
+                                 line)
+                self.assertEqual(p.buffered, 0, line)
+                self.assertFalse(p.closed, line)
+            p = Parser(max_value=100)
+            self.assertEqual(p.feed(b"set k 0 0 %d noreply\r\n" % vlen), [Error(b"")])
+            self.assertEqual(p.buffered, 0)
+        for vlen in self.BAD_LENGTHS:
+            p = Parser(max_value=100)
+            self.assertEqual(p.feed(b"set k 0 0 %d\r\nab\r\nversion\r\n" % vlen),
+                             [Error(mc.BAD_FORMAT), Error(mc.ERROR), VERSION], vlen)
+            self.assertEqual(p.buffered, 0)
+
+    def test_value_of_max_value_plus_one_swallowed_exactly(self) -> None:
+        # Exactly vlen + 2 bytes are swallowed; the next line is a command.
+        stream = b"set k 0 0 101\r\n" + b"x" * 101 + b"\r\nversion\r\n"
+        for feed in (parse, parse_bytewise):
+            self.assertEqual(feed(stream, max_value=100), [Error(mc.TOO_LARGE), VERSION])
+
     def test_value_over_max_value_swallowed(self) -> None:
         # The data block is counted down, never buffered.
         p = Parser()

@@ -588,6 +588,20 @@ class AsciiHostileInputTests(unittest.TestCase):
         self.assertFalse(c.closed)
         self.assertEqual(self.c.p.session.parser.buffered, 0)
 
+    def test_set_k_0_0_2147483646(self):
+        # Issue 12 item 9.  memcached 1.6.18, checked live: a length up to
+        # INT_MAX - 2 over the item limit is SERVER_ERROR object too large and
+        # its data is swallowed; 2147483646 and up are CLIENT_ERROR bad command
+        # line format, the data then read as commands.  So here.
+        c = self.c
+        self.assertEqual(c.send(b"set k 0 0 2147483646\r\nab\r\n"),
+                         b"CLIENT_ERROR bad command line format\r\nERROR\r\n")
+        self.assertEqual(c.send(b"set k 0 0 2147483645\r\n"),
+                         b"SERVER_ERROR object too large for cache\r\n")
+        self.assertEqual(c.send(b"version\r\n" + b"x" * 100000), b"")
+        self.assertEqual(self.c.p.session.parser.buffered, 0)
+        self.assertFalse(c.closed)
+
     def test_key_over_250_bytes(self):
         c = self.c
         key = b"k" * 251

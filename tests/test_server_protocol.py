@@ -636,6 +636,47 @@ class FramingTests(ServerTestBase):
         self.assertEqual(self.log.server_lines(LogLevel.warn), [])
         self.assertEqual(len(self.log.server_lines(LogLevel.info)), 1)
 
+    def test_store_with_ttl_0_clears_expiry(self):
+        # docs/protocol.rst 2.4: a store with ttl 0 clears an existing expiry;
+        # APPEND keeps it.
+        self.setup_server()
+        for op in (Op.UPSERT, Op.REPLACE):
+            self.assertEqual(self.call(Op.UPSERT, 70, key=b"t", value=b"v", ttl=10).status, 0)
+            self.assertEqual(self.call(op, 71, key=b"t", value=b"w", ttl=0).status, 0)
+            self.clock.advance(20)
+            self.assertEqual(self.call(Op.GET, 72, key=b"t").body, b"w")
+        self.assertEqual(self.call(Op.UPSERT, 73, key=b"a", value=b"v", ttl=10).status, 0)
+        self.assertEqual(self.call(Op.APPEND, 74, key=b"a", value=b"w").status, 0)
+        self.clock.advance(20)
+        self.assertEqual(self.call(Op.GET, 75, key=b"a").status, RC.KEY_ENOENT)
+
+    def test_counter_creates_item_with_json_flags(self):
+        # docs/protocol.rst 3: COUNTER's INITIAL item gets flags 0x02000000.
+        self.setup_server()
+        res = self.call(Op.COUNTER, 80, key=b"n", value=COUNTER_BODY.pack(1, 10),
+                        options=OPT_INITIAL)
+        self.assertEqual((res.status, res.flags, res.body), (0, 0x02000000, b"10"))
+        self.assertEqual(self.call(Op.GET, 81, key=b"n").flags, 0x02000000)
+
+    def test_unknown_option_bits_refused_keeps_connection(self):
+        # Issue 12 item 9 / issue 13: options 0xFFFF and 0x80 were accepted.
+        proto, transport = self.setup_server()
+        for opaque, bits in ((50, 0xFFFF), (51, 0x80)):
+            res = self.call(Op.UPSERT, opaque, key=b"k", value=b"v", options=bits)
+            self.assertEqual((res.opaque, res.status), (opaque, RC.EINVAL))
+        self.assertEqual(self.call(Op.GET, 52, key=b"k").status, RC.KEY_ENOENT)
+        self.assertFalse(transport.disconnecting)
+
+    def test_persist_to_minus_128_refused_keeps_connection(self):
+        # Issue 12 item 9: persist_to=-128 was accepted.
+        proto, transport = self.setup_server()
+        res = self.call(Op.UPSERT, 60, key=b"k", value=b"v", persist_to=-128)
+        self.assertEqual((res.opaque, res.status), (60, RC.EINVAL))
+        res = self.call(Op.UPSERT, 61, key=b"k", value=b"v", replicate_to=-2)
+        self.assertEqual((res.opaque, res.status), (61, RC.EINVAL))
+        self.assertEqual(self.call(Op.GET, 62, key=b"k").status, RC.KEY_ENOENT)
+        self.assertFalse(transport.disconnecting)
+
     def test_wrong_counter_body_keeps_connection(self):
         proto, transport = self.setup_server()
         res = self.call(Op.COUNTER, 8, key=b"c", value=b"\0" * 15)
