@@ -18,28 +18,13 @@ from txcb.buckets import _store, items, persistent
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.persistent import CorruptDataError, DiskFullError, PersistentBucket
 
+from tests.support.buckets import crash as kill
+
 
 def new_clock():
     clock = task.Clock()
     clock.advance(1_700_000_000)
     return clock
-
-
-def kill(bucket):
-    """Stop a bucket as kill -9 would: no close, the WAL left as it is."""
-    assert not bucket._writing and not bucket._dirty
-    bucket._state = "closed"
-    EmbeddedBucket.close(bucket)
-    if bucket._scheduled is not None and bucket._scheduled.active():
-        bucket._scheduled.cancel()
-    bucket._pool.stop()
-    if bucket._bg_pool is not None:
-        bucket._bg_pool.stop()
-    wal = bucket.path + "-wal"
-    os.link(wal, wal + ".kept")  # closing the connection deletes the WAL
-    bucket._conn.close()
-    os.replace(wal + ".kept", wal)
-    os.close(bucket._lock_fd)
 
 
 def value_of(i):

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 from twisted.trial import unittest
 
 from tests.support import ROOT
-from tests.support.procs import free_port
+from tests.support.procs import free_port, start_txcb_twistd
 
 #: How long the example may take, either way.
 EXAMPLE_TIMEOUT = 30
@@ -55,40 +52,11 @@ def run_example(testcase: unittest.TestCase, code: str) -> subprocess.CompletedP
 
 
 def start_txcb(testcase: unittest.TestCase) -> int:
-    """
-    Start ``twistd -n txcb --ephemeral`` on a free loopback port; returns the
-    port once it accepts.  Stopped by its pid at cleanup (SIGTERM, then KILL).
-    """
+    """A real ``twistd -n txcb --ephemeral`` on a free loopback port (returned)."""
     port = free_port()
-    workdir = os.path.abspath(testcase.mktemp())
-    os.makedirs(workdir)
-    log = os.path.join(workdir, "twistd.log")
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "--logfile", log, "txcb", "--ephemeral",
-            "--port", "tcp:%d:interface=127.0.0.1" % port]
-    proc = subprocess.Popen(argv, cwd=workdir, env=dict(os.environ, PYTHONPATH=ROOT),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-    testcase.addCleanup(stop)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return port
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                text = open(log).read() if os.path.exists(log) else ""
-                raise AssertionError("twistd did not start (exit %s):\n%s"
-                                     % (proc.poll(), text))
-            time.sleep(0.1)
+    start_txcb_twistd(testcase, ["--ephemeral", "--port", "tcp:%d:interface=127.0.0.1" % port],
+                      port)
+    return port
 
 
 class ReadmeTwistedExampleTests(unittest.TestCase):

@@ -9,19 +9,13 @@ installs it).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 
 from twisted.trial import unittest
 
-from tests.support import ROOT
-from tests.support.procs import free_port
+from tests.support.procs import free_port, start_txcb_twistd
 
 MEMCAPABLE = shutil.which("memccapable") or shutil.which("memcapable")
 #: Tests per protocol in libmemcached 1.1's memcapable (Debian bookworm's 1.1.4).
@@ -37,40 +31,11 @@ def start_twistd(testcase: unittest.TestCase, *extra: str) -> int:
     """
     from txcb.service import tap
     port = free_port()
-    workdir = os.path.abspath(testcase.mktemp())
-    os.makedirs(workdir)
-    log = os.path.join(workdir, "twistd.log")
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "--logfile", log, "txcb",
-            "--port", "tcp:0:interface=127.0.0.1",
+    args = ["--port", "tcp:0:interface=127.0.0.1",
             "--memcached", "tcp:%d:interface=127.0.0.1" % port] + list(extra)
     if "--ephemeral" in str(tap.Options()):
-        argv.append("--ephemeral")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-    testcase.addCleanup(stop)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                text = open(log).read() if os.path.exists(log) else ""
-                raise AssertionError("twistd did not start (exit %s):\n%s"
-                                     % (proc.poll(), text[-3000:]))
-            time.sleep(0.1)
-    testcase.twistd_log = log
+        args.append("--ephemeral")
+    testcase.twistd_log = start_txcb_twistd(testcase, args, port)
     return port
 
 

@@ -34,6 +34,7 @@ from txcb.buckets.persistent import (
     StorageError, create_bucket)
 from txcb.server.netstring import BucketServerFactory
 
+from tests.support.buckets import crash
 from tests.support.contract import BucketContractMixin
 from tests.support.servers import start_server
 
@@ -52,27 +53,6 @@ def temp_dir(testcase):
     parent = tempfile.mkdtemp(prefix="txcb-test-")
     testcase.addCleanup(shutil.rmtree, parent, True)
     return os.path.join(parent, "data")
-
-
-def crash(bucket):
-    """
-    Drop an idle bucket as a kill -9 would: no final flush, no clean-shutdown
-    mark (the data file and lock are let go as the kernel would).
-    """
-    assert not bucket._writing and not bucket._dirty
-    bucket._state = "closed"
-    EmbeddedBucket.close(bucket)  # stops the pager; operations fail from now
-    if bucket._scheduled is not None and bucket._scheduled.active():
-        bucket._scheduled.cancel()
-    bucket._pool.stop()
-    if bucket._bg_pool is not None:
-        bucket._bg_pool.stop()
-    # Closing the connection deletes the WAL; a killed process leaves it.
-    wal = bucket.path + "-wal"
-    os.link(wal, wal + ".kept")
-    bucket._conn.close()
-    os.replace(wal + ".kept", wal)
-    os.close(bucket._lock_fd)
 
 
 def item_row(item):

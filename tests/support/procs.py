@@ -21,6 +21,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 SASLPASSWD2 = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
@@ -262,3 +264,36 @@ def start_group(n: int = 3, extra: Sequence[str] = ()) -> List[Memcached]:
 def stop_group(group: Sequence[Process]) -> None:
     for m in group:
         m.stop()
+
+
+def start_txcb_twistd(testcase, args: Sequence[str], port: int) -> str:
+    """
+    Start ``twistd -n txcb ARGS`` from this tree in a temp dir of
+    ``testcase``, wait until ``port`` accepts, and return its log file; it is
+    stopped by its pid at cleanup (SIGTERM, then KILL).
+    """
+    workdir = os.path.abspath(testcase.mktemp())
+    os.makedirs(workdir)
+    log = os.path.join(workdir, "twistd.log")
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "--logfile", log, "txcb"] + list(args)
+    proc = subprocess.Popen(argv, cwd=workdir, env=dict(os.environ, PYTHONPATH=_ROOT),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    testcase.addCleanup(stop)
+    deadline = time.time() + 30
+    while not _accepts(port):
+        if proc.poll() is not None or time.time() > deadline:
+            text = open(log).read() if os.path.exists(log) else ""
+            raise AssertionError("twistd did not start (exit %s):\n%s"
+                                 % (proc.poll(), text[-3000:]))
+        time.sleep(0.1)
+    return log
