@@ -270,6 +270,11 @@ def _parse_uint(token: bytes, maximum: int) -> Optional[int]:
     return value if value <= maximum else None
 
 
+def _parse_delta(token: bytes) -> Optional[int]:
+    """An incr/decr delta: an unsigned 64-bit decimal, or None."""
+    return _parse_uint(token, _UINT64_MAX)
+
+
 def _parse_int32(token: bytes) -> Optional[int]:
     """Parse an optionally negative decimal that fits a signed 32-bit int."""
     if token[:1] == b"-":
@@ -426,33 +431,33 @@ class _CommandLines:
         self._need = count
         self._state = _SWALLOW
 
-    def _arithmetic(self, name: str, tokens: List[bytes]) -> None:
+    def _key_and_number(self, tokens: List[bytes], parse: Any, bad: bytes) -> Any:
+        """
+        ``<cmd> <key> <number> [noreply]``: (noreply, number), or None once
+        the line is refused (through ``on_error``).
+        """
         if len(tokens) not in (3, 4):
             self.on_error(ERROR, False)
-            return
+            return None
         noreply = tokens[-1] == _NOREPLY
         if not _valid_key(tokens[1], self.max_key, self._forbidden):
             self.on_error(b"" if noreply else BAD_FORMAT, False)
-            return
-        delta = _parse_uint(tokens[2], _UINT64_MAX)
-        if delta is None:
-            self.on_error(b"" if noreply else BAD_DELTA, False)
-            return
-        self.handlers[name](name, tokens[1], delta, noreply)
+            return None
+        number = parse(tokens[2])
+        if number is None:
+            self.on_error(b"" if noreply else bad, False)
+            return None
+        return noreply, number
+
+    def _arithmetic(self, name: str, tokens: List[bytes]) -> None:
+        got = self._key_and_number(tokens, _parse_delta, BAD_DELTA)
+        if got is not None:
+            self.handlers[name](name, tokens[1], got[1], got[0])
 
     def _touch(self, name: str, tokens: List[bytes]) -> None:
-        if len(tokens) not in (3, 4):
-            self.on_error(ERROR, False)
-            return
-        noreply = tokens[-1] == _NOREPLY
-        if not _valid_key(tokens[1], self.max_key, self._forbidden):
-            self.on_error(b"" if noreply else BAD_FORMAT, False)
-            return
-        exptime = _parse_int32(tokens[2])
-        if exptime is None:
-            self.on_error(b"" if noreply else BAD_EXPTIME, False)
-            return
-        self.handlers[name](tokens[1], exptime, noreply)
+        got = self._key_and_number(tokens, _parse_int32, BAD_EXPTIME)
+        if got is not None:
+            self.handlers[name](tokens[1], got[1], got[0])
 
     def _delete(self, name: str, tokens: List[bytes]) -> None:
         n = len(tokens)
