@@ -15,6 +15,7 @@ bucket shares, whatever its wire protocol.
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any, Callable, Dict, List, Optional
 
 from zope.interface import Interface
@@ -45,11 +46,12 @@ class ServerStats:
     their common connection limit (``max_connections``, None: no limit).
     """
 
-    def __init__(self, max_connections: Optional[int] = None) -> None:
+    def __init__(self, max_connections: Optional[int] = None, clock: Any = None) -> None:
         self.connections = 0
         self.total_connections = 0
         self.rejected_connections = 0
         self.max_connections = max_connections
+        self.refusals = RefusalLog(clock.seconds if clock is not None else monotonic)
 
     def admit(self) -> bool:
         """Whether one more connection may open now (a refusal is counted)."""
@@ -81,9 +83,38 @@ def admit(stats: ServerStats, addr: Any, log: Any, what: str = "txcb") -> bool:
     """
     if stats.admit():
         return True
-    log.warn("{what}: refusing {addr}: {n} connections open already", what=what,
-             addr=str(addr), n=stats.connections)
+    stats.refusals.refused(log, what, addr, stats.connections)
     return False
+
+
+class RefusalLog:
+    """
+    Refused connections, logged at most once per ``interval`` seconds: a
+    client hammering a full server costs a line per interval, not per refusal.
+    The first refusal is logged at once; the next line says how many were
+    refused meanwhile without a line of their own.
+    """
+
+    def __init__(self, seconds: Callable[[], float], interval: float = 10.0) -> None:
+        self._seconds = seconds
+        self.interval = interval
+        self._next = -1.0   # when the next line may be written
+        self._unlogged = 0
+
+    def refused(self, log: Any, what: str, addr: Any, open_now: int) -> None:
+        now = self._seconds()
+        if now < self._next:
+            self._unlogged += 1
+            return
+        self._next = now + self.interval
+        unlogged, self._unlogged = self._unlogged, 0
+        if unlogged:
+            log.warn("{what}: refusing {addr}: {n} connections open already ({unlogged} more"
+                     " refused since the last such line)", what=what, addr=str(addr),
+                     n=open_now, unlogged=unlogged)
+        else:
+            log.warn("{what}: refusing {addr}: {n} connections open already", what=what,
+                     addr=str(addr), n=open_now)
 
 
 class RequestFlow:

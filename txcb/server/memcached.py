@@ -57,7 +57,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, THIRTY_DAYS
-from txcb.server.core import ServerStats
+from txcb.server.core import ServerStats, admit
 from txcb.server.mcascii import AsciiSession
 from txcb.server.mcauth import Authenticator, check_credentials
 from txcb.server.mcbinary import DEFAULT_LOCK_TIME, BinarySession
@@ -200,9 +200,7 @@ class MemcachedServerFactory(_ProtocolFactory):
         self._delayed_flush: Any = None
 
     def buildProtocol(self, addr: Any) -> Optional[Protocol]:
-        if not self.stats.admit():
-            _log.warn("txcb memcached: refusing {addr}: {n} connections open already",
-                      addr=str(addr), n=self.stats.connections)
+        if not admit(self.stats, addr, _log, "txcb memcached"):
             return _TooManyConnections()
         return Factory.buildProtocol(self, addr)
 

@@ -256,7 +256,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     top = _application(options, reactor)
     bucket = make_bucket(options, reactor)
     BucketService(bucket).setServiceParent(top)
-    stats = ServerStats(max_connections=options["max-connections"])
+    stats = ServerStats(max_connections=options["max-connections"], clock=reactor)
     factories = [_listen_netstring(top, options, bucket, stats, reactor)]
     factories += _listen_memcached(top, options, bucket, stats, reactor)
     if options["metrics"]:
