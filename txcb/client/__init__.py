@@ -3,7 +3,8 @@ txcb's clients: the Twisted client (:mod:`txcb.client.remote`), the blocking
 client (:mod:`txcb.client.blocking`, no Twisted), and the sans-IO core they
 share: the request builder (:mod:`txcb.client.requests`) and the reply
 decoding (:mod:`txcb.client.replies`), so each client only moves bytes.
-The Twisted client's multi-key calls live in :mod:`txcb.client.multicalls`; the
+The Twisted client's connection is :mod:`txcb.client.protocol`, its multi-key
+calls :mod:`txcb.client.multicalls`; the
 blocking client's socket, handshake and round trips in :mod:`txcb.client.connection`.
 
 ``from txcb.client import connect, RemoteBucket, ...`` keeps working: the

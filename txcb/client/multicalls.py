@@ -17,7 +17,7 @@ from txcb.errors import ProtocolError
 from txcb.results import MultiResult
 
 if TYPE_CHECKING:
-    from txcb.client.remote import BucketClientProtocol
+    from txcb.client.protocol import BucketClientProtocol
 
 __all__: list = []
 
