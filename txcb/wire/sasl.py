@@ -392,7 +392,7 @@ class ScramClient:
         return without_proof + b",p=" + base64.b64encode(proof)
 
     def verify(self, server_final: bytes) -> None:
-        """Check the server's signature ``v=``; raises SaslFailure unless it proves the password."""
+        """Check the server signature ``v=``: SaslFailure unless it proves the password."""
         if self._server_signature is None:
             raise SaslFailure("SCRAM verify before final")
         if server_final.startswith(b"e="):
