@@ -109,6 +109,16 @@ class StartupErrorTests(unittest.TestCase):
         self.assertTrue(output.startswith("txcb: bad --port ssl:0:privateKey=%s: " % key))
         self.assertTrue(output.strip().endswith(ENDPOINT_HELP), output)
 
+    def test_ssl_endpoint_without_tls_support_is_one_line(self):
+        # As on PyPy, or after a bare `pip install txcb`: no pyOpenSSL.
+        blocked = ["-c", "import sys; sys.modules['OpenSSL'] = None; "
+                   "from twisted.scripts.twistd import run; run()"]
+        self.patch(sys.modules[__name__], "TWISTD", [sys.executable] + blocked)
+        status, output = self.twistd("-p", "ssl:0:privateKey=key.pem", "--ephemeral")
+        self.assertEqual(status, 1, output)
+        self.assertOneLine(output, "txcb: bad --port ssl:0:privateKey=key.pem: TLS support is "
+                           "not installed; pip install 'txcb[tls]'; " + ENDPOINT_HELP)
+
     def test_usage_error_is_one_line_not_the_usage_text(self):
         out = self.assertFailsWith("txcb: --max-value-size must be positive",
                                    "--max-value-size", "0")

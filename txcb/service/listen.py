@@ -80,6 +80,8 @@ def endpoint_problem(description: str) -> Optional[str]:
 
 
 def _parse_problem(error: Exception) -> str:
+    if isinstance(error, ImportError):  # ssl: without pyOpenSSL (PyPy, a bare install)
+        return "TLS support is not installed; pip install 'txcb[tls]'"
     if isinstance(error, OSError):  # ssl: a key or certificate file
         if error.filename and error.strerror:
             return "%s: %s" % (error.filename, lower_first(error.strerror))
