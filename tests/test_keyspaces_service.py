@@ -54,6 +54,8 @@ class BucketOptionTests(unittest.TestCase):
         o = options()
         self.assertEqual(o["bucket"], ["default"])
         self.assertEqual(o["collection"], [])
+        o = options("--collection", "default.s.c")
+        self.assertEqual((o["bucket"], o["collection"]), (["default"], [("default", "s", "c")]))
 
     def test_buckets_and_collections_in_order(self):
         o = options("--bucket", "b2", "--bucket", "default", "--collection", "b2.s.c",

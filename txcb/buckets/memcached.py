@@ -35,6 +35,12 @@ libmemcached or pylibmc with ketama, so they can share the pool.
   that failed ``server_failure_limit`` times in a row is taken out of the
   continuum (its keys move to the others, twemproxy's semantics) for at
   least ``server_retry_timeout`` seconds and until it answers again.
+* Keyspaces: with ``namespace=`` every key goes out behind that prefix
+  (counted in memcached's 250 bytes; a longer key errbacks ArgumentError
+  saying so), so keyspaces can share servers without seeing each other's
+  keys; :meth:`MemcachedPool.namespaced` makes one more on the same
+  connections.  ``flush`` empties whole servers, so a namespaced pool
+  refuses it.
 * Every operation has a timeout (2.5 s by default, ``timeout=`` on each
   call) and can be cancelled; a lost connection errbacks everything in
   flight on it with NetworkError.  No Deferred is left unfired.
