@@ -17,9 +17,11 @@ import hashlib
 import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-__all__ = ["DEFAULT_SCOPE", "DEFAULT_COLLECTION", "FIRST_USER_ID", "Collection",
+__all__ = ["DEFAULT_BUCKET", "DEFAULT_SCOPE", "DEFAULT_COLLECTION", "FIRST_USER_ID", "Collection",
            "BucketSpace", "Keyspaces", "parse_collection_path", "check_bucket_name"]
 
+#: The bucket served when no name is given (Couchbase's and txcb's).
+DEFAULT_BUCKET = "default"
 DEFAULT_SCOPE = "_default"
 DEFAULT_COLLECTION = "_default"
 #: Couchbase reserves collection and scope ids 1-7; declared ones start here.
@@ -175,6 +177,6 @@ class Keyspaces:
         return list(seen.values())
 
     @classmethod
-    def single(cls, bucket: Any, name: str = "default") -> "Keyspaces":
+    def single(cls, bucket: Any, name: str = DEFAULT_BUCKET) -> "Keyspaces":
         """One bucket, its default collection only."""
         return cls([BucketSpace(name, bucket)])
