@@ -161,7 +161,7 @@ class StartupErrorTests(unittest.TestCase):
 
     def test_port_out_of_range_is_one_line(self):
         self.assertFailsWith(
-            "txcb: cannot listen on tcp:99999 (--port): bind(): port must be 0-65535.",
+            "txcb: cannot listen on tcp:99999 (--port): port must be 0-65535",
             "-p", "tcp:99999", "--ephemeral")
 
     def test_failed_start_leaves_no_pid_file(self):

@@ -105,6 +105,8 @@ def _listen_error(description: str, error: BaseException) -> ListenError:
         return ListenError(description, *_LISTEN_ADVICE[cause.errno])
     if isinstance(cause, OSError) and cause.strerror:
         return ListenError(description, lower_first(cause.strerror))
+    if isinstance(cause, OverflowError):  # its text differs between interpreters
+        return ListenError(description, "port must be 0-65535")
     return ListenError(description, str(cause) or type(cause).__name__)
 
 
