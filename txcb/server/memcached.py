@@ -173,6 +173,13 @@ class MemcachedServerProtocol(OrderedReplies):
         self._waiting.discard(d)
         return result
 
+    def _completed(self, _: Any, box: List[Any], slot: Any, render: Render,
+                   ctx: Any) -> None:
+        if self._gone:  # cancelled by connectionLost: nobody to render it for
+            self._slots.clear()
+            return
+        OrderedReplies._completed(self, _, box, slot, render, ctx)
+
     # -- --idle-timeout (core.IdleSweeper) ------------------------------------------
 
     def idle_busy(self) -> bool:

@@ -62,6 +62,17 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
 
     _log = Logger()
     _late: Optional[LateReplies] = None
+
+    @property
+    def _logger(self) -> Logger:
+        """
+        The class's logger (``_log`` read from the class): its events name the
+        class as their source, not this connection, so that an observer which
+        keeps events (the log beginner's buffer before logging starts) keeps
+        no connection alive.
+        """
+        return type(self)._log
+
     #: Set by every read, cleared by the factory's idle sweeper (--idle-timeout).
     idle_seen = False
 
@@ -83,7 +94,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         self.flow_started(f.max_inflight)
         if f.idle is not None:
             f.idle.add(self)
-        self._log.debug("txcb: connection from {peer}", peer=self._peer)
+        self._logger.debug("txcb: connection from {peer}", peer=self._peer)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.connected = False
@@ -101,7 +112,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         waiting, self._waiting = self._waiting, set()
         for w in waiting:
             w.cancel()
-        self._log.debug("txcb: connection from {peer} closed", peer=self._peer)
+        self._logger.debug("txcb: connection from {peer} closed", peer=self._peer)
 
     # -- --idle-timeout (core.IdleSweeper) ------------------------------------
 
@@ -227,7 +238,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
             self._finish(cmd.encode(result, req), req, 0, started)
 
     def _handleParseError(self) -> None:
-        self._log.warn("txcb: malformed netstring from {peer}; closing", peer=self._peer)
+        self._logger.warn("txcb: malformed netstring from {peer}; closing", peer=self._peer)
         NetstringReceiver._handleParseError(self)
 
     # -- replies --------------------------------------------------------------
@@ -277,7 +288,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         return encode_response(req.opcode, req.opaque, e.rc & 0xFFFF, body=msg)
 
     def _internal_reply(self, f: Failure, req: Request) -> bytes:
-        self._log.failure("txcb: internal error handling {req!r}", f, req=req)
+        self._logger.failure("txcb: internal error handling {req!r}", f, req=req)
         return encode_response(req.opcode, req.opaque, RC.EINTERNAL,
                                body=b"internal server error")
 
@@ -290,12 +301,12 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
                 self._observer.request_done(cmd.name if cmd is not None else
                                             "0x%02x" % (e.opcode,), e.status, started)
         if e.fatal or e.opaque is None:
-            self._log.warn("txcb: protocol error from {peer}: {error}; closing",
+            self._logger.warn("txcb: protocol error from {peer}: {error}; closing",
                            peer=self._peer, error=str(e))
             self.brokenPeer = 1
             self._io.loseConnection()
         else:
-            self._log.info("txcb: bad request from {peer}: {error}", peer=self._peer,
+            self._logger.info("txcb: bad request from {peer}: {error}", peer=self._peer,
                            error=str(e))
 
 
@@ -535,7 +546,7 @@ def _multi_entry(b: Any, p: BucketServerProtocol, key: bytes, ttl: int) -> tuple
     except CouchbaseError as e:
         return (e.rc & 0xFFFF, 0, 0, e.message.encode("utf-8", "replace")[:_MAX_MESSAGE])
     except Exception:
-        p._log.failure("txcb: internal error in GET_MULTI of {key!r}", key=key)
+        p._logger.failure("txcb: internal error in GET_MULTI of {key!r}", key=key)
         return (RC.EINTERNAL, 0, 0, b"internal server error")
     if res.rc:  # a miss
         return (res.rc, 0, 0, b"")
