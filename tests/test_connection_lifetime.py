@@ -92,10 +92,6 @@ class NetstringWaitersDieTests(unittest.TestCase):
         self.assertEqual(len(bucket._waiters), 0)
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertFalse(bucket._waiters.waits_for(b"k0"))
-        import sys; sys.path.insert(0, "/tmp"); import dbg_conn
-        x = live(refs)
-        if x: dbg_conn.who(x[0], 4)
-        del x
         self.assertEqual(live(refs), [])
 
     @defer.inlineCallbacks

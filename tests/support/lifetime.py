@@ -17,11 +17,11 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from txcb.results import ValueResult
 from txcb.formats import FMT_BYTES
+from txcb.results import ValueResult
 
-__all__ = ["gc_off", "track_protocols", "listen", "connect", "send", "receive", "wait_until", "turns",
-           "live", "Traced", "HangingBucket"]
+__all__ = ["gc_off", "track_protocols", "listen", "connect", "send", "receive", "wait_until",
+           "turns", "live", "Traced", "HangingBucket"]
 
 
 def gc_off(testcase):
