@@ -302,12 +302,12 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
                                             "0x%02x" % (e.opcode,), e.status, started)
         if e.fatal or e.opaque is None:
             self._logger.warn("txcb: protocol error from {peer}: {error}; closing",
-                           peer=self._peer, error=str(e))
+                              peer=self._peer, error=str(e))
             self.brokenPeer = 1
             self._io.loseConnection()
         else:
             self._logger.info("txcb: bad request from {peer}: {error}", peer=self._peer,
-                           error=str(e))
+                              error=str(e))
 
 
 class _DurableReply:
