@@ -289,3 +289,23 @@ class MemcachedMemoryFreedTests(unittest.TestCase):
         yield close_all(socks, factory)
         self.assertEqual(bucket.pending(), [])
         self.assertEqual(live(refs), [])
+
+    @defer.inlineCallbacks
+    def test_memcached_unread_replies_freed_without_gc(self):
+        """An ASCII client that asks for a 1 MB value 64 times and never reads."""
+        gc_off(self)
+        bucket = EmbeddedBucket(clock=clock_at_now(), pager_interval=0, max_value_size=2 << 20)
+        bucket.store_sync("upsert", b"big", b"v" * (1 << 20), 0, 0)
+        factory, refs, port = self.serve(bucket)
+        traced = Traced(self)
+        s = connect(self, port)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        yield wait_until(lambda: live(refs), what="the connection made")
+        live(refs)[0].transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        yield send(s, b"get big\r\n" * 64)
+        yield wait_until(lambda: live(refs)[0]._out_full, what="the server's output backed up")
+        buffered = traced.now()
+        self.assertGreater(buffered, 3 << 18)
+        yield close_all([s], factory)
+        self.assertEqual(live(refs), [])
+        self.assertLess(traced.now(), buffered // 3)
