@@ -304,11 +304,17 @@ class IdleSweeper:
     connections, every ``timeout / 4`` (5 s at most), and a sweep notes
     ``now`` for each connection seen since the last one.  A connection is
     closed at the first sweep at least ``timeout`` after the last sweep that
-    saw it active, so within ``timeout`` plus one sweep interval of its last
-    read.  A connection whose requests are still being answered
-    (``conn.idle_busy()``) is active.  ``conn.idle_close()`` closes it; one
-    line is logged per interval of :class:`RateLimit` (with the count of the
-    closings it did not log).
+    saw it active: it sent nothing for ``timeout`` at least, and for less
+    than ``timeout`` plus two sweep intervals.
+
+    What a connection provides (any endpoint's protocol):
+
+    - ``idle_seen``: set True by each read (a class attribute False to start);
+    - ``idle_busy()``: whether requests are still being answered (then it is
+      active, however long the bucket takes);
+    - ``idle_close()``: close it (the line logged first is rate-limited by
+      :class:`RateLimit`, with the count of the closings it did not log);
+    - ``idle_peer()``: its peer, for that line.
 
     A connection is added (:meth:`add`) when made and discarded
     (:meth:`discard`) when lost: the sweeper holds no lost connection.
