@@ -81,6 +81,9 @@ class Options(usage.Options):
         ["max-connections", None, 1024,
          "Most client connections open at once, over all endpoints (netstring "
          "and memcached together); more are refused.", int],
+        ["idle-timeout", None, None,
+         "Close client connections that send nothing for this many seconds, "
+         "on every endpoint (off by default, as in memcached).", float],
         ["auth-file", None, None,
          "File of user:password lines: memcached clients must then authenticate "
          "(binary: SASL PLAIN; ASCII: memcached's -Y style).", str],
@@ -171,6 +174,8 @@ class Options(usage.Options):
             raise usage.UsageError("--distribution must be ketama or modula")
         self._check_backend()
         self._positive("max-connections")
+        if self["idle-timeout"] is not None and not self["idle-timeout"] > 0:
+            raise usage.UsageError("--idle-timeout must be positive")
         self._check_endpoints()
         self["credentials"] = self._credentials()
         # Absolute now: a daemonized twistd changes directory before start-up.
@@ -287,7 +292,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     buckets = BucketService(bucket, keyspaces.buckets())
     top = _application(options, reactor, buckets)
     buckets.setServiceParent(top)
-    stats = ServerStats(max_connections=options["max-connections"], clock=reactor)
+    stats = ServerStats(max_connections=options["max-connections"], clock=reactor,
+                        idle_timeout=options["idle-timeout"])
     factories = [_listen_netstring(top, options, bucket, stats, reactor)]
     factories += _listen_memcached(top, options, bucket, stats, reactor)
     if options["metrics"]:
