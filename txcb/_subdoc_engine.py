@@ -1,0 +1,289 @@
+"""
+Running a checked spec list against one document: lookups spec by spec
+(each with its own status), mutations all or nothing.  Pure: the inputs
+are never changed, the caller stores what :func:`mutate` returns.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from txcb._subdoc_const import DocFlag, Opcode, PathFlag, Status, SubdocError
+from txcb._subdoc_json import OpError, check_document
+from txcb._subdoc_ops import LOOKUPS, MUTATIONS
+from txcb._subdoc_path import PathError, parse
+from txcb._subdoc_spec import Spec, check_request
+from txcb._subdoc_xattr import (
+    MUTATION_MACROS, DocumentMeta, Placeholders, join_xattrs, split_xattrs,
+    virtual_document, virtual_macro, xattr_key)
+from txcb.errors import KeyExistsError, NotFoundError, TooBigError
+from txcb.limits import DEFAULT_MAX_VALUE_SIZE
+
+__all__ = ["SpecResult", "Lookup", "Mutation", "lookup", "mutate"]
+
+
+class SpecResult(NamedTuple):
+    """One spec's outcome: its status and the raw JSON it returned, if any."""
+    status: int
+    value: Optional[bytes] = None
+
+
+class Lookup(NamedTuple):
+    """A lookup's outcome: the overall status and one result per spec."""
+    status: int
+    results: List[SpecResult]
+
+
+class _Body:
+    """The document body while specs run: bytes, and its text once needed."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._text: Optional[str] = None
+        self._error: Optional[OpError] = None
+
+    def text(self) -> str:
+        """The body as checked JSON text; OpError(DOC_NOTJSON...) if it is not."""
+        if self._text is None and self._error is None:
+            try:
+                text = self.raw.decode("utf-8")
+                check_document(text)
+                self._text = text
+            except UnicodeDecodeError:
+                self._error = OpError(Status.DOC_NOTJSON, "the document is not UTF-8")
+            except OpError as e:
+                self._error = e
+        if self._error is not None:
+            raise self._error
+        return self._text  # type: ignore[return-value]
+
+    def is_json(self) -> bool:
+        try:
+            self.text()
+        except OpError:
+            return False
+        return True
+
+    def set_text(self, text: str) -> None:
+        self._text, self._error, self.raw = text, None, text.encode("utf-8")
+
+    def set_raw(self, raw: bytes) -> None:
+        self.raw, self._text, self._error = raw, None, None
+
+
+def _path(spec: Spec) -> Tuple:
+    try:
+        return parse(spec.path)
+    except PathError as e:
+        raise OpError(e.status, str(e))
+
+
+def _lookup_one(spec: Spec, body: _Body, xattrs: Mapping[str, bytes],
+                meta: DocumentMeta) -> SpecResult:
+    try:
+        if spec.opcode == Opcode.GET_DOC:
+            if not body.raw:
+                raise OpError(Status.PATH_ENOENT, "the document has no body")
+            return SpecResult(Status.SUCCESS, body.raw)
+        if spec.xattr:
+            text = _xattr_text(spec, body, xattrs, meta)
+        else:
+            text = body.text()
+        value = LOOKUPS[spec.opcode](text, _path(spec))
+    except OpError as e:
+        return SpecResult(e.status)
+    return SpecResult(Status.SUCCESS, None if value is None else value.encode("utf-8"))
+
+
+def _xattr_text(spec: Spec, body: _Body, xattrs: Mapping[str, bytes],
+                meta: DocumentMeta) -> str:
+    key = xattr_key(spec.path) or ""
+    if not key.startswith("$"):
+        return join_xattrs(xattrs)
+    text = virtual_document(key, meta, body.raw, body.is_json(), xattrs)
+    if text is None:
+        raise OpError(Status.XATTR_UNKNOWN_VATTR, "unknown virtual xattr %s" % key)
+    return text
+
+
+def lookup(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Spec],
+           meta: DocumentMeta = DocumentMeta(), doc_flags: int = 0) -> Lookup:
+    """
+    Run lookup specs on a document (``doc`` None: it does not exist).
+
+    Raises SubdocError if the request is refused, NotFoundError if there is
+    no document (or only a tombstone, without ACCESS_DELETED).
+    """
+    check_request(specs, False, doc_flags)
+    if doc is None and not meta.deleted or meta.deleted and not doc_flags & DocFlag.ACCESS_DELETED:
+        raise NotFoundError("no such document")
+    body = _Body(doc or b"")
+    results = [_lookup_one(spec, body, xattrs, meta) for spec in specs]
+    failed = any(r.status != Status.SUCCESS for r in results)
+    if meta.deleted:
+        status = Status.MULTI_PATH_FAILURE_DELETED if failed else Status.SUCCESS_DELETED
+    else:
+        status = Status.MULTI_PATH_FAILURE if failed else Status.SUCCESS
+    return Lookup(status, results)
+
+
+class Mutation:
+    """
+    A successful mutate_in, to be stored by the bucket.
+
+    :ivar body: the new body; None when a whole-document delete removed it.
+    :ivar xattrs: the new xattrs, macros still as placeholders: store
+        :meth:`finish`'s xattrs once the new CAS and seqno are known.
+    :ivar results: one per spec (counters carry their new value).
+    :ivar created: the document did not exist (MKDOC / ADD made it).
+    :ivar deleted: the document is now a tombstone (keep it only if system
+        xattrs remain) or stayed one (ACCESS_DELETED).
+    """
+
+    __slots__ = ("body", "xattrs", "results", "created", "deleted", "_macros", "_keys")
+
+    def __init__(self, body: Optional[bytes], xattrs: Dict[str, bytes],
+                 results: List[SpecResult], created: bool, deleted: bool,
+                 macros: Optional[Placeholders], keys: Sequence[str]) -> None:
+        self.body, self.xattrs, self.results = body, xattrs, results
+        self.created, self.deleted = created, deleted
+        self._macros, self._keys = macros, keys
+
+    @property
+    def needs_finish(self) -> bool:
+        return bool(self._keys)
+
+    def finish(self, cas: int, seqno: int) -> Dict[str, bytes]:
+        """The xattrs to store, with ``${Mutation...}`` macros expanded."""
+        if not self._keys or self._macros is None:
+            return self.xattrs
+        out = dict(self.xattrs)
+        for key in self._keys:
+            if key in out:
+                out[key] = self._macros.expand(out[key], cas, seqno, self.body or b"")
+        return out
+
+
+def _root_template(specs: Sequence[Spec]) -> bytes:
+    """The empty document MKDOC / ADD starts from (subjson's get_root_type)."""
+    for spec in specs:
+        if spec.opcode in (Opcode.SET_DOC, Opcode.DELETE_DOC):
+            continue
+        path = spec.path.lstrip()
+        if not path:
+            pushes = (Opcode.ARRAY_PUSH_LAST, Opcode.ARRAY_PUSH_FIRST, Opcode.ARRAY_ADD_UNIQUE)
+            return b"[]" if spec.opcode in pushes else b""
+        return b"[]" if path[0] == "[" else b"{}"
+    return b""
+
+
+class _Run:
+    """The state of one mutate_in while its specs run."""
+
+    def __init__(self, body: bytes, xattrs: Mapping[str, bytes], specs: Sequence[Spec],
+                 meta: DocumentMeta, mkdir_p: bool) -> None:
+        self.orig, self.meta, self.mkdir_p = body, meta, mkdir_p
+        self.body = _Body(body)
+        self.orig_xattrs = xattrs
+        self.xtext: Optional[str] = None
+        self.deleted_body = False
+        self.macros: Optional[Placeholders] = None
+        self.expand_keys: List[str] = []
+        self.specs = specs
+
+    def value(self, spec: Spec) -> str:
+        try:
+            text = spec.value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OpError(Status.VALUE_CANTINSERT, "the value is not UTF-8")
+        if not spec.flags & PathFlag.EXPAND_MACROS:
+            return text
+        self.expand_keys.append(xattr_key(spec.path) or "")
+        if text in MUTATION_MACROS:
+            if self.macros is None:
+                avoid = join_xattrs(self.orig_xattrs) + "".join(
+                    s.value.decode("utf-8", "replace") for s in self.specs)
+                self.macros = Placeholders(avoid)
+            return self.macros.get(text)
+        body_json = _Body(self.orig).is_json()
+        expanded = virtual_macro(text, self.meta, self.orig, body_json, bool(self.orig_xattrs))
+        if expanded is None:
+            raise OpError(Status.XATTR_UNKNOWN_VATTR_MACRO, "unknown macro %s" % text)
+        return expanded
+
+    def run(self, spec: Spec) -> Optional[str]:
+        if spec.opcode == Opcode.SET_DOC:
+            self.body.set_raw(spec.value)
+            return None
+        if spec.opcode == Opcode.DELETE_DOC:
+            self.deleted_body = True
+            self.body.set_raw(b"")
+            return None
+        value = self.value(spec)
+        if spec.xattr:
+            if self.xtext is None:
+                self.xtext = join_xattrs(self.orig_xattrs)
+            self.xtext, out = MUTATIONS[spec.opcode](self.xtext, _path(spec), value,
+                                                     self.mkdir_p)
+            return out
+        text, out = MUTATIONS[spec.opcode](self.body.text(), _path(spec), value, self.mkdir_p)
+        self.body.set_text(text)
+        return out
+
+    def xattrs(self) -> Dict[str, bytes]:
+        out = dict(self.orig_xattrs) if self.xtext is None else split_xattrs(self.xtext)
+        if self.deleted_body:
+            out = {k: v for k, v in out.items() if k.startswith("_")}
+        return out
+
+
+def _start(doc: Optional[bytes], meta: DocumentMeta, specs: Sequence[Spec],
+           doc_flags: int) -> Tuple[bytes, bool, bool]:
+    """(body to start from, created, tombstone) by the document flags."""
+    if meta.deleted and doc_flags & DocFlag.ACCESS_DELETED:
+        return doc or b"", False, True
+    if doc is not None and not meta.deleted:
+        if doc_flags & DocFlag.ADD:
+            raise KeyExistsError("the document exists (insert_doc)")
+        return doc, False, False
+    if not doc_flags & (DocFlag.MKDOC | DocFlag.ADD):
+        raise NotFoundError("no such document")
+    return _root_template(specs), True, False
+
+
+def _size(body: Optional[bytes], xattrs: Mapping[str, bytes]) -> int:
+    user = sum(len(k) + len(v) for k, v in xattrs.items() if not k.startswith("_"))
+    return len(body or b"") + user
+
+
+def mutate(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Spec],
+           meta: DocumentMeta = DocumentMeta(), doc_flags: int = 0, cas: int = 0,
+           max_size: int = DEFAULT_MAX_VALUE_SIZE) -> Mutation:
+    """
+    Run mutation specs on a document, all or nothing (``doc`` None: it does
+    not exist).  Raises SubdocError for a refused request (``index`` None)
+    or the first spec that fails (its ``index``), NotFoundError /
+    KeyExistsError by the document flags, TooBigError past ``max_size``.
+    """
+    check_request(specs, True, doc_flags, cas)
+    body, created, tombstone = _start(doc, meta, specs, doc_flags)
+    mkdir_p = bool(doc_flags & (DocFlag.MKDOC | DocFlag.ADD))
+    run = _Run(body, xattrs, specs, meta, mkdir_p)
+    results = []
+    for n, spec in enumerate(specs):
+        try:
+            mkdir = mkdir_p or bool(spec.flags & PathFlag.MKDIR_P)
+            run.mkdir_p = mkdir
+            out = run.run(spec)
+        except OpError as e:
+            raise SubdocError(e.status, str(e), index=n)
+        results.append(SpecResult(Status.SUCCESS, None if out is None else out.encode()))
+    new_xattrs = run.xattrs()
+    new_body = None if run.deleted_body else run.body.raw
+    if tombstone and new_body:
+        raise SubdocError(Status.DELETED_DOCUMENT_CANT_HAVE_VALUE,
+                          "a deleted document cannot get a body")
+    if _size(new_body, new_xattrs) > max_size:
+        raise TooBigError("the document would exceed %d bytes" % max_size)
+    return Mutation(new_body, new_xattrs, results, created, tombstone or run.deleted_body,
+                    run.macros, run.expand_keys)
