@@ -17,8 +17,8 @@ import random
 import struct
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
-from txcb._subdoc_const import MAX_XATTR_KEY_LEN
-from txcb._subdoc_json import iter_members
+from txcb.subdocument._const import MAX_XATTR_KEY_LEN
+from txcb.subdocument._text import iter_members
 
 try:  # an optional C implementation
     from crc32c import crc32c as _fast_crc32c  # type: ignore[import-not-found]

@@ -4,7 +4,7 @@ One sub-document operation applied to JSON text, as subjson's
 a bad spec gets).  ``LOOKUPS[opcode](text, path)`` returns the result text
 (``None`` when the operation returns none); ``MUTATIONS[opcode](text, path,
 value, mkdir_p)`` returns the new text and the result text.  Failures raise
-:class:`~txcb._subdoc_json.OpError`.
+:class:`~txcb.subdocument._text.OpError`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from txcb._subdoc_const import MAX_DEPTH, MAX_PATH_COMPONENTS, Opcode, Status
-from txcb._subdoc_json import (
+from txcb.subdocument._const import MAX_DEPTH, MAX_PATH_COMPONENTS, Opcode, Status
+from txcb.subdocument._text import (
     Found, OpError, depth_of, iter_members, kind_at, locate, parse_value, skip_ws)
-from txcb._subdoc_path import Component
+from txcb.subdocument._path import Component
 
 __all__ = ["LOOKUPS", "MUTATIONS"]
 

@@ -15,8 +15,8 @@ import json.scanner
 import re
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from txcb._subdoc_const import MAX_DEPTH, Status
-from txcb._subdoc_path import Component
+from txcb.subdocument._const import MAX_DEPTH, Status
+from txcb.subdocument._path import Component
 
 __all__ = ["OpError", "Found", "check_document", "locate", "parse_value", "depth_of",
            "members", "iter_members", "kind_at", "value_end", "skip_ws"]
@@ -38,7 +38,7 @@ def _no_constants(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
-_scan = json.scanner.make_scanner(_DECODER)
+_scan = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
 
 
 def skip_ws(s: str, i: int) -> int:

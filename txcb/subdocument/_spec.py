@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-from txcb._subdoc_const import (
+from txcb.subdocument._const import (
     MAX_PATH_LEN, MAX_SPECS, DocFlag, Opcode, PathFlag, Status, SubdocError)
-from txcb._subdoc_xattr import MUTATION_MACROS, xattr_key
+from txcb.subdocument._xattr import MUTATION_MACROS, xattr_key
 
 __all__ = ["Spec", "Traits", "TRAITS", "check_request"]
 

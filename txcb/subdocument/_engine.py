@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from txcb._subdoc_const import DocFlag, Opcode, PathFlag, Status, SubdocError
-from txcb._subdoc_json import OpError, check_document
-from txcb._subdoc_ops import LOOKUPS, MUTATIONS
-from txcb._subdoc_path import PathError, parse
-from txcb._subdoc_spec import Spec, check_request
-from txcb._subdoc_xattr import (
+from txcb.subdocument._const import DocFlag, Opcode, PathFlag, Status, SubdocError
+from txcb.subdocument._text import OpError, check_document
+from txcb.subdocument._ops import LOOKUPS, MUTATIONS
+from txcb.subdocument._path import PathError, parse
+from txcb.subdocument._spec import Spec, check_request
+from txcb.subdocument._xattr import (
     MUTATION_MACROS, DocumentMeta, Placeholders, join_xattrs, split_xattrs,
     virtual_document, virtual_macro, xattr_key)
 from txcb.errors import KeyExistsError, NotFoundError, TooBigError

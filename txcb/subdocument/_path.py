@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import List, Tuple, Union
 
-from txcb._subdoc_const import MAX_PATH_COMPONENTS, Status
+from txcb.subdocument._const import MAX_PATH_COMPONENTS, Status
 
 __all__ = ["Component", "PathError", "parse"]
 
