@@ -328,3 +328,368 @@ class SubdocCounterBoundsTests(SynchronousTestCase):
     def test_helper_refuses_non_integers(self):
         self.assertRaises(ValueError, SD.counter, "c", 1.5)
         self.assertRaises(ValueError, SD.counter, "c", True)
+
+
+class SubdocHostileSpecListTests(SynchronousTestCase):
+    """Requests refused before anything runs (subdocument_validators.cc)."""
+
+    def refused(self, mutator, specs, doc_flags=0, cas=0):
+        if mutator:
+            e = self.assertRaises(SubdocError, SD.mutate, b'{"a":1}', {}, specs,
+                                  DocumentMeta(), doc_flags, cas)
+        else:
+            e = self.assertRaises(SubdocError, SD.lookup, b'{"a":1}', {}, specs,
+                                  DocumentMeta(), doc_flags)
+        self.assertIsNone(e.index)
+        self.assertEqual(e.rc, e.status)
+        return e.status
+
+    def test_17_specs(self):
+        self.assertEqual(self.refused(False, [SD.get("a")] * 17), S.INVALID_COMBO)
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1)] * 17), S.INVALID_COMBO)
+        self.assertEqual(len(run_lookup(b'{"a":1}', *[SD.get("a")] * 16).results), 16)
+
+    def test_no_specs(self):
+        self.assertEqual(self.refused(False, []), S.INVALID_COMBO)
+
+    def test_a_bad_spec_among_17_reports_itself(self):
+        specs = [SD.get("a")] * 3 + [SD.get("")] + [SD.get("a")] * 13
+        self.assertEqual(self.refused(False, specs), S.EINVAL)
+
+    def test_lookup_spec_in_mutate_in_and_back(self):
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1), SD.get("a")]),
+                         S.INVALID_COMBO)
+        self.assertEqual(self.refused(False, [SD.get("a"), SD.remove("a")]), S.INVALID_COMBO)
+        self.assertEqual(self.refused(False, [SD.get_fulldoc(), SD.upsert_fulldoc(1)]),
+                         S.INVALID_COMBO)
+
+    def test_unknown_opcode(self):
+        self.assertEqual(self.refused(False, [Spec(0x42, "a")]), S.INVALID_COMBO)
+
+    def test_whole_document_delete_must_be_last_and_alone(self):
+        self.assertEqual(self.refused(True, [SD.remove_fulldoc(), SD.upsert("a", 1)]),
+                         S.INVALID_COMBO)
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1), SD.remove_fulldoc()]),
+                         S.INVALID_COMBO)
+        self.assertEqual(self.refused(True, [SD.remove_fulldoc(),
+                                             SD.upsert("u", 1, xattr=True)]), S.INVALID_COMBO)
+
+    def test_whole_document_spec_with_a_path(self):
+        self.assertEqual(self.refused(False, [Spec(Opcode.GET_DOC, "a")]), S.EINVAL)
+        self.assertEqual(self.refused(True, [Spec(Opcode.SET_DOC, "a", b"1")]), S.EINVAL)
+
+    def test_empty_path_where_not_allowed(self):
+        for spec in (SD.get(""), SD.exists(""), SD.upsert("", 1), SD.insert("", 1),
+                     SD.replace("", 1), SD.remove(""), SD.counter("", 1),
+                     SD.array_insert("", 1)):
+            self.assertEqual(self.refused(not SD.is_lookup(spec), [spec]), S.EINVAL, spec)
+
+    def test_value_missing_or_unexpected(self):
+        self.assertEqual(self.refused(True, [Spec(Opcode.DICT_UPSERT, "a")]), S.EINVAL)
+        self.assertEqual(self.refused(False, [Spec(Opcode.GET, "a", b"1")]), S.EINVAL)
+        self.assertEqual(self.refused(True, [Spec(Opcode.DELETE, "a", b"1")]), S.EINVAL)
+
+    def test_flags_an_opcode_does_not_take(self):
+        self.assertEqual(self.refused(False, [Spec(Opcode.GET, "a", b"", PathFlag.MKDIR_P)]),
+                         S.EINVAL)
+        self.assertEqual(self.refused(True, [SD.replace("a", 1)], DocFlag.MKDOC), S.EINVAL)
+        self.assertEqual(self.refused(True, [SD.remove("a")], DocFlag.ADD), S.EINVAL)
+        self.assertEqual(self.refused(False, [SD.get("a")], DocFlag.MKDOC), S.EINVAL)
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1)], 0x80), S.EINVAL)
+        self.assertEqual(self.refused(True, [Spec(Opcode.DICT_UPSERT, "a", b"1",
+                                                  PathFlag.BINARY_VALUE)]), S.EINVAL)
+
+    def test_document_flag_combinations(self):
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1)], DocFlag.MKDOC | DocFlag.ADD),
+                         S.EINVAL)
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1)], DocFlag.ADD, cas=5),
+                         S.EINVAL)
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1)], DocFlag.REVIVE_DOCUMENT),
+                         S.NOT_SUPPORTED)
+
+    def test_xattr_specs_come_first(self):
+        self.assertEqual(self.refused(True, [SD.upsert("a", 1), SD.upsert("x", 1, xattr=True)]),
+                         S.INVALID_XATTR_ORDER)
+        self.assertEqual(self.refused(False, [SD.get("a"), SD.get("x", xattr=True)]),
+                         S.INVALID_XATTR_ORDER)
+
+    def test_xattr_flag_rules(self):
+        expand_body = Spec(Opcode.DICT_UPSERT, "a", b'"${Mutation.CAS}"', PathFlag.EXPAND_MACROS)
+        self.assertEqual(self.refused(True, [expand_body]), S.XATTR_INVALID_FLAG_COMBO)
+        self.assertEqual(self.refused(True, [SD.upsert("$document.x", 1, xattr=True)]),
+                         S.XATTR_CANT_MODIFY_VATTR)
+        self.assertEqual(self.refused(True, [SD.upsert("x", "${Nope}", xattr=True,
+                                                       _expand_macros=True)]),
+                         S.XATTR_UNKNOWN_MACRO)
+
+    def test_invalid_xattr_keys(self):
+        for path in ("", ".a", "[0]", "_", "$", "!a", "a" * 16, "-x", "\x01x", "a\x00"):
+            self.assertEqual(self.refused(False, [SD.get(path, xattr=True)]), S.XATTR_EINVAL,
+                             path)
+        self.assertEqual(run_lookup(b"{}", SD.get("a" * 15, xattr=True)).results[0].status,
+                         S.PATH_ENOENT)
+
+
+class SubdocAllOrNothingTests(SynchronousTestCase):
+
+    def test_failing_third_spec_changes_nothing(self):
+        doc = b'{"a": 1, "l": [1]}'
+        xattrs = {"meta": b'{"v":1}'}
+        before = dict(xattrs)
+        specs = [SD.upsert("meta.v", 2, xattr=True), SD.upsert("a", 2),
+                 SD.insert("a", 3), SD.array_append("l", 2)]
+        e = self.assertRaises(SubdocError, SD.mutate, doc, xattrs, specs)
+        self.assertEqual((e.status, e.index, e.rc), (S.PATH_EEXISTS, 2, S.MULTI_PATH_FAILURE))
+        self.assertEqual(doc, b'{"a": 1, "l": [1]}')
+        self.assertEqual(xattrs, before)
+
+    def test_later_specs_see_earlier_ones(self):
+        done = run_mutate(b"{}", SD.upsert("a", {}), SD.upsert("a.b", 1), SD.counter("a.b", 1),
+                          SD.array_append("l", 1, create_parents=True), SD.remove("a.b"))
+        self.assertEqual(done.body, b'{"a":{},"l":[1]}')
+        self.assertEqual(done.results[2].value, b"2")
+
+    def test_too_big(self):
+        self.assertRaises(TooBigError, run_mutate, b"{}", SD.upsert("a", "x" * 100),
+                          max_size=50)
+
+
+class SubdocDocumentFlagsTests(SynchronousTestCase):
+
+    def test_missing_document(self):
+        self.assertRaises(NotFoundError, run_mutate, None, SD.upsert("a", 1))
+
+    def test_mkdoc_creates_an_object_or_an_array(self):
+        self.assertEqual(run_mutate(None, SD.upsert("a.b", 1), doc_flags=DocFlag.MKDOC).body,
+                         b'{"a":{"b":1}}')
+        self.assertEqual(run_mutate(None, SD.array_append("", 1),
+                                    doc_flags=DocFlag.MKDOC).body, b"[1]")
+        done = run_mutate(None, SD.upsert("x", 1, xattr=True), doc_flags=DocFlag.ADD)
+        self.assertEqual((done.body, done.xattrs, done.created), (b"{}", {"x": b"1"}, True))
+
+    def test_mkdoc_on_an_existing_document_is_upsert(self):
+        done = run_mutate(b'{"z":0}', SD.upsert("a.b", 1), doc_flags=DocFlag.MKDOC)
+        self.assertEqual((done.body, done.created), (b'{"z":0,"a":{"b":1}}', False))
+
+    def test_add_on_an_existing_document(self):
+        self.assertRaises(KeyExistsError, run_mutate, b"{}", SD.upsert("a", 1),
+                          doc_flags=DocFlag.ADD)
+
+    def test_tombstones(self):
+        meta = DocumentMeta(deleted=True)
+        self.assertRaises(NotFoundError, run_lookup, b"", SD.get("_s", xattr=True),
+                          xattrs={"_s": b"1"}, meta=meta)
+        found = run_lookup(b"", SD.get("_s", xattr=True), xattrs={"_s": b"1"}, meta=meta,
+                           doc_flags=DocFlag.ACCESS_DELETED)
+        self.assertEqual((found.status, found.results), (S.SUCCESS_DELETED, [(0, b"1")]))
+        found = run_lookup(b"", SD.get("_s", xattr=True), SD.get("a"), xattrs={"_s": b"1"},
+                           meta=meta, doc_flags=DocFlag.ACCESS_DELETED)
+        self.assertEqual(found.status, S.MULTI_PATH_FAILURE_DELETED)
+        done = run_mutate(b"", SD.upsert("_s", 2, xattr=True), xattrs={"_s": b"1"},
+                          meta=meta, doc_flags=DocFlag.ACCESS_DELETED)
+        self.assertEqual((done.deleted, done.xattrs), (True, {"_s": b"2"}))
+        self.assertRaises(NotFoundError, run_mutate, b"", SD.upsert("_s", 2, xattr=True),
+                          xattrs={"_s": b"1"}, meta=meta)
+
+
+class SubdocXattrTests(SynchronousTestCase):
+
+    def test_xattrs_beside_the_body(self):
+        done = run_mutate(b'{"a":1}', SD.upsert("meta.rev", 1, xattr=True, create_parents=True),
+                          SD.upsert("_sync", {"x": [1]}, xattr=True), SD.upsert("a", 2))
+        self.assertEqual(done.body, b'{"a":2}')
+        self.assertEqual(done.xattrs, {"_sync": b'{"x":[1]}', "meta": b'{"rev":1}'})
+        self.assertEqual(list(done.xattrs), ["_sync", "meta"])  # sorted, as kv_engine stores
+        found = run_lookup(done.body, SD.get("meta.rev", xattr=True),
+                           SD.get("_sync.x[0]", xattr=True), SD.get("nope", xattr=True),
+                           SD.get("a"), xattrs=done.xattrs)
+        self.assertEqual(found.results, [(0, b"1"), (0, b"1"), (S.PATH_ENOENT, None),
+                                         (0, b"2")])
+
+    def test_operations_on_xattr_values(self):
+        xattrs = {"x": b'{"l":[1],"n":5}'}
+        done = run_mutate(b"{}", SD.array_append("x.l", 2, xattr=True),
+                          SD.counter("x.n", 1, xattr=True), SD.remove("x.l[0]", xattr=True),
+                          xattrs=xattrs)
+        self.assertEqual(done.xattrs, {"x": b'{"l":[2],"n":6}'})
+        self.assertEqual(done.results[1].value, b"6")
+        self.assertEqual(xattrs, {"x": b'{"l":[1],"n":5}'})
+
+    def test_remove_fulldoc_keeps_only_system_xattrs(self):
+        done = run_mutate(b'{"a":1}', SD.upsert("_s.t", 1, xattr=True, create_parents=True),
+                          SD.remove_fulldoc(), xattrs={"user": b"1", "_old": b"2"})
+        self.assertEqual((done.body, done.deleted), (None, True))
+        self.assertEqual(done.xattrs, {"_old": b"2", "_s": b'{"t":1}'})
+        done = run_mutate(b'{"a":1}', SD.remove_fulldoc(), xattrs={"user": b"1"})
+        self.assertEqual((done.body, done.deleted, done.xattrs), (None, True, {}))
+
+    def test_upsert_fulldoc_keeps_xattrs(self):
+        done = run_mutate(b'{"a":1}', SD.upsert_fulldoc([1]), xattrs={"u": b"1"})
+        self.assertEqual((done.body, done.xattrs), (b"[1]", {"u": b"1"}))
+
+    def test_xtoc(self):
+        found = run_lookup(b"{}", SD.get("$XTOC", xattr=True), xattrs={"_a": b"1", "b": b"2"})
+        self.assertEqual(found.results[0].value, b'["_a","b"]')
+
+    def test_unknown_virtual_xattr_is_a_per_spec_status(self):
+        found = run_lookup(b"{}", SD.get("$nope", xattr=True), SD.get("$document", xattr=True))
+        self.assertEqual([r.status for r in found.results], [S.XATTR_UNKNOWN_VATTR, 0])
+
+
+class SubdocVirtualXattrTests(SynchronousTestCase):
+    """$document as kv_engine formats it (subdocument_context.cc get_document_vattr)."""
+
+    META = DocumentMeta(cas=0x16F3A2B4C5D60000, exptime=1700000000, flags=0x02000006,
+                        seqno=42, revid=7, vbucket_uuid=0xABC)
+
+    def test_document(self):
+        body = b'{"a":1}'
+        found = run_lookup(body, SD.get("$document", xattr=True), meta=self.META,
+                           xattrs={"x": b"1"})
+        self.assertEqual(json.loads(found.results[0].value), {
+            "CAS": "0x16f3a2b4c5d60000", "vbucket_uuid": "0x0000000000000abc",
+            "seqno": "0x000000000000002a", "revid": "7", "exptime": 1700000000,
+            "flags": 0x02000006, "value_bytes": 7, "datatype": ["json", "xattr"],
+            "deleted": False, "value_crc32c": "0x%08x" % SD.crc32c(body)})
+        self.assertTrue(found.results[0].value.startswith(b'{"CAS":"0x16f3a2b4c5d60000",'))
+
+    def test_fields_as_the_sdk_reads_them(self):
+        found = run_lookup(b"raw", SD.get("$document.exptime", xattr=True),
+                           SD.get("$document.flags", xattr=True),
+                           SD.get("$document.datatype", xattr=True),
+                           SD.get("$document.nope", xattr=True), SD.get_fulldoc(), meta=self.META)
+        self.assertEqual(found.results, [(0, b"1700000000"), (0, b"33554438"),
+                                         (0, b'["raw"]'), (S.PATH_ENOENT, None), (0, b"raw")])
+
+    def test_last_modified_only_with_a_clock_cas(self):
+        found = run_lookup(b"{}", SD.get("$document.last_modified", xattr=True),
+                           meta=self.META._replace(last_modified=1700000001))
+        self.assertEqual(found.results[0].value, b'"1700000001"')
+
+
+class SubdocMacroTests(SynchronousTestCase):
+
+    def test_mutation_macros_expand_at_finish(self):
+        specs = [SD.upsert("m.cas", SD.MutationMacro.CAS, xattr=True, create_parents=True),
+                 SD.upsert("m.seq", SD.MutationMacro.SEQNO, xattr=True),
+                 SD.upsert("m.crc", SD.MutationMacro.VALUE_CRC32C, xattr=True),
+                 SD.upsert("a", 2)]
+        self.assertEqual(specs[0].flags, PathFlag.XATTR | PathFlag.MKDIR_P
+                         | PathFlag.EXPAND_MACROS)
+        done = run_mutate(b'{"a":1}', *specs)
+        self.assertTrue(done.needs_finish)
+        self.assertNotIn(b"Mutation", done.xattrs["m"])
+        stored = done.finish(0x0102030405060708, 9)
+        self.assertEqual(json.loads(stored["m"]), {
+            "cas": "0x0807060504030201",  # htonll(cas) printed: the SDKs decode it so
+            "seq": "0x0000000000000009",
+            "crc": "0x%08x" % SD.crc32c(b'{"a":2}')})
+
+    def test_no_macros_nothing_to_finish(self):
+        done = run_mutate(b"{}", SD.upsert("x", 1, xattr=True))
+        self.assertFalse(done.needs_finish)
+        self.assertIs(done.finish(1, 1), done.xattrs)
+
+    def test_virtual_macros_expand_from_the_old_document(self):
+        meta = DocumentMeta(cas=0xFF, exptime=5)
+        done = run_mutate(b'{"a":1}',
+                          SD.upsert("p.cas", "${$document.CAS}", xattr=True, create_parents=True,
+                                    _expand_macros=True),
+                          SD.upsert("p.exp", "${$document.exptime}", xattr=True,
+                                    _expand_macros=True),
+                          SD.upsert("p.doc", "${$document}", xattr=True, _expand_macros=True),
+                          meta=meta)
+        p = json.loads(done.xattrs["p"])
+        self.assertEqual((p["cas"], p["exp"], p["doc"]["CAS"], p["doc"]["value_bytes"]),
+                         ("0x00000000000000ff", 5, "0x00000000000000ff", 7))
+
+    def test_unknown_virtual_macro_fails_its_spec(self):
+        e = self.assertRaises(SubdocError, run_mutate, b"{}", SD.upsert("x", 1, xattr=True),
+                              SD.upsert("y", "${$document.nope}", xattr=True,
+                                        _expand_macros=True))
+        self.assertEqual((e.status, e.index), (S.XATTR_UNKNOWN_VATTR_MACRO, 1))
+
+
+class SubdocCrc32cTests(SynchronousTestCase):
+    """Vectors: the standard check value and couchbase/platform's crc32c_test.cc."""
+
+    def test_vectors(self):
+        self.assertEqual(SD.crc32c(b"123456789"), 0xE3069283)
+        self.assertEqual(SD.crc32c(bytes(32)), 0x8A9136AA)
+        self.assertEqual(SD.crc32c(b"\xff" * 32), 0x62A8AB43)
+        self.assertEqual(SD.crc32c(bytes(range(32))), 0x46DD794E)
+        self.assertEqual(SD.crc32c(bytes(range(31, -1, -1))), 0x113FDB5C)
+        self.assertEqual(SD.crc32c(b""), 0)
+
+
+class SubdocResultTests(SynchronousTestCase):
+
+    def result(self):
+        specs = [SD.get("a"), SD.exists("b"), SD.get("c.d"), SD.get_count("l"), SD.get("s.x")]
+        doc = b'{"a":{"x":1},"c":{"d":"v"},"l":[1,2],"s":"str"}'
+        return SubdocResult.of_lookup("k", 99, specs, run_lookup(doc, *specs))
+
+    def test_values(self):
+        r = self.result()
+        self.assertEqual((r.key, r.cas, r.rc, len(r)), ("k", 99, S.MULTI_PATH_FAILURE, 5))
+        self.assertEqual((r[0], r["c.d"], r[3], r[-2]), ({"x": 1}, "v", 2, 2))
+        self.assertEqual(r.raw(0), b'{"x":1}')
+        self.assertFalse(r.success)
+
+    def test_exists_and_statuses(self):
+        r = self.result()
+        self.assertEqual((r.exists(0), r.exists("b")), (True, False))
+        self.assertEqual([r.status(i) for i in range(5)],
+                         [0, S.PATH_ENOENT, 0, 0, S.PATH_MISMATCH])
+        self.assertEqual(r.get(1), (S.PATH_ENOENT, None))
+        e = self.assertRaises(SubdocError, r.exists, 4)
+        self.assertEqual((e.status, e.index), (S.PATH_MISMATCH, 4))
+        e = self.assertRaises(SubdocError, r.__getitem__, "b")
+        self.assertEqual(e.status, S.PATH_ENOENT)
+        self.assertRaises(IndexError, r.__getitem__, 5)
+        self.assertRaises(IndexError, r.__getitem__, "zz")
+
+    def test_mutation_result(self):
+        specs = [SD.upsert("a", 1), SD.counter("n", 3)]
+        done = run_mutate(b"{}", *specs)
+        r = SubdocResult.of_mutation("k", 7, specs, done, mutation_token=(1, 2))
+        self.assertEqual((r[0], r[1], r.mutation_token, r.success), (None, 3, (1, 2), True))
+
+    def test_whole_body_that_is_not_json(self):
+        specs = [SD.get_fulldoc()]
+        r = SubdocResult.of_lookup("k", 1, specs, run_lookup(b"\x00raw", *specs))
+        self.assertEqual(r[0], b"\x00raw")
+
+
+class SubdocSpecHelperTests(SynchronousTestCase):
+    """The SDK 2.x helpers build the wire's specs."""
+
+    TABLE = [
+        (SD.get("a", xattr=True), Spec(0xC5, "a", b"", 0x04)),
+        (SD.exists("a"), Spec(0xC6, "a")),
+        (SD.get_count("a"), Spec(0xD2, "a")),
+        (SD.upsert("a", {"b": "é"}, create_parents=True), Spec(0xC8, "a", '{"b":"é"}'.encode(),
+                                                              0x01)),
+        (SD.insert("a", None), Spec(0xC7, "a", b"null")),
+        (SD.replace("a", 1.5), Spec(0xCA, "a", b"1.5")),
+        (SD.remove("a"), Spec(0xC9, "a")),
+        (SD.array_append("a", 1, "x"), Spec(0xCB, "a", b'1,"x"')),
+        (SD.array_prepend("a", [1], create_parents=True), Spec(0xCC, "a", b"[1]", 0x01)),
+        (SD.array_insert("a[0]", 1, 2), Spec(0xCD, "a[0]", b"1,2")),
+        (SD.array_addunique("a", "u"), Spec(0xCE, "a", b'"u"')),
+        (SD.counter("a", -3), Spec(0xCF, "a", b"-3")),
+        (SD.get_fulldoc(), Spec(0x00)), (SD.upsert_fulldoc({}), Spec(0x01, "", b"{}")),
+        (SD.remove_fulldoc(), Spec(0x04)),
+    ]
+
+    def test_table(self):
+        for built, want in self.TABLE:
+            self.assertEqual(built, want)
+
+    def test_is_lookup(self):
+        self.assertEqual([SD.is_lookup(s) for s, _ in self.TABLE],
+                         [True, True, True] + [False] * 9 + [True, False, False])
+        self.assertRaises(ValueError, SD.is_lookup, Spec(0x42))
+
+    def test_array_helpers_need_a_value(self):
+        self.assertRaises(ValueError, SD.array_append, "a")
