@@ -9,11 +9,13 @@ daemon/subdocument*.cc, tests/testapp/testapp_subdoc.cc) and subjson
 """
 
 import json
+import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
 import txcb.subdocument as SD
 from txcb.errors import KeyExistsError, NotFoundError, TooBigError
+from txcb.subdocument import _path as sd_path  # the parser, to walk decoded copies
 from txcb.subdocument import (
     DocFlag, DocumentMeta, Opcode, PathFlag, Spec, Status, SubdocError, SubdocResult)
 
@@ -693,3 +695,96 @@ class SubdocSpecHelperTests(SynchronousTestCase):
 
     def test_array_helpers_need_a_value(self):
         self.assertRaises(ValueError, SD.array_append, "a")
+
+
+class SubdocTrustedBodyTests(SynchronousTestCase):
+    """DocumentMeta.datatype ["json"] is the bucket's word that the body is
+    JSON (memcached's datatype): the engine skips its own check, and a body
+    that lied still only gets statuses, never an exception."""
+
+    BAD = [b'{"a" 1}', b'{"a":1,}', b"[1 2]", b"{", b"}", b"", b'"abc', b'{"a":[}',
+           b'{"a":1}}', b"[,]", b'{"b":1,"a"', b'{"b":NaN,"a":1}', b"\xff"]
+    SPECS = [SD.get("a"), SD.get("[1]"), SD.get_count(""), SD.exists("b"), SD.upsert("a", 1),
+             SD.remove("a"), SD.array_append("", 1), SD.counter("a", 1), SD.insert("[0]", 1),
+             SD.array_insert("[0]", 1), SD.array_addunique("", 1)]
+
+    def test_lying_bodies(self):
+        trusted = DocumentMeta(datatype=["json"])
+        for doc in self.BAD:
+            for spec in self.SPECS:
+                if SD.is_lookup(spec):
+                    self.assertEqual(len(run_lookup(doc, spec, meta=trusted).results), 1)
+                    untrusted = run_lookup(doc, spec).results[0].status
+                    self.assertEqual(untrusted, S.DOC_NOTJSON, (doc, spec))
+                    continue
+                try:
+                    run_mutate(doc, spec, meta=trusted)
+                except SubdocError:
+                    pass
+                e = self.assertRaises(SubdocError, run_mutate, doc, spec)
+                self.assertIn(e.status, (S.DOC_NOTJSON, S.PATH_EINVAL), (doc, spec))
+
+    def test_mutation_says_whether_the_body_is_json(self):
+        self.assertTrue(run_mutate(b"{}", SD.upsert("a", 1)).is_json)
+        self.assertFalse(run_mutate(b"{}", Spec(Opcode.SET_DOC, "", b"raw")).is_json)
+        self.assertFalse(run_mutate(b"{}", SD.remove_fulldoc()).is_json)
+
+
+class SubdocAgainstDecodedTests(SynchronousTestCase):
+    """Random documents: what the engine reads and writes in the text is what
+    the same path means in the decoded document (a fixed seed, so repeatable)."""
+
+    def random_value(self, rnd, depth):
+        kind = rnd.randrange(6 if depth < 4 else 3)
+        if kind == 0:
+            return rnd.choice([0, -7, 12345678901234, 1.25, -0.5, True, False, None])
+        if kind in (1, 2):
+            return rnd.choice(["", "x", 'q"uote', "back\\slash", "é", "a.b", "[1]"])
+        if kind == 3:
+            return [self.random_value(rnd, depth + 1) for _ in range(rnd.randrange(4))]
+        return {rnd.choice(["a", "b", "c", "d.e", "f`g", "h[i]"]): self.random_value(
+            rnd, depth + 1) for _ in range(rnd.randrange(4))}
+
+    def paths(self, value, prefix=""):
+        yield prefix, value
+        if isinstance(value, dict):
+            for k, v in value.items():
+                name = json.dumps(k)[1:-1]
+                if any(c in k for c in ".[]`"):
+                    name = "`%s`" % name.replace("`", "``")
+                yield from self.paths(v, "%s.%s" % (prefix, name) if prefix else name)
+        elif isinstance(value, list):
+            for n, v in enumerate(value):
+                yield from self.paths(v, "%s[%d]" % (prefix, n))
+                if n == len(value) - 1:
+                    yield from self.paths(v, "%s[-1]" % prefix)
+
+    def test_random_documents(self):
+        rnd = random.Random(15)
+        checked = 0
+        for _ in range(300):
+            doc = {"root": self.random_value(rnd, 0)}
+            indent = rnd.choice([None, 1])
+            raw = json.dumps(doc, indent=indent, ensure_ascii=rnd.random() < 0.5).encode()
+            for path, value in self.paths(doc):
+                if not path:
+                    continue
+                found = run_lookup(raw, SD.get(path))
+                self.assertEqual(json.loads(found.results[0].value), value, (raw, path))
+                done = run_mutate(raw, SD.replace(path, "new"))
+                self.assertEqual(json.loads(done.body), self.replaced(doc, path, "new"))
+                checked += 1
+        self.assertGreater(checked, 1000)
+
+    def replaced(self, doc, path, new):
+        copy = json.loads(json.dumps(doc))
+        found = run_lookup(json.dumps(copy).encode(), SD.get(path))
+        self.assertEqual(found.status, S.SUCCESS)
+        # Walk the decoded copy with the engine's own parse of the path.
+        comps = sd_path.parse(path)
+        target = copy
+        for comp in comps[:-1]:
+            target = target[json.loads('"%s"' % comp) if isinstance(comp, str) else comp]
+        last = comps[-1]
+        target[json.loads('"%s"' % last) if isinstance(last, str) else last] = new
+        return copy

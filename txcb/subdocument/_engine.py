@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from txcb.subdocument._const import DocFlag, Opcode, PathFlag, Status, SubdocError
-from txcb.subdocument._text import OpError, check_document
+from txcb.subdocument._text import MALFORMED, OpError, check_document
 from txcb.subdocument._ops import LOOKUPS, MUTATIONS
 from txcb.subdocument._path import PathError, parse
 from txcb.subdocument._spec import Spec, check_request
@@ -37,8 +37,8 @@ class Lookup(NamedTuple):
 class _Body:
     """The document body while specs run: bytes, and its text once needed."""
 
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
+    def __init__(self, raw: bytes, trusted: bool = False) -> None:
+        self.raw, self.trusted = raw, trusted
         self._text: Optional[str] = None
         self._error: Optional[OpError] = None
 
@@ -47,7 +47,7 @@ class _Body:
         if self._text is None and self._error is None:
             try:
                 text = self.raw.decode("utf-8")
-                check_document(text)
+                check_document(text, self.trusted)
                 self._text = text
             except UnicodeDecodeError:
                 self._error = OpError(Status.DOC_NOTJSON, "the document is not UTF-8")
@@ -68,7 +68,12 @@ class _Body:
         self._text, self._error, self.raw = text, None, text.encode("utf-8")
 
     def set_raw(self, raw: bytes) -> None:
-        self.raw, self._text, self._error = raw, None, None
+        self.raw, self._text, self._error, self.trusted = raw, None, None, False
+
+
+def _trusted(meta: DocumentMeta) -> bool:
+    """The bucket says the body is JSON (memcached's datatype): no need to check."""
+    return meta.datatype is not None and "json" in meta.datatype
 
 
 def _path(spec: Spec) -> Tuple:
@@ -92,6 +97,8 @@ def _lookup_one(spec: Spec, body: _Body, xattrs: Mapping[str, bytes],
         value = LOOKUPS[spec.opcode](text, _path(spec))
     except OpError as e:
         return SpecResult(e.status)
+    except MALFORMED:  # a trusted body that was not JSON after all
+        return SpecResult(Status.DOC_NOTJSON)
     return SpecResult(Status.SUCCESS, None if value is None else value.encode("utf-8"))
 
 
@@ -117,7 +124,7 @@ def lookup(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Sp
     check_request(specs, False, doc_flags)
     if doc is None and not meta.deleted or meta.deleted and not doc_flags & DocFlag.ACCESS_DELETED:
         raise NotFoundError("no such document")
-    body = _Body(doc or b"")
+    body = _Body(doc or b"", _trusted(meta))
     results = [_lookup_one(spec, body, xattrs, meta) for spec in specs]
     failed = any(r.status != Status.SUCCESS for r in results)
     if meta.deleted:
@@ -135,17 +142,19 @@ class Mutation:
     :ivar xattrs: the new xattrs, macros still as placeholders: store
         :meth:`finish`'s xattrs once the new CAS and seqno are known.
     :ivar results: one per spec (counters carry their new value).
+    :ivar is_json: the body is JSON (memcached's datatype bit for it).
     :ivar created: the document did not exist (MKDOC / ADD made it).
     :ivar deleted: the document is now a tombstone (keep it only if system
         xattrs remain) or stayed one (ACCESS_DELETED).
     """
 
-    __slots__ = ("body", "xattrs", "results", "created", "deleted", "_macros", "_keys")
+    __slots__ = ("body", "xattrs", "results", "is_json", "created", "deleted", "_macros",
+                 "_keys")
 
     def __init__(self, body: Optional[bytes], xattrs: Dict[str, bytes],
-                 results: List[SpecResult], created: bool, deleted: bool,
+                 results: List[SpecResult], is_json: bool, created: bool, deleted: bool,
                  macros: Optional[Placeholders], keys: Sequence[str]) -> None:
-        self.body, self.xattrs, self.results = body, xattrs, results
+        self.body, self.xattrs, self.results, self.is_json = body, xattrs, results, is_json
         self.created, self.deleted = created, deleted
         self._macros, self._keys = macros, keys
 
@@ -183,7 +192,7 @@ class _Run:
     def __init__(self, body: bytes, xattrs: Mapping[str, bytes], specs: Sequence[Spec],
                  meta: DocumentMeta, mkdir_p: bool) -> None:
         self.orig, self.meta, self.mkdir_p = body, meta, mkdir_p
-        self.body = _Body(body)
+        self.body = _Body(body, _trusted(meta))
         self.orig_xattrs = xattrs
         self.xtext: Optional[str] = None
         self.deleted_body = False
@@ -277,6 +286,8 @@ def mutate(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Sp
             out = run.run(spec)
         except OpError as e:
             raise SubdocError(e.status, str(e), index=n)
+        except MALFORMED:  # a trusted body that was not JSON after all
+            raise SubdocError(Status.DOC_NOTJSON, "the document is not JSON", index=n)
         results.append(SpecResult(Status.SUCCESS, None if out is None else out.encode()))
     new_xattrs = run.xattrs()
     new_body = None if run.deleted_body else run.body.raw
@@ -285,5 +296,6 @@ def mutate(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Sp
                           "a deleted document cannot get a body")
     if _size(new_body, new_xattrs) > max_size:
         raise TooBigError("the document would exceed %d bytes" % max_size)
-    return Mutation(new_body, new_xattrs, results, created, tombstone or run.deleted_body,
-                    run.macros, run.expand_keys)
+    is_json = new_body is not None and run.body.is_json()
+    return Mutation(new_body, new_xattrs, results, is_json, created,
+                    tombstone or run.deleted_body, run.macros, run.expand_keys)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from txcb.subdocument._const import MAX_DEPTH, MAX_PATH_COMPONENTS, Opcode, Status
 from txcb.subdocument._text import (
-    Found, OpError, depth_of, iter_members, kind_at, locate, parse_value, skip_ws)
+    Found, OpError, depth_of, iter_members, kind_at, locate, next_start, parse_value, skip_ws)
 from txcb.subdocument._path import Component
 
 __all__ = ["LOOKUPS", "MUTATIONS"]
@@ -155,8 +155,9 @@ def _remove(s: str, path: Path, value: str, mkdir_p: bool) -> Tuple[str, Optiona
     found = _match(s, path)
     if found.prev_end >= 0:
         return _splice(s, found.prev_end, found.end, ""), None
-    if found.next_start >= 0:
-        return _splice(s, found.key_start, found.next_start, ""), None
+    after = next_start(s, found)
+    if after >= 0:
+        return _splice(s, found.key_start, after, ""), None
     return _splice(s, found.key_start, found.end, ""), None
 
 

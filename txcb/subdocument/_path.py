@@ -10,6 +10,7 @@ A component is a ``str`` (a field) or an ``int`` (an index, ``-1`` = last).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import List, Tuple, Union
 
 from txcb.subdocument._const import MAX_PATH_COMPONENTS, Status
@@ -32,6 +33,7 @@ def _bad(why: str) -> PathError:
     return PathError(Status.PATH_EINVAL, why)
 
 
+@lru_cache(maxsize=1024)
 def parse(path: str) -> Tuple[Component, ...]:
     """The components of ``path`` (empty for the root)."""
     out: List[Component] = []

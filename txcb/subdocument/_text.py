@@ -18,11 +18,12 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 from txcb.subdocument._const import MAX_DEPTH, Status
 from txcb.subdocument._path import Component
 
-__all__ = ["OpError", "Found", "check_document", "locate", "parse_value", "depth_of",
-           "members", "iter_members", "kind_at", "value_end", "skip_ws"]
+__all__ = ["MALFORMED", "OpError", "Found", "check_document", "locate", "parse_value", "depth_of",
+           "members", "iter_members", "next_start", "kind_at", "value_end", "skip_ws"]
 
 _WS = re.compile(r"[ \t\n\r]*")
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
+_SEP = re.compile(r"[ \t\n\r]*([,\]}])[ \t\n\r]*")
 
 
 class OpError(Exception):
@@ -46,8 +47,11 @@ def skip_ws(s: str, i: int) -> int:
 
 
 def value_end(s: str, i: int) -> int:
-    """The offset just after the (valid) JSON value starting at ``i``."""
-    return _scan(s, i)[1]
+    """The offset just after the JSON value starting at ``i``."""
+    try:
+        return _scan(s, i)[1]
+    except StopIteration:
+        raise ValueError("no JSON value at offset %d" % i)
 
 
 def parse_value(text: str) -> Any:
@@ -64,13 +68,24 @@ def depth_of(obj: Any) -> int:
     return 1
 
 
-def check_document(s: str) -> None:
-    """DOC_NOTJSON unless ``s`` is one JSON value; DOC_E2DEEP if too deep."""
+#: What navigating text that is not JSON after all raises.
+MALFORMED = (ValueError, StopIteration, AttributeError, IndexError, RecursionError)
+
+
+def check_document(s: str, trusted: bool = False) -> None:
+    """
+    DOC_NOTJSON unless ``s`` is one JSON value; DOC_E2DEEP if too deep.
+    ``trusted``: the caller knows it is JSON (memcached's datatype), so
+    only the depth is checked, and only when it could be too deep.
+    """
+    maybe_deep = s.count("[") + s.count("{") >= MAX_DEPTH
+    if trusted and not maybe_deep:
+        return
     try:
         obj = parse_value(s)
     except (ValueError, RecursionError):
         raise OpError(Status.DOC_NOTJSON, "the document is not JSON")
-    if s.count("[") + s.count("{") >= MAX_DEPTH and depth_of(obj) > MAX_DEPTH:
+    if maybe_deep and depth_of(obj) > MAX_DEPTH:
         raise OpError(Status.DOC_E2DEEP, "the document nests deeper than %d" % MAX_DEPTH)
 
 
@@ -80,17 +95,16 @@ class Found:
     ``start:end`` is its value; otherwise ``start:end`` is the deepest
     container found, reached with ``level`` components.  For a complete
     match inside a container, ``key_start`` is where the member begins (its
-    key, or the element), ``prev_end`` the end of the previous member and
-    ``next_start`` the start of the next one (or -1).
+    key, or the element) and ``prev_end`` the end of the previous member (or
+    -1); :func:`next_start` finds the next one.
     """
 
-    __slots__ = ("complete", "start", "end", "level", "key_start", "prev_end",
-                 "next_start")
+    __slots__ = ("complete", "start", "end", "level", "key_start", "prev_end")
 
     def __init__(self) -> None:
         self.complete = True
         self.start = self.end = self.level = 0
-        self.key_start = self.prev_end = self.next_start = -1
+        self.key_start = self.prev_end = -1
 
 
 def iter_members(s: str, start: int) -> Iterator[Tuple[int, int, int, Optional[str]]]:
@@ -101,18 +115,17 @@ def iter_members(s: str, start: int) -> Iterator[Tuple[int, int, int, Optional[s
     if s[i] == close:
         return
     while True:
-        key = None
-        begin = i
         if obj:
-            kend = _STRING.match(s, i).end()  # type: ignore[union-attr]
-            key = s[i + 1:kend - 1]
-            i = skip_ws(s, skip_ws(s, kend) + 1)
+            m = _KEY.match(s, i)
+            begin, key, i = m.start(1) - 1, m.group(1), m.end()  # type: ignore[union-attr]
+        else:
+            begin, key = i, None
         end = value_end(s, i)
         yield begin, i, end, key
-        i = skip_ws(s, end)
-        if s[i] == close:
+        m = _SEP.match(s, end)
+        if m.group(1) == close:  # type: ignore[union-attr]
             return
-        i = skip_ws(s, i + 1)
+        i = m.end()  # type: ignore[union-attr]
 
 
 def members(s: str, start: int) -> List[Tuple[int, int, int, Optional[str]]]:
@@ -131,22 +144,26 @@ def _child(s: str, start: int, comp: Component, found: Found) -> bool:
             prev, last = last, item
         if last is None:
             return False
-        _hit(found, last, prev[2] if prev else -1, None)
+        _hit(found, last, prev[2] if prev else -1)
         return True
     prev_end = -1
     for n, item in enumerate(items):
         if (item[3] == comp) if isinstance(comp, str) else (n == comp):
-            _hit(found, item, prev_end, next(items, None))
+            _hit(found, item, prev_end)
             return True
         prev_end = item[2]
     return False
 
 
-def _hit(found: Found, item: Tuple[int, int, int, Optional[str]], prev_end: int,
-         nxt: Optional[Tuple[int, int, int, Optional[str]]]) -> None:
+def _hit(found: Found, item: Tuple[int, int, int, Optional[str]], prev_end: int) -> None:
     found.key_start, found.start, found.end = item[0], item[1], item[2]
     found.prev_end = prev_end
-    found.next_start = nxt[0] if nxt is not None else -1
+
+
+def next_start(s: str, found: Found) -> int:
+    """Where the member after a complete match starts, -1 if it is the last."""
+    m = _SEP.match(s, found.end)
+    return m.end() if m.group(1) == "," else -1  # type: ignore[union-attr]
 
 
 def locate(s: str, path: Sequence[Component]) -> Found:
@@ -160,7 +177,7 @@ def locate(s: str, path: Sequence[Component]) -> Found:
             found.complete = False
             found.start, found.end = parent
             found.level = level
-            found.key_start = found.prev_end = found.next_start = -1
+            found.key_start = found.prev_end = -1
             return found
         found.level = level + 1
     return found
