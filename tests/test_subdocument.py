@@ -788,3 +788,48 @@ class SubdocAgainstDecodedTests(SynchronousTestCase):
         last = comps[-1]
         target[json.loads('"%s"' % last) if isinstance(last, str) else last] = new
         return copy
+
+
+class SubdocKvEngineRegressionTests(SynchronousTestCase):
+    """kv_engine's own regression tests, replayed on the engine."""
+
+    def test_mb_30278_backtick_multi_mutation(self):
+        done = run_mutate(b"{}", *[Spec(Opcode.DICT_ADD, "key%d``" % n, b"%d" % n)
+                                   for n in (1, 2, 3)])
+        self.assertEqual(done.body, b'{"key1`":1,"key2`":2,"key3`":3}')
+
+    def test_subdoc_op_after_wholedoc_set_non_json(self):
+        for op in (Opcode.DICT_ADD, Opcode.DICT_UPSERT, Opcode.REPLACE, Opcode.ARRAY_PUSH_LAST,
+                   Opcode.ARRAY_PUSH_FIRST, Opcode.ARRAY_ADD_UNIQUE):
+            e = self.assertRaises(SubdocError, run_mutate, b"{}",
+                                  Spec(Opcode.SET_DOC, "", b"RAW ;: NO JSON HERE"),
+                                  Spec(op, "path", b"anyvalue"))
+            self.assertEqual((e.status, e.index), (S.DOC_NOTJSON, 1))
+        done = run_mutate(b"{}", Spec(Opcode.SET_DOC, "", b"RAW ;: NO JSON HERE"))
+        self.assertFalse(done.is_json)
+        self.assertTrue(run_mutate(b"x", SD.upsert_fulldoc({"json": "goodness"})).is_json)
+
+    def test_mb57864_macro_expansion_only_where_asked(self):
+        cas_macro = b'"${Mutation.CAS}"'
+        specs = [Spec(Opcode.DICT_UPSERT, "user.cas", cas_macro,
+                      PathFlag.XATTR | PathFlag.EXPAND_MACROS),
+                 Spec(Opcode.DICT_UPSERT, "_system.cas", cas_macro, PathFlag.XATTR),
+                 Spec(Opcode.DICT_UPSERT, "never.cas", cas_macro, PathFlag.XATTR),
+                 Spec(Opcode.SET_DOC, "", b'{"v":1}')]
+        done = run_mutate(None, *specs, doc_flags=DocFlag.MKDOC)
+        stored = done.finish(0x1234, 1)
+        self.assertEqual(stored["user"], b'{"cas":"0x3412000000000000"}')
+        self.assertEqual(stored["_system"], b'{"cas":"${Mutation.CAS}"}')
+        self.assertEqual(stored["never"], b'{"cas":"${Mutation.CAS}"}')
+        self.assertEqual(done.body, b'{"v":1}')
+
+    def test_mb_25562_value_crc32c_excludes_xattrs(self):
+        done = run_mutate(b'{"body":1}', SD.upsert("_sync.value_crc32c",
+                                                   SD.MutationMacro.VALUE_CRC32C, xattr=True,
+                                                   create_parents=True),
+                          xattrs={"big": b'"%s"' % (b"x" * 100)})
+        stored = done.finish(1, 1)
+        want = b'{"value_crc32c":"0x%08x"}' % SD.crc32c(b'{"body":1}')
+        self.assertEqual(stored["_sync"], want)
+        found = run_lookup(b'{"body":1}', SD.get("$document.value_crc32c", xattr=True))
+        self.assertEqual(found.results[0].value, b'"0x%08x"' % SD.crc32c(b'{"body":1}'))
