@@ -587,6 +587,14 @@ class SubdocMacroTests(SynchronousTestCase):
             "seq": "0x0000000000000009",
             "crc": "0x%08x" % SD.crc32c(b'{"a":2}')})
 
+    def test_results_read_what_the_macros_became(self):
+        specs = [SD.upsert("m", SD.MutationMacro.SEQNO, xattr=True), SD.counter("n", 2)]
+        done = run_mutate(b"{}", *specs)
+        self.assertEqual(done.results, [(0, None), (0, b"2")])  # the wire's results
+        self.assertEqual(done.macro_values(5, 0x10), {0: b'"0x0000000000000010"'})
+        r = SubdocResult.of_mutation("k", 5, specs, done, seqno=0x10)
+        self.assertEqual((r[0], r[1]), ("0x0000000000000010", 2))
+
     def test_no_macros_nothing_to_finish(self):
         done = run_mutate(b"{}", SD.upsert("x", 1, xattr=True))
         self.assertFalse(done.needs_finish)

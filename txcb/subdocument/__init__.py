@@ -195,8 +195,15 @@ class SubdocResult:
 
     @classmethod
     def of_mutation(cls, key: Any, cas: int, specs: Sequence[Spec], done: Mutation,
-                    mutation_token: Optional[Tuple[int, int]] = None) -> "SubdocResult":
-        return cls(key, cas, specs, done.results, Status.SUCCESS, mutation_token)
+                    mutation_token: Optional[Tuple[int, int]] = None,
+                    seqno: Optional[int] = None) -> "SubdocResult":
+        """With ``seqno``, specs whose value was a ``${Mutation...}`` macro read
+        as what it became (the SDK's view; the wire does not carry them)."""
+        results = list(done.results)
+        if seqno is not None:
+            for n, value in done.macro_values(cas, seqno).items():
+                results[n] = SpecResult(results[n].status, value)
+        return cls(key, cas, specs, results, Status.SUCCESS, mutation_token)
 
     @property
     def success(self) -> bool:

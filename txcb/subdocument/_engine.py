@@ -14,7 +14,7 @@ from txcb.subdocument._ops import LOOKUPS, MUTATIONS
 from txcb.subdocument._path import PathError, parse
 from txcb.subdocument._spec import Spec, check_request
 from txcb.subdocument._xattr import (
-    MUTATION_MACROS, DocumentMeta, Placeholders, join_xattrs, split_xattrs,
+    MUTATION_MACROS, DocumentMeta, Placeholders, join_xattrs, macro_text, split_xattrs,
     virtual_document, virtual_macro, xattr_key)
 from txcb.errors import KeyExistsError, NotFoundError, TooBigError
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
@@ -149,14 +149,14 @@ class Mutation:
     """
 
     __slots__ = ("body", "xattrs", "results", "is_json", "created", "deleted", "_macros",
-                 "_keys")
+                 "_keys", "_used")
 
     def __init__(self, body: Optional[bytes], xattrs: Dict[str, bytes],
                  results: List[SpecResult], is_json: bool, created: bool, deleted: bool,
-                 macros: Optional[Placeholders], keys: Sequence[str]) -> None:
+                 run: "_Run") -> None:
         self.body, self.xattrs, self.results, self.is_json = body, xattrs, results, is_json
         self.created, self.deleted = created, deleted
-        self._macros, self._keys = macros, keys
+        self._macros, self._keys, self._used = run.macros, run.expand_keys, run.used_macros
 
     @property
     def needs_finish(self) -> bool:
@@ -171,6 +171,11 @@ class Mutation:
             if key in out:
                 out[key] = self._macros.expand(out[key], cas, seqno, self.body or b"")
         return out
+
+    def macro_values(self, cas: int, seqno: int) -> Dict[int, bytes]:
+        """{spec index: what its ``${Mutation...}`` macro became} (not on the wire)."""
+        return {n: macro_text(macro, cas, seqno, self.body or b"").encode()
+                for n, macro in self._used}
 
 
 def _root_template(specs: Sequence[Spec]) -> bytes:
@@ -198,6 +203,8 @@ class _Run:
         self.deleted_body = False
         self.macros: Optional[Placeholders] = None
         self.expand_keys: List[str] = []
+        self.used_macros: List[Tuple[int, str]] = []
+        self.index = 0
         self.specs = specs
 
     def value(self, spec: Spec) -> str:
@@ -209,6 +216,7 @@ class _Run:
             return text
         self.expand_keys.append(xattr_key(spec.path) or "")
         if text in MUTATION_MACROS:
+            self.used_macros.append((self.index, text))
             if self.macros is None:
                 avoid = join_xattrs(self.orig_xattrs) + "".join(
                     s.value.decode("utf-8", "replace") for s in self.specs)
@@ -276,13 +284,15 @@ def mutate(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Sp
     """
     check_request(specs, True, doc_flags, cas)
     body, created, tombstone = _start(doc, meta, specs, doc_flags)
+    if created:
+        xattrs = {}  # a new document (a tombstone's xattrs are not carried over)
     mkdir_p = bool(doc_flags & (DocFlag.MKDOC | DocFlag.ADD))
     run = _Run(body, xattrs, specs, meta, mkdir_p)
     results = []
     for n, spec in enumerate(specs):
         try:
             mkdir = mkdir_p or bool(spec.flags & PathFlag.MKDIR_P)
-            run.mkdir_p = mkdir
+            run.mkdir_p, run.index = mkdir, n
             out = run.run(spec)
         except OpError as e:
             raise SubdocError(e.status, str(e), index=n)
@@ -298,4 +308,4 @@ def mutate(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Sp
         raise TooBigError("the document would exceed %d bytes" % max_size)
     is_json = new_body is not None and run.body.is_json()
     return Mutation(new_body, new_xattrs, results, is_json, created,
-                    tombstone or run.deleted_body, run.macros, run.expand_keys)
+                    tombstone or run.deleted_body, run)

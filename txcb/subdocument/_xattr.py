@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = ["DocumentMeta", "crc32c", "xattr_key", "join_xattrs", "split_xattrs",
            "document_vattr", "virtual_document", "MUTATION_MACROS", "virtual_macro",
-           "Placeholders"]
+           "Placeholders", "macro_text"]
 
 #: The macro names a spec's value may be (with their quotes, as on the wire).
 MUTATION_MACROS = ('"${Mutation.CAS}"', '"${Mutation.seqno}"',
@@ -141,9 +141,9 @@ def virtual_macro(value: str, meta: DocumentMeta, body: bytes, is_json: bool,
     """What ``"${$document...}"`` expands to (from the document as it was)."""
     if value == '"${$document}"':
         return document_vattr(meta, body, is_json, has_xattrs, wrapped=False)
-    name = value[len('"${$document.'):-len('}"')]
     if not value.startswith('"${$document.') or not value.endswith('}"'):
         return None
+    name = value[len('"${$document.'):-len('}"')]
     fields = _fields(meta, body, is_json, has_xattrs)
     if name not in fields or name == "value_crc32c":
         return None
@@ -173,11 +173,12 @@ class Placeholders:
     def expand(self, value: bytes, cas: int, seqno: int, body: bytes) -> bytes:
         text = value.decode("utf-8")
         for macro, stand_in in self.by_macro.items():
-            text = text.replace(stand_in, _macro_text(macro, cas, seqno, body))
+            text = text.replace(stand_in, macro_text(macro, cas, seqno, body))
         return text.encode("utf-8")
 
 
-def _macro_text(macro: str, cas: int, seqno: int, body: bytes) -> str:
+def macro_text(macro: str, cas: int, seqno: int, body: bytes) -> str:
+    """What a mutation macro expands to, as JSON text."""
     if macro == MUTATION_MACROS[0]:
         # kv_engine formats htonll(cas): the CAS's bytes in network order.
         return '"%s"' % _hex64(struct.unpack("<Q", struct.pack(">Q", cas))[0])
