@@ -35,7 +35,13 @@ MUTATION_MACROS = ('"${Mutation.CAS}"', '"${Mutation.seqno}"',
 
 
 class DocumentMeta(NamedTuple):
-    """What a bucket knows about a document besides its body and xattrs."""
+    """
+    What a bucket knows about a document besides its body and xattrs: what
+    ``$document`` shows and ``${$document...}`` expands to.  ``datatype``
+    containing ``"json"`` is the bucket's word that the body is JSON (it
+    checked when it stored it, as memcached's datatype bit): the engine then
+    skips its own check.
+    """
     cas: int = 0
     exptime: int = 0          # absolute Unix time, 0 for none
     flags: int = 0            # the user flags
