@@ -54,7 +54,7 @@ class _Body:
             except OpError as e:
                 self._error = e
         if self._error is not None:
-            raise self._error
+            raise OpError(self._error.status, str(self._error))
         return self._text  # type: ignore[return-value]
 
     def is_json(self) -> bool:
