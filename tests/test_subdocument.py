@@ -841,3 +841,24 @@ class SubdocKvEngineRegressionTests(SynchronousTestCase):
         self.assertEqual(stored["_sync"], want)
         found = run_lookup(b'{"body":1}', SD.get("$document.value_crc32c", xattr=True))
         self.assertEqual(found.results[0].value, b'"0x%08x"' % SD.crc32c(b'{"body":1}'))
+
+
+class SubdocWireSpecTests(SynchronousTestCase):
+    """Specs as the Couchbase endpoint decodes them from 0xd0 / 0xd1."""
+
+    def test_from_wire(self):
+        spec = Spec.from_wire(0xC8, 0x05, "é.a".encode(), b"1")
+        self.assertEqual(spec, Spec(Opcode.DICT_UPSERT, "é.a", b"1", 0x05))
+
+    def test_path_that_is_not_utf8(self):
+        spec = Spec.from_wire(0xC5, 0, b"a\xffb")
+        self.assertEqual(run_lookup(b'{"a":1}', spec).results[0].status, S.PATH_EINVAL)
+        e = self.assertRaises(SubdocError, run_mutate, b"{}",
+                              Spec.from_wire(0xC8, 0, b"\xff", b"1"))
+        self.assertEqual((e.status, e.index), (S.PATH_EINVAL, 0))
+        e = self.assertRaises(SubdocError, run_lookup, b"{}",
+                              Spec.from_wire(0xC5, 0x04, b"\xff"))
+        self.assertEqual(e.status, S.XATTR_EINVAL)
+        e = self.assertRaises(SubdocError, run_lookup, b"{}",
+                              Spec.from_wire(0xC5, 0, b"\xff" * 1025))
+        self.assertEqual(e.status, S.EINVAL)

@@ -88,6 +88,8 @@ def _field(path: str, i: int, out: List[Component]) -> int:
             escape = True
         elif c == '"' or c < " ":
             raise _bad("unescaped quote or control character in path")
+        elif "\udc80" <= c <= "\udcff":
+            raise _bad("the path is not UTF-8")
         if c == "`":
             ticks += 1
             quoted = not quoted

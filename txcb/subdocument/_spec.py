@@ -30,6 +30,11 @@ class Spec(NamedTuple):
     def xattr(self) -> bool:
         return bool(self.flags & PathFlag.XATTR)
 
+    @classmethod
+    def from_wire(cls, opcode: int, flags: int, path: bytes, value: bytes = b"") -> "Spec":
+        """A spec as 0xd0 / 0xd1 carry it (a path that is not UTF-8 gets PATH_EINVAL)."""
+        return cls(opcode, path.decode("utf-8", "surrogateescape"), value, flags)
+
 
 class Traits(NamedTuple):
     """What an opcode allows (kv_engine ``daemon/subdocument_traits.h``)."""
@@ -111,7 +116,7 @@ def _check_spec(n: int, spec: Spec, mutator: bool, doc_flags: int) -> Traits:
     if doc_flags & ~traits.doc_flags:
         raise _fail(Status.EINVAL, "spec %d: document flags 0x%02x invalid with opcode 0x%02x"
                     % (n, doc_flags, spec.opcode))
-    if len(spec.path.encode("utf-8")) > MAX_PATH_LEN:
+    if len(spec.path.encode("utf-8", "surrogateescape")) > MAX_PATH_LEN:
         raise _fail(Status.EINVAL, "spec %d: path longer than %d bytes" % (n, MAX_PATH_LEN))
     if traits.whole_doc and spec.path:
         raise _fail(Status.EINVAL, "spec %d: a whole-document spec has no path" % n)

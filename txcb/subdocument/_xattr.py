@@ -80,7 +80,8 @@ def xattr_key(path: str) -> Optional[str]:
     """The xattr key a path starts with, or None if it is not a valid one."""
     cut = min((i for i in (path.find("."), path.find("[")) if i >= 0), default=len(path))
     key = path[:cut]
-    if not key or "\x00" in path or len(key.encode("utf-8")) >= MAX_XATTR_KEY_LEN:
+    if not key or "\x00" in path or _surrogates(key) or \
+            len(key.encode("utf-8")) >= MAX_XATTR_KEY_LEN:
         return None
     first = key[0]
     if first in "_$":
@@ -89,6 +90,11 @@ def xattr_key(path: str) -> Optional[str]:
                                           and first != " "):
         return None  # C's ispunct() / iscntrl()
     return key
+
+
+def _surrogates(text: str) -> bool:
+    """Bytes that were not UTF-8 (decoded with surrogateescape)."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def join_xattrs(xattrs: Mapping[str, bytes]) -> str:
