@@ -862,3 +862,47 @@ class SubdocWireSpecTests(SynchronousTestCase):
         e = self.assertRaises(SubdocError, run_lookup, b"{}",
                               Spec.from_wire(0xC5, 0, b"\xff" * 1025))
         self.assertEqual(e.status, S.EINVAL)
+
+
+class SubdocDocumentShapeTests(SynchronousTestCase):
+    """testapp_subdoc.cc: documents that are not containers, and deep ones."""
+
+    def nested_dict(self, levels):
+        doc = "{}"
+        for depth in range(levels - 1, 0, -1):
+            doc = '{"%d":%s}' % (depth, doc)
+        return doc.encode()
+
+    def test_primitive_documents_are_not_json_to_paths(self):
+        for doc in (b'"string"', b"5", b" true "):
+            e = self.assertRaises(SubdocError, run_mutate, doc, SD.upsert("a", 1))
+            self.assertEqual(e.status, S.DOC_NOTJSON)
+            self.assertEqual(run_lookup(doc, SD.get_count("")).results[0].status,
+                             S.DOC_NOTJSON)
+            self.assertEqual(run_lookup(doc, SD.get_fulldoc()).results[0], (0, doc))
+
+    def test_not_json_comes_before_a_bad_path_or_value(self):
+        self.assertEqual(run_lookup(b"raw", SD.get("a[")).results[0].status, S.DOC_NOTJSON)
+        e = self.assertRaises(SubdocError, run_mutate, b"raw",
+                              Spec(Opcode.DICT_UPSERT, "a", b"\xff"))
+        self.assertEqual(e.status, S.DOC_NOTJSON)
+
+    def test_dict_deep(self):
+        path = ".".join(str(n) for n in range(1, 32))
+        found = run_lookup(self.nested_dict(32), SD.get(path))
+        self.assertEqual(found.results[0], (0, b"{}"))
+        found = run_lookup(self.nested_dict(33), SD.get(path + ".32"))
+        self.assertEqual(found.results[0].status, S.PATH_E2BIG)
+
+    def test_array_deep(self):
+        found = run_lookup(b"[" * 32 + b"]" * 32, SD.get("[0]" * 31))
+        self.assertEqual(found.results[0], (0, b"[]"))
+        found = run_lookup(b"[" * 33 + b"]" * 33, SD.get("[0]" * 32))
+        self.assertEqual(found.results[0].status, S.PATH_E2BIG)
+
+    def test_too_deep_documents(self):
+        # Stricter than jsonsl, which stops once the match is complete.
+        found = run_lookup(self.nested_dict(33), SD.get("1"))
+        self.assertEqual(found.results[0].status, S.DOC_E2DEEP)
+        e = self.assertRaises(SubdocError, run_mutate, self.nested_dict(33), SD.upsert("x", 1))
+        self.assertEqual(e.status, S.DOC_E2DEEP)

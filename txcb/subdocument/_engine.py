@@ -6,10 +6,11 @@ are never changed, the caller stores what :func:`mutate` returns.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from txcb.subdocument._const import DocFlag, Opcode, PathFlag, Status, SubdocError
-from txcb.subdocument._text import MALFORMED, OpError, check_document
+from txcb.subdocument._const import MAX_DEPTH, DocFlag, Opcode, PathFlag, Status, SubdocError
+from txcb.subdocument._text import (
+    MALFORMED, OpError, check_document, kind_at, skip_ws, too_deep)
 from txcb.subdocument._ops import LOOKUPS, MUTATIONS
 from txcb.subdocument._path import PathError, parse
 from txcb.subdocument._spec import Spec, check_request
@@ -35,40 +36,59 @@ class Lookup(NamedTuple):
 
 
 class _Body:
-    """The document body while specs run: bytes, and its text once needed."""
+    """
+    The document body while specs run: bytes, and its text once needed.
+    Its checks come in memcached's order: JSON at all (the datatype), then
+    -- once the path parsed -- not too deep.
+    """
 
     def __init__(self, raw: bytes, trusted: bool = False) -> None:
         self.raw, self.trusted = raw, trusted
         self._text: Optional[str] = None
         self._error: Optional[OpError] = None
+        self._decoded: Any = None
+        self._deep: Optional[bool] = None
 
-    def text(self) -> str:
-        """The body as checked JSON text; OpError(DOC_NOTJSON...) if it is not."""
+    def _check(self) -> None:
         if self._text is None and self._error is None:
             try:
                 text = self.raw.decode("utf-8")
-                check_document(text, self.trusted)
+                self._decoded = check_document(text, self.trusted)
                 self._text = text
             except UnicodeDecodeError:
                 self._error = OpError(Status.DOC_NOTJSON, "the document is not UTF-8")
             except OpError as e:
                 self._error = e
-        if self._error is not None:
-            raise OpError(self._error.status, str(self._error))
-        return self._text  # type: ignore[return-value]
 
     def is_json(self) -> bool:
-        try:
-            self.text()
-        except OpError:
-            return False
-        return True
+        self._check()
+        return self._error is None
+
+    def text(self) -> str:
+        """The body as JSON text with a container at its root, else DOC_NOTJSON."""
+        self._check()
+        if self._error is not None:
+            raise OpError(self._error.status, str(self._error))
+        text = self._text or ""
+        if kind_at(text, skip_ws(text, 0)) not in "{[":
+            # subjson (jsonsl) parses only documents that are containers
+            raise OpError(Status.DOC_NOTJSON, "the document is not an object or an array")
+        return text
+
+    def check_depth(self) -> None:
+        if self._deep is None:
+            self._deep = too_deep(self.text(), self._decoded)
+            self._decoded = None
+        if self._deep:
+            raise OpError(Status.DOC_E2DEEP, "the document nests deeper than %d" % MAX_DEPTH)
 
     def set_text(self, text: str) -> None:
         self._text, self._error, self.raw = text, None, text.encode("utf-8")
+        self._deep = False  # the operations keep within the limit
 
     def set_raw(self, raw: bytes) -> None:
         self.raw, self._text, self._error, self.trusted = raw, None, None, False
+        self._deep = self._decoded = None
 
 
 def _trusted(meta: DocumentMeta) -> bool:
@@ -91,10 +111,11 @@ def _lookup_one(spec: Spec, body: _Body, xattrs: Mapping[str, bytes],
                 raise OpError(Status.PATH_ENOENT, "the document has no body")
             return SpecResult(Status.SUCCESS, body.raw)
         if spec.xattr:
-            text = _xattr_text(spec, body, xattrs, meta)
+            text, path = _xattr_text(spec, body, xattrs, meta), _path(spec)
         else:
-            text = body.text()
-        value = LOOKUPS[spec.opcode](text, _path(spec))
+            text, path = body.text(), _path(spec)
+            body.check_depth()
+        value = LOOKUPS[spec.opcode](text, path)
     except OpError as e:
         return SpecResult(e.status)
     except MALFORMED:  # a trusted body that was not JSON after all
@@ -236,14 +257,16 @@ class _Run:
             self.deleted_body = True
             self.body.set_raw(b"")
             return None
-        value = self.value(spec)
         if spec.xattr:
+            value = self.value(spec)
             if self.xtext is None:
                 self.xtext = join_xattrs(self.orig_xattrs)
             self.xtext, out = MUTATIONS[spec.opcode](self.xtext, _path(spec), value,
                                                      self.mkdir_p)
             return out
-        text, out = MUTATIONS[spec.opcode](self.body.text(), _path(spec), value, self.mkdir_p)
+        text, path = self.body.text(), _path(spec)  # memcached's order of checks
+        self.body.check_depth()
+        text, out = MUTATIONS[spec.opcode](text, path, self.value(spec), self.mkdir_p)
         self.body.set_text(text)
         return out
 

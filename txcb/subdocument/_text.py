@@ -18,7 +18,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 from txcb.subdocument._const import MAX_DEPTH, Status
 from txcb.subdocument._path import Component
 
-__all__ = ["MALFORMED", "OpError", "Found", "check_document", "locate", "parse_value", "depth_of",
+__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "locate", "parse_value", "depth_of",
            "members", "iter_members", "next_start", "kind_at", "value_end", "skip_ws"]
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -72,21 +72,32 @@ def depth_of(obj: Any) -> int:
 MALFORMED = (ValueError, StopIteration, AttributeError, IndexError, RecursionError)
 
 
-def check_document(s: str, trusted: bool = False) -> None:
+def check_document(s: str, trusted: bool = False) -> Optional[Any]:
     """
-    DOC_NOTJSON unless ``s`` is one JSON value; DOC_E2DEEP if too deep.
-    ``trusted``: the caller knows it is JSON (memcached's datatype), so
-    only the depth is checked, and only when it could be too deep.
+    DOC_NOTJSON unless ``s`` is one JSON value.  ``trusted``: the caller
+    knows it is (memcached's datatype), so it is not parsed.  Returns the
+    decoded value when :func:`too_deep` may need it, else None.
     """
     maybe_deep = s.count("[") + s.count("{") >= MAX_DEPTH
     if trusted and not maybe_deep:
-        return
+        return None
     try:
         obj = parse_value(s)
     except (ValueError, RecursionError):
         raise OpError(Status.DOC_NOTJSON, "the document is not JSON")
-    if maybe_deep and depth_of(obj) > MAX_DEPTH:
-        raise OpError(Status.DOC_E2DEEP, "the document nests deeper than %d" % MAX_DEPTH)
+    return obj if maybe_deep else None
+
+
+def too_deep(s: str, obj: Optional[Any]) -> bool:
+    """Whether the (checked) document nests deeper than subjson parses."""
+    if s.count("[") + s.count("{") < MAX_DEPTH:
+        return False
+    if obj is None:
+        try:
+            obj = parse_value(s)
+        except (ValueError, RecursionError):
+            return False
+    return depth_of(obj) > MAX_DEPTH
 
 
 class Found:
