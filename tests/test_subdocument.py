@@ -529,6 +529,18 @@ class SubdocXattrTests(SynchronousTestCase):
         done = run_mutate(b'{"a":1}', SD.upsert_fulldoc([1]), xattrs={"u": b"1"})
         self.assertEqual((done.body, done.xattrs), (b"[1]", {"u": b"1"}))
 
+    def test_remove_a_whole_xattr(self):
+        done = run_mutate(b"{}", SD.remove("gone", xattr=True),
+                          xattrs={"gone": b"[1]", "kept": b"2"})
+        self.assertEqual(done.xattrs, {"kept": b"2"})
+        e = self.assertRaises(SubdocError, run_mutate, b"{}", SD.remove("nope", xattr=True))
+        self.assertEqual((e.status, e.index), (S.PATH_ENOENT, 0))
+
+    def test_several_xattr_keys_in_one_call(self):
+        # kv_engine refused this with XATTR_INVALID_KEY_COMBO until MB-57864.
+        done = run_mutate(b"{}", SD.upsert("a", 1, xattr=True), SD.upsert("b", 2, xattr=True))
+        self.assertEqual(done.xattrs, {"a": b"1", "b": b"2"})
+
     def test_xtoc(self):
         found = run_lookup(b"{}", SD.get("$XTOC", xattr=True), xattrs={"_a": b"1", "b": b"2"})
         self.assertEqual(found.results[0].value, b'["_a","b"]')
