@@ -10,10 +10,13 @@ daemon/subdocument*.cc, tests/testapp/testapp_subdoc.cc) and subjson
 
 import json
 import random
+import subprocess
+import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
 import txcb.subdocument as SD
+from tests.support import ROOT
 from txcb.errors import KeyExistsError, NotFoundError, TooBigError
 from txcb.subdocument import _path as sd_path  # the parser, to walk decoded copies
 from txcb.subdocument import (
@@ -59,6 +62,12 @@ class SubdocConstantsTests(SynchronousTestCase):
     def test_numbers(self):
         for got, want in self.TABLE:
             self.assertEqual(got, want)
+
+    def test_engine_imports_no_twisted(self):
+        code = ("import sys, txcb.subdocument; print(sorted(m for m in sys.modules "
+                "if m.split('.')[0] in ('twisted', 'zope')))")
+        out = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT)
+        self.assertEqual(out.strip(), b"[]")
 
 
 class SubdocPathSyntaxTests(SynchronousTestCase):
