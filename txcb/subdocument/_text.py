@@ -18,8 +18,9 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 from txcb.subdocument._const import MAX_DEPTH, Status
 from txcb.subdocument._path import Component
 
-__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "locate", "parse_value", "depth_of",
-           "members", "iter_members", "next_start", "kind_at", "value_end", "skip_ws"]
+__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "locate",
+           "parse_value", "depth_of", "members", "iter_members", "next_start", "kind_at",
+           "value_end", "skip_ws"]
 
 _WS = re.compile(r"[ \t\n\r]*")
 _KEY = re.compile(r'"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
