@@ -7,6 +7,7 @@ fails here, with the module and line that broke it.
 """
 
 import ast
+import configparser
 import importlib
 import os
 import subprocess
@@ -251,7 +252,6 @@ class PackagingTests(SynchronousTestCase):
     """A non-editable ``pip install .`` ships every package of the tree."""
 
     def test_every_package_is_listed_in_setup_cfg(self):
-        import configparser
         cfg = configparser.ConfigParser()
         cfg.read(os.path.join(ROOT, "setup.cfg"))
         listed = set(cfg["options"]["packages"].split())
