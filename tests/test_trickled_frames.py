@@ -146,7 +146,7 @@ class TrickledNetstringTests(_LinearChecks, unittest.TestCase):
         self.assertLess(peak, 2.5 * len(stream) + SLACK)
         self.assertEqual(r.strings, [payload])
         self.assertEqual(r.errors, 0)
-        self.assertEqual(len(r._held), 0)
+        self.assertEqual(len(r._partial), 0)
         self.assertLinearWork(lambda: _receiver().dataReceived, netstring(b"y" * 60000))
         self.assertLinearWork(lambda: _receiver().dataReceived, stream)
 
@@ -191,8 +191,29 @@ class TrickledServerRequestTests(_LinearChecks, ServerTestBase):
         [res] = self.responses()
         self.assertEqual((res.opcode, res.opaque, res.status), (Op.UPSERT, 7, 0))
         self.assertEqual(self.bucket.get(b"big").result.value, value)
-        self.assertEqual(len(proto._held), 0)
+        self.assertEqual(len(proto._partial), 0)
         self.assertLinearWork(lambda: self.connect(self.factory)[0].dataReceived, stream)
+
+
+class PartialFrameWhileHeldTests(ServerTestBase):
+    """The partial frame and the requests held while replies back up are apart."""
+
+    def test_partial_frame_while_requests_are_held(self):
+        # Regression: the receiver's partial frame shared a name with the
+        # requests RequestFlow holds while paused, so a frame split across
+        # reads then met a list of payloads.
+        proto, transport = self.setup_server()
+        first = netstring(encode_request(Op.UPSERT, 1, key=b"a", value=b"1"))
+        second = netstring(encode_request(Op.GET, 2, key=b"a"))
+        proto.pauseProducing()
+        proto.dataReceived(first + second[:5])
+        proto.dataReceived(second[5:-1])
+        proto.dataReceived(second[-1:])
+        self.assertEqual(self.responses(), [])
+        proto.resumeProducing()
+        replies = self.responses()
+        self.assertEqual([(r.opaque, r.status) for r in replies], [(1, 0), (2, 0)])
+        self.assertEqual(replies[1].body, b"1")
 
 
 class TrickledClientReplyTests(_LinearChecks, ClientTestBase):
@@ -281,7 +302,7 @@ class FastNetstringSplitTests(unittest.TestCase):
     def assertReceived(self, chunks, expected=_SMALL):
         r = _receive(chunks)
         self.assertEqual(r.strings, expected, [len(c) for c in chunks])
-        self.assertEqual((r.errors, len(r._held)), (0, 0))
+        self.assertEqual((r.errors, len(r._partial)), (0, 0))
 
     def test_whole(self):
         self.assertReceived([_STREAM])
@@ -330,7 +351,7 @@ class FastNetstringIllegalTests(unittest.TestCase):
         self.assertEqual(r.strings, before, name)
         self.assertEqual(r.errors, 1, name)
         self.assertTrue(r.brokenPeer, name)
-        self.assertEqual(len(r._held), 0, name)
+        self.assertEqual(len(r._partial), 0, name)
         self.assertTrue(r.transport.disconnecting, name)
         r.dataReceived(b"1:b,")
         self.assertEqual(r.strings, before, name)

@@ -124,9 +124,9 @@ class FastNetstringReceiver(NetstringReceiver):
     def makeConnection(self, transport: Any) -> None:
         # The incomplete frame at the end of the last chunk: its length prefix
         # alone (_need 0), or, once that is read, the whole frame so far
-        # (_need: its size with prefix and comma; _start: where its payload starts).
-        self._held = bytearray()
-        self._need = self._start = 0
+        # (_need: its size with prefix and comma; _payload_at: where its payload starts).
+        self._partial = bytearray()
+        self._need = self._payload_at = 0
         self._batch = None
         self._direct = direct_writer(transport)
         self._io = transport
@@ -159,7 +159,7 @@ class FastNetstringReceiver(NetstringReceiver):
         if self.brokenPeer:
             return
         pos = 0
-        held = self._held
+        held = self._partial
         if held:
             if self._need:
                 missing = self._need - len(held)  # the payload's rest and its comma
@@ -170,12 +170,12 @@ class FastNetstringReceiver(NetstringReceiver):
                 pos = missing
             else:
                 data = bytes(held) + data  # a partial length prefix: a few bytes
-                self._held = bytearray()
+                self._partial = bytearray()
         outer = self._batch
         batch = self._batch = [] if outer is None else outer
         try:
             if pos:
-                self._held_frame()
+                self._partial_frame()
             if pos < len(data) and not self.brokenPeer:
                 self._frames(data, pos)
         finally:
@@ -184,11 +184,11 @@ class FastNetstringReceiver(NetstringReceiver):
                 if batch:
                     self._flush(batch)
 
-    def _held_frame(self) -> None:
+    def _partial_frame(self) -> None:
         """Deliver the held frame, now whole (its last byte should be a comma)."""
-        held, start = self._held, self._start
-        self._held = bytearray()
-        self._need = self._start = 0
+        held, start = self._partial, self._payload_at
+        self._partial = bytearray()
+        self._need = self._payload_at = 0
         if held[-1] != 0x2C:  # ","
             self._parse_error()
             return
@@ -209,7 +209,7 @@ class FastNetstringReceiver(NetstringReceiver):
                         or int(prefix) > self.MAX_LENGTH):
                     self._parse_error()
                     return
-                self._held = bytearray(prefix)
+                self._partial = bytearray(prefix)
                 return
             prefix = data[pos:colon]
             if (not prefix.isdigit() or (prefix[0] == 0x30 and colon - pos > 1)):
@@ -221,9 +221,9 @@ class FastNetstringReceiver(NetstringReceiver):
                 return
             end = colon + 1 + length
             if end >= n:  # the payload or its comma is still to come
-                self._held = bytearray(memoryview(data)[pos:])
+                self._partial = bytearray(memoryview(data)[pos:])
                 self._need = end + 1 - pos
-                self._start = colon + 1 - pos
+                self._payload_at = colon + 1 - pos
                 return
             if data[end] != 0x2C:  # ","
                 self._parse_error()
@@ -234,7 +234,7 @@ class FastNetstringReceiver(NetstringReceiver):
                 return
 
     def _parse_error(self) -> None:
-        self._held = bytearray()
-        self._need = self._start = 0
+        self._partial = bytearray()
+        self._need = self._payload_at = 0
         self._handleParseError()
         self.brokenPeer = 1
