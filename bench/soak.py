@@ -403,8 +403,9 @@ def run_attack(server: Server, mc_port: int, name: str, fn: Callable[[Attack], N
     after = Probe(mc_port, a.window).result(a.window + 30)
     alive = server.proc.poll() is None
     rss1 = rss_bytes(pid) if alive else 0
-    row = {"attack": name, "server": server.name, "server_pid": pid, "rss_before": rss0, "rss_during": peak, "rss_after": rss1,
-           "cpu_during": cpu, "p99_before": before["p99"], "p99_during": during["p99"],
+    row = {"attack": name, "server": server.name, "server_pid": pid, "rss_before": rss0,
+           "rss_during": peak, "rss_after": rss1, "cpu_during": cpu,
+           "p99_before": before["p99"], "p99_during": during["p99"],
            "p99_after": after["p99"], "note": attack.note.strip(),
            "errors": [p["error"] for p in (before, during, after) if p["error"]]}
     if not alive:
