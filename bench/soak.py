@@ -2,12 +2,12 @@
 Soak a real ``twistd txcb`` with the attacks of issue 12: ``python -m bench.soak``
 (``--help`` for the options).
 
-Starts ``twistd -n txcb --ephemeral`` (and, with ``--persistent``, a second
-run on a --data-dir in a temporary directory) on free loopback ports, then
-for each attack: a good client (its own process, a raw socket on the memcached
-port getting a small key and a 1 MB key, one request at a time) measures
-latency for a window before, during and after the attack, while the server's
-RSS (/proc/PID/status) and CPU (/proc/PID/stat) are sampled.  One table row
+Starts ``twistd -n txcb --ephemeral`` on free loopback ports, a new one for
+each attack (and, with ``--persistent``, a second round on a --data-dir in a
+temporary directory).  A good client (its own process, a raw socket on the
+memcached port getting a small key and a 1 MB key, one request at a time)
+measures latency for a window before, during and after the attack, while the
+server's RSS (/proc/PID/status) and CPU (/proc/PID/stat) are sampled.  One table row
 per attack: RSS before / peak during / after (MB), server CPU seconds used
 during, the good client's p99 before / during / after (ms), and PASS when,
 after the attack, RSS is within 10% of where it started and p99 within 2x.
@@ -347,6 +347,7 @@ ATTACKS: List[Tuple[str, str, Callable[[Attack], None]]] = [
 
 def start_server(out_dir: str, persistent: bool, max_connections: int) -> Tuple[Server, int]:
     """``twistd -n txcb`` on two free ports: -> (the server, its memcached port)."""
+    os.makedirs(out_dir)
     ns_port, mc_port = free_port(), free_port()
     name = "txcb-persistent" if persistent else "txcb-ephemeral"
     log = os.path.join(out_dir, name + ".log")
@@ -449,29 +450,29 @@ HEADER = ("%-9s %6s %7s %6s %7s  %7s %8s %7s  %-15s %s\n" % (
 
 
 def soak(a: argparse.Namespace, persistent: bool) -> List[Dict[str, Any]]:
-    """Every chosen attack against one server; -> the rows."""
+    """
+    Every chosen attack, each against a server of its own (so that what one
+    leaves behind is not the next one's starting point); -> the rows.
+    """
     out_dir = tempfile.mkdtemp(prefix="txcb-soak-")
     rows = []
-    server, mc_port = start_server(out_dir, persistent, a.max_connections)
-    try:
-        print("\n%s (pid %d), %ss per attack, %ss windows; log %s" % (
-            server.name, server.pid, a.seconds, a.window, server.log_path), flush=True)
-        print(HEADER, flush=True)
-        for name, _title, fn in ATTACKS:
-            if a.only and name not in a.only:
-                continue
-            if server.proc.poll() is not None:  # an attack killed it: the next gets a new one
-                server.stop()
-                server, mc_port = start_server(out_dir, persistent, a.max_connections)
+    print("\n%s bucket, a new server per attack, %ss per attack, %ss windows; logs in %s"
+          % ("persistent" if persistent else "ephemeral", a.seconds, a.window, out_dir),
+          flush=True)
+    print(HEADER, flush=True)
+    for name, _title, fn in ATTACKS:
+        if a.only and name not in a.only:
+            continue
+        server, mc_port = start_server(os.path.join(out_dir, name), persistent,
+                                       a.max_connections)
+        try:
             row = run_attack(server, mc_port, name, fn, a)
-            print_row(row)
-            rows.append(row)
-    finally:
-        server.stop()
-        if rows and all(r["ok"] for r in rows):
-            shutil.rmtree(out_dir, ignore_errors=True)
-        else:
-            print("(server log and data kept in %s)" % out_dir, flush=True)
+        finally:
+            server.stop()
+        print_row(row)
+        rows.append(row)
+    if rows and all(r["ok"] for r in rows):
+        shutil.rmtree(out_dir, ignore_errors=True)
     return rows
 
 
