@@ -281,6 +281,43 @@ class TrickledMemcachedAsciiTests(_LinearChecks, unittest.TestCase):
         self.assertLinearWork(lambda: self.parser([]).feed, stream)
 
 
+# -- a big partial frame behind a small one, in one read -----------------------
+
+def _one_read_peak(feed, data):
+    """Traced peak while ``feed(data)`` runs (``data`` itself is not counted)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        feed(data)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+class PartialTailCopiedOnceTests(unittest.TestCase):
+    """The incomplete end of a read is copied into the buffer once, not sliced and then copied."""
+
+    def assertCopiedOnce(self, feed, data, tail):
+        peak = _one_read_peak(feed, data)
+        self.assertLess(peak, 1.3 * tail + SLACK, "peak %d for a %d-byte tail" % (peak, tail))
+
+    def test_netstring_receivers(self):
+        data = netstring(b"small") + netstring(b"b" * BIG)[:-1]
+        self.assertCopiedOnce(_receiver().dataReceived, data, BIG)
+        self.assertCopiedOnce(NetstringDecoder(1 << 25).feed, data, BIG)
+
+    def test_memcached_binary(self):
+        data = (B.encode_request(B.Opcode.NOOP)
+                + B.encode_request(B.Opcode.SET, b"big", b"b" * BIG, B.store_extras(0, 0))[:-1])
+        self.assertCopiedOnce(B.Decoder(max_body=4 * BIG).feed, data, BIG)
+
+    def test_memcached_ascii_data_block(self):
+        data = b"get k\r\nset big 0 0 %d\r\n%s" % (BIG, b"b" * (BIG - 1))
+        parser = A.Parser({"get": lambda *a: None, "set": lambda *a: None},
+                          lambda resp, close: None, max_value=4 * BIG)
+        self.assertCopiedOnce(parser.feed, data, BIG)
+
+
 # -- FastNetstringReceiver: every split, illegal input ---------------------------
 
 #: Frames of every shape: empty, one byte, several in one read, one held

@@ -590,7 +590,7 @@ class Decoder:
             if pos:
                 del buf[:pos]
         elif pos < end:
-            buf += src[pos:]
+            buf += memoryview(src)[pos:]  # one copy of the tail, not two
         if err is not None:
             raise err
         return out
