@@ -29,6 +29,7 @@ from txcb.service.listen import (
     ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
     endpoint_problem, lower_first)
 from txcb.service.keyspaces import make_keyspace, make_keyspaces
+from txcb.service.memory import MemoryTrimmer, glibc_heap
 from txcb.service.metrics import install_metrics
 from txcb.service.reactor import install_default
 
@@ -292,6 +293,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     buckets = BucketService(bucket, keyspaces.buckets())
     top = _application(options, reactor, buckets)
     buckets.setServiceParent(top)
+    MemoryTrimmer(reactor, glibc_heap()).setServiceParent(top)
     stats = ServerStats(max_connections=options["max-connections"], clock=reactor,
                         idle_timeout=options["idle-timeout"])
     factories = [_listen_netstring(top, options, bucket, stats, reactor)]
