@@ -11,8 +11,11 @@ When the transport's write buffer fills up (a client that sends but never
 reads), it stops executing commands and stops reading; parsed commands that
 were already read wait in a backlog, and everything resumes once the buffer
 drains.  The same happens while ``max_inflight`` bucket calls are pending.
-So a connection holds at most one read of input, the transport's buffer plus
-one reply, and ``max_inflight`` pending results.
+A reply that may be far larger than what it answers (a get of many keys) is
+a stream (:class:`ReplyStream`), made a part at a time while the transport
+takes more.  So a connection holds at most one read of input, the
+transport's buffer plus one reply or one part of a stream, and
+``max_inflight`` pending results.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections import deque
 from typing import (
     Any, Callable, Deque, List, Optional, Protocol as TypingProtocol, Tuple, cast)
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -29,10 +32,17 @@ from zope.interface import implementer
 
 from txcb.transport import StreamTransport, direct_writer, set_nodelay
 
-__all__ = ["OrderedReplies", "WRITE_CHUNK", "Render"]
+__all__ = ["OrderedReplies", "WRITE_CHUNK", "Render", "ReplyStream", "MORE", "WAIT",
+           "DONE"]
 
-#: Pending output is handed to the transport once it reaches this size.
+#: Pending output is handed to the transport once it reaches this size; a
+#: stream's part is about this size too.
 WRITE_CHUNK = 65536
+
+#: What :meth:`ReplyStream.step` says: more parts are ready to be made, it
+#: waits for a result (and calls :meth:`OrderedReplies.stream_ready`), or the
+#: reply is complete.
+MORE, WAIT, DONE = 0, 1, 2
 
 #: ``render(result or Failure, context) -> reply bytes`` (b"" for none).
 Render = Callable[[Any, Any], bytes]
@@ -44,8 +54,21 @@ class _ProducerTransport(StreamTransport, TypingProtocol):
     disconnecting: bool
 
 
+class ReplyStream(TypingProtocol):
+    """A reply made part by part (:meth:`OrderedReplies.stream`)."""
+
+    def step(self, write: Callable[[bytes], None]) -> int:
+        """Write the next part with ``write``; MORE, WAIT or DONE."""
+
+    def stop(self) -> None:
+        """The connection is gone: drop what is held, write nothing more."""
+
+
 class _Slot:
-    """One pending reply, in request order: ``data`` is None until it is ready."""
+    """
+    One pending reply, in request order: ``data`` is None until it is ready,
+    then its bytes, a :class:`ReplyStream` or ``_CLOSE``.
+    """
 
     __slots__ = ("data",)
 
@@ -97,9 +120,8 @@ class OrderedReplies(Protocol):
     def stop_replies(self) -> None:
         """The connection is gone (from connectionLost): drop what is queued."""
         self._gone = True
-        self._closing = True
-        self.blocked = True
-        self._backlog.clear()
+        self.stopProducing()
+        self._slots.clear()
         self._out.clear()
 
     @property
@@ -237,12 +259,16 @@ class OrderedReplies(Protocol):
     def resumeProducing(self) -> None:
         self._out_full = False
         if not self._gone:
-            self._drain_backlog()
+            self._drain_slots()     # a stream first in line goes on; then the backlog
 
     def stopProducing(self) -> None:
         self._closing = True
         self.blocked = True
         self._backlog.clear()
+        for slot in self._slots:
+            data = slot.data
+            if data is not None and type(data) is not bytes and data is not _CLOSE:
+                data.stop()
 
     # -- replies ----------------------------------------------------------------------
 
@@ -307,31 +333,40 @@ class OrderedReplies(Protocol):
             self.blocked = True
         d.addCallback(self._completed, box, slot, render, ctx)
 
-    def submit_all(self, ds: List[Deferred], render: Render, ctx: Any) -> None:
-        """:meth:`submit` for several Deferreds answered by one reply (of their list)."""
-        boxes: List[List[Any]] = []
-        pending = 0
-        for d in ds:
-            box: List[Any] = []
-            d.addBoth(box.append)
-            boxes.append(box)
-            if not box:
-                pending += 1
-        if not pending:
-            self.submit(succeed([b[0] for b in boxes]), render, ctx)
-            return
-        whole: Deferred = Deferred()
-        left = [pending]
+    def stream(self, parts: ReplyStream) -> None:
+        """
+        Reply with a stream: once every earlier reply is out, ``parts.step``
+        writes a part at a time for as long as the transport takes more, and
+        goes on when it drains (or, after WAIT, at :meth:`stream_ready`).
+        Later replies follow it, and later requests wait while it waits for
+        the transport, so what it holds is one part, whatever its length.
+        """
+        slots = self._slots
+        if slots or not self._pump(parts):
+            slots.append(_Slot(parts))
+            if len(slots) >= self._max_inflight:
+                self.blocked = True
 
-        def one_done(_: Any) -> None:
-            left[0] -= 1
-            if not left[0]:
-                whole.callback([b[0] for b in boxes])
+    def stream_ready(self, parts: ReplyStream) -> None:
+        """A stream that said WAIT has its next part ready."""
+        slots = self._slots
+        if slots and slots[0].data is parts and not (self._gone or self._out_full):
+            self._drain_slots()
 
-        for d, box in zip(ds, boxes):
-            if not box:
-                d.addCallback(one_done)
-        self.submit(whole, render, ctx)
+    def _pump(self, parts: ReplyStream) -> bool:
+        """Step a stream that is first in line until it waits or is done: True if done."""
+        write = self._write
+        while not (self._out_full or self._gone):
+            try:
+                state = parts.step(write)
+            except Exception:
+                self._log.failure("txcb memcached: internal error streaming a reply")
+                parts.stop()
+                self._write(self.internal_error(None))
+                return True
+            if state != MORE:
+                return state == DONE
+        return False
 
     def _completed(self, _: Any, box: List[Any], slot: _Slot, render: Render,
                    ctx: Any) -> None:
@@ -348,11 +383,16 @@ class OrderedReplies(Protocol):
             return
         slots = self._slots
         while slots and slots[0].data is not None:
-            data = slots.popleft().data
+            data = slots[0].data
+            if type(data) is not bytes and data is not _CLOSE and not self._pump(data):
+                self._flush()       # a stream that goes on once the transport drains
+                self._update_reading()
+                return
+            slots.popleft()
             if data is _CLOSE:
                 self._close_now()
                 return
-            if data:
+            if data and type(data) is bytes:    # (b"": none; a stream: written)
                 self._write(data)
         if self._backlog:
             self._drain_backlog()
