@@ -100,6 +100,7 @@ class OrderedReplies(Protocol):
         self._max_inflight = max_inflight
         self._slots: Deque[_Slot] = deque()
         self._backlog: Deque[Any] = deque()
+        self._streams = 0            # streams in _slots: later requests wait for them
         self._out: List[bytes] = []
         self._out_len = 0
         self._out_full = False       # the transport's write buffer is full
@@ -107,7 +108,7 @@ class OrderedReplies(Protocol):
         self._closing = False        # no more requests: a close is under way
         self._gone = False           # connectionLost was called
         #: True while a request must wait (:meth:`hold`) rather than run: a
-        #: close, full output, a backlog or ``max_inflight`` pending.
+        #: close, full output, a backlog, a stream or ``max_inflight`` pending.
         self.blocked = False
         self.handle: Callable[[Any], Optional[bytes]] = _ignore
         #: What a request whose handler failed is answered with.
@@ -122,6 +123,7 @@ class OrderedReplies(Protocol):
         self._gone = True
         self.stopProducing()
         self._slots.clear()
+        self._streams = 0
         self._out.clear()
 
     @property
@@ -193,7 +195,7 @@ class OrderedReplies(Protocol):
             if not self._gone:
                 self._send(data)
         if self.blocked or not self._reading:
-            if self._backlog and not (self._out_full or self._closing
+            if self._backlog and not (self._out_full or self._closing or self._streams
                                       or len(self._slots) >= self._max_inflight):
                 self._drain_backlog()
             else:
@@ -205,7 +207,7 @@ class OrderedReplies(Protocol):
         limit = self._max_inflight
         if self._closing:
             pass                    # nothing more runs
-        elif self._backlog or self._out_full or len(slots) >= limit:
+        elif self._backlog or self._out_full or self._streams or len(slots) >= limit:
             self._backlog.extend(events)
         else:
             handle = self.handle
@@ -215,7 +217,7 @@ class OrderedReplies(Protocol):
                 if data:
                     self.reply(data)
                 done += 1
-                if self._out_full or self._closing or len(slots) >= limit:
+                if self._out_full or self._closing or self._streams or len(slots) >= limit:
                     if not self._closing:
                         self._backlog.extend(events[done:])
                     break
@@ -227,7 +229,8 @@ class OrderedReplies(Protocol):
         handle = self.handle
         slots = self._slots
         limit = self._max_inflight
-        while backlog and not (self._out_full or self._closing or len(slots) >= limit):
+        while backlog and not (self._out_full or self._closing or self._streams
+                               or len(slots) >= limit):
             data = handle(backlog.popleft())
             if data:
                 self.reply(data)
@@ -239,7 +242,7 @@ class OrderedReplies(Protocol):
     def _update_reading(self) -> None:
         want = not (self._closing or self._out_full or self._backlog
                     or len(self._slots) >= self._max_inflight)
-        self.blocked = not want
+        self.blocked = not want or self._streams > 0
         transport = cast(_ProducerTransport, self.transport)
         if self._gone or transport.disconnecting:
             return
@@ -338,14 +341,15 @@ class OrderedReplies(Protocol):
         Reply with a stream: once every earlier reply is out, ``parts.step``
         writes a part at a time for as long as the transport takes more, and
         goes on when it drains (or, after WAIT, at :meth:`stream_ready`).
-        Later replies follow it, and later requests wait while it waits for
-        the transport, so what it holds is one part, whatever its length.
+        Later requests wait (:attr:`blocked`) until it is complete, so they
+        run after it as they would after a reply made at once; what it holds
+        is one part, whatever its length.
         """
         slots = self._slots
         if slots or not self._pump(parts):
             slots.append(_Slot(parts))
-            if len(slots) >= self._max_inflight:
-                self.blocked = True
+            self._streams += 1
+            self.blocked = True
 
     def stream_ready(self, parts: ReplyStream) -> None:
         """A stream that said WAIT has its next part ready."""
@@ -379,7 +383,6 @@ class OrderedReplies(Protocol):
 
     def _drain_slots(self) -> None:
         if self._gone:
-            self._slots.clear()
             return
         slots = self._slots
         while slots and slots[0].data is not None:
@@ -392,8 +395,11 @@ class OrderedReplies(Protocol):
             if data is _CLOSE:
                 self._close_now()
                 return
-            if data and type(data) is bytes:    # (b"": none; a stream: written)
-                self._write(data)
+            if type(data) is bytes:
+                if data:
+                    self._write(data)
+            else:                   # a stream, complete
+                self._streams -= 1
         if self._backlog:
             self._drain_backlog()
         else:
@@ -418,6 +424,7 @@ class OrderedReplies(Protocol):
         self.blocked = True
         self._flush()
         self._slots.clear()
+        self._streams = 0
         if not self._gone:
             transport = self.transport
             assert transport is not None
