@@ -135,6 +135,22 @@ class MultiGetBufferBoundTests(unittest.TestCase):
         self.assertEqual(self.h.embedded.get_sync(b"big").raw, BIG)
         self.assertEqual(c.t.read_all(), HIT * 20 + b"END\r\nVALUE big 0 1\r\nz\r\nEND\r\n")
 
+    def test_transport_resuming_from_inside_a_write_keeps_the_order(self):
+        c = self.c
+        c.p.dataReceived(b"get" + b" big" * 5 + b"\r\nversion\r\nget" + b" big" * 30
+                         + b"\r\nset a 0 0 1 noreply\r\n1\r\nget a\r\n")
+        self.assertHeldWithinCap()
+        c.t.eager = True
+        first = c.t.read()
+        self.assertEqual(first + b"".join(c.t.early) + c.t.read_all(),
+                         HIT * 5 + b"END\r\nVERSION %s\r\n" % VERSION.encode() + HIT * 30
+                         + b"END\r\nVALUE a 0 1\r\n1\r\nEND\r\n")
+        self.assertGreater(len(c.t.early), 20)
+        c.t.early = []
+        c.p.dataReceived(GET_MANY + b"get a\r\n")   # a stream that starts eager
+        self.assertEqual(b"".join(c.t.early) + c.t.read_all(),
+                         HIT * KEYS + b"END\r\nVALUE a 0 1\r\n1\r\nEND\r\n")
+
     def test_quit_after_a_stream_closes_once_it_is_written(self):
         c = self.c
         c.p.dataReceived(b"get" + b" big" * 20 + b"\r\nquit\r\nget big\r\n")

@@ -18,7 +18,9 @@ class SlowPeerTransport(StringTransport):
     pauses its streaming producer when a write leaves more than
     ``buffer_size`` bytes waiting, and resumes it once the peer has read all
     of them.  ``peak`` is the most bytes it ever held; ``writes`` counts the
-    producer's writes.
+    producer's writes.  ``eager``: the peer reads everything as soon as a
+    write pauses the producer, which is resumed from inside that write (what
+    it read is kept in ``early``).
     """
 
     def __init__(self, buffer_size=65536, **kw):
@@ -29,6 +31,8 @@ class SlowPeerTransport(StringTransport):
         self.peak = 0
         self.writes = 0
         self.producer_paused = False
+        self.eager = False
+        self.early = []
 
     def write(self, data):
         self.pieces.append(data)
@@ -39,6 +43,8 @@ class SlowPeerTransport(StringTransport):
                 and not self.producer_paused):
             self.producer_paused = True
             self.producer.pauseProducing()
+            if self.eager:
+                self.early.append(self.read())
 
     def writeSequence(self, data):
         self.write(b"".join(data))

@@ -101,6 +101,7 @@ class OrderedReplies(Protocol):
         self._slots: Deque[_Slot] = deque()
         self._backlog: Deque[Any] = deque()
         self._streams = 0            # streams in _slots: later requests wait for them
+        self._pumping = False        # a stream is being stepped
         self._out: List[bytes] = []
         self._out_len = 0
         self._out_full = False       # the transport's write buffer is full
@@ -346,10 +347,13 @@ class OrderedReplies(Protocol):
         is one part, whatever its length.
         """
         slots = self._slots
-        if slots or not self._pump(parts):
-            slots.append(_Slot(parts))
-            self._streams += 1
-            self.blocked = True
+        slots.append(_Slot(parts))
+        self._streams += 1
+        self.blocked = True
+        if len(slots) == 1 and self._pump(parts):     # complete at once: the usual
+            slots.popleft()
+            self._streams -= 1
+            self.blocked = self._out_full
 
     def stream_ready(self, parts: ReplyStream) -> None:
         """A stream that said WAIT has its next part ready."""
@@ -359,18 +363,24 @@ class OrderedReplies(Protocol):
 
     def _pump(self, parts: ReplyStream) -> bool:
         """Step a stream that is first in line until it waits or is done: True if done."""
-        write = self._write
-        while not (self._out_full or self._gone):
-            try:
-                state = parts.step(write)
-            except Exception:
-                self._log.failure("txcb memcached: internal error streaming a reply")
-                parts.stop()
-                self._write(self.internal_error(None))
-                return True
-            if state != MORE:
-                return state == DONE
-        return False
+        if self._pumping:
+            return False    # resumed from inside one of its writes: the loop below goes on
+        self._pumping = True
+        try:
+            write = self._write
+            while not (self._out_full or self._gone):
+                try:
+                    state = parts.step(write)
+                except Exception:
+                    self._log.failure("txcb memcached: internal error streaming a reply")
+                    parts.stop()
+                    self._write(self.internal_error(None))
+                    return True
+                if state != MORE:
+                    return state == DONE
+            return False
+        finally:
+            self._pumping = False
 
     def _completed(self, _: Any, box: List[Any], slot: _Slot, render: Render,
                    ctx: Any) -> None:
