@@ -165,7 +165,8 @@ class MultiGetBufferBoundTests(unittest.TestCase):
         stream = c.p._slots[0].data
         c.p.connectionLost(Failure(ConnectionDone()))
         self.assertEqual((len(c.p._slots), len(c.p._backlog), c.p._out), (0, 0, []))
-        self.assertEqual(stream.keys, [])
+        self.assertTrue(stream.over)
+        self.assertEqual(list(stream.keys), [])
         self.assertEqual(self.h.stats.connections, 0)
         c.t.clear()
         c.t.read()   # a transport that resumes its producer after the loss

@@ -44,6 +44,7 @@ _SERVER_ERROR_INTERNAL = b"SERVER_ERROR internal error\r\n"
 _VERSION_REPLY = b"VERSION %s\r\n" % (VERSION.encode("ascii"),)
 _STORE_OPS = {"set": "upsert", "add": "insert", "replace": "replace"}
 _format_one_hit = A.format_one_hit
+_format_hit = A.format_hit
 _END = A.END
 _STORED = A.STORED
 #: Keys of one multi-get a Deferred bucket is asked for ahead of its reply.
@@ -163,8 +164,7 @@ class AsciiSession(Session):
         bucket = self.bucket
         stream: _Values
         if self.sync:
-            get_sync = bucket.get_sync
-            stream = _SyncValues(self, keys, with_cas, lambda k: get_sync(k, 0, True))
+            stream = _SyncValues(self, keys, with_cas, bucket.get_sync, 0)
         else:
             stream = _DeferredValues(self, keys, with_cas, lambda k: bucket.get(k, quiet=True))
         self.conn.stream(stream)
@@ -183,7 +183,7 @@ class AsciiSession(Session):
             stream: _Values
             if self.sync:
                 stream = _SyncValues(self, keys, with_cas,
-                                     lambda k: _get_and_touch_sync(bucket, k, ttl))
+                                     lambda k, t, _q: _get_and_touch_sync(bucket, k, t), ttl)
             else:
                 stream = _DeferredValues(self, keys, with_cas,
                                          lambda k: get_and_touch(bucket, k, ttl))
@@ -355,18 +355,18 @@ class _Values:
     once), else after the values before it.
     """
 
-    __slots__ = ("conn", "observer", "started", "keys", "with_cas", "fetch", "next",
-                 "sent", "status", "over")
+    __slots__ = ("conn", "observer", "started", "keys", "with_cas", "fetch", "ttl", "sent",
+                 "status", "over")
 
     def __init__(self, session: AsciiSession, keys: List[bytes], with_cas: bool,
-                 fetch: Callable[[bytes], Any]) -> None:
+                 fetch: Callable[..., Any], ttl: int = 0) -> None:
         self.conn = session.conn
         self.observer = session.observer
         self.started = session.started
-        self.keys = keys
+        self.keys = iter(keys)  # the keys not fetched yet
         self.with_cas = with_cas
         self.fetch = fetch
-        self.next = 0           # keys[next] is the next to fetch
+        self.ttl = ttl
         self.sent = False       # a part went out
         self.status = 0         # the observer's: the first miss's or error's rc
         self.over = False
@@ -374,7 +374,7 @@ class _Values:
     def _take(self, key: bytes, r: Any, parts: List[bytes]) -> int:
         """Add a key's result to ``parts``: the bytes added, or -1 for an error."""
         if type(r) is not Failure and r.rc == 0:
-            part = A.format_hit(key, r.flags, r.raw, r.cas if self.with_cas else None)
+            part = _format_hit(key, r.flags, r.raw, r.cas if self.with_cas else None)
             parts.append(part)
             return len(part)
         if not self.status:
@@ -410,34 +410,34 @@ class _Values:
     def stop(self) -> None:
         """Make nothing more; drop the keys."""
         self.over = True
-        self.keys = []
+        self.keys = iter(())
 
 
 class _SyncValues(_Values):
-    """:class:`_Values` from an ISyncBucket: ``fetch(key)`` is the result."""
+    """:class:`_Values` from an ISyncBucket: ``fetch(key, ttl, True)`` is the result."""
 
     __slots__ = ()
 
     def step(self, write: Callable[[bytes], None]) -> int:
         if self.over:
             return DONE
-        keys, fetch, take = self.keys, self.fetch, self._take
+        fetch, ttl, with_cas = self.fetch, self.ttl, self.with_cas
         parts: List[bytes] = []
         size = 0
-        i, n = self.next, len(keys)
-        while i < n and size < WRITE_CHUNK:
-            key = keys[i]
-            i += 1
+        for key in self.keys:
             try:
-                r = fetch(key)
+                r = fetch(key, ttl, True)
             except Exception:
                 r = Failure()
-            added = take(key, r, parts)
-            if added < 0:
+            if type(r) is not Failure and r.rc == 0:    # a hit: _take's first case, inline
+                part = _format_hit(key, r.flags, r.raw, r.cas if with_cas else None)
+                parts.append(part)
+                size += len(part)
+                if size >= WRITE_CHUNK:
+                    return self._part(parts, write, False)
+            elif self._take(key, r, parts) < 0:
                 return self._failed(r, parts, write)
-            size += added
-        self.next = i
-        return self._part(parts, write, i == n)
+        return self._part(parts, write, True)
 
 
 class _DeferredValues(_Values):
@@ -456,10 +456,10 @@ class _DeferredValues(_Values):
         self._fetch_ahead()
 
     def _fetch_ahead(self) -> None:
-        ahead, keys = self.ahead, self.keys
-        while len(ahead) < _FETCH_AHEAD and self.next < len(keys):
-            key = keys[self.next]
-            self.next += 1
+        ahead = self.ahead
+        if len(ahead) >= _FETCH_AHEAD:
+            return
+        for key in self.keys:
             box: List[Any] = []
             try:
                 d = self.fetch(key)
@@ -469,6 +469,8 @@ class _DeferredValues(_Values):
             ahead.append((key, box))
             if not box:
                 d.addCallback(self._arrived, box)
+            if len(ahead) >= _FETCH_AHEAD:
+                return
 
     def _arrived(self, _: Any, box: List[Any]) -> None:
         ahead = self.ahead

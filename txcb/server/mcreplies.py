@@ -347,11 +347,11 @@ class OrderedReplies(Protocol):
         is one part, whatever its length.
         """
         slots = self._slots
-        slots.append(_Slot(parts))
-        self._streams += 1
+        self._streams += 1      # from now on: a transport resuming us runs nothing else
         self.blocked = True
-        if len(slots) == 1 and self._pump(parts):     # complete at once: the usual
-            slots.popleft()
+        if slots or not self._pump(parts):
+            slots.append(_Slot(parts))
+        else:                   # complete at once: the usual
             self._streams -= 1
             self.blocked = self._out_full
 
