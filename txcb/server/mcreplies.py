@@ -100,7 +100,7 @@ class OrderedReplies(Protocol):
         self._max_inflight = max_inflight
         self._slots: Deque[_Slot] = deque()
         self._backlog: Deque[Any] = deque()
-        self._streams = 0            # streams in _slots: later requests wait for them
+        self._streams = 0            # streams not complete: later requests wait for them
         self._pumping = False        # a stream is being stepped
         self._out: List[bytes] = []
         self._out_len = 0
