@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from txcb.buckets.embedded import EmbeddedBucket
-from txcb.errors import NetworkError
+from txcb.errors import RC, NetworkError
 from txcb.formats import Encoded
 from txcb.server.memcached import VERSION, MemcachedServerFactory
 from txcb.server.mcreplies import WRITE_CHUNK
@@ -153,6 +153,20 @@ class MultiGetBufferBoundTests(unittest.TestCase):
         c.p.dataReceived(GET_MANY + b"get a\r\n")   # a stream that starts eager
         self.assertEqual(b"".join(c.t.early) + c.t.read_all(),
                          HIT * KEYS + b"END\r\nVALUE a 0 1\r\n1\r\nEND\r\n")
+
+    def test_observer_is_told_once_the_stream_is_complete(self):
+        seen = []
+
+        class Observer:
+            def request_done(self, op, status, started):
+                seen.append((op, status))
+        self.h.factory.observer = Observer()
+        c = self.c = self.connect()
+        c.p.dataReceived(b"get big nope" + b" big" * 20 + b"\r\nget big a\r\n")
+        self.assertHeldWithinCap()
+        self.assertEqual(seen, [])
+        self.assertEqual(c.t.read_all(), HIT * 21 + b"END\r\n" + HIT + b"END\r\n")
+        self.assertEqual(seen, [("get", RC.KEY_ENOENT)] * 2)
 
     def test_quit_after_a_stream_closes_once_it_is_written(self):
         c = self.c
