@@ -421,23 +421,33 @@ class _SyncValues(_Values):
     def step(self, write: Callable[[bytes], None]) -> int:
         if self.over:
             return DONE
-        fetch, ttl, with_cas = self.fetch, self.ttl, self.with_cas
-        parts: List[bytes] = []
+        fetch, ttl = self.fetch, self.ttl
+        got: List[bytes] = []
+        results: List[Any] = []
         size = 0
+        last = True
+        # A part's results first, then their rendering: two short loops run
+        # faster than one that alternates between the bucket and the format.
         for key in self.keys:
             try:
                 r = fetch(key, ttl, True)
             except Exception:
                 r = Failure()
-            if type(r) is not Failure and r.rc == 0:    # a hit: _take's first case, inline
-                part = _format_hit(key, r.flags, r.raw, r.cas if with_cas else None)
-                parts.append(part)
-                size += len(part)
+            got.append(key)
+            results.append(r)
+            if type(r) is not Failure and r.rc == 0:
+                size += len(r.raw)
                 if size >= WRITE_CHUNK:
-                    return self._part(parts, write, False)
+                    last = False
+                    break
+        parts: List[bytes] = []
+        with_cas = self.with_cas
+        for key, r in zip(got, results):
+            if type(r) is not Failure and r.rc == 0:    # a hit: _take's first case, inline
+                parts.append(_format_hit(key, r.flags, r.raw, r.cas if with_cas else None))
             elif self._take(key, r, parts) < 0:
                 return self._failed(r, parts, write)
-        return self._part(parts, write, True)
+        return self._part(parts, write, last)
 
 
 class _DeferredValues(_Values):
