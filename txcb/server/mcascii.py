@@ -7,13 +7,17 @@ method for it (:data:`_METHODS`) with its fields; the method calls the
 bucket (synchronously when it provides ISyncBucket) and renders its reply
 with :mod:`txcb.wire.mcascii`'s formatting; the replies of one read leave in
 one write.  While replies back up, a command is held in the reply queue's
-backlog (``conn.hold``) and runs, in order, once they drain.
+backlog (``conn.hold``) and runs, in order, once they drain.  The reply to a
+get of several keys, or to a gat, is a stream (:class:`_Values`): made a
+part at a time as the transport drains, so that what the server holds for
+it is one part, however many values the client asks for.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
@@ -28,6 +32,7 @@ from txcb.results import ValueResult
 from txcb.server.mcsession import (
     EXPIRED_TTL, VERSION, Session, get_and_touch, one_line, status_of)
 from txcb.server.mcauth import CLIENT_ERROR_UNAUTHENTICATED
+from txcb.server.mcreplies import DONE, MORE, WAIT, WRITE_CHUNK
 from txcb.wire import mcascii as A
 
 __all__ = ["AsciiSession"]
@@ -39,8 +44,11 @@ _SERVER_ERROR_INTERNAL = b"SERVER_ERROR internal error\r\n"
 _VERSION_REPLY = b"VERSION %s\r\n" % (VERSION.encode("ascii"),)
 _STORE_OPS = {"set": "upsert", "add": "insert", "replace": "replace"}
 _format_one_hit = A.format_one_hit
+_format_hit = A.format_hit
 _END = A.END
 _STORED = A.STORED
+#: Keys of one multi-get a Deferred bucket is asked for ahead of its reply.
+_FETCH_AHEAD = 16
 
 
 def _ascii_ttl(exptime: int) -> int:
@@ -153,18 +161,13 @@ class AsciiSession(Session):
             self._failed(False)
 
     def _multi_get(self, keys: List[bytes], with_cas: bool) -> None:
+        bucket = self.bucket
+        stream: _Values
         if self.sync:
-            get_sync = self.bucket.get_sync
-            results: List[Any] = []
-            for key in keys:
-                try:
-                    results.append(get_sync(key, 0, True))
-                except Exception:
-                    results.append(Failure())
-            self.done("get", results, _render_values, (keys, with_cas))
+            stream = _SyncValues(self, keys, with_cas, bucket.get_sync, 0)
         else:
-            bucket = self.bucket
-            self._later_all("get", [_get_deferred(bucket, k) for k in keys], (keys, with_cas))
+            stream = _DeferredValues(self, keys, with_cas, lambda k: bucket.get(k, quiet=True))
+        self.conn.stream(stream)
 
     def gat(self, keys: List[bytes], exptime: int, with_cas: bool) -> None:
         conn = self.conn
@@ -176,12 +179,15 @@ class AsciiSession(Session):
                 self.reply(_END)
                 return
             ttl = _ascii_ttl(exptime)
+            bucket = self.bucket
+            stream: _Values
             if self.sync:
-                results = [_get_and_touch_sync(self.bucket, k, ttl) for k in keys]
-                self.done("get", results, _render_values, (keys, with_cas))
+                stream = _SyncValues(self, keys, with_cas,
+                                     lambda k, t, _q: _get_and_touch_sync(bucket, k, t), ttl)
             else:
-                self._later_all("get", [get_and_touch(self.bucket, k, ttl) for k in keys],
-                                (keys, with_cas))
+                stream = _DeferredValues(self, keys, with_cas,
+                                         lambda k: get_and_touch(bucket, k, ttl))
+            conn.stream(stream)
         except Exception:
             self._failed(False)
 
@@ -338,25 +344,172 @@ class AsciiSession(Session):
         except Exception:
             return fail()
 
-    def _later_all(self, op: str, ds: List[Any], ctx: Any) -> None:
-        """One reply to several Deferreds: a multi-get."""
-        render: Any = _render_values
-        observer = self.observer
-        if observer is not None:
-            started = self.started
 
-            def render(results: List[Any], ctx: Any) -> bytes:
-                observer.request_done(op, status_of(results), started)
-                return _render_values(results, ctx)
-        self.conn.submit_all(ds, render, ctx)
+class _Values:
+    """
+    The reply to a get of several keys or to a gat: a VALUE item per hit,
+    then END, made (:meth:`step`) a part of about WRITE_CHUNK bytes at a
+    time as the transport drains (``conn.stream``), each key fetched as its
+    part is made.  A key's error ends the reply with the error line: alone if
+    nothing of the reply went out yet (as when the whole reply was made at
+    once), else after the values before it.
+    """
+
+    __slots__ = ("conn", "observer", "started", "keys", "with_cas", "fetch", "ttl", "sent",
+                 "status", "over")
+
+    def __init__(self, session: AsciiSession, keys: List[bytes], with_cas: bool,
+                 fetch: Callable[..., Any], ttl: int = 0) -> None:
+        self.conn = session.conn
+        self.observer = session.observer
+        self.started = session.started
+        self.keys = iter(keys)  # the keys not fetched yet
+        self.with_cas = with_cas
+        self.fetch = fetch
+        self.ttl = ttl
+        self.sent = False       # a part went out
+        self.status = 0         # the observer's: the first miss's or error's rc
+        self.over = False
+
+    def _take(self, key: bytes, r: Any, parts: List[bytes]) -> int:
+        """Add a key's result to ``parts``: the bytes added, or -1 for an error."""
+        if type(r) is not Failure and r.rc == 0:
+            part = _format_hit(key, r.flags, r.raw, r.cas if self.with_cas else None)
+            parts.append(part)
+            return len(part)
+        if not self.status:
+            self.status = status_of(r)
+        return 0 if _is_miss(r) else -1
+
+    def _part(self, parts: List[bytes], write: Callable[[bytes], None], last: bool) -> int:
+        if last:
+            parts.append(_END)
+        if parts:
+            write(parts[0] if len(parts) == 1 else b"".join(parts))
+            self.sent = True
+        if not last:
+            return MORE
+        self._finish()
+        return DONE
+
+    def _failed(self, f: Failure, parts: List[bytes], write: Callable[[bytes], None]) -> int:
+        error = _ascii_error(f, False)
+        if self.sent:
+            parts.append(error)
+            write(b"".join(parts))
+        else:
+            write(error)
+        self._finish()
+        return DONE
+
+    def _finish(self) -> None:
+        self.stop()
+        if self.observer is not None:
+            self.observer.request_done("get", self.status, self.started)
+
+    def stop(self) -> None:
+        """Make nothing more; drop the keys."""
+        self.over = True
+        self.keys = iter(())
 
 
-def _get_deferred(bucket: Any, key: bytes) -> Any:
-    """``bucket.get(key, quiet=True)``; its synchronous exception a failed Deferred."""
-    try:
-        return bucket.get(key, quiet=True)
-    except Exception:
-        return fail()
+class _SyncValues(_Values):
+    """:class:`_Values` from an ISyncBucket: ``fetch(key, ttl, True)`` is the result."""
+
+    __slots__ = ()
+
+    def step(self, write: Callable[[bytes], None]) -> int:
+        if self.over:
+            return DONE
+        fetch, ttl = self.fetch, self.ttl
+        got: List[bytes] = []
+        results: List[Any] = []
+        size = 0
+        last = True
+        # A part's results first, then their rendering: two short loops run
+        # faster than one that alternates between the bucket and the format.
+        for key in self.keys:
+            try:
+                r = fetch(key, ttl, True)
+            except Exception:
+                r = Failure()
+            got.append(key)
+            results.append(r)
+            if type(r) is not Failure and r.rc == 0:
+                size += len(r.raw)
+                if size >= WRITE_CHUNK:
+                    last = False
+                    break
+        parts: List[bytes] = []
+        with_cas = self.with_cas
+        for key, r in zip(got, results):
+            if type(r) is not Failure and r.rc == 0:    # a hit: _take's first case, inline
+                parts.append(_format_hit(key, r.flags, r.raw, r.cas if with_cas else None))
+            elif self._take(key, r, parts) < 0:
+                return self._failed(r, parts, write)
+        return self._part(parts, write, last)
+
+
+class _DeferredValues(_Values):
+    """
+    :class:`_Values` from IBucket's Deferreds (``fetch(key)``): at most
+    _FETCH_AHEAD keys are asked for ahead of the part being made.
+    """
+
+    __slots__ = ("ahead", "waiting")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        #: (key, [result or Failure] once it is in), in key order.
+        self.ahead: Deque[Tuple[bytes, List[Any]]] = deque()
+        self.waiting = False    # step said WAIT: the first key's result is not in
+        self._fetch_ahead()
+
+    def _fetch_ahead(self) -> None:
+        ahead = self.ahead
+        if len(ahead) >= _FETCH_AHEAD:
+            return
+        for key in self.keys:
+            box: List[Any] = []
+            try:
+                d = self.fetch(key)
+            except Exception:
+                d = fail()
+            d.addBoth(box.append)
+            ahead.append((key, box))
+            if not box:
+                d.addCallback(self._arrived, box)
+            if len(ahead) >= _FETCH_AHEAD:
+                return
+
+    def _arrived(self, _: Any, box: List[Any]) -> None:
+        ahead = self.ahead
+        if self.waiting and ahead and ahead[0][1] is box:
+            self.waiting = False
+            self.conn.stream_ready(self)
+
+    def step(self, write: Callable[[bytes], None]) -> int:
+        if self.over:
+            return DONE
+        ahead, take = self.ahead, self._take
+        parts: List[bytes] = []
+        size = 0
+        while ahead and ahead[0][1] and size < WRITE_CHUNK:
+            key, box = ahead.popleft()
+            added = take(key, box[0], parts)
+            if added < 0:
+                return self._failed(box[0], parts, write)
+            size += added
+            self._fetch_ahead()
+        if parts or not ahead:
+            return self._part(parts, write, not ahead)
+        self.waiting = True
+        return WAIT
+
+    def stop(self) -> None:
+        super().stop()
+        self.ahead.clear()
+        self.waiting = False
 
 
 def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
@@ -398,19 +551,6 @@ def _render_get1(r: Any, ctx: Tuple[bytes, bool]) -> bytes:
     if _is_miss(r):
         return _END
     return _ascii_error(r, False)
-
-
-def _render_values(results: List[Any], ctx: Tuple[List[bytes], bool]) -> bytes:
-    keys, with_cas = ctx
-    out = []
-    format_hit = A.format_hit
-    for key, r in zip(keys, results):
-        if type(r) is not Failure and r.rc == 0:
-            out.append(format_hit(key, r.flags, r.raw, r.cas if with_cas else None))
-        elif not _is_miss(r):
-            return _ascii_error(r, False)
-    out.append(_END)
-    return b"".join(out)
 
 
 def _ascii_error(f: Failure, noreply: bool) -> bytes:

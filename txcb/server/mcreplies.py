@@ -11,8 +11,11 @@ When the transport's write buffer fills up (a client that sends but never
 reads), it stops executing commands and stops reading; parsed commands that
 were already read wait in a backlog, and everything resumes once the buffer
 drains.  The same happens while ``max_inflight`` bucket calls are pending.
-So a connection holds at most one read of input, the transport's buffer plus
-one reply, and ``max_inflight`` pending results.
+A reply that may be far larger than what it answers (a get of many keys) is
+a stream (:class:`ReplyStream`), made a part at a time while the transport
+takes more.  So a connection holds at most one read of input, the
+transport's buffer plus one reply or one part of a stream, and
+``max_inflight`` pending results.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections import deque
 from typing import (
     Any, Callable, Deque, List, Optional, Protocol as TypingProtocol, Tuple, cast)
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -29,10 +32,17 @@ from zope.interface import implementer
 
 from txcb.transport import StreamTransport, direct_writer, set_nodelay
 
-__all__ = ["OrderedReplies", "WRITE_CHUNK", "Render"]
+__all__ = ["OrderedReplies", "WRITE_CHUNK", "Render", "ReplyStream", "MORE", "WAIT",
+           "DONE"]
 
-#: Pending output is handed to the transport once it reaches this size.
+#: Pending output is handed to the transport once it reaches this size; a
+#: stream's part is about this size too.
 WRITE_CHUNK = 65536
+
+#: What :meth:`ReplyStream.step` says: more parts are ready to be made, it
+#: waits for a result (and calls :meth:`OrderedReplies.stream_ready`), or the
+#: reply is complete.
+MORE, WAIT, DONE = 0, 1, 2
 
 #: ``render(result or Failure, context) -> reply bytes`` (b"" for none).
 Render = Callable[[Any, Any], bytes]
@@ -44,8 +54,21 @@ class _ProducerTransport(StreamTransport, TypingProtocol):
     disconnecting: bool
 
 
+class ReplyStream(TypingProtocol):
+    """A reply made part by part (:meth:`OrderedReplies.stream`)."""
+
+    def step(self, write: Callable[[bytes], None]) -> int:
+        """Write the next part with ``write``; MORE, WAIT or DONE."""
+
+    def stop(self) -> None:
+        """The connection is gone: drop what is held, write nothing more."""
+
+
 class _Slot:
-    """One pending reply, in request order: ``data`` is None until it is ready."""
+    """
+    One pending reply, in request order: ``data`` is None until it is ready,
+    then its bytes, a :class:`ReplyStream` or ``_CLOSE``.
+    """
 
     __slots__ = ("data",)
 
@@ -77,6 +100,8 @@ class OrderedReplies(Protocol):
         self._max_inflight = max_inflight
         self._slots: Deque[_Slot] = deque()
         self._backlog: Deque[Any] = deque()
+        self._streams = 0            # streams not complete: later requests wait for them
+        self._pumping = False        # a stream is being stepped
         self._out: List[bytes] = []
         self._out_len = 0
         self._out_full = False       # the transport's write buffer is full
@@ -84,7 +109,7 @@ class OrderedReplies(Protocol):
         self._closing = False        # no more requests: a close is under way
         self._gone = False           # connectionLost was called
         #: True while a request must wait (:meth:`hold`) rather than run: a
-        #: close, full output, a backlog or ``max_inflight`` pending.
+        #: close, full output, a backlog, a stream or ``max_inflight`` pending.
         self.blocked = False
         self.handle: Callable[[Any], Optional[bytes]] = _ignore
         #: What a request whose handler failed is answered with.
@@ -97,9 +122,9 @@ class OrderedReplies(Protocol):
     def stop_replies(self) -> None:
         """The connection is gone (from connectionLost): drop what is queued."""
         self._gone = True
-        self._closing = True
-        self.blocked = True
-        self._backlog.clear()
+        self.stopProducing()
+        self._slots.clear()
+        self._streams = 0
         self._out.clear()
 
     @property
@@ -171,7 +196,7 @@ class OrderedReplies(Protocol):
             if not self._gone:
                 self._send(data)
         if self.blocked or not self._reading:
-            if self._backlog and not (self._out_full or self._closing
+            if self._backlog and not (self._out_full or self._closing or self._streams
                                       or len(self._slots) >= self._max_inflight):
                 self._drain_backlog()
             else:
@@ -183,7 +208,7 @@ class OrderedReplies(Protocol):
         limit = self._max_inflight
         if self._closing:
             pass                    # nothing more runs
-        elif self._backlog or self._out_full or len(slots) >= limit:
+        elif self._backlog or self._out_full or self._streams or len(slots) >= limit:
             self._backlog.extend(events)
         else:
             handle = self.handle
@@ -193,7 +218,7 @@ class OrderedReplies(Protocol):
                 if data:
                     self.reply(data)
                 done += 1
-                if self._out_full or self._closing or len(slots) >= limit:
+                if self._out_full or self._closing or self._streams or len(slots) >= limit:
                     if not self._closing:
                         self._backlog.extend(events[done:])
                     break
@@ -205,7 +230,8 @@ class OrderedReplies(Protocol):
         handle = self.handle
         slots = self._slots
         limit = self._max_inflight
-        while backlog and not (self._out_full or self._closing or len(slots) >= limit):
+        while backlog and not (self._out_full or self._closing or self._streams
+                               or len(slots) >= limit):
             data = handle(backlog.popleft())
             if data:
                 self.reply(data)
@@ -217,7 +243,7 @@ class OrderedReplies(Protocol):
     def _update_reading(self) -> None:
         want = not (self._closing or self._out_full or self._backlog
                     or len(self._slots) >= self._max_inflight)
-        self.blocked = not want
+        self.blocked = not want or self._streams > 0
         transport = cast(_ProducerTransport, self.transport)
         if self._gone or transport.disconnecting:
             return
@@ -237,12 +263,16 @@ class OrderedReplies(Protocol):
     def resumeProducing(self) -> None:
         self._out_full = False
         if not self._gone:
-            self._drain_backlog()
+            self._drain_slots()     # a stream first in line goes on; then the backlog
 
     def stopProducing(self) -> None:
         self._closing = True
         self.blocked = True
         self._backlog.clear()
+        for slot in self._slots:
+            data = slot.data
+            if data is not None and type(data) is not bytes and data is not _CLOSE:
+                data.stop()
 
     # -- replies ----------------------------------------------------------------------
 
@@ -307,31 +337,50 @@ class OrderedReplies(Protocol):
             self.blocked = True
         d.addCallback(self._completed, box, slot, render, ctx)
 
-    def submit_all(self, ds: List[Deferred], render: Render, ctx: Any) -> None:
-        """:meth:`submit` for several Deferreds answered by one reply (of their list)."""
-        boxes: List[List[Any]] = []
-        pending = 0
-        for d in ds:
-            box: List[Any] = []
-            d.addBoth(box.append)
-            boxes.append(box)
-            if not box:
-                pending += 1
-        if not pending:
-            self.submit(succeed([b[0] for b in boxes]), render, ctx)
-            return
-        whole: Deferred = Deferred()
-        left = [pending]
+    def stream(self, parts: ReplyStream) -> None:
+        """
+        Reply with a stream: once every earlier reply is out, ``parts.step``
+        writes a part at a time for as long as the transport takes more, and
+        goes on when it drains (or, after WAIT, at :meth:`stream_ready`).
+        Later requests wait (:attr:`blocked`) until it is complete, so they
+        run after it as they would after a reply made at once; what it holds
+        is one part, whatever its length.
+        """
+        slots = self._slots
+        self._streams += 1      # from now on: a transport resuming us runs nothing else
+        self.blocked = True
+        if slots or not self._pump(parts):
+            slots.append(_Slot(parts))
+        else:                   # complete at once: the usual
+            self._streams -= 1
+            self.blocked = self._out_full
 
-        def one_done(_: Any) -> None:
-            left[0] -= 1
-            if not left[0]:
-                whole.callback([b[0] for b in boxes])
+    def stream_ready(self, parts: ReplyStream) -> None:
+        """A stream that said WAIT has its next part ready."""
+        slots = self._slots
+        if slots and slots[0].data is parts and not (self._gone or self._out_full):
+            self._drain_slots()
 
-        for d, box in zip(ds, boxes):
-            if not box:
-                d.addCallback(one_done)
-        self.submit(whole, render, ctx)
+    def _pump(self, parts: ReplyStream) -> bool:
+        """Step a stream that is first in line until it waits or is done: True if done."""
+        if self._pumping:
+            return False    # resumed from inside one of its writes: the loop below goes on
+        self._pumping = True
+        try:
+            write = self._write
+            while not (self._out_full or self._gone):
+                try:
+                    state = parts.step(write)
+                except Exception:
+                    self._log.failure("txcb memcached: internal error streaming a reply")
+                    parts.stop()
+                    self._write(self.internal_error(None))
+                    return True
+                if state != MORE:
+                    return state == DONE
+            return False
+        finally:
+            self._pumping = False
 
     def _completed(self, _: Any, box: List[Any], slot: _Slot, render: Render,
                    ctx: Any) -> None:
@@ -344,16 +393,23 @@ class OrderedReplies(Protocol):
 
     def _drain_slots(self) -> None:
         if self._gone:
-            self._slots.clear()
             return
         slots = self._slots
         while slots and slots[0].data is not None:
-            data = slots.popleft().data
+            data = slots[0].data
+            if type(data) is not bytes and data is not _CLOSE and not self._pump(data):
+                self._flush()       # a stream that goes on once the transport drains
+                self._update_reading()
+                return
+            slots.popleft()
             if data is _CLOSE:
                 self._close_now()
                 return
-            if data:
-                self._write(data)
+            if type(data) is bytes:
+                if data:
+                    self._write(data)
+            else:                   # a stream, complete
+                self._streams -= 1
         if self._backlog:
             self._drain_backlog()
         else:
@@ -378,6 +434,7 @@ class OrderedReplies(Protocol):
         self.blocked = True
         self._flush()
         self._slots.clear()
+        self._streams = 0
         if not self._gone:
             transport = self.transport
             assert transport is not None
