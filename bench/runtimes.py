@@ -243,7 +243,8 @@ class Run:
             port, pids = side.mc_port, [side.servers["memcached"].pid]
         else:
             port, pids = self.anchor_ports[row["client"]]
-        secs = 1 if warm else max(1, int(round(self.a.duration)))
+        # memcaslap sets its whole window before the 90/10 mix: 2 s or more leave the mix
+        secs = 1 if warm else max(2, int(round(self.a.duration)))
         opts = argparse.Namespace(time=secs, threads=1, concurrency=32, window="1k",
                                   binary=False)
         r = memcaslap_bench.memcaslap(port, opts, self.workdir, pids)
@@ -517,6 +518,7 @@ def run_runtimes(a: argparse.Namespace, want: List[str]) -> int:
         print(problem, file=sys.stderr)
         return 2
     busy = busy_fraction()
+    t_start = time.monotonic()
     os.makedirs(a.out, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = os.path.join(a.out, "logs-pythons-" + stamp)
@@ -569,11 +571,13 @@ def run_runtimes(a: argparse.Namespace, want: List[str]) -> int:
                             "interpreters": {n: dict(it._asdict(), **found[n])
                                              for n, it in known.items()},
                             "pairs": [[s.name, c.name] for s, c in pairs],
+                            "wall_seconds": time.monotonic() - t_start,
                             "args": {k: v for k, v in vars(a).items()},
                             "server_pids": {s.name: s.pid for s in run.started}},
                    "results": results, "memory": memory, "targets": tgts, "exit": code},
                   f, indent=1, sort_keys=True)
-    print("\nJSON: %s\nserver logs: %s" % (path, log_dir))
+    print("\nJSON: %s\nserver logs: %s\nwall time %.0f s, load %.1f at the end" % (
+        path, log_dir, time.monotonic() - t_start, os.getloadavg()[0]))
     if code:
         print("bench: some rows failed (see 'fatal'/'errors' in the JSON)", file=sys.stderr)
     return code
