@@ -243,8 +243,8 @@ class Run:
             port, pids = side.mc_port, [side.servers["memcached"].pid]
         else:
             port, pids = self.anchor_ports[row["client"]]
-        # memcaslap sets its whole window before the 90/10 mix: 2 s or more leave the mix
-        secs = 1 if warm else max(2, int(round(self.a.duration)))
+        # memcaslap sets its whole window before the 90/10 mix: twice the job's time
+        secs = max(1, int(round(self.a.warmup if warm else 2 * self.a.duration)))
         opts = argparse.Namespace(time=secs, threads=1, concurrency=32, window="1k",
                                   binary=False)
         r = memcaslap_bench.memcaslap(port, opts, self.workdir, pids)
@@ -286,8 +286,8 @@ def measure_rounds(run: Run, rows: List[Dict[str, Any]], rounds: int,
                    show: Callable[[Dict[str, Any]], None]) -> List[Dict[str, Any]]:
     """Each workload's rows back to back every round (order alternating); medians kept."""
     runs: List[List[Dict[str, Any]]] = [[] for _ in rows]
-    for i, row in enumerate(rows):  # warm the JIT: memcaslap has no warm-up of its own
-        if row["workload"] == "memcaslap" and row["client"] == "txcb":
+    for row in rows:  # warm the JIT: memcaslap has no warm-up of its own
+        if row["workload"] == "memcaslap" and row["client"] == "txcb" and run.a.warmup >= 0.5:
             run.measure(row, warm=True)
     order = list(range(len(rows)))
     for rnd in range(rounds):
@@ -296,7 +296,12 @@ def measure_rounds(run: Run, rows: List[Dict[str, Any]], rounds: int,
             groups.setdefault(rows[i]["workload"], []).append(i)
         for idx in groups.values():
             for i in (idx if rnd % 2 == 0 else idx[::-1]):
-                runs[i].append(run.measure(rows[i]))
+                r = run.measure(rows[i])
+                runs[i].append(r)
+                sys.stderr.write("  round %d  %-11s %-11s %s/%s  %s\n" % (
+                    rnd + 1, rows[i]["workload"], rows[i]["client"],
+                    rows[i]["server_python"], rows[i]["client_python"],
+                    "failed" if "fatal" in r else fmt_int(r["ops_per_s"]) + " ops/s"))
     out = []
     for row, rs in zip(rows, runs):
         r = dict(_median_run(rs), **row)
