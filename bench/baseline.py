@@ -67,8 +67,9 @@ class Side:
     def _server(self, kind: str, args: List[str]) -> None:
         port = free_port()
         log = os.path.join(self.log_dir, "%s-%s" % (self.name, kind))
-        argv = twistd_in(self.root, self.python) + ["-n", "--pidfile=", "--logfile", log + ".twistd",
-                                       "txcb", "-p", "tcp:%d:interface=127.0.0.1" % port]
+        argv = twistd_in(self.root, self.python) + [
+            "-n", "--pidfile=", "--logfile", log + ".twistd", "txcb",
+            "-p", "tcp:%d:interface=127.0.0.1" % port]
         self.servers[kind] = Server("%s-%s" % (self.name, kind), argv + args, port,
                                     log + ".log", root=self.root, cwd=self.workdir)
 
