@@ -357,19 +357,19 @@ interpreter mode (--pythons, --server-python, --client-python):
   /tmp/pypyenv/bin/python runs each with itself; --server-python and
   --client-python run every server interpreter with every client one.  A row
   is (workload, client, server interpreter, client interpreter), "-" where
-  the process is not Python.  Rows: memcaslap 90/10 of 100-byte values, -c 32,
-  against each interpreter's txcb --ephemeral --memcached (for twice the job
-  duration, after a warm-up run), nutcracker -> memcached and memcached
+  the process is not Python.  Rows: memcaslap 90/10 of 100-byte values, -c
+  32, against each interpreter's txcb --ephemeral --memcached (for twice the
+  job duration, after a warm-up run), nutcracker -> memcached and memcached
   direct (memcaslap); netstring get and upsert one at a time and 100 in
   flight, txcb client -> txcb server and Twisted MemCacheProtocol ->
-  memcached on each client interpreter (get1, set1, get100, set100); upserts, 100 in flight, plain and persist_to=1, on a
-  persistent bucket (persist); server RSS per item after loading --items
-  100-byte items, each txcb --ephemeral and memcached in turn (memory).  The
-  summary gives issue 16's target ratios per interpreter.  Each interpreter
-  needs Twisted installed; both its servers and clients are checked to run
-  this tree's txcb.  Warm-up defaults to 1 s (PyPy's JIT).  Takes
-  --duration, --warmup, --rounds, --quick, --items, --only and --out; exits 1
-  if a row failed.
+  memcached on each client interpreter (get1, set1, get100, set100);
+  upserts, 100 in flight, plain and persist_to=1, on a persistent bucket
+  (persist); server RSS per item after loading --items 100-byte items, each
+  txcb --ephemeral and memcached in turn (memory).  The summary gives issue
+  16's target ratios per interpreter.  Each interpreter needs Twisted
+  installed; both its servers and clients are checked to run this tree's
+  txcb.  Warm-up defaults to 1 s (PyPy's JIT).  Takes --duration, --warmup,
+  --rounds, --quick, --items, --only and --out; exits 1 if a row failed.
 """
 
 
