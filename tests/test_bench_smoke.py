@@ -9,6 +9,7 @@ check that the harness works, not how fast anything is: no timed assertions.
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -246,6 +247,18 @@ class BenchPythonsOptionTests(SynchronousTestCase):
             ("memcaslap 90/10 vs nutcracker -> memcached", "-"): (None, None),
             # a mixed pair gets its ratio, no target
             ("netstring get, one at a time vs MemCacheProtocol", "cpython"): (None, None)})
+
+    def test_server_and_client_pythons_pair_every_server_with_every_client(self):
+        import argparse
+
+        from bench.runtimes import parse_pythons
+        a = argparse.Namespace(pythons=["x=%s" % sys.executable],
+                               server_python=["s1=%s,s2=%s" % (sys.executable, sys.executable)],
+                               client_python=["x=%s" % sys.executable])
+        pairs = parse_pythons(a)
+        self.assertEqual([(s.name, c.name) for s, c in pairs],
+                         [("x", "x"), ("s1", "x"), ("s2", "x")])
+        self.assertEqual({s.impl for s, _c in pairs}, {platform.python_implementation()})
 
     def test_a_bad_interpreter_is_a_one_line_error(self):
         proc = subprocess.run(
