@@ -43,9 +43,11 @@ NKEYS = 1000
 class Side:
     """One tree's servers: the memory bucket (netstring + memcached) and a persistent one."""
 
-    def __init__(self, name: str, root: str, workdir: str, log_dir: str) -> None:
+    def __init__(self, name: str, root: str, workdir: str, log_dir: str,
+                 python: Optional[str] = None) -> None:
         self.name = name
         self.root = root
+        self.python = python  # the servers' interpreter (default: this one)
         self.workdir = workdir
         self.log_dir = log_dir
         self.servers: Dict[str, Server] = {}
@@ -65,8 +67,9 @@ class Side:
     def _server(self, kind: str, args: List[str]) -> None:
         port = free_port()
         log = os.path.join(self.log_dir, "%s-%s" % (self.name, kind))
-        argv = twistd_in(self.root) + ["-n", "--pidfile=", "--logfile", log + ".twistd",
-                                       "txcb", "-p", "tcp:%d:interface=127.0.0.1" % port]
+        argv = twistd_in(self.root, self.python) + [
+            "-n", "--pidfile=", "--logfile", log + ".twistd", "txcb",
+            "-p", "tcp:%d:interface=127.0.0.1" % port]
         self.servers[kind] = Server("%s-%s" % (self.name, kind), argv + args, port,
                                     log + ".log", root=self.root, cwd=self.workdir)
 
@@ -80,9 +83,10 @@ class Side:
         for s in self.servers.values():
             s.stop()
 
-    def worker(self, job: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    def worker(self, job: Dict[str, Any], timeout: float,
+               python: Optional[str] = None) -> Dict[str, Any]:
         """Run a job in a client process on this tree's txcb (and check it was)."""
-        r = run_worker(job, timeout, root=self.root, cwd=self.workdir)
+        r = run_worker(job, timeout, root=self.root, cwd=self.workdir, python=python)
         want = os.path.join(os.path.realpath(self.root), "txcb")
         if "fatal" not in r and r.get("txcb_from") != want:
             r = {"fatal": "the client ran txcb from %s, not %s" % (r.get("txcb_from"), want)}

@@ -241,7 +241,7 @@ def throughput(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
 
         @defer.inlineCallbacks
         def main(reactor: Any) -> Any:
-            conns = {}
+            conns: Dict[str, Any] = {}
             for s in (eph, per):
                 conns[s.name] = []
                 for _ in range(args.clients):

@@ -25,7 +25,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -43,7 +43,7 @@ from txcb.buckets.memcached import MemcachedPool  # noqa: E402
 def pipelined(reactor: Any, n: int, inflight: int, op: Callable[[int], defer.Deferred]
               ) -> defer.Deferred:
     """Run ``op(i)`` for i in range(n) with ``inflight`` outstanding; fires seconds."""
-    done = defer.Deferred()
+    done: defer.Deferred[float] = defer.Deferred()
     state = {"next": 0, "finished": 0, "errors": 0}
     t0 = time.perf_counter()
 
@@ -154,7 +154,7 @@ def report(results: Dict[str, Dict[str, float]], args: argparse.Namespace) -> No
             json.dump({"args": vars(args), "results": results}, f, indent=2)
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", type=int, default=30000, help="requests per pipelined run")
     p.add_argument("--inflight", type=int, default=100, help="requests outstanding")

@@ -52,10 +52,10 @@ def main() -> int:
 
         def drive() -> None:
             run_worker(load, 120)
-            reactor.callFromThread(prof.enable)  # profile the reactor thread
+            reactor.callFromThread(prof.enable)  # type: ignore[attr-defined]  # reactor thread
             out.update(run_worker(job, 120))
-            reactor.callFromThread(prof.disable)
-            reactor.callFromThread(reactor.stop)
+            reactor.callFromThread(prof.disable)  # type: ignore[attr-defined]
+            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
         reactor.callWhenRunning(lambda: threading.Thread(target=drive, daemon=True).start())
         reactor.run()
         print(json.dumps(out))

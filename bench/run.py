@@ -170,25 +170,27 @@ def twistd_argv() -> List[str]:
             "from twisted.scripts.twistd import run; run()"]
 
 
-def twistd_in(root: str) -> List[str]:
+def twistd_in(root: str, python: Optional[str] = None) -> List[str]:
     """
     ``twistd`` whose ``txcb`` plugin is the one of the tree ``root``.  Twisted
     takes the first ``txcb_plugin`` on ``twisted.plugins.__path__``, where an
     installed copy (of another layout) would come before the tree's own.  Run
-    it with PYTHONPATH=root and a cwd outside any tree.
+    it with PYTHONPATH=root and a cwd outside any tree; ``python`` is the
+    interpreter (default: this one).
     """
-    return [sys.executable, "-c", "import sys, twisted.plugins as p; "
+    return [python or sys.executable, "-c", "import sys, twisted.plugins as p; "
             "p.__path__.insert(0, sys.argv.pop(1)); "
             "from twisted.scripts.twistd import run; run()",
             os.path.join(root, "twisted", "plugins")]
 
 
-def worker_argv(root: Optional[str]) -> List[str]:
+def worker_argv(root: Optional[str], python: Optional[str] = None) -> List[str]:
     """The client process: ``bench.worker``, as a script when it runs on another tree."""
+    exe = python or sys.executable
     if root is None:
-        return [sys.executable, "-m", "bench.worker"]
+        return [exe, "-m", "bench.worker"]
     # runpy leaves sys.path alone: txcb comes from PYTHONPATH=root, not from bench's tree.
-    return [sys.executable, "-c", "import runpy, sys; sys.argv.pop(0); "
+    return [exe, "-c", "import runpy, sys; sys.argv.pop(0); "
             "runpy.run_path(sys.argv[0], run_name='__main__')",
             os.path.join(HERE, "worker.py")]
 
@@ -218,13 +220,14 @@ def echo_server(name: str, out_dir: str) -> Server:
 
 
 def run_worker(job: Dict[str, Any], timeout: float, root: Optional[str] = None,
-               cwd: str = ROOT) -> Dict[str, Any]:
+               cwd: str = ROOT, python: Optional[str] = None) -> Dict[str, Any]:
     """
     Run one job in a fresh client process; its last stdout line is the result.
     With ``root``, the client code is that tree's txcb (``cwd`` must then be
-    outside any tree, since it comes first on sys.path).
+    outside any tree, since it comes first on sys.path); ``python`` is the
+    client's interpreter (default: this one).
     """
-    proc = subprocess.run(worker_argv(root) + [json.dumps(job)], capture_output=True,
+    proc = subprocess.run(worker_argv(root, python) + [json.dumps(job)], capture_output=True,
                           text=True, timeout=timeout, env=child_env(root or ROOT), cwd=cwd)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -346,11 +349,34 @@ baseline mode (--baseline DIR):
   and --out; exits 1 if a row failed, 3 if one is more than 5% slower.
 """
 
+PYTHONS_ROWS = ("memcaslap", "get1", "set1", "get100", "set100", "persist", "memory")
+PYTHONS_HELP = """\
+interpreter mode (--pythons, --server-python, --client-python):
+  Measures this tree's txcb with its servers and clients on the interpreters
+  given, side by side in one run: --pythons cpython=/usr/bin/python3,pypy=
+  /tmp/pypyenv/bin/python runs each with itself; --server-python and
+  --client-python run every server interpreter with every client one.  A row
+  is (workload, client, server interpreter, client interpreter), "-" where
+  the process is not Python.  Rows: memcaslap 90/10 of 100-byte values, -c
+  32, against each interpreter's txcb --ephemeral --memcached (for twice the
+  job duration, after a warm-up run), nutcracker -> memcached and memcached
+  direct (memcaslap); netstring get and upsert one at a time and 100 in
+  flight, txcb client -> txcb server and Twisted MemCacheProtocol ->
+  memcached on each client interpreter (get1, set1, get100, set100);
+  upserts, 100 in flight, plain and persist_to=1, on a persistent bucket
+  (persist); server RSS per item after loading --items 100-byte items, each
+  txcb --ephemeral and memcached in turn (memory).  The summary gives issue
+  16's target ratios per interpreter.  Each interpreter needs Twisted
+  installed; both its servers and clients are checked to run this tree's
+  txcb.  Warm-up defaults to 1 s (PyPy's JIT).  Takes --duration, --warmup,
+  --rounds, --quick, --items, --only and --out; exits 1 if a row failed.
+"""
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.strip().split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=BASELINE_HELP)
+        epilog=BASELINE_HELP + "\n" + PYTHONS_HELP)
     p.add_argument("--duration", type=float, default=None,
                    help="measured seconds per job and round (default 2; --quick 1)")
     p.add_argument("--warmup", type=float, default=None,
@@ -374,6 +400,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--baseline", metavar="DIR",
                    help="A/B mode: compare this tree's txcb with the txcb source tree in "
                    "DIR, same run, interleaved rounds (see below)")
+    p.add_argument("--pythons", action="append", default=[], metavar="NAME=PATH,...",
+                   help="interpreter mode: issue 16's rows with servers and clients on each "
+                   "interpreter, side by side (repeatable or comma-separated; see below)")
+    p.add_argument("--server-python", action="append", default=[], metavar="[NAME=]PATH",
+                   help="interpreter mode: the txcb servers' interpreter(s); rows for every "
+                   "--client-python (default: this interpreter)")
+    p.add_argument("--client-python", action="append", default=[], metavar="[NAME=]PATH",
+                   help="interpreter mode: the client processes' interpreter(s); rows for "
+                   "every --server-python (default: this interpreter)")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for the JSON, PNG and server logs (default bench/results)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
@@ -390,6 +425,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         defaults = dict(duration=1.0, warmup=0.3, items=200000, idle=1000, rounds=2)
     else:
         defaults = dict(duration=2.0, warmup=0.5, items=1000000, idle=1000, rounds=3)
+    pythons = a.pythons or a.server_python or a.client_python
+    if pythons:
+        defaults["warmup"] = max(defaults["warmup"], 1.0)  # time for PyPy's JIT
     for k, v in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -405,6 +443,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ", ".join(BASELINE_ROWS), ", ".join(sorted(unknown))))
         from bench.baseline import run_baseline  # it builds on this module
         return run_baseline(a, [r for r in BASELINE_ROWS if not only or r in only])
+    if pythons:
+        if a.smoke:
+            p.error("--pythons/--server-python/--client-python measure; not with --smoke")
+        unknown = only - set(PYTHONS_ROWS)
+        if unknown:
+            p.error("--only with --pythons takes %s (not %s)" % (
+                ", ".join(PYTHONS_ROWS), ", ".join(sorted(unknown))))
+        from bench.runtimes import run_runtimes  # it builds on this module
+        return run_runtimes(a, [r for r in PYTHONS_ROWS if not only or r in only])
 
     missing, optional, versions = check_prerequisites()
     if missing:

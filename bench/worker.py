@@ -346,8 +346,8 @@ def _make_echo_protocol() -> Any:
 
         def ping(self, msg: bytes) -> Any:
             self._want = len(msg)
-            self._d = d = defer.Deferred()
-            self.transport.write(msg)
+            self._d = d = defer.Deferred()  # type: defer.Deferred[Any]
+            self.transport.write(msg)  # type: ignore[union-attr]
             return d
 
         def dataReceived(self, data: bytes) -> None:
