@@ -23,7 +23,9 @@ from txcb.buckets.memcached import MemcachedPool, parse_backend
 from txcb.buckets.persistent import (
     CorruptDataError, DataDirLockedError, PersistentBucket, StorageError)
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
+from txcb.keyspaces import Keyspaces
 from txcb.server.core import ServerStats
+from txcb.server.couchbase import CouchbaseServerFactory
 from txcb.server.memcached import MemcachedServerFactory, load_auth_file
 from txcb.server.netstring import BucketServerFactory
 from txcb.service.listen import (
@@ -53,7 +55,7 @@ def version_line() -> str:
 
 
 #: The options that name endpoints, as their Options keys.
-ENDPOINT_OPTIONS = ("port", "memcached", "metrics")
+ENDPOINT_OPTIONS = ("port", "memcached", "couchbase", "metrics")
 
 
 class Options(usage.Options):
@@ -100,6 +102,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["port"] = []
         self["memcached"] = []
+        self["couchbase"] = []
 
     def opt_port(self, value: str) -> None:
         """Endpoint to serve the netstring protocol on (repeatable; default
@@ -112,6 +115,13 @@ class Options(usage.Options):
         ("Endpoint to serve the memcached ASCII and binary protocols on (repeatable; "
          "off by default; a bare port number listens on 127.0.0.1).")
         self["memcached"].append(endpoint_description(value))
+
+    def opt_couchbase(self, value: str) -> None:
+        ("Endpoint to serve the Couchbase KV protocol on, for the official Couchbase "
+         "SDKs (repeatable; off by default; a bare port number listens on 127.0.0.1; "
+         "without --auth-file only loopback endpoints may be used, accepting any "
+         "credentials).")
+        self["couchbase"].append(endpoint_description(value))
 
     def opt_version(self) -> None:
         """Print txcb's version (and Twisted's and Python's) and exit."""
@@ -141,6 +151,7 @@ class Options(usage.Options):
         self._positive("max-connections")
         self._check_endpoints()
         self["credentials"] = self._credentials()
+        self._check_couchbase_auth()
         # Absolute now: a daemonized twistd changes directory before start-up.
         self["data-dir"] = os.path.abspath(self["data-dir"])
 
@@ -180,6 +191,31 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError("bad --auth-file: %s; write one user:password a line"
                                    % (e,))
+
+
+    def _check_couchbase_auth(self) -> None:
+        """Any credentials are accepted only where nobody else can connect."""
+        if self["credentials"] is not None:
+            return
+        for description in self["couchbase"]:
+            if not _loopback_only(description):
+                raise usage.UsageError(
+                    "--couchbase %s listens beyond loopback: give --auth-file (user:password "
+                    "lines) or listen on 127.0.0.1" % (description,))
+
+
+def _loopback_only(description: str) -> bool:
+    """Whether a tcp:/ssl:/unix: endpoint can only be reached from this host."""
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "ssl", "tcp6"):
+        return False
+    for arg in rest.split(":"):
+        name, sep, value = arg.partition("=")
+        if sep and name == "interface":
+            return value in ("127.0.0.1", "::1", "localhost") or value.startswith("127.")
+    return False
 
 
 def make_bucket(options: Options, reactor: Any) -> Any:
@@ -235,6 +271,20 @@ def _listen_memcached(top: MultiService, options: Options, bucket: Any,
     return [mc_factory]
 
 
+def _listen_couchbase(top: MultiService, options: Options, keyspaces: Keyspaces,
+                      stats: ServerStats, reactor: Any) -> List[Any]:
+    """A ListenService per --couchbase, all on one Couchbase factory ([it], or [])."""
+    if not options["couchbase"]:
+        return []
+    factory = CouchbaseServerFactory(
+        keyspaces, stats=stats, credentials=options["credentials"],
+        max_inflight=options["max-inflight"], clock=reactor)
+    for description in options["couchbase"]:
+        ListenService(description, factory, reactor, what="txcb couchbase"
+                      ).setServiceParent(top)
+    return [factory]
+
+
 def _application(options: Options, reactor: Any) -> MultiService:
     """
     The top service.  Under twistd (the options were parsed by twistd's, their
@@ -259,6 +309,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     stats = ServerStats(max_connections=options["max-connections"], clock=reactor)
     factories = [_listen_netstring(top, options, bucket, stats, reactor)]
     factories += _listen_memcached(top, options, bucket, stats, reactor)
+    factories += _listen_couchbase(top, options, Keyspaces.single(bucket, "default"), stats,
+                                   reactor)
     if options["metrics"]:
         ListenService(options["metrics"], install_metrics(bucket, factories, stats), reactor,
                       what="txcb metrics").setServiceParent(top)
