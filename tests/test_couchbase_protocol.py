@@ -682,3 +682,45 @@ class CouchbaseFactoryTests(unittest.TestCase):
         out = responses(c.take())
         self.assertEqual([(r.opcode, r.status) for r in out],
                          [(O.GET, S.KEY_ENOENT), (O.NOOP, 0)])
+
+
+class CouchbaseTapTests(unittest.TestCase):
+    """``twistd txcb --couchbase``: the option, the loopback rule, the listener."""
+
+    def parse(self, *args):
+        from txcb.service import tap
+        o = tap.Options()
+        o.parseOptions(list(args) + ["--ephemeral"])
+        return o
+
+    def test_bare_port_listens_on_loopback(self):
+        o = self.parse("--couchbase", "11210", "--couchbase", "tcp:11211:interface=127.0.0.2")
+        self.assertEqual(o["couchbase"], ["tcp:11210:interface=127.0.0.1",
+                                          "tcp:11211:interface=127.0.0.2"])
+        self.assertEqual(self.parse()["couchbase"], [])
+
+    def test_beyond_loopback_needs_an_auth_file(self):
+        from twisted.python import usage
+        for endpoint in ("tcp:11210", "tcp:11210:interface=0.0.0.0", "tcp6:11210"):
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse("--couchbase", endpoint)
+            self.assertIn("--auth-file", str(e.exception))
+            self.assertEqual(len(str(e.exception).splitlines()), 1)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("u:p\n")
+        o = self.parse("--couchbase", "tcp:11210", "--auth-file", path)
+        self.assertEqual(o["credentials"], {b"u": b"p"})
+
+    def test_make_service_listens_with_a_counted_factory(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from txcb.service import tap
+        o = self.parse("--couchbase", "11210", "--metrics", "9100")
+        r = MemoryReactorClock()
+        svc = tap.makeService(o, reactor=r)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        [factory] = [f for p, f, _b, _i in r.tcpServers if p == 11210]
+        self.assertIsInstance(factory, CouchbaseServerFactory)
+        self.assertIsNotNone(factory.observer)
+        self.assertEqual(factory.keyspaces.first.name, "default")
