@@ -287,3 +287,34 @@ class SdkCrossEndpointTests(unittest.TestCase):
         mc.set(k + "-bin", b"\x00\x01", flags=0x03000002)
         self.assertEqual(coll.get(k + "-bin", GetOptions(transcoder=RawBinaryTranscoder()))
                          .content_as[bytes], b"\x00\x01")
+
+
+def _skip_without_collections():
+    from txcb.service import tap
+    if "--collection" not in str(tap.Options()):
+        return "twistd txcb has no --collection option in this tree"
+    return SKIP_SDK
+
+
+class SdkCollectionTests(unittest.TestCase):
+    """--bucket and --collection: each bucket and collection is its own keyspace."""
+
+    skip = _skip_without_collections()
+
+    def test_named_buckets_and_collections(self):
+        server = _own_server(self, ["--ephemeral", "--bucket", "default", "--bucket", "other",
+                                    "--collection", "default.app.users"])
+        cluster, b, coll = connect(self, server.port)
+        users = b.scope("app").collection("users")
+        k = _key()
+        users.upsert(k, {"in": "users"})
+        coll.upsert(k, {"in": "default"})
+        other = cluster.bucket("other").default_collection()
+        other.upsert(k, {"in": "other"})
+        self.assertEqual(users.get(k).content_as[dict], {"in": "users"})
+        self.assertEqual(coll.get(k).content_as[dict], {"in": "default"})
+        self.assertEqual(other.get(k).content_as[dict], {"in": "other"})
+        self.assertEqual(users.upsert(k, 1).mutation_token().partition_uuid !=
+                         coll.upsert(k, 1).mutation_token().partition_uuid, True)
+        with self.assertRaises(CouchbaseException):       # 0x88, retried to the timeout
+            b.scope("app").collection("nope").get(k)
