@@ -738,3 +738,93 @@ class CouchbaseTapTests(unittest.TestCase):
         self.assertIsInstance(factory, CouchbaseServerFactory)
         self.assertIsNotNone(factory.observer)
         self.assertEqual(factory.keyspaces.first.name, "default")
+
+
+@implementer_only(IBucket)
+class _DeferredDurableBucket(EmbeddedBucket):
+    """A bucket served through Deferreds whose ``endure`` answers when told."""
+
+    max_persist_to = 1
+
+    def __init__(self, *a, **kw):
+        EmbeddedBucket.__init__(self, *a, **kw)
+        self.endures = []
+
+    def endure(self, key, persist_to=-1, replicate_to=-1, cas=0, check_removed=False,
+               timeout=5.0, interval=0.01):
+        d = Deferred()
+        self.endures.append((key, persist_to, cas, check_removed, timeout, d))
+        return d
+
+
+class CouchbaseDurabilityEdgeTests(unittest.TestCase):
+    """Durable writes through Deferreds, connection loss, the in-flight cap, TLS."""
+
+    def test_deferred_bucket_endures_persist_to_one(self):
+        h = CbHarness(make_bucket=lambda clock: _DeferredDurableBucket(clock=clock,
+                                                                       pager_interval=0))
+        c = h.ready()
+        out = c.request(O.DELETE, b"k", framing=W.durability_frame(3))
+        self.assertEqual([r.status for r in out], [S.KEY_ENOENT])   # nothing to endure
+        c.one(O.SET, b"k", b"v", extras=store_extras())
+        self.assertEqual(c.request(O.SET, b"k", b"w", extras=store_extras(),
+                                   framing=W.durability_frame(2, 1500)), [])
+        key, persist_to, cas, removed, timeout, d = h.bucket.endures[0]
+        self.assertEqual((key, persist_to, removed, timeout), (b"k", 1, False, 1.5))
+        self.assertNotEqual(cas, 0)
+        d.callback(None)
+        [r] = responses(c.take())
+        self.assertEqual((r.status, r.cas), (0, cas))
+        self.assertEqual(c.request(O.DELETE, b"k", framing=W.durability_frame(3)), [])
+        self.assertTrue(h.bucket.endures[1][3])       # check_removed for a delete
+        from txcb.errors import TimeoutError
+        h.bucket.endures[1][5].errback(TimeoutError("slow disk"))
+        [r] = responses(c.take())
+        self.assertEqual(r.status, S.SYNC_WRITE_AMBIGUOUS)
+
+    def test_connection_lost_with_a_durable_write_pending(self):
+        h = CbHarness(make_bucket=lambda clock: _DurableBucket(clock=clock, pager_interval=0))
+        c = h.ready()
+        c.request(O.SET, b"k", b"v", extras=store_extras(), framing=W.durability_frame(3, 100))
+        c.p.connectionLost(None)
+        h.bucket.commit()
+        h.clock.advance(1)
+        self.assertEqual(c.take(), b"")
+        self.assertEqual(h.stats.connections, 0)
+
+    def test_durable_writes_fill_the_inflight_cap(self):
+        h = CbHarness(max_inflight=2,
+                      make_bucket=lambda clock: _DurableBucket(clock=clock, pager_interval=0))
+        c = h.ready()
+        data = b"".join(c.frame(O.SET, b"k%d" % i, b"v", extras=store_extras(),
+                                framing=W.durability_frame(3)) for i in range(3))
+        self.assertEqual(c.send(data), b"")
+        self.assertEqual(c.t.producerState, "paused")
+        h.bucket.commit()
+        h.bucket.commit()
+        out = responses(c.take())
+        self.assertEqual([r.status for r in out], [0, 0, 0])
+        self.assertEqual(c.t.producerState, "producing")
+
+    def test_tls_connection_config_names_kv_ssl(self):
+        from twisted.internet.interfaces import ISSLTransport
+        from twisted.internet.testing import StringTransport
+        from zope.interface import directlyProvides
+        from tests.support.couchbase import CbConn, PEER
+        h = CbHarness()
+        p = h.factory.buildProtocol(PEER)
+        t = StringTransport(hostAddress=HOST, peerAddress=PEER)
+        directlyProvides(t, ISSLTransport)
+        p.makeConnection(t)
+        c = CbConn(p, t)
+        c.bootstrap()
+        self.assertEqual(c.config()["nodesExt"][0]["services"], {"kvSSL": HOST.port})
+
+    def test_frame_over_the_value_limit_refused_from_its_header(self):
+        h = CbHarness(max_value_size=1000)
+        c = h.ready()
+        header = c.frame(O.SET, b"k", b"x" * 5000, extras=store_extras())[:24]
+        out = responses(c.send(header))
+        self.assertEqual([r.status for r in out], [S.E2BIG])
+        self.assertTrue(c.closed)
+        self.assertEqual(c.p.decoder.buffered, 0)
