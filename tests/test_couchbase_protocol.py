@@ -828,3 +828,25 @@ class CouchbaseDurabilityEdgeTests(unittest.TestCase):
         self.assertEqual([r.status for r in out], [S.E2BIG])
         self.assertTrue(c.closed)
         self.assertEqual(c.p.decoder.buffered, 0)
+
+
+class CouchbaseObserverTests(unittest.TestCase):
+    """An installed IRequestObserver (metrics) is told of every KV request."""
+
+    def test_observer_sees_ops_and_statuses(self):
+        seen = []
+
+        class Observer:
+            def request_done(self, op, status, started):
+                seen.append((op, status))
+
+        h = CbHarness()
+        h.factory.observer = Observer()
+        c = h.ready()
+        c.one(O.SET, b"k", b"v", extras=store_extras())
+        c.one(O.GET, b"k")
+        c.one(O.GET, b"nope")
+        c.one(O.ADD, b"k", b"v", extras=store_extras())
+        c.one(O.INCREMENT, b"n", extras=counter_extras(1, 1))
+        self.assertEqual(seen, [("upsert", 0), ("get", 0), ("get", S.KEY_ENOENT),
+                                ("insert", S.KEY_EEXISTS), ("counter", 0)])
