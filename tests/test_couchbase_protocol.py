@@ -850,3 +850,18 @@ class CouchbaseObserverTests(unittest.TestCase):
         c.one(O.INCREMENT, b"n", extras=counter_extras(1, 1))
         self.assertEqual(seen, [("upsert", 0), ("get", 0), ("get", S.KEY_ENOENT),
                                 ("insert", S.KEY_EEXISTS), ("counter", 0)])
+
+
+class CouchbaseStatusTests(unittest.TestCase):
+    """Bucket errors as statuses: only the buckets' lock refusals are LOCKED."""
+
+    def test_disk_failure_mentioning_a_lock_is_tmpfail(self):
+        from twisted.python.failure import Failure
+        from txcb.errors import TemporaryFailError
+        from txcb.server.cbkv import KeyOp
+        c = CbHarness().ready()
+        op = KeyOp(W.Request(0x80, O.SET), None, b"k", W.NO_FRAME_INFO)
+        disk = Failure(TemporaryFailError("the write could not be persisted: database is locked"))
+        self.assertEqual(c.p.status_for(disk, op), S.ETMPFAIL)
+        self.assertEqual(c.p.status_for(Failure(TemporaryFailError("the key is locked")), op),
+                         S.LOCKED)

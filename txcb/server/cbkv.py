@@ -69,6 +69,10 @@ _NO_VALUE = frozenset((_O.GET, _O.GETK, _O.DELETE, _O.INCREMENT, _O.DECREMENT, _
 _PLAIN_RCS = frozenset((RC.KEY_ENOENT, RC.KEY_EEXISTS, RC.E2BIG, RC.EINVAL, RC.NOT_STORED,
                         RC.DELTA_BADVAL, RC.UNKNOWN_COMMAND, RC.ENOMEM, RC.NOT_SUPPORTED,
                         RC.EINTERNAL, RC.EBUSY, RC.DURABILITY_IMPOSSIBLE))
+#: The buckets' lock refusals (TemporaryFailError, by message) and their
+#: XERROR statuses; any other temporary failure stays ETMPFAIL.
+_LOCK_STATUSES = {"the key is locked": _S.LOCKED, "the key is locked already": _S.LOCKED,
+                  "wrong lock cas": _S.LOCKED, "the key is not locked": _S.NOT_LOCKED}
 _TEMPORARY_RCS = frozenset((RC.TIMEOUT, RC.CONNECT_ERROR, RC.NETWORK_ERROR, RC.ETMPFAIL))
 
 
@@ -379,10 +383,8 @@ class KeyValueOps:
         rc = e.rc
         if rc in _PLAIN_RCS:
             return rc
-        if rc == RC.ETMPFAIL and "lock" in e.message:
-            if not self.xerror:
-                return _S.ETMPFAIL
-            return _S.NOT_LOCKED if "not locked" in e.message else _S.LOCKED
+        if rc == RC.ETMPFAIL and e.message in _LOCK_STATUSES:
+            return _LOCK_STATUSES[e.message] if self.xerror else _S.ETMPFAIL
         if rc == RC.TIMEOUT and op.persist:
             return _S.SYNC_WRITE_AMBIGUOUS
         if rc in _TEMPORARY_RCS:
