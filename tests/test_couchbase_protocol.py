@@ -33,6 +33,15 @@ LOCKED_CAS = 0xFFFFFFFFFFFFFFFF
 class CouchbaseCodecTests(unittest.TestCase):
     """The sans-IO codec alone."""
 
+    def test_codec_imports_no_twisted(self):
+        import subprocess
+        import sys
+        from tests.support import ROOT
+        code = ("import sys, txcb.wire.couchbase, txcb.wire.sasl; print(sorted(m for m in "
+                "sys.modules if m.split('.')[0] in ('twisted', 'zope')))")
+        self.assertEqual(subprocess.check_output([sys.executable, "-c", code], cwd=ROOT).strip(),
+                         b"[]")
+
     def test_alt_request_frame_carries_framing_extras(self):
         framing = W.durability_frame(W.Durability.MAJORITY, 9000)
         data = W.encode_request(O.SET, b"k", b"v", store_extras(1, 2), 7, 0, 3, 1, framing)

@@ -28,8 +28,9 @@ from txcb.limits import MAX_KEY_LEN
 from txcb.wire.mcbinary import HEADER, HEADER_LEN, REQ_MAGIC, RES_MAGIC
 
 __all__ = [
-    "NO_FRAME_INFO", "FramingError", "hello_value", "MAX_LEB128", "ALT_REQ_MAGIC", "ALT_RES_MAGIC", "NUM_VBUCKETS", "Opcode", "Status", "Feature",
-    "Durability", "Request", "FrameError", "Decoder", "FrameInfo", "parse_frame_infos",
+    "ALT_REQ_MAGIC", "ALT_RES_MAGIC", "NUM_VBUCKETS", "MAX_LEB128", "NO_FRAME_INFO",
+    "Opcode", "Status", "Feature", "Durability", "Request", "FrameError", "Decoder",
+    "FrameInfo", "FramingError", "parse_frame_infos", "hello_value",
     "encode_frame_info", "durability_frame", "split_collection", "leb128", "encode_request",
     "encode_response", "parse_hello", "error_map", "cluster_config", "get_meta_extras",
     "observe_seqno_value", "mutation_extras", "STATUS_NAMES", "OPCODE_NAMES",
