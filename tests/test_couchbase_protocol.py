@@ -874,3 +874,32 @@ class CouchbaseStatusTests(unittest.TestCase):
         self.assertEqual(c.p.status_for(disk, op), S.ETMPFAIL)
         self.assertEqual(c.p.status_for(Failure(TemporaryFailError("the key is locked")), op),
                          S.LOCKED)
+
+
+class CouchbaseFuzzTests(unittest.TestCase):
+    """Seeded random frames: every one answered or the connection closed, no tracebacks."""
+
+    def test_random_frames_never_fail_internally(self):
+        import random
+        rng = random.Random(14)
+        opcodes = sorted(set(W.OPCODE_NAMES) - {O.QUIT, O.QUITQ}) + [0x42, 0xD0]
+        log = LogCapture(self)
+        h = CbHarness()
+        for _ in range(300):
+            c = h.ready()
+            c.collections = rng.random() < 0.5     # else the raw key is the LEB128 prefix
+            frames = []
+            for _ in range(5):
+                framing = bytes(rng.randrange(256) for _ in range(rng.choice((0, 0, 1, 2, 4))))
+                extras = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 4, 8, 20))))
+                key = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 3, 6))))
+                value = bytes(rng.randrange(256) for _ in range(rng.choice((0, 2, 8))))
+                frames.append(c.frame(rng.choice(opcodes), key, value, extras=extras,
+                                      cas=rng.choice((0, 1, 2 ** 64 - 1)),
+                                      vbucket=rng.choice((0, 5, 1023, 1024, 65535)),
+                                      framing=framing, datatype=rng.randrange(4)))
+            out = responses(c.send(b"".join(frames)))
+            h.clock.advance(20)
+            out += responses(c.take())
+            self.assertTrue(c.closed or len(out) >= 1)
+        self.assertEqual(log.failures(), [])
