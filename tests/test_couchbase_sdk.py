@@ -265,9 +265,28 @@ class SdkPersistentTests(unittest.TestCase):
 
 
 class SdkCrossEndpointTests(unittest.TestCase):
-    """Documents cross to the memcached endpoint with the same bytes and flags."""
+    """Documents cross to the memcached and netstring endpoints with the same bytes and flags."""
 
     skip = SKIP_SDK
+
+    def test_values_cross_to_netstring(self):
+        from txcb.client.blocking import Bucket
+        ns_port, = free_ports(1)
+        server = _own_server(self, ["--ephemeral", "--port", str(ns_port)])
+        _c, _b, coll = connect(self, server.port)
+        ns = Bucket("tcp:127.0.0.1:%d" % (ns_port,))
+        self.addCleanup(ns.close)
+        k = _key()
+        coll.upsert(k, {"a": [1, 2]})
+        r = ns.get(k)
+        self.assertEqual((r.value, r.flags, r.raw), ({"a": [1, 2]}, 0x02000000, b'{"a": [1, 2]}'))
+        ns.upsert(k + "-ns", {"from": "netstring"})
+        ns.upsert(k + "-text", "text")
+        self.assertEqual(coll.get(k + "-ns").content_as[dict], {"from": "netstring"})
+        self.assertEqual(coll.get(k + "-text", GetOptions(transcoder=RawStringTranscoder()))
+                         .content_as[str], "text")
+        cas = coll.get(k).cas
+        self.assertEqual(r.cas, cas)
 
     def test_values_cross_to_memcached(self):
         from pymemcache.client.base import Client
