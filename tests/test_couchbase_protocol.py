@@ -735,6 +735,15 @@ class CouchbaseTapTests(unittest.TestCase):
         o = self.parse("--couchbase", "tcp:11210", "--auth-file", path)
         self.assertEqual(o["credentials"], {b"u": b"p"})
 
+    def test_listen_failure_names_the_option(self):
+        from txcb.service import tap
+        from txcb.service.listen import ListenError
+        o = self.parse("--couchbase", "11210")
+        line = tap.startup_problem(o, ListenError("tcp:11210:interface=127.0.0.1",
+                                                  "address already in use", "free {option}"))
+        self.assertIn("(--couchbase)", line)
+        self.assertIn("free --couchbase", line)
+
     def test_make_service_listens_with_a_counted_factory(self):
         from twisted.internet.testing import MemoryReactorClock
         from txcb.service import tap
