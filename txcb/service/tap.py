@@ -87,7 +87,8 @@ class Options(usage.Options):
          "on every endpoint (off by default, as in memcached).", float],
         ["auth-file", None, None,
          "File of user:password lines: memcached clients must then authenticate "
-         "(binary: SASL PLAIN; ASCII: memcached's -Y style).", str],
+         "(binary: SASL PLAIN; ASCII: memcached's -Y style); Couchbase SDKs "
+         "authenticate with these users (SCRAM-SHA512/256/1 or PLAIN).", str],
         ["metrics", None, None,
          "Endpoint to serve Prometheus metrics on, at /metrics (off by default; "
          "a bare port number listens on 127.0.0.1).", endpoint_description],
