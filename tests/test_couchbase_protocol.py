@@ -246,6 +246,14 @@ class CouchbaseBootstrapTests(unittest.TestCase):
         self.assertEqual(c.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, 0)
         other = self.h.connect()
         self.assertEqual(other.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, S.AUTH_ERROR)
+        # Replayed inside a new exchange: its server nonce differs, the old proof fails.
+        again = other.one(O.SASL_AUTH, b"SCRAM-SHA256", client.first())
+        self.assertEqual(again.status, S.AUTH_CONTINUE)
+        self.assertNotEqual(again.value, first.value)
+        self.assertEqual(other.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, S.AUTH_ERROR)
+        self.assertEqual(other.one(O.SELECT_BUCKET, b"default").status, S.AUTH_ERROR)
+        # And a second step on the connection that succeeded is no step at all.
+        self.assertEqual(c.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, S.AUTH_ERROR)
 
     def test_unknown_mechanism(self):
         c = self.h.connect()
