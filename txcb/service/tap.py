@@ -23,6 +23,7 @@ from txcb.buckets.persistent import CorruptDataError, DataDirLockedError, Storag
 from txcb.keyspaces import DEFAULT_BUCKET, Keyspaces, check_bucket_name, parse_collection_path
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
 from txcb.server.core import ServerStats
+from txcb.server.couchbase import CouchbaseServerFactory
 from txcb.server.memcached import MemcachedServerFactory, load_auth_file
 from txcb.server.netstring import BucketServerFactory
 from txcb.service.listen import (
@@ -54,7 +55,7 @@ def version_line() -> str:
 
 
 #: The options that name endpoints, as their Options keys.
-ENDPOINT_OPTIONS = ("port", "memcached", "metrics")
+ENDPOINT_OPTIONS = ("port", "memcached", "couchbase", "metrics")
 
 
 class Options(usage.Options):
@@ -87,7 +88,8 @@ class Options(usage.Options):
          "on every endpoint (off by default, as in memcached).", float],
         ["auth-file", None, None,
          "File of user:password lines: memcached clients must then authenticate "
-         "(binary: SASL PLAIN; ASCII: memcached's -Y style).", str],
+         "(binary: SASL PLAIN; ASCII: memcached's -Y style); Couchbase SDKs "
+         "authenticate with these users (SCRAM-SHA512/256/1 or PLAIN).", str],
         ["metrics", None, None,
          "Endpoint to serve Prometheus metrics on, at /metrics (off by default; "
          "a bare port number listens on 127.0.0.1).", endpoint_description],
@@ -104,6 +106,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["port"] = []
         self["memcached"] = []
+        self["couchbase"] = []
         self["bucket"] = []
         self["collection"] = []
 
@@ -119,6 +122,12 @@ class Options(usage.Options):
          "off by default; a bare port number listens on 127.0.0.1).")
         self["memcached"].append(endpoint_description(value))
 
+    def opt_couchbase(self, value: str) -> None:
+        ("Endpoint to serve the Couchbase KV protocol on, for the official Couchbase "
+         "SDKs (repeatable; off by default; a bare port number listens on 127.0.0.1; "
+         "without --auth-file only loopback endpoints may be used, accepting any "
+         "credentials).")
+        self["couchbase"].append(endpoint_description(value))
     def opt_bucket(self, value: str) -> None:
         """A bucket to serve, its own keyspace with its own data (repeatable;
         default: default).  The netstring and memcached endpoints serve the
@@ -179,6 +188,7 @@ class Options(usage.Options):
             raise usage.UsageError("--idle-timeout must be positive")
         self._check_endpoints()
         self["credentials"] = self._credentials()
+        self._check_couchbase_auth()
         # Absolute now: a daemonized twistd changes directory before start-up.
         self["data-dir"] = os.path.abspath(self["data-dir"])
 
@@ -228,6 +238,31 @@ class Options(usage.Options):
                                    % (e,))
 
 
+    def _check_couchbase_auth(self) -> None:
+        """Any credentials are accepted only where nobody else can connect."""
+        if self["credentials"] is not None:
+            return
+        for description in self["couchbase"]:
+            if not _loopback_only(description):
+                raise usage.UsageError(
+                    "--couchbase %s listens beyond loopback: give --auth-file (user:password "
+                    "lines) or listen on 127.0.0.1" % (description,))
+
+
+def _loopback_only(description: str) -> bool:
+    """Whether a tcp:/ssl:/unix: endpoint can only be reached from this host."""
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "ssl", "tcp6"):
+        return False
+    for arg in rest.split(":"):
+        name, sep, value = arg.partition("=")
+        if sep and name == "interface":
+            return value in ("127.0.0.1", "::1", "localhost") or value.startswith("127.")
+    return False
+
+
 def make_bucket(options: Options, reactor: Any) -> Any:
     """The first bucket's default collection alone (not started: BucketService
     starts it); :func:`~txcb.service.keyspaces.make_keyspaces` makes them all."""
@@ -266,6 +301,20 @@ def _listen_memcached(top: MultiService, options: Options, bucket: Any,
     return [mc_factory]
 
 
+def _listen_couchbase(top: MultiService, options: Options, keyspaces: Keyspaces,
+                      stats: ServerStats, reactor: Any) -> List[Any]:
+    """A ListenService per --couchbase, all on one Couchbase factory ([it], or [])."""
+    if not options["couchbase"]:
+        return []
+    factory = CouchbaseServerFactory(
+        keyspaces, stats=stats, credentials=options["credentials"],
+        max_inflight=options["max-inflight"], clock=reactor)
+    for description in options["couchbase"]:
+        ListenService(description, factory, reactor, what="txcb couchbase"
+                      ).setServiceParent(top)
+    return [factory]
+
+
 def _application(options: Options, reactor: Any, buckets: BucketService) -> MultiService:
     """
     The top service.  Under twistd (the options were parsed by twistd's, their
@@ -298,6 +347,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
                         idle_timeout=options["idle-timeout"])
     factories = [_listen_netstring(top, options, bucket, stats, reactor)]
     factories += _listen_memcached(top, options, bucket, stats, reactor)
+    factories += _listen_couchbase(top, options, keyspaces, stats, reactor)
     if options["metrics"]:
         ListenService(options["metrics"], install_metrics(bucket, factories, stats), reactor,
                       what="txcb metrics").setServiceParent(top)
