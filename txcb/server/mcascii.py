@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -460,8 +460,8 @@ class _DeferredValues(_Values):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        #: (key, [result or Failure] once it is in), in key order.
-        self.ahead: Deque[Tuple[bytes, List[Any]]] = deque()
+        #: (key, [result or Failure] once it is in, its Deferred), in key order.
+        self.ahead: Deque[Tuple[bytes, List[Any], Deferred]] = deque()
         self.waiting = False    # step said WAIT: the first key's result is not in
         self._fetch_ahead()
 
@@ -476,7 +476,7 @@ class _DeferredValues(_Values):
             except Exception:
                 d = fail()
             d.addBoth(box.append)
-            ahead.append((key, box))
+            ahead.append((key, box, d))
             if not box:
                 d.addCallback(self._arrived, box)
             if len(ahead) >= _FETCH_AHEAD:
@@ -495,7 +495,7 @@ class _DeferredValues(_Values):
         parts: List[bytes] = []
         size = 0
         while ahead and ahead[0][1] and size < WRITE_CHUNK:
-            key, box = ahead.popleft()
+            key, box, _ = ahead.popleft()
             added = take(key, box[0], parts)
             if added < 0:
                 return self._failed(box[0], parts, write)
@@ -507,9 +507,13 @@ class _DeferredValues(_Values):
         return WAIT
 
     def stop(self) -> None:
+        """Dropped (the connection is lost, or a value failed): cancel what is asked."""
         super().stop()
+        asked = [d for _, box, d in self.ahead if not box]
         self.ahead.clear()
         self.waiting = False
+        for d in asked:
+            d.cancel()
 
 
 def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:

@@ -159,12 +159,6 @@ class MemcachedServerProtocol(OrderedReplies):
             self._wait_for(d)
         OrderedReplies.submit(self, d, render, ctx)
 
-    def submit_all(self, ds: List[Deferred], render: Render, ctx: Any) -> None:
-        for d in ds:
-            if not d.called:
-                self._wait_for(d)
-        OrderedReplies.submit_all(self, ds, render, ctx)
-
     def _wait_for(self, d: Deferred) -> None:
         self._waiting.add(d)
         d.addBoth(self._settled, d)
