@@ -261,7 +261,7 @@ class PersistentKeyspaceTests(unittest.TestCase):
         self.addCleanup(holder.close)
         o = options("--data-dir", self.dir, "-p", "tcp:0:interface=127.0.0.1", *self.ARGS)
         top = tap.makeService(o, reactor)
-        buckets, listen = list(top)[:2]
+        buckets, listen = list(top)[0], list(top)[-1]
         e = self.assertRaises(DataDirLockedError, top.startService)
         self.assertFalse(listen.running)
         self.assertEqual(buckets.failed.data_dir, bucket_dir(self.dir, "b2"))

@@ -813,7 +813,7 @@ class TapTests(PersistentTestsMixin, unittest.TestCase):
         yield seed.close()
         top = makeService(self.options("--data-dir", self.dir, "--port",
                                        "tcp:0:interface=127.0.0.1"), reactor)
-        bucket_service, listen = list(top)
+        bucket_service, listen = list(top)[0], list(top)[-1]
         top.startService()
         stopped = []
         self.addCleanup(lambda: None if stopped else top.stopService())
@@ -836,7 +836,7 @@ class TapTests(PersistentTestsMixin, unittest.TestCase):
         top = makeService(self.options("--data-dir", self.dir, "--port",
                                        "tcp:0:interface=127.0.0.1"), reactor)
         self.assertRaises(DataDirLockedError, top.startService)
-        bucket_service, listen = list(top)
+        bucket_service, listen = list(top)[0], list(top)[-1]
         self.assertFalse(listen.running)
         self.assertIsNone(listen.port)
         yield bucket_service.bucket.close()  # stops its pager
