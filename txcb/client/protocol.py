@@ -16,8 +16,8 @@ from twisted.python.failure import Failure
 from txcb.client import requests as _rq
 from txcb.client.multicalls import _GetMultiPart
 from txcb.client.replies import (
-    KIND, MULTI, bad_response, frame_limit, is_last_frame, server_limits, unpack_header,
-    error as reply_error, success as reply_success)
+    KIND, LOOKUP_IN, MULTI, MUTATE_IN, bad_response, frame_limit, is_last_frame, server_limits,
+    subdoc_outcome, unpack_header, error as reply_error, success as reply_success)
 from txcb.transport import FastNetstringReceiver, set_nodelay
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.wire.netstring import HEADER_LEN, OPT_QUIET, RES_MAGIC, encode_request
@@ -273,7 +273,11 @@ class BucketClientProtocol(FastNetstringReceiver):
             return
         del pending[opaque]
         if status:
-            outcome = reply_error(kind, entry[2], entry[3], status, payload[HEADER_LEN:])
+            if kind == LOOKUP_IN or kind == MUTATE_IN:  # 0xCC and others may be results
+                outcome = subdoc_outcome(kind, entry[2], status, cas, seqno,
+                                         payload[HEADER_LEN:])
+            else:
+                outcome = reply_error(kind, entry[2], entry[3], status, payload[HEADER_LEN:])
             if isinstance(outcome, CouchbaseError):
                 target.errback(outcome)
             else:

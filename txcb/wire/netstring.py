@@ -594,7 +594,8 @@ def decode_subdoc_request(body: bytes, mutation: bool) -> tuple:
     doc_flags, options = SUBDOC_HEAD.unpack_from(body)
     if options & ~(SDOPT_PRESERVE_EXPIRY if mutation else 0):
         raise FrameError("unknown sub-document options 0x%02x" % options, RC.EINVAL)
-    specs, pos = [], SUBDOC_HEAD.size
+    specs: List[Spec] = []
+    pos = SUBDOC_HEAD.size
     while pos < n and len(specs) < MAX_SPECS:
         spec, pos = _subdoc_spec(body, pos, len(specs))
         specs.append(spec)
