@@ -319,7 +319,7 @@ class RemoteBucket(MultiMixin):
 
     def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False,
                   timeout: Optional[float] = None) -> Deferred:
-        """See IBucket.lookup_in: one LOOKUP_IN request (docs/protocol.rst, 3.3)."""
+        """See IBucket.lookup_in: one LOOKUP_IN request (docs/protocol.rst, 3.4)."""
         return self._send_fields(_rq.lookup_in, key, specs, access_deleted,
                                  self.max_value_size, timeout=timeout).addCallback(
             subdoc_result, list(specs), True)
@@ -328,7 +328,7 @@ class RemoteBucket(MultiMixin):
                   upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
                   replicate_to: int = 0, preserve_expiry: bool = False,
                   timeout: Optional[float] = None) -> Deferred:
-        """See IBucket.mutate_in: one MUTATE_IN request (docs/protocol.rst, 3.3)."""
+        """See IBucket.mutate_in: one MUTATE_IN request (docs/protocol.rst, 3.4)."""
         return self._send_fields(
             _rq.mutate_in, key, specs, cas, ttl, upsert_doc, insert_doc, persist_to,
             replicate_to, preserve_expiry, self.max_value_size, timeout=timeout).addCallback(

@@ -180,7 +180,7 @@ def failed_key_result(error: BaseException, key: Any, result_cls: type) -> Any:
     return result_cls(key, rc=RC.EINTERNAL)
 
 
-# -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.3) ----------------------------
+# -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.4) ----------------------------
 
 class SubdocReply(NamedTuple):
     """A sub-document reply that is a result: what :func:`subdoc_result` reads."""

@@ -648,7 +648,7 @@ def _get_multi(p: BucketServerProtocol, b: Any, r: Request) -> Any:
         lambda results: _multi_reply(p, r, _multi_entries(keys, results, None)), failed)
 
 
-# -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.3) ---------------------------
+# -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.4) ---------------------------
 # Served through the IBucket calls only.  Hook: once ISyncBucket has
 # lookup_in_sync / mutate_in_sync, give both _Commands a ``now`` handler
 # calling them with the same arguments and encoding with the same functions.

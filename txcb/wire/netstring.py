@@ -548,7 +548,7 @@ def decode_multi_reply(body: bytes, pos: int = 0) -> List[tuple]:
     return out
 
 
-# -- LOOKUP_IN, MUTATE_IN (docs/protocol.rst, 3.3) -----------------------------
+# -- LOOKUP_IN, MUTATE_IN (docs/protocol.rst, 3.4) -----------------------------
 
 #: The head of a LOOKUP_IN / MUTATE_IN request body: the document flags
 #: (``txcb.subdocument.DocFlag``), then txcb's sub-document options.
