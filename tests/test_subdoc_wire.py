@@ -12,9 +12,10 @@ lookup_in / mutate_in, make it return an EmbeddedBucket.
 """
 
 import json
-import struct
+import os
+import re
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
@@ -24,9 +25,9 @@ from txcb.buckets.memcached import MemcachedPool
 from txcb.client.blocking import Bucket
 from txcb.client.remote import BucketClientFactory
 from txcb.errors import RC
-from txcb.formats import FMT_JSON, FMT_UTF8
+from txcb.formats import FMT_JSON
 from txcb.wire.netstring import (
-    SDOPT_PRESERVE_EXPIRY, SUBDOC_HEAD, SUBDOC_SPEC, FrameError, NetstringDecoder, Op,
+    encode_request, encode_response, netstring, SDOPT_PRESERVE_EXPIRY, SUBDOC_HEAD, SUBDOC_SPEC, FrameError, NetstringDecoder, Op,
     decode_lookup_reply, decode_mutate_reply, decode_response, decode_subdoc_failure,
     decode_subdoc_request, encode_lookup_reply, encode_mutate_reply, encode_subdoc_failure,
     encode_subdoc_request)
@@ -132,6 +133,32 @@ class SubdocCodecTests(unittest.TestCase):
             self.assertTrue(cm.exception.fatal)
         with self.assertRaises(FrameError):
             decode_subdoc_failure(b"\x01\x00")
+
+
+class SubdocDocExampleTests(unittest.TestCase):
+    """docs/protocol.rst 3.4's hex dumps are what the codec makes."""
+
+    def dumps(self):
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "docs", "protocol.rst")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        pattern = r"^(\S[^\n]*)::\n\n((?:    [0-9a-f]{4}  [^\n]*\n)+)"
+        return {m.group(1): bytes(int(h, 16) for line in m.group(2).splitlines()
+                                  for h in line[10:57].split())
+                for m in re.finditer(pattern, text, re.M)}
+
+    def test_lookup_in_example(self):
+        dumps = self.dumps()
+        self.assertEqual(dumps["LOOKUP_IN request: GET ``a``, EXISTS ``b`` of ``u``, opaque 4"],
+                         netstring(encode_request(Op.LOOKUP_IN, 4, key=b"u",
+                                                  value=encode_subdoc_request(
+                                                      [SD.get("a"), SD.exists("b")]))))
+        self.assertEqual(dumps["LOOKUP_IN reply: ``a`` is ``[1]``, ``b`` not found (0xCC), "
+                               "CAS 0x21"],
+                         netstring(encode_response(Op.LOOKUP_IN, 4, S.MULTI_PATH_FAILURE,
+                                                   cas=0x21, body=encode_lookup_reply(
+                                                       [(0, b"[1]"), (S.PATH_ENOENT, None)]))))
 
 
 # -- the server, over a StringTransport -----------------------------------------------
