@@ -388,11 +388,27 @@ class SubdocClientProtocolTests(ClientTestBase):
         self.proto.dataReceived(response(Op.MUTATE_IN, req.opaque, body=encode_mutate_reply(
             [(5, 0, b"1")])))
         self.failureResultOf(d, errors.ProtocolError)
-        d = self.bucket.mutate_in("k", SD.upsert("a", 1))
-        req = self.one_request()
-        self.proto.dataReceived(response(Op.MUTATE_IN, req.opaque, S.MULTI_PATH_FAILURE,
-                                         body=b"\x01"))
-        self.failureResultOf(d, errors.ProtocolError)
+        self.assertIsNone(self.proto.lost)  # the stream itself still parses
+
+    def test_malformed_bodies_close_the_connection(self):
+        rows = [
+            (Op.LOOKUP_IN, 0, encode_lookup_reply([(0, b"[1]")])[:-1]),
+            (Op.LOOKUP_IN, S.MULTI_PATH_FAILURE, b"\x00\xc0\x00"),
+            (Op.MUTATE_IN, 0, encode_mutate_reply([(0, 0, b"11")])[:-1]),
+            (Op.MUTATE_IN, S.MULTI_PATH_FAILURE, b"\x01"),
+        ]
+        for opcode, status, body in rows:
+            self.make_client()
+            call = self.bucket.lookup_in if opcode == Op.LOOKUP_IN else self.bucket.mutate_in
+            d = call("k", SD.get("a") if opcode == Op.LOOKUP_IN else SD.upsert("a", 1))
+            other = self.bucket.get("other")
+            req = self.sent(self.transport)[0]
+            self.proto.dataReceived(response(opcode, req.opaque, status, body=body))
+            self.failureResultOf(d, errors.ProtocolError)
+            self.failureResultOf(other, errors.NetworkError)
+            self.assertIsNotNone(self.proto.lost, (opcode, status))
+            self.proto.connectionLost(None)
+        self.assertEqual(len(self.client_warnings()), len(rows))
 
     def test_bad_arguments_fail_before_sending(self):
         rows = [

@@ -273,11 +273,10 @@ class BucketClientProtocol(FastNetstringReceiver):
             return
         del pending[opaque]
         if status:
-            if kind == LOOKUP_IN or kind == MUTATE_IN:  # 0xCC and others may be results
-                outcome = subdoc_outcome(kind, entry[2], status, cas, seqno,
-                                         payload[HEADER_LEN:])
-            else:
-                outcome = reply_error(kind, entry[2], entry[3], status, payload[HEADER_LEN:])
+            if kind == LOOKUP_IN or kind == MUTATE_IN:  # 0xCC may be a result
+                self._subdoc_status(target, kind, entry[2], status, cas, seqno, payload)
+                return
+            outcome = reply_error(kind, entry[2], entry[3], status, payload[HEADER_LEN:])
             if isinstance(outcome, CouchbaseError):
                 target.errback(outcome)
             else:
@@ -292,6 +291,21 @@ class BucketClientProtocol(FastNetstringReceiver):
             self._lose(e)
             return
         target.callback(result)
+
+    def _subdoc_status(self, target: Any, kind: int, key: Any, status: int, cas: int,
+                       seqno: int, payload: bytes) -> None:
+        """A LOOKUP_IN / MUTATE_IN reply of a non-zero status: a result or an error."""
+        try:
+            outcome = subdoc_outcome(kind, key, status, cas, seqno, payload[HEADER_LEN:])
+        except ProtocolError as e:
+            self._log.warn("txcb: {error}; closing", error=str(e))
+            target.errback(e)
+            self._lose(e)
+            return
+        if isinstance(outcome, CouchbaseError):
+            target.errback(outcome)
+        else:
+            target.callback(outcome)
 
     def _bad_frame(self, payload: bytes) -> None:
         error = bad_response(payload)

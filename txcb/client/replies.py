@@ -80,7 +80,7 @@ def success(kind: int, key: Any, cas: int, flags: int, seqno: int, body: bytes,
         except ValueError as e:  # UnicodeDecodeError and JSONDecodeError too
             raise ProtocolError("malformed reply body: %s" % (e,), key=key)
     if kind == LOOKUP_IN or kind == MUTATE_IN:
-        return SubdocReply(key, 0, cas, seqno, body)
+        return _subdoc_reply(kind, key, 0, cas, seqno, body)
     return body if kind == RAW else None
 
 
@@ -183,12 +183,17 @@ def failed_key_result(error: BaseException, key: Any, result_cls: type) -> Any:
 # -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.4) ----------------------------
 
 class SubdocReply(NamedTuple):
-    """A sub-document reply that is a result: what :func:`subdoc_result` reads."""
+    """
+    A sub-document reply that is a result, its body parsed: ``entries`` are
+    ``(status, value)`` per spec (LOOKUP_IN) or ``(index, status, value)``
+    of the specs with a value (MUTATE_IN).  :func:`subdoc_result` makes the
+    SubdocResult of it, given the specs.
+    """
     key: Any
     status: int
     cas: int
     seqno: int
-    body: bytes
+    entries: List[tuple]
 
 
 #: A LOOKUP_IN's statuses that are results (the document was read).
@@ -199,16 +204,29 @@ _LOOKUP_RESULTS = frozenset((Status.SUCCESS, Status.MULTI_PATH_FAILURE, Status.S
 _SUBDOC_ERRORS = frozenset([Status.EINVAL, Status.XATTR_EINVAL] + list(range(0xC0, 0xD8)))
 
 
+def _subdoc_reply(kind: int, key: Any, status: int, cas: int, seqno: int,
+                  body: bytes) -> SubdocReply:
+    try:
+        entries = decode_lookup_reply(body) if kind == LOOKUP_IN else decode_mutate_reply(body)
+    except FrameError as e:
+        raise ProtocolError("malformed sub-document reply: %s" % (e,), key=key)
+    return SubdocReply(key, status, cas, seqno, entries)
+
+
 def subdoc_outcome(kind: int, key: Any, status: int, cas: int, seqno: int,
                    body: bytes) -> Any:
-    """A sub-document reply of a non-zero status: a SubdocReply, or the exception."""
+    """
+    A sub-document reply of a non-zero status: a SubdocReply (a LOOKUP_IN
+    with failed paths), or the exception (returned); raises ProtocolError
+    if the body does not parse.
+    """
     if kind == LOOKUP_IN and status in _LOOKUP_RESULTS:
-        return SubdocReply(key, status, cas, seqno, body)
+        return _subdoc_reply(kind, key, status, cas, seqno, body)
     if kind == MUTATE_IN and status == Status.MULTI_PATH_FAILURE:
         try:
             index, spec_status, message = decode_subdoc_failure(body)
         except FrameError as e:
-            return ProtocolError("malformed MUTATE_IN failure: %s" % (e,), key=key)
+            raise ProtocolError("malformed MUTATE_IN failure: %s" % (e,), key=key)
         return SubdocError(spec_status, message, index=index, key=key)
     if status in _SUBDOC_ERRORS:
         return SubdocError(status, body.decode("utf-8", "replace"), key=key)
@@ -217,20 +235,19 @@ def subdoc_outcome(kind: int, key: Any, status: int, cas: int, seqno: int,
 
 def subdoc_result(reply: SubdocReply, specs: List[Any], lookup: bool) -> SubdocResult:
     """The SubdocResult of a reply to ``specs``; ProtocolError if it does not fit them."""
-    try:
-        if lookup:
-            found = decode_lookup_reply(reply.body)
-            if len(found) != len(specs):
-                raise FrameError("%d results for %d specs" % (len(found), len(specs)))
-            results = [SpecResult(st, v if st == Status.SUCCESS and v else None)
-                       for st, v in found]
-            return SubdocResult(reply.key, reply.cas, specs, results, reply.status)
-        results = [SpecResult(Status.SUCCESS)] * len(specs)
-        for index, st, value in decode_mutate_reply(reply.body):
-            if index >= len(specs):
-                raise FrameError("a result for spec %d of %d" % (index, len(specs)))
-            results[index] = SpecResult(st, value)
-    except FrameError as e:
-        raise ProtocolError("malformed sub-document reply: %s" % (e,), key=reply.key)
+    n = len(specs)
+    if lookup:
+        if len(reply.entries) != n:
+            raise ProtocolError("a LOOKUP_IN reply of %d results for %d specs"
+                                % (len(reply.entries), n), key=reply.key)
+        results = [SpecResult(st, v if st == Status.SUCCESS and v else None)
+                   for st, v in reply.entries]
+        return SubdocResult(reply.key, reply.cas, specs, results, reply.status)
+    results = [SpecResult(Status.SUCCESS)] * n
+    for index, st, value in reply.entries:
+        if index >= n:
+            raise ProtocolError("a MUTATE_IN reply for spec %d of %d" % (index, n),
+                                key=reply.key)
+        results[index] = SpecResult(st, value)
     token = (0, reply.seqno) if reply.seqno else None
     return SubdocResult(reply.key, reply.cas, specs, results, Status.SUCCESS, token)
