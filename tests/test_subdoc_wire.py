@@ -421,7 +421,8 @@ class SubdocClientProtocolTests(ClientTestBase):
              errors.ArgumentError),
             (lambda: self.bucket.mutate_in("k", SD.upsert("a", "x" * 2000)),
              errors.TooBigError),
-            (lambda: self.bucket.lookup_in("k", SD.get("p" * 70000)), errors.ArgumentError),
+            (lambda: self.bucket.lookup_in("k", SD.get("p" * 1025)), SD.SubdocError),
+            (lambda: self.bucket.lookup_in("k", SD.get("p" * 70000)), SD.SubdocError),
             (lambda: self.bucket.lookup_in("", SD.get("a")), errors.ArgumentError),
         ]
         for call, error in rows:
@@ -619,6 +620,11 @@ class SubdocMemcachedPoolTests(unittest.TestCase):
                                                      cas=before.cas + 1),
                                  errors.KeyExistsError)
         self.assertEqual((yield self.pool.get("doc")).cas, before.cas)
+
+    @inlineCallbacks
+    def test_specs_that_are_not_specs_are_refused(self):
+        yield self.assertFailure(self.pool.lookup_in("doc", "a.b"), errors.ArgumentError)
+        yield self.assertFailure(self.pool.mutate_in("doc", ("a", 1)), errors.ArgumentError)
 
     @inlineCallbacks
     def test_xattrs_and_preserve_expiry_are_refused(self):

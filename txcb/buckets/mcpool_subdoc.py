@@ -17,7 +17,8 @@ DELETE with the CAS for a whole-document delete).
   ``xattr=True`` spec (``$document`` included) errbacks NotSupportedError
   before anything is sent.  ``preserve_expiry`` is refused the same way
   (memcached does not tell a GET the item's expiry).  A mutation's ``ttl``
-  is the item's new expiry, 0 none, as for ``replace``.
+  is the item's new expiry, 0 none, as for ``replace``.  There are no
+  tombstones: ``access_deleted`` changes nothing.
 * The item keeps its flags; a document the call creates is stored as
   FMT_JSON (FMT_BYTES if a whole-document write made it something else).
   There are no sequence numbers: results have no mutation token.
@@ -32,7 +33,7 @@ from twisted.python.failure import Failure
 
 import txcb.subdocument as SD
 from txcb.errors import (
-    CouchbaseError, KeyExistsError, NotFoundError, NotSupportedError, TemporaryFailError)
+    ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, NotSupportedError, TemporaryFailError)
 from txcb.formats import FMT_BYTES, FMT_JSON, Encoded
 from txcb.validation import check_cas, check_ttl, resolve_durability
 
@@ -41,7 +42,10 @@ __all__ = ["SubdocOperations"]
 
 def _refuse_xattrs(specs: Sequence[Any], key: Any) -> None:
     for n, spec in enumerate(specs):
-        if isinstance(spec, SD.Spec) and spec.xattr:
+        if not isinstance(spec, SD.Spec):
+            raise ArgumentError("specs must be txcb.subdocument specs (SD.get, SD.upsert...), "
+                                "not %r" % (spec,), key=key)
+        if spec.xattr:
             raise NotSupportedError(
                 "spec %d: the memcached pool keeps no extended attributes (xattr=True)" % n,
                 key=key)

@@ -24,7 +24,7 @@ from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, SDOPT_PRESERVE_EXPIRY, Op, encode_multi_keys,
     encode_scan_request, encode_subdoc_request)
-from txcb.subdocument import DocFlag, Spec
+from txcb.subdocument import MAX_PATH_LEN, DocFlag, Spec, Status as SDStatus, SubdocError
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ProtocolError, TooBigError, exception_for_rc)
 from txcb.results import ValueResult
@@ -160,12 +160,14 @@ _NOOP: Fields = (Op.NOOP, None, b"", b"", 0, 0, 0, 0, 0, 0)
 def _subdoc_body(key: Any, specs: Any, doc_flags: int, options: int,
                  max_value_size: int) -> bytes:
     """The LOOKUP_IN / MUTATE_IN body: ``specs`` must be txcb.subdocument Specs."""
-    for spec in specs:
+    for n, spec in enumerate(specs):
         if not isinstance(spec, Spec):
             raise ArgumentError("specs must be txcb.subdocument specs (SD.get, SD.upsert...), "
                                 "not %r" % (spec,), key=key)
-        if len(spec.path.encode("utf-8", "surrogateescape")) > 0xFFFF:
-            raise ArgumentError("a sub-document path is at most 65535 bytes", key=key)
+        if len(spec.path.encode("utf-8", "surrogateescape")) > MAX_PATH_LEN:
+            # what the server's engine answers; past 65535 bytes it could not be sent
+            raise SubdocError(SDStatus.EINVAL, "spec %d: path longer than %d bytes"
+                              % (n, MAX_PATH_LEN), key=key)
     body = encode_subdoc_request(list(specs), doc_flags, options)
     if len(body) > max_value_size:
         raise TooBigError("sub-document request of %d bytes is over the server's %d byte "
