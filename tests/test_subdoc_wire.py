@@ -15,7 +15,7 @@ import json
 import os
 import re
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
@@ -328,6 +328,64 @@ class SubdocServerProtocolTests(ServerTestBase):
         res = self.raw(Op.LOOKUP_IN, body_of(GET_A), key=b"")
         self.assertEqual(res.status, RC.EINVAL)
         self.assertEqual(self.call(Op.NOOP, 9).status, 0)
+
+
+class _PendingSubdocBucket(NaiveSubdocBucket):
+    """The test double, its lookup_in answered only when the test says so."""
+
+    def __init__(self, *a, **kw):
+        NaiveSubdocBucket.__init__(self, *a, **kw)
+        self.pending = []
+        self.cancelled = []
+
+    def lookup_in(self, key, *specs, access_deleted=False):
+        d = defer.Deferred(self.cancelled.append)
+        self.pending.append((d, NaiveSubdocBucket.lookup_in(self, key, *specs)))
+        return d
+
+
+class SubdocServerLaterTests(ServerTestBase):
+
+    def setUp(self):
+        ServerTestBase.setUp(self)
+        self.bucket = _PendingSubdocBucket(clock=self.clock, pager_interval=0)
+        self.bucket.store_sync("upsert", "k", DOC)
+        self.seen = []
+        self.factory = self.make_factory(bucket=self.bucket)
+        self.factory.observer = self  # installed before the connection is made
+        self.proto, self.transport = self.connect(self.factory)
+
+    def request_done(self, op, status, started):
+        self.seen.append((op, status))
+
+    def test_replies_when_the_bucket_answers_and_overtaking_is_allowed(self):
+        self.proto.dataReceived(frame(Op.LOOKUP_IN, 1, key=b"k", value=encode_subdoc_request(
+            [SD.get("n")])))
+        self.proto.dataReceived(frame(Op.NOOP, 2))
+        self.assertEqual([r.opaque for r in self.responses()], [2])
+        d, answer = self.bucket.pending.pop()
+        answer.chainDeferred(d)
+        self.clock.advance(0)
+        [res] = self.responses()
+        self.assertEqual((res.opaque, decode_lookup_reply(res.body)), (1, [(0, b"10")]))
+
+    def test_connection_loss_cancels_what_the_bucket_still_owes(self):
+        self.proto.dataReceived(frame(Op.LOOKUP_IN, 1, key=b"k", value=encode_subdoc_request(
+            [SD.get("n")])))
+        d, _answer = self.bucket.pending.pop()
+        self.proto.connectionLost(None)
+        self.assertEqual(self.bucket.cancelled, [d])
+        self.assertEqual(self.responses(), [])
+
+    def test_observer_sees_each_call_and_its_status(self):
+        self.proto.dataReceived(frame(Op.MUTATE_IN, 1, key=b"k", value=encode_subdoc_request(
+            [SD.insert("n", 1)])))
+        self.proto.dataReceived(frame(Op.MUTATE_IN, 2, key=b"k", value=encode_subdoc_request(
+            [SD.upsert("n", 1)])))
+        self.proto.dataReceived(frame(Op.LOOKUP_IN, 3, key=b"k", value=body_of()))
+        self.clock.advance(0)
+        self.assertEqual(self.seen, [("mutate_in", S.MULTI_PATH_FAILURE), ("mutate_in", 0),
+                                     ("lookup_in", S.INVALID_COMBO)])
 
 
 # -- the Twisted client, over a StringTransport ---------------------------------------
