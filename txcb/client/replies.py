@@ -9,7 +9,10 @@ blocking one (:mod:`txcb.client.blocking`), which only move the bytes.
   an error status (a quiet miss is a failed result, not an error);
 - :func:`multi_frame` records one GET_MULTI reply frame's entries (with
   the GET_MULTI rules of :mod:`txcb.client.requests`), :func:`scan_rows`
-  reads one SCAN batch, :func:`server_limits` the HELLO reply.
+  reads one SCAN batch, :func:`server_limits` the HELLO reply;
+- LOOKUP_IN / MUTATE_IN replies become a :class:`SubdocReply` (0xCC of a
+  lookup included: :func:`subdoc_outcome`), which :func:`subdoc_result`
+  turns into the ``txcb.subdocument.SubdocResult`` of the call's specs.
 
 Malformed replies raise :class:`~txcb.errors.ProtocolError`: the caller
 closes the connection, since the stream can no longer be trusted.
