@@ -6,9 +6,9 @@ against an in-process txcb server on loopback, and MemcachedPool's
 lookup_in / mutate_in against real memcached (with CAS conflicts from a
 concurrent writer).
 
-The served bucket comes from ``make_bucket``: for now the TEST DOUBLE
-tests.support.subdoc.NaiveSubdocBucket; once EmbeddedBucket implements
-lookup_in / mutate_in, make it return an EmbeddedBucket.
+The served bucket is tests.support.subdoc.SubdocTestBucket: for now over the
+TEST DOUBLE NaiveSubdocBucket; once EmbeddedBucket implements lookup_in /
+mutate_in, set tests.support.subdoc.SERVED to it (nothing here changes).
 """
 
 import json
@@ -34,8 +34,8 @@ from txcb.wire.netstring import (
 
 from tests.support import procs
 from tests.support.netstring import ClientTestBase, ServerTestBase, frame, response
-from tests.support.servers import start_server
-from tests.support.subdoc import NaiveSubdocBucket
+from tests.support.servers import _clock_at_now, start_server
+from tests.support.subdoc import NaiveSubdocBucket, SubdocTestBucket
 from tests.support.sync_contract import ThreadedServer
 
 S = SD.Status
@@ -44,7 +44,7 @@ DOC = {"a": {"b": [1, 2, 3]}, "n": 10, "name": "x"}
 
 def make_bucket(clock, **kw):
     """The bucket the server tests serve (see the module docstring)."""
-    return NaiveSubdocBucket(clock=clock, pager_interval=0, **kw)
+    return SubdocTestBucket(clock=clock, pager_interval=0, **kw)
 
 
 def spec_bytes(opcode, flags, path, value=b"", plen=None, vlen=None):
@@ -274,9 +274,10 @@ class SubdocServerProtocolTests(ServerTestBase):
         self.assertEqual(self.bucket.calls[-1][3], {"access_deleted": True})
 
     def test_durable_mutate_in_goes_to_the_bucket_call(self):
-        res = self.mutate(SD.upsert("a.c", 1), persist_to=1)
+        res = self.mutate(SD.upsert("a.c", 1), persist_to=-1, replicate_to=-1)
         self.assertEqual(res.status, 0)
-        self.assertEqual(self.bucket.calls[-1][3]["persist_to"], 1)
+        self.assertEqual((self.bucket.calls[-1][3]["persist_to"],
+                          self.bucket.calls[-1][3]["replicate_to"]), (-1, -1))
 
     def test_illegal_requests_are_answered_and_the_connection_stays(self):
         up = spec_bytes(SD.Opcode.DICT_UPSERT, 0, b"a", b"1")
@@ -330,17 +331,17 @@ class SubdocServerProtocolTests(ServerTestBase):
         self.assertEqual(self.call(Op.NOOP, 9).status, 0)
 
 
-class _PendingSubdocBucket(NaiveSubdocBucket):
-    """The test double, its lookup_in answered only when the test says so."""
+class _PendingSubdocBucket(SubdocTestBucket):
+    """The served bucket, its lookup_in answered only when the test says so."""
 
     def __init__(self, *a, **kw):
-        NaiveSubdocBucket.__init__(self, *a, **kw)
+        SubdocTestBucket.__init__(self, *a, **kw)
         self.pending = []
         self.cancelled = []
 
     def lookup_in(self, key, *specs, access_deleted=False):
         d = defer.Deferred(self.cancelled.append)
-        self.pending.append((d, NaiveSubdocBucket.lookup_in(self, key, *specs)))
+        self.pending.append((d, SubdocTestBucket.lookup_in(self, key, *specs)))
         return d
 
 
@@ -500,7 +501,6 @@ class SubdocRemoteBucketTests(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        from tests.support.servers import _clock_at_now
         self.served = make_bucket(_clock_at_now(), max_value_size=4096)
         _factory, port, _b = yield start_server(self, bucket=self.served)
         factory = BucketClientFactory(reactor, timeout=5)
@@ -566,8 +566,6 @@ class SubdocRemoteBucketTests(unittest.TestCase):
         yield self.assertFailure(self.bucket.mutate_in("doc", SD.upsert("a", 1),
                                                        cas=before.cas + 1),
                                  errors.KeyExistsError)
-        yield self.assertFailure(self.bucket.mutate_in("doc", SD.upsert("x", 1, xattr=True)),
-                                 errors.NotSupportedError)
         self.assertEqual((yield self.bucket.get("doc")).cas, before.cas)
         yield self.bucket.mutate_in("doc", SD.upsert("big1", "x" * 2000))
         # the result would pass the server's 4096-byte limit: refused there
@@ -576,6 +574,21 @@ class SubdocRemoteBucketTests(unittest.TestCase):
         # a request bigger than the limit: refused before it is sent
         yield self.assertFailure(self.bucket.mutate_in(
             "doc", SD.upsert("big3", "x" * 4100)), errors.TooBigError)
+
+    @inlineCallbacks
+    def test_xattr_specs_go_over_the_wire(self):
+        d = self.bucket.mutate_in("doc", SD.upsert("meta.v", 1, xattr=True,
+                                                   create_parents=True))
+        if isinstance(self.served, NaiveSubdocBucket):
+            # the test double's NotSupportedError (0x83) comes back as itself
+            yield self.assertFailure(d, errors.NotSupportedError)
+        else:
+            yield d
+            r = yield self.bucket.lookup_in("doc", SD.get("meta.v", xattr=True), SD.get("n"))
+            self.assertEqual((r[0], r[1]), (1, 10))
+        spec = self.served.calls[-1][2][0]
+        self.assertEqual((spec.path, spec.flags), ("meta.v", SD.PathFlag.XATTR
+                                                   | SD.PathFlag.MKDIR_P))
 
     @inlineCallbacks
     def test_document_flags(self):

@@ -1,9 +1,12 @@
 """
-TEST DOUBLE for the sub-document wire tests: an EmbeddedBucket with a naive
-``lookup_in`` / ``mutate_in`` (the txcb.subdocument engine over get_sync and
-store_sync / remove_sync, no xattrs), until the embedded bucket implements
-them natively.  Once it does, the tests serve a plain EmbeddedBucket and this
-module goes (see tests/test_subdoc_wire.py's ``make_bucket``).
+The bucket the sub-document wire tests serve: :class:`SubdocTestBucket`, a
+:class:`RecordingSubdoc` (what the server passed on) over :data:`SERVED`.
+
+:data:`SERVED` is, for now, the TEST DOUBLE :class:`NaiveSubdocBucket`: an
+EmbeddedBucket with a naive ``lookup_in`` / ``mutate_in`` (the
+txcb.subdocument engine over get_sync and store_sync / remove_sync, no
+xattrs), until the embedded bucket implements them natively.  Once it does,
+set ``SERVED = EmbeddedBucket`` and delete NaiveSubdocBucket.
 """
 
 from twisted.internet.defer import fail, succeed
@@ -13,23 +16,16 @@ from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import CouchbaseError, KeyExistsError, NotSupportedError
 from txcb.formats import FMT_BYTES, FMT_JSON, Encoded
 
-__all__ = ["NaiveSubdocBucket"]
+__all__ = ["NaiveSubdocBucket", "RecordingSubdoc", "SERVED", "SubdocTestBucket"]
 
 
 class NaiveSubdocBucket(EmbeddedBucket):
     """
     TEST DOUBLE: lookup_in / mutate_in as SD.lookup / SD.mutate between a
-    get and a store, without xattrs (refused).  ``calls`` records each
-    call's (method, key, specs, keyword arguments) so that tests can see what
-    the server passed on.
+    get and a store, without xattrs (refused with NotSupportedError).
     """
 
-    def __init__(self, *a, **kw):
-        EmbeddedBucket.__init__(self, *a, **kw)
-        self.calls = []
-
     def lookup_in(self, key, *specs, access_deleted=False):
-        self.calls.append(("lookup_in", key, specs, {"access_deleted": access_deleted}))
         try:
             self._no_xattrs(specs)
             r = self.get_sync(key)
@@ -41,9 +37,6 @@ class NaiveSubdocBucket(EmbeddedBucket):
 
     def mutate_in(self, key, *specs, cas=0, ttl=0, upsert_doc=False, insert_doc=False,
                   persist_to=0, replicate_to=0, preserve_expiry=False):
-        self.calls.append(("mutate_in", key, specs, dict(
-            cas=cas, ttl=ttl, upsert_doc=upsert_doc, insert_doc=insert_doc,
-            persist_to=persist_to, replicate_to=replicate_to, preserve_expiry=preserve_expiry)))
         try:
             return succeed(self._mutate(key, specs, cas, ttl, upsert_doc, insert_doc))
         except CouchbaseError as e:
@@ -73,3 +66,30 @@ class NaiveSubdocBucket(EmbeddedBucket):
     def _no_xattrs(specs):
         if any(s.xattr for s in specs):
             raise NotSupportedError("the test double keeps no xattrs")
+
+
+class RecordingSubdoc:
+    """
+    Records each lookup_in / mutate_in call in ``calls`` as (method, key,
+    specs, keyword arguments), then makes it (the next class's method).
+    """
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls = []
+
+    def lookup_in(self, key, *specs, access_deleted=False):
+        self.calls.append(("lookup_in", key, specs, {"access_deleted": access_deleted}))
+        return super().lookup_in(key, *specs, access_deleted=access_deleted)
+
+    def mutate_in(self, key, *specs, **kw):
+        self.calls.append(("mutate_in", key, specs, kw))
+        return super().mutate_in(key, *specs, **kw)
+
+
+#: What SubdocTestBucket serves: EmbeddedBucket once it has lookup_in / mutate_in.
+SERVED = NaiveSubdocBucket
+
+
+class SubdocTestBucket(RecordingSubdoc, SERVED):
+    """The served bucket of tests/test_subdoc_wire.py: SERVED, recording its calls."""
