@@ -13,6 +13,7 @@ mutate_in, set tests.support.subdoc.SERVED to it (nothing here changes).
 
 import json
 import os
+import random
 import re
 
 from twisted.internet import defer, reactor
@@ -102,6 +103,23 @@ class SubdocCodecTests(unittest.TestCase):
             with self.assertRaises(FrameError, msg=name) as cm:
                 decode_subdoc_request(body, True)
             self.assertEqual(cm.exception.status, status, name)
+
+    def test_random_bodies_decode_or_raise_frame_error(self):
+        rnd = random.Random(15)
+        good = encode_subdoc_request([SD.get("a.b"), SD.upsert("c", [1, 2])])
+        for _ in range(3000):
+            body = bytearray(good)
+            for _ in range(rnd.randint(1, 4)):
+                body[rnd.randrange(len(body))] = rnd.randrange(256)
+            body = bytes(body[:rnd.randint(0, len(body))])
+            try:
+                doc_flags, options, specs = decode_subdoc_request(body, True)
+            except FrameError as e:
+                self.assertIn(e.status, (RC.EINVAL, S.INVALID_COMBO))
+                self.assertFalse(e.fatal)
+            else:
+                self.assertTrue(1 <= len(specs) <= SD.MAX_SPECS)
+                self.assertEqual(encode_subdoc_request(specs, doc_flags, options), body)
 
     def test_preserve_expiry_is_a_mutation_option_only(self):
         body = body_of(GET_A, options=SDOPT_PRESERVE_EXPIRY)
@@ -323,6 +341,23 @@ class SubdocServerProtocolTests(ServerTestBase):
         after = self.bucket.get_sync("k")
         self.assertEqual((after.cas, after.raw), (before.cas, before.raw))
         self.assertEqual(self.call(Op.NOOP, 9).status, 0)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_random_bodies_get_one_reply_each_and_no_internal_error(self):
+        rnd = random.Random(16)
+        good = encode_subdoc_request([SD.get("a.b"), SD.exists("n")])
+        replies = 0
+        for n in range(500):
+            body = bytearray(good)
+            for _ in range(rnd.randint(1, 3)):
+                body[rnd.randrange(len(body))] = rnd.randrange(256)
+            opcode = rnd.choice((Op.LOOKUP_IN, Op.MUTATE_IN))
+            self.proto.dataReceived(frame(opcode, n, key=b"k", value=bytes(body)))
+            for res in self.responses():
+                replies += 1
+                self.assertEqual(res.opaque, n)
+                self.assertNotEqual(res.status, RC.EINTERNAL)
+        self.assertEqual(replies, 500)
         self.assertFalse(self.transport.disconnecting)
 
     def test_keyless_request_is_refused(self):
