@@ -41,6 +41,10 @@ libmemcached or pylibmc with ketama, so they can share the pool.
   keys; :meth:`MemcachedPool.namespaced` makes one more on the same
   connections.  ``flush`` empties whole servers, so a namespaced pool
   refuses it.
+* ``lookup_in`` / ``mutate_in`` (:mod:`~txcb.buckets.mcpool_subdoc`): a GET,
+  the sub-document engine, a CAS REPLACE, retried a bounded number of times
+  (``subdoc_attempts``) on CAS conflicts, then TemporaryFailError; xattr
+  specs and ``preserve_expiry`` are refused with NotSupportedError.
 * Every operation has a timeout (2.5 s by default, ``timeout=`` on each
   call) and can be cancelled; a lost connection errbacks everything in
   flight on it with NetworkError.  No Deferred is left unfired.
@@ -50,7 +54,8 @@ forms, key placement, ejection, the deadline sweeper and write coalescer),
 :mod:`~txcb.buckets.mcconn` (one server's connection and reconnection),
 :mod:`~txcb.buckets.mcpool_dispatch` (the send path),
 :mod:`~txcb.buckets.mcrequests` (what each reply turns into),
-:mod:`~txcb.buckets.mcpool_multi` (the batched ``*_multi`` methods) and
+:mod:`~txcb.buckets.mcpool_multi` (the batched ``*_multi`` methods),
+:mod:`~txcb.buckets.mcpool_subdoc` (``lookup_in`` / ``mutate_in``) and
 :mod:`~txcb.buckets.mcpool_endure` (``endure``'s polling).
 
 Example::
@@ -73,6 +78,7 @@ from txcb.buckets.ketama import NoServersError
 from txcb.buckets.mcconn import NEW, ConnectionSettings, MemcachedProtocol, MemcachedServer
 from txcb.buckets.mcpool_dispatch import Dispatcher
 from txcb.buckets.mcpool_endure import EndurePoll
+from txcb.buckets.mcpool_subdoc import SubdocOperations
 from txcb.buckets.mcpool_multi import MultiOperations
 from txcb.buckets.mcpool_servers import (
     DeadlineSweeper, PoolTopology, ServerArg, WriteCoalescer, parse_backend, parse_servers)
@@ -131,7 +137,7 @@ def _credentials(username: Optional[Union[str, bytes]],
 # -- the pool -------------------------------------------------------------------
 
 @implementer(IBucket)
-class MemcachedPool(MultiOperations, MultiMixin):
+class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
     """
     An IBucket over a pool of memcached servers (binary protocol).
 

@@ -63,13 +63,14 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from txcb.client import requests as _rq
 from txcb.client.connection import (
     _DEFAULT_WINDOW, _Connection, _MultiReq, _Req, parse_endpoint, unique)
-from txcb.client.replies import failed_key_result, scan_rows
+from txcb.client.replies import failed_key_result, scan_rows, subdoc_result
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.validation import check_ttl, scan_args
 from txcb.wire.netstring import Op
 from txcb.errors import ArgumentError, CouchbaseError, NetworkError
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.results import MultiResult, OperationResult, ScanItem, ValueResult
+from txcb.subdocument import SubdocResult
 
 __all__ = ["Bucket", "ScanIterator", "parse_endpoint", "DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT"]
 
@@ -445,6 +446,23 @@ class Bucket(_MultiCalls):
                                             ids_only), timeout)
             return scan_rows(body, ids_only, self.transcoder)
         return ScanIterator(fetch, start)
+
+    def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False,
+                  timeout: Optional[float] = None) -> SubdocResult:
+        """See IBucket.lookup_in (one LOOKUP_IN request): the SubdocResult."""
+        reply = self._one(_rq.lookup_in(key, specs, access_deleted, self.max_value_size),
+                          timeout)
+        return subdoc_result(reply, list(specs), True)
+
+    def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0,
+                  upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
+                  replicate_to: int = 0, preserve_expiry: bool = False,
+                  timeout: Optional[float] = None) -> SubdocResult:
+        """See IBucket.mutate_in (one MUTATE_IN request): the SubdocResult, or SubdocError."""
+        reply = self._one(_rq.mutate_in(key, specs, cas, ttl, upsert_doc, insert_doc,
+                                        persist_to, replicate_to, preserve_expiry,
+                                        self.max_value_size), timeout)
+        return subdoc_result(reply, list(specs), False)
 
     # -- pipelines and *_multi ----------------------------------------------------
 

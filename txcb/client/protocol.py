@@ -16,8 +16,8 @@ from twisted.python.failure import Failure
 from txcb.client import requests as _rq
 from txcb.client.multicalls import _GetMultiPart
 from txcb.client.replies import (
-    KIND, MULTI, bad_response, frame_limit, is_last_frame, server_limits, unpack_header,
-    error as reply_error, success as reply_success)
+    KIND, LOOKUP_IN, MULTI, MUTATE_IN, bad_response, frame_limit, is_last_frame, server_limits,
+    subdoc_outcome, unpack_header, error as reply_error, success as reply_success)
 from txcb.transport import FastNetstringReceiver, set_nodelay
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.wire.netstring import HEADER_LEN, OPT_QUIET, RES_MAGIC, encode_request
@@ -273,6 +273,9 @@ class BucketClientProtocol(FastNetstringReceiver):
             return
         del pending[opaque]
         if status:
+            if kind == LOOKUP_IN or kind == MUTATE_IN:  # 0xCC may be a result
+                self._subdoc_status(target, kind, entry[2], status, cas, seqno, payload)
+                return
             outcome = reply_error(kind, entry[2], entry[3], status, payload[HEADER_LEN:])
             if isinstance(outcome, CouchbaseError):
                 target.errback(outcome)
@@ -288,6 +291,21 @@ class BucketClientProtocol(FastNetstringReceiver):
             self._lose(e)
             return
         target.callback(result)
+
+    def _subdoc_status(self, target: Any, kind: int, key: Any, status: int, cas: int,
+                       seqno: int, payload: bytes) -> None:
+        """A LOOKUP_IN / MUTATE_IN reply of a non-zero status: a result or an error."""
+        try:
+            outcome = subdoc_outcome(kind, key, status, cas, seqno, payload[HEADER_LEN:])
+        except ProtocolError as e:
+            self._log.warn("txcb: {error}; closing", error=str(e))
+            target.errback(e)
+            self._lose(e)
+            return
+        if isinstance(outcome, CouchbaseError):
+            target.errback(outcome)
+        else:
+            target.callback(outcome)
 
     def _bad_frame(self, payload: bytes) -> None:
         error = bad_response(payload)

@@ -31,7 +31,7 @@ from txcb.client import requests as _rq
 from txcb.client.multicalls import _GetMulti, _GetMultiPart, _MultiCall
 from txcb.client.protocol import BucketClientProtocol, RequestDeferred
 from txcb.client.replies import (
-    scan_rows)
+    scan_rows, subdoc_result)
 from txcb.multi import MultiMixin, unique, gather_results
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT
 from txcb.validation import check_ttl, scan_args
@@ -316,6 +316,23 @@ class RemoteBucket(MultiMixin):
                                              ids_only), timeout).addCallback(
                 scan_rows, ids_only, transcoder)
         return ScanResult.open(fetch, start)
+
+    def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False,
+                  timeout: Optional[float] = None) -> Deferred:
+        """See IBucket.lookup_in: one LOOKUP_IN request (docs/protocol.rst, 3.4)."""
+        return self._send_fields(_rq.lookup_in, key, specs, access_deleted,
+                                 self.max_value_size, timeout=timeout).addCallback(
+            subdoc_result, list(specs), True)
+
+    def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0,
+                  upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
+                  replicate_to: int = 0, preserve_expiry: bool = False,
+                  timeout: Optional[float] = None) -> Deferred:
+        """See IBucket.mutate_in: one MUTATE_IN request (docs/protocol.rst, 3.4)."""
+        return self._send_fields(
+            _rq.mutate_in, key, specs, cas, ttl, upsert_doc, insert_doc, persist_to,
+            replicate_to, preserve_expiry, self.max_value_size, timeout=timeout).addCallback(
+            subdoc_result, list(specs), False)
 
     def close(self) -> Deferred:
         """Close the connection (stop reconnecting); requests in flight errback."""

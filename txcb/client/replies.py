@@ -9,7 +9,10 @@ blocking one (:mod:`txcb.client.blocking`), which only move the bytes.
   an error status (a quiet miss is a failed result, not an error);
 - :func:`multi_frame` records one GET_MULTI reply frame's entries (with
   the GET_MULTI rules of :mod:`txcb.client.requests`), :func:`scan_rows`
-  reads one SCAN batch, :func:`server_limits` the HELLO reply.
+  reads one SCAN batch, :func:`server_limits` the HELLO reply;
+- LOOKUP_IN / MUTATE_IN replies become a :class:`SubdocReply` (0xCC of a
+  lookup included: :func:`subdoc_outcome`), which :func:`subdoc_result`
+  turns into the ``txcb.subdocument.SubdocResult`` of the call's specs.
 
 Malformed replies raise :class:`~txcb.errors.ProtocolError`: the caller
 closes the connection, since the stream can no longer be trusted.
@@ -25,14 +28,16 @@ from txcb.client.requests import multi_entries, multi_limits
 from txcb.errors import RC, CouchbaseError, ProtocolError, exception_for_rc
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
 from txcb.results import UNSET, OperationResult, ScanItem, ValueResult
+from txcb.subdocument import SpecResult, Status, SubdocError, SubdocResult
 from txcb.wire.netstring import (
-    HEADER_LEN, MULTI_MORE, RES_MAGIC, FrameError, Op, decode_multi_reply, decode_response,
-    decode_scan_reply, res_pack)
+    HEADER_LEN, MULTI_MORE, RES_MAGIC, FrameError, Op, decode_lookup_reply, decode_multi_reply,
+    decode_mutate_reply, decode_response, decode_scan_reply, decode_subdoc_failure, res_pack)
 
 __all__ = ["VALUE", "MUTATION", "COUNTER", "JSON", "NONE", "RAW", "MULTI", "KIND",
            "unpack_header", "bad_response", "outcome", "success", "error", "multi_frame",
            "is_last_frame", "scan_rows", "ServerLimits", "server_limits", "frame_limit",
-           "failed_key_result"]
+           "failed_key_result", "LOOKUP_IN", "MUTATE_IN", "SubdocReply", "subdoc_outcome",
+           "subdoc_result"]
 
 # What a successful response turns into, by opcode.
 VALUE = 1  # a ValueResult (GET, GAT, LOCK)
@@ -42,13 +47,15 @@ JSON = 4  # the JSON document of the body (STATS, HELLO)
 NONE = 5  # None (NOOP, FLUSH)
 RAW = 6  # the reply body itself (SCAN: see scan_rows)
 MULTI = 7  # GET_MULTI: frames of entries (see multi_frame)
+LOOKUP_IN = 8  # a SubdocReply (see subdoc_outcome, subdoc_result)
+MUTATE_IN = 9  # a SubdocReply
 KIND: Dict[int, int] = {
     Op.GET: VALUE, Op.GAT: VALUE, Op.LOCK: VALUE, Op.COUNTER: COUNTER,
     Op.UPSERT: MUTATION, Op.INSERT: MUTATION, Op.REPLACE: MUTATION,
     Op.REMOVE: MUTATION, Op.APPEND: MUTATION, Op.PREPEND: MUTATION,
     Op.TOUCH: MUTATION, Op.UNLOCK: MUTATION, Op.ENDURE: MUTATION,
     Op.STATS: JSON, Op.HELLO: JSON, Op.NOOP: NONE, Op.FLUSH: NONE, Op.SCAN: RAW,
-    Op.GET_MULTI: MULTI,
+    Op.GET_MULTI: MULTI, Op.LOOKUP_IN: LOOKUP_IN, Op.MUTATE_IN: MUTATE_IN,
 }
 
 # The codec's response header, read in place (txcb.wire.netstring packs it
@@ -75,6 +82,8 @@ def success(kind: int, key: Any, cas: int, flags: int, seqno: int, body: bytes,
                     if kind == COUNTER else json.loads(body))
         except ValueError as e:  # UnicodeDecodeError and JSONDecodeError too
             raise ProtocolError("malformed reply body: %s" % (e,), key=key)
+    if kind == LOOKUP_IN or kind == MUTATE_IN:
+        return _subdoc_reply(kind, key, 0, cas, seqno, body)
     return body if kind == RAW else None
 
 
@@ -92,6 +101,8 @@ def outcome(kind: int, key: Any, quiet: bool, status: int, cas: int, flags: int,
             body: bytes, transcoder: Any) -> Any:
     """A reply's result, or the exception of its error status (returned, not raised)."""
     if status:
+        if kind == LOOKUP_IN or kind == MUTATE_IN:
+            return subdoc_outcome(kind, key, status, cas, seqno, body)
         return error(kind, key, quiet, status, body)
     return success(kind, key, cas, flags, seqno, body, transcoder)
 
@@ -170,3 +181,76 @@ def failed_key_result(error: BaseException, key: Any, result_cls: type) -> Any:
     if isinstance(error, CouchbaseError):
         return error.result if error.result is not None else result_cls(key, rc=error.rc)
     return result_cls(key, rc=RC.EINTERNAL)
+
+
+# -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.4) ----------------------------
+
+class SubdocReply(NamedTuple):
+    """
+    A sub-document reply that is a result, its body parsed: ``entries`` are
+    ``(status, value)`` per spec (LOOKUP_IN) or ``(index, status, value)``
+    of the specs with a value (MUTATE_IN).  :func:`subdoc_result` makes the
+    SubdocResult of it, given the specs.
+    """
+    key: Any
+    status: int
+    cas: int
+    seqno: int
+    entries: List[tuple]
+
+
+#: A LOOKUP_IN's statuses that are results (the document was read).
+_LOOKUP_RESULTS = frozenset((Status.SUCCESS, Status.MULTI_PATH_FAILURE, Status.SUCCESS_DELETED,
+                             Status.MULTI_PATH_FAILURE_DELETED))
+#: The statuses a sub-document reply raises as SubdocError (the others are the
+#: usual errors: NotFoundError, KeyExistsError, TooBigError...).
+_SUBDOC_ERRORS = frozenset([Status.EINVAL, Status.XATTR_EINVAL] + list(range(0xC0, 0xD8)))
+
+
+def _subdoc_reply(kind: int, key: Any, status: int, cas: int, seqno: int,
+                  body: bytes) -> SubdocReply:
+    try:
+        entries = decode_lookup_reply(body) if kind == LOOKUP_IN else decode_mutate_reply(body)
+    except FrameError as e:
+        raise ProtocolError("malformed sub-document reply: %s" % (e,), key=key)
+    return SubdocReply(key, status, cas, seqno, entries)
+
+
+def subdoc_outcome(kind: int, key: Any, status: int, cas: int, seqno: int,
+                   body: bytes) -> Any:
+    """
+    A sub-document reply of a non-zero status: a SubdocReply (a LOOKUP_IN
+    with failed paths), or the exception (returned); raises ProtocolError
+    if the body does not parse.
+    """
+    if kind == LOOKUP_IN and status in _LOOKUP_RESULTS:
+        return _subdoc_reply(kind, key, status, cas, seqno, body)
+    if kind == MUTATE_IN and status == Status.MULTI_PATH_FAILURE:
+        try:
+            index, spec_status, message = decode_subdoc_failure(body)
+        except FrameError as e:
+            raise ProtocolError("malformed MUTATE_IN failure: %s" % (e,), key=key)
+        return SubdocError(spec_status, message, index=index, key=key)
+    if status in _SUBDOC_ERRORS:
+        return SubdocError(status, body.decode("utf-8", "replace"), key=key)
+    return exception_for_rc(status, body.decode("utf-8", "replace"), key)
+
+
+def subdoc_result(reply: SubdocReply, specs: List[Any], lookup: bool) -> SubdocResult:
+    """The SubdocResult of a reply to ``specs``; ProtocolError if it does not fit them."""
+    n = len(specs)
+    if lookup:
+        if len(reply.entries) != n:
+            raise ProtocolError("a LOOKUP_IN reply of %d results for %d specs"
+                                % (len(reply.entries), n), key=reply.key)
+        results = [SpecResult(st, v if st == Status.SUCCESS and v else None)
+                   for st, v in reply.entries]
+        return SubdocResult(reply.key, reply.cas, specs, results, reply.status)
+    results = [SpecResult(Status.SUCCESS)] * n
+    for index, st, value in reply.entries:
+        if index >= n:
+            raise ProtocolError("a MUTATE_IN reply for spec %d of %d" % (index, n),
+                                key=reply.key)
+        results[index] = SpecResult(st, value)
+    token = (0, reply.seqno) if reply.seqno else None
+    return SubdocResult(reply.key, reply.cas, specs, results, Status.SUCCESS, token)

@@ -22,7 +22,9 @@ from txcb.limits import MAX_KEY_LEN
 from txcb.validation import check_cas, check_delta, check_lock_ttl, check_ttl, to_key
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
-    OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, Op, encode_multi_keys, encode_scan_request)
+    OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, SDOPT_PRESERVE_EXPIRY, Op, encode_multi_keys,
+    encode_scan_request, encode_subdoc_request)
+from txcb.subdocument import MAX_PATH_LEN, DocFlag, Spec, Status as SDStatus, SubdocError
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ProtocolError, TooBigError, exception_for_rc)
 from txcb.results import ValueResult
@@ -153,6 +155,48 @@ _HELLO: Fields = (Op.HELLO, None, b"", b"", 0, 0, 0, 0, 0, 0)
 _STATS: Fields = (Op.STATS, None, b"", b"", 0, 0, 0, 0, 0, 0)
 _FLUSH: Fields = (Op.FLUSH, None, b"", b"", 0, 0, 0, 0, 0, 0)
 _NOOP: Fields = (Op.NOOP, None, b"", b"", 0, 0, 0, 0, 0, 0)
+
+
+def _subdoc_body(key: Any, specs: Any, doc_flags: int, options: int,
+                 max_value_size: int) -> bytes:
+    """The LOOKUP_IN / MUTATE_IN body: ``specs`` must be txcb.subdocument Specs."""
+    for n, spec in enumerate(specs):
+        if not isinstance(spec, Spec):
+            raise ArgumentError("specs must be txcb.subdocument specs (SD.get, SD.upsert...), "
+                                "not %r" % (spec,), key=key)
+        if len(spec.path.encode("utf-8", "surrogateescape")) > MAX_PATH_LEN:
+            # what the server's engine answers; past 65535 bytes it could not be sent
+            raise SubdocError(SDStatus.EINVAL, "spec %d: path longer than %d bytes"
+                              % (n, MAX_PATH_LEN), key=key)
+    body = encode_subdoc_request(list(specs), doc_flags, options)
+    if len(body) > max_value_size:
+        raise TooBigError("sub-document request of %d bytes is over the server's %d byte "
+                          "limit" % (len(body), max_value_size), key=key)
+    return body
+
+
+def lookup_in(key: Any, specs: Any, access_deleted: bool, max_value_size: int) -> Fields:
+    """LOOKUP_IN: the specs' own checks are the server's (one path: the bucket's engine)."""
+    k = to_key(key)
+    doc_flags = DocFlag.ACCESS_DELETED if access_deleted else 0
+    body = _subdoc_body(key, specs, doc_flags, 0, max_value_size)
+    return (Op.LOOKUP_IN, key, k, body, 0, 0, 0, 0, 0, 0)
+
+
+def mutate_in(key: Any, specs: Any, cas: int, ttl: int, upsert_doc: bool, insert_doc: bool,
+              persist_to: int, replicate_to: int, preserve_expiry: bool,
+              max_value_size: int) -> Fields:
+    """MUTATE_IN: document flags and options in the body, the rest in the header."""
+    k = to_key(key)
+    if ttl:
+        check_ttl(ttl, key)
+    if cas:
+        check_cas(cas, key)
+    durability_args(persist_to, replicate_to, key)
+    doc_flags = (DocFlag.MKDOC if upsert_doc else 0) | (DocFlag.ADD if insert_doc else 0)
+    body = _subdoc_body(key, specs, doc_flags,
+                        SDOPT_PRESERVE_EXPIRY if preserve_expiry else 0, max_value_size)
+    return (Op.MUTATE_IN, key, k, body, cas, ttl, 0, 0, persist_to, replicate_to)
 
 
 def hello() -> Fields:

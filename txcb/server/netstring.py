@@ -32,13 +32,15 @@ from txcb.errors import RC, ArgumentError, CouchbaseError, exception_for_rc
 from txcb.formats import Encoded
 from txcb.interfaces import ISyncBucket
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_SCAN_BATCH, MAX_SCAN_BYTES
+from txcb.subdocument import DocFlag, SubdocError
 from txcb.server.core import LateReplies, RequestFlow, ServerStats, admit, idle_sweeper
 from txcb.transport import FastNetstringReceiver, set_nodelay
 from txcb.validation import resolve_durability
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, MULTI_FRAME_BYTES, OPT_CHECK_REMOVED,
-    OPT_DECREMENT, OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, RES_MAGIC, FrameError, Op, Request,
-    decode_request, decode_scan_request, encode_multi_frame,
+    OPT_DECREMENT, OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, RES_MAGIC, SDOPT_PRESERVE_EXPIRY,
+    FrameError, Op, Request, decode_request, decode_scan_request, decode_subdoc_request,
+    encode_lookup_reply, encode_multi_frame, encode_mutate_reply, encode_subdoc_failure,
     encode_multi_keys, encode_multi_reply, encode_request, encode_response, encode_scan_reply,
     res_pack)
 
@@ -285,6 +287,8 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
 
     def _error_reply(self, e: CouchbaseError, req: Request) -> bytes:
         msg = e.message.encode("utf-8", "replace")[:_MAX_MESSAGE]
+        if isinstance(e, SubdocError) and e.index is not None:  # 0xCC: which spec, why
+            msg = encode_subdoc_failure(e.index, e.status, msg)
         return encode_response(req.opcode, req.opaque, e.rc & 0xFFFF, body=msg)
 
     def _internal_reply(self, f: Failure, req: Request) -> bytes:
@@ -644,6 +648,60 @@ def _get_multi(p: BucketServerProtocol, b: Any, r: Request) -> Any:
         lambda results: _multi_reply(p, r, _multi_entries(keys, results, None)), failed)
 
 
+# -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.4) ---------------------------
+# Served through the IBucket calls only.  Hook: once ISyncBucket has
+# lookup_in_sync / mutate_in_sync, give both _Commands a ``now`` handler
+# calling them with the same arguments and encoding with the same functions.
+
+_LOOKUP_DOC_FLAGS = DocFlag.ACCESS_DELETED | DocFlag.REPLICA_READ  # no replicas: ignored
+_MUTATE_DOC_FLAGS = DocFlag.MKDOC | DocFlag.ADD
+_UNSUPPORTED_DOC_FLAGS = DocFlag.CREATE_AS_DELETED | DocFlag.REVIVE_DOCUMENT
+
+
+def _subdoc_request(r: Request, allowed: int) -> tuple:
+    """(doc flags, options, specs) of a LOOKUP_IN / MUTATE_IN; SubdocError if refused."""
+    try:
+        doc_flags, options, specs = decode_subdoc_request(r.value, r.opcode == Op.MUTATE_IN)
+    except FrameError as e:
+        raise SubdocError(e.status, str(e))
+    if doc_flags & ~DocFlag.KNOWN:
+        raise SubdocError(RC.EINVAL, "unknown document flags 0x%02x" % doc_flags)
+    if doc_flags & ~allowed & (_UNSUPPORTED_DOC_FLAGS | DocFlag.ACCESS_DELETED):
+        raise SubdocError(RC.NOT_SUPPORTED, "document flags 0x%02x are not supported here"
+                          % (doc_flags & ~allowed))
+    if doc_flags & ~allowed:
+        raise SubdocError(RC.EINVAL, "document flags 0x%02x are not valid for this opcode"
+                          % (doc_flags & ~allowed))
+    return doc_flags, options, specs
+
+
+def _lookup_reply(result: Any, r: Request) -> bytes:
+    return encode_response(r.opcode, r.opaque, result.rc, result.cas, body=encode_lookup_reply(
+        [(x.status, x.value) for x in result.results]))
+
+
+def _mutate_reply(result: Any, r: Request) -> bytes:
+    token = result.mutation_token
+    return encode_response(r.opcode, r.opaque, 0, result.cas, seqno=token[1] if token else 0,
+                           body=encode_mutate_reply([(i, x.status, x.value) for i, x in
+                                                     enumerate(result.results) if x.value]))
+
+
+def _lookup_in(p: Any, b: Any, r: Request) -> Any:
+    doc_flags, _, specs = _subdoc_request(r, _LOOKUP_DOC_FLAGS)
+    return b.lookup_in(r.key, *specs, access_deleted=bool(doc_flags & DocFlag.ACCESS_DELETED)
+                       ).addCallback(_lookup_reply, r)
+
+
+def _mutate_in(p: Any, b: Any, r: Request) -> Any:
+    doc_flags, options, specs = _subdoc_request(r, _MUTATE_DOC_FLAGS)
+    return b.mutate_in(
+        r.key, *specs, cas=r.cas, ttl=r.ttl, upsert_doc=bool(doc_flags & DocFlag.MKDOC),
+        insert_doc=bool(doc_flags & DocFlag.ADD), persist_to=r.persist_to,
+        replicate_to=r.replicate_to, preserve_expiry=bool(options & SDOPT_PRESERVE_EXPIRY)
+    ).addCallback(_mutate_reply, r)
+
+
 #: opcode -> how it is served (see _Command).
 _COMMANDS: Dict[int, _Command] = {
     Op.GET: _Command("get", _get, _get_now),
@@ -669,6 +727,8 @@ _COMMANDS: Dict[int, _Command] = {
     Op.NOOP: _Command("noop", None, _noop),
     Op.HELLO: _Command("hello", None, _hello),
     Op.GET_MULTI: _Command("get_multi", _get_multi, _get_multi_now),
+    Op.LOOKUP_IN: _Command("lookup_in", _lookup_in),
+    Op.MUTATE_IN: _Command("mutate_in", _mutate_in),
 }
 
 

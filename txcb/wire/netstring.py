@@ -17,6 +17,7 @@ import struct
 from typing import Any, List, Optional
 
 from txcb.errors import RC
+from txcb.subdocument import MAX_SPECS, Spec, Status as SDStatus
 from txcb.limits import MAX_SCAN_BATCH, MAX_SCAN_BOUND, MAX_SCAN_BYTES
 from txcb.validation import scan_args
 
@@ -29,6 +30,11 @@ __all__ = [
     "decode_scan_request", "encode_scan_reply", "decode_scan_reply",
     "MAX_MULTI", "MULTI_ENTRY", "MULTI_MORE", "MULTI_FRAME_BYTES", "encode_multi_keys",
     "decode_multi_keys", "encode_multi_frame", "encode_multi_reply", "decode_multi_reply",
+    "SUBDOC_HEAD", "SUBDOC_SPEC", "SUBDOC_LOOKUP_RESULT", "SUBDOC_MUTATE_RESULT",
+    "SUBDOC_FAILURE", "SDOPT_PRESERVE_EXPIRY", "encode_subdoc_request",
+    "decode_subdoc_request", "encode_lookup_reply", "decode_lookup_reply",
+    "encode_mutate_reply", "decode_mutate_reply", "encode_subdoc_failure",
+    "decode_subdoc_failure",
 ]
 
 REQ_MAGIC = 0xCB
@@ -78,13 +84,15 @@ class Op:
     ENDURE = 0xB0
     SCAN = 0xDA
     GET_MULTI = 0x30
+    LOOKUP_IN = 0xD0
+    MUTATE_IN = 0xD1
 
 
 # Which opcodes take a key, and which take a body.
 _KEYED = frozenset((Op.GET, Op.UPSERT, Op.INSERT, Op.REPLACE, Op.REMOVE, Op.COUNTER,
                     Op.APPEND, Op.PREPEND, Op.TOUCH, Op.GAT, Op.LOCK, Op.UNLOCK,
-                    Op.ENDURE))
-_BODY = {Op.UPSERT: None, Op.INSERT: None, Op.REPLACE: None, Op.APPEND: None,
+                    Op.ENDURE, Op.LOOKUP_IN, Op.MUTATE_IN))
+_BODY = {Op.LOOKUP_IN: None, Op.MUTATE_IN: None, Op.UPSERT: None, Op.INSERT: None, Op.REPLACE: None, Op.APPEND: None,
          Op.PREPEND: None, Op.COUNTER: COUNTER_BODY.size, Op.ENDURE: ENDURE_BODY.size,
          Op.HELLO: None, Op.SCAN: None, Op.GET_MULTI: None}
 KNOWN_OPS = frozenset(v for k, v in vars(Op).items() if not k.startswith("_"))
@@ -575,3 +583,137 @@ def decode_multi_reply(body: bytes, pos: int = 0) -> List[tuple]:
         append((status, cas, flags, body[pos:end]))
         pos = end
     return out
+
+
+# -- LOOKUP_IN, MUTATE_IN (docs/protocol.rst, 3.4) -----------------------------
+
+#: The head of a LOOKUP_IN / MUTATE_IN request body: the document flags
+#: (``txcb.subdocument.DocFlag``), then txcb's sub-document options.
+SUBDOC_HEAD = struct.Struct("!BB")
+#: MUTATE_IN option: keep the document's expiry.
+SDOPT_PRESERVE_EXPIRY = 0x01
+#: One spec of a request: opcode, path flags, path length, value length;
+#: then the path and the value.
+SUBDOC_SPEC = struct.Struct("!BBHI")
+#: One spec's result in a LOOKUP_IN reply: status, value length; the value.
+SUBDOC_LOOKUP_RESULT = struct.Struct("!HI")
+#: One value-returning spec's result in a MUTATE_IN reply: index, status,
+#: value length; the value.
+SUBDOC_MUTATE_RESULT = struct.Struct("!BHI")
+#: The body of a MUTATE_IN failure (status 0xCC): the spec's index and its
+#: status, then a UTF-8 message.
+SUBDOC_FAILURE = struct.Struct("!BH")
+
+
+def encode_subdoc_request(specs: List[Spec], doc_flags: int = 0, options: int = 0) -> bytes:
+    """The body of a LOOKUP_IN / MUTATE_IN request (paths of at most 65535 bytes)."""
+    pack = SUBDOC_SPEC.pack
+    parts = [SUBDOC_HEAD.pack(doc_flags, options)]
+    for spec in specs:
+        path = spec.path.encode("utf-8", "surrogateescape")
+        parts.append(pack(spec.opcode, spec.flags, len(path), len(spec.value)))
+        parts.append(path)
+        parts.append(spec.value)
+    return b"".join(parts)
+
+
+def decode_subdoc_request(body: bytes, mutation: bool) -> tuple:
+    """
+    ``(doc_flags, options, [Spec, ...])`` of a request body; raises
+    FrameError: EINVAL for a body that does not parse or unknown options,
+    INVALID_COMBO (0xCB) for no specs or more than MAX_SPECS.  What the
+    specs mean is the bucket's to check (``txcb.subdocument``).
+    """
+    n = len(body)
+    if n < SUBDOC_HEAD.size:
+        raise FrameError("sub-document body shorter than %d bytes" % SUBDOC_HEAD.size,
+                         RC.EINVAL)
+    doc_flags, options = SUBDOC_HEAD.unpack_from(body)
+    if options & ~(SDOPT_PRESERVE_EXPIRY if mutation else 0):
+        raise FrameError("unknown sub-document options 0x%02x" % options, RC.EINVAL)
+    specs: List[Spec] = []
+    pos = SUBDOC_HEAD.size
+    while pos < n and len(specs) < MAX_SPECS:
+        spec, pos = _subdoc_spec(body, pos, len(specs))
+        specs.append(spec)
+    if pos < n or not specs:
+        raise FrameError("a sub-document request has 1 to %d specs" % MAX_SPECS,
+                         SDStatus.INVALID_COMBO)
+    return doc_flags, options, specs
+
+
+def _subdoc_spec(body: bytes, pos: int, n: int) -> tuple:
+    """Spec ``n`` of a request body, at ``pos``, and the position after it."""
+    if pos + SUBDOC_SPEC.size > len(body):
+        raise FrameError("sub-document spec %d: truncated header" % n, RC.EINVAL)
+    opcode, flags, plen, vlen = SUBDOC_SPEC.unpack_from(body, pos)
+    start = pos + SUBDOC_SPEC.size
+    end = start + plen + vlen
+    if end > len(body):
+        raise FrameError("sub-document spec %d: path and value run %d bytes past the body"
+                         % (n, end - len(body)), RC.EINVAL)
+    return Spec.from_wire(opcode, flags, body[start:start + plen],
+                          body[start + plen:end]), end
+
+
+def encode_lookup_reply(results: List[tuple]) -> bytes:
+    """The body of a LOOKUP_IN reply: ``(status, value or None)`` per spec."""
+    pack = SUBDOC_LOOKUP_RESULT.pack
+    parts = []
+    for status, value in results:
+        value = value or b""
+        parts.append(pack(status, len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_lookup_reply(body: bytes) -> List[tuple]:
+    """``[(status, value), ...]`` of a LOOKUP_IN reply; FrameError (fatal) if it does not parse."""
+    out, pos, n = [], 0, len(body)
+    size = SUBDOC_LOOKUP_RESULT.size
+    while pos < n:
+        if pos + size > n:
+            raise FrameError("truncated LOOKUP_IN result", fatal=True)
+        status, vlen = SUBDOC_LOOKUP_RESULT.unpack_from(body, pos)
+        pos += size
+        if pos + vlen > n:
+            raise FrameError("LOOKUP_IN value runs past the reply", fatal=True)
+        out.append((status, body[pos:pos + vlen]))
+        pos += vlen
+    return out
+
+
+def encode_mutate_reply(results: List[tuple]) -> bytes:
+    """The body of a MUTATE_IN reply: ``(index, status, value)`` of the specs with a value."""
+    pack = SUBDOC_MUTATE_RESULT.pack
+    return b"".join(pack(i, status, len(value)) + value for i, status, value in results)
+
+
+def decode_mutate_reply(body: bytes) -> List[tuple]:
+    """``[(index, status, value), ...]`` of a MUTATE_IN reply; FrameError (fatal)."""
+    out, pos, n = [], 0, len(body)
+    size = SUBDOC_MUTATE_RESULT.size
+    while pos < n:
+        if pos + size > n:
+            raise FrameError("truncated MUTATE_IN result", fatal=True)
+        index, status, vlen = SUBDOC_MUTATE_RESULT.unpack_from(body, pos)
+        pos += size
+        if pos + vlen > n:
+            raise FrameError("MUTATE_IN value runs past the reply", fatal=True)
+        out.append((index, status, body[pos:pos + vlen]))
+        pos += vlen
+    return out
+
+
+def encode_subdoc_failure(index: int, status: int, message: bytes = b"") -> bytes:
+    """The body of a MUTATE_IN reply of status 0xCC (MULTI_PATH_FAILURE)."""
+    return SUBDOC_FAILURE.pack(index, status) + message
+
+
+def decode_subdoc_failure(body: bytes) -> tuple:
+    """``(index, status, message)`` of a 0xCC MUTATE_IN reply; FrameError (fatal)."""
+    if len(body) < SUBDOC_FAILURE.size:
+        raise FrameError("MUTATE_IN failure shorter than %d bytes" % SUBDOC_FAILURE.size,
+                         fatal=True)
+    index, status = SUBDOC_FAILURE.unpack_from(body)
+    return index, status, body[SUBDOC_FAILURE.size:].decode("utf-8", "replace")
