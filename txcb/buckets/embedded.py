@@ -21,7 +21,8 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from txcb.buckets._waiters import EndureWaiter, EndureWaiters
-from txcb.buckets.items import DELETED, LOCKED_CAS, cas_of, counted, header, make_item
+from txcb.buckets.items import DELETED, LOCKED_CAS, cas_of, counted, header, with_cas
+from txcb.buckets.subdocs import SubdocMixin
 from txcb.buckets.table import ItemTable
 from txcb.errors import (
     ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, NotStoredError,
@@ -50,7 +51,7 @@ def _deferred(call: Callable[..., Any], *args: Any) -> Deferred:
 
 
 @implementer(IBucket, ISyncBucket)
-class EmbeddedBucket(ItemTable, MultiMixin):
+class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
     """
     An in-memory bucket with Couchbase semantics.
 
@@ -216,7 +217,7 @@ class EmbeddedBucket(ItemTable, MultiMixin):
         cas = self._next_cas()
         data = item[off:]
         # A new CAS, same value and expiry: not a mutation (no seqno, no disk).
-        self._items[k] = make_item(cas, exp, flags, data)
+        self._items[k] = with_cas(item, cas)
         self._locks[k] = now + ttl
         return ValueResult(key, data, flags, cas, RC.SUCCESS, self.transcoder)
 
@@ -381,6 +382,18 @@ class EmbeddedBucket(ItemTable, MultiMixin):
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
                 ttl: int = 0) -> Deferred:
         return _deferred(self.counter_sync, key, delta, initial, ttl)
+
+    def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False) -> Deferred:
+        try:
+            return succeed(self.lookup_in_sync(key, *specs, access_deleted=access_deleted))
+        except CouchbaseError as e:
+            return fail(e)
+
+    def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0,
+                  upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
+                  replicate_to: int = 0, preserve_expiry: bool = False) -> Deferred:
+        return self._mutate(key, persist_to, replicate_to, self._mutate_in, key, specs, cas,
+                            ttl, upsert_doc, insert_doc, preserve_expiry)
 
     def flush(self) -> Deferred:
         try:

@@ -19,8 +19,8 @@ from math import ceil
 from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.buckets.items import (
-    EXPIRED, LOCKED_CAS, LONG, STORED, cas_of, expiry_of, header, long_unpack,
-    make_item, value_len)
+    EXPIRED, LOCKED_CAS, STORED, XATTRS, cas_of, expiry_of, header, long_unpack,
+    make_item, make_xitem, value_len, xattrs_of)
 from txcb.errors import KeyExistsError, NetworkError, NotFoundError, TemporaryFailError
 from txcb.results import OperationResult, ScanItem
 from txcb.scan import KeyIndex
@@ -29,7 +29,8 @@ __all__ = ["ItemTable", "OPS"]
 
 #: The operations a bucket counts (its ``op_*`` stats).
 OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
-       "counter", "append", "prepend", "endure", "stats", "flush", "scan")
+       "counter", "append", "prepend", "endure", "stats", "flush", "scan", "lookup_in",
+       "mutate_in")
 #: What a scan row counts for against ``batch_bytes`` besides its key and
 #: value (as the wire does).
 SCAN_ROW_OVERHEAD = 22
@@ -77,7 +78,7 @@ class ItemTable:
     def _lookup(self, k: bytes, now: float) -> Optional[bytes]:
         """The live item for a key, expiring it on the way if it is due."""
         item = self._items.get(k)
-        if item is not None and item[0] == LONG:
+        if item is not None and item[0] >= XATTRS:
             exp = long_unpack(item)[2]
             if exp and exp <= now:
                 self._remove_item(k, item, EXPIRED)
@@ -98,15 +99,25 @@ class ItemTable:
             raise TemporaryFailError("the key is locked", key=key)
 
     def _put(self, k: bytes, old: Optional[bytes], cas: int, exp: float, flags: int,
-             data: bytes) -> int:
-        item = make_item(cas, exp, flags, data)
+             data: bytes, xattrs: Optional[bytes] = None) -> int:
+        """
+        Store an item; ``xattrs`` (encoded) None keeps the old item's, as a
+        whole-value mutation does in Couchbase, b"" drops them.
+        """
+        if xattrs is None and (old is None or old[0] != XATTRS):
+            item = make_item(cas, exp, flags, data)
+            size = len(data)
+        else:
+            blob = xattrs if xattrs is not None else xattrs_of(old or b"")
+            item = make_xitem(cas, exp, flags, blob, data)
+            size = len(blob) + len(data)
         self._items[k] = item
         if old is None:
-            self._bytes += len(k) + len(data)
+            self._bytes += len(k) + size
             if self._scan_index is not None:
                 self._scan_index.add(k)
         else:
-            self._bytes += len(data) - value_len(old)
+            self._bytes += size - value_len(old)
         if exp:
             heapq.heappush(self._expiries, (exp, k))
         self._seqno = seqno = self._seqno + 1
