@@ -28,16 +28,20 @@ from txcb.buckets.items import expiry_of, make_item, value_len
 
 __all__ = ["StorageError", "CorruptDataError", "DataDirLockedError", "DiskFullError",
            "lock_dir", "unlock_dir", "open_db", "be_nicer", "write_batch", "checkpoint",
-           "write_and_checkpoint",
+           "write_and_checkpoint", "upgrade_from_3",
            "close_db", "warm_up", "checksum", "Warm", "LOCK_FILE", "FORMAT_VERSION",
            "META_STEP", "RESTART_GAP"]
 
 LOCK_FILE = "txcb.lock"
-#: The data file's format version (meta row ``format``).  Format 3 stores
-#: each item's checksum (``crc``) and the exact persisted seqno (meta row
-#: ``seqno``).  Format 1 (items with a fixed 20-byte header) and format 2
-#: (no checksums) are upgraded in place when opened.
-FORMAT_VERSION = 3
+#: The data file's format version (meta row ``format``).  Format 4 items may
+#: carry xattrs (the 0xFE header of :mod:`txcb.buckets.items`), which a txcb
+#: reading format 3 would misread, so it refuses the file instead.  Format 3
+#: stores each item's checksum (``crc``, over the whole item: xattrs too) and
+#: the exact persisted seqno (meta row ``seqno``).  Format 1 (items with a
+#: fixed 20-byte header), 2 (no checksums) and 3 (its items are format 4
+#: items as they are: only the format row changes) are upgraded in place
+#: when opened.
+FORMAT_VERSION = 4
 #: CAS and seqno continuity across restarts.  The data file's meta rows hold
 #: a CAS and a seqno high-water mark.  A clean close writes the exact ones
 #: (and ``clean = 1``); start-up writes ``clean = 0``; while running, a batch
@@ -232,6 +236,9 @@ def open_db(path: str) -> sqlite3.Connection:
                 row = (2,)
             if row is not None and row[0] == 2:
                 upgrade_from_2(conn, path)
+                row = (3,)
+            if row is not None and row[0] == 3:
+                upgrade_from_3(conn)
                 row = (FORMAT_VERSION,)
             if row is None or row[0] != FORMAT_VERSION:
                 raise CorruptDataError(
@@ -303,6 +310,17 @@ def upgrade_from_2(conn: sqlite3.Connection, path: str) -> None:
                 raise
             raise CorruptDataError("%s (data format 2) holds a bad item; it is left as it "
                                    "is" % (path,))
+        conn.execute(META, ("format", 3))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def upgrade_from_3(conn: sqlite3.Connection) -> None:
+    """Format 3 to 4: every format 3 item reads as it is; only the format row changes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         conn.execute(META, ("format", FORMAT_VERSION))
         conn.execute("COMMIT")
     except BaseException:

@@ -52,10 +52,9 @@ def _split(item: Optional[bytes]) -> Tuple[Optional[bytes], Dict[str, bytes], in
     return item[off:], decode_xattrs(blob) if blob else _NO_XATTRS, cas, exp, flags
 
 
-def _doc_flags(upsert_doc: bool, insert_doc: bool, key: Any) -> int:
-    if upsert_doc and insert_doc:
-        raise ArgumentError("upsert_doc and insert_doc exclude each other", key=key)
-    return SD.DocFlag.MKDOC if upsert_doc else SD.DocFlag.ADD if insert_doc else 0
+def _doc_flags(upsert_doc: bool, insert_doc: bool) -> int:
+    """The engine's document flags (both: the engine refuses the request)."""
+    return (SD.DocFlag.MKDOC if upsert_doc else 0) | (SD.DocFlag.ADD if insert_doc else 0)
 
 
 def _keyed(e: CouchbaseError, key: Any) -> CouchbaseError:
@@ -125,7 +124,7 @@ class SubdocMixin:
             check_cas(cas, key)
         if ttl:
             check_ttl(ttl, key)
-        doc_flags = _doc_flags(upsert_doc, insert_doc, key)
+        doc_flags = _doc_flags(upsert_doc, insert_doc)
         now = self.clock.seconds()
         old = self._lookup(k, now)
         if old is not None:
