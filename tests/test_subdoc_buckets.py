@@ -1,0 +1,271 @@
+"""
+Sub-documents in the bucket layer (issue 15): the stored form of items with
+xattrs, xattrs surviving every whole-value operation of the embedded bucket,
+the synchronous face, FaultyBucket, and the persistent bucket writing,
+checksumming and warming up xattrs (and opening format 3 files as they are).
+The semantics themselves are the contract's (tests/support/subdoc_contract.py).
+"""
+
+import os
+import shutil
+import sqlite3
+import tempfile
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+import txcb.subdocument as SD
+from txcb import errors
+from txcb.buckets import _store, items
+from txcb.buckets.embedded import EmbeddedBucket
+from txcb.buckets.persistent import CorruptDataError, PersistentBucket
+from txcb.formats import FMT_JSON
+from txcb.testing import FaultyBucket, memory_bucket
+
+from tests.support.buckets import crash
+
+S = SD.Status
+
+
+def x_upsert(b, key, name="tag", value="v"):
+    """Give ``key`` the xattr ``name`` (synchronously)."""
+    return b.mutate_in_sync(key, SD.upsert(name, value, xattr=True))
+
+
+def x_get(b, key, name="tag"):
+    return b.lookup_in_sync(key, SD.get(name, xattr=True)).get(0)
+
+
+class SubdocItemFormatTests(unittest.SynchronousTestCase):
+    """items.py: items without xattrs are stored exactly as before."""
+
+    def test_items_without_xattrs_are_byte_identical(self):
+        self.assertEqual(items.make_item(7, 0.0, FMT_JSON, b"{}"),
+                         b"\x01" + (7).to_bytes(8, "little") + b"{}")
+        self.assertEqual(items.make_xitem(7, 0.0, FMT_JSON, b"", b"{}"),
+                         items.make_item(7, 0.0, FMT_JSON, b"{}"))
+        self.assertEqual(len(items.make_item(7, 5.0, 0xDEAD, b"v")), items.LONG_LEN + 1)
+
+    def test_item_with_xattrs_layout(self):
+        blob = items.encode_xattrs({"b": b"2", "a": b'{"x":1}'})
+        item = items.make_xitem(9, 12.5, 0xDEAD, blob, b"body")
+        self.assertEqual(item[0], items.XATTRS)
+        self.assertEqual(items.header(item), (9, 12.5, 0xDEAD, items.XATTRS_LEN + len(blob)))
+        self.assertEqual(items.long_unpack(item)[1:], (9, 12.5, 0xDEAD))
+        self.assertEqual((items.cas_of(item), items.expiry_of(item)), (9, 12.5))
+        self.assertEqual(items.value_len(item), len(blob) + 4)
+        self.assertEqual(items.xattrs_of(item), blob)
+        self.assertEqual(list(items.decode_xattrs(blob).items()),
+                         [("a", b'{"x":1}'), ("b", b"2")])  # in key order
+        self.assertEqual(items.xattrs_of(items.make_item(1, 0.0, 0, b"v")), b"")
+
+    def test_with_cas_keeps_everything_else(self):
+        for item in (items.make_item(1, 0.0, FMT_JSON, b"v"),
+                     items.make_item(1, 3.0, 5, b"v"),
+                     items.make_xitem(1, 3.0, 5, items.encode_xattrs({"k": b"1"}), b"v")):
+            again = items.with_cas(item, 99)
+            self.assertEqual(items.header(again)[1:], items.header(item)[1:])
+            self.assertEqual((items.cas_of(again), again[9:]), (99, item[9:]))
+
+    def test_truncated_xattrs_are_refused(self):
+        blob = items.encode_xattrs({"key": b'"value"'})
+        for cut in range(1, len(blob)):
+            self.assertRaises(ValueError, items.decode_xattrs, blob[:cut])
+
+
+class SubdocEmbeddedTests(unittest.TestCase):
+    """The embedded bucket keeps xattrs through every whole-value operation."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.b = EmbeddedBucket(clock=self.clock, pager_interval=0)
+        self.addCleanup(self.b.close)
+        self.b.store_sync("upsert", "k", {"a": 1})
+        x_upsert(self.b, "k")
+
+    def test_whole_value_operations_keep_xattrs(self):
+        b = self.b
+        steps = [
+            lambda: b.store_sync("upsert", "k", {"a": 2}),
+            lambda: b.store_sync("replace", "k", {"a": 3}, ttl=100),
+            lambda: b.touch_sync("k", 200),
+            lambda: b.get_sync("k", ttl=300),
+            lambda: b.unlock_sync("k", b.lock_sync("k", 5).cas),
+            lambda: b.store_sync("upsert", "n", 1),
+        ]
+        for step in steps:
+            step()
+            self.assertEqual(x_get(b, "k"), (0, "v"))
+        self.assertEqual(b.get_sync("k").value, {"a": 3})
+        b.store_sync("upsert", "c", 5)
+        x_upsert(b, "c")
+        b.counter_sync("c", 2)
+        b.concat_sync("append", "c", b"0")
+        self.assertEqual((b.get_sync("c").raw, x_get(b, "c")), (b"70", (0, "v")))
+
+    def test_get_and_scan_see_the_body_only(self):
+        self.assertEqual(self.b.get_sync("k").raw, b'{"a":1}')
+        rows, _ = self.b.scan_batch_sync(b"", b"", b"", False, 10, 1 << 20)
+        self.assertEqual([(r.key, r.raw) for r in rows], [("k", b'{"a":1}')])
+
+    def test_bytes_count_xattrs_and_return_to_zero(self):
+        blob = items.encode_xattrs({"tag": b'"v"'})
+        self.assertEqual(self.b.stats_sync()["bytes"], 1 + len(b'{"a":1}') + len(blob))
+        self.b.remove_sync("k")
+        self.assertEqual(self.b.stats_sync()["bytes"], 0)
+
+    def test_removing_the_last_xattr_stores_a_plain_item(self):
+        self.b.mutate_in_sync("k", SD.remove("tag", xattr=True))
+        self.assertEqual(self.b._items[b"k"][0], 0x01)  # a short header again
+
+    def test_expiry_of_an_item_with_xattrs(self):
+        self.b.mutate_in_sync("k", SD.upsert("b", 1), ttl=10)
+        self.assertEqual(self.b._items[b"k"][0], items.XATTRS)
+        r = self.b.lookup_in_sync("k", SD.get("$document.exptime", xattr=True))
+        self.assertEqual(r[0], 1_700_000_010)
+        self.clock.advance(11)
+        self.assertRaises(errors.NotFoundError, self.b.get_sync, "k")
+        self.assertEqual(self.b.stats_sync()["bytes"], 0)
+
+    def test_sync_results_and_stats(self):
+        r = self.b.mutate_in_sync("k", SD.counter("a", 41))
+        self.assertIsInstance(r, SD.SubdocResult)
+        self.assertEqual((r[0], r.seqno, r.mutation_token), (42, self.b._seqno,
+                                                             (0, self.b._seqno)))
+        self.assertFalse(self.b.on_durable(r, 0, 0, None))
+        self.assertEqual(self.b.lookup_in_sync("k", SD.get("a"))[0], 42)
+        stats = self.b.stats_sync()
+        self.assertEqual((stats["op_lookup_in"], stats["op_mutate_in"]), (1, 2))
+
+    def test_a_failed_mutation_takes_no_cas_and_no_seqno(self):
+        cas, seqno = self.b._cas, self.b._seqno
+        self.assertRaises(SD.SubdocError, self.b.mutate_in_sync, "k", SD.insert("a", 2))
+        self.assertEqual((self.b._cas, self.b._seqno), (cas, seqno))
+
+    def test_specs_that_are_not_specs_are_an_argument_error(self):
+        e = self.assertRaises(errors.ArgumentError, self.b.lookup_in_sync, "k", "a")
+        self.assertIn("txcb.subdocument", str(e))
+        self.assertRaises(errors.ArgumentError, self.b.mutate_in_sync, "k", ("a", 1))
+
+    def test_closed_bucket_refuses(self):
+        self.b.close()
+        self.assertRaises(errors.NetworkError, self.b.lookup_in_sync, "k", SD.get("a"))
+        self.assertRaises(errors.NetworkError, self.b.mutate_in_sync, "k", SD.upsert("a", 1))
+
+
+class SubdocFaultyBucketTests(unittest.TestCase):
+    def test_faults_apply_and_calls_are_forwarded(self):
+        inner = memory_bucket()
+        inner.store_sync("upsert", "k", {"a": 1})
+        fb = FaultyBucket(inner)
+        fb.fail("mutate_in", errors.TemporaryFailError("busy"), times=1)
+        self.failureResultOf(fb.mutate_in("k", SD.upsert("a", 2)), errors.TemporaryFailError)
+        r = self.successResultOf(fb.mutate_in("k", SD.upsert("a", 2), cas=0, ttl=0))
+        self.assertEqual(self.successResultOf(fb.lookup_in("k", SD.get("a")))[0], 2)
+        self.assertEqual(inner.get_sync("k").cas, r.cas)
+        self.assertEqual([c[0] for c in fb.calls], ["mutate_in", "mutate_in", "lookup_in"])
+        fb.hang("lookup_in")
+        self.assertNoResult(fb.lookup_in("k", SD.get("a")))
+
+
+class SubdocPersistentTests(unittest.TestCase):
+    """Xattrs are written, checksummed and warmed up with their item."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        base = tempfile.mkdtemp(prefix="txcb-subdoc-")
+        self.addCleanup(shutil.rmtree, base, True)
+        self.dir = os.path.join(base, "data")
+        self.path = os.path.join(self.dir, "default.sqlite3")
+
+    def open(self):
+        b = PersistentBucket(self.dir, clock=self.clock, reactor=reactor)
+        self.addCleanup(b.close)
+        return b
+
+    def rows(self):
+        conn = sqlite3.connect(self.path)
+        try:
+            return dict(conn.execute("SELECT key, item FROM items"))
+        finally:
+            conn.close()
+
+    @defer.inlineCallbacks
+    def test_xattrs_persist_and_warm_up(self):
+        b = self.open()
+        yield b.upsert("k", {"a": 1})
+        r = yield b.mutate_in("k", SD.upsert("meta", {"v": [1]}, xattr=True),
+                              SD.upsert("_sys", SD.MutationMacro.CAS, xattr=True),
+                              SD.counter("a", 1), persist_to=1)
+        self.assertEqual(self.rows()[b"k"], b._items[b"k"])
+        yield b.close()
+        b = self.open()
+        self.assertEqual(b.stats_sync()["warmup_items"], 1)
+        found = b.lookup_in_sync("k", SD.get("meta", xattr=True), SD.get("_sys", xattr=True),
+                                 SD.get("a"))
+        self.assertEqual((found[0], found[1], found[2], found.cas),
+                         ({"v": [1]}, r[1], 2, r.cas))
+        self.assertEqual(b.get_sync("k").value, {"a": 2})
+
+    @defer.inlineCallbacks
+    def test_xattrs_survive_a_crash_after_persist_to(self):
+        b = self.open()
+        yield b.mutate_in("k", SD.upsert("x", 1, xattr=True), SD.upsert("a", 1),
+                          upsert_doc=True, persist_to=1)
+        crash(b)
+        b = self.open()
+        self.assertEqual(x_get(b, "k", "x"), (0, 1))
+
+    @defer.inlineCallbacks
+    def test_a_flipped_byte_in_the_xattrs_is_refused(self):
+        b = self.open()
+        yield b.mutate_in("k", SD.upsert("x", "XATTRXATTRXATTR", xattr=True),
+                          SD.upsert("a", 1), upsert_doc=True, persist_to=1)
+        yield b.close()
+        with open(self.path, "rb") as f:
+            data = bytearray(f.read())
+        at = data.find(b"XATTRXATTRXATTR")
+        self.assertGreater(at, 0)
+        data[at + 3] ^= 0x01
+        with open(self.path, "wb") as f:
+            f.write(data)
+        e = self.assertRaises(CorruptDataError, PersistentBucket, self.dir, clock=self.clock,
+                              reactor=reactor)
+        self.assertIn("checksum", str(e))
+
+    @defer.inlineCallbacks
+    def test_format_3_file_opens_with_its_items_as_they_are(self):
+        b = self.open()
+        yield b.upsert("plain", {"a": 1})
+        yield b.upsert("long", "v", ttl=3600, persist_to=1)
+        yield b.close()
+        conn = sqlite3.connect(self.path)
+        conn.execute(_store.META, ("format", 3))
+        conn.commit()
+        conn.close()
+        before = self.rows()
+        b = self.open()
+        self.assertEqual(b.get_sync("plain").value, {"a": 1})
+        self.assertEqual(b.get_sync("long").value, "v")
+        self.assertEqual(self.rows(), before)
+        conn = sqlite3.connect(self.path)
+        try:
+            self.assertEqual(conn.execute(
+                "SELECT value FROM meta WHERE name = 'format'").fetchone()[0],
+                _store.FORMAT_VERSION)
+        finally:
+            conn.close()
+        self.assertEqual(_store.FORMAT_VERSION, 4)
+
+    @defer.inlineCallbacks
+    def test_remove_fulldoc_removes_the_row(self):
+        b = self.open()
+        yield b.mutate_in("k", SD.upsert("x", 1, xattr=True), SD.upsert("a", 1),
+                          upsert_doc=True, persist_to=1)
+        yield b.mutate_in("k", SD.remove_fulldoc(), persist_to=1)
+        self.assertEqual(self.rows(), {})
