@@ -144,6 +144,17 @@ class SubdocEmbeddedTests(unittest.TestCase):
         self.assertRaises(SD.SubdocError, self.b.mutate_in_sync, "k", SD.insert("a", 2))
         self.assertEqual((self.b._cas, self.b._seqno), (cas, seqno))
 
+    def test_a_failed_mutation_with_the_lock_cas_keeps_the_lock(self):
+        locked = self.b.lock_sync("k", 10)
+        e = self.assertRaises(SD.SubdocError, self.b.mutate_in_sync, "k", SD.insert("a", 2),
+                              cas=locked.cas)
+        self.assertEqual(e.index, 0)
+        self.assertRaises(errors.TemporaryFailError, self.b.store_sync, "upsert", "k", 1)
+        self.assertRaises(errors.TemporaryFailError, self.b.mutate_in_sync, "k",
+                          SD.upsert("a", 2))
+        r = self.b.mutate_in_sync("k", SD.upsert("a", 2), cas=locked.cas)
+        self.b.store_sync("upsert", "k", {"a": 3}, cas=r.cas)  # unlocked now
+
     def test_specs_that_are_not_specs_are_an_argument_error(self):
         e = self.assertRaises(errors.ArgumentError, self.b.lookup_in_sync, "k", "a")
         self.assertIn("txcb.subdocument", str(e))

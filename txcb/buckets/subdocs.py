@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import txcb.subdocument as SD
 from txcb.buckets.items import (
-    DELETED, LOCKED_CAS, decode_xattrs, encode_xattrs, header, xattrs_of)
-from txcb.errors import ArgumentError, CouchbaseError, NotFoundError
+    DELETED, LOCKED_CAS, cas_of, decode_xattrs, encode_xattrs, header, xattrs_of)
+from txcb.errors import (
+    ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, TemporaryFailError)
 from txcb.formats import FMT_BYTES, FMT_JSON
 from txcb.validation import check_cas, check_ttl, expiry_time
 
@@ -78,13 +79,26 @@ class SubdocMixin:
         def _begin(self, op: str, key: Any) -> bytes: ...
         def _lookup(self, k: bytes, now: float) -> Optional[bytes]: ...
         def _is_locked(self, k: bytes, now: float) -> bool: ...
-        def _check_mutable(self, k: bytes, item: bytes, cas: int, now: float,
-                           key: Any) -> None: ...
         def _check_mutation(self, key: Any) -> None: ...
         def _next_cas(self) -> int: ...
         def _put(self, k: bytes, old: Optional[bytes], cas: int, exp: float, flags: int,
                  data: bytes, xattrs: Optional[bytes] = None) -> int: ...
         def _remove_item(self, k: bytes, item: bytes, why: int) -> int: ...
+
+    def _mutable(self, k: bytes, item: bytes, cas: int, now: float, key: Any) -> bool:
+        """
+        Refuse a locked item without the lock's cas, or a cas mismatch, as
+        every mutation does; returns whether the item is locked (the caller
+        unlocks it once the mutation is made: a failed one keeps the lock).
+        """
+        item_cas = cas_of(item)
+        if self._locks and self._is_locked(k, now):
+            if cas != item_cas:
+                raise TemporaryFailError("the key is locked", key=key)
+            return True
+        if cas and cas != item_cas:
+            raise KeyExistsError("CAS mismatch", key=key)
+        return False
 
     def _meta(self, cas: int, exp: float, flags: int, now: float) -> SD.DocumentMeta:
         return SD.DocumentMeta(cas=cas, exptime=ceil(exp) if exp else 0, flags=flags,
@@ -127,9 +141,8 @@ class SubdocMixin:
         doc_flags = _doc_flags(upsert_doc, insert_doc)
         now = self.clock.seconds()
         old = self._lookup(k, now)
-        if old is not None:
-            self._check_mutable(k, old, cas, now, key)
-        elif cas:
+        locked = old is not None and self._mutable(k, old, cas, now, key)
+        if old is None and cas:
             raise NotFoundError("no such key (cas given)", key=key)
         body, xattrs, old_cas, exp, flags = _split(old)
         try:
@@ -137,6 +150,8 @@ class SubdocMixin:
                              doc_flags, cas, self.max_value_size)
         except CouchbaseError as e:
             raise _keyed(e, key)
+        if locked:
+            del self._locks[k]  # the lock's cas unlocks, once the mutation is made
         if not (preserve_expiry and old is not None):
             exp = expiry_time(ttl, now) if ttl else 0.0
         if old is None:
