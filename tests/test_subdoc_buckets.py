@@ -273,6 +273,17 @@ class SubdocPersistentTests(unittest.TestCase):
             conn.close()
         self.assertEqual(_store.FORMAT_VERSION, 4)
 
+    def test_mutations_are_refused_while_the_disk_cannot_take_them(self):
+        b = self.open()
+        b.store_sync("upsert", "k", {"a": 1})
+        b._refuse(True)  # as a failing disk with a full queue makes it
+        self.assertRaises(errors.TemporaryFailError, b.mutate_in_sync, "k", SD.upsert("a", 2))
+        self.failureResultOf(b.mutate_in("k", SD.upsert("a", 2)), errors.TemporaryFailError)
+        self.assertEqual(b.lookup_in_sync("k", SD.get("a"))[0], 1)
+        b._refuse(False)
+        b.mutate_in_sync("k", SD.upsert("a", 2))
+        self.assertEqual(b.get_sync("k").value, {"a": 2})
+
     @defer.inlineCallbacks
     def test_remove_fulldoc_removes_the_row(self):
         b = self.open()

@@ -37,6 +37,10 @@ be read, stops start-up with :class:`CorruptDataError` naming it; it is never
 replaced.  :meth:`~PersistentBucket.close` writes the whole queue before it
 fires.
 
+Sub-documents (``lookup_in`` / ``mutate_in``) are the embedded bucket's: an
+item's xattrs are part of its stored bytes (:mod:`txcb.buckets.items`), so
+they are written, checksummed and warmed up with it (data format 4).
+
 Damaged data is refused, never served: every stored item carries a CRC-32 of
 its key and bytes, verified at warmup.  The bucket knows what it had: a
 manifest, ``<bucket name>.manifest`` (:mod:`txcb.buckets._manifest`), says
