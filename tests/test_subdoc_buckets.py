@@ -166,6 +166,62 @@ class SubdocEmbeddedTests(unittest.TestCase):
         self.assertRaises(errors.NetworkError, self.b.mutate_in_sync, "k", SD.upsert("a", 1))
 
 
+class SubdocTombstoneTests(unittest.SynchronousTestCase):
+    """A deletion keeps the system xattrs on a tombstone, as in Couchbase."""
+
+    def setUp(self):
+        self.b = memory_bucket()
+        self.b.store_sync("upsert", "k", {"a": 1})
+        self.b.mutate_in_sync("k", SD.upsert("_sys", 1, xattr=True),
+                              SD.upsert("user", 2, xattr=True))
+
+    def deleted(self, *specs):
+        return self.b.lookup_in_sync("k", *specs, access_deleted=True)
+
+    def test_remove_keeps_system_xattrs_only(self):
+        r = self.b.remove_sync("k")
+        found = self.deleted(SD.get("_sys", xattr=True), SD.get("user", xattr=True),
+                             SD.get("$document.deleted", xattr=True))
+        self.assertEqual([found.get(i) for i in range(3)],
+                         [(0, 1), (S.PATH_ENOENT, None), (0, True)])
+        self.assertEqual((found.rc, found.cas), (S.MULTI_PATH_FAILURE_DELETED, r.cas))
+        self.assertEqual(self.deleted(SD.get("_sys", xattr=True)).rc, S.SUCCESS_DELETED)
+        self.assertRaises(errors.NotFoundError, self.b.lookup_in_sync, "k", SD.get("a"))
+        self.assertRaises(errors.NotFoundError, self.b.get_sync, "k")
+        self.assertEqual(self.b.stats_sync()["items"], 0)
+
+    def test_remove_fulldoc_keeps_the_system_xattrs_it_wrote(self):
+        self.b.mutate_in_sync("k", SD.upsert("_new", 3, xattr=True),
+                              SD.upsert("user2", 4, xattr=True), SD.remove_fulldoc())
+        found = self.deleted(SD.get("$XTOC", xattr=True))
+        self.assertEqual(found[0], ["_new", "_sys"])
+
+    def test_expiry_leaves_a_tombstone(self):
+        self.b.touch_sync("k", 5)
+        self.b.clock.advance(6)
+        self.assertEqual(self.b.run_pager(), 1)
+        self.assertEqual(self.deleted(SD.get("_sys", xattr=True))[0], 1)
+
+    def test_a_new_document_replaces_the_tombstone(self):
+        self.b.remove_sync("k")
+        self.assertRaises(errors.NotFoundError, self.b.mutate_in_sync, "k", SD.upsert("a", 1))
+        self.b.mutate_in_sync("k", SD.upsert("a", 1), upsert_doc=True)
+        self.assertEqual(self.b.lookup_in_sync("k", SD.get("_sys", xattr=True)).status(0),
+                         S.PATH_ENOENT)
+        self.assertEqual(self.b._tombstones, {})
+
+    def test_no_system_xattrs_no_tombstone_and_flush_drops_them(self):
+        self.b.store_sync("upsert", "u", {"a": 1})
+        self.b.mutate_in_sync("u", SD.upsert("user", 1, xattr=True))
+        self.b.remove_sync("u")
+        self.assertRaises(errors.NotFoundError, self.b.lookup_in_sync, "u",
+                          SD.get("user", xattr=True), access_deleted=True)
+        self.b.remove_sync("k")
+        self.assertEqual(list(self.b._tombstones), [b"k"])
+        self.b.flush_sync()
+        self.assertEqual(self.b._tombstones, {})
+
+
 class SubdocFaultyBucketTests(unittest.TestCase):
     def test_faults_apply_and_calls_are_forwarded(self):
         inner = memory_bucket()
@@ -291,3 +347,33 @@ class SubdocPersistentTests(unittest.TestCase):
                           upsert_doc=True, persist_to=1)
         yield b.mutate_in("k", SD.remove_fulldoc(), persist_to=1)
         self.assertEqual(self.rows(), {})
+
+    @defer.inlineCallbacks
+    def test_tombstones_persist_and_warm_up(self):
+        b = self.open()
+        yield b.upsert("k", {"a": 1})
+        yield b.upsert("plain", 1)
+        yield b.mutate_in("k", SD.upsert("_sys", {"rev": 1}, xattr=True),
+                          SD.upsert("user", 1, xattr=True))
+        r = yield b.remove("k", persist_to=1)
+        self.assertEqual(self.rows()[b"k"][0], items.TOMBSTONE)
+        yield b.close()
+        for restart in (self.open, lambda: crash(self.open()) or self.open()):
+            b = restart()
+            self.assertEqual(b.stats_sync()["items"], 1)
+            self.assertRaises(errors.NotFoundError, b.get_sync, "k")
+            found = b.lookup_in_sync("k", SD.get("_sys", xattr=True),
+                                     SD.get("user", xattr=True), access_deleted=True)
+            self.assertEqual((found.rc, found.get(0), found.status(1), found.cas),
+                             (S.MULTI_PATH_FAILURE_DELETED, (0, {"rev": 1}), S.PATH_ENOENT,
+                              r.cas))
+            yield b.close()
+        b = self.open()
+        yield b.upsert("k", {"new": 1}, persist_to=1)
+        self.assertEqual(b.lookup_in_sync("k", SD.get("_sys", xattr=True)).status(0),
+                         S.PATH_ENOENT)
+        yield b.close()
+        b = self.open()
+        self.assertEqual(b.get_sync("k").value, {"new": 1})
+        self.assertEqual(b.lookup_in_sync("k", SD.get("_sys", xattr=True),
+                                          access_deleted=True).status(0), S.PATH_ENOENT)

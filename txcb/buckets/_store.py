@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from txcb.buckets import _manifest
 from txcb.buckets._manifest import Manifest
-from txcb.buckets.items import expiry_of, make_item, value_len
+from txcb.buckets.items import TOMBSTONE, expiry_of, make_item, value_len
 
 __all__ = ["StorageError", "CorruptDataError", "DataDirLockedError", "DiskFullError",
            "lock_dir", "unlock_dir", "open_db", "be_nicer", "write_batch", "checkpoint",
@@ -434,6 +434,7 @@ class Warm(NamedTuple):
     """What warmup loaded: the items and the marks to go on from."""
 
     items: Dict[bytes, bytes]
+    tombstones: Dict[bytes, bytes]  # deleted documents' system xattrs
     expiries: List[Tuple[float, bytes]]  # a heap of (expiry, key)
     nbytes: int  # keys + values, as the bucket counts them
     cas: int  # the last CAS handed out
@@ -467,6 +468,16 @@ def _never_expiring(conn: sqlite3.Connection, path: str) -> Dict[bytes, bytes]:
     return dict(zip(map(key, rows), map(item, rows)))
 
 
+def _split_tombstones(items: Dict[bytes, bytes]) -> Dict[bytes, bytes]:
+    """Take the tombstones out of ``items`` (a pass in C when there are none)."""
+    if bytes([TOMBSTONE]) not in bytes(map(itemgetter(0), items.values())):
+        return {}
+    tombs = {k: v for k, v in items.items() if v[0] == TOMBSTONE}
+    for k in tombs:
+        del items[k]
+    return tombs
+
+
 def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
             manifest: Optional[Manifest] = None, wal_missing: bool = False) -> Warm:
     """
@@ -479,6 +490,7 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
     try:
         meta = dict(conn.execute("SELECT name, value FROM meta"))
         items = _never_expiring(conn, path)
+        tombs = _split_tombstones(items)  # (they never expire)
         heap: List[Tuple[float, bytes]] = []
         expired: List[Tuple[bytes]] = []
         for k, exp, item, crc in conn.execute(
@@ -499,7 +511,8 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
             nbytes = sum(map(len, items)) + sum(map(value_len, items.values()))
             held = meta.get("seqno")
             _manifest.check_data(path, None if held is None else int(held),
-                                 len(items) + len(expired), manifest, CorruptDataError,
+                                 len(items) + len(tombs) + len(expired), manifest,
+                                 CorruptDataError,
                                  wal_missing, meta.get("clean") == 1)
         except (TypeError, ValueError) as e:
             raise CorruptDataError("the data file %s holds bad data: %s" % (path, e))
@@ -514,7 +527,7 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
         conn.execute("COMMIT")
     except sqlite3.Error as e:
         raise _refusal(path, e, "cannot read the data file")
-    except (TypeError, struct_error) as e:
+    except (TypeError, IndexError, struct_error) as e:
         raise CorruptDataError("the data file %s holds bad data: %s; it is left as it is"
                                % (path, e))
-    return Warm(items, heap, nbytes, cas, seqno, len(expired))
+    return Warm(items, tombs, heap, nbytes, cas, seqno, len(expired))

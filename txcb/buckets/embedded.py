@@ -192,8 +192,9 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
                 return OperationResult(key, rc=RC.KEY_ENOENT)
             raise NotFoundError("no such key", key=key)
         self._check_mutable(k, item, cas, now, key)
+        new_cas = self._next_cas()  # (a tombstone, if any, takes it)
         seqno = self._remove_item(k, item, DELETED)
-        return OperationResult(key, self._next_cas(), RC.SUCCESS, seqno)
+        return OperationResult(key, new_cas, RC.SUCCESS, seqno)
 
     def touch_sync(self, key: Any, ttl: int) -> OperationResult:
         k = self._begin("touch", key)

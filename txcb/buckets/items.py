@@ -21,6 +21,11 @@ so the CAS, expiry and flags are where they are in one.  The xattrs are
 (a key is the JSON text of its name, a value the JSON text of its value).
 Items without xattrs never take this header: their stored form (and so the
 data file and the memory an item uses) is what it was before xattrs.
+
+A deleted document that kept system xattrs (names starting with ``_``), a
+*tombstone*, has the same header with 0xFD first, no expiry, flags 0 and no
+value.  Tombstones are kept apart from the live items (and written to the
+data file as rows of their own).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from txcb.limits import U64
 
 __all__ = ["make_item", "make_xitem", "header", "expiry_of", "cas_of", "value_len",
            "counted", "with_cas", "xattrs_of", "encode_xattrs", "decode_xattrs",
-           "FLAGS", "LONG", "XATTRS", "LONG_LEN", "SHORT_LEN", "XATTRS_LEN",
+           "make_tombstone", "system_xattrs", "FLAGS", "LONG", "XATTRS", "TOMBSTONE", "LONG_LEN", "SHORT_LEN", "XATTRS_LEN",
            "long_unpack", "LOCKED_CAS", "STORED", "DELETED", "EXPIRED"]
 
 #: The CAS a locked item reads with (as Couchbase Server reports it).
@@ -45,6 +50,8 @@ LONG = 0xFF
 #: The first byte of an item with xattrs (every first byte from it up has
 #: the long header's fields).
 XATTRS = 0xFE
+#: The first byte of a tombstone (a deleted document's system xattrs).
+TOMBSTONE = 0xFD
 _SHORT_HDR = struct.Struct("<BQ")
 _LONG_HDR = struct.Struct("<BQdI")
 _X_HDR = struct.Struct("<BQdII")
@@ -105,9 +112,15 @@ def with_cas(item: bytes, cas: int) -> bytes:
     return item[:1] + _CAS(cas) + item[SHORT_LEN:]
 
 
+def make_tombstone(cas: int, xattrs: bytes) -> bytes:
+    """The stored form of a deleted document keeping ``xattrs`` (encoded)."""
+    return _X_HDR.pack(TOMBSTONE, cas, 0.0, 0, len(xattrs)) + xattrs
+
+
 def xattrs_of(item: bytes) -> bytes:
-    """A stored item's encoded xattrs (empty: none)."""
-    if item[0] != XATTRS:
+    """A stored item's (or tombstone's) encoded xattrs (empty: none)."""
+    t = item[0]
+    if t != XATTRS and t != TOMBSTONE:
         return b""
     return item[XATTRS_LEN:XATTRS_LEN + _U32(item, LONG_LEN)[0]]
 
@@ -119,6 +132,13 @@ def encode_xattrs(xattrs: Mapping[str, bytes]) -> bytes:
         k, v = key.encode("utf-8"), xattrs[key]
         out.append(_PAIR.pack(len(k), len(v)) + k + v)
     return b"".join(out)
+
+
+def system_xattrs(blob: bytes) -> bytes:
+    """The system xattrs (``_`` names) of encoded xattrs: what a deletion keeps."""
+    if not blob:
+        return b""
+    return encode_xattrs({k: v for k, v in decode_xattrs(blob).items() if k[:1] == "_"})
 
 
 def decode_xattrs(blob: bytes) -> Dict[str, bytes]:

@@ -240,7 +240,8 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         warm = _store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas,
                               manifest, wal_missing)
         try:
-            _store.checkpoint(self._conn, self.path, warm.seqno, False, len(warm.items))
+            _store.checkpoint(self._conn, self.path, warm.seqno, False,
+                              len(warm.items) + len(warm.tombstones))
         except (OSError, sqlite3.Error) as e:
             if _manifest.disk_full(e, self.path):
                 raise DiskFullError("the disk holding %s is full (%s); free some space "
@@ -254,6 +255,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
     def _load(self, warm: _store.Warm) -> None:
         """Take over what warmup loaded."""
         self._items = warm.items
+        self._tombstones = warm.tombstones
         self._expiries = warm.expiries
         self._bytes = warm.nbytes
         self._cas = self._marked_cas = warm.cas

@@ -11,11 +11,14 @@ the new body and xattrs with one new CAS and one seqno, expanding the
 (:func:`txcb.buckets.items.make_xitem`), so the persistent bucket writes and
 warms them up with the item.
 
-Deleted documents are not kept: a ``remove_fulldoc`` removes the item as
-``remove`` does, its system xattrs with it (Couchbase keeps those on a
-tombstone), so ``access_deleted`` finds nothing to read.  ``$document``
-shows the bucket's CAS, expiry, flags and body; its ``seqno`` is 0 (items
-do not keep their seqno) and ``vbucket_uuid`` 0 (one bucket, no vbuckets).
+Deletion is Couchbase's: ``remove``, ``remove_fulldoc`` and expiry drop the
+body and the user xattrs; system xattrs (``_`` names), if any, stay on a
+tombstone (:data:`txcb.buckets.items.TOMBSTONE`, kept apart from the live
+items, persisted as they are) that only ``lookup_in(access_deleted=True)``
+reads, until a new document of that key replaces it.  Tombstones are not
+purged by age.  ``$document`` shows the bucket's CAS, expiry, flags and
+body; its ``seqno`` is 0 (items do not keep their seqno) and
+``vbucket_uuid`` 0 (one bucket, no vbuckets).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class SubdocMixin:
         _gated: bool
         _seqno: int
         _locks: Dict[bytes, float]
+        _tombstones: Dict[bytes, bytes]
 
         def _begin(self, op: str, key: Any) -> bytes: ...
         def _lookup(self, k: bytes, now: float) -> Optional[bytes]: ...
@@ -83,7 +87,8 @@ class SubdocMixin:
         def _next_cas(self) -> int: ...
         def _put(self, k: bytes, old: Optional[bytes], cas: int, exp: float, flags: int,
                  data: bytes, xattrs: Optional[bytes] = None) -> int: ...
-        def _remove_item(self, k: bytes, item: bytes, why: int) -> int: ...
+        def _remove_item(self, k: bytes, item: bytes, why: int,
+                         keep: Optional[bytes] = None) -> int: ...
 
     def _mutable(self, k: bytes, item: bytes, cas: int, now: float, key: Any) -> bool:
         """
@@ -112,11 +117,18 @@ class SubdocMixin:
         now = self.clock.seconds()
         item = self._lookup(k, now)
         body, xattrs, cas, exp, flags = _split(item)
-        if item is not None and self._locks and self._is_locked(k, now):
+        meta = self._meta(cas, exp, flags, now)
+        if item is None:
+            tomb = self._tombstones.get(k) if access_deleted else None
+            if tomb is not None:
+                body, xattrs, cas = b"", decode_xattrs(xattrs_of(tomb)), cas_of(tomb)
+                meta = SD.DocumentMeta(cas=cas, deleted=True, hlc_now=int(now))
+        elif self._locks and self._is_locked(k, now):
             cas = LOCKED_CAS
+            meta = meta._replace(cas=cas)
         doc_flags = SD.DocFlag.ACCESS_DELETED if access_deleted else 0
         try:
-            found = SD.lookup(body, xattrs, specs, self._meta(cas, exp, flags, now), doc_flags)
+            found = SD.lookup(body, xattrs, specs, meta, doc_flags)
         except CouchbaseError as e:
             raise _keyed(e, key)
         return SD.SubdocResult.of_lookup(key, cas, specs, found)
@@ -164,10 +176,11 @@ class SubdocMixin:
                         cas: int, exp: float, flags: int) -> int:
         """Store what the engine made, with one seqno (returned)."""
         seqno = self._seqno + 1  # the one _put / _remove_item hands out
+        xattrs = done.finish(cas, seqno)
         if done.body is None:
             if old is None:
                 return self._seqno
-            return self._remove_item(k, old, DELETED)
-        xattrs = done.finish(cas, seqno)
+            kept = {n: v for n, v in xattrs.items() if n[:1] == "_"}
+            return self._remove_item(k, old, DELETED, encode_xattrs(kept))
         return self._put(k, old, cas, exp, flags, done.body,
                          encode_xattrs(xattrs) if xattrs else b"")

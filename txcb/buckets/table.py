@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.buckets.items import (
     EXPIRED, LOCKED_CAS, STORED, XATTRS, cas_of, expiry_of, header, long_unpack,
-    make_item, make_xitem, value_len, xattrs_of)
+    make_item, make_tombstone, make_xitem, system_xattrs, value_len, xattrs_of)
 from txcb.errors import KeyExistsError, NetworkError, NotFoundError, TemporaryFailError
 from txcb.results import OperationResult, ScanItem
 from txcb.scan import KeyIndex
@@ -52,6 +52,8 @@ class ItemTable:
         self.transcoder = transcoder
         self._items: Dict[bytes, bytes] = {}
         self._locks: Dict[bytes, float] = {}
+        # Deleted documents that kept system xattrs (txcb.buckets.items).
+        self._tombstones: Dict[bytes, bytes] = {}
         self._expiries: List[Tuple[float, bytes]] = []
         self._bytes = 0
         self._cas = time.time_ns()
@@ -116,6 +118,8 @@ class ItemTable:
             self._bytes += len(k) + size
             if self._scan_index is not None:
                 self._scan_index.add(k)
+            if self._tombstones:
+                self._tombstones.pop(k, None)  # a new document: the deleted one is gone
         else:
             self._bytes += size - value_len(old)
         if exp:
@@ -124,14 +128,25 @@ class ItemTable:
         self._mutated(k, item, seqno, STORED)
         return seqno
 
-    def _remove_item(self, k: bytes, item: bytes, why: int) -> int:
+    def _remove_item(self, k: bytes, item: bytes, why: int,
+                     keep: Optional[bytes] = None) -> int:
+        """
+        Remove a live item.  Its system xattrs (or ``keep``, encoded xattrs,
+        if given) stay on a tombstone with the latest CAS handed out, as a
+        deletion leaves them in Couchbase.
+        """
         del self._items[k]
         self._locks.pop(k, None)
         self._bytes -= len(k) + value_len(item)
         if why == EXPIRED:
             self._stats["expired"] += 1
         self._seqno = seqno = self._seqno + 1
-        self._mutated(k, None, seqno, why)
+        tomb = None
+        if keep is not None or item[0] == XATTRS:
+            kept = system_xattrs(xattrs_of(item)) if keep is None else keep
+            if kept:
+                tomb = self._tombstones[k] = make_tombstone(self._cas, kept)
+        self._mutated(k, tomb, seqno, why)
         return seqno
 
     def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
@@ -157,6 +172,7 @@ class ItemTable:
         removed = len(old)
         self._items = {}
         self._locks = {}
+        self._tombstones = {}
         self._expiries = []
         self._bytes = 0
         self._scan_index = None
