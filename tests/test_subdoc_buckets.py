@@ -24,6 +24,7 @@ from txcb.formats import FMT_JSON
 from txcb.testing import FaultyBucket, memory_bucket
 
 from tests.support.buckets import crash
+from tests.support.contract import BucketContractMixin
 
 S = SD.Status
 
@@ -377,3 +378,17 @@ class SubdocPersistentTests(unittest.TestCase):
         self.assertEqual(b.get_sync("k").value, {"new": 1})
         self.assertEqual(b.lookup_in_sync("k", SD.get("_sys", xattr=True),
                                           access_deleted=True).status(0), S.PATH_ENOENT)
+
+
+class FaultyBucketContractTests(BucketContractMixin, unittest.TestCase):
+    """FaultyBucket without faults is its bucket: the whole contract, sub-documents too."""
+
+    def make_bucket(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        inner = EmbeddedBucket(clock=self.clock, max_value_size=4096, pager_interval=0)
+        self.addCleanup(inner.close)
+        return FaultyBucket(inner, self.clock)
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
