@@ -223,6 +223,42 @@ class SubdocTombstoneTests(unittest.SynchronousTestCase):
         self.assertEqual(self.b._tombstones, {})
 
 
+class SubdocTombstoneBoundTests(unittest.TestCase):
+    """Tombstones are bounded: the oldest go first, from disk too."""
+
+    timeout = 30
+
+    def test_the_oldest_tombstone_goes_first(self):
+        b = memory_bucket()
+        b.max_tombstones = 3
+        for i in range(5):
+            b.mutate_in_sync("k%d" % i, SD.upsert("_s", i, xattr=True), SD.upsert("a", 1),
+                             upsert_doc=True)
+            b.remove_sync("k%d" % i)
+        self.assertEqual(list(b._tombstones), [b"k2", b"k3", b"k4"])
+        self.assertEqual(b.stats_sync()["tombstones"], 3)
+        self.assertRaises(errors.NotFoundError, b.lookup_in_sync, "k1",
+                          SD.get("_s", xattr=True), access_deleted=True)
+
+    @defer.inlineCallbacks
+    def test_a_purged_tombstone_leaves_the_data_file(self):
+        clock = Clock()
+        base = tempfile.mkdtemp(prefix="txcb-subdoc-")
+        self.addCleanup(shutil.rmtree, base, True)
+        b = PersistentBucket(os.path.join(base, "data"), clock=clock, reactor=reactor)
+        self.addCleanup(b.close)
+        b.max_tombstones = 1
+        for key in ("a", "b"):
+            yield b.mutate_in(key, SD.upsert("_s", 1, xattr=True), SD.upsert("a", 1),
+                              upsert_doc=True)
+            yield b.remove(key, persist_to=1)
+        conn = sqlite3.connect(b.path)
+        try:
+            self.assertEqual([k for k, in conn.execute("SELECT key FROM items")], [b"b"])
+        finally:
+            conn.close()
+
+
 class SubdocFaultyBucketTests(unittest.TestCase):
     def test_faults_apply_and_calls_are_forwarded(self):
         inner = memory_bucket()

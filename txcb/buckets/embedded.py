@@ -303,6 +303,7 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             "misses": self._stats["misses"],
             "expired": self._stats["expired"],
             "locked": len(self._locks),
+            "tombstones": len(self._tombstones),
             "connections": 0,
             "uptime": int(self.clock.seconds() - self._started),
             "high_seqno": self._seqno,

@@ -15,8 +15,9 @@ Deletion is Couchbase's: ``remove``, ``remove_fulldoc`` and expiry drop the
 body and the user xattrs; system xattrs (``_`` names), if any, stay on a
 tombstone (:data:`txcb.buckets.items.TOMBSTONE`, kept apart from the live
 items, persisted as they are) that only ``lookup_in(access_deleted=True)``
-reads, until a new document of that key replaces it.  Tombstones are not
-purged by age.  ``$document`` shows the bucket's CAS, expiry, flags and
+reads, until a new document of that key replaces it or, past
+:data:`txcb.buckets.table.MAX_TOMBSTONES` of them, it is the oldest and is
+purged (Couchbase purges them by age).  ``$document`` shows the bucket's CAS, expiry, flags and
 body; its ``seqno`` is 0 (items do not keep their seqno) and
 ``vbucket_uuid`` 0 (one bucket, no vbuckets).
 """

@@ -19,13 +19,13 @@ from math import ceil
 from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.buckets.items import (
-    EXPIRED, LOCKED_CAS, STORED, XATTRS, cas_of, expiry_of, header, long_unpack,
+    DELETED, EXPIRED, LOCKED_CAS, STORED, XATTRS, cas_of, expiry_of, header, long_unpack,
     make_item, make_tombstone, make_xitem, system_xattrs, value_len, xattrs_of)
 from txcb.errors import KeyExistsError, NetworkError, NotFoundError, TemporaryFailError
 from txcb.results import OperationResult, ScanItem
 from txcb.scan import KeyIndex
 
-__all__ = ["ItemTable", "OPS"]
+__all__ = ["ItemTable", "OPS", "MAX_TOMBSTONES"]
 
 #: The operations a bucket counts (its ``op_*`` stats).
 OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
@@ -36,6 +36,9 @@ OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock"
 SCAN_ROW_OVERHEAD = 22
 #: How many items of a flushed table one reactor turn frees.
 FREE_BATCH = 10000
+#: At most this many tombstones are kept (the oldest go first): Couchbase
+#: purges them by age, this bucket by count, so they stay bounded.
+MAX_TOMBSTONES = 100000
 
 
 class ItemTable:
@@ -147,7 +150,19 @@ class ItemTable:
             if kept:
                 tomb = self._tombstones[k] = make_tombstone(self._cas, kept)
         self._mutated(k, tomb, seqno, why)
+        if tomb is not None and len(self._tombstones) > self.max_tombstones:
+            self._purge_tombstone()
         return seqno
+
+    #: How many tombstones the table keeps (see MAX_TOMBSTONES).
+    max_tombstones = MAX_TOMBSTONES
+
+    def _purge_tombstone(self) -> None:
+        """Forget the oldest tombstone (a mutation of its own: the disk forgets it too)."""
+        k = next(iter(self._tombstones))
+        del self._tombstones[k]
+        self._seqno = seqno = self._seqno + 1
+        self._mutated(k, None, seqno, DELETED)
 
     def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
         """Called after every change of an item (item None: removed)."""
