@@ -385,18 +385,6 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
                 ttl: int = 0) -> Deferred:
         return _deferred(self.counter_sync, key, delta, initial, ttl)
 
-    def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False) -> Deferred:
-        try:
-            return succeed(self.lookup_in_sync(key, *specs, access_deleted=access_deleted))
-        except CouchbaseError as e:
-            return fail(e)
-
-    def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0,
-                  upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
-                  replicate_to: int = 0, preserve_expiry: bool = False) -> Deferred:
-        return self._mutate(key, persist_to, replicate_to, self._mutate_in, key, specs, cas,
-                            ttl, upsert_doc, insert_doc, preserve_expiry)
-
     def flush(self) -> Deferred:
         try:
             self.flush_sync()

@@ -25,7 +25,9 @@ body; its ``seqno`` is 0 (items do not keep their seqno) and
 from __future__ import annotations
 
 from math import ceil
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
+
+from twisted.internet.defer import Deferred, fail, succeed
 
 import txcb.subdocument as SD
 from txcb.buckets.items import (
@@ -90,6 +92,25 @@ class SubdocMixin:
                  data: bytes, xattrs: Optional[bytes] = None) -> int: ...
         def _remove_item(self, k: bytes, item: bytes, why: int,
                          keep: Optional[bytes] = None) -> int: ...
+        def _mutate(self, key: Any, persist_to: int, replicate_to: int,
+                    call: Callable[..., Any], *args: Any) -> Deferred: ...
+
+    # -- IBucket --------------------------------------------------------------
+
+    def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False) -> Deferred:
+        try:
+            return succeed(self.lookup_in_sync(key, *specs, access_deleted=access_deleted))
+        except CouchbaseError as e:
+            return fail(e)
+
+    def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0,
+                  upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
+                  replicate_to: int = 0, preserve_expiry: bool = False) -> Deferred:
+        """The durable mutation path of every mutation (``_mutate``), made by _mutate_in."""
+        return self._mutate(key, persist_to, replicate_to, self._mutate_in, key, specs, cas,
+                            ttl, upsert_doc, insert_doc, preserve_expiry)
+
+    # -- ISyncBucket ------------------------------------------------------------
 
     def _mutable(self, k: bytes, item: bytes, cas: int, now: float, key: Any) -> bool:
         """
