@@ -315,6 +315,9 @@ class SubdocPersistentTests(unittest.TestCase):
         self.assertEqual((found[0], found[1], found[2], found.cas),
                          ({"v": [1]}, r[1], 2, r.cas))
         self.assertEqual(b.get_sync("k").value, {"a": 2})
+        self.assertEqual(b.stats_sync()["bytes"], 1 + items.value_len(b._items[b"k"]))
+        b.remove_sync("k")
+        self.assertEqual((b.stats_sync()["bytes"], b.stats_sync()["tombstones"]), (0, 1))
 
     @defer.inlineCallbacks
     def test_xattrs_survive_a_crash_after_persist_to(self):
