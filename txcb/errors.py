@@ -18,8 +18,8 @@ __all__ = [
     "ArgumentError", "NotStoredError", "DeltaBadvalError", "AuthError",
     "UnknownCommandError", "NotSupportedError", "InternalError",
     "TemporaryFailError", "DurabilityError", "ProtocolError", "TimeoutError",
-    "ConnectError", "NetworkError", "ValueFormatError", "exception_for_rc",
-    "RC",
+    "ConnectError", "NetworkError", "ValueFormatError", "SubdocError",
+    "exception_for_rc", "RC",
 ]
 
 
@@ -40,6 +40,7 @@ class RC:
     EBUSY = 0x85
     ETMPFAIL = 0x86
     DURABILITY_IMPOSSIBLE = 0xA1
+    SUBDOC_MULTI_PATH_FAILURE = 0xCC
     # txcb's own codes: never sent by memcached.
     PROTOCOL_ERROR = 0x1001
     TIMEOUT = 0x1002
@@ -165,6 +166,28 @@ class NetworkError(CouchbaseError):
 class ValueFormatError(CouchbaseError):
     """The value cannot be encoded or decoded with the requested format."""
     rc = RC.VALUE_FORMAT
+
+
+class SubdocError(CouchbaseError):
+    """
+    A sub-document call failed with a Couchbase status, nothing changed.
+
+    :ivar status: the status of the failure (``txcb.subdocument.Status``:
+        kv_engine's numbers, 0xC0 up for paths).
+    :ivar index: for a spec that failed while a mutation ran, its index;
+        the wire reply is then ``MULTI_PATH_FAILURE`` with index and status.
+        ``None`` when the request itself was refused.
+    ``rc`` is MULTI_PATH_FAILURE (0xCC) with an index, else the status.
+    """
+
+    def __init__(self, status: int, message: str = "", index: Optional[int] = None,
+                 key: Any = None) -> None:
+        self.status = status
+        self.index = index
+        rc = RC.SUBDOC_MULTI_PATH_FAILURE if index is not None else status
+        where = "" if index is None else "spec %d: " % index
+        super().__init__(where + (message or "sub-document status 0x%02x" % status),
+                         key=key, rc=rc)
 
 
 _BY_RC: Dict[int, Type[CouchbaseError]] = {

@@ -143,6 +143,43 @@ class IBucket(Interface):
         errbacks NotSupportedError.
         """
 
+    def lookup_in(key, *specs, access_deleted=False):
+        """
+        Read parts of a JSON document: fires a
+        :class:`txcb.subdocument.SubdocResult` with one status (and raw JSON
+        value) per spec.  ``specs`` are ``txcb.subdocument`` lookup specs
+        (``SD.get``, ``SD.exists``, ``SD.get_count``, ``SD.get_fulldoc``; with
+        ``xattr=True`` on xattrs and the virtual ``$document``), at most 16.
+        Specs fail one by one, as in the Couchbase SDK 2.x: if any did, the
+        result still fires, its ``rc`` MULTI_PATH_FAILURE (0xCC) and each
+        failed spec's status its own (``result[i]`` raises its SubdocError).
+        A missing document errbacks NotFoundError; a request the engine
+        refuses (bad spec list, flags) errbacks SubdocError with ``index``
+        None.  ``cas`` is the document's (0xFFFFFFFFFFFFFFFF if locked).
+        ``access_deleted``: a deleted document's xattrs may be read, where
+        the provider keeps deleted documents' system xattrs.
+        """
+
+    def mutate_in(key, *specs, cas=0, ttl=0, upsert_doc=False, insert_doc=False,
+                  persist_to=0, replicate_to=0, preserve_expiry=False):
+        """
+        Change parts of a JSON document, all or nothing, with one new CAS:
+        fires a :class:`txcb.subdocument.SubdocResult` whose ``cas`` is the new
+        CAS, ``mutation_token`` / ``seqno`` the mutation's, and whose values
+        are what counters and ``${Mutation...}`` macros produced.  ``specs``
+        are ``txcb.subdocument`` mutation specs (at most 16).  A spec that
+        fails changes nothing and errbacks SubdocError with its ``index`` and
+        ``status`` (``rc`` MULTI_PATH_FAILURE); a refused request, SubdocError
+        with ``index`` None.  As the other mutations: a missing document
+        NotFoundError (unless ``upsert_doc`` or ``insert_doc`` creates it),
+        an existing one with ``insert_doc`` KeyExistsError, a CAS mismatch
+        KeyExistsError, a locked document TemporaryFailError, a result over
+        the value limit TooBigError.  ``ttl`` sets the expiry (0: none),
+        unless ``preserve_expiry`` keeps the document's.  Xattrs live beside
+        the body: a whole-value upsert/replace/append keeps them, a removal
+        drops them.
+        """
+
     def stats():
         """Fire a dict of counters (items, bytes, hits, misses, ops, uptime...)."""
 
@@ -189,6 +226,13 @@ class ISyncBucket(Interface):
 
     def concat_sync(op, key, value, cas=0):
         """``op`` is "append" or "prepend"."""
+
+    def lookup_in_sync(key, *specs, access_deleted=False):
+        """:meth:`IBucket.lookup_in`: returns the SubdocResult."""
+
+    def mutate_in_sync(key, *specs, cas=0, ttl=0, upsert_doc=False, insert_doc=False,
+                       preserve_expiry=False):
+        """:meth:`IBucket.mutate_in` without durability: returns the SubdocResult."""
 
     def flush_sync():
         """:meth:`IBucket.flush`: returns how many items it removed."""

@@ -103,7 +103,8 @@ class InMemoryConnection:
 
 
 _SINGLE_OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
-               "counter", "append", "prepend", "endure", "stats", "flush", "scan")
+               "counter", "append", "prepend", "endure", "stats", "flush", "scan",
+               "lookup_in", "mutate_in")
 
 
 @implementer(IBucket)
@@ -233,6 +234,16 @@ class FaultyBucket(MultiMixin):
         return self._call("endure", (key,), dict(
             persist_to=persist_to, replicate_to=replicate_to, cas=cas,
             check_removed=check_removed, timeout=timeout, interval=interval))
+
+    def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False) -> Deferred:
+        return self._call("lookup_in", (key,) + specs, {"access_deleted": access_deleted})
+
+    def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0,
+                  upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
+                  replicate_to: int = 0, preserve_expiry: bool = False) -> Deferred:
+        return self._call("mutate_in", (key,) + specs, dict(
+            cas=cas, ttl=ttl, upsert_doc=upsert_doc, insert_doc=insert_doc,
+            persist_to=persist_to, replicate_to=replicate_to, preserve_expiry=preserve_expiry))
 
     def stats(self) -> Deferred:
         return self._call("stats", (), {})

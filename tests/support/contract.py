@@ -22,11 +22,13 @@ from txcb.formats import FMT_BYTES, FMT_JSON, FMT_PICKLE, FMT_UTF8, Encoded, Tra
 from txcb.interfaces import IBucket, ISyncBucket
 from txcb.results import MultiResult, OperationResult, ScanItem, ValueResult
 
+from tests.support.subdoc_contract import SubdocContractMixin
+
 U64 = 2 ** 64 - 1
 
 
-class BucketContractMixin:
-    """The behaviour tests, written once."""
+class BucketContractMixin(SubdocContractMixin):
+    """The behaviour tests, written once (the sub-document ones: SubdocContractMixin)."""
 
     supports_locks = True
     #: The most the provider can persist to (durability tests use it).

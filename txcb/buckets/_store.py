@@ -24,20 +24,24 @@ from twisted.logger import Logger
 
 from txcb.buckets import _manifest
 from txcb.buckets._manifest import Manifest
-from txcb.buckets.items import expiry_of, make_item, value_len
+from txcb.buckets.items import TOMBSTONE, expiry_of, make_item, value_len
 
 __all__ = ["StorageError", "CorruptDataError", "DataDirLockedError", "DiskFullError",
            "lock_dir", "unlock_dir", "open_db", "be_nicer", "write_batch", "checkpoint",
-           "write_and_checkpoint",
+           "write_and_checkpoint", "upgrade_from_3",
            "close_db", "warm_up", "checksum", "Warm", "LOCK_FILE", "FORMAT_VERSION",
            "META_STEP", "RESTART_GAP"]
 
 LOCK_FILE = "txcb.lock"
-#: The data file's format version (meta row ``format``).  Format 3 stores
-#: each item's checksum (``crc``) and the exact persisted seqno (meta row
-#: ``seqno``).  Format 1 (items with a fixed 20-byte header) and format 2
-#: (no checksums) are upgraded in place when opened.
-FORMAT_VERSION = 3
+#: The data file's format version (meta row ``format``).  Format 4 items may
+#: carry xattrs (the 0xFE header of :mod:`txcb.buckets.items`), which a txcb
+#: reading format 3 would misread, so it refuses the file instead.  Format 3
+#: stores each item's checksum (``crc``, over the whole item: xattrs too) and
+#: the exact persisted seqno (meta row ``seqno``).  Format 1 (items with a
+#: fixed 20-byte header), 2 (no checksums) and 3 (its items are format 4
+#: items as they are: only the format row changes) are upgraded in place
+#: when opened.
+FORMAT_VERSION = 4
 #: CAS and seqno continuity across restarts.  The data file's meta rows hold
 #: a CAS and a seqno high-water mark.  A clean close writes the exact ones
 #: (and ``clean = 1``); start-up writes ``clean = 0``; while running, a batch
@@ -232,6 +236,9 @@ def open_db(path: str) -> sqlite3.Connection:
                 row = (2,)
             if row is not None and row[0] == 2:
                 upgrade_from_2(conn, path)
+                row = (3,)
+            if row is not None and row[0] == 3:
+                upgrade_from_3(conn)
                 row = (FORMAT_VERSION,)
             if row is None or row[0] != FORMAT_VERSION:
                 raise CorruptDataError(
@@ -303,6 +310,17 @@ def upgrade_from_2(conn: sqlite3.Connection, path: str) -> None:
                 raise
             raise CorruptDataError("%s (data format 2) holds a bad item; it is left as it "
                                    "is" % (path,))
+        conn.execute(META, ("format", 3))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def upgrade_from_3(conn: sqlite3.Connection) -> None:
+    """Format 3 to 4: every format 3 item reads as it is; only the format row changes."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         conn.execute(META, ("format", FORMAT_VERSION))
         conn.execute("COMMIT")
     except BaseException:
@@ -416,6 +434,7 @@ class Warm(NamedTuple):
     """What warmup loaded: the items and the marks to go on from."""
 
     items: Dict[bytes, bytes]
+    tombstones: Dict[bytes, bytes]  # deleted documents' system xattrs
     expiries: List[Tuple[float, bytes]]  # a heap of (expiry, key)
     nbytes: int  # keys + values, as the bucket counts them
     cas: int  # the last CAS handed out
@@ -449,6 +468,16 @@ def _never_expiring(conn: sqlite3.Connection, path: str) -> Dict[bytes, bytes]:
     return dict(zip(map(key, rows), map(item, rows)))
 
 
+def _split_tombstones(items: Dict[bytes, bytes]) -> Dict[bytes, bytes]:
+    """Take the tombstones out of ``items`` (a pass in C when there are none)."""
+    if bytes([TOMBSTONE]) not in bytes(map(itemgetter(0), items.values())):
+        return {}
+    tombs = {k: v for k, v in items.items() if v[0] == TOMBSTONE}
+    for k in tombs:
+        del items[k]
+    return tombs
+
+
 def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
             manifest: Optional[Manifest] = None, wal_missing: bool = False) -> Warm:
     """
@@ -461,6 +490,7 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
     try:
         meta = dict(conn.execute("SELECT name, value FROM meta"))
         items = _never_expiring(conn, path)
+        tombs = _split_tombstones(items)  # (they never expire)
         heap: List[Tuple[float, bytes]] = []
         expired: List[Tuple[bytes]] = []
         for k, exp, item, crc in conn.execute(
@@ -481,7 +511,8 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
             nbytes = sum(map(len, items)) + sum(map(value_len, items.values()))
             held = meta.get("seqno")
             _manifest.check_data(path, None if held is None else int(held),
-                                 len(items) + len(expired), manifest, CorruptDataError,
+                                 len(items) + len(tombs) + len(expired), manifest,
+                                 CorruptDataError,
                                  wal_missing, meta.get("clean") == 1)
         except (TypeError, ValueError) as e:
             raise CorruptDataError("the data file %s holds bad data: %s" % (path, e))
@@ -496,7 +527,7 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
         conn.execute("COMMIT")
     except sqlite3.Error as e:
         raise _refusal(path, e, "cannot read the data file")
-    except (TypeError, struct_error) as e:
+    except (TypeError, IndexError, struct_error) as e:
         raise CorruptDataError("the data file %s holds bad data: %s; it is left as it is"
                                % (path, e))
-    return Warm(items, heap, nbytes, cas, seqno, len(expired))
+    return Warm(items, tombs, heap, nbytes, cas, seqno, len(expired))

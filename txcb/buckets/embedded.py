@@ -21,7 +21,8 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from txcb.buckets._waiters import EndureWaiter, EndureWaiters
-from txcb.buckets.items import DELETED, LOCKED_CAS, cas_of, counted, header, make_item
+from txcb.buckets.items import DELETED, LOCKED_CAS, cas_of, counted, header, with_cas
+from txcb.buckets.subdocs import SubdocMixin
 from txcb.buckets.table import ItemTable
 from txcb.errors import (
     ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, NotStoredError,
@@ -50,7 +51,7 @@ def _deferred(call: Callable[..., Any], *args: Any) -> Deferred:
 
 
 @implementer(IBucket, ISyncBucket)
-class EmbeddedBucket(ItemTable, MultiMixin):
+class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
     """
     An in-memory bucket with Couchbase semantics.
 
@@ -191,8 +192,9 @@ class EmbeddedBucket(ItemTable, MultiMixin):
                 return OperationResult(key, rc=RC.KEY_ENOENT)
             raise NotFoundError("no such key", key=key)
         self._check_mutable(k, item, cas, now, key)
+        new_cas = self._next_cas()  # (a tombstone, if any, takes it)
         seqno = self._remove_item(k, item, DELETED)
-        return OperationResult(key, self._next_cas(), RC.SUCCESS, seqno)
+        return OperationResult(key, new_cas, RC.SUCCESS, seqno)
 
     def touch_sync(self, key: Any, ttl: int) -> OperationResult:
         k = self._begin("touch", key)
@@ -216,7 +218,7 @@ class EmbeddedBucket(ItemTable, MultiMixin):
         cas = self._next_cas()
         data = item[off:]
         # A new CAS, same value and expiry: not a mutation (no seqno, no disk).
-        self._items[k] = make_item(cas, exp, flags, data)
+        self._items[k] = with_cas(item, cas)
         self._locks[k] = now + ttl
         return ValueResult(key, data, flags, cas, RC.SUCCESS, self.transcoder)
 
@@ -301,6 +303,7 @@ class EmbeddedBucket(ItemTable, MultiMixin):
             "misses": self._stats["misses"],
             "expired": self._stats["expired"],
             "locked": len(self._locks),
+            "tombstones": len(self._tombstones),
             "connections": 0,
             "uptime": int(self.clock.seconds() - self._started),
             "high_seqno": self._seqno,

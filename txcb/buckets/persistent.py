@@ -37,6 +37,10 @@ be read, stops start-up with :class:`CorruptDataError` naming it; it is never
 replaced.  :meth:`~PersistentBucket.close` writes the whole queue before it
 fires.
 
+Sub-documents (``lookup_in`` / ``mutate_in``) are the embedded bucket's: an
+item's xattrs are part of its stored bytes (:mod:`txcb.buckets.items`), so
+they are written, checksummed and warmed up with it (data format 4).
+
 Damaged data is refused, never served: every stored item carries a CRC-32 of
 its key and bytes, verified at warmup.  The bucket knows what it had: a
 manifest, ``<bucket name>.manifest`` (:mod:`txcb.buckets._manifest`), says
@@ -236,7 +240,8 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         warm = _store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas,
                               manifest, wal_missing)
         try:
-            _store.checkpoint(self._conn, self.path, warm.seqno, False, len(warm.items))
+            _store.checkpoint(self._conn, self.path, warm.seqno, False,
+                              len(warm.items) + len(warm.tombstones))
         except (OSError, sqlite3.Error) as e:
             if _manifest.disk_full(e, self.path):
                 raise DiskFullError("the disk holding %s is full (%s); free some space "
@@ -250,6 +255,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
     def _load(self, warm: _store.Warm) -> None:
         """Take over what warmup loaded."""
         self._items = warm.items
+        self._tombstones = warm.tombstones
         self._expiries = warm.expiries
         self._bytes = warm.nbytes
         self._cas = self._marked_cas = warm.cas

@@ -19,22 +19,26 @@ from math import ceil
 from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.buckets.items import (
-    EXPIRED, LOCKED_CAS, LONG, STORED, cas_of, expiry_of, header, long_unpack,
-    make_item, value_len)
+    DELETED, EXPIRED, LOCKED_CAS, STORED, XATTRS, cas_of, expiry_of, header, long_unpack,
+    make_item, make_tombstone, make_xitem, system_xattrs, value_len, xattrs_of)
 from txcb.errors import KeyExistsError, NetworkError, NotFoundError, TemporaryFailError
 from txcb.results import OperationResult, ScanItem
 from txcb.scan import KeyIndex
 
-__all__ = ["ItemTable", "OPS"]
+__all__ = ["ItemTable", "OPS", "MAX_TOMBSTONES"]
 
 #: The operations a bucket counts (its ``op_*`` stats).
 OPS = ("get", "upsert", "insert", "replace", "remove", "touch", "lock", "unlock",
-       "counter", "append", "prepend", "endure", "stats", "flush", "scan")
+       "counter", "append", "prepend", "endure", "stats", "flush", "scan", "lookup_in",
+       "mutate_in")
 #: What a scan row counts for against ``batch_bytes`` besides its key and
 #: value (as the wire does).
 SCAN_ROW_OVERHEAD = 22
 #: How many items of a flushed table one reactor turn frees.
 FREE_BATCH = 10000
+#: At most this many tombstones are kept (the oldest go first): Couchbase
+#: purges them by age, this bucket by count, so they stay bounded.
+MAX_TOMBSTONES = 100000
 
 
 class ItemTable:
@@ -51,6 +55,8 @@ class ItemTable:
         self.transcoder = transcoder
         self._items: Dict[bytes, bytes] = {}
         self._locks: Dict[bytes, float] = {}
+        # Deleted documents that kept system xattrs (txcb.buckets.items).
+        self._tombstones: Dict[bytes, bytes] = {}
         self._expiries: List[Tuple[float, bytes]] = []
         self._bytes = 0
         self._cas = time.time_ns()
@@ -77,7 +83,7 @@ class ItemTable:
     def _lookup(self, k: bytes, now: float) -> Optional[bytes]:
         """The live item for a key, expiring it on the way if it is due."""
         item = self._items.get(k)
-        if item is not None and item[0] == LONG:
+        if item is not None and item[0] >= XATTRS:
             exp = long_unpack(item)[2]
             if exp and exp <= now:
                 self._remove_item(k, item, EXPIRED)
@@ -98,30 +104,65 @@ class ItemTable:
             raise TemporaryFailError("the key is locked", key=key)
 
     def _put(self, k: bytes, old: Optional[bytes], cas: int, exp: float, flags: int,
-             data: bytes) -> int:
-        item = make_item(cas, exp, flags, data)
+             data: bytes, xattrs: Optional[bytes] = None) -> int:
+        """
+        Store an item; ``xattrs`` (encoded) None keeps the old item's, as a
+        whole-value mutation does in Couchbase, b"" drops them.
+        """
+        if xattrs is None and (old is None or old[0] != XATTRS):
+            item = make_item(cas, exp, flags, data)
+            size = len(data)
+        else:
+            blob = xattrs if xattrs is not None else xattrs_of(old or b"")
+            item = make_xitem(cas, exp, flags, blob, data)
+            size = len(blob) + len(data)
         self._items[k] = item
         if old is None:
-            self._bytes += len(k) + len(data)
+            self._bytes += len(k) + size
             if self._scan_index is not None:
                 self._scan_index.add(k)
+            if self._tombstones:
+                self._tombstones.pop(k, None)  # a new document: the deleted one is gone
         else:
-            self._bytes += len(data) - value_len(old)
+            self._bytes += size - value_len(old)
         if exp:
             heapq.heappush(self._expiries, (exp, k))
         self._seqno = seqno = self._seqno + 1
         self._mutated(k, item, seqno, STORED)
         return seqno
 
-    def _remove_item(self, k: bytes, item: bytes, why: int) -> int:
+    def _remove_item(self, k: bytes, item: bytes, why: int,
+                     keep: Optional[bytes] = None) -> int:
+        """
+        Remove a live item.  Its system xattrs (or ``keep``, encoded xattrs,
+        if given) stay on a tombstone with the latest CAS handed out, as a
+        deletion leaves them in Couchbase.
+        """
         del self._items[k]
         self._locks.pop(k, None)
         self._bytes -= len(k) + value_len(item)
         if why == EXPIRED:
             self._stats["expired"] += 1
         self._seqno = seqno = self._seqno + 1
-        self._mutated(k, None, seqno, why)
+        tomb = None
+        if keep is not None or item[0] == XATTRS:
+            kept = system_xattrs(xattrs_of(item)) if keep is None else keep
+            if kept:
+                tomb = self._tombstones[k] = make_tombstone(self._cas, kept)
+        self._mutated(k, tomb, seqno, why)
+        if tomb is not None and len(self._tombstones) > self.max_tombstones:
+            self._purge_tombstone()
         return seqno
+
+    #: How many tombstones the table keeps (see MAX_TOMBSTONES).
+    max_tombstones = MAX_TOMBSTONES
+
+    def _purge_tombstone(self) -> None:
+        """Forget the oldest tombstone (a mutation of its own: the disk forgets it too)."""
+        k = next(iter(self._tombstones))
+        del self._tombstones[k]
+        self._seqno = seqno = self._seqno + 1
+        self._mutated(k, None, seqno, DELETED)
 
     def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
         """Called after every change of an item (item None: removed)."""
@@ -146,6 +187,7 @@ class ItemTable:
         removed = len(old)
         self._items = {}
         self._locks = {}
+        self._tombstones = {}
         self._expiries = []
         self._bytes = 0
         self._scan_index = None

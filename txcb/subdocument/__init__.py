@@ -206,6 +206,11 @@ class SubdocResult:
         return cls(key, cas, specs, results, Status.SUCCESS, mutation_token)
 
     @property
+    def seqno(self) -> int:
+        """The mutation's sequence number (0 for a lookup); durability waits on it."""
+        return self.mutation_token[1] if self.mutation_token else 0
+
+    @property
     def success(self) -> bool:
         """True if every spec succeeded."""
         return all(r.status == Status.SUCCESS for r in self.results)

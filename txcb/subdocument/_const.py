@@ -1,5 +1,6 @@
 """
-The sub-document protocol's numbers and the engine's error, defined once.
+The sub-document protocol's numbers, defined once (the engine's error,
+:class:`txcb.errors.SubdocError`, is re-exported from here).
 
 Every number is Couchbase's own (kv_engine ``include/mcbp/protocol/status.h``,
 ``opcode.h`` and ``include/memcached/protocol_binary.h``), so the Couchbase
@@ -9,9 +10,7 @@ endpoint writes them to the wire unchanged.  Public through
 
 from __future__ import annotations
 
-from typing import Optional
-
-from txcb.errors import CouchbaseError
+from txcb.errors import SubdocError
 
 __all__ = ["Status", "Opcode", "PathFlag", "DocFlag", "SubdocError", "MAX_PATH_LEN",
            "MAX_SPECS", "MAX_DEPTH", "MAX_PATH_COMPONENTS", "MAX_XATTR_KEY_LEN"]
@@ -102,23 +101,3 @@ class DocFlag:
     REVIVE_DOCUMENT = 0x10     # known, not supported here
     REPLICA_READ = 0x20        # accepted on lookups; there are no replicas
     KNOWN = 0x3F
-
-
-class SubdocError(CouchbaseError):
-    """
-    A sub-document call failed with a Couchbase status, nothing changed.
-
-    :ivar status: the status of the failure (``Status``).
-    :ivar index: for a spec that failed while a mutation ran, its index;
-        the wire reply is then ``MULTI_PATH_FAILURE`` with index and status.
-        ``None`` when the request itself was refused.
-    """
-
-    def __init__(self, status: int, message: str = "", index: Optional[int] = None,
-                 key: object = None) -> None:
-        self.status = status
-        self.index = index
-        rc = Status.MULTI_PATH_FAILURE if index is not None else status
-        where = "" if index is None else "spec %d: " % index
-        super().__init__(where + (message or "sub-document status 0x%02x" % status),
-                         key=key, rc=rc)
