@@ -106,6 +106,9 @@ class MemcachedPoolContractTests(BucketContractMixin, unittest.TestCase):
     supports_scan = False
     stats_per_server = True
     max_persist_to = 0
+    # Sub-documents over get + CAS replace: no xattrs, no expiry to preserve.
+    supports_xattrs = False
+    supports_preserve_expiry = False
 
     def make_bucket(self):
         return new_pool(self)
@@ -192,6 +195,9 @@ class TxcbEndpointPoolContractTests(BucketContractMixin, unittest.TestCase):
     supports_scan = False
     stats_per_server = True
     max_persist_to = 0
+    # Sub-documents over get + CAS replace: no xattrs, no expiry to preserve.
+    supports_xattrs = False
+    supports_preserve_expiry = False
     #: How many endpoints (each over its own embedded bucket) the pool spans.
     endpoints = 1
     #: The value limit of the endpoints' buckets (the pool's own is larger,

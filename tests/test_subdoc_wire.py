@@ -6,9 +6,8 @@ against an in-process txcb server on loopback, and MemcachedPool's
 lookup_in / mutate_in against real memcached (with CAS conflicts from a
 concurrent writer).
 
-The served bucket is tests.support.subdoc.SubdocTestBucket: for now over the
-TEST DOUBLE NaiveSubdocBucket; once EmbeddedBucket implements lookup_in /
-mutate_in, set tests.support.subdoc.SERVED to it (nothing here changes).
+The served bucket is tests.support.subdoc.SubdocTestBucket: the embedded
+bucket, recording what the server passed on.
 """
 
 import json
@@ -36,7 +35,7 @@ from txcb.wire.netstring import (
 from tests.support import procs
 from tests.support.netstring import ClientTestBase, ServerTestBase, frame, response
 from tests.support.servers import _clock_at_now, start_server
-from tests.support.subdoc import NaiveSubdocBucket, SubdocTestBucket
+from tests.support.subdoc import SubdocTestBucket
 from tests.support.sync_contract import ThreadedServer
 
 S = SD.Status
@@ -614,14 +613,11 @@ class SubdocRemoteBucketTests(unittest.TestCase):
     def test_xattr_specs_go_over_the_wire(self):
         d = self.bucket.mutate_in("doc", SD.upsert("meta.v", 1, xattr=True,
                                                    create_parents=True))
-        if isinstance(self.served, NaiveSubdocBucket):
-            # the test double's NotSupportedError (0x83) comes back as itself
-            yield self.assertFailure(d, errors.NotSupportedError)
-        else:
-            yield d
-            r = yield self.bucket.lookup_in("doc", SD.get("meta.v", xattr=True), SD.get("n"))
-            self.assertEqual((r[0], r[1]), (1, 10))
-        spec = self.served.calls[-1][2][0]
+        yield d
+        r = yield self.bucket.lookup_in("doc", SD.get("meta.v", xattr=True), SD.get("n"))
+        self.assertEqual((r[0], r[1]), (1, 10))
+        mutations = [call for call in self.served.calls if call[0] == "mutate_in"]
+        spec = mutations[-1][2][0]
         self.assertEqual((spec.path, spec.flags), ("meta.v", SD.PathFlag.XATTR
                                                    | SD.PathFlag.MKDIR_P))
 

@@ -2,11 +2,7 @@
 The bucket the sub-document wire tests serve: :class:`SubdocTestBucket`, a
 :class:`RecordingSubdoc` (what the server passed on) over :data:`SERVED`.
 
-:data:`SERVED` is, for now, the TEST DOUBLE :class:`NaiveSubdocBucket`: an
-EmbeddedBucket with a naive ``lookup_in`` / ``mutate_in`` (the
-txcb.subdocument engine over get_sync and store_sync / remove_sync, no
-xattrs), until the embedded bucket implements them natively.  Once it does,
-set ``SERVED = EmbeddedBucket`` and delete NaiveSubdocBucket.
+:data:`SERVED` is the embedded bucket, which keeps xattrs.
 """
 
 from twisted.internet.defer import fail, succeed
@@ -16,56 +12,7 @@ from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import CouchbaseError, KeyExistsError, NotSupportedError
 from txcb.formats import FMT_BYTES, FMT_JSON, Encoded
 
-__all__ = ["NaiveSubdocBucket", "RecordingSubdoc", "SERVED", "SubdocTestBucket"]
-
-
-class NaiveSubdocBucket(EmbeddedBucket):
-    """
-    TEST DOUBLE: lookup_in / mutate_in as SD.lookup / SD.mutate between a
-    get and a store, without xattrs (refused with NotSupportedError).
-    """
-
-    def lookup_in(self, key, *specs, access_deleted=False):
-        try:
-            self._no_xattrs(specs)
-            r = self.get_sync(key)
-            meta = SD.DocumentMeta(cas=r.cas, flags=r.flags)
-            found = SD.lookup(r.raw, {}, specs, meta)
-            return succeed(SD.SubdocResult.of_lookup(key, r.cas, specs, found))
-        except CouchbaseError as e:
-            return fail(e)
-
-    def mutate_in(self, key, *specs, cas=0, ttl=0, upsert_doc=False, insert_doc=False,
-                  persist_to=0, replicate_to=0, preserve_expiry=False):
-        try:
-            return succeed(self._mutate(key, specs, cas, ttl, upsert_doc, insert_doc))
-        except CouchbaseError as e:
-            return fail(e)
-
-    def _mutate(self, key, specs, cas, ttl, upsert_doc, insert_doc):
-        self._no_xattrs(specs)
-        r = self.get_sync(key, quiet=True)
-        doc = None if r.rc else r.raw
-        if cas and doc is not None and r.cas != cas:
-            raise KeyExistsError("CAS mismatch", key=key)
-        flags = (SD.DocFlag.MKDOC if upsert_doc else 0) | (SD.DocFlag.ADD if insert_doc else 0)
-        done = SD.mutate(doc, {}, specs, SD.DocumentMeta(cas=r.cas, flags=r.flags), flags,
-                         cas=cas, max_size=self.max_value_size)
-        if done.body is None:
-            stored = self.remove_sync(key, cas=r.cas)
-        elif doc is None:
-            stored = self.store_sync("insert", key, Encoded(
-                done.body, FMT_JSON if done.is_json else FMT_BYTES), ttl=ttl)
-        else:
-            stored = self.store_sync("replace", key, Encoded(done.body, r.flags), cas=r.cas,
-                                     ttl=ttl)
-        return SD.SubdocResult.of_mutation(key, stored.cas, specs, done,
-                                           (0, stored.seqno) if stored.seqno else None)
-
-    @staticmethod
-    def _no_xattrs(specs):
-        if any(s.xattr for s in specs):
-            raise NotSupportedError("the test double keeps no xattrs")
+__all__ = ["RecordingSubdoc", "SERVED", "SubdocTestBucket"]
 
 
 class RecordingSubdoc:
@@ -88,7 +35,7 @@ class RecordingSubdoc:
 
 
 #: What SubdocTestBucket serves: EmbeddedBucket once it has lookup_in / mutate_in.
-SERVED = NaiveSubdocBucket
+SERVED = EmbeddedBucket
 
 
 class SubdocTestBucket(RecordingSubdoc, SERVED):

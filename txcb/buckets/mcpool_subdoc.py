@@ -35,6 +35,7 @@ import txcb.subdocument as SD
 from txcb.errors import (
     ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, NotSupportedError, TemporaryFailError)
 from txcb.formats import FMT_BYTES, FMT_JSON, Encoded
+from txcb.buckets.items import LOCKED_CAS
 from txcb.validation import check_cas, check_ttl, resolve_durability
 
 __all__ = ["SubdocOperations"]
@@ -117,23 +118,27 @@ class _Mutation:
 
     def _got(self, found: Any) -> Deferred:
         doc = found.raw if not found.rc else None
-        if self.cas and doc is not None and found.cas != self.cas:
+        # A locked item reads with LOCKED_CAS: only the server can check the
+        # caller's cas (the lock's) against it, so the write carries that one.
+        locked = found.cas == LOCKED_CAS
+        if self.cas and doc is not None and found.cas != self.cas and not locked:
             raise KeyExistsError("CAS mismatch", key=self.key)
+        write_cas = self.cas if self.cas and locked else found.cas
         meta = SD.DocumentMeta(cas=found.cas, flags=found.flags)
         done = SD.mutate(doc, {}, self.specs, meta, self.doc_flags, cas=self.cas,
                          max_size=self.pool.max_value_size)
-        d = self._write(done, doc is None, found)
+        d = self._write(done, doc is None, found, write_cas)
         return d.addCallbacks(self._written, self._conflict, callbackArgs=(done,),
                              errbackArgs=(doc is None,))
 
-    def _write(self, done: Any, created: bool, found: Any) -> Deferred:
+    def _write(self, done: Any, created: bool, found: Any, cas: int) -> Deferred:
         pool, key, timeout = self.pool, self.key, self.timeout
         if done.body is None:
-            return pool.remove(key, cas=found.cas, timeout=timeout)
+            return pool.remove(key, cas=cas, timeout=timeout)
         if created:
             flags = FMT_JSON if done.is_json else FMT_BYTES
             return pool.insert(key, Encoded(done.body, flags), ttl=self.ttl, timeout=timeout)
-        return pool.replace(key, Encoded(done.body, found.flags), cas=found.cas, ttl=self.ttl,
+        return pool.replace(key, Encoded(done.body, found.flags), cas=cas, ttl=self.ttl,
                             timeout=timeout)
 
     def _written(self, stored: Any, done: Any) -> SD.SubdocResult:
