@@ -44,6 +44,7 @@ if SKIP_SDK is None:
         PathMismatchException, PathNotFoundException)
     from couchbase.options import GetOptions, MutateInOptions
     from couchbase.subdocument import StoreSemantics
+    from couchbase.transcoder import RawJSONTranscoder
 
 O = W.Opcode
 S = W.Status
@@ -675,7 +676,9 @@ class SdkSubdocTests(unittest.TestCase):
 
     def test_invalid_value_raises(self):
         k = self.doc()
-        with self.assertRaises(InvalidValueException):
+        with self.assertRaises(InvalidValueException):      # VALUE_CANTINSERT
+            self.coll.mutate_in(k, [SD.array_addunique("l", {"not": "primitive"})])
+        with self.assertRaises(PathNotFoundException):      # past the array's end
             self.coll.mutate_in(k, [SD.array_insert("l[9]", 1)])
 
     def test_store_semantics(self):
@@ -776,8 +779,9 @@ class SdkSubdocServerTests(unittest.TestCase):
         r = coll.mutate_in(k, [SD.upsert("a", [1, "é"]), SD.upsert("x", 1, xattr=True)],
                            MutateInOptions(store_semantics=StoreSemantics.UPSERT))
         got = ns.get(k)
-        self.assertEqual((got.raw, got.flags, got.cas),
-                         ('{"a":[1,"é"]}'.encode("utf-8"), 0x02000000, r.cas))
+        raw = coll.get(k, GetOptions(transcoder=RawJSONTranscoder())).content_as[bytes]
+        self.assertEqual((got.raw, got.flags, got.cas), (raw, 0x02000000, r.cas))
+        self.assertEqual(json.loads(got.raw), {"a": [1, "é"]})
         import txcb.subdocument as TSD
         x = ns.lookup_in(k, TSD.get("x", xattr=True), TSD.get("a"))
         self.assertEqual((x[0], x[1]), (1, [1, "é"]))
