@@ -40,8 +40,8 @@ if SKIP_SDK is None:
     from couchbase.durability import Durability, ServerDurability
     from couchbase.exceptions import (
         CasMismatchException, DocumentExistsException, DocumentNotFoundException,
-        DocumentNotJsonException, InvalidValueException, PathExistsException,
-        PathMismatchException, PathNotFoundException)
+        DocumentNotJsonException, InvalidArgumentException, InvalidValueException,
+        PathExistsException, PathMismatchException, PathNotFoundException)
     from couchbase.options import GetOptions, MutateInOptions
     from couchbase.subdocument import StoreSemantics
     from couchbase.transcoder import RawJSONTranscoder
@@ -161,9 +161,14 @@ class CouchbaseSubdocTests(unittest.TestCase):
 
     # -- lookups ----------------------------------------------------------------
 
-    def test_hello_grants_xattr(self):
-        self.assertIn(W.Feature.XATTR, GRANTED_FEATURES)
-        self.assertIn(W.Feature.XATTR, self.h.connect().hello(ALL_FEATURES))
+    def test_hello_grants_xattr_and_vattr_only(self):
+        granted = self.h.connect().hello(ALL_FEATURES)
+        for feature in (W.Feature.XATTR, W.Feature.VATTR):
+            self.assertIn(feature, GRANTED_FEATURES)
+            self.assertIn(feature, granted)
+        # create-as-deleted, preserve-TTL (SET refuses it), replica reads, binary xattrs
+        for feature in (0x17, 0x14, 0x1C, 0x21):
+            self.assertNotIn(feature, granted)
 
     def test_lookup_each_spec_kind(self):
         cas = self.store(b"k", {"a": {"b": 1}, "l": [1, 2, 3]}).cas
@@ -392,7 +397,8 @@ class CouchbaseSubdocTests(unittest.TestCase):
 
     def test_spec_header_past_the_value_is_einval(self):
         self.store(b"k", {"a": 1})
-        r = self.c.one(LOOKUP, W.leb128(0) + b"k", W.encode_lookup_specs([(GET, 0, b"a")]) + b"\xc5")
+        value = W.encode_lookup_specs([(GET, 0, b"a")]) + b"\xc5"
+        r = self.c.one(LOOKUP, W.leb128(0) + b"k", value)
         self.assertEqual(r.status, S.EINVAL)
         self.assertAlive()
 
@@ -738,10 +744,32 @@ class SdkSubdocTests(unittest.TestCase):
         r = self.coll.get(k, GetOptions(with_expiry=True))
         _near(self, r.expiry_time.timestamp(), time.time() + 200, delta=5)
 
-    def test_lookup_in_limits_raise(self):
+    def test_mutate_in_preserve_expiry(self):
+        k = _key()
+        self.coll.upsert(k, {"a": 1}, expiry=timedelta(seconds=300))
+        self.coll.mutate_in(k, [SD.upsert("a", 2)], MutateInOptions(preserve_expiry=True))
+        r = self.coll.get(k, GetOptions(with_expiry=True))
+        self.assertEqual(r.content_as[dict], {"a": 2})
+        _near(self, r.expiry_time.timestamp(), time.time() + 300, delta=5)
+        self.coll.mutate_in(k, [SD.upsert("a", 3)])     # without it the expiry is cleared
+        self.assertIsNone(self.coll.get(k, GetOptions(with_expiry=True)).expiry_time)
+
+    def test_virtual_xattrs(self):
         k = self.doc()
-        with self.assertRaises(Exception):
+        r = self.coll.lookup_in(k, [SD.get("$document", xattr=True),
+                                    SD.get("$vbucket", xattr=True)])
+        document = r.content_as[dict](0)
+        self.assertEqual((int(document["CAS"], 16), document["flags"], document["deleted"]),
+                         (self.coll.get(k).cas, 0x02000000, False))
+        self.assertIn("HLC", r.content_as[dict](1))
+
+    def test_seventeen_specs_raise_invalid_argument(self):
+        k = self.doc()
+        with self.assertRaises(InvalidArgumentException):
             self.coll.lookup_in(k, [SD.get("a")] * 17)
+        with self.assertRaises(InvalidArgumentException):
+            self.coll.mutate_in(k, [SD.upsert("a", 2)] * 17)
+        self.assertEqual(self.coll.get(k).content_as[dict]["a"], 1)
 
 
 class SdkSubdocServerTests(unittest.TestCase):

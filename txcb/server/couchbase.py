@@ -53,7 +53,8 @@ _U64 = struct.Struct(">Q")
 #: The HELLO features served, granted when asked for: each is honoured.
 GRANTED_FEATURES = frozenset((
     _F.TCPNODELAY, _F.MUTATION_SEQNO, _F.XERROR, _F.SELECT_BUCKET,
-    _F.ALT_REQUEST_SUPPORT, _F.SYNC_REPLICATION, _F.COLLECTIONS, _F.XATTR))
+    _F.ALT_REQUEST_SUPPORT, _F.SYNC_REPLICATION, _F.COLLECTIONS, _F.XATTR,
+    _F.VATTR))
 #: Opcodes a connection may use before it authenticates.
 _AUTH_FREE = frozenset((_O.HELLO, _O.SASL_LIST_MECHS, _O.SASL_AUTH, _O.SASL_STEP,
                         _O.VERSION, _O.NOOP, _O.QUIT, _O.QUITQ))
