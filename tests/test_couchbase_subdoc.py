@@ -734,6 +734,10 @@ class SdkSubdocTests(unittest.TestCase):
         k = self.doc()
         r = self.coll.get(k, GetOptions(project=["a", "o.x"]))
         self.assertEqual(r.content_as[dict], {"a": 1, "o": {"x": 1}})
+        # a projected path that is missing is left out (0xcc, PATH_ENOENT for its spec)
+        r = self.coll.get(k, GetOptions(project=["o.x", "zz.y"], with_expiry=True))
+        self.assertEqual(r.content_as[dict], {"o": {"x": 1}})
+        self.assertIsNone(r.expiry_time)
         with self.assertRaises(DocumentNotFoundException):
             self.coll.get(_key(), GetOptions(with_expiry=True))
 
