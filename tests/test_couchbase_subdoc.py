@@ -128,6 +128,13 @@ class CouchbaseSubdocCodecTests(unittest.TestCase):
         self.assertEqual(len(W.decode_lookup_specs(W.encode_lookup_specs([(GET, 0, b"a")] * 16))),
                          16)
 
+    def test_error_map_names_the_subdoc_statuses(self):
+        errors = json.loads(W.error_map(2))["errors"]
+        for status in (0x87, 0xC0, 0xC9, 0xCB, 0xCC, 0xCD, 0xD3, 0xD4):
+            entry = errors["%x" % status]
+            self.assertIn("subdoc", entry["attrs"])
+            self.assertTrue(entry["name"] and entry["desc"])
+
     def test_no_specs_are_invalid_combo(self):
         with self.assertRaises(W.SpecListError) as e:
             W.decode_lookup_specs(b"")

@@ -15,7 +15,7 @@ extras, as for every mutation.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from twisted.python.failure import Failure
 
@@ -120,7 +120,7 @@ class SubdocOps:
         op.removes = any(s.opcode == SDOp.DELETE_DOC for s in specs)
         kw: Dict[str, Any] = dict(cas=r.cas, ttl=ttl, upsert_doc=bool(flags & DocFlag.MKDOC),
                                   insert_doc=bool(flags & DocFlag.ADD),
-                                  preserve_expiry=W.parse_frame_infos(r.framing).preserve_ttl)
+                                  preserve_expiry=_preserves(r))
         key = op.key
         return self.run_op("mutate_in", op, lambda b: b.mutate_in_sync(key, *specs, **kw),
                            lambda b: b.mutate_in(key, *specs, **kw), self.render_mutate_in)
@@ -155,6 +155,11 @@ class SubdocOps:
                   if self.tokens and token else b"")
         return _response(op.opcode, 0, op.opaque, r.cas, extras,
                          value=W.encode_mutation_results(values))
+
+
+def _preserves(r: W.Request) -> bool:
+    """Framing extra id 5 (already parsed once, without error, by _subdoc_op)."""
+    return bool(r.framing) and W.parse_frame_infos(r.framing).preserve_ttl
 
 
 _D = SubdocOps

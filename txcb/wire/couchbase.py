@@ -607,6 +607,55 @@ _ERRORS: Dict[int, Tuple[str, str, List[str], Optional[Dict[str, Any]]]] = {
                                   ["special-handling", "item-only"], None),
 }
 
+#: The sub-document statuses (0xd0 / 0xd1): name, description, attributes.
+_SUBDOC_ERRORS: Dict[int, Tuple[str, str, List[str]]] = {
+    Status.XATTR_EINVAL: ("XATTR_EINVAL", "Invalid xattr key or section", ["invalid-input"]),
+    Status.SUBDOC_PATH_ENOENT: ("SUBDOC_PATH_ENOENT", "Path not found", ["item-only"]),
+    Status.SUBDOC_PATH_MISMATCH: ("SUBDOC_PATH_MISMATCH", "The path does not match the "
+                                  "document", ["item-only"]),
+    Status.SUBDOC_PATH_EINVAL: ("SUBDOC_PATH_EINVAL", "Invalid path", ["invalid-input"]),
+    Status.SUBDOC_PATH_E2BIG: ("SUBDOC_PATH_E2BIG", "The path is too big", ["invalid-input"]),
+    Status.SUBDOC_DOC_E2DEEP: ("SUBDOC_DOC_E2DEEP", "The document is too deep",
+                               ["item-only"]),
+    Status.SUBDOC_VALUE_CANTINSERT: ("SUBDOC_VALUE_CANTINSERT", "The value cannot be "
+                                     "inserted", ["invalid-input"]),
+    Status.SUBDOC_DOC_NOTJSON: ("SUBDOC_DOC_NOTJSON", "The document is not JSON",
+                                ["item-only"]),
+    Status.SUBDOC_NUM_ERANGE: ("SUBDOC_NUM_ERANGE", "The number is out of range",
+                               ["item-only"]),
+    Status.SUBDOC_DELTA_EINVAL: ("SUBDOC_DELTA_EINVAL", "Invalid delta", ["invalid-input"]),
+    Status.SUBDOC_PATH_EEXISTS: ("SUBDOC_PATH_EEXISTS", "The path exists already",
+                                 ["item-only"]),
+    Status.SUBDOC_VALUE_ETOODEEP: ("SUBDOC_VALUE_ETOODEEP", "The value would nest too deep",
+                                   ["invalid-input"]),
+    Status.SUBDOC_INVALID_COMBO: ("SUBDOC_INVALID_COMBO", "Invalid combination of specs",
+                                  ["invalid-input"]),
+    Status.SUBDOC_MULTI_PATH_FAILURE: ("SUBDOC_MULTI_PATH_FAILURE", "A spec failed: see "
+                                       "the value", ["item-only"]),
+    Status.SUBDOC_SUCCESS_DELETED: ("SUBDOC_SUCCESS_DELETED", "Success on a deleted "
+                                    "document", ["success", "item-deleted"]),
+    Status.SUBDOC_XATTR_INVALID_FLAG_COMBO: ("SUBDOC_XATTR_INVALID_FLAG_COMBO",
+                                             "Invalid xattr flag combination",
+                                             ["invalid-input"]),
+    Status.SUBDOC_XATTR_INVALID_KEY_COMBO: ("SUBDOC_XATTR_INVALID_KEY_COMBO",
+                                            "Invalid xattr key combination",
+                                            ["invalid-input"]),
+    Status.SUBDOC_XATTR_UNKNOWN_MACRO: ("SUBDOC_XATTR_UNKNOWN_MACRO", "Unknown macro",
+                                        ["invalid-input"]),
+    Status.SUBDOC_XATTR_UNKNOWN_VATTR: ("SUBDOC_XATTR_UNKNOWN_VATTR", "Unknown virtual xattr",
+                                        ["invalid-input"]),
+    Status.SUBDOC_XATTR_CANT_MODIFY_VATTR: ("SUBDOC_XATTR_CANT_MODIFY_VATTR",
+                                            "Virtual xattrs are read-only", ["invalid-input"]),
+    Status.SUBDOC_MULTI_PATH_FAILURE_DELETED: ("SUBDOC_MULTI_PATH_FAILURE_DELETED",
+                                               "A spec failed on a deleted document",
+                                               ["item-only", "item-deleted"]),
+    Status.SUBDOC_INVALID_XATTR_ORDER: ("SUBDOC_INVALID_XATTR_ORDER", "Xattr specs must come "
+                                        "first", ["invalid-input"]),
+}
+for _status, (_name, _desc, _attrs) in _SUBDOC_ERRORS.items():
+    _ERRORS[_status] = (_name, _desc, _attrs + ["subdoc"], None)
+del _status, _name, _desc, _attrs
+
 
 @lru_cache(maxsize=4)
 def error_map(version: int) -> bytes:
