@@ -263,6 +263,19 @@ class CouchbaseSubdocTests(unittest.TestCase):
         self.assertEqual(mutation_failure(r), (0, S.SUBDOC_DELTA_EINVAL))
         self.assertEqual(self.get(b"k"), {"a": 1})  # all or nothing
 
+    def test_counter_overflow_range_and_bad_deltas(self):
+        self.store(b"k", {"n": 2 ** 63 - 2, "big": 2 ** 64 - 1})
+        r = mutate_in(self.c, b"k", (COUNTER, 0, "n", b"1"))
+        self.assertEqual(mutation_results(r), [(0, 0, b"%d" % (2 ** 63 - 1))])
+        for spec, status in (((COUNTER, 0, "n", b"1"), S.SUBDOC_VALUE_CANTINSERT),  # overflow
+                             ((COUNTER, 0, "big", b"1"), S.SUBDOC_NUM_ERANGE),
+                             ((COUNTER, 0, "n", b"%d" % 2 ** 63), S.SUBDOC_DELTA_EINVAL),
+                             ((COUNTER, 0, "n", b"0"), S.SUBDOC_DELTA_EINVAL)):
+            r = mutate_in(self.c, b"k", spec)
+            self.assertEqual((r.status, mutation_failure(r)),
+                             (S.SUBDOC_MULTI_PATH_FAILURE, (0, status)), spec)
+        self.assertEqual(self.get(b"k")["n"], 2 ** 63 - 1)
+
     def test_missing_document_and_doc_flags(self):
         r = mutate_in(self.c, b"new", (DICT_UPSERT, 0, "a", b"1"))
         self.assertEqual(r.status, S.KEY_ENOENT)
