@@ -610,6 +610,23 @@ class CouchbaseSubdocPersistentTests(unittest.TestCase):
         self.assertEqual([x.value for x in got.results], [b"2", b'{"a":1}'])
 
 
+    @inlineCallbacks
+    def test_durable_whole_document_delete(self):
+        self.assertEqual(mutate_in(self.c, b"k", (DICT_UPSERT, 0, "a", b"1"),
+                                   doc_flags=MKDOC).status, 0)
+        out = responses(self.c.send(mutation_frame(
+            self.c, b"k", [(DELETE_DOC, 0, "", b"")], framing=W.durability_frame(3, 5000))))
+        deadline = time.monotonic() + 10
+        while not out and time.monotonic() < deadline:
+            yield deferLater(reactor, 0.01, lambda: None)
+            out = responses(self.c.take())
+        [r] = out
+        self.assertEqual(r.status, 0)
+        seqno = struct.unpack(">QQ", r.extras)[1]
+        self.assertGreaterEqual(int(self.h.bucket.stats_sync()["persisted_seqno"]), seqno)
+        self.assertEqual(self.c.one(O.GET, b"k").status, S.KEY_ENOENT)
+
+
 def _specs_x_then_doc():
     import txcb.subdocument as TSD
     return TSD.get("_x", xattr=True), TSD.get_fulldoc()

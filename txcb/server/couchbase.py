@@ -6,7 +6,8 @@ One connection is one :class:`CouchbaseServerProtocol`: bytes go through the
 sans-IO decoder (:mod:`txcb.wire.couchbase`), each request has one handler
 per opcode -- the bootstrap ones here (HELLO, SASL, the error map,
 SELECT_BUCKET, the cluster config, collections), the key-value ones in
-:mod:`txcb.server.cbkv` -- and replies leave in request order through
+:mod:`txcb.server.cbkv`, the sub-document ones (0xd0 / 0xd1) in
+:mod:`txcb.server.cbsubdoc` -- and replies leave in request order through
 :class:`~txcb.server.mcreplies.OrderedReplies` (batched per read, with flow
 control), the memcached endpoint's connection core.
 
