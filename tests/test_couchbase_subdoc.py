@@ -573,8 +573,15 @@ class CouchbaseSubdocDurabilityTests(unittest.TestCase):
         self.assertEqual(r.status, S.SYNC_WRITE_AMBIGUOUS)
 
 
+@implementer_only(IBucket)
+class _SubdocDeferredPersistentBucket(PersistentBucket):
+    """A persistent bucket served through its Deferreds (durability by ``endure``)."""
+
+
 class CouchbaseSubdocPersistentTests(unittest.TestCase):
     """mutate_in with a persist level on a real PersistentBucket answers once on disk."""
+
+    bucket_class = PersistentBucket
 
     def setUp(self):
         base = tempfile.mkdtemp(prefix="txcb-cbsubdoc-")
@@ -582,7 +589,7 @@ class CouchbaseSubdocPersistentTests(unittest.TestCase):
         self.dir = os.path.join(base, "data")
 
         def make(clock):
-            b = PersistentBucket(self.dir, clock=clock, reactor=reactor)
+            b = self.bucket_class(self.dir, clock=clock, reactor=reactor)
             self.addCleanup(b.close)
             return b
         self.h = CbHarness(make_bucket=make)
@@ -625,6 +632,15 @@ class CouchbaseSubdocPersistentTests(unittest.TestCase):
         seqno = struct.unpack(">QQ", r.extras)[1]
         self.assertGreaterEqual(int(self.h.bucket.stats_sync()["persisted_seqno"]), seqno)
         self.assertEqual(self.c.one(O.GET, b"k").status, S.KEY_ENOENT)
+
+
+class CouchbaseSubdocDeferredPersistentTests(CouchbaseSubdocPersistentTests):
+    """The same through IBucket: mutate_in's Deferred, then endure (check_removed for a delete)."""
+
+    bucket_class = _SubdocDeferredPersistentBucket
+
+    def test_served_through_deferreds(self):
+        self.assertFalse(self.h.factory.is_sync(self.h.bucket))
 
 
 def _specs_x_then_doc():
