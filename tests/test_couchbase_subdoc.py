@@ -382,6 +382,23 @@ class CouchbaseSubdocTests(unittest.TestCase):
         self.assertEqual(r.status, S.SUBDOC_INVALID_XATTR_ORDER)
         self.assertAlive()
 
+    def test_observer_sees_lookup_in_and_mutate_in(self):
+        seen = []
+
+        class Observer:
+            def request_done(self, op, status, started):
+                seen.append((op, status))
+
+        self.h.factory.observer = Observer()
+        c = self.h.ready()
+        lookup_in(c, b"nope", (GET, 0, "a"))
+        mutate_in(c, b"k", (DICT_UPSERT, 0, "a", b"1"), doc_flags=MKDOC)
+        lookup_in(c, b"k", (GET, 0, "zz"))
+        mutate_in(c, b"k", (DICT_ADD, 0, "a", b"2"))
+        self.assertEqual(seen, [("lookup_in", S.KEY_ENOENT), ("mutate_in", 0),
+                                ("lookup_in", S.SUBDOC_MULTI_PATH_FAILURE),
+                                ("mutate_in", S.SUBDOC_MULTI_PATH_FAILURE)])
+
     # -- values across the endpoints ----------------------------------------------
 
     def test_written_values_read_back_through_get(self):
