@@ -80,7 +80,7 @@ class KeyOp:
     """One keyed request, resolved: its collection, key and durability."""
 
     __slots__ = ("opcode", "loud", "opaque", "quiet", "collection", "key", "raw_key",
-                 "level", "timeout")
+                 "level", "timeout", "removes")
 
     def __init__(self, r: W.Request, collection: Any, key: bytes, info: W.FrameInfo) -> None:
         self.opcode = r.opcode
@@ -93,6 +93,8 @@ class KeyOp:
         self.level = info.durability
         self.timeout = (info.timeout / 1000.0 if info.timeout
                         else DEFAULT_DURABILITY_TIMEOUT)
+        #: The write deletes the document (a durable wait checks for its removal).
+        self.removes = r.opcode in (_O.DELETE, _O.DELETEQ)
 
     @property
     def persist(self) -> bool:
@@ -237,7 +239,7 @@ class KeyValueOps:
 
     def _endure(self, result: Any, bucket: Any, op: KeyOp) -> Deferred:
         d = bucket.endure(op.key, persist_to=1, replicate_to=0, cas=result.cas,
-                          check_removed=op.loud == _O.DELETE, timeout=op.timeout)
+                          check_removed=op.removes, timeout=op.timeout)
         return d.addCallback(lambda _: result)
 
     # -- handlers ---------------------------------------------------------------------

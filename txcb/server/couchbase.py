@@ -6,7 +6,8 @@ One connection is one :class:`CouchbaseServerProtocol`: bytes go through the
 sans-IO decoder (:mod:`txcb.wire.couchbase`), each request has one handler
 per opcode -- the bootstrap ones here (HELLO, SASL, the error map,
 SELECT_BUCKET, the cluster config, collections), the key-value ones in
-:mod:`txcb.server.cbkv` -- and replies leave in request order through
+:mod:`txcb.server.cbkv`, the sub-document ones (0xd0 / 0xd1) in
+:mod:`txcb.server.cbsubdoc` -- and replies leave in request order through
 :class:`~txcb.server.mcreplies.OrderedReplies` (batched per read, with flow
 control), the memcached endpoint's connection core.
 
@@ -32,6 +33,7 @@ from twisted.python.failure import Failure
 from txcb.interfaces import ISyncBucket
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN
 from txcb.server.cbkv import KV_HANDLERS, KeyValueOps
+from txcb.server.cbsubdoc import SUBDOC_HANDLERS, SubdocOps
 from txcb.server.core import ServerStats, admit, idle_sweeper
 from txcb.server.mcreplies import OrderedReplies
 from txcb.server.mcsession import VERSION
@@ -52,7 +54,8 @@ _U64 = struct.Struct(">Q")
 #: The HELLO features served, granted when asked for: each is honoured.
 GRANTED_FEATURES = frozenset((
     _F.TCPNODELAY, _F.MUTATION_SEQNO, _F.XERROR, _F.SELECT_BUCKET,
-    _F.ALT_REQUEST_SUPPORT, _F.SYNC_REPLICATION, _F.COLLECTIONS))
+    _F.ALT_REQUEST_SUPPORT, _F.SYNC_REPLICATION, _F.COLLECTIONS, _F.XATTR,
+    _F.VATTR))
 #: Opcodes a connection may use before it authenticates.
 _AUTH_FREE = frozenset((_O.HELLO, _O.SASL_LIST_MECHS, _O.SASL_AUTH, _O.SASL_STEP,
                         _O.VERSION, _O.NOOP, _O.QUIT, _O.QUITQ))
@@ -60,7 +63,7 @@ _AUTH_FREE = frozenset((_O.HELLO, _O.SASL_LIST_MECHS, _O.SASL_AUTH, _O.SASL_STEP
 CONFIG_REV = 1
 
 
-class CouchbaseServerProtocol(OrderedReplies, KeyValueOps):
+class CouchbaseServerProtocol(OrderedReplies, KeyValueOps, SubdocOps):
     """One Couchbase client connection: bootstrap state and a handler per opcode."""
 
     factory: "CouchbaseServerFactory"
@@ -287,6 +290,7 @@ class _SeqnoRender:
 
 _P = CouchbaseServerProtocol
 _HANDLERS: Dict[int, Callable[[Any, W.Request], Optional[bytes]]] = dict(KV_HANDLERS)
+_HANDLERS.update(SUBDOC_HANDLERS)
 _HANDLERS.update({
     _O.HELLO: _P._hello, _O.SASL_LIST_MECHS: _P._list_mechs,
     _O.SASL_AUTH: _P._sasl_auth, _O.SASL_STEP: _P._sasl_auth,

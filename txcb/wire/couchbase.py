@@ -35,6 +35,10 @@ __all__ = [
     "encode_frame_info", "durability_frame", "split_collection", "leb128", "encode_request",
     "encode_response", "parse_hello", "error_map", "cluster_config", "get_meta_extras",
     "observe_seqno_value", "mutation_extras", "STATUS_NAMES", "OPCODE_NAMES",
+    "SpecListError", "MAX_SUBDOC_SPECS", "decode_lookup_specs", "decode_mutation_specs",
+    "encode_lookup_specs", "encode_mutation_specs", "encode_lookup_results",
+    "decode_lookup_results", "encode_mutation_results", "decode_mutation_results",
+    "encode_mutation_failure", "decode_mutation_failure",
 ]
 
 ALT_REQ_MAGIC = 0x08
@@ -54,6 +58,11 @@ _U64 = struct.Struct(">Q")
 _MUTATION = struct.Struct(">QQ")
 _META = struct.Struct(">IIIQB")
 _OBSERVE = struct.Struct(">BHQQQ")
+_LOOKUP_SPEC = struct.Struct(">BBH")        # opcode, path flags, path length
+_MUTATION_SPEC = struct.Struct(">BBHI")     # opcode, path flags, path length, value length
+_LOOKUP_RESULT = struct.Struct(">HI")       # status, value length
+_MUTATION_RESULT = struct.Struct(">BHI")    # spec index, status, value length
+_MUTATION_FAILURE = struct.Struct(">BH")    # spec index, status
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
@@ -134,6 +143,29 @@ class Status:
     DURABILITY_IMPOSSIBLE = 0xA1
     SYNC_WRITE_IN_PROGRESS = 0xA2
     SYNC_WRITE_AMBIGUOUS = 0xA3
+    # sub-documents (0xd0 / 0xd1)
+    XATTR_EINVAL = 0x87
+    SUBDOC_PATH_ENOENT = 0xC0
+    SUBDOC_PATH_MISMATCH = 0xC1
+    SUBDOC_PATH_EINVAL = 0xC2
+    SUBDOC_PATH_E2BIG = 0xC3
+    SUBDOC_DOC_E2DEEP = 0xC4
+    SUBDOC_VALUE_CANTINSERT = 0xC5
+    SUBDOC_DOC_NOTJSON = 0xC6
+    SUBDOC_NUM_ERANGE = 0xC7
+    SUBDOC_DELTA_EINVAL = 0xC8
+    SUBDOC_PATH_EEXISTS = 0xC9
+    SUBDOC_VALUE_ETOODEEP = 0xCA
+    SUBDOC_INVALID_COMBO = 0xCB
+    SUBDOC_MULTI_PATH_FAILURE = 0xCC
+    SUBDOC_SUCCESS_DELETED = 0xCD
+    SUBDOC_XATTR_INVALID_FLAG_COMBO = 0xCE
+    SUBDOC_XATTR_INVALID_KEY_COMBO = 0xCF
+    SUBDOC_XATTR_UNKNOWN_MACRO = 0xD0
+    SUBDOC_XATTR_UNKNOWN_VATTR = 0xD1
+    SUBDOC_XATTR_CANT_MODIFY_VATTR = 0xD2
+    SUBDOC_MULTI_PATH_FAILURE_DELETED = 0xD3
+    SUBDOC_INVALID_XATTR_ORDER = 0xD4
 
 
 class Feature:
@@ -575,6 +607,55 @@ _ERRORS: Dict[int, Tuple[str, str, List[str], Optional[Dict[str, Any]]]] = {
                                   ["special-handling", "item-only"], None),
 }
 
+#: The sub-document statuses (0xd0 / 0xd1): name, description, attributes.
+_SUBDOC_ERRORS: Dict[int, Tuple[str, str, List[str]]] = {
+    Status.XATTR_EINVAL: ("XATTR_EINVAL", "Invalid xattr key or section", ["invalid-input"]),
+    Status.SUBDOC_PATH_ENOENT: ("SUBDOC_PATH_ENOENT", "Path not found", ["item-only"]),
+    Status.SUBDOC_PATH_MISMATCH: ("SUBDOC_PATH_MISMATCH", "The path does not match the "
+                                  "document", ["item-only"]),
+    Status.SUBDOC_PATH_EINVAL: ("SUBDOC_PATH_EINVAL", "Invalid path", ["invalid-input"]),
+    Status.SUBDOC_PATH_E2BIG: ("SUBDOC_PATH_E2BIG", "The path is too big", ["invalid-input"]),
+    Status.SUBDOC_DOC_E2DEEP: ("SUBDOC_DOC_E2DEEP", "The document is too deep",
+                               ["item-only"]),
+    Status.SUBDOC_VALUE_CANTINSERT: ("SUBDOC_VALUE_CANTINSERT", "The value cannot be "
+                                     "inserted", ["invalid-input"]),
+    Status.SUBDOC_DOC_NOTJSON: ("SUBDOC_DOC_NOTJSON", "The document is not JSON",
+                                ["item-only"]),
+    Status.SUBDOC_NUM_ERANGE: ("SUBDOC_NUM_ERANGE", "The number is out of range",
+                               ["item-only"]),
+    Status.SUBDOC_DELTA_EINVAL: ("SUBDOC_DELTA_EINVAL", "Invalid delta", ["invalid-input"]),
+    Status.SUBDOC_PATH_EEXISTS: ("SUBDOC_PATH_EEXISTS", "The path exists already",
+                                 ["item-only"]),
+    Status.SUBDOC_VALUE_ETOODEEP: ("SUBDOC_VALUE_ETOODEEP", "The value would nest too deep",
+                                   ["invalid-input"]),
+    Status.SUBDOC_INVALID_COMBO: ("SUBDOC_INVALID_COMBO", "Invalid combination of specs",
+                                  ["invalid-input"]),
+    Status.SUBDOC_MULTI_PATH_FAILURE: ("SUBDOC_MULTI_PATH_FAILURE", "A spec failed: see "
+                                       "the value", ["item-only"]),
+    Status.SUBDOC_SUCCESS_DELETED: ("SUBDOC_SUCCESS_DELETED", "Success on a deleted "
+                                    "document", ["success", "item-deleted"]),
+    Status.SUBDOC_XATTR_INVALID_FLAG_COMBO: ("SUBDOC_XATTR_INVALID_FLAG_COMBO",
+                                             "Invalid xattr flag combination",
+                                             ["invalid-input"]),
+    Status.SUBDOC_XATTR_INVALID_KEY_COMBO: ("SUBDOC_XATTR_INVALID_KEY_COMBO",
+                                            "Invalid xattr key combination",
+                                            ["invalid-input"]),
+    Status.SUBDOC_XATTR_UNKNOWN_MACRO: ("SUBDOC_XATTR_UNKNOWN_MACRO", "Unknown macro",
+                                        ["invalid-input"]),
+    Status.SUBDOC_XATTR_UNKNOWN_VATTR: ("SUBDOC_XATTR_UNKNOWN_VATTR", "Unknown virtual xattr",
+                                        ["invalid-input"]),
+    Status.SUBDOC_XATTR_CANT_MODIFY_VATTR: ("SUBDOC_XATTR_CANT_MODIFY_VATTR",
+                                            "Virtual xattrs are read-only", ["invalid-input"]),
+    Status.SUBDOC_MULTI_PATH_FAILURE_DELETED: ("SUBDOC_MULTI_PATH_FAILURE_DELETED",
+                                               "A spec failed on a deleted document",
+                                               ["item-only", "item-deleted"]),
+    Status.SUBDOC_INVALID_XATTR_ORDER: ("SUBDOC_INVALID_XATTR_ORDER", "Xattr specs must come "
+                                        "first", ["invalid-input"]),
+}
+for _status, (_name, _desc, _attrs) in _SUBDOC_ERRORS.items():
+    _ERRORS[_status] = (_name, _desc, _attrs + ["subdoc"], None)
+del _status, _name, _desc, _attrs
+
 
 @lru_cache(maxsize=4)
 def error_map(version: int) -> bytes:
@@ -620,3 +701,125 @@ def cluster_config(rev: int, port: int, bucket: Optional[str] = None,
             },
         })
     return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+
+# -- sub-document spec lists (0xd0 / 0xd1, kv_engine docs/SubDocument.md) -------------
+
+#: A multi-path request has at most this many specs (memcached's
+#: subdoc_multi_max_paths); a 17th is SUBDOC_INVALID_COMBO.
+MAX_SUBDOC_SPECS = 16
+
+#: ``(opcode, path flags, path, value)`` of one spec (value b"" for lookups).
+SpecTuple = Tuple[int, int, bytes, bytes]
+
+
+class SpecListError(ValueError):
+    """A spec list that does not parse; ``status`` is what kv_engine answers."""
+
+    def __init__(self, message: str, status: int = Status.EINVAL) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _decode_specs(value: bytes, spec: struct.Struct, mutation: bool) -> List[SpecTuple]:
+    """As memcached's subdoc_multi validators: a spec whose header or path
+    runs past the value is EINVAL; none, or bytes past the 16th, INVALID_COMBO."""
+    out: List[SpecTuple] = []
+    pos, end = 0, len(value)
+    while pos < end and len(out) < MAX_SUBDOC_SPECS:
+        if end - pos < spec.size:
+            raise SpecListError("spec %d: header runs past the value" % len(out))
+        if mutation:
+            opcode, flags, plen, vlen = spec.unpack_from(value, pos)
+        else:
+            (opcode, flags, plen), vlen = spec.unpack_from(value, pos), 0
+        pos += spec.size
+        if end - pos < plen + vlen:
+            raise SpecListError("spec %d: path or value runs past the value" % len(out))
+        path, body = value[pos:pos + plen], value[pos + plen:pos + plen + vlen]
+        out.append((opcode, flags, path, body))
+        pos += plen + vlen
+    if not out or pos < end:
+        raise SpecListError("a multi-path request has 1 to %d specs" % MAX_SUBDOC_SPECS,
+                            Status.SUBDOC_INVALID_COMBO)
+    return out
+
+
+def decode_lookup_specs(value: bytes) -> List[SpecTuple]:
+    """0xd0's specs: opcode u8, flags u8, path length u16, path (SpecListError)."""
+    return _decode_specs(value, _LOOKUP_SPEC, False)
+
+
+def decode_mutation_specs(value: bytes) -> List[SpecTuple]:
+    """0xd1's specs: opcode, flags, path length u16, value length u32, path, value."""
+    return _decode_specs(value, _MUTATION_SPEC, True)
+
+
+def encode_lookup_specs(specs: Iterable[Tuple[int, int, bytes]]) -> bytes:
+    """0xd0's value from ``(opcode, flags, path)``."""
+    return b"".join(_LOOKUP_SPEC.pack(op, flags, len(path)) + path for op, flags, path in specs)
+
+
+def encode_mutation_specs(specs: Iterable[Tuple[int, int, bytes, bytes]]) -> bytes:
+    """0xd1's value from ``(opcode, flags, path, value)``."""
+    return b"".join(_MUTATION_SPEC.pack(op, flags, len(path), len(v)) + path + v
+                    for op, flags, path, v in specs)
+
+
+def encode_lookup_results(results: Iterable[Tuple[int, Optional[bytes]]]) -> bytes:
+    """0xd0's response value: status u16, length u32, value, per spec."""
+    parts = []
+    for status, value in results:
+        value = value or b""
+        parts.append(_LOOKUP_RESULT.pack(status, len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_lookup_results(value: bytes) -> List[Tuple[int, bytes]]:
+    """``[(status, value)]`` of a 0xd0 response (SpecListError: truncated)."""
+    out, pos, end = [], 0, len(value)
+    while pos < end:
+        if end - pos < _LOOKUP_RESULT.size:
+            raise SpecListError("lookup result header truncated")
+        status, vlen = _LOOKUP_RESULT.unpack_from(value, pos)
+        pos += _LOOKUP_RESULT.size
+        if end - pos < vlen:
+            raise SpecListError("lookup result value truncated")
+        out.append((status, value[pos:pos + vlen]))
+        pos += vlen
+    return out
+
+
+def encode_mutation_results(results: Iterable[Tuple[int, int, bytes]]) -> bytes:
+    """0xd1's success value: index u8, status u16, length u32, value per
+    value-returning spec (the others are not listed)."""
+    return b"".join(_MUTATION_RESULT.pack(i, status, len(v)) + v for i, status, v in results)
+
+
+def decode_mutation_results(value: bytes) -> List[Tuple[int, int, bytes]]:
+    """``[(index, status, value)]`` of a successful 0xd1 response."""
+    out, pos, end = [], 0, len(value)
+    while pos < end:
+        if end - pos < _MUTATION_RESULT.size:
+            raise SpecListError("mutation result header truncated")
+        index, status, vlen = _MUTATION_RESULT.unpack_from(value, pos)
+        pos += _MUTATION_RESULT.size
+        if end - pos < vlen:
+            raise SpecListError("mutation result value truncated")
+        out.append((index, status, value[pos:pos + vlen]))
+        pos += vlen
+    return out
+
+
+def encode_mutation_failure(index: int, status: int) -> bytes:
+    """0xd1's SUBDOC_MULTI_PATH_FAILURE value: the failed spec's index u8, status u16."""
+    return _MUTATION_FAILURE.pack(index, status)
+
+
+def decode_mutation_failure(value: bytes) -> Tuple[int, int]:
+    """``(index, status)`` of a 0xd1 SUBDOC_MULTI_PATH_FAILURE response."""
+    if len(value) != _MUTATION_FAILURE.size:
+        raise SpecListError("a mutation failure is 3 bytes, not %d" % len(value))
+    index, status = _MUTATION_FAILURE.unpack(value)
+    return index, status
