@@ -15,11 +15,10 @@ makes that sum grow as n**2 where appending grows as n.
 
 from __future__ import annotations
 
-import tracemalloc
-
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from tests.support import NO_TRACEMALLOC, tracemalloc
 from tests.support.netstring import ClientTestBase, ServerTestBase, response
 from txcb.formats import FMT_BYTES
 from txcb.transport import FastNetstringReceiver
@@ -89,6 +88,8 @@ def copy_work(feed, stream, count):
 
 class _LinearChecks:
     """Asserts shared by the cases below (a mixin of a TestCase)."""
+
+    skip = NO_TRACEMALLOC
 
     def assertLinearMemory(self, feed, stream, after=b""):
         """
@@ -296,6 +297,8 @@ def _one_read_peak(feed, data):
 
 class PartialTailCopiedOnceTests(unittest.TestCase):
     """The incomplete end of a read is copied into the buffer once, not sliced and then copied."""
+
+    skip = NO_TRACEMALLOC
 
     def assertCopiedOnce(self, feed, data, tail):
         peak = _one_read_peak(feed, data)

@@ -18,8 +18,23 @@ Here: the repository root and small helpers.
 """
 
 import os
+import platform
 import shutil
 import tempfile
+
+try:
+    import tracemalloc
+except ImportError:  # PyPy has none
+    tracemalloc = None
+
+#: Why tests that measure Python's allocations cannot run here (None: they can).
+NO_TRACEMALLOC = None if tracemalloc is not None else (
+    "tracemalloc is CPython's; %s has none" % (platform.python_implementation(),))
+#: Why tests that memory is freed by reference counting alone cannot run
+#: here (None: they can): PyPy frees objects by its garbage collector only.
+NO_REFCOUNTING = None if platform.python_implementation() == "CPython" else (
+    "%s frees memory by its garbage collector only (no reference counting): "
+    "freed-without-gc is CPython's behaviour" % (platform.python_implementation(),))
 
 #: The repository root (PYTHONPATH of the processes tests start).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -10,15 +10,17 @@ import gc
 import select
 import socket
 import time
-import tracemalloc
 import weakref
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest
 
 from txcb.formats import FMT_BYTES
 from txcb.results import ValueResult
+
+from tests.support import NO_REFCOUNTING, NO_TRACEMALLOC, tracemalloc
 
 __all__ = ["gc_off", "track_protocols", "listen", "connect", "send", "receive", "wait_until",
            "turns", "live", "Traced", "HangingBucket"]
@@ -26,6 +28,8 @@ __all__ = ["gc_off", "track_protocols", "listen", "connect", "send", "receive", 
 
 def gc_off(testcase):
     """Collect once, then keep the garbage collector off until the test ends."""
+    if NO_REFCOUNTING:
+        raise SkipTest(NO_REFCOUNTING)
     gc.collect()
     if gc.isenabled():
         gc.disable()
@@ -112,6 +116,8 @@ class Traced:
     """Bytes allocated by Python since :meth:`start` (tracemalloc), for one test."""
 
     def __init__(self, testcase):
+        if NO_TRACEMALLOC:
+            raise SkipTest(NO_TRACEMALLOC)
         if tracemalloc.is_tracing():
             raise RuntimeError("tracemalloc is in use already")
         tracemalloc.start()

@@ -4,9 +4,11 @@ flow control of Twisted's real transports; and a measure of the memory a call
 allocates.
 """
 
-import tracemalloc
 
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SkipTest
+
+from tests.support import NO_TRACEMALLOC, tracemalloc
 
 __all__ = ["SlowPeerTransport", "peak_allocated"]
 
@@ -89,6 +91,8 @@ class SlowPeerTransport(StringTransport):
 
 def peak_allocated(call, *args):
     """The most memory (bytes) Python allocated at once during ``call(*args)``, above its start."""
+    if NO_TRACEMALLOC:
+        raise SkipTest(NO_TRACEMALLOC)
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
