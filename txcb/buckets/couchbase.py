@@ -1,0 +1,546 @@
+"""
+An IBucket over a real Couchbase cluster, through the official Couchbase
+Python SDK 4.x (``pip install 'txcb[couchbase]'``).
+
+The SDK does the cluster protocol (bootstrap, SCRAM, TLS, vBucket maps,
+rebalance and failover); :class:`CouchbaseBucket` maps the IBucket contract
+onto its collection API and its results and errors onto txcb's.
+
+The bridge to Twisted: the SDK's **blocking** API on a private, bounded
+thread pool (``threads`` workers; at most ``max_pending`` calls queued, more
+errback TemporaryFailError).  Each call is one SDK operation on a worker;
+its outcome comes back with ``reactor.callFromThread``.  This works under any
+reactor (txcb's own epoll reactor, which ``twistd txcb`` runs by default,
+the asyncio reactor, trial's), needing only ``callFromThread``,
+``callLater`` and ``addSystemEventTrigger``.  The SDK's asyncio and Twisted
+APIs (``acouchbase``, ``txcouchbase``) would require Twisted's asyncio
+reactor to be installed, which ``twistd txcb`` does not run, and measured on
+the same loopback server they did not make the proxy faster (see
+``bench/couchbase_backend_bench.py``).
+
+The rules, as every provider's:
+
+* Values are txcb's ``(bytes, flags)`` passed through the SDK with a
+  transcoder that changes nothing, so flags are Couchbase common flags both
+  ways: what the SDK, any other Couchbase SDK or txcb writes, the others read.
+* Every call has a timeout (``timeout``, or ``durable_timeout`` for a
+  durable mutation), given to the SDK and kept by the reactor as well: the
+  Deferred errbacks TimeoutError even if the worker is still blocked.
+  ``cancel()`` fires CancelledError at once; a late outcome is dropped.
+* ``persist_to``/``replicate_to`` are the SDK's client durability (it polls
+  OBSERVE_SEQNO): ``persist_to=1`` is the active node's disk.  The bucket has
+  ``replicas`` replicas (the URL's ``?replicas=N``, default 0, as
+  ``twistd txcb --couchbase``); asking for more errbacks DurabilityError
+  before anything is sent (so is the SDK's own refusal, if the cluster has
+  fewer).  ``endure`` checks presence, CAS and removal; it cannot observe
+  another writer's persistence through the SDK, so it errbacks
+  NotSupportedError when asked for disks or replicas.
+* A mutation of a locked key is retried by the SDK until the call's
+  timeout, then errbacks TemporaryFailError, as the SDK reports it.
+* Counters never create on the server: a missing key with ``initial`` is
+  inserted as JSON text (full unsigned 64-bit range, unlike the SDK's
+  signed ``initial``), retrying the increment if another client won.
+* ``flush`` (HTTP bucket management in the SDK) and ``scan`` errback
+  NotSupportedError.
+* ``stats`` are this provider's own: per operation counts, errors and
+  latencies, hits and misses, what is pending.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any, Callable, Dict, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from txcb.buckets.cbsdk import (
+    client_durability, expiry, load, parse_url, sdk_error, text_key)
+from txcb.buckets.cbstats import OpStats
+from txcb.errors import (
+    CouchbaseError, NetworkError, NotSupportedError, TemporaryFailError, TimeoutError,
+    TooBigError, NotFoundError, KeyExistsError, RC)
+from txcb.formats import DEFAULT_TRANSCODER, FMT_JSON, Encoded, Transcoder
+from txcb.interfaces import IBucket
+from txcb.limits import DEFAULT_TIMEOUT
+from txcb.multi import MultiMixin
+from txcb.results import OperationResult, ValueResult
+from txcb.validation import (
+    check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability)
+
+__all__ = ["CouchbaseBucket", "parse_url"]
+
+#: Couchbase Server's largest value.
+MAX_VALUE_SIZE = 20 * 1024 * 1024
+#: What the reactor's timer adds to a call's timeout, so the SDK's own
+#: timeout (the better error) normally comes first.
+_GRACE = 0.25
+
+
+def _seqno(r: Any) -> int:
+    token = r.mutation_token() if hasattr(r, "mutation_token") else None
+    return token.sequence_number if token is not None else 0
+
+
+@implementer(IBucket)
+class CouchbaseBucket(MultiMixin):
+    """
+    An IBucket over one bucket (or collection) of a Couchbase cluster.
+
+    :param url: ``couchbase://HOST[:PORT][/BUCKET]`` (``couchbases://`` for
+        TLS; ``?replicas=N`` says how many replicas the bucket has).
+    :param username: / :param password: the cluster user (never logged).
+    :param reactor: provides callFromThread, callLater, seconds and
+        addSystemEventTrigger (default: the global reactor, when made).
+    :param timeout: seconds per operation; ``durable_timeout`` for durable
+        mutations; ``connect_timeout`` for the SDK's bootstrap.
+    :param threads: worker threads (each blocks in one SDK call).
+    :param max_pending: calls queued or running before TemporaryFailError.
+    :param scope: / :param collection: a named collection instead of the
+        bucket's default one.
+    """
+
+    def __init__(self, url: str, username: str, password: str, reactor: Any = None,
+                 timeout: float = DEFAULT_TIMEOUT, durable_timeout: float = 10.0,
+                 connect_timeout: float = 10.0, threads: int = 8, max_pending: int = 4096,
+                 transcoder: Optional[Transcoder] = None,
+                 max_value_size: int = MAX_VALUE_SIZE, scope: Optional[str] = None,
+                 collection: Optional[str] = None, start: bool = True) -> None:
+        self._sdk = load()
+        self._url = parse_url(url)
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+            reactor = _reactor
+        self._reactor = reactor
+        self._auth = (username, password)
+        self.timeout = timeout
+        self.durable_timeout = durable_timeout
+        self.connect_timeout = connect_timeout
+        self.max_pending = max_pending
+        self.transcoder = transcoder if transcoder is not None else DEFAULT_TRANSCODER
+        self.max_value_size = max_value_size
+        self.max_replicate_to = self._url.replicas
+        self.max_persist_to = self._url.replicas + 1
+        self._where = (scope or "_default", collection or "_default")
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="txcb-couchbase")
+        self._lock = threading.Lock()
+        self._cluster: Any = None
+        self._coll: Any = None
+        self._pending = 0
+        self._closed = False
+        self._started = False
+        self._stats = OpStats(reactor.seconds)
+        if start:
+            self.start()
+
+    @property
+    def bucket_name(self) -> str:
+        return self._url.bucket
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers and connect in the background (else on first use)."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        self._pool.start()
+        self._shutdown = self._reactor.addSystemEventTrigger(
+            "during", "shutdown", self._stop_pool)
+        self._pool.callInThread(self._quietly_connect)
+
+    def _stop_pool(self) -> None:
+        if self._pool.started:
+            self._pool.stop()
+
+    def _quietly_connect(self) -> None:
+        try:
+            self._collection()
+        except Exception:
+            pass  # the first operation reports it
+
+    def _collection(self) -> Any:
+        """The SDK collection, bootstrapping the cluster first (worker thread)."""
+        with self._lock:
+            if self._coll is None:
+                if self._closed:
+                    raise NetworkError("the bucket is closed")
+                self._cluster, self._coll = self._connect()
+            return self._coll
+
+    def _connect(self) -> Any:
+        sdk, o = self._sdk, self._sdk.o
+        timeouts = o.ClusterTimeoutOptions(
+            kv_timeout=timedelta(seconds=self.timeout),
+            kv_durable_timeout=timedelta(seconds=self.durable_timeout),
+            connect_timeout=timedelta(seconds=self.connect_timeout))
+        cluster = sdk.Cluster(self._url.connstr, o.ClusterOptions(
+            sdk.PasswordAuthenticator(*self._auth), timeout_options=timeouts,
+            transcoder=sdk.transcoder))
+        bucket = cluster.bucket(self._url.bucket)
+        return cluster, bucket.scope(self._where[0]).collection(self._where[1])
+
+    def close(self) -> Deferred:
+        """Close the SDK's cluster and stop the workers; fires when done."""
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        if not self._started:
+            return succeed(None)
+        d: Deferred = Deferred()
+
+        def closing() -> None:
+            with self._lock:
+                cluster, self._cluster, self._coll = self._cluster, None, None
+            if cluster is not None:
+                try:
+                    cluster.close()
+                except Exception:
+                    pass
+            self._reactor.callFromThread(finish)
+
+        def finish() -> None:
+            self._reactor.removeSystemEventTrigger(self._shutdown)
+            self._stop_pool()
+            d.callback(None)
+        self._pool.callInThread(closing)
+        return d
+
+    # -- the one path of every call ---------------------------------------------------
+
+    def _call(self, op: str, key: Any, work: Callable[[Any, Any], Any],
+              timeout: Optional[float], durable: bool = False) -> Deferred:
+        """
+        Run ``work(collection, sdk_timeout)`` on a worker: its txcb result or
+        error fires the Deferred, or TimeoutError does after ``timeout``, or
+        CancelledError at once when cancelled.
+        """
+        if self._closed:
+            return fail(NetworkError("the bucket is closed", key=key))
+        if self._pending >= self.max_pending:
+            return fail(TemporaryFailError("%d calls pending: the backend is busy"
+                                           % (self._pending,), key=key))
+        if not self._started:
+            self.start()
+        limit = timeout if timeout is not None else (
+            self.durable_timeout if durable else self.timeout)
+        sdk_timeout = timedelta(seconds=limit)
+        d: Deferred = Deferred()
+        started = self._reactor.seconds()
+        self._pending += 1
+        timer = self._reactor.callLater(limit + _GRACE, self._expired, d, op, key, limit)
+
+        def job() -> Any:
+            try:
+                return work(self._collection(), sdk_timeout)
+            except BaseException as e:
+                return sdk_error(op, e, key)
+
+        def done(outcome: Any) -> None:
+            self._pending -= 1
+            if timer.active():
+                timer.cancel()
+            self._stats.record(op, started, outcome)
+            if d.called:
+                return  # cancelled or timed out already
+            if isinstance(outcome, BaseException):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        self._pool.callInThreadWithCallback(
+            lambda _ok, outcome: self._reactor.callFromThread(done, outcome), job)
+        return d
+
+    def _expired(self, d: Deferred, op: str, key: Any, limit: float) -> None:
+        if not d.called:
+            d.errback(TimeoutError("%s did not complete within %.3gs" % (op, limit),
+                                   key=key))
+
+    # -- argument checks -------------------------------------------------------------
+
+    def _durability(self, persist_to: int, replicate_to: int, key: Any) -> Any:
+        if not persist_to and not replicate_to:
+            return None
+        p, r = resolve_durability(persist_to, replicate_to, self.max_persist_to,
+                                  self.max_replicate_to, key)
+        return client_durability(self._sdk, p, r)
+
+    def _encode(self, value: Any, format: Any, key: Any) -> Any:
+        data, flags = self.transcoder.encode(value, format)
+        if len(data) > self.max_value_size:
+            raise TooBigError("value of %d bytes is over the bucket's %d byte limit"
+                              % (len(data), self.max_value_size), key=key)
+        return data, flags
+
+    @staticmethod
+    def _raw(value: Any) -> bytes:
+        if type(value) is Encoded:
+            return value.data
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        return bytes(value)
+
+    def _opts(self, name: str, timeout: Any, **kwargs: Any) -> Any:
+        return getattr(self._sdk.o, name)(timeout=timeout, **{
+            k: v for k, v in kwargs.items() if v is not None})
+
+    # -- IBucket: reads ------------------------------------------------------------
+
+    def _value(self, key: Any, r: Any) -> ValueResult:
+        raw, flags = r.value
+        return ValueResult(key, raw, flags, r.cas, RC.SUCCESS, self.transcoder)
+
+    def get(self, key: Any, ttl: int = 0, quiet: bool = False,
+            timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = text_key(key)
+            check_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        life = expiry(ttl)
+
+        def work(coll: Any, t: Any) -> Any:
+            try:
+                if life is None:
+                    r = coll.get(k, self._opts("GetOptions", t))
+                elif life.total_seconds() < 0:
+                    r = coll.get(k, self._opts("GetOptions", t))
+                    coll.remove(k, self._opts("RemoveOptions", t, cas=r.cas))
+                else:
+                    r = coll.get_and_touch(k, life, self._opts("GetAndTouchOptions", t))
+            except Exception as e:
+                err = sdk_error("get", e, key)
+                if quiet and isinstance(err, NotFoundError):
+                    return ValueResult(key, rc=RC.KEY_ENOENT)
+                return err
+            return self._value(key, r)
+        return self._call("get", key, work, timeout)
+
+    def lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = text_key(key)
+            check_lock_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        life = timedelta(seconds=ttl)
+        return self._call("lock", key, lambda coll, t: self._value(
+            key, coll.get_and_lock(k, life, self._opts("GetAndLockOptions", t))), timeout)
+
+    def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = text_key(key)
+            check_cas(cas, key)
+        except CouchbaseError as e:
+            return fail(e)
+
+        def work(coll: Any, t: Any) -> Any:
+            coll.unlock(k, cas, self._opts("UnlockOptions", t))
+            return OperationResult(key)
+        return self._call("unlock", key, work, timeout)
+
+    # -- IBucket: mutations ------------------------------------------------------------
+
+    def _store(self, op: str, key: Any, value: Any, cas: int, ttl: int, format: Any,
+               persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
+        try:
+            k = text_key(key)
+            check_ttl(ttl, key)
+            if cas:
+                check_cas(cas, key)
+            durability = self._durability(persist_to, replicate_to, key)
+            encoded = self._encode(value, format, key)
+        except CouchbaseError as e:
+            return fail(e)
+        life = expiry(ttl)
+        past = life is not None and life.total_seconds() < 0
+        if op == "upsert" and cas:
+            op = "replace"  # the SDK's upsert takes no CAS; a CAS implies the key exists
+
+        def work(coll: Any, t: Any) -> Any:
+            kw = dict(expiry=None if past else life, durability=durability)
+            if op == "replace":
+                r = coll.replace(k, encoded, self._opts("ReplaceOptions", t, cas=cas or None,
+                                                        **kw))
+            elif op == "insert":
+                r = coll.insert(k, encoded, self._opts("InsertOptions", t, **kw))
+            else:
+                r = coll.upsert(k, encoded, self._opts("UpsertOptions", t, **kw))
+            if past:  # an absolute time already gone: stored and expired at once
+                coll.remove(k, self._opts("RemoveOptions", t, cas=r.cas))
+            return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
+        return self._call(op, key, work, timeout, durability is not None)
+
+    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Deferred:
+        return self._store("upsert", key, value, cas, ttl, format, persist_to,
+                           replicate_to, timeout)
+
+    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Deferred:
+        return self._store("insert", key, value, 0, ttl, format, persist_to, replicate_to,
+                           timeout)
+
+    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
+                persist_to: int = 0, replicate_to: int = 0,
+                timeout: Optional[float] = None) -> Deferred:
+        return self._store("replace", key, value, cas, ttl, format, persist_to,
+                           replicate_to, timeout)
+
+    def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
+               replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = text_key(key)
+            if cas:
+                check_cas(cas, key)
+            durability = self._durability(persist_to, replicate_to, key)
+        except CouchbaseError as e:
+            return fail(e)
+
+        def work(coll: Any, t: Any) -> Any:
+            try:
+                r = coll.remove(k, self._opts("RemoveOptions", t, cas=cas or None,
+                                              durability=durability))
+            except Exception as e:
+                err = sdk_error("remove", e, key)
+                if quiet and isinstance(err, NotFoundError):
+                    return OperationResult(key, rc=RC.KEY_ENOENT)
+                return err
+            return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
+        return self._call("remove", key, work, timeout, durability is not None)
+
+    def touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = text_key(key)
+            check_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        life = expiry(ttl) or timedelta(0)
+
+        def work(coll: Any, t: Any) -> Any:
+            if life.total_seconds() < 0:
+                r = coll.remove(k, self._opts("RemoveOptions", t))
+            else:
+                r = coll.touch(k, life, self._opts("TouchOptions", t))
+            return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
+        return self._call("touch", key, work, timeout)
+
+    def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
+                ttl: int = 0, timeout: Optional[float] = None) -> Deferred:
+        try:
+            k = text_key(key)
+            check_delta(delta, initial, key)
+            check_ttl(ttl, key)
+        except CouchbaseError as e:
+            return fail(e)
+        life = expiry(ttl)
+        return self._call("counter", key, lambda coll, t: self._count(
+            coll, t, key, k, delta, initial, life), timeout)
+
+    def _count(self, coll: Any, t: Any, key: Any, k: str, delta: int,
+               initial: Optional[int], life: Any) -> ValueResult:
+        o = self._sdk.o
+        binary = coll.binary()
+        step = binary.increment if delta >= 0 else binary.decrement
+        opts = dict(delta=o.DeltaValue(abs(delta)), initial=o.SignedInt64(-1))
+        for _ in range(3):
+            try:
+                r = step(k, self._opts("IncrementOptions" if delta >= 0 else
+                                       "DecrementOptions", t, **opts))
+                v = r.content
+                return ValueResult(key, b"%d" % v, FMT_JSON, r.cas, RC.SUCCESS,
+                                   self.transcoder, v, _seqno(r))
+            except Exception as e:
+                if initial is None or not isinstance(sdk_error("counter", e, key),
+                                                     NotFoundError):
+                    raise
+            raw = b"%d" % initial
+            try:
+                r = coll.insert(k, (raw, FMT_JSON), self._opts(
+                    "InsertOptions", t, expiry=life if life is None or
+                    life.total_seconds() > 0 else None))
+                return ValueResult(key, raw, FMT_JSON, r.cas, RC.SUCCESS, self.transcoder,
+                                   initial, _seqno(r))
+            except Exception as e:
+                if not isinstance(sdk_error("counter", e, key), KeyExistsError):
+                    raise  # else: created meanwhile: count again
+        raise TemporaryFailError("counter: the key kept appearing and vanishing", key=key)
+
+    def _concat(self, op: str, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Deferred:
+        try:
+            k = text_key(key)
+            if cas:
+                check_cas(cas, key)
+            durability = self._durability(persist_to, replicate_to, key)
+            data = self._raw(value)
+        except (CouchbaseError, TypeError) as e:
+            return fail(e if isinstance(e, CouchbaseError) else TooBigError(str(e), key=key))
+
+        def work(coll: Any, t: Any) -> Any:
+            binary = coll.binary()
+            name = "AppendOptions" if op == "append" else "PrependOptions"
+            r = getattr(binary, op)(k, data, self._opts(name, t, cas=cas or None,
+                                                        durability=durability))
+            return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
+        # "concat": a missing key is NOT_STORED (see cbsdk._BY_OP)
+        return self._call("concat", key, work, timeout, durability is not None)
+
+    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Deferred:
+        return self._concat("append", key, value, cas, persist_to, replicate_to, timeout)
+
+    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
+                persist_to: int = 0, replicate_to: int = 0,
+                timeout: Optional[float] = None) -> Deferred:
+        return self._concat("prepend", key, value, cas, persist_to, replicate_to, timeout)
+
+    # -- IBucket: the rest ----------------------------------------------------------------
+
+    def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
+               check_removed: bool = False, timeout: float = 5.0,
+               interval: float = 0.01) -> Deferred:
+        """Presence, CAS and removal; disks and replicas cannot be observed here."""
+        try:
+            k = text_key(key)
+            p, r = resolve_durability(persist_to, replicate_to, self.max_persist_to,
+                                      self.max_replicate_to, key)
+        except CouchbaseError as e:
+            return fail(e)
+        if p or r:
+            return fail(NotSupportedError(
+                "endure cannot observe persistence or replication through the Couchbase "
+                "SDK: pass persist_to/replicate_to to the mutation instead", key=key))
+
+        def work(coll: Any, t: Any) -> Any:
+            found = coll.exists(k, self._opts("ExistsOptions", t))
+            if check_removed:
+                return (OperationResult(key) if not found.exists else
+                        TimeoutError("the key is still there", key=key))
+            if not found.exists:
+                return NotFoundError(key=key)
+            if cas and found.cas != cas:
+                return KeyExistsError("the key has another CAS", key=key)
+            return OperationResult(key, found.cas)
+        return self._call("endure", key, work, timeout)
+
+    def flush(self) -> Deferred:
+        return fail(NotSupportedError(
+            "flush is not offered through the Couchbase SDK's key-value API (it is the "
+            "cluster's HTTP bucket management)"))
+
+    def scan(self, prefix: Any = None, start: Any = None, end: Any = None,
+             ids_only: bool = False, batch_size: int = 1000,
+             batch_bytes: int = 1048576) -> Deferred:
+        return fail(NotSupportedError("scan is not supported by the Couchbase SDK provider"))
+
+    def stats(self) -> Deferred:
+        s: Dict[str, Any] = self._stats.snapshot()
+        s.update(connections=1 if self._coll is not None else 0, pending=self._pending,
+                 threads=self._pool.max, bucket=self._url.bucket,
+                 max_persist_to=self.max_persist_to, max_replicate_to=self.max_replicate_to)
+        return succeed(s)
