@@ -79,7 +79,6 @@ _ERRORS: Dict[str, Type[errors.CouchbaseError]] = {
     "DocumentLockedException": errors.TemporaryFailError,
     "DocumentNotLockedException": errors.TemporaryFailError,
     "TemporaryFailException": errors.TemporaryFailError,
-    "ValueTooLargeException": errors.TooBigError,
     "DeltaInvalidException": errors.DeltaBadvalError,
     "InvalidArgumentException": errors.ArgumentError,
     "DurabilityImpossibleException": errors.DurabilityError,
@@ -107,10 +106,23 @@ _BY_OP: Dict[Tuple[str, str], Type[errors.CouchbaseError]] = {
 }
 
 
+#: The C++ core's key-value error codes the SDK raises without a class of
+#: their own (couchbase-cxx-client's ``errc::key_value``).
+_BY_CODE: Dict[int, Type[errors.CouchbaseError]] = {
+    104: errors.TooBigError,  # value_too_large (E2BIG)
+}
+
+
 def sdk_error(op: str, e: BaseException, key: Any) -> errors.CouchbaseError:
     """The txcb error for an exception the SDK raised in ``op``."""
     if isinstance(e, errors.CouchbaseError):
         return e
+    try:
+        code = getattr(e, "error_code", None)
+    except Exception:
+        code = None
+    if code in _BY_CODE:
+        return _BY_CODE[code]("%s: %s" % (type(e).__name__, _reason(e)), key=key)
     for cls in type(e).__mro__:
         kind = _BY_OP.get((op, cls.__name__)) or _ERRORS.get(cls.__name__)
         if kind is not None:
@@ -178,6 +190,16 @@ class CouchbaseURL:
         self.tls = tls
 
 
+def _good_host(host: str) -> bool:
+    """HOST, HOST:PORT, [V6] or [V6]:PORT."""
+    if host.startswith("["):
+        addr, sep, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+        return bool(addr and sep) and (rest == "" or (port is not None and port.isdigit()))
+    name, sep, port = host.partition(":")
+    return bool(name) and (not sep or port.isdigit())
+
+
 def parse_url(url: str) -> CouchbaseURL:
     """Parse a ``--backend couchbase://`` URL (ValueError: one line saying why)."""
     form = "couchbase://HOST[:PORT][/BUCKET] or couchbases://..."
@@ -196,9 +218,7 @@ def parse_url(url: str) -> CouchbaseURL:
     if not replicas.isdigit() or int(replicas) > 3:
         raise ValueError("bad Couchbase URL %r: replicas must be 0 to 3" % (url,))
     for host in parts.netloc.split(","):
-        name, _, port = host.rpartition(":") if "]" not in host.rpartition(":")[2] \
-            else (host, "", "")
-        if not (name or host) or (port and not port.isdigit()):
+        if not _good_host(host):
             raise ValueError("bad Couchbase URL %r: bad host %r" % (url, host))
     connstr = "%s://%s" % (parts.scheme, parts.netloc)
     if query:
