@@ -207,18 +207,22 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         # transcoder, the SDK's read by txcb.
         from couchbase.cluster import Cluster
         from couchbase.auth import PasswordAuthenticator
-        from couchbase.options import ClusterOptions
+        from couchbase.options import ClusterOptions, GetOptions, UpsertOptions
+        from couchbase.transcoder import RawBinaryTranscoder, RawStringTranscoder
         b = self.bucket(scope=None, collection=None)
         yield b.upsert_multi({"fj": {"a": [1]}, "fs": "héllo", "fb": b"\x00\xff"})
         cluster = Cluster("couchbase://127.0.0.1:%d" % (self.server.port,),
                           ClusterOptions(PasswordAuthenticator(USER, PASSWORD)))
         self.addCleanup(cluster.close)
         coll = cluster.bucket("default").default_collection()
-        self.assertEqual((coll.get("fj").content_as[dict], coll.get("fs").content_as[str]),
-                         ({"a": [1]}, "héllo"))
+        text, raw = RawStringTranscoder(), RawBinaryTranscoder()
+        self.assertEqual(coll.get("fj").content_as[dict], {"a": [1]})
+        self.assertEqual(coll.get("fs", GetOptions(transcoder=text)).content_as[str], "héllo")
+        self.assertEqual(coll.get("fb", GetOptions(transcoder=raw)).content_as[bytes],
+                         b"\x00\xff")
         coll.binary().append("fb", b"!")
         coll.upsert("sdk-json", {"x": 2})
-        coll.upsert("sdk-text", "text")
+        coll.upsert("sdk-text", "text", UpsertOptions(transcoder=text))
         r = yield b.get_multi(["sdk-json", "sdk-text", "fb"])
         self.assertEqual([(r[k].value, r[k].flags) for k in ("sdk-json", "sdk-text", "fb")],
                          [({"x": 2}, FMT_JSON), ("text", FMT_UTF8), (b"\x00\xff!", FMT_BYTES)])
@@ -372,8 +376,8 @@ class CouchbaseBackendProxyTests(_OneBackingServer, unittest.TestCase):
         for key, value in (("bm-s", "text"), ("bm-i", 12), ("bm-b", b"\x01\x02")):
             self.assertEqual(c.get(key), value)
             data, flags = self.reader.read(key)
-            # bmemcached's own flags, through unchanged: decode them its way.
-            self.assertEqual(c.deserialize(data, flags), value)
+            # bmemcached's own bytes and flags, through unchanged.
+            self.assertEqual((flags, data), next(iter(c.servers)).serialize(value))
         self.assertEqual(c.incr("bm-n", 1) if c.set("bm-n", b"5") else None, 6)
 
     def test_netstring_client_values_read_back_through_the_sdk(self):
