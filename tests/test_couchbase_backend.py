@@ -8,7 +8,7 @@ import os
 import time
 import threading
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.python import usage
@@ -431,7 +431,7 @@ class CouchbaseBackendFaultTests(unittest.TestCase):
         yield sleep(0.3)
         self.server.kill()
         yield sleep(1.5)
-        self.server.start()
+        yield threads.deferToThread(self.server.start)  # the reactor keeps running
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             mark = len(outcomes)
