@@ -53,12 +53,12 @@ from datetime import timedelta
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from txcb.buckets.cbsdk import (
     client_durability, expiry, load, parse_url, sdk_error, text_key)
 from txcb.buckets.cbstats import OpStats
+from txcb.buckets.cbworkers import Workers
 from txcb.errors import (
     CouchbaseError, NetworkError, NotSupportedError, TemporaryFailError, TimeoutError,
     TooBigError, NotFoundError, KeyExistsError, RC)
@@ -124,7 +124,7 @@ class CouchbaseBucket(MultiMixin):
         self.max_replicate_to = self._url.replicas
         self.max_persist_to = self._url.replicas + 1
         self._where = (scope or "_default", collection or "_default")
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="txcb-couchbase")
+        self._pool = Workers(reactor, threads, name="txcb-couchbase")
         self._lock = threading.Lock()
         self._cluster: Any = None
         self._coll: Any = None
@@ -149,7 +149,7 @@ class CouchbaseBucket(MultiMixin):
         self._pool.start()
         self._shutdown = self._reactor.addSystemEventTrigger(
             "during", "shutdown", self._stop_pool)
-        self._pool.callInThread(self._quietly_connect)
+        self._pool.submit(self._quietly_connect, lambda _: None)
 
     def _stop_pool(self) -> None:
         if self._pool.started:
@@ -199,13 +199,12 @@ class CouchbaseBucket(MultiMixin):
                     cluster.close()
                 except Exception:
                     pass
-            self._reactor.callFromThread(finish)
 
-        def finish() -> None:
+        def finish(_: Any) -> None:
             self._reactor.removeSystemEventTrigger(self._shutdown)
             self._stop_pool()
             d.callback(None)
-        self._pool.callInThread(closing)
+        self._pool.submit(closing, finish)
         return d
 
     # -- the one path of every call ---------------------------------------------------
@@ -226,7 +225,8 @@ class CouchbaseBucket(MultiMixin):
             self.start()
         limit = timeout if timeout is not None else (
             self.durable_timeout if durable else self.timeout)
-        sdk_timeout = timedelta(seconds=limit)
+        # None: the cluster's own kv (durable) timeout, the same number.
+        sdk_timeout = None if timeout is None else timedelta(seconds=limit)
         d: Deferred = Deferred()
         started = self._reactor.seconds()
         self._pending += 1
@@ -249,8 +249,7 @@ class CouchbaseBucket(MultiMixin):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
-        self._pool.callInThreadWithCallback(
-            lambda _ok, outcome: self._reactor.callFromThread(done, outcome), job)
+        self._pool.submit(job, done)
         return d
 
     def _expired(self, d: Deferred, op: str, key: Any, limit: float) -> None:
@@ -282,9 +281,13 @@ class CouchbaseBucket(MultiMixin):
             return value.encode("utf-8")
         return bytes(value)
 
-    def _opts(self, name: str, timeout: Any, **kwargs: Any) -> Any:
-        return getattr(self._sdk.o, name)(timeout=timeout, **{
-            k: v for k, v in kwargs.items() if v is not None})
+    def _opts(self, name: str, timeout: Any, **kwargs: Any) -> tuple:
+        """The SDK call's options, as its ``*opts`` (none at all when every
+        one is the default: building options costs)."""
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        if timeout is not None:
+            given["timeout"] = timeout
+        return (getattr(self._sdk.o, name)(**given),) if given else ()
 
     # -- IBucket: reads ------------------------------------------------------------
 
@@ -304,12 +307,12 @@ class CouchbaseBucket(MultiMixin):
         def work(coll: Any, t: Any) -> Any:
             try:
                 if life is None:
-                    r = coll.get(k, self._opts("GetOptions", t))
+                    r = coll.get(k, *self._opts("GetOptions", t))
                 elif life.total_seconds() < 0:
-                    r = coll.get(k, self._opts("GetOptions", t))
-                    coll.remove(k, self._opts("RemoveOptions", t, cas=r.cas))
+                    r = coll.get(k, *self._opts("GetOptions", t))
+                    coll.remove(k, *self._opts("RemoveOptions", t, cas=r.cas))
                 else:
-                    r = coll.get_and_touch(k, life, self._opts("GetAndTouchOptions", t))
+                    r = coll.get_and_touch(k, life, *self._opts("GetAndTouchOptions", t))
             except Exception as e:
                 err = sdk_error("get", e, key)
                 if quiet and isinstance(err, NotFoundError):
@@ -326,7 +329,7 @@ class CouchbaseBucket(MultiMixin):
             return fail(e)
         life = timedelta(seconds=ttl)
         return self._call("lock", key, lambda coll, t: self._value(
-            key, coll.get_and_lock(k, life, self._opts("GetAndLockOptions", t))), timeout)
+            key, coll.get_and_lock(k, life, *self._opts("GetAndLockOptions", t))), timeout)
 
     def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> Deferred:
         try:
@@ -336,7 +339,7 @@ class CouchbaseBucket(MultiMixin):
             return fail(e)
 
         def work(coll: Any, t: Any) -> Any:
-            coll.unlock(k, cas, self._opts("UnlockOptions", t))
+            coll.unlock(k, cas, *self._opts("UnlockOptions", t))
             return OperationResult(key)
         return self._call("unlock", key, work, timeout)
 
@@ -361,14 +364,14 @@ class CouchbaseBucket(MultiMixin):
         def work(coll: Any, t: Any) -> Any:
             kw = dict(expiry=None if past else life, durability=durability)
             if op == "replace":
-                r = coll.replace(k, encoded, self._opts("ReplaceOptions", t, cas=cas or None,
+                r = coll.replace(k, encoded, *self._opts("ReplaceOptions", t, cas=cas or None,
                                                         **kw))
             elif op == "insert":
-                r = coll.insert(k, encoded, self._opts("InsertOptions", t, **kw))
+                r = coll.insert(k, encoded, *self._opts("InsertOptions", t, **kw))
             else:
-                r = coll.upsert(k, encoded, self._opts("UpsertOptions", t, **kw))
+                r = coll.upsert(k, encoded, *self._opts("UpsertOptions", t, **kw))
             if past:  # an absolute time already gone: stored and expired at once
-                coll.remove(k, self._opts("RemoveOptions", t, cas=r.cas))
+                coll.remove(k, *self._opts("RemoveOptions", t, cas=r.cas))
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         return self._call(op, key, work, timeout, durability is not None)
 
@@ -402,7 +405,7 @@ class CouchbaseBucket(MultiMixin):
 
         def work(coll: Any, t: Any) -> Any:
             try:
-                r = coll.remove(k, self._opts("RemoveOptions", t, cas=cas or None,
+                r = coll.remove(k, *self._opts("RemoveOptions", t, cas=cas or None,
                                               durability=durability))
             except Exception as e:
                 err = sdk_error("remove", e, key)
@@ -422,9 +425,9 @@ class CouchbaseBucket(MultiMixin):
 
         def work(coll: Any, t: Any) -> Any:
             if life.total_seconds() < 0:
-                r = coll.remove(k, self._opts("RemoveOptions", t))
+                r = coll.remove(k, *self._opts("RemoveOptions", t))
             else:
-                r = coll.touch(k, life, self._opts("TouchOptions", t))
+                r = coll.touch(k, life, *self._opts("TouchOptions", t))
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         return self._call("touch", key, work, timeout)
 
@@ -448,7 +451,7 @@ class CouchbaseBucket(MultiMixin):
         opts = dict(delta=o.DeltaValue(abs(delta)), initial=o.SignedInt64(-1))
         for _ in range(3):
             try:
-                r = step(k, self._opts("IncrementOptions" if delta >= 0 else
+                r = step(k, *self._opts("IncrementOptions" if delta >= 0 else
                                        "DecrementOptions", t, **opts))
                 v = r.content
                 return ValueResult(key, b"%d" % v, FMT_JSON, r.cas, RC.SUCCESS,
@@ -459,7 +462,7 @@ class CouchbaseBucket(MultiMixin):
                     raise
             raw = b"%d" % initial
             try:
-                r = coll.insert(k, (raw, FMT_JSON), self._opts(
+                r = coll.insert(k, (raw, FMT_JSON), *self._opts(
                     "InsertOptions", t, expiry=life if life is None or
                     life.total_seconds() > 0 else None))
                 return ValueResult(key, raw, FMT_JSON, r.cas, RC.SUCCESS, self.transcoder,
@@ -483,7 +486,7 @@ class CouchbaseBucket(MultiMixin):
         def work(coll: Any, t: Any) -> Any:
             binary = coll.binary()
             name = "AppendOptions" if op == "append" else "PrependOptions"
-            r = getattr(binary, op)(k, data, self._opts(name, t, cas=cas or None,
+            r = getattr(binary, op)(k, data, *self._opts(name, t, cas=cas or None,
                                                         durability=durability))
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         # "concat": a missing key is NOT_STORED (see cbsdk._BY_OP)
@@ -517,7 +520,7 @@ class CouchbaseBucket(MultiMixin):
                 "SDK: pass persist_to/replicate_to to the mutation instead", key=key))
 
         def work(coll: Any, t: Any) -> Any:
-            found = coll.exists(k, self._opts("ExistsOptions", t))
+            found = coll.exists(k, *self._opts("ExistsOptions", t))
             if check_removed:
                 return (OperationResult(key) if not found.exists else
                         TimeoutError("the key is still there", key=key))
@@ -541,6 +544,6 @@ class CouchbaseBucket(MultiMixin):
     def stats(self) -> Deferred:
         s: Dict[str, Any] = self._stats.snapshot()
         s.update(connections=1 if self._coll is not None else 0, pending=self._pending,
-                 threads=self._pool.max, bucket=self._url.bucket,
+                 threads=self._pool.size, bucket=self._url.bucket,
                  max_persist_to=self.max_persist_to, max_replicate_to=self.max_replicate_to)
         return succeed(s)
