@@ -176,9 +176,11 @@ class CouchbaseBucket(MultiMixin):
             kv_timeout=timedelta(seconds=self.timeout),
             kv_durable_timeout=timedelta(seconds=self.durable_timeout),
             connect_timeout=timedelta(seconds=self.connect_timeout))
+        # The SDK's threshold-logging tracer and logging meter cost more than
+        # the operation itself in Python: off (this provider keeps its own stats).
         cluster = sdk.Cluster(self._url.connstr, o.ClusterOptions(
             sdk.PasswordAuthenticator(*self._auth), timeout_options=timeouts,
-            transcoder=sdk.transcoder))
+            transcoder=sdk.transcoder, enable_tracing=False, enable_metrics=False))
         bucket = cluster.bucket(self._url.bucket)
         return cluster, bucket.scope(self._where[0]).collection(self._where[1])
 
