@@ -277,6 +277,25 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         gate.set()
 
     @inlineCallbacks
+    def test_gets_of_one_turn_share_one_worker_call(self):
+        b = self.bucket()
+        yield b.upsert_multi({"a": 1, "b": 2})
+        runs = []
+        real = b._gets._submit
+        b._gets._submit = lambda run, then: (runs.append(run), real(run, then))
+        ds = [b.get("a"), b.get("b"), b.get("a"), b.get("miss", quiet=True),
+              b.get("miss"), b.get("b")]
+        ds[5].cancel()
+        got = yield defer.DeferredList(ds, consumeErrors=True)
+        self.assertEqual(len(runs), 1)
+        self.assertEqual([r.value for ok, r in got[:4]], [1, 2, 1, None])
+        self.assertEqual(got[3][1].rc, errors.RC.KEY_ENOENT)
+        self.assertTrue(got[4][1].check(errors.NotFoundError))
+        self.assertTrue(got[5][1].check(defer.CancelledError))
+        r = yield b.get("a", timeout=1.0)  # a timeout of its own: alone, unbatched
+        self.assertEqual((r.value, len(runs)), (1, 1))
+
+    @inlineCallbacks
     def test_pending_calls_are_bounded(self):
         b = self.bucket(threads=1, max_pending=2)
         yield b.upsert("k", 1)

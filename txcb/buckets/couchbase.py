@@ -6,17 +6,23 @@ The SDK does the cluster protocol (bootstrap, SCRAM, TLS, vBucket maps,
 rebalance and failover); :class:`CouchbaseBucket` maps the IBucket contract
 onto its collection API and its results and errors onto txcb's.
 
-The bridge to Twisted: the SDK's **blocking** API on a private, bounded
-thread pool (``threads`` workers; at most ``max_pending`` calls queued, more
-errback TemporaryFailError).  Each call is one SDK operation on a worker;
-its outcome comes back with ``reactor.callFromThread``.  This works under any
-reactor (txcb's own epoll reactor, which ``twistd txcb`` runs by default,
-the asyncio reactor, trial's), needing only ``callFromThread``,
-``callLater`` and ``addSystemEventTrigger``.  The SDK's asyncio and Twisted
-APIs (``acouchbase``, ``txcouchbase``) would require Twisted's asyncio
-reactor to be installed, which ``twistd txcb`` does not run, and measured on
-the same loopback server they did not make the proxy faster (see
-``bench/couchbase_backend_bench.py``).
+The bridge to Twisted, chosen by measuring against ``twistd txcb
+--couchbase`` (``bench/couchbase_backend_bench.py``): the SDK's **blocking**
+API on the bucket's own worker threads (:mod:`~txcb.buckets.cbworkers`:
+``threads`` daemon threads, each in one SDK call at a time; outcomes handed
+back to the reactor in batches, one ``callFromThread`` per batch).  At most
+``max_pending`` calls are queued or running; more errback
+TemporaryFailError.  The plain gets of one reactor turn go as one
+``get_multi`` (:mod:`~txcb.buckets.cbbatch`).  The SDK's tracer and meter
+are turned off: in Python they cost more than the operation.
+
+What it requires of the reactor: ``callFromThread``, ``callLater``,
+``seconds`` and ``addSystemEventTrigger``, so it runs under any reactor:
+txcb's own epoll reactor (what ``twistd txcb`` runs by default), the asyncio
+reactor, trial's.  The SDK's ``acouchbase`` and ``txcouchbase`` APIs need
+Twisted's asyncio reactor installed (``txcouchbase`` installs it on import),
+which ``twistd txcb`` does not run, and they were not faster per operation
+than the blocking API on threads in the same measurement.
 
 The rules, as every provider's:
 
@@ -57,6 +63,7 @@ from zope.interface import implementer
 
 from txcb.buckets.cbsdk import (
     client_durability, expiry, load, parse_url, sdk_error, text_key)
+from txcb.buckets.cbbatch import GetBatcher
 from txcb.buckets.cbstats import OpStats
 from txcb.buckets.cbworkers import Workers
 from txcb.errors import (
@@ -100,6 +107,8 @@ class CouchbaseBucket(MultiMixin):
     :param max_pending: calls queued or running before TemporaryFailError.
     :param scope: / :param collection: a named collection instead of the
         bucket's default one.
+    :param batch_gets: send the plain gets of one reactor turn as one
+        ``get_multi`` (see :mod:`~txcb.buckets.cbbatch`).
     """
 
     def __init__(self, url: str, username: str, password: str, reactor: Any = None,
@@ -107,7 +116,8 @@ class CouchbaseBucket(MultiMixin):
                  connect_timeout: float = 10.0, threads: int = 8, max_pending: int = 4096,
                  transcoder: Optional[Transcoder] = None,
                  max_value_size: int = MAX_VALUE_SIZE, scope: Optional[str] = None,
-                 collection: Optional[str] = None, start: bool = True) -> None:
+                 collection: Optional[str] = None, batch_gets: bool = True,
+                 start: bool = True) -> None:
         self._sdk = load()
         self._url = parse_url(url)
         if reactor is None:
@@ -132,6 +142,8 @@ class CouchbaseBucket(MultiMixin):
         self._closed = False
         self._started = False
         self._stats = OpStats(reactor.seconds)
+        self.batch_gets = batch_gets
+        self._gets = GetBatcher(reactor, self._pool.submit, self._collection, self._value)
         if start:
             self.start()
 
@@ -218,6 +230,25 @@ class CouchbaseBucket(MultiMixin):
         error fires the Deferred, or TimeoutError does after ``timeout``, or
         CancelledError at once when cancelled.
         """
+        refused = self._refused(key)
+        if refused is not None:
+            return refused
+        limit = timeout if timeout is not None else (
+            self.durable_timeout if durable else self.timeout)
+        # None: the cluster's own kv (durable) timeout, the same number.
+        sdk_timeout = None if timeout is None else timedelta(seconds=limit)
+        d, done = self._track(op, key, limit)
+
+        def job() -> Any:
+            try:
+                return work(self._collection(), sdk_timeout)
+            except BaseException as e:
+                return sdk_error(op, e, key)
+        self._pool.submit(job, done)
+        return d
+
+    def _refused(self, key: Any) -> Optional[Deferred]:
+        """A failed Deferred if the bucket takes no more calls, else None."""
         if self._closed:
             return fail(NetworkError("the bucket is closed", key=key))
         if self._pending >= self.max_pending:
@@ -225,20 +256,15 @@ class CouchbaseBucket(MultiMixin):
                                            % (self._pending,), key=key))
         if not self._started:
             self.start()
-        limit = timeout if timeout is not None else (
-            self.durable_timeout if durable else self.timeout)
-        # None: the cluster's own kv (durable) timeout, the same number.
-        sdk_timeout = None if timeout is None else timedelta(seconds=limit)
+        return None
+
+    def _track(self, op: str, key: Any, limit: float) -> Any:
+        """(the call's Deferred, ``done(outcome)``): counted, timed and
+        deadlined; ``done`` after a cancel or a timeout only counts."""
         d: Deferred = Deferred()
         started = self._reactor.seconds()
         self._pending += 1
         timer = self._reactor.callLater(limit + _GRACE, self._expired, d, op, key, limit)
-
-        def job() -> Any:
-            try:
-                return work(self._collection(), sdk_timeout)
-            except BaseException as e:
-                return sdk_error(op, e, key)
 
         def done(outcome: Any) -> None:
             self._pending -= 1
@@ -251,8 +277,7 @@ class CouchbaseBucket(MultiMixin):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
-        self._pool.submit(job, done)
-        return d
+        return d, done
 
     def _expired(self, d: Deferred, op: str, key: Any, limit: float) -> None:
         if not d.called:
@@ -305,6 +330,13 @@ class CouchbaseBucket(MultiMixin):
         except CouchbaseError as e:
             return fail(e)
         life = expiry(ttl)
+        if life is None and timeout is None and self.batch_gets:
+            refused = self._refused(key)
+            if refused is not None:
+                return refused
+            d, done = self._track("get", key, self.timeout)
+            self._gets.add((k, key, quiet, done))
+            return d
 
         def work(coll: Any, t: Any) -> Any:
             try:
