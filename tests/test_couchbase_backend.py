@@ -24,7 +24,7 @@ from txcb.buckets import cbsdk
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.interfaces import IBucket
 from txcb.service import tap
-from txcb.service.keyspaces import is_couchbase_backend, with_bucket
+from txcb.service.keyspaces import is_couchbase_backend, make_keyspaces, with_bucket
 
 try:
     import pymemcache.client.base as pymemcache
@@ -128,9 +128,10 @@ class CouchbaseBackendContractTests(_OneBackingServer, BucketContractMixin,
         yield self.assertFails(b.get("missing"), errors.NotFoundError)
         s = yield b.stats()
         self.assertEqual((s["op_upsert"], s["op_get"], s["hits"], s["misses"]), (1, 3, 1, 2))
-        self.assertEqual(s["op_get_errors"], 1)
-        self.assertGreater(s["op_get_latency_avg_us"], 0)
-        self.assertGreaterEqual(s["op_get_latency_max_us"], s["op_get_latency_avg_us"])
+        self.assertEqual((s["errors_get"], s["errors_upsert"]), (1, 0))
+        self.assertGreater(s["latency_avg_us_get"], 0)
+        self.assertGreaterEqual(s["latency_max_us_get"], s["latency_avg_us_get"])
+        self.assertEqual(s["bucket_type"], "couchbase")
         self.assertEqual((s["connections"], s["pending"], s["max_persist_to"]), (1, 0, 1))
         self.assertIn("uptime", s)
 
@@ -582,6 +583,30 @@ class CouchbaseBackendOptionsTests(unittest.TestCase):
                               "couchbase://127.0.0.1",
                               env={"TXCB_BACKEND_USER": "u", "TXCB_BACKEND_PASSWORD": "p"})
         self.assertIn("pip install 'txcb[couchbase]'", str(e))
+
+    def test_auth_file_without_a_couchbase_backend_is_refused(self):
+        e = self.assertRaises(usage.UsageError, self.options, "--backend-auth-file", "f")
+        self.assertIn("--backend couchbase://", str(e))
+
+    def test_keyspaces_map_onto_the_clusters_buckets_and_collections(self):
+        if SKIP_SDK:
+            raise unittest.SkipTest(SKIP_SDK)
+        o = self.options("--backend", "couchbase://127.0.0.1:1/travel?replicas=1",
+                         "--bucket", "default", "--bucket", "other",
+                         "--collection", "default.s.c", "--collection", "other.s.d",
+                         env={"TXCB_BACKEND_USER": "u", "TXCB_BACKEND_PASSWORD": "p"})
+        spaces = make_keyspaces(o, reactor)
+        first, other = spaces.get("default"), spaces.get("other")
+        got = [(b.name, b._where, b.max_replicate_to) for b in (
+            first.default.bucket, first.find("s.c").bucket, other.default.bucket,
+            other.find("s.d").bucket)]
+        self.assertEqual(got, [("travel", ("_default", "_default"), 1),
+                               ("travel", ("s", "c"), 1),
+                               ("other", ("_default", "_default"), 1),
+                               ("other", ("s", "d"), 1)])
+        for b in spaces.buckets():
+            self.assertIsInstance(b, CouchbaseBucket)
+            self.assertFalse(b._started)  # the service starts them
 
     def test_memcached_backend_unchanged(self):
         o = self.options("--backend", "memcached:127.0.0.1:11211")

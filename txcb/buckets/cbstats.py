@@ -46,13 +46,14 @@ class OpStats:
                 self.hits += 1
 
     def snapshot(self) -> Dict[str, Any]:
-        """``op_X`` (count), ``op_X_errors``, ``op_X_latency_avg_us`` and
-        ``op_X_latency_max_us`` per operation seen; hits, misses, uptime."""
+        """``op_X`` (count), ``errors_X``, ``latency_avg_us_X`` and
+        ``latency_max_us_X`` per operation X seen; hits, misses, uptime.  Only
+        the counts start with ``op_`` (the metrics endpoint counts those)."""
         s: Dict[str, Any] = {"hits": self.hits, "misses": self.misses,
                              "uptime": int(self._seconds() - self._started)}
         for op, (n, errors, total, worst) in sorted(self._ops.items()):
             s["op_" + op] = n
-            s["op_%s_errors" % op] = errors
-            s["op_%s_latency_avg_us" % op] = int(total / n * 1e6) if n else 0
-            s["op_%s_latency_max_us" % op] = int(worst * 1e6)
+            s["errors_" + op] = errors
+            s["latency_avg_us_" + op] = int(total / n * 1e6) if n else 0
+            s["latency_max_us_" + op] = int(worst * 1e6)
         return s

@@ -147,8 +147,12 @@ class CouchbaseBucket(MultiMixin):
         if start:
             self.start()
 
+    #: What ``stats()`` and the metrics call this kind of bucket.
+    bucket_type = "couchbase"
+
     @property
-    def bucket_name(self) -> str:
+    def name(self) -> str:
+        """The cluster bucket's name."""
         return self._url.bucket
 
     # -- lifetime ------------------------------------------------------------------
@@ -579,5 +583,6 @@ class CouchbaseBucket(MultiMixin):
         s: Dict[str, Any] = self._stats.snapshot()
         s.update(connections=1 if self._coll is not None else 0, pending=self._pending,
                  threads=self._pool.size, bucket=self._url.bucket,
+                 bucket_type=self.bucket_type,
                  max_persist_to=self.max_persist_to, max_replicate_to=self.max_replicate_to)
         return succeed(s)

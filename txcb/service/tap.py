@@ -213,6 +213,10 @@ class Options(usage.Options):
     def _check_backend(self) -> None:
         """A --backend must parse now, not when the service starts."""
         self["backend-credentials"] = None
+        if self["backend-auth-file"] is not None and not is_couchbase_backend(
+                self["backend"]):
+            raise usage.UsageError("--backend-auth-file is for --backend couchbase://... "
+                                   "(memcached servers take no cluster credentials)")
         if is_couchbase_backend(self["backend"]):
             self._check_couchbase_backend()
         elif self["backend"] is not None:
