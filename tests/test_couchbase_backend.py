@@ -608,6 +608,17 @@ class CouchbaseBackendOptionsTests(unittest.TestCase):
             self.assertIsInstance(b, CouchbaseBucket)
             self.assertFalse(b._started)  # the service starts them
 
+    def test_txcb_imports_no_sdk_until_a_bucket_is_made(self):
+        import subprocess
+        import sys
+        code = ("import sys, txcb.service.tap, txcb.buckets.couchbase; "
+                "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                "('couchbase', 'acouchbase', 'txcouchbase')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, cwd=os.path.dirname(os.path.dirname(
+                                 os.path.abspath(__file__))))
+        self.assertEqual((out.stdout.strip(), out.returncode), ("[]", 0), out.stderr)
+
     def test_memcached_backend_unchanged(self):
         o = self.options("--backend", "memcached:127.0.0.1:11211")
         self.assertIsNone(o["backend-credentials"])
