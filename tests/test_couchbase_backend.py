@@ -19,6 +19,7 @@ from tests.support.cbbackend import (
     PASSWORD, SCOPE, SKIP_SDK, USER, ProxyTwistd, RawReader, backing_server,
     next_collection)
 from tests.support.contract import BucketContractMixin
+from tests.support.procs import free_port
 from txcb import errors
 from txcb.buckets import cbsdk
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
@@ -295,6 +296,25 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         self.assertTrue(got[5][1].check(defer.CancelledError))
         r = yield b.get("a", timeout=1.0)  # a timeout of its own: alone, unbatched
         self.assertEqual((r.value, len(runs)), (1, 1))
+
+    @inlineCallbacks
+    def test_an_unreachable_cluster_fails_fast_after_one_bootstrap(self):
+        b = CouchbaseBucket("couchbase://127.0.0.1:%d" % (free_port(),), USER, PASSWORD,
+                            reactor=reactor, timeout=0.5, connect_timeout=1.0)
+        self.addCleanup(b.close)
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            t0 = time.monotonic()
+            try:
+                yield b.get("k")
+            except errors.ConnectError as e:
+                self.assertLess(time.monotonic() - t0, 0.3)
+                self.assertIn("cannot reach the cluster", str(e))
+                break
+            except errors.TimeoutError:  # while the first bootstrap runs
+                self.assertLess(time.monotonic() - t0, 0.5 + 0.25 + 0.2)
+        else:
+            self.fail("no ConnectError within 10 s")
 
     @inlineCallbacks
     def test_pending_calls_are_bounded(self):

@@ -9,6 +9,7 @@ operations share.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
@@ -18,7 +19,7 @@ from txcb.buckets.cbbatch import GetBatcher
 from txcb.buckets.cbsdk import client_durability, load, parse_url, sdk_error
 from txcb.buckets.cbstats import OpStats
 from txcb.buckets.cbworkers import Workers
-from txcb.errors import NetworkError, RC, TemporaryFailError, TimeoutError, TooBigError
+from txcb.errors import ConnectError, NetworkError, RC, TemporaryFailError, TimeoutError, TooBigError
 from txcb.formats import DEFAULT_TRANSCODER, Encoded, Transcoder
 from txcb.limits import DEFAULT_TIMEOUT
 from txcb.results import ValueResult
@@ -36,6 +37,9 @@ _GRACE = 0.25
 class SdkCalls:
     """Lifetime, calls and checks of a bucket over the SDK (the parameters:
     :class:`~txcb.buckets.couchbase.CouchbaseBucket`)."""
+
+    #: Seconds after a failed bootstrap before the next is tried.
+    RETRY_CONNECT = 1.0
 
 
     def __init__(self, url: str, username: str, password: str, reactor: Any = None,
@@ -63,6 +67,7 @@ class SdkCalls:
         self._where = (scope or "_default", collection or "_default")
         self._pool = Workers(reactor, threads, name="txcb-couchbase")
         self._lock = threading.Lock()
+        self._connect_failure: Any = (float("-inf"), None)
         self._cluster: Any = None
         self._coll: Any = None
         self._pending = 0
@@ -105,12 +110,27 @@ class SdkCalls:
             pass  # the first operation reports it
 
     def _collection(self) -> Any:
-        """The SDK collection, bootstrapping the cluster first (worker thread)."""
+        """
+        The SDK collection, bootstrapping the cluster first (worker thread).
+        A bootstrap that failed is not retried for ``RETRY_CONNECT`` seconds:
+        meanwhile calls errback ConnectError at once, instead of each waiting
+        for a bootstrap of its own.
+        """
         with self._lock:
             if self._coll is None:
                 if self._closed:
                     raise NetworkError("the bucket is closed")
-                self._cluster, self._coll = self._connect()
+                failed_at, why = self._connect_failure
+                if time.monotonic() - failed_at < self.RETRY_CONNECT:
+                    raise ConnectError("cannot reach the cluster at %s: %s"
+                                       % (self._url.connstr, why))
+                try:
+                    self._cluster, self._coll = self._connect()
+                except Exception as e:
+                    self._connect_failure = (time.monotonic(),
+                                             sdk_error("connect", e, None).message)
+                    raise ConnectError("cannot reach the cluster at %s: %s"
+                                       % (self._url.connstr, self._connect_failure[1]))
             return self._coll
 
     def _connect(self) -> Any:
@@ -118,7 +138,8 @@ class SdkCalls:
         timeouts = o.ClusterTimeoutOptions(
             kv_timeout=timedelta(seconds=self.timeout),
             kv_durable_timeout=timedelta(seconds=self.durable_timeout),
-            connect_timeout=timedelta(seconds=self.connect_timeout))
+            connect_timeout=timedelta(seconds=self.connect_timeout),
+            bootstrap_timeout=timedelta(seconds=self.connect_timeout))
         # The SDK's threshold-logging tracer and logging meter cost more than
         # the operation itself in Python: off (this provider keeps its own stats).
         cluster = sdk.Cluster(self._url.connstr, o.ClusterOptions(
