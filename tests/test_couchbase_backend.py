@@ -279,7 +279,7 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         gate.set()
 
     @inlineCallbacks
-    def test_gets_of_one_turn_share_one_worker_call(self):
+    def test_gets_wait_to_be_batched_while_two_batches_are_out(self):
         b = self.bucket()
         yield b.upsert_multi({"a": 1, "b": 2})
         runs = []
@@ -289,13 +289,14 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
               b.get("miss"), b.get("b")]
         ds[5].cancel()
         got = yield defer.DeferredList(ds, consumeErrors=True)
-        self.assertEqual(len(runs), 1)
+        # "a" and "b" went at once, each alone; the four others as one batch.
+        self.assertEqual(len(runs), 3)
         self.assertEqual([r.value for ok, r in got[:4]], [1, 2, 1, None])
         self.assertEqual(got[3][1].rc, errors.RC.KEY_ENOENT)
         self.assertTrue(got[4][1].check(errors.NotFoundError))
         self.assertTrue(got[5][1].check(defer.CancelledError))
         r = yield b.get("a", timeout=1.0)  # a timeout of its own: alone, unbatched
-        self.assertEqual((r.value, len(runs)), (1, 1))
+        self.assertEqual((r.value, len(runs)), (1, 3))
 
     @inlineCallbacks
     def test_an_unreachable_cluster_fails_fast_after_one_bootstrap(self):

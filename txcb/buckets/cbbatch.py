@@ -1,9 +1,11 @@
 """
-Coalesced reads for :class:`txcb.buckets.couchbase.CouchbaseBucket`: the
-plain gets made in one reactor turn (a proxy's burst of client requests) go
-to the SDK as one ``get_multi`` on one worker, instead of one worker hand-off
-each.  Each key keeps its own Deferred, deadline and cancellation; duplicate
-keys in a batch are read once.
+Coalesced reads for :class:`txcb.buckets.couchbase.CouchbaseBucket`,
+self-clocking as Nagle's rule: a plain get goes to a worker at once while
+fewer than ``max_in_flight`` batches are out; else it waits with the others
+for the first batch to come back, and they go as one ``get_multi``.  An idle
+bucket adds no latency; a busy one (a proxy's burst of client requests) pays
+one worker hand-off per batch instead of per key.  Each key keeps its own
+Deferred, deadline and cancellation; duplicate keys in a batch are read once.
 """
 
 from __future__ import annotations
@@ -26,35 +28,39 @@ class GetBatcher:
     :param collection: returns the SDK collection (on a worker).
     :param value: ``value(key, get_result)`` -> ValueResult.
     :param max_batch: a batch this big goes at once.
+    :param max_in_flight: batches out at once before gets wait to be batched.
     """
 
     def __init__(self, reactor: Any, submit: Callable[..., None],
                  collection: Callable[[], Any], value: Callable[[Any, Any], ValueResult],
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, max_in_flight: int = 2) -> None:
         self._reactor = reactor
         self._submit = submit
         self._collection = collection
         self._value = value
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
         self._batch: List[Entry] = []
 
     def add(self, entry: Entry) -> None:
         self._batch.append(entry)
-        if len(self._batch) == 1:
-            self._reactor.callLater(0, self.flush)
-        elif len(self._batch) >= self.max_batch:
+        if self._in_flight < self.max_in_flight or len(self._batch) >= self.max_batch:
             self.flush()
 
     def flush(self) -> None:
         batch, self._batch = self._batch, []
         if batch:
+            self._in_flight += 1
             self._submit(lambda: self._run(batch), lambda outcomes: self._deliver(
                 batch, outcomes))
 
-    @staticmethod
-    def _deliver(batch: List[Entry], outcomes: List[Any]) -> None:
+    def _deliver(self, batch: List[Entry], outcomes: List[Any]) -> None:
+        self._in_flight -= 1
         for (_k, _key, _quiet, done), outcome in zip(batch, outcomes):
             done(outcome)
+        if self._batch and self._in_flight < self.max_in_flight:
+            self.flush()
 
     def _run(self, batch: List[Entry]) -> List[Any]:
         """On a worker: each entry's result or error (never raises)."""

@@ -12,8 +12,8 @@ API on the bucket's own worker threads (:mod:`~txcb.buckets.cbworkers`:
 ``threads`` daemon threads, each in one SDK call at a time; outcomes handed
 back to the reactor in batches, one ``callFromThread`` per batch).  At most
 ``max_pending`` calls are queued or running; more errback
-TemporaryFailError.  The plain gets of one reactor turn go as one
-``get_multi`` (:mod:`~txcb.buckets.cbbatch`).  The SDK's tracer and meter
+TemporaryFailError.  Plain gets made while two batches of them are out go
+as one ``get_multi`` when the first comes back (:mod:`~txcb.buckets.cbbatch`).  The SDK's tracer and meter
 are turned off: in Python they cost more than the operation.
 
 What it requires of the reactor: ``callFromThread``, ``callLater``,
@@ -96,8 +96,8 @@ class CouchbaseBucket(SdkCalls, MultiMixin):
     :param max_pending: calls queued or running before TemporaryFailError.
     :param scope: / :param collection: a named collection instead of the
         bucket's default one.
-    :param batch_gets: send the plain gets of one reactor turn as one
-        ``get_multi`` (see :mod:`~txcb.buckets.cbbatch`).
+    :param batch_gets: coalesce plain gets into ``get_multi`` calls while
+        others are out (see :mod:`~txcb.buckets.cbbatch`).
     """
 
     # -- IBucket: reads ------------------------------------------------------------
