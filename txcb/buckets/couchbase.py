@@ -13,8 +13,9 @@ API on the bucket's own worker threads (:mod:`~txcb.buckets.cbworkers`:
 back to the reactor in batches, one ``callFromThread`` per batch).  At most
 ``max_pending`` calls are queued or running; more errback
 TemporaryFailError.  Plain gets made while two batches of them are out go
-as one ``get_multi`` when the first comes back (:mod:`~txcb.buckets.cbbatch`).  The SDK's tracer and meter
-are turned off: in Python they cost more than the operation.
+as one ``get_multi`` when the first comes back (:mod:`~txcb.buckets.cbbatch`).
+The SDK's tracer and meter are turned off: in Python they cost more than
+the operation.
 
 What it requires of the reactor: ``callFromThread``, ``callLater``,
 ``seconds`` and ``addSystemEventTrigger``, so it runs under any reactor:
