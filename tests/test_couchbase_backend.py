@@ -318,6 +318,33 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
             self.fail("no ConnectError within 10 s")
 
     @inlineCallbacks
+    def test_endure_check_removed_polls_until_removed_or_timeout(self):
+        b = self.bucket()
+        yield b.upsert("k", 1)
+        reactor.callLater(0.3, b.remove, "k")
+        started = time.monotonic()
+        r = yield b.endure("k", persist_to=0, replicate_to=0, check_removed=True,
+                           timeout=3.0, interval=0.05)
+        self.assertTrue(r.success)
+        self.assertGreater(time.monotonic() - started, 0.25)
+        yield b.upsert("k", 1)
+        started = time.monotonic()
+        yield self.assertFailure(b.endure("k", persist_to=0, replicate_to=0,
+                                          check_removed=True, timeout=0.4, interval=0.05),
+                                 errors.TimeoutError)
+        self.assertLess(time.monotonic() - started, 1.0)
+
+    @inlineCallbacks
+    def test_append_of_a_non_bytes_value_is_transcoded_as_elsewhere(self):
+        # Regression: bytes(12) is twelve NUL bytes, not the text 12.
+        b = self.bucket()
+        yield b.upsert("k", "v")
+        yield b.append("k", 12)
+        yield self.assertFailure(b.append("k", object()), errors.ValueFormatError)
+        r = yield b.get("k")
+        self.assertEqual(r.value, "v12")
+
+    @inlineCallbacks
     def test_pending_calls_are_bounded(self):
         b = self.bucket(threads=1, max_pending=2)
         yield b.upsert("k", 1)

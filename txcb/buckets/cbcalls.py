@@ -20,7 +20,7 @@ from txcb.buckets.cbsdk import client_durability, load, parse_url, sdk_error
 from txcb.buckets.cbstats import OpStats
 from txcb.buckets.cbworkers import Workers
 from txcb.errors import ConnectError, NetworkError, RC, TemporaryFailError, TimeoutError, TooBigError
-from txcb.formats import DEFAULT_TRANSCODER, Encoded, Transcoder
+from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.limits import DEFAULT_TIMEOUT
 from txcb.results import ValueResult
 from txcb.validation import resolve_durability
@@ -252,13 +252,19 @@ class SdkCalls:
                               % (len(data), self.max_value_size), key=key)
         return data, flags
 
-    @staticmethod
-    def _raw(value: Any) -> bytes:
-        if type(value) is Encoded:
-            return value.data
+    def _raw(self, value: Any, key: Any) -> bytes:
+        """The bytes append/prepend add (as every provider: text as UTF-8,
+        bytes as they are, anything else as the transcoder encodes it)."""
         if isinstance(value, str):
-            return value.encode("utf-8")
-        return bytes(value)
+            data = value.encode("utf-8")
+        elif isinstance(value, bytes):
+            data = value
+        else:
+            data = self.transcoder.encode(value)[0]
+        if len(data) > self.max_value_size:
+            raise TooBigError("value of %d bytes is over the bucket's %d byte limit"
+                              % (len(data), self.max_value_size), key=key)
+        return data
 
     def _opts(self, name: str, timeout: Any, **kwargs: Any) -> tuple:
         """The SDK call's options, as its ``*opts`` (none at all when every

@@ -59,13 +59,14 @@ from datetime import timedelta
 from typing import Any, Dict, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from txcb.buckets.cbcalls import SdkCalls
 from txcb.buckets.cbsdk import expiry, parse_url, sdk_error, text_key
 from txcb.errors import (
     CouchbaseError, NotSupportedError, TemporaryFailError, TimeoutError,
-    TooBigError, NotFoundError, KeyExistsError, RC)
+    NotFoundError, KeyExistsError, RC)
 from txcb.formats import FMT_JSON
 from txcb.interfaces import IBucket
 from txcb.multi import MultiMixin
@@ -294,9 +295,9 @@ class CouchbaseBucket(SdkCalls, MultiMixin):
             if cas:
                 check_cas(cas, key)
             durability = self._durability(persist_to, replicate_to, key)
-            data = self._raw(value)
-        except (CouchbaseError, TypeError) as e:
-            return fail(e if isinstance(e, CouchbaseError) else TooBigError(str(e), key=key))
+            data = self._raw(value, key)
+        except CouchbaseError as e:
+            return fail(e)
 
         def work(coll: Any, t: Any) -> Any:
             binary = coll.binary()
@@ -334,17 +335,31 @@ class CouchbaseBucket(SdkCalls, MultiMixin):
                 "endure cannot observe persistence or replication through the Couchbase "
                 "SDK: pass persist_to/replicate_to to the mutation instead", key=key))
 
+        deadline = self._reactor.seconds() + timeout
+
         def work(coll: Any, t: Any) -> Any:
             found = coll.exists(k, *self._opts("ExistsOptions", t))
             if check_removed:
-                return (OperationResult(key) if not found.exists else
-                        TimeoutError("the key is still there", key=key))
+                return found.exists or OperationResult(key)
             if not found.exists:
                 return NotFoundError(key=key)
             if cas and found.cas != cas:
                 return KeyExistsError("the key has another CAS", key=key)
             return OperationResult(key, found.cas)
-        return self._call("endure", key, work, timeout)
+
+        def attempt() -> Deferred:
+            left = deadline - self._reactor.seconds()
+            return self._call("endure", key, work, max(min(left, self.timeout), 0.001)
+                              ).addCallback(again)
+
+        def again(outcome: Any) -> Any:
+            if outcome is not True:
+                return outcome
+            if self._reactor.seconds() + interval >= deadline:
+                raise TimeoutError("the key was still there after %.3gs" % (timeout,),
+                                   key=key)
+            return deferLater(self._reactor, interval, attempt)
+        return attempt()
 
     def flush(self) -> Deferred:
         return fail(NotSupportedError(
