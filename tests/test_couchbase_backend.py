@@ -68,7 +68,8 @@ class _OneBackingServer:
 
 
 _REAL_TIME = ("the backing server's clock is the real one: this test waits %s at fixed "
-              "TTLs (CouchbaseBackendBehaviourTests.test_real_time_ttls checks TTLs with short real waits)")
+              "TTLs (CouchbaseBackendBehaviourTests.test_real_time_ttls checks TTLs with "
+              "short real waits)")
 
 
 class CouchbaseBackendContractTests(_OneBackingServer, BucketContractMixin,

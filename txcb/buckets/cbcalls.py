@@ -19,7 +19,8 @@ from txcb.buckets.cbbatch import GetBatcher
 from txcb.buckets.cbsdk import client_durability, load, parse_url, sdk_error
 from txcb.buckets.cbstats import OpStats
 from txcb.buckets.cbworkers import Workers
-from txcb.errors import ConnectError, NetworkError, RC, TemporaryFailError, TimeoutError, TooBigError
+from txcb.errors import (
+    ConnectError, NetworkError, RC, TemporaryFailError, TimeoutError, TooBigError)
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.limits import DEFAULT_TIMEOUT
 from txcb.results import ValueResult

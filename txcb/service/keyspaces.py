@@ -14,12 +14,14 @@ persistent     its own :class:`PersistentBucket` in its own directory:
                ``default`` (today's single bucket, unchanged), else
                ``--data-dir/buckets/B/``; a collection in
                ``bucket_dir(B)/collections/S/C/``
---backend      one :class:`MemcachedPool` (one set of connections) whose
-memcached:     keyspaces differ by a key prefix, ``namespace_for(B, S, C)``;
-               the first bucket's default collection has none
---backend      a :class:`CouchbaseBucket` per keyspace: the first bucket is
-couchbase://   the URL's cluster bucket, another bucket B the cluster's bucket
-               B, a collection S.C the cluster bucket's collection S.C
+--backend      ``memcached:...``: one :class:`MemcachedPool` (one set of
+               connections) whose keyspaces differ by a key prefix,
+               ``namespace_for(B, S, C)``; the first bucket's default
+               collection has none
+--backend      ``couchbase://...``: a :class:`CouchbaseBucket` per keyspace,
+               on the cluster: the first bucket is the URL's bucket, another
+               bucket B the cluster's bucket B, a collection S.C that
+               bucket's collection S.C
 =============  ==================================================================
 
 A bucket's directory depends on its name only, never on the order of the
@@ -46,8 +48,9 @@ from txcb.buckets.persistent import PersistentBucket
 from txcb.keyspaces import DEFAULT_BUCKET, BucketSpace, Keyspaces
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
 
-__all__ = ["make_keyspaces", "make_keyspace", "is_couchbase_backend", "with_bucket", "bucket_dir", "collection_dir",
-           "namespace_for", "undeclared", "BUCKETS_DIR", "COLLECTIONS_DIR"]
+__all__ = ["make_keyspaces", "make_keyspace", "is_couchbase_backend", "with_bucket",
+           "bucket_dir", "collection_dir", "namespace_for", "undeclared", "BUCKETS_DIR",
+           "COLLECTIONS_DIR"]
 
 _log = Logger()
 
