@@ -45,7 +45,7 @@ class SdkCalls:
 
     def __init__(self, url: str, username: str, password: str, reactor: Any = None,
                  timeout: float = DEFAULT_TIMEOUT, durable_timeout: float = 10.0,
-                 connect_timeout: float = 10.0, threads: int = 8, max_pending: int = 4096,
+                 connect_timeout: float = 10.0, threads: int = 4, max_pending: int = 4096,
                  transcoder: Optional[Transcoder] = None,
                  max_value_size: int = MAX_VALUE_SIZE, scope: Optional[str] = None,
                  collection: Optional[str] = None, batch_gets: bool = True,

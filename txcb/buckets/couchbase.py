@@ -94,7 +94,10 @@ class CouchbaseBucket(SdkCalls, MultiMixin):
         addSystemEventTrigger (default: the global reactor, when made).
     :param timeout: seconds per operation; ``durable_timeout`` for durable
         mutations; ``connect_timeout`` for the SDK's bootstrap.
-    :param threads: worker threads (each blocks in one SDK call).
+    :param threads: worker threads (each blocks in one SDK call; a durable
+        mutation holds one while it waits).  Few: the SDK's Python layer holds
+        the GIL, and each more thread makes the reactor wait longer for it
+        after every socket call.
     :param max_pending: calls queued or running before TemporaryFailError.
     :param scope: / :param collection: a named collection instead of the
         bucket's default one.
