@@ -14,9 +14,14 @@ persistent     its own :class:`PersistentBucket` in its own directory:
                ``default`` (today's single bucket, unchanged), else
                ``--data-dir/buckets/B/``; a collection in
                ``bucket_dir(B)/collections/S/C/``
---backend      one :class:`MemcachedPool` (one set of connections) whose
-               keyspaces differ by a key prefix, ``namespace_for(B, S, C)``;
-               the first bucket's default collection has none
+--backend      ``memcached:...``: one :class:`MemcachedPool` (one set of
+               connections) whose keyspaces differ by a key prefix,
+               ``namespace_for(B, S, C)``; the first bucket's default
+               collection has none
+--backend      ``couchbase://...``: a :class:`CouchbaseBucket` per keyspace,
+               on the cluster: the first bucket is the URL's bucket, another
+               bucket B the cluster's bucket B, a collection S.C that
+               bucket's collection S.C
 =============  ==================================================================
 
 A bucket's directory depends on its name only, never on the order of the
@@ -35,14 +40,17 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.logger import Logger
 
+from txcb.buckets.cbsdk import parse_url
+from txcb.buckets.couchbase import CouchbaseBucket
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.memcached import MemcachedPool, parse_backend
 from txcb.buckets.persistent import PersistentBucket
 from txcb.keyspaces import DEFAULT_BUCKET, BucketSpace, Keyspaces
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
 
-__all__ = ["make_keyspaces", "make_keyspace", "bucket_dir", "collection_dir",
-           "namespace_for", "undeclared", "BUCKETS_DIR", "COLLECTIONS_DIR"]
+__all__ = ["make_keyspaces", "make_keyspace", "is_couchbase_backend", "with_bucket",
+           "bucket_dir", "collection_dir", "namespace_for", "undeclared", "BUCKETS_DIR",
+           "COLLECTIONS_DIR"]
 
 _log = Logger()
 
@@ -124,8 +132,39 @@ def _memcached(options: Any, reactor: Any) -> Maker:
     return new
 
 
+def is_couchbase_backend(backend: Any) -> bool:
+    """Whether a --backend names a Couchbase cluster (else memcached servers)."""
+    return isinstance(backend, str) and backend.startswith(("couchbase:", "couchbases:"))
+
+
+def _couchbase(options: Any, reactor: Any) -> Maker:
+    """A CouchbaseBucket per keyspace, on the cluster bucket of the same name
+    (the first: the URL's bucket) and the collection of the same name."""
+    url = options["backend"]
+    user, password = options["backend-credentials"]
+    first_bucket = parse_url(url).bucket
+
+    def new(bucket: str, path: Path, first: bool) -> Any:
+        name = first_bucket if bucket == _buckets(options)[0] else bucket
+        scope, collection = path if path is not None else (None, None)
+        return CouchbaseBucket(with_bucket(url, name), user, password, reactor=reactor,
+                               max_value_size=options["max-value-size"], scope=scope,
+                               collection=collection, start=False)
+    return new
+
+
+def with_bucket(url: str, bucket: str) -> str:
+    """A couchbase:// URL naming ``bucket`` (its query kept)."""
+    head, sep, query = url.partition("?")
+    scheme, _, rest = head.partition("://")
+    hosts = rest.split("/", 1)[0]
+    return "%s://%s/%s%s%s" % (scheme, hosts, bucket, sep, query)
+
+
 def _maker(options: Any, reactor: Any) -> Maker:
     """The keyspace constructor the options pick (table: first match wins)."""
+    if is_couchbase_backend(options["backend"]):
+        return _couchbase(options, reactor)
     if options["backend"] is not None:
         return _memcached(options, reactor)
     if options["ephemeral"]:

@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from txcb import __version__
+from txcb.buckets.cbsdk import load as load_couchbase_sdk, parse_url
 from txcb.buckets.memcached import parse_backend
 from txcb.buckets.persistent import CorruptDataError, DataDirLockedError, StorageError
 from txcb.keyspaces import DEFAULT_BUCKET, Keyspaces, check_bucket_name, parse_collection_path
@@ -29,12 +30,12 @@ from txcb.server.netstring import BucketServerFactory
 from txcb.service.listen import (
     ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
     endpoint_problem, lower_first)
-from txcb.service.keyspaces import make_keyspace, make_keyspaces
+from txcb.service.keyspaces import is_couchbase_backend, make_keyspace, make_keyspaces
 from txcb.service.memory import MemoryTrimmer, glibc_heap
 from txcb.service.metrics import install_metrics
 from txcb.service.reactor import install_default
 
-__all__ = ["Options", "makeService", "make_bucket", "BucketService",
+__all__ = ["Options", "makeService", "make_bucket", "backend_credentials", "BucketService",
            "ListenService", "DEFAULT_PORT", "endpoint_description", "startup_problem",
            "version_line"]
 
@@ -75,7 +76,13 @@ class Options(usage.Options):
         ["backend", None, None,
          "Serve a pool of memcached servers instead of a local bucket: "
          "memcached:HOST:PORT[:WEIGHT],HOST:PORT[:WEIGHT],... (binary protocol, "
-         "keys placed like twemproxy with hash md5).", str],
+         "keys placed like twemproxy with hash md5); or a Couchbase cluster: "
+         "couchbase://HOST[:PORT][/BUCKET] (couchbases:// for TLS; bucket default "
+         "if omitted; credentials from --backend-auth-file or TXCB_BACKEND_USER/"
+         "TXCB_BACKEND_PASSWORD).", str],
+        ["backend-auth-file", None, None,
+         "With --backend couchbase://: a file of one user:password line, the "
+         "cluster user txcb connects as.", str],
         ["distribution", None, "ketama",
          "Key distribution over the --backend servers: ketama or modula.", str],
         ["data-dir", None, "txcb-data",
@@ -206,11 +213,31 @@ class Options(usage.Options):
 
     def _check_backend(self) -> None:
         """A --backend must parse now, not when the service starts."""
-        if self["backend"] is not None:
+        self["backend-credentials"] = None
+        if self["backend-auth-file"] is not None and not is_couchbase_backend(
+                self["backend"]):
+            raise usage.UsageError("--backend-auth-file is for --backend couchbase://... "
+                                   "(memcached servers take no cluster credentials)")
+        if is_couchbase_backend(self["backend"]):
+            self._check_couchbase_backend()
+        elif self["backend"] is not None:
             try:
                 parse_backend(self["backend"])
             except ValueError as e:
                 raise usage.UsageError("--backend: %s" % (e,))
+
+    def _check_couchbase_backend(self) -> None:
+        """The URL, the SDK and the credentials, each with its one-line error."""
+        try:
+            parse_url(self["backend"])
+        except ValueError as e:
+            raise usage.UsageError("--backend: %s" % (e,))
+        try:
+            load_couchbase_sdk()
+        except ImportError as e:
+            raise usage.UsageError("--backend %s: %s" % (self["backend"], e))
+        self["backend-credentials"] = backend_credentials(
+            self["backend-auth-file"], os.environ)
 
     def _check_endpoints(self) -> None:
         """Endpoint strings must parse now, not when the service starts."""
@@ -247,6 +274,32 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--couchbase %s listens beyond loopback: give --auth-file (user:password "
                     "lines) or listen on 127.0.0.1" % (description,))
+
+
+def backend_credentials(path: Optional[str], environ: Any) -> tuple:
+    """(user, password) for --backend couchbase://: from the file (one
+    user:password line) or TXCB_BACKEND_USER/TXCB_BACKEND_PASSWORD; never
+    from the command line."""
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            why = lower_first(getattr(e, "strerror", None) or str(e))
+            raise usage.UsageError("cannot read --backend-auth-file %s: %s" % (path, why))
+        user, sep, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
+        if not (user and sep and password):
+            raise usage.UsageError("bad --backend-auth-file %s: write one user:password "
+                                   "line" % (path,))
+        return user, password
+    user = environ.get("TXCB_BACKEND_USER")
+    password = environ.get("TXCB_BACKEND_PASSWORD")
+    if not user or not password:
+        raise usage.UsageError(
+            "--backend couchbase:// needs the cluster's credentials: give "
+            "--backend-auth-file FILE (one user:password line) or set TXCB_BACKEND_USER "
+            "and TXCB_BACKEND_PASSWORD")
+    return user, password
 
 
 def _loopback_only(description: str) -> bool:
