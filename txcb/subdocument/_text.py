@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import json.scanner
 import re
+from functools import lru_cache
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from txcb.subdocument._const import MAX_DEPTH, Status
@@ -25,6 +26,12 @@ __all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "locat
 _WS = re.compile(r"[ \t\n\r]*")
 _KEY = re.compile(r'"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
 _SEP = re.compile(r"[ \t\n\r]*([,\]}])[ \t\n\r]*")
+#: Skips to the next bracket outside a string (strings skipped whole, in C).
+_TO_BRACKET = re.compile(
+    r'[^"{}\[\]]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"{}\[\]]*)*', re.S)
+#: A key the fast step may look for: printable ASCII, nothing JSON-structural.
+_PLAIN_KEY = re.compile(r'[A-Za-z0-9_$@#%&*+\-./;<=>?^|~!\'()]+\Z')
+_WS_CHARS = " \t\n\r"
 
 
 class OpError(Exception):
@@ -144,9 +151,50 @@ def members(s: str, start: int) -> List[Tuple[int, int, int, Optional[str]]]:
     return list(iter_members(s, start))
 
 
+@lru_cache(maxsize=1024)
+def _key_pattern(key: str) -> Optional["re.Pattern[str]"]:
+    """The member ``"key":`` (after its ``{`` or ``,``), or None: not a plain key."""
+    if not _PLAIN_KEY.match(key):
+        return None
+    return re.compile(r'[{,][ \t\n\r]*("%s")[ \t\n\r]*:[ \t\n\r]*' % re.escape(key))
+
+
+def _fast_member(s: str, start: int, pattern: "re.Pattern[str]", found: Found) -> bool:
+    """
+    The member matching ``pattern`` of the object at ``start``, found by
+    jumping from bracket to bracket and searching only the stretches of the
+    object's own level.  In JSON text a plain key's ``{"k":`` or ``,"k":``
+    cannot occur inside a string, so a match in those stretches is a member.
+    """
+    depth, i = 0, start
+    while True:
+        c = s[i]
+        depth += 1 if c in "{[" else -1
+        if depth == 0:
+            return False
+        j = _TO_BRACKET.match(s, i + 1).end()  # type: ignore[union-attr]
+        if depth == 1:
+            m = pattern.search(s, i, j)
+            if m is not None:
+                _fast_hit(s, start, m, found)
+                return True
+        i = j
+
+
+def _fast_hit(s: str, start: int, m: "re.Match[str]", found: Found) -> None:
+    found.key_start, found.start = m.start(1), m.end()
+    found.end = value_end(s, found.start)
+    comma = m.start()
+    found.prev_end = -1 if comma == start else len(s[start:comma].rstrip(_WS_CHARS)) + start
+
+
 def _child(s: str, start: int, comp: Component, found: Found) -> bool:
     """Step from the container at ``start`` into ``comp``; False if absent."""
     kind = s[start]
+    if kind == "{" and isinstance(comp, str):
+        pattern = _key_pattern(comp)
+        if pattern is not None:
+            return _fast_member(s, start, pattern, found)
     if kind not in "{[" or isinstance(comp, str) != (kind == "{"):
         raise OpError(Status.PATH_MISMATCH, "the path treats a value as the wrong type")
     items = iter_members(s, start)
