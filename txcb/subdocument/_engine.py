@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 from txcb.subdocument._const import MAX_DEPTH, DocFlag, Opcode, PathFlag, Status, SubdocError
 from txcb.subdocument._text import (
-    MALFORMED, OpError, check_document, kind_at, skip_ws, too_deep)
+    MALFORMED, OpError, check_document, kind_at, maybe_deep, skip_ws, too_deep)
 from txcb.subdocument._ops import LOOKUPS, MUTATIONS
 from txcb.subdocument._path import PathError, parse
 from txcb.subdocument._spec import Spec, check_request
@@ -48,12 +48,14 @@ class _Body:
         self._error: Optional[OpError] = None
         self._decoded: Any = None
         self._deep: Optional[bool] = None
+        self._maybe_deep: Optional[bool] = None
 
     def _check(self) -> None:
         if self._text is None and self._error is None:
             try:
                 text = self.raw.decode("utf-8")
-                self._decoded = check_document(text, self.trusted)
+                self._maybe_deep = maybe_deep(text)
+                self._decoded = check_document(text, self.trusted, self._maybe_deep)
                 self._text = text
             except UnicodeDecodeError:
                 self._error = OpError(Status.DOC_NOTJSON, "the document is not UTF-8")
@@ -77,7 +79,7 @@ class _Body:
 
     def check_depth(self) -> None:
         if self._deep is None:
-            self._deep = too_deep(self.text(), self._decoded)
+            self._deep = too_deep(self.text(), self._decoded, self._maybe_deep)
             self._decoded = None
         if self._deep:
             raise OpError(Status.DOC_E2DEEP, "the document nests deeper than %d" % MAX_DEPTH)
@@ -88,7 +90,7 @@ class _Body:
 
     def set_raw(self, raw: bytes) -> None:
         self.raw, self._text, self._error, self.trusted = raw, None, None, False
-        self._deep = self._decoded = None
+        self._deep = self._decoded = self._maybe_deep = None
 
 
 def _trusted(meta: DocumentMeta) -> bool:

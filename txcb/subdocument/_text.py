@@ -17,9 +17,14 @@ from functools import lru_cache
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from txcb.subdocument._const import MAX_DEPTH, Status
+
+try:  # optional (pip install txcb[fast]); the standard library decides without it
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - PyPy, or not installed
+    _orjson = None  # type: ignore[assignment]
 from txcb.subdocument._path import Component
 
-__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "locate",
+__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "maybe_deep", "locate",
            "parse_value", "depth_of", "members", "iter_members", "next_start", "kind_at",
            "value_end", "skip_ws"]
 
@@ -80,25 +85,47 @@ def depth_of(obj: Any) -> int:
 MALFORMED = (ValueError, StopIteration, AttributeError, IndexError, RecursionError)
 
 
-def check_document(s: str, trusted: bool = False) -> Optional[Any]:
+def maybe_deep(s: str) -> bool:
+    """Whether ``s`` has enough brackets to nest deeper than MAX_DEPTH."""
+    return s.count("[") + s.count("{") >= MAX_DEPTH
+
+
+def _parse_checked(s: str) -> Any:
+    """
+    :func:`parse_value`, asking orjson first when it is installed: what it
+    accepts the standard library accepts too (and decodes alike), so only
+    what it refuses needs the standard library's verdict.
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.loads(s)
+        except _orjson.JSONDecodeError:
+            pass
+    return parse_value(s)
+
+
+def check_document(s: str, trusted: bool = False, deep: Optional[bool] = None
+                   ) -> Optional[Any]:
     """
     DOC_NOTJSON unless ``s`` is one JSON value.  ``trusted``: the caller
     knows it is (memcached's datatype), so it is not parsed.  Returns the
-    decoded value when :func:`too_deep` may need it, else None.
+    decoded value when :func:`too_deep` may need it, else None.  ``deep``:
+    :func:`maybe_deep` of ``s``, if the caller knows it.
     """
-    maybe_deep = s.count("[") + s.count("{") >= MAX_DEPTH
-    if trusted and not maybe_deep:
+    if deep is None:
+        deep = maybe_deep(s)
+    if trusted and not deep:
         return None
     try:
-        obj = parse_value(s)
+        obj = _parse_checked(s)
     except (ValueError, RecursionError):
         raise OpError(Status.DOC_NOTJSON, "the document is not JSON")
-    return obj if maybe_deep else None
+    return obj if deep else None
 
 
-def too_deep(s: str, obj: Optional[Any]) -> bool:
+def too_deep(s: str, obj: Optional[Any], deep: Optional[bool] = None) -> bool:
     """Whether the (checked) document nests deeper than subjson parses."""
-    if s.count("[") + s.count("{") < MAX_DEPTH:
+    if not (maybe_deep(s) if deep is None else deep):
         return False
     if obj is None:
         try:
@@ -185,7 +212,12 @@ def _fast_hit(s: str, start: int, m: "re.Match[str]", found: Found) -> None:
     found.key_start, found.start = m.start(1), m.end()
     found.end = value_end(s, found.start)
     comma = m.start()
-    found.prev_end = -1 if comma == start else len(s[start:comma].rstrip(_WS_CHARS)) + start
+    if comma == start:
+        found.prev_end = -1
+    else:
+        while s[comma - 1] in _WS_CHARS:
+            comma -= 1
+        found.prev_end = comma
 
 
 def _child(s: str, start: int, comp: Component, found: Found) -> bool:
