@@ -16,6 +16,7 @@ import re
 from functools import lru_cache
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+from txcb.subdocument import _fast
 from txcb.subdocument._const import MAX_DEPTH, Status
 
 try:  # optional (pip install txcb[fast]); the standard library decides without it
@@ -224,9 +225,19 @@ def _child(s: str, start: int, comp: Component, found: Found) -> bool:
     """Step from the container at ``start`` into ``comp``; False if absent."""
     kind = s[start]
     if kind == "{" and isinstance(comp, str):
+        decided = _fast.member(s, start, comp)
+        if decided is not None:
+            if decided[0]:
+                _hit(found, decided[1], decided[1][3])
+            return decided[0]
         pattern = _key_pattern(comp)
         if pattern is not None:
             return _fast_member(s, start, pattern, found)
+    elif kind == "[" and isinstance(comp, int):
+        hit = _fast.last_element(s, start) if comp == -1 else _fast.element(s, start, comp)
+        if hit is not None:
+            _hit(found, hit, hit[3])
+            return True
     if kind not in "{[" or isinstance(comp, str) != (kind == "{"):
         raise OpError(Status.PATH_MISMATCH, "the path treats a value as the wrong type")
     items = iter_members(s, start)
@@ -247,7 +258,7 @@ def _child(s: str, start: int, comp: Component, found: Found) -> bool:
     return False
 
 
-def _hit(found: Found, item: Tuple[int, int, int, Optional[str]], prev_end: int) -> None:
+def _hit(found: Found, item: Tuple[int, int, int, Any], prev_end: int) -> None:
     found.key_start, found.start, found.end = item[0], item[1], item[2]
     found.prev_end = prev_end
 

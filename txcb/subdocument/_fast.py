@@ -1,0 +1,128 @@
+"""
+One step of a path through checked JSON text in one regular-expression
+match: the grammar of a container's members, written as a pattern, so the
+members before the wanted one are skipped in C rather than one by one.
+
+A pattern cannot count brackets, so a value nested deeper than
+:data:`NESTING` levels does not match; the pattern then fails as a whole
+and the caller takes the general scanner (:func:`txcb.subdocument._text.locate`).
+Only plain keys (:data:`_PLAIN_KEY`: no quote, backslash, escape or
+non-ASCII character) and small indices get a pattern.  The text must be
+JSON (checked by the caller): the grammar below is exact only for JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Optional, Tuple
+
+__all__ = ["Hit", "member", "element", "last_element", "NESTING", "MAX_FAST_INDEX"]
+
+#: The deepest nesting, below the container stepped through, that a pattern skips.
+NESTING = 8
+#: The largest array index that gets its own pattern.
+MAX_FAST_INDEX = 64
+
+def _possessive() -> bool:
+    """Whether ``re`` has possessive quantifiers and atomic groups (Python 3.11+)."""
+    try:
+        re.compile(r"(?>a*+)")
+    except re.error:
+        return False
+    return True
+
+
+# Possessive where there is one way to match JSON: no backtracking into a value.
+_P, _ATOM = ("+", "(?>") if _possessive() else ("", "(?:")
+_WS = r"[ \t\n\r]*" + _P
+_WS_CHARS = " \t\n\r"
+_STR = r'"[^"\\]*%s(?:\\.[^"\\]*%s)*%s"' % (_P, _P, _P)
+_RUN = r'[^"{}\[\]]*' + _P
+_SCALAR = r"[-+.0-9A-Za-z]+" + _P
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_$@#%&*+\-./;<=>?^|~!'()]+\Z")
+
+
+def _containers(levels: int) -> str:
+    """A balanced container, strings skipped whole, nesting at most ``levels``."""
+    inner = _STR
+    for _ in range(levels):
+        inner = r"%s|[\[{]%s(?:(?:%s)%s)*%s[\]}]" % (_STR, _RUN, inner, _RUN, _P)
+    return inner
+
+
+_VALUE = "%s%s|%s)" % (_ATOM, _containers(NESTING), _SCALAR)
+
+#: (key start, value start, value end, end of the previous value or -1)
+Hit = Tuple[int, int, int, int]
+
+
+@lru_cache(maxsize=1024)
+def _member_pattern(key: str) -> Optional["re.Pattern[str]"]:
+    """Members other than ``key`` skipped, then ``"key":`` and its value, or the ``}``."""
+    if not _PLAIN_KEY.match(key):
+        return None
+    quoted = re.escape('"%s"' % key)
+    return re.compile(r"\{%s(?:(?!%s)%s%s:%s%s%s(?:,%s|(?=\})))*%s(?:(%s)%s:%s(%s)|\})" % (
+        _WS, quoted, _STR, _WS, _WS, _VALUE, _WS, _WS, _P, quoted, _WS, _WS, _VALUE))
+
+
+@lru_cache(maxsize=MAX_FAST_INDEX + 1)
+def _element_pattern(n: int) -> "re.Pattern[str]":
+    return re.compile(r"\[%s(?:%s%s,%s){%d}(%s)" % (_WS, _VALUE, _WS, _WS, n, _VALUE))
+
+
+_LAST = re.compile(r"\[%s(?:%s%s,%s)*%s(%s)%s\]" % (_WS, _VALUE, _WS, _WS, _P, _VALUE, _WS))
+
+
+def _prev_end(s: str, begin: int) -> int:
+    """The end of the value before the member at ``begin``, -1 if it is the first."""
+    i = begin - 1
+    while s[i] in _WS_CHARS:
+        i -= 1
+    if s[i] != ",":
+        return -1  # the container's bracket
+    i -= 1
+    while s[i] in _WS_CHARS:
+        i -= 1
+    return i + 1
+
+
+def _hit(s: str, m: "re.Match[str]", key: int, value: int) -> Hit:
+    begin = m.start(key)
+    return begin, m.start(value), m.end(value), _prev_end(s, begin)
+
+
+_ABSENT = (False, (-1, -1, -1, -1))
+
+
+def member(s: str, start: int, key: str) -> Optional[Tuple[bool, Hit]]:
+    """
+    The member ``key`` of the object at ``start``: (True, its Hit), or
+    (False, ...) if the object has none; None if no pattern decides.
+    """
+    pattern = _member_pattern(key)
+    if pattern is None:
+        return None
+    if s.find('"%s"' % key, start) < 0:
+        return _ABSENT  # a member's key would be in the text as it is
+    m = pattern.match(s, start)
+    if m is None:
+        return None
+    if m.start(1) < 0:
+        return _ABSENT
+    return True, _hit(s, m, 1, 2)
+
+
+def element(s: str, start: int, n: int) -> Optional[Hit]:
+    """Element ``n`` (0 or more) of the array at ``start``; None if no pattern finds it."""
+    if n > MAX_FAST_INDEX:
+        return None
+    m = _element_pattern(n).match(s, start)
+    return None if m is None else _hit(s, m, 1, 1)
+
+
+def last_element(s: str, start: int) -> Optional[Hit]:
+    """The last element of the array at ``start``; None if no pattern finds it."""
+    m = _LAST.match(s, start)
+    return None if m is None else _hit(s, m, 1, 1)
