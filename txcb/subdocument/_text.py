@@ -82,6 +82,10 @@ def depth_of(obj: Any) -> int:
     return 1
 
 
+#: Whether a path step may take the fast steps (:mod:`._fast`, the bracket
+#: jumps); the tests turn it off to compare them with the general scanner.
+FAST = True
+
 #: What navigating text that is not JSON after all raises.
 MALFORMED = (ValueError, StopIteration, AttributeError, IndexError, RecursionError)
 
@@ -224,7 +228,9 @@ def _fast_hit(s: str, start: int, m: "re.Match[str]", found: Found) -> None:
 def _child(s: str, start: int, comp: Component, found: Found) -> bool:
     """Step from the container at ``start`` into ``comp``; False if absent."""
     kind = s[start]
-    if kind == "{" and isinstance(comp, str):
+    if not FAST:
+        pass
+    elif kind == "{" and isinstance(comp, str):
         decided = _fast.member(s, start, comp)
         if decided is not None:
             if decided[0]:
