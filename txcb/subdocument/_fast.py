@@ -37,6 +37,7 @@ def _possessive() -> bool:
 _P, _ATOM = ("+", "(?>") if _possessive() else ("", "(?:")
 _WS = r"[ \t\n\r]*" + _P
 _WS_CHARS = " \t\n\r"
+_WS_RE = re.compile(_WS)
 _STR = r'"[^"\\]*%s(?:\\.[^"\\]*%s)*%s"' % (_P, _P, _P)
 _RUN = r'[^"{}\[\]]*' + _P
 _SCALAR = r"[-+.0-9A-Za-z]+" + _P
@@ -57,14 +58,12 @@ _VALUE = "%s%s|%s)" % (_ATOM, _containers(NESTING), _SCALAR)
 Hit = Tuple[int, int, int, int]
 
 
-@lru_cache(maxsize=1024)
-def _member_pattern(key: str) -> Optional["re.Pattern[str]"]:
-    """Members other than ``key`` skipped, then ``"key":`` and its value, or the ``}``."""
-    if not _PLAIN_KEY.match(key):
-        return None
-    quoted = re.escape('"%s"' % key)
-    return re.compile(r"\{%s(?:(?!%s)%s%s:%s%s%s(?:,%s|(?=\})))*%s(?:(%s)%s:%s(%s)|\})" % (
-        _WS, quoted, _STR, _WS, _WS, _VALUE, _WS, _WS, _P, quoted, _WS, _WS, _VALUE))
+_MEMBER = r"%s%s:%s%s%s" % (_STR, _WS, _WS, _VALUE, _WS)
+#: The members followed by a comma, as many as there are (up to ``endpos``).
+_MEMBERS = re.compile(r"(?:%s,%s)*%s" % (_MEMBER, _WS, _P))
+#: One member, and its comma if there is one.
+_ONE_MEMBER = re.compile(r"%s(?:,%s)?" % (_MEMBER, _WS))
+_KEY_VALUE = re.compile(r"%s:%s(%s)" % (_WS, _WS, _VALUE))
 
 
 @lru_cache(maxsize=MAX_FAST_INDEX + 1)
@@ -100,18 +99,29 @@ def member(s: str, start: int, key: str) -> Optional[Tuple[bool, Hit]]:
     """
     The member ``key`` of the object at ``start``: (True, its Hit), or
     (False, ...) if the object has none; None if no pattern decides.
+
+    Each place the text holds ``"key"`` is a member of this object if the
+    members before it, matched as a run, end exactly there; a run that stops
+    short stops at the member holding the place, which is then skipped whole.
     """
-    pattern = _member_pattern(key)
-    if pattern is None:
+    if not _PLAIN_KEY.match(key):
         return None
-    if s.find('"%s"' % key, start) < 0:
-        return _ABSENT  # a member's key would be in the text as it is
-    m = pattern.match(s, start)
-    if m is None:
-        return None
-    if m.start(1) < 0:
-        return _ABSENT
-    return True, _hit(s, m, 1, 2)
+    quoted = '"%s"' % key
+    pos = _WS_RE.match(s, start + 1).end()  # type: ignore[union-attr]
+    while True:
+        q = s.find(quoted, pos)
+        if q < 0:
+            return _ABSENT  # a member's key would be in the text as it is
+        p = _MEMBERS.match(s, pos, q).end()  # type: ignore[union-attr]
+        if p == q:
+            m = _KEY_VALUE.match(s, q + len(quoted))
+            return None if m is None else (True, (q, m.start(1), m.end(1), _prev_end(s, q)))
+        if s[p] == "}":
+            return _ABSENT  # the object ends before that place
+        m = _ONE_MEMBER.match(s, p)
+        if m is None:
+            return None  # nested deeper than the pattern
+        pos = m.end()
 
 
 def element(s: str, start: int, n: int) -> Optional[Hit]:

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - PyPy, or not installed
 from txcb.subdocument._path import Component
 
 __all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "maybe_deep", "locate",
-           "parse_value", "depth_of", "members", "iter_members", "next_start", "kind_at",
+           "parse_value", "parse_checked", "depth_of", "members", "iter_members", "next_start", "kind_at",
            "value_end", "skip_ws"]
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -95,7 +95,7 @@ def maybe_deep(s: str) -> bool:
     return s.count("[") + s.count("{") >= MAX_DEPTH
 
 
-def _parse_checked(s: str) -> Any:
+def parse_checked(s: str) -> Any:
     """
     :func:`parse_value`, asking orjson first when it is installed: what it
     accepts the standard library accepts too (and decodes alike), so only
@@ -122,7 +122,7 @@ def check_document(s: str, trusted: bool = False, deep: Optional[bool] = None
     if trusted and not deep:
         return None
     try:
-        obj = _parse_checked(s)
+        obj = parse_checked(s)
     except (ValueError, RecursionError):
         raise OpError(Status.DOC_NOTJSON, "the document is not JSON")
     return obj if deep else None
