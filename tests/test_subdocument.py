@@ -13,7 +13,7 @@ import random
 import subprocess
 import sys
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import txcb.subdocument as SD
 from tests.support import ROOT
@@ -943,6 +943,22 @@ def _outcome(call):
         return ("error", type(e))
 
 
+def _shape(obj):
+    """The containers of a decoded value (all the engine uses of it: nesting, kinds)."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj]
+    return "primitive"  # orjson reads an integer past 64 bits as a float
+
+
+def _shape_of(parse, text):
+    try:
+        return _shape(parse(text))
+    except (ValueError, RecursionError):
+        return "refused"
+
+
 class SubdocFastPathTests(SynchronousTestCase):
     """
     The fast path steps (txcb.subdocument._fast, the bracket jumps of _text)
@@ -1051,12 +1067,24 @@ class SubdocFastPathTests(SynchronousTestCase):
                  '["\x01"]', '["\t"]', "\ufeff[1]", "[1,]", '{"a":1,}', "[01]", "[-]",
                  "[" * 2000 + "]" * 2000, '{"a":1,"a":2}', "  [1]  ", "[1] x", "", " ",
                  '"s"', "1", "-0", "[1.]", "[.5]", "[1e]", "[tru]", '["\\x"]', "{'a':1}",
-                 '["\u2028"]', "[1\x0b]", "[1\xa0]"]
+                 '["\u2028"]', "[1\x0b]", "[1\xa0]", "[18446744073709551616]",
+                 '{"a":[{"b":[[]]}],"c":{}}']
+        orjson = sd_text._orjson
+        if orjson is None:
+            raise SkipTest("orjson is not installed: the standard library alone decides")
         for text in texts:
-            with_orjson = _outcome(lambda: sd_text.check_document(text, deep=True))
+            with_orjson = _outcome(lambda: type(sd_text.check_document(text)))
             self.patch(sd_text, "_orjson", None)
             try:
-                alone = _outcome(lambda: sd_text.check_document(text, deep=True))
+                alone = _outcome(lambda: type(sd_text.check_document(text)))
             finally:
-                self.patch(sd_text, "_orjson", sd_text._orjson)
+                self.patch(sd_text, "_orjson", orjson)
             self.assertEqual(with_orjson, alone, text[:40])
+            if text.count("[") < 100:  # _shape recurses
+                self.assertEqual(_shape_of(sd_text.parse_checked, text),
+                                 _shape_of(sd_text.parse_value, text), text[:40])
+
+    def test_deep_document_is_not_json_with_or_without_orjson(self):
+        # orjson reads 2000 levels; the standard library's recursion limit refuses them
+        doc = ("[" * 2000 + "]" * 2000).encode()
+        self.assertEqual(run_lookup(doc, SD.get("[0]")).results[0].status, S.DOC_NOTJSON)

@@ -95,13 +95,16 @@ def maybe_deep(s: str) -> bool:
     return s.count("[") + s.count("{") >= MAX_DEPTH
 
 
-def parse_checked(s: str) -> Any:
+def parse_checked(s: str, deep: Optional[bool] = None) -> Any:
     """
-    :func:`parse_value`, asking orjson first when it is installed: what it
-    accepts the standard library accepts too (and decodes alike), so only
-    what it refuses needs the standard library's verdict.
+    :func:`parse_value`, asking orjson first when it is installed and ``s``
+    nests shallowly (:func:`maybe_deep` false, or ``deep`` given false):
+    what it then accepts the standard library accepts too, with the same
+    containers, so only what it refuses needs the standard library's
+    verdict.  Deep texts go to the standard library alone, whose recursion
+    limit refuses some that orjson reads.
     """
-    if _orjson is not None:
+    if _orjson is not None and not (maybe_deep(s) if deep is None else deep):
         try:
             return _orjson.loads(s)
         except _orjson.JSONDecodeError:
@@ -122,7 +125,7 @@ def check_document(s: str, trusted: bool = False, deep: Optional[bool] = None
     if trusted and not deep:
         return None
     try:
-        obj = parse_checked(s)
+        obj = parse_checked(s, deep)
     except (ValueError, RecursionError):
         raise OpError(Status.DOC_NOTJSON, "the document is not JSON")
     return obj if deep else None
