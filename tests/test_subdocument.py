@@ -1088,3 +1088,13 @@ class SubdocFastPathTests(SynchronousTestCase):
         # orjson reads 2000 levels; the standard library's recursion limit refuses them
         doc = ("[" * 2000 + "]" * 2000).encode()
         self.assertEqual(run_lookup(doc, SD.get("[0]")).results[0].status, S.DOC_NOTJSON)
+
+    def test_remembered_lookup_check_still_refuses(self):
+        ok = [SD.get("a")]
+        run_lookup(b'{"a":1}', *ok)
+        self.assertRaises(SubdocError, run_lookup, b'{"a":1}', *ok, doc_flags=DocFlag.MKDOC)
+        too_many = [SD.get("a")] * 17
+        for _ in range(2):
+            e = self.assertRaises(SubdocError, run_lookup, b'{"a":1}', *too_many)
+            self.assertEqual(e.status, S.INVALID_COMBO)
+        self.assertEqual(run_lookup(b'{"a":1}', *ok).results[0].value, b"1")
