@@ -37,7 +37,6 @@ def _possessive() -> bool:
 _P, _ATOM = ("+", "(?>") if _possessive() else ("", "(?:")
 _WS = r"[ \t\n\r]*" + _P
 _WS_CHARS = " \t\n\r"
-_WS_RE = re.compile(_WS)
 _STR = r'"[^"\\]*%s(?:\\.[^"\\]*%s)*%s"' % (_P, _P, _P)
 _RUN = r'[^"{}\[\]]*' + _P
 _SCALAR = r"[-+.0-9A-Za-z]+" + _P
@@ -59,8 +58,8 @@ Hit = Tuple[int, int, int, int]
 
 
 _MEMBER = r"%s%s:%s%s%s" % (_STR, _WS, _WS, _VALUE, _WS)
-#: The members followed by a comma, as many as there are (up to ``endpos``).
-_MEMBERS = re.compile(r"(?:%s,%s)*%s" % (_MEMBER, _WS, _P))
+#: Blanks, then the members followed by a comma, as many as there are (up to ``endpos``).
+_MEMBERS = re.compile(r"%s(?:%s,%s)*%s" % (_WS, _MEMBER, _WS, _P))
 #: One member, and its comma if there is one.
 _ONE_MEMBER = re.compile(r"%s(?:,%s)?" % (_MEMBER, _WS))
 _KEY_VALUE = re.compile(r"%s:%s(%s)" % (_WS, _WS, _VALUE))
@@ -95,6 +94,11 @@ def _hit(s: str, m: "re.Match[str]", key: int, value: int) -> Hit:
 _ABSENT = (False, (-1, -1, -1, -1))
 
 
+@lru_cache(maxsize=4096)
+def _plain(key: str) -> bool:
+    return _PLAIN_KEY.match(key) is not None
+
+
 def member(s: str, start: int, key: str) -> Optional[Tuple[bool, Hit]]:
     """
     The member ``key`` of the object at ``start``: (True, its Hit), or
@@ -104,10 +108,10 @@ def member(s: str, start: int, key: str) -> Optional[Tuple[bool, Hit]]:
     members before it, matched as a run, end exactly there; a run that stops
     short stops at the member holding the place, which is then skipped whole.
     """
-    if not _PLAIN_KEY.match(key):
+    if not _plain(key):
         return None
     quoted = '"%s"' % key
-    pos = _WS_RE.match(s, start + 1).end()  # type: ignore[union-attr]
+    pos = start + 1
     while True:
         q = s.find(quoted, pos)
         if q < 0:
