@@ -186,46 +186,48 @@ def members(s: str, start: int) -> List[Tuple[int, int, int, Optional[str]]]:
     return list(iter_members(s, start))
 
 
-@lru_cache(maxsize=1024)
-def _key_pattern(key: str) -> Optional["re.Pattern[str]"]:
-    """The member ``"key":`` (after its ``{`` or ``,``), or None: not a plain key."""
-    if not _PLAIN_KEY.match(key):
-        return None
-    return re.compile(r'[{,][ \t\n\r]*("%s")[ \t\n\r]*:[ \t\n\r]*' % re.escape(key))
-
-
-def _fast_member(s: str, start: int, pattern: "re.Pattern[str]", found: Found) -> bool:
+def _fast_member(s: str, start: int, key: str, found: Found) -> bool:
     """
-    The member matching ``pattern`` of the object at ``start``, found by
-    jumping from bracket to bracket and searching only the stretches of the
-    object's own level.  In JSON text a plain key's ``{"k":`` or ``,"k":``
-    cannot occur inside a string, so a match in those stretches is a member.
+    The member ``key`` (a plain key, see :mod:`._fast`) of the object at
+    ``start``, found by jumping from bracket to bracket and looking only in
+    the stretches of the object's own level: what a pattern-sized step
+    (:func:`._fast.member`) declines, nested too deep.  In JSON text a plain
+    key's ``{"k":`` or ``,"k":`` cannot occur inside a string, so such a
+    place in those stretches is a member.
     """
+    quoted = '"%s"' % key
     depth, i = 0, start
     while True:
-        c = s[i]
-        depth += 1 if c in "{[" else -1
+        depth += 1 if s[i] in "{[" else -1
         if depth == 0:
             return False
         j = _TO_BRACKET.match(s, i + 1).end()  # type: ignore[union-attr]
         if depth == 1:
-            m = pattern.search(s, i, j)
-            if m is not None:
-                _fast_hit(s, start, m, found)
-                return True
+            q = s.find(quoted, i, j)
+            while q >= 0:
+                if _is_member_at(s, q, len(quoted), found):
+                    return True
+                q = s.find(quoted, q + 1, j)
         i = j
 
 
-def _fast_hit(s: str, start: int, m: "re.Match[str]", found: Found) -> None:
-    found.key_start, found.start = m.start(1), m.end()
+def _is_member_at(s: str, q: int, size: int, found: Found) -> bool:
+    """Whether the key at ``q`` follows a ``{`` or ``,`` and precedes a ``:`` (then a hit)."""
+    before = q - 1
+    while s[before] in _WS_CHARS:
+        before -= 1
+    colon = skip_ws(s, q + size)
+    if s[before] not in "{," or s[colon] != ":":
+        return False
+    found.key_start, found.start = q, skip_ws(s, colon + 1)
     found.end = value_end(s, found.start)
-    comma = m.start()
-    if comma == start:
+    if s[before] == "{":
         found.prev_end = -1
     else:
-        while s[comma - 1] in _WS_CHARS:
-            comma -= 1
-        found.prev_end = comma
+        while s[before - 1] in _WS_CHARS:
+            before -= 1
+        found.prev_end = before
+    return True
 
 
 def _child(s: str, start: int, comp: Component, found: Found) -> bool:
@@ -239,9 +241,8 @@ def _child(s: str, start: int, comp: Component, found: Found) -> bool:
             if decided[0]:
                 _hit(found, decided[1], decided[1][3])
             return decided[0]
-        pattern = _key_pattern(comp)
-        if pattern is not None:
-            return _fast_member(s, start, pattern, found)
+        if _PLAIN_KEY.match(comp):
+            return _fast_member(s, start, comp, found)
     elif kind == "[" and isinstance(comp, int):
         hit = _fast.last_element(s, start) if comp == -1 else _fast.element(s, start, comp)
         if hit is not None:
