@@ -1,14 +1,16 @@
 """
-One step of a path through checked JSON text in one regular-expression
-match: the grammar of a container's members, written as a pattern, so the
-members before the wanted one are skipped in C rather than one by one.
+A path step through checked JSON text in a few regular-expression
+matches: the grammar of a container's members, written as patterns, so
+the members before the wanted one are skipped in C rather than one by one.
 
-A pattern cannot count brackets, so a value nested deeper than
-:data:`NESTING` levels does not match; the pattern then fails as a whole
-and the caller takes the general scanner (:func:`txcb.subdocument._text.locate`).
-Only plain keys (:data:`_PLAIN_KEY`: no quote, backslash, escape or
-non-ASCII character) and small indices get a pattern.  The text must be
-JSON (checked by the caller): the grammar below is exact only for JSON.
+The patterns do not depend on the key (a key's places are found with
+``str.find``), so many distinct keys cost no compiling; array indices up to
+:data:`MAX_FAST_INDEX` have a pattern each.  A pattern cannot count
+brackets, so a value nested deeper than :data:`NESTING` levels does not
+match: the step then declines (None) and the caller takes the general
+scanner.  Only plain keys (:data:`_PLAIN_KEY`: no quote, backslash,
+escape, blank or non-ASCII character) are looked for.  The text must be
+JSON (the caller checked it): the grammar is exact only for JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = ["Hit", "member", "element", "last_element", "NESTING", "MAX_FAST_INDE
 NESTING = 8
 #: The largest array index that gets its own pattern.
 MAX_FAST_INDEX = 64
+
 
 def _possessive() -> bool:
     """Whether ``re`` has possessive quantifiers and atomic groups (Python 3.11+)."""
@@ -55,7 +58,6 @@ _VALUE = "%s%s|%s)" % (_ATOM, _containers(NESTING), _SCALAR)
 
 #: (key start, value start, value end, end of the previous value or -1)
 Hit = Tuple[int, int, int, int]
-
 
 _MEMBER = r"%s%s:%s%s%s" % (_STR, _WS, _WS, _VALUE, _WS)
 #: Blanks, then the members followed by a comma, as many as there are (up to ``endpos``).

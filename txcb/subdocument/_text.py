@@ -6,6 +6,11 @@ scanner of :mod:`json` skips the values in between), and a mutation splices
 new text in, so every byte outside the changed span is kept as it was
 (number formats, whitespace, key order) and a lookup returns the raw
 fragment, as Couchbase Server does.
+
+A step into a plain key or a small index first tries :mod:`._fast` (the
+members skipped by patterns), then, for an object nested too deep for
+them, jumps from bracket to bracket; anything else (escaped or non-ASCII
+keys, large indices) takes the general scanner, one member at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import json
 import json.scanner
 import re
-from functools import lru_cache
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from txcb.subdocument import _fast
@@ -25,9 +29,9 @@ except ImportError:  # pragma: no cover - PyPy, or not installed
     _orjson = None  # type: ignore[assignment]
 from txcb.subdocument._path import Component
 
-__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "maybe_deep", "locate",
-           "parse_value", "parse_checked", "depth_of", "members", "iter_members", "next_start", "kind_at",
-           "value_end", "skip_ws"]
+__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "maybe_deep",
+           "locate", "parse_value", "parse_checked", "depth_of", "members", "iter_members",
+           "next_start", "kind_at", "value_end", "skip_ws", "FAST"]
 
 _WS = re.compile(r"[ \t\n\r]*")
 _KEY = re.compile(r'"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
