@@ -412,6 +412,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for the JSON, PNG and server logs (default bench/results)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    p.add_argument("--subdoc", action="store_true",
+                   help="issue 15's rows instead: lookup1 / get, mutate1 / upsert, the "
+                   "server's CPU per request (bench.subdoc_bench; --rounds applies)")
     a = p.parse_args(argv)
     a.value_size = 100
     a.inflight = 100
@@ -433,6 +436,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             setattr(a, k, v)
     if a.items <= a.small_items:
         p.error("--items must be more than %d" % a.small_items)
+    if a.subdoc:
+        from bench.subdoc_bench import main as run_subdoc  # it builds on this module
+        return run_subdoc(["--rounds", str(a.rounds)])
     only = set(filter(None, a.only.split(",")))
     if a.baseline:
         if a.smoke:

@@ -18,6 +18,7 @@ import re
 from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
+from zope.interface import implementer_only
 
 import txcb.subdocument as SD
 from txcb import errors
@@ -26,6 +27,7 @@ from txcb.client.blocking import Bucket
 from txcb.client.remote import BucketClientFactory
 from txcb.errors import RC
 from txcb.formats import FMT_JSON
+from txcb.interfaces import IBucket
 from txcb.wire.netstring import (
     encode_request, encode_response, netstring, SDOPT_PRESERVE_EXPIRY, SUBDOC_HEAD, SUBDOC_SPEC, FrameError, NetstringDecoder, Op,
     decode_lookup_reply, decode_mutate_reply, decode_response, decode_subdoc_failure,
@@ -236,6 +238,19 @@ class SubdocServerProtocolTests(ServerTestBase):
         self.assertEqual(decode_mutate_reply(replies[-1].body),
                          [(0, 0, str(10 + len(data) - 1).encode())])
 
+    def test_sync_bucket_is_answered_without_its_deferred_calls(self):
+        def deferred_call(*a, **kw):
+            raise AssertionError("the Deferred path was taken")
+        self.bucket.lookup_in = self.bucket.mutate_in = deferred_call
+        res = self.mutate(SD.upsert("a.c", 7), SD.counter("n", 1))
+        self.assertEqual((res.status, decode_mutate_reply(res.body)), (0, [(1, 0, b"11")]))
+        res = self.lookup(SD.get("a.c"), SD.get("nope"))
+        self.assertEqual((res.status, decode_lookup_reply(res.body)),
+                         (S.MULTI_PATH_FAILURE, [(0, b"7"), (S.PATH_ENOENT, b"")]))
+        res = self.mutate(SD.insert("a.c", 1))
+        self.assertEqual(res.status, S.MULTI_PATH_FAILURE)
+        self.assertEqual(self.bucket.get_sync("k").value["n"], 11)
+
     def test_mutate_returns_cas_seqno_and_counter_values(self):
         old = self.bucket.get_sync("k")
         res = self.mutate(SD.upsert("a.c", True), SD.counter("n", 5), SD.counter("m", -2,
@@ -365,8 +380,12 @@ class SubdocServerProtocolTests(ServerTestBase):
         self.assertEqual(self.call(Op.NOOP, 9).status, 0)
 
 
+@implementer_only(IBucket)
 class _PendingSubdocBucket(SubdocTestBucket):
-    """The served bucket, its lookup_in answered only when the test says so."""
+    """
+    The served bucket, its lookup_in answered only when the test says so;
+    not an ISyncBucket, so the server takes the Deferred path.
+    """
 
     def __init__(self, *a, **kw):
         SubdocTestBucket.__init__(self, *a, **kw)

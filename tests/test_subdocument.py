@@ -13,12 +13,14 @@ import random
 import subprocess
 import sys
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import txcb.subdocument as SD
 from tests.support import ROOT
 from txcb.errors import KeyExistsError, NotFoundError, TooBigError
 from txcb.subdocument import _path as sd_path  # the parser, to walk decoded copies
+from txcb.subdocument import _fast as sd_fast  # the fast path steps, checked below
+from txcb.subdocument import _text as sd_text
 from txcb.subdocument import (
     DocFlag, DocumentMeta, Opcode, PathFlag, Spec, Status, SubdocError, SubdocResult)
 
@@ -927,3 +929,179 @@ class SubdocDocumentShapeTests(SynchronousTestCase):
         self.assertEqual(found.results[0].status, S.DOC_E2DEEP)
         e = self.assertRaises(SubdocError, run_mutate, self.nested_dict(33), SD.upsert("x", 1))
         self.assertEqual(e.status, S.DOC_E2DEEP)
+
+
+def _outcome(call):
+    """What a call returned, or the status / exception type it raised."""
+    try:
+        return ("ok", call())
+    except SubdocError as e:
+        return ("subdoc", e.status, e.index)
+    except sd_text.OpError as e:
+        return ("op", e.status)
+    except (NotFoundError, KeyExistsError, TooBigError) as e:
+        return ("error", type(e))
+
+
+def _shape(obj):
+    """The containers of a decoded value (all the engine uses of it: nesting, kinds)."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj]
+    return "primitive"  # orjson reads an integer past 64 bits as a float
+
+
+def _shape_of(parse, text):
+    try:
+        return _shape(parse(text))
+    except (ValueError, RecursionError):
+        return "refused"
+
+
+class SubdocFastPathTests(SynchronousTestCase):
+    """
+    The fast path steps (txcb.subdocument._fast, the bracket jumps of _text)
+    give byte for byte what the general scanner gives (``_text.FAST`` off),
+    and decline (None: the general scanner decides) what they do not cover.
+    """
+
+    DEEP = "[" * 9 + "1" + "]" * 9  # deeper than _fast.NESTING below a member
+    DOCS = [
+        '{"a":1,"b":{"c":[1,2,{"d":"x"}],"e":"s"},"f":[10,20,30]}',
+        ' \n{ "a" : 1 ,\t"b" : { "c" : [ 1 , 2 , { "d" : "x" } ] , "e" : "s" } ,'
+        ' "f" : [ 10 , 20 , 30 ] }\r\n',
+        '{"s":"{\\"a\\":2, [\\"b\\"]}","a":3,"b":{"a":4},"f":[]}',
+        '{"b":{"a":"}"},"a":"]","c":"\\\\","f":["[",{"a":"{"},-1.5e+3]}',
+        '{"a":1,"a":2,"b":{"x":1,"x":2},"f":[true,false,null]}',
+        '{"x":%s,"a":5,"b":{"deep":%s,"e":6},"f":[%s,7]}' % (DEEP, DEEP, DEEP),
+        '{"x":%s,"k\\"a":1,"a":2,"b":{"d":%s,"q\\"e" :3,"e":4}}' % (DEEP, DEEP),
+        '{"k\\"a":1,"a":2,"b":{"q\\"e" :3,"e":4,"s":"\\"e\\":5"},"f":["\\"a\\":1"]}',
+        '{"a\\"b":1,"\\u0061":2,"\u00e9":3,"a":{"b":[0,-0,1E2,0.5]},"f":[[1],[2,[3]]]}',
+        '{"":1,"a":{},"b":[],"f":[{}]}',
+        '[1,[2,3],{"a":4},"]"]',
+    ]
+    PATHS = ["a", "b", "b.c", "b.c[2].d", "b.c[-1]", "b.e", "b.a", "b.x", "b.deep", "f",
+             "f[0]", "f[1]", "f[-1]", "f[2]", "f[3]", "f[1][-1]", "f[1][1][0]", "x",
+             "nope", "a.nope", "b.nope.x", "a\\\"b", "\\u0061", "\u00e9", "a.b[3]",
+             "[0]", "[1][0]", "[-1]", "[2].a", "[5]", "c", "s"]
+
+    def both(self, call):
+        fast = _outcome(call)
+        self.patch(sd_text, "FAST", False)
+        try:
+            general = _outcome(call)
+        finally:
+            self.patch(sd_text, "FAST", True)
+        return fast, general
+
+    def test_lookups_match_the_general_scanner(self):
+        n = 0
+        for doc in self.DOCS:
+            for path in self.PATHS:
+                for make in (SD.get, SD.exists, SD.get_count):
+                    specs = [make(path)]
+                    fast, general = self.both(lambda: run_lookup(doc.encode(), *specs))
+                    self.assertEqual(fast, general, (doc, path, make))
+                    n += fast[1].results[0].status == S.SUCCESS
+        self.assertGreater(n, 100)  # the table does find things
+
+    def test_mutations_match_the_general_scanner(self):
+        makers = [lambda p: SD.upsert(p, 7), lambda p: SD.insert(p, [1]),
+                  lambda p: SD.replace(p, "r"), SD.remove, lambda p: SD.counter(p, 3),
+                  lambda p: SD.array_append(p, 1), lambda p: SD.array_prepend(p, 1),
+                  lambda p: SD.array_insert(p, 9), lambda p: SD.array_addunique(p, 1),
+                  lambda p: SD.upsert(p, {"n": 1}, create_parents=True)]
+        n = 0
+        for doc in self.DOCS:
+            for path in self.PATHS:
+                for make in makers:
+                    try:
+                        spec = make(path)
+                    except ValueError:
+                        continue
+                    fast, general = self.both(lambda: run_mutate(doc.encode(), spec).body)
+                    self.assertEqual(fast, general, (doc, path))
+                    n += fast[0] == "ok"
+        self.assertGreater(n, 200)
+
+    def test_locate_spans_match(self):
+        for doc in self.DOCS:
+            for path in self.PATHS:
+                try:
+                    comps = sd_path.parse(path)
+                except sd_path.PathError:
+                    continue
+                fast, general = self.both(
+                    lambda: (lambda f: (f.complete, f.start, f.end, f.level, f.key_start,
+                                        f.prev_end))(sd_text.locate(doc, comps)))
+                self.assertEqual(fast, general, (doc, path))
+
+    def test_unusual_keys_and_indices_are_declined(self):
+        doc = '{"a\\"b":1,"\\u0061":2,"\u00e9":3,"x":{"y":1},"l":%s}' % list(range(80))
+        for key in ('a\\"b', "\\u0061", "\u00e9", "a b", "a,b", "a:b", "a{", "a]", ""):
+            self.assertIsNone(sd_fast.member(doc, 0, key), key)
+        self.assertIsNotNone(sd_fast.member(doc, 0, "x"))
+        start = doc.index("[")
+        self.assertEqual(sd_fast.element(doc, start, 64)[1:3], (doc.index("64"),
+                                                                 doc.index("64") + 2))
+        self.assertIsNone(sd_fast.element(doc, start, sd_fast.MAX_FAST_INDEX + 1))
+        self.assertIsNone(sd_fast.element(doc, start, 80))  # past the end: not decided here
+
+    def test_nesting_deeper_than_the_pattern_is_declined(self):
+        deep = "[" * (sd_fast.NESTING + 1) + "]" * (sd_fast.NESTING + 1)
+        fits = "[" * sd_fast.NESTING + "]" * sd_fast.NESTING
+        self.assertIsNone(sd_fast.member('{"x":%s,"a":1}' % deep, 0, "a"))
+        self.assertEqual(sd_fast.member('{"x":%s,"a":1}' % fits, 0, "a")[0], True)
+        self.assertIsNone(sd_fast.last_element("[%s,1]" % deep, 0))
+        # the general steps still find it
+        self.assertEqual(run_lookup(('{"x":%s,"a":1}' % deep).encode(), SD.get("a"))
+                         .results[0].value, b"1")
+
+    def test_absent_key_is_decided_without_a_match(self):
+        self.assertEqual(sd_fast.member('{"a":{"b":1}}', 0, "b")[0], False)
+        self.assertEqual(sd_fast.member('{"a":1}', 0, "zz")[0], False)
+        self.assertEqual(sd_fast.member('{"a":{"zz":1}}', 0, "zz")[0], False)
+
+    def test_orjson_verdict_is_the_standard_librarys(self):
+        texts = ['{"a":1}', "[1,2]", "NaN", '{"a":NaN}', "[Infinity]", "[-Infinity]",
+                 "[%s]" % ("9" * 400), "[1e400]", '["\\ud800"]', '["\\udc00\\ud800"]',
+                 '["\x01"]', '["\t"]', "\ufeff[1]", "[1,]", '{"a":1,}', "[01]", "[-]",
+                 "[" * 2000 + "]" * 2000, '{"a":1,"a":2}', "  [1]  ", "[1] x", "", " ",
+                 '"s"', "1", "-0", "[1.]", "[.5]", "[1e]", "[tru]", '["\\x"]', "{'a':1}",
+                 '["\u2028"]', "[1\x0b]", "[1\xa0]", "[18446744073709551616]",
+                 '{"a":[{"b":[[]]}],"c":{}}']
+        orjson = sd_text._orjson
+        if orjson is None:
+            raise SkipTest("orjson is not installed: the standard library alone decides")
+        for text in texts:
+            with_orjson = _outcome(lambda: type(sd_text.check_document(text)))
+            self.patch(sd_text, "_orjson", None)
+            try:
+                alone = _outcome(lambda: type(sd_text.check_document(text)))
+            finally:
+                self.patch(sd_text, "_orjson", orjson)
+            self.assertEqual(with_orjson, alone, text[:40])
+            if text.count("[") < 100:  # _shape recurses
+                self.assertEqual(_shape_of(sd_text.parse_checked, text),
+                                 _shape_of(sd_text.parse_value, text), text[:40])
+
+    def test_deep_document_gets_the_same_status_with_or_without_orjson(self):
+        # orjson reads 2000 levels; the standard library's recursion limit (which
+        # decides between DOC_NOTJSON and DOC_E2DEEP here) may refuse them
+        doc = ("[" * 2000 + "]" * 2000).encode()
+        with_orjson = run_lookup(doc, SD.get("[0]")).results[0].status
+        self.patch(sd_text, "_orjson", None)
+        alone = run_lookup(doc, SD.get("[0]")).results[0].status
+        self.assertEqual(with_orjson, alone)
+        self.assertIn(alone, (S.DOC_NOTJSON, S.DOC_E2DEEP))
+
+    def test_remembered_lookup_check_still_refuses(self):
+        ok = [SD.get("a")]
+        run_lookup(b'{"a":1}', *ok)
+        self.assertRaises(SubdocError, run_lookup, b'{"a":1}', *ok, doc_flags=DocFlag.MKDOC)
+        too_many = [SD.get("a")] * 17
+        for _ in range(2):
+            e = self.assertRaises(SubdocError, run_lookup, b'{"a":1}', *too_many)
+            self.assertEqual(e.status, S.INVALID_COMBO)
+        self.assertEqual(run_lookup(b'{"a":1}', *ok).results[0].value, b"1")

@@ -24,10 +24,31 @@ class RecordingSubdoc:
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.calls = []
+        self._recording = False  # an IBucket call made through the sync one records once
+
+    def _record(self, call, method, key, specs, kw):
+        if not self._recording:
+            self.calls.append(call)
+        outer, self._recording = self._recording, True
+        try:
+            return method(key, *specs, **kw)
+        finally:
+            self._recording = outer
 
     def lookup_in(self, key, *specs, access_deleted=False):
-        self.calls.append(("lookup_in", key, specs, {"access_deleted": access_deleted}))
-        return super().lookup_in(key, *specs, access_deleted=access_deleted)
+        kw = {"access_deleted": access_deleted}
+        return self._record(("lookup_in", key, specs, kw), super().lookup_in, key, specs, kw)
+
+    def lookup_in_sync(self, key, *specs, access_deleted=False):
+        """Recorded as lookup_in: the server's ISyncBucket path."""
+        kw = {"access_deleted": access_deleted}
+        return self._record(("lookup_in", key, specs, kw), super().lookup_in_sync, key, specs,
+                            kw)
+
+    def mutate_in_sync(self, key, *specs, **kw):
+        """Recorded as mutate_in with no durability (the sync call has none)."""
+        call = ("mutate_in", key, specs, dict(kw, persist_to=0, replicate_to=0))
+        return self._record(call, super().mutate_in_sync, key, specs, kw)
 
     def mutate_in(self, key, *specs, **kw):
         self.calls.append(("mutate_in", key, specs, kw))

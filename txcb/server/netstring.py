@@ -649,9 +649,9 @@ def _get_multi(p: BucketServerProtocol, b: Any, r: Request) -> Any:
 
 
 # -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.4) ---------------------------
-# Served through the IBucket calls only.  Hook: once ISyncBucket has
-# lookup_in_sync / mutate_in_sync, give both _Commands a ``now`` handler
-# calling them with the same arguments and encoding with the same functions.
+# An ISyncBucket answers both at once (``now``: lookup_in_sync / mutate_in_sync,
+# the same arguments, the same encoders); a durable mutate_in (persist_to /
+# replicate_to) and any other bucket go through the IBucket calls.
 
 _LOOKUP_DOC_FLAGS = DocFlag.ACCESS_DELETED | DocFlag.REPLICA_READ  # no replicas: ignored
 _MUTATE_DOC_FLAGS = DocFlag.MKDOC | DocFlag.ADD
@@ -693,6 +693,20 @@ def _lookup_in(p: Any, b: Any, r: Request) -> Any:
                        ).addCallback(_lookup_reply, r)
 
 
+def _lookup_in_now(p: Any, b: Any, r: Request) -> bytes:
+    doc_flags, _, specs = _subdoc_request(r, _LOOKUP_DOC_FLAGS)
+    return _lookup_reply(b.lookup_in_sync(
+        r.key, *specs, access_deleted=bool(doc_flags & DocFlag.ACCESS_DELETED)), r)
+
+
+def _mutate_in_now(p: Any, b: Any, r: Request) -> bytes:
+    doc_flags, options, specs = _subdoc_request(r, _MUTATE_DOC_FLAGS)
+    return _mutate_reply(b.mutate_in_sync(
+        r.key, *specs, cas=r.cas, ttl=r.ttl, upsert_doc=bool(doc_flags & DocFlag.MKDOC),
+        insert_doc=bool(doc_flags & DocFlag.ADD),
+        preserve_expiry=bool(options & SDOPT_PRESERVE_EXPIRY)), r)
+
+
 def _mutate_in(p: Any, b: Any, r: Request) -> Any:
     doc_flags, options, specs = _subdoc_request(r, _MUTATE_DOC_FLAGS)
     return b.mutate_in(
@@ -727,8 +741,8 @@ _COMMANDS: Dict[int, _Command] = {
     Op.NOOP: _Command("noop", None, _noop),
     Op.HELLO: _Command("hello", None, _hello),
     Op.GET_MULTI: _Command("get_multi", _get_multi, _get_multi_now),
-    Op.LOOKUP_IN: _Command("lookup_in", _lookup_in),
-    Op.MUTATE_IN: _Command("mutate_in", _mutate_in),
+    Op.LOOKUP_IN: _Command("lookup_in", _lookup_in, _lookup_in_now),
+    Op.MUTATE_IN: _Command("mutate_in", _mutate_in, _mutate_in_now),
 }
 
 

@@ -6,11 +6,12 @@ are never changed, the caller stores what :func:`mutate` returns.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from txcb.subdocument._const import MAX_DEPTH, DocFlag, Opcode, PathFlag, Status, SubdocError
 from txcb.subdocument._text import (
-    MALFORMED, OpError, check_document, kind_at, skip_ws, too_deep)
+    MALFORMED, OpError, check_document, kind_at, maybe_deep, skip_ws, too_deep)
 from txcb.subdocument._ops import LOOKUPS, MUTATIONS
 from txcb.subdocument._path import PathError, parse
 from txcb.subdocument._spec import Spec, check_request
@@ -48,12 +49,15 @@ class _Body:
         self._error: Optional[OpError] = None
         self._decoded: Any = None
         self._deep: Optional[bool] = None
+        self._maybe_deep: Optional[bool] = None
+        self._container = False  # text() found a container at the root
 
     def _check(self) -> None:
         if self._text is None and self._error is None:
             try:
                 text = self.raw.decode("utf-8")
-                self._decoded = check_document(text, self.trusted)
+                self._maybe_deep = maybe_deep(text)
+                self._decoded = check_document(text, self.trusted, self._maybe_deep)
                 self._text = text
             except UnicodeDecodeError:
                 self._error = OpError(Status.DOC_NOTJSON, "the document is not UTF-8")
@@ -70,25 +74,30 @@ class _Body:
         if self._error is not None:
             raise OpError(self._error.status, str(self._error))
         text = self._text or ""
-        if kind_at(text, skip_ws(text, 0)) not in "{[":
-            # subjson (jsonsl) parses only documents that are containers
-            raise OpError(Status.DOC_NOTJSON, "the document is not an object or an array")
+        if not self._container:
+            if kind_at(text, skip_ws(text, 0)) not in "{[":
+                # subjson (jsonsl) parses only documents that are containers
+                raise OpError(Status.DOC_NOTJSON, "the document is not an object or an array")
+            self._container = True
         return text
 
     def check_depth(self) -> None:
         if self._deep is None:
-            self._deep = too_deep(self.text(), self._decoded)
+            text = self.text() if self._text is None else self._text
+            self._deep = too_deep(text, self._decoded, self._maybe_deep)
             self._decoded = None
         if self._deep:
             raise OpError(Status.DOC_E2DEEP, "the document nests deeper than %d" % MAX_DEPTH)
 
     def set_text(self, text: str) -> None:
         self._text, self._error, self.raw = text, None, text.encode("utf-8")
+        self._container = False
         self._deep = False  # the operations keep within the limit
 
     def set_raw(self, raw: bytes) -> None:
         self.raw, self._text, self._error, self.trusted = raw, None, None, False
-        self._deep = self._decoded = None
+        self._deep = self._decoded = self._maybe_deep = None
+        self._container = False
 
 
 def _trusted(meta: DocumentMeta) -> bool:
@@ -134,6 +143,13 @@ def _xattr_text(spec: Spec, body: _Body, xattrs: Mapping[str, bytes],
     return text
 
 
+@lru_cache(maxsize=128)
+def _check_lookup(specs: Tuple[Spec, ...], doc_flags: int) -> None:
+    """check_request of a lookup, remembered for spec lists that pass (a
+    lookup's specs are small: paths are bounded and they carry no value)."""
+    check_request(specs, False, doc_flags)
+
+
 def lookup(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Spec],
            meta: DocumentMeta = DocumentMeta(), doc_flags: int = 0) -> Lookup:
     """
@@ -142,7 +158,10 @@ def lookup(doc: Optional[bytes], xattrs: Mapping[str, bytes], specs: Sequence[Sp
     Raises SubdocError if the request is refused, NotFoundError if there is
     no document (or only a tombstone, without ACCESS_DELETED).
     """
-    check_request(specs, False, doc_flags)
+    try:
+        _check_lookup(tuple(specs), doc_flags)
+    except TypeError:  # a spec that does not hash: checked afresh
+        check_request(specs, False, doc_flags)
     if doc is None and not meta.deleted or meta.deleted and not doc_flags & DocFlag.ACCESS_DELETED:
         raise NotFoundError("no such document")
     body = _Body(doc or b"", _trusted(meta))

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from txcb.subdocument._const import MAX_DEPTH, MAX_PATH_COMPONENTS, Opcode, Status
 from txcb.subdocument._text import (
-    Found, OpError, depth_of, iter_members, kind_at, locate, next_start, parse_value, skip_ws)
+    Found, OpError, depth_of, iter_members, kind_at, locate, next_start, parse_checked, skip_ws)
 from txcb.subdocument._path import Component
 
 __all__ = ["LOOKUPS", "MUTATIONS"]
@@ -44,7 +44,7 @@ def _parent_found(found: Found, path: Path) -> bool:
 
 def _decode(value: str, wrap: bool) -> Any:
     try:
-        return parse_value("[%s]" % value if wrap else value)
+        return parse_checked("[%s]" % value if wrap else value)
     except (ValueError, RecursionError):
         raise OpError(Status.VALUE_CANTINSERT, "the value is not JSON")
 

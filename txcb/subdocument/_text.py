@@ -6,6 +6,11 @@ scanner of :mod:`json` skips the values in between), and a mutation splices
 new text in, so every byte outside the changed span is kept as it was
 (number formats, whitespace, key order) and a lookup returns the raw
 fragment, as Couchbase Server does.
+
+A step into a plain key or a small index first tries :mod:`._fast` (the
+members skipped by patterns), then, for an object nested too deep for
+them, jumps from bracket to bracket; anything else (escaped or non-ASCII
+keys, large indices) takes the general scanner, one member at a time.
 """
 
 from __future__ import annotations
@@ -15,16 +20,28 @@ import json.scanner
 import re
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+from txcb.subdocument import _fast
 from txcb.subdocument._const import MAX_DEPTH, Status
+
+try:  # optional (pip install txcb[fast]); the standard library decides without it
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - PyPy, or not installed
+    _orjson = None  # type: ignore[assignment]
 from txcb.subdocument._path import Component
 
-__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "locate",
-           "parse_value", "depth_of", "members", "iter_members", "next_start", "kind_at",
-           "value_end", "skip_ws"]
+__all__ = ["MALFORMED", "OpError", "Found", "check_document", "too_deep", "maybe_deep",
+           "locate", "parse_value", "parse_checked", "depth_of", "members", "iter_members",
+           "next_start", "kind_at", "value_end", "skip_ws", "FAST"]
 
 _WS = re.compile(r"[ \t\n\r]*")
 _KEY = re.compile(r'"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
 _SEP = re.compile(r"[ \t\n\r]*([,\]}])[ \t\n\r]*")
+#: Skips to the next bracket outside a string (strings skipped whole, in C).
+_TO_BRACKET = re.compile(
+    r'[^"{}\[\]]*(?:"[^"\\]*(?:\\.[^"\\]*)*"[^"{}\[\]]*)*', re.S)
+#: A key the fast step may look for: printable ASCII, nothing JSON-structural.
+_PLAIN_KEY = re.compile(r'[A-Za-z0-9_$@#%&*+\-./;<=>?^|~!\'()]+\Z')
+_WS_CHARS = " \t\n\r"
 
 
 class OpError(Exception):
@@ -69,29 +86,58 @@ def depth_of(obj: Any) -> int:
     return 1
 
 
+#: Whether a path step may take the fast steps (:mod:`._fast`, the bracket
+#: jumps); the tests turn it off to compare them with the general scanner.
+FAST = True
+
 #: What navigating text that is not JSON after all raises.
 MALFORMED = (ValueError, StopIteration, AttributeError, IndexError, RecursionError)
 
 
-def check_document(s: str, trusted: bool = False) -> Optional[Any]:
+def maybe_deep(s: str) -> bool:
+    """Whether ``s`` has enough brackets to nest deeper than MAX_DEPTH."""
+    return s.count("[") + s.count("{") >= MAX_DEPTH
+
+
+def parse_checked(s: str, deep: Optional[bool] = None) -> Any:
+    """
+    :func:`parse_value`, asking orjson first when it is installed and ``s``
+    nests shallowly (:func:`maybe_deep` false, or ``deep`` given false):
+    what it then accepts the standard library accepts too, with the same
+    containers, so only what it refuses needs the standard library's
+    verdict.  Deep texts go to the standard library alone, whose recursion
+    limit refuses some that orjson reads.
+    """
+    if _orjson is not None and not (maybe_deep(s) if deep is None else deep):
+        try:
+            return _orjson.loads(s)
+        except _orjson.JSONDecodeError:
+            pass
+    return parse_value(s)
+
+
+def check_document(s: str, trusted: bool = False, deep: Optional[bool] = None
+                   ) -> Optional[Any]:
     """
     DOC_NOTJSON unless ``s`` is one JSON value.  ``trusted``: the caller
     knows it is (memcached's datatype), so it is not parsed.  Returns the
-    decoded value when :func:`too_deep` may need it, else None.
+    decoded value when :func:`too_deep` may need it, else None.  ``deep``:
+    :func:`maybe_deep` of ``s``, if the caller knows it.
     """
-    maybe_deep = s.count("[") + s.count("{") >= MAX_DEPTH
-    if trusted and not maybe_deep:
+    if deep is None:
+        deep = maybe_deep(s)
+    if trusted and not deep:
         return None
     try:
-        obj = parse_value(s)
+        obj = parse_checked(s, deep)
     except (ValueError, RecursionError):
         raise OpError(Status.DOC_NOTJSON, "the document is not JSON")
-    return obj if maybe_deep else None
+    return obj if deep else None
 
 
-def too_deep(s: str, obj: Optional[Any]) -> bool:
+def too_deep(s: str, obj: Optional[Any], deep: Optional[bool] = None) -> bool:
     """Whether the (checked) document nests deeper than subjson parses."""
-    if s.count("[") + s.count("{") < MAX_DEPTH:
+    if not (maybe_deep(s) if deep is None else deep):
         return False
     if obj is None:
         try:
@@ -144,9 +190,68 @@ def members(s: str, start: int) -> List[Tuple[int, int, int, Optional[str]]]:
     return list(iter_members(s, start))
 
 
+def _fast_member(s: str, start: int, key: str, found: Found) -> bool:
+    """
+    The member ``key`` (a plain key, see :mod:`._fast`) of the object at
+    ``start``, found by jumping from bracket to bracket and looking only in
+    the stretches of the object's own level: what a pattern-sized step
+    (:func:`._fast.member`) declines, nested too deep.  In JSON text a plain
+    key's ``{"k":`` or ``,"k":`` cannot occur inside a string, so such a
+    place in those stretches is a member.
+    """
+    quoted = '"%s"' % key
+    depth, i = 0, start
+    while True:
+        depth += 1 if s[i] in "{[" else -1
+        if depth == 0:
+            return False
+        j = _TO_BRACKET.match(s, i + 1).end()  # type: ignore[union-attr]
+        if depth == 1:
+            q = s.find(quoted, i, j)
+            while q >= 0:
+                if _is_member_at(s, q, len(quoted), found):
+                    return True
+                q = s.find(quoted, q + 1, j)
+        i = j
+
+
+def _is_member_at(s: str, q: int, size: int, found: Found) -> bool:
+    """Whether the key at ``q`` follows a ``{`` or ``,`` and precedes a ``:`` (then a hit)."""
+    before = q - 1
+    while s[before] in _WS_CHARS:
+        before -= 1
+    colon = skip_ws(s, q + size)
+    if s[before] not in "{," or s[colon] != ":":
+        return False
+    found.key_start, found.start = q, skip_ws(s, colon + 1)
+    found.end = value_end(s, found.start)
+    if s[before] == "{":
+        found.prev_end = -1
+    else:
+        while s[before - 1] in _WS_CHARS:
+            before -= 1
+        found.prev_end = before
+    return True
+
+
 def _child(s: str, start: int, comp: Component, found: Found) -> bool:
     """Step from the container at ``start`` into ``comp``; False if absent."""
     kind = s[start]
+    if not FAST:
+        pass
+    elif kind == "{" and isinstance(comp, str):
+        decided = _fast.member(s, start, comp)
+        if decided is not None:
+            if decided[0]:
+                _hit(found, decided[1], decided[1][3])
+            return decided[0]
+        if _PLAIN_KEY.match(comp):
+            return _fast_member(s, start, comp, found)
+    elif kind == "[" and isinstance(comp, int):
+        hit = _fast.last_element(s, start) if comp == -1 else _fast.element(s, start, comp)
+        if hit is not None:
+            _hit(found, hit, hit[3])
+            return True
     if kind not in "{[" or isinstance(comp, str) != (kind == "{"):
         raise OpError(Status.PATH_MISMATCH, "the path treats a value as the wrong type")
     items = iter_members(s, start)
@@ -167,7 +272,7 @@ def _child(s: str, start: int, comp: Component, found: Found) -> bool:
     return False
 
 
-def _hit(found: Found, item: Tuple[int, int, int, Optional[str]], prev_end: int) -> None:
+def _hit(found: Found, item: Tuple[int, int, int, Any], prev_end: int) -> None:
     found.key_start, found.start, found.end = item[0], item[1], item[2]
     found.prev_end = prev_end
 
