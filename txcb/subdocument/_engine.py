@@ -137,7 +137,7 @@ def _xattr_text(spec: Spec, body: _Body, xattrs: Mapping[str, bytes],
     key = xattr_key(spec.path) or ""
     if not key.startswith("$"):
         return join_xattrs(xattrs)
-    text = virtual_document(key, meta, body.raw, body.is_json(), xattrs)
+    text = virtual_document(key, meta, body.raw, body.is_json(), xattrs, spec.path)
     if text is None:
         raise OpError(Status.XATTR_UNKNOWN_VATTR, "unknown virtual xattr %s" % key)
     return text

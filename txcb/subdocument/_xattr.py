@@ -113,32 +113,39 @@ def _hex64(n: int) -> str:
     return "0x%016x" % n
 
 
-def _fields(meta: DocumentMeta, body: bytes, is_json: bool, has_xattrs: bool) -> Dict:
+def _fields(meta: DocumentMeta, body: bytes, is_json: bool, has_xattrs: bool,
+            crc: bool = True) -> Dict:
     datatype = list(meta.datatype) if meta.datatype is not None else (
         (["json"] if is_json else []) + (["xattr"] if has_xattrs else []) or ["raw"])
     doc = {"CAS": _hex64(meta.cas), "vbucket_uuid": _hex64(meta.vbucket_uuid),
            "seqno": _hex64(meta.seqno), "revid": str(meta.revid),
            "exptime": meta.exptime, "flags": meta.flags, "value_bytes": len(body),
-           "datatype": datatype, "deleted": bool(meta.deleted),
-           "value_crc32c": "0x%08x" % crc32c(body)}
+           "datatype": datatype, "deleted": bool(meta.deleted)}
+    if crc:  # a pass over the whole body: only when asked for
+        doc["value_crc32c"] = "0x%08x" % crc32c(body)
     if meta.last_modified is not None:
         doc["last_modified"] = str(meta.last_modified)
     return doc
 
 
 def document_vattr(meta: DocumentMeta, body: bytes, is_json: bool, has_xattrs: bool,
-                   wrapped: bool = True) -> str:
+                   wrapped: bool = True, crc: bool = True) -> str:
     """``$document`` as JSON text (keys sorted: kv_engine builds it with nlohmann)."""
-    doc = _fields(meta, body, is_json, has_xattrs)
+    doc = _fields(meta, body, is_json, has_xattrs, crc)
     return json.dumps({"$document": doc} if wrapped else doc, sort_keys=True,
                       separators=(",", ":"))
 
 
 def virtual_document(key: str, meta: DocumentMeta, body: bytes, is_json: bool,
-                     xattrs: Mapping[str, bytes]) -> Optional[str]:
-    """The JSON a lookup of virtual xattr ``key`` reads, None if unknown."""
+                     xattrs: Mapping[str, bytes], path: str = "") -> Optional[str]:
+    """
+    The JSON a lookup of virtual xattr ``key`` reads, None if unknown; a
+    ``path`` into ``$document`` that does not read the body's CRC (the SDK's
+    ``$document.exptime`` of every ``get(with_expiry=True)``) is spared it.
+    """
     if key == "$document":
-        return document_vattr(meta, body, is_json, bool(xattrs))
+        crc = path in ("", "$document") or path.startswith("$document.value_crc32c")
+        return document_vattr(meta, body, is_json, bool(xattrs), crc=crc)
     if key == "$XTOC":
         return json.dumps({"$XTOC": [json.loads('"%s"' % k) for k in xattrs]},
                           separators=(",", ":"))
