@@ -33,6 +33,15 @@ LOCKED_CAS = 0xFFFFFFFFFFFFFFFF
 class CouchbaseCodecTests(unittest.TestCase):
     """The sans-IO codec alone."""
 
+    def test_codec_imports_no_twisted(self):
+        import subprocess
+        import sys
+        from tests.support import ROOT
+        code = ("import sys, txcb.wire.couchbase, txcb.wire.sasl; print(sorted(m for m in "
+                "sys.modules if m.split('.')[0] in ('twisted', 'zope')))")
+        self.assertEqual(subprocess.check_output([sys.executable, "-c", code], cwd=ROOT).strip(),
+                         b"[]")
+
     def test_alt_request_frame_carries_framing_extras(self):
         framing = W.durability_frame(W.Durability.MAJORITY, 9000)
         data = W.encode_request(O.SET, b"k", b"v", store_extras(1, 2), 7, 0, 3, 1, framing)
@@ -133,12 +142,26 @@ class CouchbaseCodecTests(unittest.TestCase):
         self.assertEqual(d.buffered, 0)
 
     def test_trickled_frame_costs_linear_memory(self):
+        import time
         d = W.Decoder()
-        data = W.encode_request(O.SET, b"k", b"v" * 5000, store_extras())
+        data = W.encode_request(O.SET, b"k", b"v" * 200000, store_extras())
+        started = time.process_time()
         for i in range(len(data) - 1):
             self.assertEqual(d.feed(data[i:i + 1]), [])
         self.assertEqual(d.buffered, len(data) - 1)
-        self.assertEqual(len(d.feed(data[-1:])), 1)
+        [r] = d.feed(data[-1:])
+        self.assertEqual(len(r.value), 200000)
+        # A copy of the buffer per byte would be 2e10 bytes copied: minutes, not this.
+        self.assertLess(time.process_time() - started, 5)
+
+    def test_frames_behind_a_buffered_tail(self):
+        d = W.Decoder()
+        one = W.encode_request(O.GET, b"a", opaque=1)
+        two = W.encode_request(O.GET, b"b", opaque=2)
+        self.assertEqual(d.feed(one[:10]), [])
+        self.assertEqual([r.key for r in d.feed(one[10:] + two + two[:5])], [b"a", b"b"])
+        self.assertEqual([r.key for r in d.feed(bytearray(two[5:]))], [b"b"])
+        self.assertEqual(d.buffered, 0)
 
 
 class CouchbaseBootstrapTests(unittest.TestCase):
@@ -682,3 +705,201 @@ class CouchbaseFactoryTests(unittest.TestCase):
         out = responses(c.take())
         self.assertEqual([(r.opcode, r.status) for r in out],
                          [(O.GET, S.KEY_ENOENT), (O.NOOP, 0)])
+
+
+class CouchbaseTapTests(unittest.TestCase):
+    """``twistd txcb --couchbase``: the option, the loopback rule, the listener."""
+
+    def parse(self, *args):
+        from txcb.service import tap
+        o = tap.Options()
+        o.parseOptions(list(args) + ["--ephemeral"])
+        return o
+
+    def test_bare_port_listens_on_loopback(self):
+        o = self.parse("--couchbase", "11210", "--couchbase", "tcp:11211:interface=127.0.0.2")
+        self.assertEqual(o["couchbase"], ["tcp:11210:interface=127.0.0.1",
+                                          "tcp:11211:interface=127.0.0.2"])
+        self.assertEqual(self.parse()["couchbase"], [])
+
+    def test_beyond_loopback_needs_an_auth_file(self):
+        from twisted.python import usage
+        for endpoint in ("tcp:11210", "tcp:11210:interface=0.0.0.0", "tcp6:11210"):
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse("--couchbase", endpoint)
+            self.assertIn("--auth-file", str(e.exception))
+            self.assertEqual(len(str(e.exception).splitlines()), 1)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("u:p\n")
+        o = self.parse("--couchbase", "tcp:11210", "--auth-file", path)
+        self.assertEqual(o["credentials"], {b"u": b"p"})
+
+    def test_make_service_listens_with_a_counted_factory(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from txcb.service import tap
+        o = self.parse("--couchbase", "11210", "--metrics", "9100")
+        r = MemoryReactorClock()
+        svc = tap.makeService(o, reactor=r)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        [factory] = [f for p, f, _b, _i in r.tcpServers if p == 11210]
+        self.assertIsInstance(factory, CouchbaseServerFactory)
+        self.assertIsNotNone(factory.observer)
+        self.assertEqual(factory.keyspaces.first.name, "default")
+
+
+@implementer_only(IBucket)
+class _DeferredDurableBucket(EmbeddedBucket):
+    """A bucket served through Deferreds whose ``endure`` answers when told."""
+
+    max_persist_to = 1
+
+    def __init__(self, *a, **kw):
+        EmbeddedBucket.__init__(self, *a, **kw)
+        self.endures = []
+
+    def endure(self, key, persist_to=-1, replicate_to=-1, cas=0, check_removed=False,
+               timeout=5.0, interval=0.01):
+        d = Deferred()
+        self.endures.append((key, persist_to, cas, check_removed, timeout, d))
+        return d
+
+
+class CouchbaseDurabilityEdgeTests(unittest.TestCase):
+    """Durable writes through Deferreds, connection loss, the in-flight cap, TLS."""
+
+    def test_deferred_bucket_endures_persist_to_one(self):
+        h = CbHarness(make_bucket=lambda clock: _DeferredDurableBucket(clock=clock,
+                                                                       pager_interval=0))
+        c = h.ready()
+        out = c.request(O.DELETE, b"k", framing=W.durability_frame(3))
+        self.assertEqual([r.status for r in out], [S.KEY_ENOENT])   # nothing to endure
+        c.one(O.SET, b"k", b"v", extras=store_extras())
+        self.assertEqual(c.request(O.SET, b"k", b"w", extras=store_extras(),
+                                   framing=W.durability_frame(2, 1500)), [])
+        key, persist_to, cas, removed, timeout, d = h.bucket.endures[0]
+        self.assertEqual((key, persist_to, removed, timeout), (b"k", 1, False, 1.5))
+        self.assertNotEqual(cas, 0)
+        d.callback(None)
+        [r] = responses(c.take())
+        self.assertEqual((r.status, r.cas), (0, cas))
+        self.assertEqual(c.request(O.DELETE, b"k", framing=W.durability_frame(3)), [])
+        self.assertTrue(h.bucket.endures[1][3])       # check_removed for a delete
+        from txcb.errors import TimeoutError
+        h.bucket.endures[1][5].errback(TimeoutError("slow disk"))
+        [r] = responses(c.take())
+        self.assertEqual(r.status, S.SYNC_WRITE_AMBIGUOUS)
+
+    def test_connection_lost_with_a_durable_write_pending(self):
+        h = CbHarness(make_bucket=lambda clock: _DurableBucket(clock=clock, pager_interval=0))
+        c = h.ready()
+        c.request(O.SET, b"k", b"v", extras=store_extras(), framing=W.durability_frame(3, 100))
+        c.p.connectionLost(None)
+        h.bucket.commit()
+        h.clock.advance(1)
+        self.assertEqual(c.take(), b"")
+        self.assertEqual(h.stats.connections, 0)
+
+    def test_durable_writes_fill_the_inflight_cap(self):
+        h = CbHarness(max_inflight=2,
+                      make_bucket=lambda clock: _DurableBucket(clock=clock, pager_interval=0))
+        c = h.ready()
+        data = b"".join(c.frame(O.SET, b"k%d" % i, b"v", extras=store_extras(),
+                                framing=W.durability_frame(3)) for i in range(3))
+        self.assertEqual(c.send(data), b"")
+        self.assertEqual(c.t.producerState, "paused")
+        h.bucket.commit()
+        h.bucket.commit()
+        out = responses(c.take())
+        self.assertEqual([r.status for r in out], [0, 0, 0])
+        self.assertEqual(c.t.producerState, "producing")
+
+    def test_tls_connection_config_names_kv_ssl(self):
+        from twisted.internet.interfaces import ISSLTransport
+        from twisted.internet.testing import StringTransport
+        from zope.interface import directlyProvides
+        from tests.support.couchbase import CbConn, PEER
+        h = CbHarness()
+        p = h.factory.buildProtocol(PEER)
+        t = StringTransport(hostAddress=HOST, peerAddress=PEER)
+        directlyProvides(t, ISSLTransport)
+        p.makeConnection(t)
+        c = CbConn(p, t)
+        c.bootstrap()
+        self.assertEqual(c.config()["nodesExt"][0]["services"], {"kvSSL": HOST.port})
+
+    def test_frame_over_the_value_limit_refused_from_its_header(self):
+        h = CbHarness(max_value_size=1000)
+        c = h.ready()
+        header = c.frame(O.SET, b"k", b"x" * 5000, extras=store_extras())[:24]
+        out = responses(c.send(header))
+        self.assertEqual([r.status for r in out], [S.E2BIG])
+        self.assertTrue(c.closed)
+        self.assertEqual(c.p.decoder.buffered, 0)
+
+
+class CouchbaseObserverTests(unittest.TestCase):
+    """An installed IRequestObserver (metrics) is told of every KV request."""
+
+    def test_observer_sees_ops_and_statuses(self):
+        seen = []
+
+        class Observer:
+            def request_done(self, op, status, started):
+                seen.append((op, status))
+
+        h = CbHarness()
+        h.factory.observer = Observer()
+        c = h.ready()
+        c.one(O.SET, b"k", b"v", extras=store_extras())
+        c.one(O.GET, b"k")
+        c.one(O.GET, b"nope")
+        c.one(O.ADD, b"k", b"v", extras=store_extras())
+        c.one(O.INCREMENT, b"n", extras=counter_extras(1, 1))
+        self.assertEqual(seen, [("upsert", 0), ("get", 0), ("get", S.KEY_ENOENT),
+                                ("insert", S.KEY_EEXISTS), ("counter", 0)])
+
+
+class CouchbaseStatusTests(unittest.TestCase):
+    """Bucket errors as statuses: only the buckets' lock refusals are LOCKED."""
+
+    def test_disk_failure_mentioning_a_lock_is_tmpfail(self):
+        from twisted.python.failure import Failure
+        from txcb.errors import TemporaryFailError
+        from txcb.server.cbkv import KeyOp
+        c = CbHarness().ready()
+        op = KeyOp(W.Request(0x80, O.SET), None, b"k", W.NO_FRAME_INFO)
+        disk = Failure(TemporaryFailError("the write could not be persisted: database is locked"))
+        self.assertEqual(c.p.status_for(disk, op), S.ETMPFAIL)
+        self.assertEqual(c.p.status_for(Failure(TemporaryFailError("the key is locked")), op),
+                         S.LOCKED)
+
+
+class CouchbaseFuzzTests(unittest.TestCase):
+    """Seeded random frames: every one answered or the connection closed, no tracebacks."""
+
+    def test_random_frames_never_fail_internally(self):
+        import random
+        rng = random.Random(14)
+        opcodes = sorted(set(W.OPCODE_NAMES) - {O.QUIT, O.QUITQ}) + [0x42, 0xD0]
+        log = LogCapture(self)
+        h = CbHarness()
+        for _ in range(300):
+            c = h.ready()
+            c.collections = rng.random() < 0.5     # else the raw key is the LEB128 prefix
+            frames = []
+            for _ in range(5):
+                framing = bytes(rng.randrange(256) for _ in range(rng.choice((0, 0, 1, 2, 4))))
+                extras = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 4, 8, 20))))
+                key = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 3, 6))))
+                value = bytes(rng.randrange(256) for _ in range(rng.choice((0, 2, 8))))
+                frames.append(c.frame(rng.choice(opcodes), key, value, extras=extras,
+                                      cas=rng.choice((0, 1, 2 ** 64 - 1)),
+                                      vbucket=rng.choice((0, 5, 1023, 1024, 65535)),
+                                      framing=framing, datatype=rng.randrange(4)))
+            out = responses(c.send(b"".join(frames)))
+            h.clock.advance(20)
+            out += responses(c.take())
+            self.assertTrue(c.closed or len(out) >= 1)
+        self.assertEqual(log.failures(), [])

@@ -265,9 +265,28 @@ class SdkPersistentTests(unittest.TestCase):
 
 
 class SdkCrossEndpointTests(unittest.TestCase):
-    """Documents cross to the memcached endpoint with the same bytes and flags."""
+    """Documents cross to the memcached and netstring endpoints with the same bytes and flags."""
 
     skip = SKIP_SDK
+
+    def test_values_cross_to_netstring(self):
+        from txcb.client.blocking import Bucket
+        ns_port, = free_ports(1)
+        server = _own_server(self, ["--ephemeral", "--port", str(ns_port)])
+        _c, _b, coll = connect(self, server.port)
+        ns = Bucket("tcp:127.0.0.1:%d" % (ns_port,))
+        self.addCleanup(ns.close)
+        k = _key()
+        coll.upsert(k, {"a": [1, 2]})
+        r = ns.get(k)
+        self.assertEqual((r.value, r.flags, r.raw), ({"a": [1, 2]}, 0x02000000, b'{"a": [1, 2]}'))
+        ns.upsert(k + "-ns", {"from": "netstring"})
+        ns.upsert(k + "-text", "text")
+        self.assertEqual(coll.get(k + "-ns").content_as[dict], {"from": "netstring"})
+        self.assertEqual(coll.get(k + "-text", GetOptions(transcoder=RawStringTranscoder()))
+                         .content_as[str], "text")
+        cas = coll.get(k).cas
+        self.assertEqual(r.cas, cas)
 
     def test_values_cross_to_memcached(self):
         from pymemcache.client.base import Client
@@ -287,3 +306,34 @@ class SdkCrossEndpointTests(unittest.TestCase):
         mc.set(k + "-bin", b"\x00\x01", flags=0x03000002)
         self.assertEqual(coll.get(k + "-bin", GetOptions(transcoder=RawBinaryTranscoder()))
                          .content_as[bytes], b"\x00\x01")
+
+
+def _skip_without_collections():
+    from txcb.service import tap
+    if "--collection" not in str(tap.Options()):
+        return "twistd txcb has no --collection option in this tree"
+    return SKIP_SDK
+
+
+class SdkCollectionTests(unittest.TestCase):
+    """--bucket and --collection: each bucket and collection is its own keyspace."""
+
+    skip = _skip_without_collections()
+
+    def test_named_buckets_and_collections(self):
+        server = _own_server(self, ["--ephemeral", "--bucket", "default", "--bucket", "other",
+                                    "--collection", "default.app.users"])
+        cluster, b, coll = connect(self, server.port)
+        users = b.scope("app").collection("users")
+        k = _key()
+        users.upsert(k, {"in": "users"})
+        coll.upsert(k, {"in": "default"})
+        other = cluster.bucket("other").default_collection()
+        other.upsert(k, {"in": "other"})
+        self.assertEqual(users.get(k).content_as[dict], {"in": "users"})
+        self.assertEqual(coll.get(k).content_as[dict], {"in": "default"})
+        self.assertEqual(other.get(k).content_as[dict], {"in": "other"})
+        self.assertEqual(users.upsert(k, 1).mutation_token().partition_uuid !=
+                         coll.upsert(k, 1).mutation_token().partition_uuid, True)
+        with self.assertRaises(CouchbaseException):       # 0x88, retried to the timeout
+            b.scope("app").collection("nope").get(k)

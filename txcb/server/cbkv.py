@@ -25,6 +25,7 @@ from txcb.formats import Encoded
 from txcb.limits import DEFAULT_LOCK_TTL, MAX_KEY_LEN, MAX_LOCK_TTL
 from txcb.server.mcsession import get_and_touch, status_of
 from txcb.wire import couchbase as W
+from txcb.wire.mcbinary import HEADER
 
 __all__ = ["KeyOp", "KeyValueOps", "KV_HANDLERS", "COUNTER_NO_CREATE",
            "DEFAULT_DURABILITY_TIMEOUT"]
@@ -37,6 +38,11 @@ _U32 = struct.Struct(">I")
 _STORE = struct.Struct(">II")
 _COUNTER = struct.Struct(">QQI")
 _U64 = struct.Struct(">Q")
+_RES_MAGIC = 0x81
+_pack_header = HEADER.pack
+# A response header with a GET's flags, and with a mutation token, packed at once.
+_pack_value_head = struct.Struct(">BBHBBHIIQI").pack
+_pack_token_head = struct.Struct(">BBHBBHIIQQQ").pack
 
 #: INCREMENT/DECREMENT expiry meaning "do not create a missing counter".
 COUNTER_NO_CREATE = 0xFFFFFFFF
@@ -63,6 +69,10 @@ _NO_VALUE = frozenset((_O.GET, _O.GETK, _O.DELETE, _O.INCREMENT, _O.DECREMENT, _
 _PLAIN_RCS = frozenset((RC.KEY_ENOENT, RC.KEY_EEXISTS, RC.E2BIG, RC.EINVAL, RC.NOT_STORED,
                         RC.DELTA_BADVAL, RC.UNKNOWN_COMMAND, RC.ENOMEM, RC.NOT_SUPPORTED,
                         RC.EINTERNAL, RC.EBUSY, RC.DURABILITY_IMPOSSIBLE))
+#: The buckets' lock refusals (TemporaryFailError, by message) and their
+#: XERROR statuses; any other temporary failure stays ETMPFAIL.
+_LOCK_STATUSES = {"the key is locked": _S.LOCKED, "the key is locked already": _S.LOCKED,
+                  "wrong lock cas": _S.LOCKED, "the key is not locked": _S.NOT_LOCKED}
 _TEMPORARY_RCS = frozenset((RC.TIMEOUT, RC.CONNECT_ERROR, RC.NETWORK_ERROR, RC.ETMPFAIL))
 
 
@@ -148,6 +158,29 @@ class KeyValueOps:
             return self.error(r, _S.DURABILITY_INVALID_LEVEL)
         return op
 
+    def fast_target(self, r: W.Request) -> Any:
+        """
+        ``(collection, key)`` of a plain request on a synchronous bucket (no
+        framing extras, a one-byte collection id, no observer), or None: the
+        request then takes :meth:`key_op`'s full path.
+        """
+        space = self.space
+        if space is None or r.framing or r.vbucket >= W.NUM_VBUCKETS or self.observer:
+            return None
+        key = r.key
+        if self.collections:
+            if not key or key[0] & 0x80:
+                return None
+            collection = space.collection(key[0])
+            if collection is None:
+                return None
+            key = key[1:]
+        else:
+            collection = space.default
+        if not key or len(key) > MAX_KEY_LEN or not self.factory.is_sync(collection.bucket):
+            return None
+        return collection, key
+
     # -- running a bucket call --------------------------------------------------------
 
     def run_op(self, name: str, op: KeyOp, sync: Callable[[Any], Any],
@@ -210,6 +243,18 @@ class KeyValueOps:
     # -- handlers ---------------------------------------------------------------------
 
     def kv_get(self, r: W.Request) -> Optional[bytes]:
+        target = None if r.extras or r.value else self.fast_target(r)
+        if target is not None:
+            collection, key = target
+            try:
+                res = collection.bucket.get_sync(key, 0, True)
+            except Exception:
+                res = Failure()
+            if r.opcode == _O.GET and type(res) is not Failure and not res.rc:
+                raw = res.raw
+                return _pack_value_head(_RES_MAGIC, _O.GET, 0, 4, 0, 0, 4 + len(raw),
+                                        r.opaque, res.cas, res.flags) + raw
+            return self.render_value(res, KeyOp(r, collection, key, W.NO_FRAME_INFO))
         op = self.key_op(r)
         if isinstance(op, bytes):
             return op
@@ -234,6 +279,19 @@ class KeyValueOps:
                            lambda b: get_and_touch(b, key, ttl), self.render_value)
 
     def kv_store(self, r: W.Request) -> Optional[bytes]:
+        target = self.fast_target(r) if len(r.extras) == 8 and r.opcode == _O.SET else None
+        if target is not None:
+            collection, key = target
+            flags, ttl = _STORE.unpack(r.extras)
+            try:
+                res = collection.bucket.store_sync("upsert", key, Encoded(r.value, flags),
+                                                   r.cas, ttl)
+            except Exception:
+                return self._failed(Failure(), KeyOp(r, collection, key, W.NO_FRAME_INFO))
+            if self.tokens:
+                return _pack_token_head(_RES_MAGIC, _O.SET, 0, 16, 0, 0, 16, r.opaque, res.cas,
+                                        collection.uuid, res.seqno)
+            return _pack_header(_RES_MAGIC, _O.SET, 0, 0, 0, 0, 0, r.opaque, res.cas)
         op = self.key_op(r)
         if isinstance(op, bytes):
             return op
@@ -325,10 +383,8 @@ class KeyValueOps:
         rc = e.rc
         if rc in _PLAIN_RCS:
             return rc
-        if rc == RC.ETMPFAIL and "lock" in e.message:
-            if not self.xerror:
-                return _S.ETMPFAIL
-            return _S.NOT_LOCKED if "not locked" in e.message else _S.LOCKED
+        if rc == RC.ETMPFAIL and e.message in _LOCK_STATUSES:
+            return _LOCK_STATUSES[e.message] if self.xerror else _S.ETMPFAIL
         if rc == RC.TIMEOUT and op.persist:
             return _S.SYNC_WRITE_AMBIGUOUS
         if rc in _TEMPORARY_RCS:

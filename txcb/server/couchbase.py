@@ -75,6 +75,7 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps):
         self.ssl = ISSLTransport.providedBy(transport)
         self.decoder = W.Decoder(max_body=f.max_body)
         self.sasl = SaslServer(f.credentials)
+        self.authenticated = False     # the SASL server's verdict, after each SASL step
         self.features: List[int] = []
         self.xerror = self.collections = self.tokens = False
         self.space: Any = None
@@ -109,7 +110,7 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps):
         handler = _HANDLERS.get(r.opcode)
         if handler is None:
             return self.error(r, _S.UNKNOWN_COMMAND)
-        if not self.sasl.authenticated and r.opcode not in _AUTH_FREE:
+        if not self.authenticated and r.opcode not in _AUTH_FREE:
             return self.error(r, _S.AUTH_ERROR)
         try:
             return handler(self, r)
@@ -163,6 +164,11 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps):
         return self._ok(r, self.sasl.mechanisms())
 
     def _sasl_auth(self, r: W.Request) -> bytes:
+        reply = self._sasl_step(r)
+        self.authenticated = self.sasl.authenticated
+        return reply
+
+    def _sasl_step(self, r: W.Request) -> bytes:
         try:
             if r.opcode == _O.SASL_AUTH:
                 done, challenge = self.sasl.auth(r.key, r.value)

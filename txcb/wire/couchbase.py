@@ -28,8 +28,9 @@ from txcb.limits import MAX_KEY_LEN
 from txcb.wire.mcbinary import HEADER, HEADER_LEN, REQ_MAGIC, RES_MAGIC
 
 __all__ = [
-    "ALT_REQ_MAGIC", "ALT_RES_MAGIC", "NUM_VBUCKETS", "Opcode", "Status", "Feature",
-    "Durability", "Request", "FrameError", "Decoder", "FrameInfo", "parse_frame_infos",
+    "ALT_REQ_MAGIC", "ALT_RES_MAGIC", "NUM_VBUCKETS", "MAX_LEB128", "NO_FRAME_INFO",
+    "Opcode", "Status", "Feature", "Durability", "Request", "FrameError", "Decoder",
+    "FrameInfo", "FramingError", "parse_frame_infos", "hello_value",
     "encode_frame_info", "durability_frame", "split_collection", "leb128", "encode_request",
     "encode_response", "parse_hello", "error_map", "cluster_config", "get_meta_extras",
     "observe_seqno_value", "mutation_extras", "STATUS_NAMES", "OPCODE_NAMES",
@@ -258,43 +259,71 @@ class Decoder:
         if self._failed:
             raise FrameError("decoder already failed", Status.EINVAL)
         buf = self._buf
-        buf += data
         out: List[Request] = []
-        pos = 0
-        end = len(buf)
+        if buf or type(data) is not bytes:
+            buf += data
+            if not self._complete(buf):
+                return out   # no copy while a frame trickles in: linear work
+            src: bytes = bytes(buf)
+        else:
+            src = data      # nothing pending: slice the caller's bytes directly
         try:
-            while end - pos >= HEADER_LEN:
-                stop = self._frame(buf, pos, end, out)
-                if stop < 0:
-                    break
-                pos = stop
+            pos = self._frames(src, out)
         except FrameError as e:
             self._failed = True
             self._buf = bytearray()
             e.packets = out
             raise
-        if pos:
+        if src is data:
+            if pos < len(src):
+                buf += src[pos:]
+        elif pos:
             del buf[:pos]
         return out
 
-    def _frame(self, buf: bytearray, pos: int, end: int, out: List[Request]) -> int:
-        """Decode the frame at ``pos``: its end, or -1 while it is incomplete."""
-        (magic, opcode, keylen, extlen, datatype, vbs, bodylen, opaque,
-         cas) = _unpack_header(buf, pos)
+    def _complete(self, buf: bytearray) -> bool:
+        """Whether ``buf`` holds its first frame whole (its header checked first)."""
+        if len(buf) < HEADER_LEN:
+            return False
+        (magic, opcode, keylen, extlen, _dt, _vbs, bodylen, opaque,
+         _cas) = _unpack_header(buf, 0)
         framelen = 0
-        if magic in (ALT_REQ_MAGIC, ALT_RES_MAGIC):
+        if magic == ALT_REQ_MAGIC or magic == ALT_RES_MAGIC:
             framelen, keylen = keylen >> 8, keylen & 0xFF
-        self._check(magic, opcode, opaque, framelen, keylen, extlen, bodylen)
-        stop = pos + HEADER_LEN + bodylen
-        if stop > end:
-            return -1
-        a = pos + HEADER_LEN
-        b = a + framelen
-        c = b + extlen
-        d = c + keylen
-        out.append(Request(magic, opcode, datatype, vbs, opaque, cas, bytes(buf[a:b]),
-                           bytes(buf[b:c]), bytes(buf[c:d]), bytes(buf[d:stop])))
-        return stop
+        try:
+            self._check(magic, opcode, opaque, framelen, keylen, extlen, bodylen)
+        except FrameError:
+            self._failed = True
+            self._buf = bytearray()
+            raise
+        return len(buf) >= HEADER_LEN + bodylen
+
+    def _frames(self, src: bytes, out: List[Request]) -> int:
+        """Decode the complete frames of ``src`` into ``out``: the bytes consumed."""
+        pos = 0
+        end = len(src)
+        append = out.append
+        while end - pos >= HEADER_LEN:
+            (magic, opcode, keylen, extlen, datatype, vbs, bodylen, opaque,
+             cas) = _unpack_header(src, pos)
+            framelen = 0
+            if magic == ALT_REQ_MAGIC or magic == ALT_RES_MAGIC:
+                framelen, keylen = keylen >> 8, keylen & 0xFF
+            if (magic not in self._magics or framelen + extlen + keylen > bodylen
+                    or keylen > self.max_key or bodylen > self.max_body):
+                self._check(magic, opcode, opaque, framelen, keylen, extlen, bodylen)
+            stop = pos + HEADER_LEN + bodylen
+            if stop > end:
+                break
+            a = pos + HEADER_LEN
+            b = a + framelen
+            c = b + extlen
+            d = c + keylen
+            append(Request(magic, opcode, datatype, vbs, opaque, cas,
+                           src[a:b] if framelen else b"", src[b:c] if extlen else b"",
+                           src[c:d], src[d:stop] if d < stop else b""))
+            pos = stop
+        return pos
 
     def _check(self, magic: int, opcode: int, opaque: int, framelen: int, keylen: int,
                extlen: int, bodylen: int) -> None:
