@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests.support import ROOT
-from tests.support.cbapps import acouchbase_collection, run_coroutine, run_trial
+from tests.support.cbapps import EXAMPLES, acouchbase_collection, run_coroutine, run_trial
 from tests.support.couchbase_sdk import SKIP_SDK, TxcbTwistd, shared_txcb
 from txcb.testing import couchbase_endpoint
 
@@ -79,6 +79,8 @@ class AcouchbaseKeyValueTests(unittest.SynchronousTestCase):
         async def ops(c):
             first = await c.upsert(k, {"n": 1})
             got = await c.get(k)
+            replica = await c.get_any_replica(k)  # the one copy: the active
+            assert replica.content_as[dict] == {"n": 1}, replica
             replaced = await c.replace(k, {"n": 2}, ReplaceOptions(cas=got.cas))
             after = (await c.get(k)).content_as[dict]
             present = (await c.exists(k)).exists
@@ -342,3 +344,29 @@ class CouchbaseEndpointTests(unittest.TestCase):
         self.assertTrue(endpoint._factory.protocols)
         yield endpoint.stop()
         self.assertEqual(endpoint._factory.protocols, {})
+
+
+class ReadmeShowsTheTestedExampleTests(unittest.SynchronousTestCase):
+    """README.rst's txcouchbase recipe is the file the tests above run."""
+
+    def readme(self):
+        with open(os.path.join(ROOT, "README.rst")) as f:
+            return f.read()
+
+    def example(self, name):
+        """The example's code after its module docstring, indented as in the README."""
+        with open(os.path.join(EXAMPLES, name)) as f:
+            code = f.read().split('"""\n', 2)[2].strip("\n")
+        return "\n".join(("    " + line) if line else "" for line in code.split("\n"))
+
+    def test_in_process_example_is_in_the_readme(self):
+        self.assertIn(self.example("test_carts.py"), self.readme())
+
+    def test_twistd_example_setup_is_in_the_readme(self):
+        setup = self.example("test_carts_twistd.py").split("    class CartsOnServerTests")[1]
+        setup = setup.split("\n\n")[1]  # the setUp method, decorator included
+        self.assertIn("\n".join(line[4:] for line in setup.split("\n")), self.readme())
+
+    def test_readme_runs_the_example_as_the_tests_do(self):
+        self.assertIn("cd docs/examples && python -m twisted.trial --reactor=asyncio "
+                      "test_carts\n", self.readme())
