@@ -16,18 +16,20 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from datetime import timedelta
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial import unittest
 
 from tests.support import ROOT
 from tests.support.cbapps import EXAMPLES, acouchbase_collection, run_coroutine, run_trial
 from tests.support.couchbase_sdk import SKIP_SDK, TxcbTwistd, shared_txcb
-from txcb.testing import couchbase_endpoint
+from txcb import errors
+from txcb.testing import FaultyBucket, couchbase_endpoint, memory_bucket
 
 if SKIP_SDK is None:
     from couchbase.auth import PasswordAuthenticator
@@ -35,7 +37,7 @@ if SKIP_SDK is None:
     from couchbase.exceptions import (
         AuthenticationException, CasMismatchException, DeltaInvalidException,
         DocumentExistsException, DocumentLockedException, DocumentNotFoundException,
-        DocumentNotLockedException)
+        DocumentNotLockedException, TemporaryFailException, UnAmbiguousTimeoutException)
     from couchbase.options import (
         ClusterOptions, ClusterTimeoutOptions, DecrementOptions, DeltaValue, GetOptions,
         IncrementOptions, RemoveOptions, ReplaceOptions, SignedInt64, UpsertOptions)
@@ -337,6 +339,58 @@ class CouchbaseEndpointTests(unittest.TestCase):
         self.assertEqual((yield deferToThread(wrong)), "refused")
 
     @inlineCallbacks
+    def test_faulty_bucket_faults_reach_the_sdk(self):
+        bucket = FaultyBucket(memory_bucket(reactor), clock=reactor)
+        endpoint = yield self.start(bucket=bucket)
+        seen = []
+
+        def use():
+            cluster = _sync_cluster(endpoint)
+            try:
+                coll = cluster.bucket("default").default_collection()
+                coll.upsert("k", "v")
+                for fault, exception in ((errors.NotFoundError("k"), DocumentNotFoundException),
+                                         (errors.TemporaryFailError("busy"),
+                                          TemporaryFailException)):
+                    blockingCallFromThread(reactor, bucket.fail, "get", fault)
+                    try:
+                        coll.get("k")
+                    except exception:  # TMPFAIL: after the SDK's retries, at its timeout
+                        seen.append(exception.__name__)
+                    blockingCallFromThread(reactor, bucket.heal)
+                blockingCallFromThread(reactor, bucket.delay, "get", 0.2)
+                started = time.monotonic()
+                seen.append((coll.get("k").content_as[str], time.monotonic() - started >= 0.2))
+            finally:
+                cluster.close()
+        yield deferToThread(use)
+        self.assertEqual(seen, ["DocumentNotFoundException", "TemporaryFailException",
+                                ("v", True)])
+
+    @inlineCallbacks
+    def test_hung_request_holds_back_later_replies_on_its_connection(self):
+        """Replies leave in request order: a reply after a hang waits for it."""
+        bucket = FaultyBucket(memory_bucket(reactor), clock=reactor)
+        endpoint = yield self.start(bucket=bucket)
+        seen = []
+
+        def use():
+            cluster = _sync_cluster(endpoint)
+            try:
+                coll = cluster.bucket("default").default_collection()
+                coll.upsert("k", "v")
+                blockingCallFromThread(reactor, bucket.hang, "get", 1)
+                for _ in range(2):  # the hung one, then the one behind it
+                    try:
+                        coll.get("k")
+                    except UnAmbiguousTimeoutException:
+                        seen.append("timeout")
+            finally:
+                cluster.close()
+        yield deferToThread(use)
+        self.assertEqual(seen, ["timeout", "timeout"])
+
+    @inlineCallbacks
     def test_stop_drops_open_connections(self):
         endpoint = yield couchbase_endpoint(reactor)
         cluster = yield deferToThread(_sync_cluster, endpoint)
@@ -370,3 +424,24 @@ class ReadmeShowsTheTestedExampleTests(unittest.SynchronousTestCase):
     def test_readme_runs_the_example_as_the_tests_do(self):
         self.assertIn("cd docs/examples && python -m twisted.trial --reactor=asyncio "
                       "test_carts\n", self.readme())
+
+
+class CouchbaseBenchSmokeTests(unittest.SynchronousTestCase):
+    """bench/couchbase_bench.py runs (a check that it works, not a measurement)."""
+
+    skip = SKIP_SDK
+
+    def test_smoke_prints_every_row_and_the_targets(self):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.couchbase_bench", "--smoke", "--only",
+             "cb-mix1,cb-getmulti"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        out = proc.stdout.decode()
+        self.assertEqual(proc.returncode, 0, out)
+        self.assertNotIn("FAILED", out)
+        for row in ("cb-mix1      couchbase SDK (sync) -> txcb --couchbase",
+                    "cb-mix1      bmemcached (binary) -> txcb --memcached",
+                    "cb-getmulti  pymemcache -> memcached"):
+            self.assertIn(row, out)
+        self.assertIn("server CPU/op, 90/10 mix: --couchbase vs memcached binary", out)
+        self.assertIn("server protocol alone, 90/10 mix", out)
