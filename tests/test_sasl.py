@@ -7,12 +7,17 @@ hostile input the Couchbase endpoint must refuse with a one-line error.
 import base64
 import hashlib
 import hmac
+import importlib.util
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txcb.wire import sasl
 from txcb.wire.sasl import (MAX_PAYLOAD, MECHANISMS, SaslFailure, SaslServer, ScramClient,
                             ScramKeys, plain_payload)
+
+from tests.support import sasl_peer
 
 PASSWORD = b"pencil"
 CREDS = {b"user": PASSWORD, b"a,b=c": b"s3cret", b"bob": b"hunter2"}
@@ -532,3 +537,65 @@ class FailureMessageTests(SynchronousTestCase):
         FailureRecorder.expect(self, server.step, b"SCRAM-SHA512", final,
                                secrets=[b"Wr0ngPassw0rd", final.rpartition(b"p=")[2],
                                         first.split(b",")[0][2:]])
+
+
+class SdkSaslTests(TestCase):
+    """
+    The official SDK (a child process) against SaslServer behind a minimal
+    KV peer: what it sends, and what it accepts back.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        if importlib.util.find_spec("couchbase") is None:
+            raise SkipTest("the couchbase SDK is not installed")
+
+    def listen(self, credentials, bad_signature=False):
+        factory = sasl_peer.SaslPeerFactory(credentials, bad_signature)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        factory.port = port.getHost().port
+        return factory
+
+    @inlineCallbacks
+    def test_sdk_scram_sha512_with_credentials(self):
+        peer = self.listen({b"Administrator": b"password"})
+        result = yield sasl_peer.run_sdk(peer.port, "Administrator", "password")
+        self.assertEqual(result, ["RESULT OK 1"])
+        opcode, done, first = peer.answers[0]
+        self.assertEqual((opcode, done), (0x21, False))
+        # The SDK chose SHA-512 and its nonce has spaces; the server signed.
+        self.assertIn(b" ", first.split(b",")[0])
+        self.assertTrue(peer.answers[1][2].startswith(b"v="))
+        self.assertEqual(peer.failures, [])
+
+    @inlineCallbacks
+    def test_sdk_wrong_password_refused(self):
+        peer = self.listen({b"Administrator": b"password"})
+        result = yield sasl_peer.run_sdk(peer.port, "Administrator", "wrong")
+        self.assertEqual(result, ["RESULT FAIL AuthenticationException"])
+        self.assertIn("authentication failed", peer.failures)
+
+    @inlineCallbacks
+    def test_sdk_plain_when_asked(self):
+        peer = self.listen({b"Administrator": b"password"})
+        result = yield sasl_peer.run_sdk(peer.port, "Administrator", "password", "PLAIN")
+        self.assertEqual(result, ["RESULT OK 1"])
+        self.assertEqual(peer.answers[0], (0x21, True, b""))
+
+    @inlineCallbacks
+    def test_sdk_accept_any_scram_without_signature(self):
+        # The decision accept-any mode rests on: the SDK connects although
+        # the server cannot sign (the SASL_STEP answer has no v=).
+        peer = self.listen(None)
+        result = yield sasl_peer.run_sdk(peer.port, "anyone", "anything")
+        self.assertEqual(result, ["RESULT OK 1"])
+        self.assertEqual(peer.answers[1], (0x22, True, b""))
+
+    @inlineCallbacks
+    def test_sdk_does_not_check_server_signature(self):
+        # Why accept-any works: a wrong v= does not stop the SDK either.
+        peer = self.listen({b"Administrator": b"password"}, bad_signature=True)
+        result = yield sasl_peer.run_sdk(peer.port, "Administrator", "password")
+        self.assertEqual(result, ["RESULT OK 1"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import struct
+from functools import lru_cache
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from txcb.limits import MAX_KEY_LEN
@@ -575,6 +576,7 @@ _ERRORS: Dict[int, Tuple[str, str, List[str], Optional[Dict[str, Any]]]] = {
 }
 
 
+@lru_cache(maxsize=4)
 def error_map(version: int) -> bytes:
     """GET_ERROR_MAP's body: version min(asked, 2) of the statuses txcb sends."""
     errors: Dict[str, Any] = {}
@@ -587,6 +589,7 @@ def error_map(version: int) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
 
+@lru_cache(maxsize=64)   # polled every 2.5 s by every SDK connection
 def cluster_config(rev: int, port: int, bucket: Optional[str] = None,
                    ssl: bool = False) -> bytes:
     """

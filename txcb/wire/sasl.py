@@ -28,8 +28,9 @@ everything else (syntax, nonce, channel binding, proof length) and answers
 success with an empty body instead of ``v=``.  This works with the official
 SDK because its C++ core (``mcbp_session.cxx``) treats a successful
 ``SASL_STEP`` as authenticated without passing the server-final message to
-its SCRAM backend, so ``v=`` is never checked; a client that does check
-(:class:`ScramClient`) rightly refuses such a server.
+its SCRAM backend, so ``v=`` is never checked (SDK 4.6.3 connects with an
+empty body and with a wrong ``v=``: ``tests/test_sasl.py``, SdkSaslTests).
+A client that does check (:class:`ScramClient`) rightly refuses such a server.
 
 :class:`SaslFailure` messages are fixed strings: never a password, a proof,
 a nonce or other bytes from the peer, so they are safe to log.
