@@ -13,6 +13,9 @@ The official Couchbase SDK's asynchronous APIs against txcb:
 """
 
 import os
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,6 +23,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import twisted.test
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import blockingCallFromThread, deferToThread
@@ -28,6 +32,7 @@ from twisted.trial import unittest
 from tests.support import ROOT
 from tests.support.cbapps import EXAMPLES, acouchbase_collection, run_coroutine, run_trial
 from tests.support.couchbase_sdk import SKIP_SDK, TxcbTwistd, shared_txcb
+from tests.support.procs import free_port, start_txcb_twistd
 from txcb import errors
 from txcb.testing import FaultyBucket, couchbase_endpoint, memory_bucket
 
@@ -445,3 +450,41 @@ class CouchbaseBenchSmokeTests(unittest.SynchronousTestCase):
             self.assertIn(row, out)
         self.assertIn("server CPU/op, 90/10 mix: --couchbase vs memcached binary", out)
         self.assertIn("server protocol alone, 90/10 mix", out)
+
+
+class CouchbaseTlsTests(unittest.SynchronousTestCase):
+    """--couchbase ssl:...: replies inside TLS, and the SDK over couchbases://."""
+
+    skip = SKIP_SDK
+
+    def setUp(self):
+        pem = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
+        self.port = port = free_port()
+        start_txcb_twistd(self, ["--ephemeral", "--port", "tcp:0:interface=127.0.0.1",
+                                 "--couchbase", "ssl:%d:privateKey=%s:interface=127.0.0.1"
+                                 % (port, pem)], port)
+
+    def test_sdk_over_couchbases(self):
+        cluster = Cluster("couchbases://127.0.0.1:%d?tls_verify=none" % (self.port,),
+                          ClusterOptions(PasswordAuthenticator("u", "p"),
+                                         timeout_options=ClusterTimeoutOptions(
+                                             connect_timeout=timedelta(seconds=5),
+                                             kv_timeout=timedelta(seconds=2))))
+        self.addCleanup(cluster.close)
+        cluster.wait_until_ready(timedelta(seconds=5))
+        coll = cluster.bucket("default").default_collection()
+        coll.upsert("tls", {"over": "TLS"})
+        self.assertEqual(coll.get("tls").content_as[dict], {"over": "TLS"})
+
+    def test_direct_writes_bypassed_tls(self):
+        """Regression: direct_writer sent replies on the raw socket under TLS."""
+        port = self.port
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(struct.pack(">BBHBBHIIQ", 0x80, 0x0A, 0, 0, 0, 0, 0, 7, 0))
+                reply = tls.recv(24)
+        self.assertEqual(struct.unpack(">BBHBBHIIQ", reply)[:2] + (reply[12:16],),
+                         (0x81, 0x0A, struct.pack(">I", 7)))

@@ -66,7 +66,9 @@ def direct_writer(transport: Any) -> Any:
     send after the write side is shut down fails, and falls back to
     ``transport.write``, which drops it as Twisted would.)
     """
-    if not (hasattr(transport, "writeSomeData") and hasattr(transport, "_tempDataLen")
+    # On the class: a wrapper (TLS is one) forwards these names to the TCP
+    # transport below it, whose socket must then not be written around it.
+    if not (hasattr(type(transport), "writeSomeData") and hasattr(transport, "_tempDataLen")
             and hasattr(transport, "dataBuffer") and hasattr(transport, "TLS")
             and hasattr(transport, "socket")):
         return None
