@@ -398,11 +398,16 @@ class CouchbaseEndpointTests(unittest.TestCase):
     @inlineCallbacks
     def test_stop_drops_open_connections(self):
         endpoint = yield couchbase_endpoint(reactor)
-        cluster = yield deferToThread(_sync_cluster, endpoint)
+
+        def open_bucket():
+            cluster = _sync_cluster(endpoint)
+            cluster.bucket("default").default_collection().upsert("k", 1)
+            return cluster
+        cluster = yield deferToThread(open_bucket)
         self.addCleanup(deferToThread, cluster.close)
-        self.assertTrue(endpoint._factory.protocols)
+        self.assertEqual(endpoint.open_connections, 2)  # the cluster's and the bucket's
         yield endpoint.stop()
-        self.assertEqual(endpoint._factory.protocols, {})
+        self.assertEqual(endpoint.open_connections, 0)
 
 
 class ReadmeShowsTheTestedExampleTests(unittest.SynchronousTestCase):

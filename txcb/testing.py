@@ -331,6 +331,11 @@ class CouchbaseEndpoint:
         self.port = reactor.listenTCP(0, self._factory, interface="127.0.0.1")
         self.connection_string = "couchbase://127.0.0.1:%d" % (self.port.getHost().port,)
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now (an SDK cluster opens two)."""
+        return len(self._factory.protocols)
+
     def stop(self) -> Deferred:
         """Stop listening and drop the connections; fires when all are closed."""
         d = maybeDeferred(self.port.stopListening)
