@@ -735,6 +735,15 @@ class CouchbaseTapTests(unittest.TestCase):
         o = self.parse("--couchbase", "tcp:11210", "--auth-file", path)
         self.assertEqual(o["credentials"], {b"u": b"p"})
 
+    def test_listen_failure_names_the_option(self):
+        from txcb.service import tap
+        from txcb.service.listen import ListenError
+        o = self.parse("--couchbase", "11210")
+        line = tap.startup_problem(o, ListenError("tcp:11210:interface=127.0.0.1",
+                                                  "address already in use", "free {option}"))
+        self.assertIn("(--couchbase)", line)
+        self.assertIn("free --couchbase", line)
+
     def test_make_service_listens_with_a_counted_factory(self):
         from twisted.internet.testing import MemoryReactorClock
         from txcb.service import tap
@@ -903,3 +912,26 @@ class CouchbaseFuzzTests(unittest.TestCase):
             out += responses(c.take())
             self.assertTrue(c.closed or len(out) >= 1)
         self.assertEqual(log.failures(), [])
+
+
+class CouchbaseIdleTests(unittest.TestCase):
+    """--idle-timeout closes Couchbase connections that send nothing."""
+
+    def test_idle_connection_closed_busy_one_kept(self):
+        h = CbHarness(idle_timeout=10, make_bucket=lambda clock: _DurableBucket(
+            clock=clock, pager_interval=0))
+        idle = h.ready()
+        busy = h.ready()
+        busy.request(O.SET, b"k", b"v", extras=store_extras(),
+                     framing=W.durability_frame(3, 60000))
+        chatty = h.ready()
+        for _ in range(8):
+            h.clock.advance(2.5)
+            chatty.one(O.GET_CLUSTER_CONFIG)      # what the SDK polls every 2.5 s
+        self.assertTrue(idle.closed)
+        self.assertFalse(busy.closed)             # a durable write is still pending
+        self.assertFalse(chatty.closed)
+        self.assertEqual(h.factory.idle.closed, 1)
+
+    def test_no_sweeper_without_the_option(self):
+        self.assertIsNone(CbHarness().factory.idle)

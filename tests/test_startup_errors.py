@@ -109,6 +109,16 @@ class StartupErrorTests(unittest.TestCase):
         self.assertTrue(output.startswith("txcb: bad --port ssl:0:privateKey=%s: " % key))
         self.assertTrue(output.strip().endswith(ENDPOINT_HELP), output)
 
+    def test_ssl_endpoint_without_tls_support_is_one_line(self):
+        # As on PyPy, or after a bare `pip install txcb`: no pyOpenSSL.
+        blocked = ["-c", "import sys; sys.modules['OpenSSL'] = None; "
+                   "from twisted.scripts.twistd import run; run()"]
+        self.patch(sys.modules[__name__], "TWISTD", [sys.executable] + blocked)
+        status, output = self.twistd("-p", "ssl:0:privateKey=key.pem", "--ephemeral")
+        self.assertEqual(status, 1, output)
+        self.assertOneLine(output, "txcb: bad --port ssl:0:privateKey=key.pem: TLS support is "
+                           "not installed; pip install 'txcb[tls]'; " + ENDPOINT_HELP)
+
     def test_usage_error_is_one_line_not_the_usage_text(self):
         out = self.assertFailsWith("txcb: --max-value-size must be positive",
                                    "--max-value-size", "0")
@@ -151,7 +161,7 @@ class StartupErrorTests(unittest.TestCase):
 
     def test_port_out_of_range_is_one_line(self):
         self.assertFailsWith(
-            "txcb: cannot listen on tcp:99999 (--port): bind(): port must be 0-65535.",
+            "txcb: cannot listen on tcp:99999 (--port): port must be 0-65535",
             "-p", "tcp:99999", "--ephemeral")
 
     def test_failed_start_leaves_no_pid_file(self):

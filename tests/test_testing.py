@@ -189,7 +189,8 @@ class _Pumped:
 
     def __getattr__(self, name):
         attr = getattr(self._target, name)
-        if not callable(attr):
+        # zope.interface's declarations (__provides__...) pass through as they are.
+        if not callable(attr) or name.startswith("__"):
             return attr
 
         def call(*a, **kw):

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-__all__ = ["DEFAULT_SCOPE", "DEFAULT_COLLECTION", "FIRST_USER_ID", "Collection",
+__all__ = ["DEFAULT_BUCKET", "DEFAULT_SCOPE", "DEFAULT_COLLECTION", "FIRST_USER_ID", "Collection",
            "BucketSpace", "Keyspaces", "parse_collection_path", "check_bucket_name"]
 
+#: The bucket served when no name is given (Couchbase's and txcb's).
+DEFAULT_BUCKET = "default"
 DEFAULT_SCOPE = "_default"
 DEFAULT_COLLECTION = "_default"
 #: Couchbase reserves collection and scope ids 1-7; declared ones start here.
@@ -56,19 +58,15 @@ def _uuid(*names: str) -> int:
     return int.from_bytes(digest, "big") or 1
 
 
-class Collection:
+class Collection(NamedTuple):
     """One keyspace: a collection of a bucket, and the IBucket that holds it."""
 
-    __slots__ = ("scope", "name", "cid", "sid", "bucket", "uuid")
-
-    def __init__(self, scope: str, name: str, cid: int, sid: int, bucket: Any,
-                 uuid: int) -> None:
-        self.scope = scope
-        self.name = name
-        self.cid = cid
-        self.sid = sid
-        self.bucket = bucket
-        self.uuid = uuid
+    scope: str
+    name: str
+    cid: int
+    sid: int
+    bucket: Any
+    uuid: int
 
     @property
     def path(self) -> str:
@@ -179,6 +177,6 @@ class Keyspaces:
         return list(seen.values())
 
     @classmethod
-    def single(cls, bucket: Any, name: str = "default") -> "Keyspaces":
+    def single(cls, bucket: Any, name: str = DEFAULT_BUCKET) -> "Keyspaces":
         """One bucket, its default collection only."""
         return cls([BucketSpace(name, bucket)])

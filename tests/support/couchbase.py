@@ -48,7 +48,8 @@ class CbHarness:
     """Buckets on a Clock, a factory over them, and connections to it."""
 
     def __init__(self, bucket=None, credentials=None, max_inflight=1024,
-                 max_connections=None, max_value_size=4096, collections=(), make_bucket=None):
+                 max_connections=None, max_value_size=4096, collections=(), make_bucket=None,
+                 idle_timeout=None):
         self.clock = Clock()
         self.clock.advance(time.time())
         if make_bucket is not None:
@@ -62,7 +63,8 @@ class CbHarness:
                                    pager_interval=0)
             self.named[(scope, name)] = space.add(scope, name, other)
         self.keyspaces = Keyspaces([space])
-        self.stats = ServerStats(max_connections=max_connections)
+        self.stats = ServerStats(max_connections=max_connections, clock=self.clock,
+                                 idle_timeout=idle_timeout)
         self.factory = CouchbaseServerFactory(self.keyspaces, stats=self.stats,
                                               credentials=credentials,
                                               max_inflight=max_inflight, clock=self.clock)

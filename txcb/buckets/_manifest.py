@@ -55,7 +55,9 @@ def disk_full(e: BaseException, path: str = "") -> bool:
         return True
     if "disk is full" in str(e):
         return True
-    if path and (isinstance(e, OSError) or (code is not None and code & 0xFF == 10)):
+    # SQLITE_IOERR; PyPy's sqlite3 has no error codes, only the message.
+    io_error = code & 0xFF == 10 if code is not None else str(e).startswith("disk I/O error")
+    if path and (isinstance(e, OSError) or io_error):
         try:
             st = os.statvfs(os.path.dirname(path) or ".")
         except OSError:

@@ -96,6 +96,16 @@ def _del_sql(n: int) -> str:
     return sql
 
 
+def _first(conn: sqlite3.Connection, sql: str) -> Any:
+    """
+    The first row of ``sql`` (None if none).  Every row is stepped through,
+    so the statement is finished at once: PyPy frees cursors late, and an
+    unfinished statement makes the next COMMIT fail.
+    """
+    rows = conn.execute(sql).fetchall()
+    return rows[0] if rows else None
+
+
 def _execute_chunked(conn: sqlite3.Connection, sql_for: Any, flat: List[Any],
                      width: int) -> None:
     """Run ``flat`` (rows of ``width`` parameters, concatenated) in chunks."""
@@ -199,13 +209,13 @@ def open_db(path: str) -> sqlite3.Connection:
             raise CorruptDataError(
                 "%s is not a txcb data file (it holds the tables %s); refusing to use it"
                 % (path, ", ".join(sorted(tables))))
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _first(conn, "PRAGMA journal_mode = WAL")[0]
         if str(mode).lower() != "wal":
             raise StorageError("cannot put %s in WAL mode (journal_mode is %s)"
                                % (path, mode))
         conn.execute("PRAGMA synchronous = FULL")
         if tables and os.path.exists(path + "-wal"):
-            used = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+            used = _first(conn, "PRAGMA wal_checkpoint(PASSIVE)")[1]
             _manifest.check_wal_tail(path, max(0, used), CorruptDataError)
         if not tables:
             conn.execute("BEGIN IMMEDIATE")
@@ -216,7 +226,7 @@ def open_db(path: str) -> sqlite3.Connection:
             conn.execute(META_SEQNO, (0,))
             conn.execute("COMMIT")
         else:
-            row = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+            row = _first(conn, "SELECT value FROM meta WHERE name = 'format'")
             if row is not None and row[0] == 1:
                 upgrade_from_1(conn, path)
                 row = (2,)
@@ -350,11 +360,11 @@ def checkpoint(conn: sqlite3.Connection, path: str, seqno: int, clean: bool,
     write the manifest: the file holds ``items`` items (counted if None) up to
     ``seqno``.
     """
-    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    busy = _first(conn, "PRAGMA wal_checkpoint(TRUNCATE)")[0]
     if busy:
         raise sqlite3.OperationalError("the checkpoint of %s could not finish" % (path,))
     if items is None:
-        items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+        items = _first(conn, "SELECT count(*) FROM items")[0]
     _manifest.write_manifest(_manifest.manifest_path(path), Manifest(seqno, items, clean))
 
 
@@ -370,7 +380,7 @@ def write_and_checkpoint(conn: sqlite3.Connection, batch: Dict[bytes, Optional[b
     """
     if recover:
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _first(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
     took, rows = (write_batch(conn, batch, marks, seqno, wipe) if batch or wipe

@@ -7,19 +7,27 @@ DELETEQ, or their loud forms when ``quiet_multi`` is off.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail
 
 from txcb.buckets.mcpool_dispatch import Dispatcher
 from txcb.errors import ArgumentError, CouchbaseError
 from txcb.multi import unique
-from txcb.validation import check_ttl, resolve_durability, to_key
+from txcb.validation import check_ttl, resolve_durability
 from txcb.wire import mcbinary as mcb
 
 __all__ = ["MultiOperations"]
 
 O = mcb.Opcode
+
+
+def _keyed(to_wire: Callable[[Any], bytes], opcode: int, extras: bytes
+           ) -> Callable[[int, Any], Tuple[bytes, int, bytes, bytes]]:
+    """A multi's ``build`` sending ``opcode`` for every key, as ``to_wire`` makes it."""
+    def build(i: int, key: Any) -> Tuple[bytes, int, bytes, bytes]:
+        return to_wire(key), opcode, extras, b""
+    return build
 
 
 class MultiOperations:
@@ -28,11 +36,14 @@ class MultiOperations:
     counter_multi, lock_multi and unlock_multi stay MultiMixin's pipelined
     single-key requests: TOUCH has no quiet form, counters need their values).
 
-    The class using it provides ``_dispatcher`` (a :class:`Dispatcher`) and
-    ``_encode(value, format, key) -> (bytes, flags)``.
+    The class using it provides ``_dispatcher`` (a :class:`Dispatcher`),
+    ``_encode(value, format, key) -> (bytes, flags)``, ``_key(key) -> bytes``
+    (the key as sent, with the pool's namespace) and ``_namespace``.
     """
 
     _dispatcher: Dispatcher
+    _namespace: bytes
+    _key: Callable[[Any], bytes]
 
     if TYPE_CHECKING:
         def _encode(self, value: Any, format: Any, key: Any) -> Tuple[bytes, int]: ...
@@ -47,9 +58,11 @@ class MultiOperations:
         except (CouchbaseError, TypeError) as e:
             return fail(e if isinstance(e, CouchbaseError) else ArgumentError(str(e)))
         if ttl:
-            how = (O.GATKQ, mcb.touch_extras(ttl))
+            how: Any = (O.GATKQ, mcb.touch_extras(ttl))
         else:
             how = (O.GETKQ, b"")
+        if self._namespace:  # the dispatcher's fast path knows no namespace
+            how = _keyed(self._key, *how)
         return self._dispatcher.multi(keys, how, True, quiet, "get", timeout)
 
     def _store_multi(self, loud: int, quiet_op: int, verb: str, mapping: Any, ttl: int,
@@ -70,7 +83,7 @@ class MultiOperations:
         encode = self._encode
 
         def build(i: int, key: Any) -> Tuple[bytes, int, bytes, bytes]:
-            k = to_key(key)
+            k = self._key(key)
             data, flags = encode(values[key], format, key)
             return k, opcode, mcb.store_extras(flags, ttl), data
         return dispatcher.multi(keys, build, False, False, verb, timeout)
@@ -103,5 +116,5 @@ class MultiOperations:
         opcode = O.DELETEQ if dispatcher.quiet_multi else O.DELETE
 
         def build(i: int, key: Any) -> Tuple[bytes, int, bytes, bytes]:
-            return to_key(key), opcode, b"", b""
+            return self._key(key), opcode, b"", b""
         return dispatcher.multi(keys, build, False, quiet, "remove", timeout)

@@ -35,6 +35,12 @@ libmemcached or pylibmc with ketama, so they can share the pool.
   that failed ``server_failure_limit`` times in a row is taken out of the
   continuum (its keys move to the others, twemproxy's semantics) for at
   least ``server_retry_timeout`` seconds and until it answers again.
+* Keyspaces: with ``namespace=`` every key goes out behind that prefix
+  (counted in memcached's 250 bytes; a longer key errbacks ArgumentError
+  saying so), so keyspaces can share servers without seeing each other's
+  keys; :meth:`MemcachedPool.namespaced` makes one more on the same
+  connections.  ``flush`` empties whole servers, so a namespaced pool
+  refuses it.
 * Every operation has a timeout (2.5 s by default, ``timeout=`` on each
   call) and can be cancelled; a lost connection errbacks everything in
   flight on it with NetworkError.  No Deferred is left unfired.
@@ -56,9 +62,10 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -74,7 +81,7 @@ from txcb.buckets.mcrequests import (
 from txcb.errors import ArgumentError, CouchbaseError, NetworkError, NotSupportedError, TooBigError
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.interfaces import IBucket
-from txcb.limits import DEFAULT_TIMEOUT
+from txcb.limits import DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.multi import MultiMixin
 from txcb.validation import (
     check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability, scan_args, to_key)
@@ -157,6 +164,11 @@ class MemcachedPool(MultiOperations, MultiMixin):
         have ``cas == 0``); False sends loud ones and returns every CAS.
     :param hash_tag: twemproxy's ``hash_tag`` (two bytes such as ``b"{}"``).
     :param start: connect now (else on :meth:`start` or on first use).
+    :param namespace: bytes put before every key sent, so several keyspaces
+        can share the servers without seeing each other's keys (results
+        carry the caller's keys, without it).  It counts against memcached's
+        250-byte key limit.  :meth:`namespaced` makes another keyspace on the
+        same connections.
     """
     #: memcached keeps items in memory, on one server each.
     max_persist_to = 0
@@ -183,7 +195,10 @@ class MemcachedPool(MultiOperations, MultiMixin):
                  server_retry_timeout: float = 30.0, retry_initial: float = 0.5,
                  retry_max: float = 30.0, retry_factor: float = 2.0,
                  max_value_size: int = DEFAULT_MAX_VALUE_SIZE, quiet_multi: bool = True,
-                 hash_tag: Optional[bytes] = None, start: bool = True) -> None:
+                 hash_tag: Optional[bytes] = None, start: bool = True,
+                 namespace: bytes = b"") -> None:
+        self._set_namespace(namespace)
+        self._owner = True
         if reactor is None:
             from twisted.internet import reactor as _reactor
             reactor = _reactor
@@ -217,6 +232,42 @@ class MemcachedPool(MultiOperations, MultiMixin):
         if start:
             self.start()
 
+    # -- the key namespace -------------------------------------------------------
+
+    def _set_namespace(self, namespace: bytes) -> None:
+        if not isinstance(namespace, bytes) or len(namespace) >= MAX_KEY_LEN:
+            raise ValueError("namespace must be bytes shorter than %d, not %r"
+                             % (MAX_KEY_LEN, namespace))
+        self._namespace = namespace
+        # No namespace: keys go out as to_key makes them, at no extra cost.
+        self._key: Callable[[Any], bytes] = self._namespaced_key if namespace else to_key
+
+    def _namespaced_key(self, key: Any) -> bytes:
+        k = self._namespace + to_key(key)
+        if len(k) > MAX_KEY_LEN:
+            room = MAX_KEY_LEN - len(self._namespace)
+            raise ArgumentError(
+                "key of %d bytes is too long for this keyspace: its %d-byte namespace "
+                "prefix leaves %d of memcached's %d key bytes"
+                % (len(k) - len(self._namespace), len(self._namespace), room, MAX_KEY_LEN),
+                key=key)
+        return k
+
+    @property
+    def namespace(self) -> bytes:
+        return self._namespace
+
+    def namespaced(self, namespace: bytes) -> "MemcachedPool":
+        """
+        Another keyspace on this pool's connections (and settings): its keys
+        go out behind ``namespace``.  Closing it leaves the connections to
+        this pool, which closes them.
+        """
+        view = copy.copy(self)
+        view._set_namespace(namespace)
+        view._owner = False
+        return view
+
     # -- the servers -------------------------------------------------------------
 
     def start(self) -> None:
@@ -233,7 +284,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def server_for(self, key: Any) -> str:
         """The ``host:port`` of the server that holds ``key`` now."""
         try:
-            return self._topology.locate(to_key(key)).label
+            return self._topology.locate(self._key(key)).label
         except NoServersError:
             raise NetworkError("no memcached server available (all ejected)", key=key)
 
@@ -260,7 +311,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def get(self, key: Any, ttl: int = 0, quiet: bool = False,
             timeout: Optional[float] = None) -> Deferred:
         try:
-            k = to_key(key)
+            k = self._key(key)
             if ttl:
                 check_ttl(ttl, key)
         except CouchbaseError as e:
@@ -273,7 +324,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
         try:
-            k = to_key(key)
+            k = self._key(key)
             if ttl:
                 check_ttl(ttl, key)
             if cas:
@@ -310,7 +361,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
         try:
-            k = to_key(key)
+            k = self._key(key)
             if cas:
                 check_cas(cas, key)
             self._durability(persist_to, replicate_to, key)
@@ -320,7 +371,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
 
     def touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> Deferred:
         try:
-            k = to_key(key)
+            k = self._key(key)
             check_ttl(ttl, key)
         except CouchbaseError as e:
             return fail(e)
@@ -330,7 +381,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> Deferred:
         """GET_LOCKED where the server has it (Couchbase); NotSupportedError on memcached."""
         try:
-            k = to_key(key)
+            k = self._key(key)
             check_lock_ttl(ttl, key)
         except CouchbaseError as e:
             return fail(e)
@@ -340,7 +391,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> Deferred:
         """UNLOCK_KEY where the server has it (Couchbase); NotSupportedError on memcached."""
         try:
-            k = to_key(key)
+            k = self._key(key)
             check_cas(cas, key)
         except CouchbaseError as e:
             return fail(e)
@@ -350,7 +401,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
                 timeout: Optional[float] = None) -> Deferred:
         try:
-            k = to_key(key)
+            k = self._key(key)
             check_delta(delta, initial, key)
             if ttl:
                 check_ttl(ttl, key)
@@ -364,7 +415,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
     def _concat(self, opcode: int, verb: str, key: Any, value: Any, cas: int,
                 persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
         try:
-            k = to_key(key)
+            k = self._key(key)
             if cas:
                 check_cas(cas, key)
             self._durability(persist_to, replicate_to, key)
@@ -405,7 +456,7 @@ class MemcachedPool(MultiOperations, MultiMixin):
         is gone if ``check_removed``.
         """
         try:
-            k = to_key(key)
+            k = self._key(key)
             if cas:
                 check_cas(cas, key)
             resolve_durability(persist_to, replicate_to, 0, 0, key)
@@ -457,12 +508,21 @@ class MemcachedPool(MultiOperations, MultiMixin):
 
     def flush(self, timeout: Optional[float] = None) -> Deferred:
         """FLUSH every server (memcached's ``flush_all``): fires None.  Errbacks
-        (with the first server's error) if any server could not be flushed."""
+        (with the first server's error) if any server could not be flushed.
+        Every namespace on the servers is emptied, so a namespaced pool refuses
+        (NotSupportedError)."""
+        if self._namespace:
+            return fail(NotSupportedError(
+                "memcached can only flush whole servers, which would empty every "
+                "keyspace on them: flush the pool without a namespace"))
         return _gather(self._each_server(O.FLUSH, K_NONE, timeout)).addCallback(
             _all_or_first_error)
 
     def close(self) -> Deferred:
-        """Close every connection, stop reconnecting; requests in flight errback."""
+        """Close every connection, stop reconnecting; requests in flight errback.
+        A pool made by :meth:`namespaced` leaves that to the pool it came from."""
+        if not self._owner:
+            return succeed(None)
         self._closed = True
         ds = [s.close() for s in self._servers]
         self._sweeper.stop()

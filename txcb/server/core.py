@@ -10,7 +10,9 @@ bucket shares, whatever its wire protocol.
   client is not reading its replies);
 - :class:`LateReplies`: replies made outside a read, written together at the
   end of the reactor turn;
-- :class:`IRequestObserver`: told of every request answered (metrics).
+- :class:`IRequestObserver`: told of every request answered (metrics);
+- :class:`IdleSweeper`: ``--idle-timeout``, closing connections that send
+  nothing, with one timer for all of an endpoint's connections.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from zope.interface import Interface
 
-__all__ = ["ServerStats", "IRequestObserver", "admit", "RequestFlow", "LateReplies"]
+__all__ = ["ServerStats", "IRequestObserver", "admit", "RequestFlow", "LateReplies",
+           "RateLimit", "RefusalLog", "IdleSweeper", "idle_sweeper"]
 
 
 class IRequestObserver(Interface):
@@ -43,10 +46,15 @@ class IRequestObserver(Interface):
 class ServerStats:
     """
     Connection counters shared by every endpoint serving one bucket, and
-    their common connection limit (``max_connections``, None: no limit).
+    their common connection limit (``max_connections``, None: no limit) and
+    idle timeout (``idle_timeout`` seconds, None: none; see :func:`idle_sweeper`).
+    ``clock``: the IReactorTime both are measured on (the idle timeout needs one).
     """
 
-    def __init__(self, max_connections: Optional[int] = None, clock: Any = None) -> None:
+    def __init__(self, max_connections: Optional[int] = None, clock: Any = None,
+                 idle_timeout: Optional[float] = None) -> None:
+        self.clock = clock
+        self.idle_timeout = idle_timeout
         self.connections = 0
         self.total_connections = 0
         self.rejected_connections = 0
@@ -87,6 +95,32 @@ def admit(stats: ServerStats, addr: Any, log: Any, what: str = "txcb") -> bool:
     return False
 
 
+class RateLimit:
+    """
+    At most one log line per ``interval`` seconds: :meth:`allow` says whether
+    a line may be written now, and how many were held back since the last one.
+    The first is allowed at once.
+    """
+
+    __slots__ = ("_seconds", "interval", "_next", "_unlogged")
+
+    def __init__(self, seconds: Callable[[], float], interval: float = 10.0) -> None:
+        self._seconds = seconds
+        self.interval = interval
+        self._next = -1.0   # when the next line may be written
+        self._unlogged = 0
+
+    def allow(self) -> Optional[int]:
+        """None: no line now (counted); else the count of lines held back before it."""
+        now = self._seconds()
+        if now < self._next:
+            self._unlogged += 1
+            return None
+        self._next = now + self.interval
+        unlogged, self._unlogged = self._unlogged, 0
+        return unlogged
+
+
 class RefusalLog:
     """
     Refused connections, logged at most once per ``interval`` seconds: a
@@ -96,18 +130,16 @@ class RefusalLog:
     """
 
     def __init__(self, seconds: Callable[[], float], interval: float = 10.0) -> None:
-        self._seconds = seconds
-        self.interval = interval
-        self._next = -1.0   # when the next line may be written
-        self._unlogged = 0
+        self._limit = RateLimit(seconds, interval)
+
+    @property
+    def interval(self) -> float:
+        return self._limit.interval
 
     def refused(self, log: Any, what: str, addr: Any, open_now: int) -> None:
-        now = self._seconds()
-        if now < self._next:
-            self._unlogged += 1
+        unlogged = self._limit.allow()
+        if unlogged is None:
             return
-        self._next = now + self.interval
-        unlogged, self._unlogged = self._unlogged, 0
         if unlogged:
             log.warn("{what}: refusing {addr}: {n} connections open already ({unlogged} more"
                      " refused since the last such line)", what=what, addr=str(addr),
@@ -208,29 +240,136 @@ class LateReplies:
     one send each, or as soon as ``every`` are waiting.
     """
 
-    __slots__ = ("clock", "write", "every", "pending")
+    __slots__ = ("clock", "write", "every", "pending", "_call")
 
     def __init__(self, clock: Any, write: Callable[[List[bytes]], None], every: int) -> None:
         self.clock = clock
         self.write = write
         self.every = every
         self.pending: List[bytes] = []
+        self._call: Any = None  # the end-of-turn flush, while one is scheduled
 
     def add(self, data: bytes) -> None:
         """Queue one reply's bytes."""
         pending = self.pending
         pending.append(data)
         if len(pending) == 1:
-            self.clock.callLater(0, self.flush)
+            self._call = self.clock.callLater(0, self.flush)
         elif len(pending) >= self.every:
             self.flush()
 
     def flush(self) -> None:
         """Write what is queued (a later call, with nothing queued, does nothing)."""
         pending, self.pending = self.pending, []
+        self._call = None
         if pending:
             self.write(pending)
 
     def drop(self) -> None:
-        """Forget what is queued (the connection is gone)."""
+        """
+        Forget what is queued and the scheduled flush (the connection is gone):
+        the clock no longer holds the protocol, through ``write``.
+        """
         self.pending = []
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+# -- --idle-timeout --------------------------------------------------------------
+
+def idle_sweeper(stats: ServerStats, log: Any, what: str,
+                 clock: Any = None) -> Optional["IdleSweeper"]:
+    """
+    The :class:`IdleSweeper` of an endpoint's factory serving under ``stats``
+    (on ``stats.clock``, else ``clock``, else the global reactor), or None
+    when ``stats.idle_timeout`` is not set (the default: nothing is ever
+    closed for being idle).
+    """
+    if not stats.idle_timeout:
+        return None
+    clock = stats.clock if stats.clock is not None else clock
+    if clock is None:
+        from twisted.internet import reactor as clock
+    return IdleSweeper(clock, stats.idle_timeout, log, what)
+
+
+class IdleSweeper:
+    """
+    Closes an endpoint's connections that sent nothing for ``timeout``
+    seconds, like memcached's ``idle_timeout``.
+
+    Reads cost a connection one attribute store, ``conn.idle_seen = True``,
+    no clock read and no timer: one timer per sweeper runs while it has
+    connections, every ``timeout / 4`` (5 s at most), and a sweep notes
+    ``now`` for each connection seen since the last one.  A connection is
+    closed at the first sweep at least ``timeout`` after the last sweep that
+    saw it active: it sent nothing for ``timeout`` at least, and for less
+    than ``timeout`` plus two sweep intervals.
+
+    What a connection provides (any endpoint's protocol):
+
+    - ``idle_seen``: set True by each read (a class attribute False to start);
+    - ``idle_busy()``: whether requests are still being answered (then it is
+      active, however long the bucket takes);
+    - ``idle_close()``: close it (the line logged first is rate-limited by
+      :class:`RateLimit`, with the count of the closings it did not log);
+    - ``idle_peer()``: its peer, for that line.
+
+    A connection is added (:meth:`add`) when made and discarded
+    (:meth:`discard`) when lost: the sweeper holds no lost connection.
+    """
+
+    def __init__(self, clock: Any, timeout: float, log: Any, what: str) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.interval = min(max(timeout / 4.0, 0.05), 5.0)
+        self._log = log
+        self._what = what
+        self._limit = RateLimit(clock.seconds)
+        self._seen: Dict[Any, float] = {}  # connection -> when last seen active
+        self._timer: Any = None
+        self.closed = 0  # connections closed for being idle
+
+    def add(self, conn: Any) -> None:
+        """A connection was made: it starts active."""
+        conn.idle_seen = False
+        self._seen[conn] = self.clock.seconds()
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.interval, self._sweep)
+
+    def discard(self, conn: Any) -> None:
+        """A connection was lost (the timer stops with the last one)."""
+        self._seen.pop(conn, None)
+        if not self._seen and self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self.clock.seconds()
+        seen = self._seen
+        idle = []
+        for conn, last in seen.items():
+            if conn.idle_seen or conn.idle_busy():
+                conn.idle_seen = False
+                seen[conn] = now
+            elif now - last >= self.timeout:
+                idle.append(conn)
+        for conn in idle:
+            self._close(conn, now - seen[conn])
+        if seen and self._timer is None:
+            self._timer = self.clock.callLater(self.interval, self._sweep)
+
+    def _close(self, conn: Any, quiet: float) -> None:
+        self.closed += 1
+        self._seen.pop(conn, None)  # closing: not swept again
+        unlogged = self._limit.allow()
+        if unlogged is not None:
+            more = (" (%d more closed since the last such line)" % (unlogged,)
+                    if unlogged else "")
+            self._log.info("{what}: closing {peer}: idle for {quiet:.0f}s (--idle-timeout "
+                           "{timeout:g}){more}", what=self._what, peer=conn.idle_peer(),
+                           quiet=quiet, timeout=self.timeout, more=more)
+        conn.idle_close()

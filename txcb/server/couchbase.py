@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from txcb.interfaces import ISyncBucket
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN
 from txcb.server.cbkv import KV_HANDLERS, KeyValueOps
-from txcb.server.core import ServerStats, admit
+from txcb.server.core import ServerStats, admit, idle_sweeper
 from txcb.server.mcreplies import OrderedReplies
 from txcb.server.mcsession import VERSION
 from txcb.wire import couchbase as W
@@ -64,6 +64,8 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps):
     """One Couchbase client connection: bootstrap state and a handler per opcode."""
 
     factory: "CouchbaseServerFactory"
+    #: Set by every read, for ``--idle-timeout`` (core.IdleSweeper).
+    idle_seen = False
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -84,13 +86,31 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps):
         self.start_replies(f.max_inflight)
         self.handle = self._dispatch  # type: ignore[method-assign]
         self.internal_error = self._internal_error  # type: ignore[method-assign]
+        if f.idle is not None:
+            f.idle.add(self)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         if not self._gone:
-            self.factory.stats.closed()
+            f = self.factory
+            f.stats.closed()
             self.stop_replies()
+            if f.idle is not None:
+                f.idle.discard(self)
+
+    # -- --idle-timeout (core.IdleSweeper) ----------------------------------------------
+
+    def idle_busy(self) -> bool:
+        """Requests are still being answered (or wait for the client to read)."""
+        return bool(self._slots or self._backlog or self._out_full)
+
+    def idle_peer(self) -> str:
+        return self.peer
+
+    def idle_close(self) -> None:
+        self.close()
 
     def dataReceived(self, data: bytes) -> None:
+        self.idle_seen = True
         if self.closing:
             return
         if self.observer is not None:
@@ -320,6 +340,8 @@ class CouchbaseServerFactory(_ProtocolFactory):
         # Framing, extras and key on top of the largest value: a longer body
         # is refused from its header alone, before any of it is buffered.
         self.max_body = largest + MAX_KEY_LEN + W.MAX_LEB128 + 64
+        #: Closes idle connections (``stats.idle_timeout``), or None.
+        self.idle = idle_sweeper(self.stats, _log, "txcb couchbase", clock)
 
     def is_sync(self, bucket: Any) -> bool:
         """Whether ``bucket`` is served through ISyncBucket (decided once per bucket)."""

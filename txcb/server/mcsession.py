@@ -60,6 +60,17 @@ class Session:
         self.run = conn.run
         self.close = conn.close
 
+    def detach(self) -> None:
+        """
+        The connection is gone: forget everything.  A session keeps bound
+        methods of itself and of its connection (handler tables, the parser's
+        callbacks, the connection's reply calls), cycles that only the
+        garbage collector would otherwise free; emptying it frees the session,
+        its parser and what they buffered at once.  Nothing calls a session
+        after its connection is lost.
+        """
+        vars(self).clear()
+
     def call(self, op: str, render: Render, ctx: Any, sync: Callable[[Any], Any],
              deferred: Callable[[Any], Deferred]) -> None:
         """

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
@@ -57,11 +57,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, THIRTY_DAYS
-from txcb.server.core import ServerStats, admit
+from txcb.server.core import ServerStats, admit, idle_sweeper
 from txcb.server.mcascii import AsciiSession
 from txcb.server.mcauth import Authenticator, check_credentials
 from txcb.server.mcbinary import DEFAULT_LOCK_TIME, BinarySession
-from txcb.server.mcreplies import OrderedReplies
+from txcb.server.mcreplies import OrderedReplies, Render
 from txcb.server.mcsession import EXPIRED_TTL, VERSION, Session, stat_value
 from txcb.wire.mcbinary import REQ_MAGIC
 
@@ -102,9 +102,18 @@ class MemcachedServerProtocol(OrderedReplies):
     byte, which picks the session (:class:`AsciiSession` or
     :class:`BinarySession`) that reads the rest.  Replies and flow control
     are :class:`~txcb.server.mcreplies.OrderedReplies`'.
+
+    The bucket's Deferreds it waits for are in ``_waiting``: when the
+    connection is lost each is cancelled and the session lets go of the
+    connection (:meth:`~txcb.server.mcsession.Session.detach`), so nothing
+    refers to the protocol any more and its memory is freed by reference
+    counting, not by the garbage collector.
     """
 
     factory: "MemcachedServerFactory"
+    #: Set by every read while --idle-timeout is on (core.IdleSweeper).
+    idle_seen = False
+    _read: Any = None  # the session's data_received, behind _idle_read
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -117,12 +126,75 @@ class MemcachedServerProtocol(OrderedReplies):
         #: "ascii" or "binary" once the first byte is in.
         self.protocol_name: Optional[str] = None
         self.session: Optional[Session] = None
+        self._waiting: Set[Deferred] = set()
         self.start_replies(f.max_inflight)
+        if f.idle is not None:
+            f.idle.add(self)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
-        if not self._gone:
-            self.factory.stats.connections -= 1
-            self.stop_replies()
+        if self._gone:
+            return
+        f = self.factory
+        f.stats.connections -= 1
+        self.stop_replies()
+        if f.idle is not None:
+            f.idle.discard(self)
+        waiting, self._waiting = self._waiting, set()
+        for d in waiting:
+            d.cancel()
+        # Let go of every bound method that refers back to this protocol.
+        session, self.session = self.session, None
+        if session is not None:
+            session.detach()
+        self.__dict__.pop("dataReceived", None)
+        self._read = None
+        self.handle = _no_event          # type: ignore[method-assign]
+        self.internal_error = _no_reply  # type: ignore[method-assign]
+        self._send = _no_reply
+
+    # -- what the bucket is still to answer ----------------------------------------
+
+    def submit(self, d: Deferred, render: Render, ctx: Any) -> None:
+        if not d.called:
+            self._wait_for(d)
+        OrderedReplies.submit(self, d, render, ctx)
+
+    def submit_all(self, ds: List[Deferred], render: Render, ctx: Any) -> None:
+        for d in ds:
+            if not d.called:
+                self._wait_for(d)
+        OrderedReplies.submit_all(self, ds, render, ctx)
+
+    def _wait_for(self, d: Deferred) -> None:
+        self._waiting.add(d)
+        d.addBoth(self._settled, d)
+
+    def _settled(self, result: Any, d: Deferred) -> Any:
+        self._waiting.discard(d)
+        return result
+
+    def _completed(self, _: Any, box: List[Any], slot: Any, render: Render,
+                   ctx: Any) -> None:
+        if self._gone:  # cancelled by connectionLost: nobody to render it for
+            self._slots.clear()
+            return
+        OrderedReplies._completed(self, _, box, slot, render, ctx)
+
+    # -- --idle-timeout (core.IdleSweeper) ------------------------------------------
+
+    def idle_busy(self) -> bool:
+        """Requests are still being answered (or wait for the client to read)."""
+        return bool(self._slots or self._backlog or self._out_full)
+
+    def idle_peer(self) -> str:
+        return self.auth.peer
+
+    def idle_close(self) -> None:
+        self.close()
+
+    def _idle_read(self, data: bytes) -> None:
+        self.idle_seen = True
+        self._read(data)
 
     @property
     def authenticated(self) -> bool:
@@ -132,14 +204,29 @@ class MemcachedServerProtocol(OrderedReplies):
         """The first read: choose the protocol; its session reads from now on."""
         if not data or self.closing:
             return
+        self.idle_seen = True
         kind = BinarySession if data[0] == REQ_MAGIC else AsciiSession
         session = kind(self, self.factory, self.auth)
         self.session = session
         self.protocol_name = session.name
         self.handle = session.handle  # type: ignore[method-assign]
         self.internal_error = session.internal_error  # type: ignore[method-assign]
-        self.dataReceived = session.data_received  # type: ignore[method-assign]
+        if self.factory.idle is None:  # no per-read work at all
+            self.dataReceived = session.data_received  # type: ignore[method-assign]
+        else:
+            self._read = session.data_received
+            self.dataReceived = self._idle_read  # type: ignore[method-assign]
         session.data_received(data)
+
+
+def _no_event(event: Any) -> Optional[bytes]:
+    """A lost connection's handler: nothing runs."""
+    return None
+
+
+def _no_reply(ctx: Any) -> Any:
+    """A lost connection's reply and writer: nothing is sent."""
+    return b""
 
 
 # -- the factory ---------------------------------------------------------------------
@@ -198,6 +285,8 @@ class MemcachedServerFactory(_ProtocolFactory):
         self.max_body = self.max_value_size + MAX_KEY_LEN + 32
         self.verbosity = 0
         self._delayed_flush: Any = None
+        #: Closes idle connections (``stats.idle_timeout``), or None.
+        self.idle = idle_sweeper(self.stats, _log, "txcb memcached", clock)
 
     def buildProtocol(self, addr: Any) -> Optional[Protocol]:
         if not admit(self.stats, addr, _log, "txcb memcached"):

@@ -21,7 +21,7 @@ import json
 from time import perf_counter
 from typing import Any, Callable, Dict, Optional, Set
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import NetstringReceiver
@@ -32,7 +32,7 @@ from txcb.errors import RC, ArgumentError, CouchbaseError, exception_for_rc
 from txcb.formats import Encoded
 from txcb.interfaces import ISyncBucket
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_SCAN_BATCH, MAX_SCAN_BYTES
-from txcb.server.core import LateReplies, RequestFlow, ServerStats, admit
+from txcb.server.core import LateReplies, RequestFlow, ServerStats, admit, idle_sweeper
 from txcb.transport import FastNetstringReceiver, set_nodelay
 from txcb.validation import resolve_durability
 from txcb.wire.netstring import (
@@ -49,9 +49,32 @@ _MAX_MESSAGE = 512
 
 
 class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
-    """One client connection: netstring frames in, bucket calls, frames out."""
+    """
+    One client connection: netstring frames in, bucket calls, frames out.
+
+    What it waits for (the bucket's Deferreds, durable replies) is in
+    ``_waiting``; when the connection is lost each is cancelled, so that the
+    bucket forgets its waiters (an ENDURE's, a persist_to write's) at once,
+    and nothing refers to the protocol any more: its memory (and that of
+    what it buffered) is freed by reference counting, not by the garbage
+    collector.
+    """
 
     _log = Logger()
+    _late: Optional[LateReplies] = None
+
+    @property
+    def _logger(self) -> Logger:
+        """
+        The class's logger (``_log`` read from the class): its events name the
+        class as their source, not this connection, so that an observer which
+        keeps events (the log beginner's buffer before logging starts) keeps
+        no connection alive.
+        """
+        return type(self)._log
+
+    #: Set by every read, cleared by the factory's idle sweeper (--idle-timeout).
+    idle_seen = False
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -67,17 +90,45 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         clock = getattr(self._io, "reactor", None)
         self._late = (LateReplies(clock, self._write_late, self.flushEvery)
                       if clock is not None else None)
+        self._waiting: Set[Any] = set()  # Deferreds and _DurableReplies not fired yet
         self.flow_started(f.max_inflight)
-        self._log.debug("txcb: connection from {peer}", peer=self._peer)
+        if f.idle is not None:
+            f.idle.add(self)
+        self._logger.debug("txcb: connection from {peer}", peer=self._peer)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.connected = False
         self._held = []
-        if self._late is not None:
-            self._late.drop()
-        self.factory.stats.closed()
-        self.factory._protocols.discard(self)
-        self._log.debug("txcb: connection from {peer} closed", peer=self._peer)
+        self._buf = b""      # a frame half read
+        self._parts = None
+        late, self._late = self._late, None
+        if late is not None:
+            late.drop()
+        f = self.factory
+        f.stats.closed()
+        f._protocols.discard(self)
+        if f.idle is not None:
+            f.idle.discard(self)
+        waiting, self._waiting = self._waiting, set()
+        for w in waiting:
+            w.cancel()
+        self._logger.debug("txcb: connection from {peer} closed", peer=self._peer)
+
+    # -- --idle-timeout (core.IdleSweeper) ------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.idle_seen = True
+        FastNetstringReceiver.dataReceived(self, data)
+
+    def idle_busy(self) -> bool:
+        """Requests are still being answered (or wait for the client to read)."""
+        return bool(self._inflight or self._held or self._out_paused)
+
+    def idle_peer(self) -> str:
+        return self._peer
+
+    def idle_close(self) -> None:
+        self._io.loseConnection()
 
     def _serve(self, bucket: Any) -> None:
         """
@@ -161,7 +212,12 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         except Exception:
             self._finish(self._internal_reply(Failure(), req), req, RC.EINTERNAL, started)
             return
-        d.addCallbacks(self._finish, self._failed, (req, 0, started), None, (req, started))
+        if d.called:
+            d.addCallbacks(self._finish, self._failed, (req, 0, started), None, (req, started))
+        else:
+            self._waiting.add(d)
+            d.addCallbacks(self._answered, self._refused, (d, req, started), None,
+                           (d, req, started))
 
     def _call_durable(self, cmd: "_Command", bucket: Any, req: Request,
                       started: float) -> None:
@@ -175,12 +231,14 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
             req.persist_to, req.replicate_to, bucket.max_persist_to, bucket.max_replicate_to,
             req.key)
         result = cmd.mutate(bucket, req)
-        if not bucket.on_durable(result, persist, replicate,
-                                 _DurableReply(self, req, cmd.encode, started)):
+        reply = _DurableReply(self, req, cmd.encode, started)
+        if bucket.on_durable(result, persist, replicate, reply):
+            self._waiting.add(reply)
+        else:
             self._finish(cmd.encode(result, req), req, 0, started)
 
     def _handleParseError(self) -> None:
-        self._log.warn("txcb: malformed netstring from {peer}; closing", peer=self._peer)
+        self._logger.warn("txcb: malformed netstring from {peer}; closing", peer=self._peer)
         NetstringReceiver._handleParseError(self)
 
     # -- replies --------------------------------------------------------------
@@ -195,6 +253,19 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
                 self.sendString(payload)
         if self._observer is not None:
             self._observer.request_done(_COMMANDS[req.opcode].name, status, started)
+
+    def _answered(self, payload: bytes, d: Any, req: Request, started: float) -> None:
+        """A Deferred in ``_waiting`` fired."""
+        self._waiting.discard(d)
+        self._finish(payload, req, 0, started)
+
+    def _refused(self, f: Failure, d: Any, req: Request, started: float) -> None:
+        """A Deferred in ``_waiting`` failed, or was cancelled by connectionLost."""
+        self._waiting.discard(d)
+        if not self.connected and f.check(CancelledError):
+            self.request_finished()  # not answered: nobody is there to tell
+            return
+        self._failed(f, req, started)
 
     def _failed(self, f: Failure, req: Request, started: float) -> None:
         e = f.value
@@ -217,7 +288,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         return encode_response(req.opcode, req.opaque, e.rc & 0xFFFF, body=msg)
 
     def _internal_reply(self, f: Failure, req: Request) -> bytes:
-        self._log.failure("txcb: internal error handling {req!r}", f, req=req)
+        self._logger.failure("txcb: internal error handling {req!r}", f, req=req)
         return encode_response(req.opcode, req.opaque, RC.EINTERNAL,
                                body=b"internal server error")
 
@@ -230,36 +301,53 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
                 self._observer.request_done(cmd.name if cmd is not None else
                                             "0x%02x" % (e.opcode,), e.status, started)
         if e.fatal or e.opaque is None:
-            self._log.warn("txcb: protocol error from {peer}: {error}; closing",
-                           peer=self._peer, error=str(e))
+            self._logger.warn("txcb: protocol error from {peer}: {error}; closing",
+                              peer=self._peer, error=str(e))
             self.brokenPeer = 1
             self._io.loseConnection()
         else:
-            self._log.info("txcb: bad request from {peer}: {error}", peer=self._peer,
-                           error=str(e))
+            self._logger.info("txcb: bad request from {peer}: {error}", peer=self._peer,
+                              error=str(e))
 
 
 class _DurableReply:
-    """The reply to a durable mutation, sent when the bucket fires it."""
+    """
+    The reply to a durable mutation, sent when the bucket fires it (a
+    Deferred-like ``on_durable`` target).  :meth:`cancel` (the connection is
+    gone) marks it called, which tells the bucket to skip it, and lets go of
+    the protocol and the request (with its value) at once.
+    """
 
     __slots__ = ("proto", "req", "encode", "started", "called")
 
     def __init__(self, proto: BucketServerProtocol, req: Request, encode: Any,
                  started: float) -> None:
-        self.proto = proto
-        self.req = req
+        self.proto: Optional[BucketServerProtocol] = proto
+        self.req: Any = req
         self.encode = encode
         self.started = started
         self.called = False
 
     def callback(self, result: Any) -> None:
+        proto = self.proto
+        if self.called or proto is None:
+            return
         self.called = True
-        self.proto._finish(self.encode(result, self.req), self.req, 0, self.started)
+        proto._waiting.discard(self)
+        proto._finish(self.encode(result, self.req), self.req, 0, self.started)
 
     def errback(self, error: Any) -> None:
+        proto = self.proto
+        if self.called or proto is None:
+            return
         self.called = True
+        proto._waiting.discard(self)
         f = error if isinstance(error, Failure) else Failure(error)
-        self.proto._failed(f, self.req, self.started)
+        proto._failed(f, self.req, self.started)
+
+    def cancel(self) -> None:
+        self.called = True
+        self.proto = self.req = self.encode = None
 
 
 # -- the commands -------------------------------------------------------------
@@ -458,7 +546,7 @@ def _multi_entry(b: Any, p: BucketServerProtocol, key: bytes, ttl: int) -> tuple
     except CouchbaseError as e:
         return (e.rc & 0xFFFF, 0, 0, e.message.encode("utf-8", "replace")[:_MAX_MESSAGE])
     except Exception:
-        p._log.failure("txcb: internal error in GET_MULTI of {key!r}", key=key)
+        p._logger.failure("txcb: internal error in GET_MULTI of {key!r}", key=key)
         return (RC.EINTERNAL, 0, 0, b"internal server error")
     if res.rc:  # a miss
         return (res.rc, 0, 0, b"")
@@ -611,6 +699,8 @@ class BucketServerFactory(Factory):
         self.max_value_size = getattr(bucket, "max_value_size", DEFAULT_MAX_VALUE_SIZE)
         # The largest legal frame: header, longest key, largest value.
         self.max_frame = HEADER_LEN + MAX_KEY_LEN + self.max_value_size
+        #: Closes idle connections (``stats.idle_timeout``), or None.
+        self.idle = idle_sweeper(self.stats, self.protocol._log, "txcb")
 
     @property
     def bucket(self) -> Any:

@@ -12,10 +12,10 @@ line in the log and exit status 1, not a traceback.
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -80,6 +80,8 @@ def endpoint_problem(description: str) -> Optional[str]:
 
 
 def _parse_problem(error: Exception) -> str:
+    if isinstance(error, ImportError):  # ssl: without pyOpenSSL (PyPy, a bare install)
+        return "TLS support is not installed; pip install 'txcb[tls]'"
     if isinstance(error, OSError):  # ssl: a key or certificate file
         if error.filename and error.strerror:
             return "%s: %s" % (error.filename, lower_first(error.strerror))
@@ -103,28 +105,49 @@ def _listen_error(description: str, error: BaseException) -> ListenError:
         return ListenError(description, *_LISTEN_ADVICE[cause.errno])
     if isinstance(cause, OSError) and cause.strerror:
         return ListenError(description, lower_first(cause.strerror))
+    if isinstance(cause, OverflowError):  # its text differs between interpreters
+        return ListenError(description, "port must be 0-65535")
     return ListenError(description, str(cause) or type(cause).__name__)
 
 
 class BucketService(Service):
     """
-    Owns a bucket: starts it (a persistent bucket warms up from disk, before
-    any later service such as a ListenService starts) and closes it, so
-    flushes it, when the application stops.
+    Owns the buckets: starts them (a persistent bucket warms up from disk,
+    before any later service such as a ListenService starts) and closes them,
+    so flushes them, when the application stops.  ``bucket`` is the one the
+    netstring and memcached endpoints serve; ``more`` the other keyspaces'.
+    A bucket that fails to start is ``failed`` (the error propagates).
     """
 
-    def __init__(self, bucket: Any) -> None:
+    def __init__(self, bucket: Any, more: Sequence[Any] = ()) -> None:
         self.bucket = bucket
+        self.buckets = [bucket] + [b for b in more if b is not bucket]
+        self.failed: Any = None
 
     def startService(self) -> None:
         Service.startService(self)
-        start = getattr(self.bucket, "start", None)
-        if start is not None:
-            start()
+        for bucket in self.buckets:
+            start = getattr(bucket, "start", None)
+            if start is not None:
+                try:
+                    start()
+                except Exception:
+                    self.failed = bucket
+                    raise
 
     def stopService(self) -> Any:
+        """Close every bucket at once; fires when all are closed (with the
+        first failure, if any closing failed)."""
         Service.stopService(self)
-        return self.bucket.close()
+        closing = [maybeDeferred(b.close) for b in self.buckets]
+        return DeferredList(closing, consumeErrors=True).addCallback(_first_failure)
+
+
+def _first_failure(results: List[Any]) -> Any:
+    for ok, result in results:
+        if not ok:
+            return result
+    return None
 
 
 class ListenService(Service):

@@ -18,12 +18,10 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from txcb import __version__
-from txcb.buckets.embedded import EmbeddedBucket
-from txcb.buckets.memcached import MemcachedPool, parse_backend
-from txcb.buckets.persistent import (
-    CorruptDataError, DataDirLockedError, PersistentBucket, StorageError)
+from txcb.buckets.memcached import parse_backend
+from txcb.buckets.persistent import CorruptDataError, DataDirLockedError, StorageError
+from txcb.keyspaces import DEFAULT_BUCKET, Keyspaces, check_bucket_name, parse_collection_path
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE
-from txcb.keyspaces import Keyspaces
 from txcb.server.core import ServerStats
 from txcb.server.couchbase import CouchbaseServerFactory
 from txcb.server.memcached import MemcachedServerFactory, load_auth_file
@@ -31,6 +29,7 @@ from txcb.server.netstring import BucketServerFactory
 from txcb.service.listen import (
     ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
     endpoint_problem, lower_first)
+from txcb.service.keyspaces import make_keyspace, make_keyspaces
 from txcb.service.metrics import install_metrics
 from txcb.service.reactor import install_default
 
@@ -83,9 +82,13 @@ class Options(usage.Options):
         ["max-connections", None, 1024,
          "Most client connections open at once, over all endpoints (netstring "
          "and memcached together); more are refused.", int],
+        ["idle-timeout", None, None,
+         "Close client connections that send nothing for this many seconds, "
+         "on every endpoint (off by default, as in memcached).", float],
         ["auth-file", None, None,
          "File of user:password lines: memcached clients must then authenticate "
-         "(binary: SASL PLAIN; ASCII: memcached's -Y style).", str],
+         "(binary: SASL PLAIN; ASCII: memcached's -Y style); Couchbase SDKs "
+         "authenticate with these users (SCRAM-SHA512/256/1 or PLAIN).", str],
         ["metrics", None, None,
          "Endpoint to serve Prometheus metrics on, at /metrics (off by default; "
          "a bare port number listens on 127.0.0.1).", endpoint_description],
@@ -103,6 +106,8 @@ class Options(usage.Options):
         self["port"] = []
         self["memcached"] = []
         self["couchbase"] = []
+        self["bucket"] = []
+        self["collection"] = []
 
     def opt_port(self, value: str) -> None:
         """Endpoint to serve the netstring protocol on (repeatable; default
@@ -122,6 +127,32 @@ class Options(usage.Options):
          "without --auth-file only loopback endpoints may be used, accepting any "
          "credentials).")
         self["couchbase"].append(endpoint_description(value))
+    def opt_bucket(self, value: str) -> None:
+        """A bucket to serve, its own keyspace with its own data (repeatable;
+        default: default).  The netstring and memcached endpoints serve the
+        first."""
+        try:
+            check_bucket_name(value)
+        except ValueError as e:
+            raise usage.UsageError("--bucket: %s" % (e,))
+        if value.startswith("."):  # also: buckets/.. would be --data-dir itself
+            raise usage.UsageError("--bucket: bad bucket name %r: it cannot start with a "
+                                   "dot" % (value,))
+        if value in self["bucket"]:
+            raise usage.UsageError("--bucket %s is given twice" % (value,))
+        self["bucket"].append(value)
+
+    def opt_collection(self, value: str) -> None:
+        """A named collection, BUCKET.SCOPE.COLLECTION, its own keyspace
+        (repeatable; the netstring and memcached endpoints see the default
+        collection)."""
+        try:
+            path = parse_collection_path(value)
+        except ValueError as e:
+            raise usage.UsageError("--collection: %s" % (e,))
+        if path in self["collection"]:
+            raise usage.UsageError("--collection %s is given twice" % (value,))
+        self["collection"].append(path)
 
     def opt_version(self) -> None:
         """Print txcb's version (and Twisted's and Python's) and exit."""
@@ -143,12 +174,17 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
+        if not self["bucket"]:
+            self["bucket"] = [DEFAULT_BUCKET]
+        self._check_collections()
         self._positive("max-value-size")
         self._positive("max-inflight")
         if self["distribution"] not in ("ketama", "modula"):
             raise usage.UsageError("--distribution must be ketama or modula")
         self._check_backend()
         self._positive("max-connections")
+        if self["idle-timeout"] is not None and not self["idle-timeout"] > 0:
+            raise usage.UsageError("--idle-timeout must be positive")
         self._check_endpoints()
         self["credentials"] = self._credentials()
         self._check_couchbase_auth()
@@ -158,6 +194,14 @@ class Options(usage.Options):
     def _positive(self, name: str) -> None:
         if self[name] < 1:
             raise usage.UsageError("--%s must be positive" % (name,))
+
+    def _check_collections(self) -> None:
+        """Each --collection must be in a --bucket (there may be more than one)."""
+        for bucket, scope, name in self["collection"]:
+            if bucket not in self["bucket"]:
+                raise usage.UsageError(
+                    "--collection %s.%s.%s: no bucket %s; add --bucket %s"
+                    % (bucket, scope, name, bucket, bucket))
 
     def _check_backend(self) -> None:
         """A --backend must parse now, not when the service starts."""
@@ -219,24 +263,9 @@ def _loopback_only(description: str) -> bool:
 
 
 def make_bucket(options: Options, reactor: Any) -> Any:
-    """The bucket the options ask for (not started: BucketService starts it)."""
-    if options["backend"] is not None:
-        return _memcached_pool(options, reactor)
-    if options["ephemeral"]:
-        return EmbeddedBucket(clock=reactor, max_value_size=options["max-value-size"],
-                              pager_interval=options["pager-interval"])
-    return PersistentBucket(options["data-dir"], clock=reactor, reactor=reactor,
-                            max_value_size=options["max-value-size"],
-                            pager_interval=options["pager-interval"], start=False)
-
-
-def _memcached_pool(options: Options, reactor: Any) -> MemcachedPool:
-    """--backend: a pool of memcached servers (its own value limit unless one is set)."""
-    size = options["max-value-size"]
-    return MemcachedPool(
-        parse_backend(options["backend"]), reactor=reactor,
-        distribution=options["distribution"], auto_eject_hosts=options["auto-eject-hosts"],
-        start=False, **({} if size == DEFAULT_MAX_VALUE_SIZE else {"max_value_size": size}))
+    """The first bucket's default collection alone (not started: BucketService
+    starts it); :func:`~txcb.service.keyspaces.make_keyspaces` makes them all."""
+    return make_keyspace(options, reactor)
 
 
 def _default_reactor() -> Any:
@@ -285,7 +314,7 @@ def _listen_couchbase(top: MultiService, options: Options, keyspaces: Keyspaces,
     return [factory]
 
 
-def _application(options: Options, reactor: Any) -> MultiService:
+def _application(options: Options, reactor: Any, buckets: BucketService) -> MultiService:
     """
     The top service.  Under twistd (the options were parsed by twistd's, their
     parent) start-up errors are one line and exit status 1; called directly,
@@ -293,24 +322,30 @@ def _application(options: Options, reactor: Any) -> MultiService:
     """
     if getattr(options, "parent", None) is None:
         return MultiService()
-    return OneLineStartup(lambda error: startup_problem(options, error), reactor)
+    return OneLineStartup(
+        lambda error: startup_problem(options, error, getattr(buckets.failed, "data_dir", None)),
+        reactor)
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService:
     """
-    The application: the bucket's service first (so it starts first and
-    stops last), then the listeners, which share one connection count.
+    The application: the buckets' service first (so they start first and
+    stop last), then the listeners, which share one connection count.  The
+    netstring and memcached endpoints (and the metrics) serve the first
+    bucket's default collection.
     """
     if reactor is None:
         reactor = _default_reactor()
-    top = _application(options, reactor)
-    bucket = make_bucket(options, reactor)
-    BucketService(bucket).setServiceParent(top)
-    stats = ServerStats(max_connections=options["max-connections"], clock=reactor)
+    keyspaces: Keyspaces = make_keyspaces(options, reactor)
+    bucket = keyspaces.first.default.bucket
+    buckets = BucketService(bucket, keyspaces.buckets())
+    top = _application(options, reactor, buckets)
+    buckets.setServiceParent(top)
+    stats = ServerStats(max_connections=options["max-connections"], clock=reactor,
+                        idle_timeout=options["idle-timeout"])
     factories = [_listen_netstring(top, options, bucket, stats, reactor)]
     factories += _listen_memcached(top, options, bucket, stats, reactor)
-    factories += _listen_couchbase(top, options, Keyspaces.single(bucket, "default"), stats,
-                                   reactor)
+    factories += _listen_couchbase(top, options, keyspaces, stats, reactor)
     if options["metrics"]:
         ListenService(options["metrics"], install_metrics(bucket, factories, stats), reactor,
                       what="txcb metrics").setServiceParent(top)
@@ -326,20 +361,24 @@ _STORAGE_ADVICE = [
 ]
 
 
-def startup_problem(options: Options, error: Exception) -> Optional[str]:
+def startup_problem(options: Options, error: Exception,
+                    data_dir: Optional[str] = None) -> Optional[str]:
     """
     The one line that says what stopped start-up and what to do, naming the
-    option and its value (None: not an error the user can fix).
+    option and its value (None: not an error the user can fix).  ``data_dir``:
+    the directory of the bucket that failed, if not --data-dir itself.
     """
     if isinstance(error, ListenError):
         option = _endpoint_option(options, error.description)
         advice = error.advice.format(option=option)
         return "txcb: cannot listen on %s (%s): %s%s" % (
             error.description, option, error.reason, advice and "; " + advice)
+    where = "--data-dir %s" % (options["data-dir"],)
+    if data_dir is not None and os.path.abspath(data_dir) != options["data-dir"]:
+        where = "%s (under %s)" % (data_dir, where)
     for kind, advice in _STORAGE_ADVICE:
         if isinstance(error, kind):
-            return "txcb: cannot start the bucket in --data-dir %s: %s; %s" % (
-                options["data-dir"], error, advice)
+            return "txcb: cannot start the bucket in %s: %s; %s" % (where, error, advice)
     return None
 
 
