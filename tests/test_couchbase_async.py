@@ -12,6 +12,7 @@ The official Couchbase SDK's asynchronous APIs against txcb:
   each kind of installed reactor.
 """
 
+import asyncio
 import os
 import socket
 import ssl
@@ -34,6 +35,7 @@ from tests.support.cbapps import EXAMPLES, acouchbase_collection, run_coroutine,
 from tests.support.couchbase_sdk import SKIP_SDK, TxcbTwistd, shared_txcb
 from tests.support.procs import free_port, start_txcb_twistd
 from txcb import errors
+from txcb.service import tap
 from txcb.testing import FaultyBucket, couchbase_endpoint, memory_bucket
 
 if SKIP_SDK is None:
@@ -42,7 +44,9 @@ if SKIP_SDK is None:
     from couchbase.exceptions import (
         AuthenticationException, CasMismatchException, DeltaInvalidException,
         DocumentExistsException, DocumentLockedException, DocumentNotFoundException,
-        DocumentNotLockedException, TemporaryFailException, UnAmbiguousTimeoutException)
+        DocumentNotLockedException, DurabilityInvalidLevelException, TemporaryFailException,
+        UnAmbiguousTimeoutException)
+    from couchbase.durability import Durability, ServerDurability
     from couchbase.options import (
         ClusterOptions, ClusterTimeoutOptions, DecrementOptions, DeltaValue, GetOptions,
         IncrementOptions, RemoveOptions, ReplaceOptions, SignedInt64, UpsertOptions)
@@ -169,6 +173,32 @@ class AcouchbaseKeyValueTests(unittest.SynchronousTestCase):
             return (await c.get(k, GetOptions(transcoder=raw))).value
         self.assertEqual(self.run_ops(ops), b"<mid>")
 
+    def test_touch_and_expiry(self):
+        k, gone = _key(), _key()
+
+        async def ops(c):
+            await c.upsert(k, "v")
+            await c.touch(k, timedelta(seconds=60))
+            touched = (await c.get_and_touch(k, timedelta(seconds=60))).content_as[str]
+            await c.upsert(gone, "v", UpsertOptions(expiry=timedelta(seconds=1)))
+            await asyncio.sleep(2.1)
+            await _raises(DocumentNotFoundException, c.get(gone))
+            return touched, (await c.get(k)).content_as[str]
+        self.assertEqual(self.run_ops(ops), ("v", "v"))
+
+    def test_server_durability_on_an_ephemeral_bucket(self):
+        """MAJORITY is the active node alone; the persist levels are refused."""
+        k = _key()
+
+        async def ops(c):
+            await c.upsert(k, 1, UpsertOptions(durability=ServerDurability(Durability.MAJORITY)))
+            for level in (Durability.MAJORITY_AND_PERSIST_TO_ACTIVE,
+                          Durability.PERSIST_TO_MAJORITY):
+                await _raises(DurabilityInvalidLevelException, c.upsert(
+                    k, 2, UpsertOptions(durability=ServerDurability(level))))
+            return (await c.get(k)).content_as[int]
+        self.assertEqual(self.run_ops(ops), 1)
+
     def test_get_with_expiry_is_refused_until_subdocuments_are_served(self):
         """``get(with_expiry=True)`` is a sub-document lookup: refused, no abort."""
         k = _key()
@@ -213,6 +243,33 @@ class AcouchbaseAuthTests(unittest.SynchronousTestCase):
             return value
         self.assertEqual(run_coroutine(main), "by scram")
         self.assertNotIn("s3cret", self.server.log())
+
+
+class AcouchbaseCollectionTests(unittest.SynchronousTestCase):
+    """acouchbase with --bucket and --collection: each its own keyspace."""
+
+    skip = SKIP_SDK
+
+    def setUp(self):
+        if "--collection" not in str(tap.Options()):
+            raise unittest.SkipTest("twistd txcb has no --collection option in this tree")
+        self.server = TxcbTwistd(["--ephemeral", "--bucket", "default",
+                                  "--collection", "default.app.users"]).start()
+        self.addCleanup(self.server.remove)
+
+    def test_named_collection_is_its_own_keyspace(self):
+        port, k = self.server.port, _key()
+
+        async def main():
+            cluster, default = await acouchbase_collection(port)
+            try:
+                users = cluster.bucket("default").scope("app").collection("users")
+                await users.upsert(k, {"in": "users"})
+                await _raises(DocumentNotFoundException, default.get(k))
+                return (await users.get(k)).content_as[dict]
+            finally:
+                await cluster.close()
+        self.assertEqual(run_coroutine(main), {"in": "users"})
 
 
 class TxcouchbaseUnderTrialTests(unittest.SynchronousTestCase):
