@@ -282,6 +282,11 @@ class TxcouchbaseUnderTrialTests(unittest.SynchronousTestCase):
         self.assertEqual(rc, 0, out)
         self.assertIn("PASSED (successes=5)", out)
 
+    def test_every_kv_operation_example_passes(self):
+        rc, out = run_trial(self, "test_txcouchbase_kv")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("PASSED (successes=5)", out)
+
     def test_twistd_example_passes(self):
         env = {"CARTS_COUCHBASE": "couchbase://127.0.0.1:%d" % (shared_txcb().port,)}
         rc, out = run_trial(self, "test_carts_twistd", env=env)
