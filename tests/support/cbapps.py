@@ -3,11 +3,13 @@ Applications of the official Couchbase SDK's asynchronous APIs against txcb:
 ``acouchbase`` coroutines run on their own asyncio loop in a thread of their
 own (so they never touch the reactor of the test run), and trial runs in a
 subprocess with the asyncio reactor (``txcouchbase`` installs it on import).
-The twistd server itself comes from :mod:`tests.support.couchbase_sdk`.
+The twistd server itself comes from :mod:`tests.support.couchbase_sdk`;
+:data:`EXAMPLES` holds the README's txcouchbase examples these tests run.
 """
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +71,7 @@ def run_trial(testcase, module, cwd=EXAMPLES, reactor="asyncio", env=None, timeo
     directory is a temporary one, removed at cleanup.
     """
     work = tempfile.mkdtemp(prefix="txcb-trial-")
-    testcase.addCleanup(subprocess.call, ["rm", "-rf", work])
+    testcase.addCleanup(shutil.rmtree, work, True)
     argv = [sys.executable, "-m", "twisted.trial", "--reactor=" + reactor,
             "--temp-directory=" + os.path.join(work, "_trial_temp"), module]
     environ = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, cwd]), **(env or {}))
