@@ -106,3 +106,34 @@ def test_bench_baseline_smoke(tmp_path):
     pids = report["meta"]["server_pids"]
     assert set(pids) == {"baseline-ephemeral", "current-ephemeral"}, pids
     assert [n for n, pid in pids.items() if _alive(pid)] == []
+
+
+def test_soak_smoke(tmp_path):
+    """
+    ``python -m bench.soak`` for a fraction of a second per window, two of
+    its attacks: the table and its JSON come out, every figure measured, and
+    the server it started is stopped.  Whether an attack PASSes is not checked.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                else "")
+    out = str(tmp_path / "soak.json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--only", "trickle,conns", "--seconds", "0.5",
+         "--window", "0.3", "--settle", "0", "--json", out],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "attacks PASS" in proc.stdout, proc.stdout
+    with open(out) as f:
+        rows = json.load(f)
+    assert [r["attack"] for r in rows] == ["trickle", "conns"]
+    for r in rows:
+        assert r["errors"] == [] and "attack failed" not in r["note"], r
+        assert 0 < r["rss_before"] <= r["rss_during"] and r["rss_after"] > 0, r
+        assert r["cpu_during"] >= 0, r
+        for phase in ("before", "during", "after"):
+            assert r["p99_" + phase] > 0, r
+        assert r["ok"] is (r["rss_ok"] and r["p99_ok"]), r
+        assert ("PASS" if r["ok"] else "FAIL") in proc.stdout
+    assert "MB sent" in rows[0]["note"] and "connects" in rows[1]["note"], rows
+    assert not _alive(rows[0]["server_pid"])

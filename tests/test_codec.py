@@ -186,7 +186,7 @@ class NetstringDecoderSplitTests(unittest.SynchronousTestCase):
         got = decode_all(d, chunks)
         self.assertEqual(got, _expected(stream), "chunks %r" % (chunks,))
         # Nothing is held once the stream ends on a frame boundary.
-        self.assertEqual((d._have, d._chunks, d._need), (0, [], -1))
+        self.assertEqual((d.buffered, d._need), (0, -1))
 
     def test_whole(self):
         for name, stream in STREAMS.items():
@@ -258,7 +258,7 @@ class NetstringDecoderIllegalTests(unittest.SynchronousTestCase):
         self.assertEqual(got, before, "%s: chunks %r" % (name, chunks))
         # The buffer is dropped and the decoder refuses anything more.
         self.assertTrue(d.broken, name)
-        self.assertEqual((d._have, d._chunks), (0, []), name)
+        self.assertEqual(d.buffered, 0, name)
         self.assertRaises(FrameError, d.feed, b"1:a,")
 
     def test_table_whole(self):
@@ -290,15 +290,15 @@ class NetstringDecoderIllegalTests(unittest.SynchronousTestCase):
         d = NetstringDecoder(1000)
         # The prefix alone is refused: no payload byte needs to arrive.
         self.assertRaises(FrameError, d.feed, b"99999999999:")
-        self.assertEqual((d._have, d._chunks), (0, []))
+        self.assertEqual(d.buffered, 0)
 
     def test_oversized_prefix_with_payload_keeps_nothing(self):
         d = NetstringDecoder(1000)
         self.assertRaises(FrameError, d.feed, b"99999999999:" + b"x" * 100000)
-        self.assertEqual((d._have, d._chunks), (0, []))
+        self.assertEqual(d.buffered, 0)
         # And what follows is not buffered either.
         self.assertRaises(FrameError, d.feed, b"x" * 100000)
-        self.assertEqual((d._have, d._chunks), (0, []))
+        self.assertEqual(d.buffered, 0)
 
     def test_prefix_buffer_is_bounded(self):
         # Digits without a colon: held only while they could still be a
@@ -306,9 +306,9 @@ class NetstringDecoderIllegalTests(unittest.SynchronousTestCase):
         d = NetstringDecoder(10 ** 12)
         for i in range(11):
             self.assertEqual(d.feed(b"9"), [])
-            self.assertLessEqual(d._have, 11)
+            self.assertLessEqual(d.buffered, 11)
         self.assertRaises(FrameError, d.feed, b"9")
-        self.assertEqual(d._have, 0)
+        self.assertEqual(d.buffered, 0)
 
     def test_length_over_limit_refused_at_the_colon(self):
         d = NetstringDecoder(1000)

@@ -246,6 +246,14 @@ class CouchbaseBootstrapTests(unittest.TestCase):
         self.assertEqual(c.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, 0)
         other = self.h.connect()
         self.assertEqual(other.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, S.AUTH_ERROR)
+        # Replayed inside a new exchange: its server nonce differs, the old proof fails.
+        again = other.one(O.SASL_AUTH, b"SCRAM-SHA256", client.first())
+        self.assertEqual(again.status, S.AUTH_CONTINUE)
+        self.assertNotEqual(again.value, first.value)
+        self.assertEqual(other.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, S.AUTH_ERROR)
+        self.assertEqual(other.one(O.SELECT_BUCKET, b"default").status, S.AUTH_ERROR)
+        # And a second step on the connection that succeeded is no step at all.
+        self.assertEqual(c.one(O.SASL_STEP, b"SCRAM-SHA256", final).status, S.AUTH_ERROR)
 
     def test_unknown_mechanism(self):
         c = self.h.connect()
@@ -825,18 +833,19 @@ class CouchbaseDurabilityEdgeTests(unittest.TestCase):
         self.assertEqual(c.t.producerState, "producing")
 
     def test_tls_connection_config_names_kv_ssl(self):
-        from twisted.internet.interfaces import ISSLTransport
+        from twisted.internet.interfaces import INegotiated, ISSLTransport
         from twisted.internet.testing import StringTransport
         from zope.interface import directlyProvides
         from tests.support.couchbase import CbConn, PEER
         h = CbHarness()
-        p = h.factory.buildProtocol(PEER)
-        t = StringTransport(hostAddress=HOST, peerAddress=PEER)
-        directlyProvides(t, ISSLTransport)
-        p.makeConnection(t)
-        c = CbConn(p, t)
-        c.bootstrap()
-        self.assertEqual(c.config()["nodesExt"][0]["services"], {"kvSSL": HOST.port})
+        for tls in (ISSLTransport, INegotiated):    # INegotiated: TLSMemoryBIOProtocol
+            p = h.factory.buildProtocol(PEER)
+            t = StringTransport(hostAddress=HOST, peerAddress=PEER)
+            directlyProvides(t, tls)
+            p.makeConnection(t)
+            c = CbConn(p, t)
+            c.bootstrap()
+            self.assertEqual(c.config()["nodesExt"][0]["services"], {"kvSSL": HOST.port})
 
     def test_frame_over_the_value_limit_refused_from_its_header(self):
         h = CbHarness(max_value_size=1000)
@@ -935,3 +944,35 @@ class CouchbaseIdleTests(unittest.TestCase):
 
     def test_no_sweeper_without_the_option(self):
         self.assertIsNone(CbHarness().factory.idle)
+
+
+class DirectWriterTlsTests(unittest.TestCase):
+    """Regression: replies on a TLS connection went to the raw socket, unencrypted."""
+
+    def test_tls_replies_never_bypass_the_tls_wrapper(self):
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+        from txcb.transport import direct_writer
+
+        class SocketTransport:
+            """What a tcp.Server looks like to direct_writer."""
+            _tempDataLen = 0
+            dataBuffer = b""
+            TLS = False
+            disconnecting = False
+            connected = True
+
+            def __init__(self):
+                self.socket = self
+
+            def send(self, data):
+                raise AssertionError("raw send")
+
+            def writeSomeData(self, data):
+                raise AssertionError("raw write")
+
+        raw = SocketTransport()
+        self.assertIsNotNone(direct_writer(raw))
+        wrapper = ProtocolWrapper(WrappingFactory(None), None)
+        wrapper.transport = raw       # attribute reads fall through to the socket transport
+        self.assertTrue(hasattr(wrapper, "writeSomeData"))
+        self.assertIsNone(direct_writer(wrapper))

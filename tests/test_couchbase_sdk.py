@@ -337,3 +337,47 @@ class SdkCollectionTests(unittest.TestCase):
                          coll.upsert(k, 1).mutation_token().partition_uuid, True)
         with self.assertRaises(CouchbaseException):       # 0x88, retried to the timeout
             b.scope("app").collection("nope").get(k)
+
+
+class SdkTlsTests(unittest.TestCase):
+    """An ssl: endpoint: the SDK over TLS (kvSSL), and memcached over TLS beside it."""
+
+    skip = SKIP_SDK
+
+    def test_sdk_and_memcached_over_tls(self):
+        import ssl
+        import twisted.test
+        from pymemcache.client.base import Client
+        pem = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
+        cb_port, mc_port = free_ports(2)
+        server = _own_server(self, [
+            "--ephemeral",
+            "--couchbase", "ssl:%d:interface=127.0.0.1:privateKey=%s" % (cb_port, pem),
+            "--memcached", "ssl:%d:interface=127.0.0.1:privateKey=%s" % (mc_port, pem)])
+        _c, _b, coll = connect_tls(self, cb_port)
+        k = _key()
+        coll.upsert(k, {"over": "tls"})
+        self.assertEqual(coll.get(k).content_as[dict], {"over": "tls"})
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        mc = Client(("127.0.0.1", mc_port), tls_context=ctx, timeout=5, default_noreply=False)
+        self.addCleanup(mc.close)
+        # Regression: these replies went out unencrypted ("wrong version number").
+        self.assertEqual(mc.get(k), b'{"over": "tls"}')
+        self.assertTrue(server.running)
+
+
+def connect_tls(testcase, port):
+    """The SDK over TLS (``couchbases://``, the test certificate not verified)."""
+    from couchbase.auth import PasswordAuthenticator
+    from couchbase.cluster import Cluster
+    from couchbase.options import ClusterOptions, ClusterTimeoutOptions
+    cluster = Cluster("couchbases://127.0.0.1:%d?ssl=no_verify" % (port,), ClusterOptions(
+        PasswordAuthenticator("user", "pass"),
+        timeout_options=ClusterTimeoutOptions(kv_timeout=KV_TIMEOUT,
+                                              connect_timeout=timedelta(seconds=5))))
+    testcase.addCleanup(cluster.close)
+    cluster.wait_until_ready(timedelta(seconds=5))
+    b = cluster.bucket("default")
+    return cluster, b, b.default_collection()

@@ -7,6 +7,7 @@ fails here, with the module and line that broke it.
 """
 
 import ast
+import configparser
 import importlib
 import os
 import subprocess
@@ -245,3 +246,16 @@ class CompatibilityTests(SynchronousTestCase):
         self.assertIs(txcb.EmbeddedBucket, EmbeddedBucket)
         self.assertIs(client.connect, connect)
         self.assertIs(server.BucketServerFactory, BucketServerFactory)
+
+
+class PackagingTests(SynchronousTestCase):
+    """A non-editable ``pip install .`` ships every package of the tree."""
+
+    def test_every_package_is_listed_in_setup_cfg(self):
+        cfg = configparser.ConfigParser()
+        cfg.read(os.path.join(ROOT, "setup.cfg"))
+        listed = set(cfg["options"]["packages"].split())
+        on_disk = {os.path.relpath(d, ROOT).replace(os.sep, ".")
+                   for d, _dirs, files in os.walk(os.path.join(ROOT, "txcb"))
+                   if "__init__.py" in files}
+        self.assertEqual(on_disk - listed, set())

@@ -96,8 +96,14 @@ class FastNetstringReceiver(NetstringReceiver):
     batching:
 
     - frames are cut out of each chunk by offset, instead of re-slicing the
-      rest of the buffer per frame; a long frame arriving in pieces is joined
-      once, when complete;
+      rest of the buffer per frame;
+    - a frame arriving in pieces costs memory and work linear in what
+      arrived, however small the pieces: it is appended to one bytearray
+      (not kept as a list of pieces, each an object of its own), whose
+      length prefix is read once and which is not scanned again, and its
+      payload is copied out once, when whole.  The buffer grows with what
+      arrives, never to the declared length at once, which would let a
+      length prefix alone reserve memory nobody sent;
     - every string sent while a chunk is being handled is written in one
       ``write`` at its end, and a write with nothing queued before it goes to
       the socket at once (see :func:`direct_writer`).
@@ -109,7 +115,6 @@ class FastNetstringReceiver(NetstringReceiver):
     _direct: Any = None
     #: ``self.transport``, typed for what is used of it (set by makeConnection).
     _io: StreamTransport
-    _parts: Optional[list] = None
     #: While a chunk is handled, what is sent goes out every this many strings
     #: (memcached's default requests per event is 20 too), so that both peers
     #: work at once instead of taking turns with whole batches: with 100
@@ -119,9 +124,11 @@ class FastNetstringReceiver(NetstringReceiver):
     flushEvery = 20
 
     def makeConnection(self, transport: Any) -> None:
-        self._buf = b""
-        self._parts = None  # pieces of one long frame, while it arrives
-        self._have = self._need = 0
+        # The incomplete frame at the end of the last chunk: its length prefix
+        # alone (_need 0), or, once that is read, the whole frame so far
+        # (_need: its size with prefix and comma; _payload_at: where its payload starts).
+        self._partial = bytearray()
+        self._need = self._payload_at = 0
         self._batch = None
         self._direct = direct_writer(transport)
         self._io = transport
@@ -153,30 +160,46 @@ class FastNetstringReceiver(NetstringReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self.brokenPeer:
             return
-        parts = self._parts
-        if parts is not None:
-            parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return
-            data = b"".join(parts)
-            self._parts = None
-        elif self._buf:
-            data = self._buf + data
-        self._buf = b""
+        pos = 0
+        held = self._partial
+        if held:
+            if self._need:
+                missing = self._need - len(held)  # the payload's rest and its comma
+                if len(data) < missing:
+                    held += data
+                    return
+                held += memoryview(data)[:missing]
+                pos = missing
+            else:
+                data = bytes(held) + data  # a partial length prefix: a few bytes
+                self._partial = bytearray()
         outer = self._batch
         batch = self._batch = [] if outer is None else outer
         try:
-            self._frames(data)
+            if pos:
+                self._partial_frame()
+            if pos < len(data) and not self.brokenPeer:
+                self._frames(data, pos)
         finally:
             if outer is None:
                 self._batch = None
                 if batch:
                     self._flush(batch)
 
-    def _frames(self, data: bytes) -> None:
+    def _partial_frame(self) -> None:
+        """Deliver the held frame, now whole (its last byte should be a comma)."""
+        held, start = self._partial, self._payload_at
+        self._partial = bytearray()
+        self._need = self._payload_at = 0
+        if held[-1] != 0x2C:  # ","
+            self._parse_error()
+            return
+        with memoryview(held) as view:
+            payload = view[start:-1].tobytes()
+        self.stringReceived(payload)
+
+    def _frames(self, data: bytes, pos: int) -> None:
         n = len(data)
-        pos = 0
         find = data.find
         received = self.stringReceived
         while pos < n:
@@ -188,7 +211,7 @@ class FastNetstringReceiver(NetstringReceiver):
                         or int(prefix) > self.MAX_LENGTH):
                     self._parse_error()
                     return
-                self._buf = prefix
+                self._partial = bytearray(prefix)
                 return
             prefix = data[pos:colon]
             if (not prefix.isdigit() or (prefix[0] == 0x30 and colon - pos > 1)):
@@ -200,13 +223,9 @@ class FastNetstringReceiver(NetstringReceiver):
                 return
             end = colon + 1 + length
             if end >= n:  # the payload or its comma is still to come
-                rest = data[pos:]
-                if end - pos > 65536:
-                    self._parts = [rest]
-                    self._have = len(rest)
-                    self._need = end + 1 - pos
-                else:
-                    self._buf = rest
+                self._partial = bytearray(memoryview(data)[pos:])
+                self._need = end + 1 - pos
+                self._payload_at = colon + 1 - pos
                 return
             if data[end] != 0x2C:  # ","
                 self._parse_error()
@@ -217,7 +236,7 @@ class FastNetstringReceiver(NetstringReceiver):
                 return
 
     def _parse_error(self) -> None:
-        self._buf = b""
-        self._parts = None
+        self._partial = bytearray()
+        self._need = self._payload_at = 0
         self._handleParseError()
         self.brokenPeer = 1

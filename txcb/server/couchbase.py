@@ -24,7 +24,7 @@ import time
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import INegotiated, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,7 +74,8 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps):
         assert transport is not None
         self.peer = str(transport.getPeer())
         self.port = getattr(transport.getHost(), "port", 0)
-        self.ssl = ISSLTransport.providedBy(transport)
+        # TLS: a TLS endpoint's transport (TLSMemoryBIOProtocol) provides INegotiated.
+        self.ssl = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.decoder = W.Decoder(max_body=f.max_body)
         self.sasl = SaslServer(f.credentials)
         self.authenticated = False     # the SASL server's verdict, after each SASL step

@@ -641,7 +641,8 @@ class Parser(_CommandLines):
             self._buf = b""
             self._pos = self._scan = 0
         elif isinstance(buf, bytes):
-            self._buf = bytearray(buf[pos:])
+            with memoryview(buf) as view:  # one copy of the tail, not two
+                self._buf = bytearray(view[pos:])
             self._scan = max(0, self._scan - pos)
             self._pos = 0
         elif pos:

@@ -502,7 +502,9 @@ class Decoder:
     > bodylen (fatal, EINVAL), bodylen > ``max_body`` (fatal, E2BIG), key
     longer than ``max_key`` (not fatal, EINVAL: the body is discarded as it
     arrives, never stored).  Buffering is linear: bytes are appended to one
-    bytearray and consumed frames are cut from its front once per call.
+    bytearray and consumed frames are cut from its front once per call; a
+    frame arriving in pieces has its header parsed once, and is copied out
+    once, when whole.
 
     Where memcached differs: it answers keylen + extlen > bodylen with
     UNKNOWN_COMMAND (we say EINVAL, which is what is wrong), and it closes
@@ -510,7 +512,7 @@ class Decoder:
     caller may answer EINVAL and go on, or close like memcached).
     """
 
-    __slots__ = ("_magic", "max_body", "max_key", "_buf", "_skip", "_failed")
+    __slots__ = ("_magic", "max_body", "max_key", "_buf", "_want", "_skip", "_failed")
 
     def __init__(self, expect: str = "request",
                  max_body: int = DEFAULT_MAX_BODY,
@@ -525,6 +527,9 @@ class Decoder:
         self.max_body = max_body
         self.max_key = max_key
         self._buf = bytearray()
+        # The size of the incomplete frame at the front of _buf, once its
+        # header is read (0 before): no need to parse it again until then.
+        self._want = 0
         self._skip = 0
         self._failed: Optional[FrameError] = None
 
@@ -563,6 +568,8 @@ class Decoder:
         buf = self._buf
         if buf:
             buf += data
+            if len(buf) < self._want:
+                return []  # the frame begun is still incomplete: nothing to parse again
             src: BytesLike = buf
         else:
             # Nothing pending: decode straight from the caller's bytes and
@@ -583,7 +590,7 @@ class Decoder:
             if pos:
                 del buf[:pos]
         elif pos < end:
-            buf += src[pos:]
+            buf += memoryview(src)[pos:]  # one copy of the tail, not two
         if err is not None:
             raise err
         return out
@@ -595,7 +602,7 @@ class Decoder:
         consumed, the refusal that stopped decoding or None).
         """
         err: Optional[FrameError] = None
-        pos = 0
+        pos = self._want = 0
         expect = self._magic
         max_body = self.max_body
         max_key = self.max_key
@@ -622,6 +629,7 @@ class Decoder:
                 break
             stop = pos + HEADER_LEN + bodylen
             if stop > end:
+                self._want = stop - pos
                 break
             a = pos + HEADER_LEN
             b = a + extlen

@@ -14,7 +14,7 @@ answer them in any order.
 from __future__ import annotations
 
 import struct
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from txcb.errors import RC
 from txcb.limits import MAX_SCAN_BATCH, MAX_SCAN_BOUND, MAX_SCAN_BYTES
@@ -284,14 +284,27 @@ class NetstringDecoder:
     ``NetstringReceiver`` (which the Twisted protocols use).  Lengths above
     ``max_length`` are refused as soon as the length prefix is read, before
     any of the payload is buffered.
+
+    A frame arriving in pieces costs memory and work linear in what arrived,
+    however small the pieces: its payload is appended to one bytearray (not
+    kept as a list of pieces, each an object of its own), nothing held is
+    scanned again, and the payload is copied out once, when whole.  The
+    buffer grows with what arrives, never to the declared length at once (a
+    length prefix alone would otherwise reserve memory nobody sent).
     """
 
     def __init__(self, max_length: int) -> None:
         self.max_length = max_length
-        self._chunks: List[bytes] = []
-        self._have = 0
+        # An incomplete length prefix (at most 11 bytes), or, once it is
+        # read, the payload so far.
+        self._held = bytearray()
         self._need = -1  # payload length being read, -1 while reading the prefix
         self.broken = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._held)
 
     def feed(self, data: bytes) -> List[bytes]:
         """
@@ -300,50 +313,74 @@ class NetstringDecoder:
         """
         if self.broken:
             raise FrameError("the stream is broken", fatal=True)
-        self._chunks.append(data)
-        self._have += len(data)
-        if self._need >= 0 and self._have <= self._need:
-            return []  # still inside a payload: no copying until it is whole
-        buf = b"".join(self._chunks)
-        out = []
+        if type(data) is not bytes:
+            data = bytes(data)
+        held = self._held
+        out: List[bytes] = []
         pos = 0
-        n = len(buf)
         try:
-            while True:
-                if self._need < 0:
-                    colon = buf.find(b":", pos, pos + 12)
-                    if colon < 0:
-                        prefix = buf[pos:pos + 12]
-                        if len(prefix) > 11 or (prefix and not prefix.isdigit()):
-                            self._bad_prefix(prefix)
-                        break
-                    prefix = buf[pos:colon]
-                    if not prefix.isdigit() or (len(prefix) > 1 and prefix[:1] == b"0"):
-                        self._bad_prefix(prefix)
-                    length = int(prefix)
-                    if length > self.max_length:
-                        raise FrameError("netstring of %d bytes is over the %d-byte limit"
-                                         % (length, self.max_length), fatal=True)
-                    self._need = length
-                    pos = colon + 1
-                end = pos + self._need
-                if end >= n:
-                    break
-                if buf[end] != 0x2C:  # ","
-                    raise FrameError("netstring not terminated by a comma", fatal=True)
-                out.append(buf[pos:end])
-                pos = end + 1
-                self._need = -1
+            if self._need >= 0:
+                missing = self._need + 1 - len(held)  # the payload's rest and its comma
+                if len(data) < missing:
+                    held += data
+                    return out
+                out.append(self._complete(data, missing))
+                pos = missing
+            elif held:
+                data = bytes(held) + data  # a partial prefix: a few bytes
+                self._held = bytearray()
+            self._frames(data, pos, out)
         except FrameError as e:
             self.broken = True
-            self._chunks = []
-            self._have = 0
+            self._held = bytearray()
             e.payloads = out
             raise
-        rest = buf[pos:]
-        self._chunks = [rest] if rest else []
-        self._have = len(rest)
         return out
+
+    def _complete(self, data: bytes, missing: int) -> bytes:
+        """The held payload, completed by the first ``missing`` bytes of ``data``."""
+        need, held = self._need, self._held
+        if held:
+            held += memoryview(data)[:missing]
+            src: Any = held
+        else:
+            src = data  # the payload came in one piece after its prefix
+        if src[need] != 0x2C:  # ","
+            raise FrameError("netstring not terminated by a comma", fatal=True)
+        with memoryview(src) as view:
+            payload = view[:need].tobytes()
+        self._held = bytearray()
+        self._need = -1
+        return payload
+
+    def _frames(self, buf: bytes, pos: int, out: List[bytes]) -> None:
+        """Append the whole frames of ``buf[pos:]`` to ``out``; hold its incomplete tail."""
+        n = len(buf)
+        while pos < n:
+            colon = buf.find(b":", pos, pos + 12)
+            if colon < 0:
+                prefix = buf[pos:pos + 12]
+                if len(prefix) > 11 or not prefix.isdigit():
+                    self._bad_prefix(prefix)
+                self._held = bytearray(prefix)
+                return
+            prefix = buf[pos:colon]
+            if not prefix.isdigit() or (len(prefix) > 1 and prefix[:1] == b"0"):
+                self._bad_prefix(prefix)
+            length = int(prefix)
+            if length > self.max_length:
+                raise FrameError("netstring of %d bytes is over the %d-byte limit"
+                                 % (length, self.max_length), fatal=True)
+            pos = colon + 1
+            end = pos + length
+            if end >= n:  # the payload or its comma is still to come
+                self._need = length
+                self._held = bytearray(memoryview(buf)[pos:])
+                return
+            if buf[end] != 0x2C:  # ","
+                raise FrameError("netstring not terminated by a comma", fatal=True)
+            out.append(buf[pos:end])
+            pos = end + 1
 
     @staticmethod
     def _bad_prefix(prefix: bytes) -> None:
