@@ -393,7 +393,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="items in the large bucket (default 1,000,000)")
     p.add_argument("--idle", type=int, default=None, help="idle connections (default 1,000)")
     p.add_argument("--only", default="",
-                   help="comma-separated workload ids to run (%s, memory; with --baseline: "
+                   help="comma-separated workload ids to run (%s, memory, couchbase; with --baseline: "
                    "%s)" % (", ".join(w["id"] for w in workloads(argparse.Namespace(
                        inflight=100, multi=100, conns=10, idle=1000, items=1,
                        small_items=1, value_size=100))), ", ".join(BASELINE_ROWS)))
@@ -485,6 +485,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t_start = time.monotonic()
     results: List[Dict[str, Any]] = []
     memory: Dict[str, Any] = {}
+    couchbase: Dict[str, Any] = {}
     ok = True
     try:
         wls = [w for w in workloads(a) if not only or w["id"] in only]
@@ -644,6 +645,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             items_phase()
         if smoke_batch:
             run_smoke_batch()
+        if "couchbase" in only or not (only or a.smoke):  # bench/couchbase_bench.py
+            from bench.couchbase_bench import harness_phase
+            couchbase = harness_phase(a, run_dir)
+            ok = ok and not any("fatal" in r or r.get("errors")
+                                for r in couchbase.get("results", ()))
     except KeyboardInterrupt:
         sys.stderr.write("bench: interrupted\n")
         ok = False
@@ -674,6 +680,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "server_pids": {s.name: s.pid for s in started},
         },
         "results": results, "ratios": ratios, "memory": memory, "targets": targets,
+        "couchbase": couchbase,
         "ok": ok,
     }
     path = os.path.join(a.out, "bench-%s.json" % stamp)

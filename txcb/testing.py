@@ -9,7 +9,11 @@ real time:
   server in memory (bytes are pumped between them, as in ``treq.testing``),
   so the whole wire path runs;
 - :class:`FaultyBucket` -- wraps any bucket to make chosen operations fail,
-  stall until the clock moves, or hang (to test your timeouts and errbacks).
+  stall until the clock moves, or hang (to test your timeouts and errbacks);
+- :func:`couchbase_endpoint` -- a Couchbase KV endpoint in your test's own
+  process, for code written against the official SDK's ``txcouchbase`` (or
+  ``acouchbase``) API, with :func:`import_txcouchbase` to import that SDK
+  under ``trial --reactor=asyncio``.
 
 Example::
 
@@ -27,12 +31,17 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import importlib
+import sys
+from types import ModuleType
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionLost
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.reflect import qual
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
@@ -40,9 +49,12 @@ from txcb.multi import MultiMixin
 from txcb.client.remote import BucketClientProtocol, RemoteBucket
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.interfaces import IBucket
+from txcb.keyspaces import BucketSpace, Keyspaces
+from txcb.server.couchbase import CouchbaseServerFactory
 from txcb.server.netstring import BucketServerFactory
 
-__all__ = ["memory_bucket", "InMemoryConnection", "FaultyBucket"]
+__all__ = ["memory_bucket", "InMemoryConnection", "FaultyBucket", "CouchbaseEndpoint",
+           "couchbase_endpoint", "import_txcouchbase"]
 
 
 def memory_bucket(clock: Optional[Clock] = None, **kwargs: Any) -> EmbeddedBucket:
@@ -266,3 +278,131 @@ class FaultyBucket(MultiMixin):
     def max_value_size(self) -> int:
         """The wrapped bucket's value limit (servers size their buffers by it)."""
         return self.wrapped.max_value_size
+
+
+class _TrackingFactory(WrappingFactory[ProtocolWrapper]):
+    """Knows its open connections, to drop them all and learn when they are gone."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self._waiting: List[Deferred] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        return None if inner is None else self.protocol(self, inner)
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def drop_all(self) -> Deferred:
+        """Abort every connection; fires when the last one is lost."""
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiting.append(d)
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+        return d
+
+
+class CouchbaseEndpoint:
+    """
+    txcb's Couchbase KV endpoint listening on ``127.0.0.1`` in this process:
+    the official SDK's asynchronous APIs (``txcouchbase`` on this reactor,
+    ``acouchbase`` on its loop) talk to it like to a one-node cluster.  Make
+    one with :func:`couchbase_endpoint`.
+
+    :ivar connection_string: ``couchbase://127.0.0.1:PORT``, for ``TxCluster``.
+    :ivar bucket: what the bucket's default collection is stored in (an
+        embedded bucket unless you gave one): look at it from your tests.
+    :ivar collections: ``{"scope.collection": bucket}`` of the named ones.
+    :ivar port: the IListeningPort.
+
+    The blocking ``couchbase.cluster.Cluster`` waits for replies on the
+    calling thread: in the reactor's thread nothing would answer it, so use
+    it only from another thread (or against ``twistd txcb``).
+    """
+
+    def __init__(self, reactor: Any, bucket: Any = None, name: str = "default",
+                 collections: Sequence[str] = (),
+                 credentials: Optional[Dict[bytes, bytes]] = None) -> None:
+        self.bucket = bucket if bucket is not None else _real_time_bucket(reactor)
+        space = BucketSpace(name, self.bucket)
+        self.collections: Dict[str, Any] = {}
+        for path in collections:
+            scope, _, collection = path.partition(".")
+            self.collections[path] = space.add(scope, collection,
+                                               _real_time_bucket(reactor)).bucket
+        self._factory = _TrackingFactory(CouchbaseServerFactory(
+            Keyspaces([space]), credentials=credentials, clock=reactor))
+        self.port = reactor.listenTCP(0, self._factory, interface="127.0.0.1")
+        self.connection_string = "couchbase://127.0.0.1:%d" % (self.port.getHost().port,)
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now (an SDK cluster opens two)."""
+        return len(self._factory.protocols)
+
+    def stop(self) -> Deferred:
+        """Stop listening and drop the connections; fires when all are closed."""
+        d = maybeDeferred(self.port.stopListening)
+        d.addCallback(lambda _: self._factory.drop_all())
+        return d
+
+
+def _real_time_bucket(reactor: Any) -> EmbeddedBucket:
+    """An embedded bucket whose expiry follows ``reactor``'s clock, no pager."""
+    return EmbeddedBucket(clock=reactor, pager_interval=0)
+
+
+def couchbase_endpoint(reactor: Any, bucket: Any = None, name: str = "default",
+                       collections: Sequence[str] = (),
+                       credentials: Optional[Dict[bytes, bytes]] = None) -> Deferred:
+    """
+    Listen with a :class:`CouchbaseEndpoint` on a free loopback port, serving
+    ``bucket`` (a new embedded one if None) as the bucket ``name``, with the
+    named ``collections`` (``"scope.collection"``, each its own embedded
+    bucket).  ``credentials`` is ``{user: password}`` (bytes) the SDK must
+    present; None accepts any.
+
+    The Deferred fires one reactor turn later, with the reactor running: a
+    ``txcouchbase`` cluster may be created as soon as it fires (it refuses to
+    be created while the reactor is not running, which under trial is the
+    case while ``setUp`` starts).  Stop it at cleanup with
+    :meth:`CouchbaseEndpoint.stop`.
+    """
+    endpoint = CouchbaseEndpoint(reactor, bucket, name, collections, credentials)
+    return deferLater(reactor, 0, lambda: endpoint)
+
+
+def import_txcouchbase() -> ModuleType:
+    """
+    Import the official ``txcouchbase`` into this process and return it.
+
+    Importing ``txcouchbase`` installs Twisted's asyncio reactor, and fails
+    with ReactorAlreadyInstalledError when a reactor is installed already --
+    as under ``trial --reactor=asyncio``, the reactor it wants.  Call this at
+    the top of a test module, before importing code that imports
+    ``txcouchbase``: with the asyncio reactor installed it imports the SDK
+    without installing a second one; with no reactor installed the import
+    installs it as usual; with another reactor it raises RuntimeError.
+    """
+    if "txcouchbase" in sys.modules:
+        return sys.modules["txcouchbase"]
+    if "twisted.internet.reactor" not in sys.modules:
+        return importlib.import_module("txcouchbase")
+    from twisted.internet import asyncioreactor, reactor
+    if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+        raise RuntimeError("txcouchbase needs Twisted's asyncio reactor, but %s is "
+                           "installed: run trial --reactor=asyncio"
+                           % (qual(type(reactor)),))
+    install = asyncioreactor.install
+    asyncioreactor.install = lambda eventloop=None: None
+    try:
+        return importlib.import_module("txcouchbase")
+    finally:
+        asyncioreactor.install = install
