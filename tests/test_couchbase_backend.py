@@ -20,6 +20,7 @@ from tests.support.cbbackend import (
     next_collection)
 from tests.support.contract import BucketContractMixin
 from tests.support.procs import free_port
+import txcb.subdocument as SD
 from txcb import errors
 from txcb.buckets import cbsdk
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
@@ -151,6 +152,24 @@ class CouchbaseBackendContractTests(_OneBackingServer, BucketContractMixin,
         yield b.remove("k")
         e = yield b.endure("k", persist_to=0, replicate_to=0, check_removed=True)
         self.assertTrue(e.success)
+
+    @inlineCallbacks
+    def test_subdoc_mutate_durability(self):
+        # As the contract's, but endure cannot observe the disk here (see
+        # test_endure_defaults): the durable mutate_in waits for it itself.
+        b = yield self.bucket()
+        yield b.upsert("doc", {"n": 1})
+        r = yield b.mutate_in("doc", SD.upsert("a", 1), persist_to=1)
+        e = yield b.endure("doc", persist_to=0, replicate_to=0, cas=r.cas)
+        self.assertEqual(e.cas, r.cas)
+        r = yield b.mutate_in("doc", SD.counter("n", 2), persist_to=-1)
+        self.assertEqual(r[0], 3)
+        yield self.assertFails(b.mutate_in("doc", SD.upsert("b", 1), persist_to=2),
+                               errors.DurabilityError)
+        yield self.assertFails(b.mutate_in("doc", SD.upsert("b", 1), replicate_to=1),
+                               errors.DurabilityError)
+        got = yield b.get("doc")
+        self.assertEqual((got.value, got.cas), ({"n": 3, "a": 1}, r.cas))
 
     @inlineCallbacks
     def test_durable_mutations_within_the_bucket(self):

@@ -63,6 +63,7 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from txcb.buckets.cbcalls import SdkCalls
+from txcb.buckets.cbsubdocs import SubdocCalls
 from txcb.buckets.cbsdk import expiry, parse_url, sdk_error, text_key
 from txcb.errors import (
     CouchbaseError, NotSupportedError, TemporaryFailError, TimeoutError,
@@ -83,7 +84,7 @@ def _seqno(r: Any) -> int:
 
 
 @implementer(IBucket)
-class CouchbaseBucket(SdkCalls, MultiMixin):
+class CouchbaseBucket(SdkCalls, SubdocCalls, MultiMixin):
     """
     An IBucket over one bucket (or collection) of a Couchbase cluster.
 
