@@ -223,6 +223,84 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         yield b.touch("t", int(time.time()) - 10)
         yield self.assertFailure(b.get("t"), errors.NotFoundError)
 
+    # -- sub-documents (the contract has the rest) ---------------------------
+
+    @inlineCallbacks
+    def test_subdoc_refuses_what_the_sdk_cannot_express(self):
+        b = self.bucket()
+        stored = yield b.upsert("doc", {"a": 1, "l": [1]})
+        X, E, M = SD.PathFlag.XATTR, SD.PathFlag.EXPAND_MACROS, SD.PathFlag.MKDIR_P
+        Op = SD.Opcode
+        for specs, kw in [
+                ((SD.Spec(Op.GET, "a", b"", SD.PathFlag.BINARY_VALUE),), {}),
+                ((SD.Spec(Op.DICT_UPSERT, "m", b'{"c":"${Mutation.CAS}"}', X | E),), {}),
+                ((SD.Spec(Op.ARRAY_PUSH_LAST, "l", b'"${Mutation.CAS}"', X | E),), {}),
+                ((SD.Spec(Op.REPLACE, "a", b"2", M),), {}),
+                ((SD.insert("b", 1),), dict(preserve_expiry=True)),
+                ((SD.replace("a", 2),), dict(preserve_expiry=True, ttl=100))]:
+            call = b.lookup_in if SD.is_lookup(specs[0]) else b.mutate_in
+            e = yield self.assertFailure(call("doc", *specs, **kw), errors.NotSupportedError)
+            self.assertIn("Couchbase SDK", e.message)
+        got = yield b.get("doc")
+        self.assertEqual((got.value, got.cas), ({"a": 1, "l": [1]}, stored.cas))
+
+    @inlineCallbacks
+    def test_subdoc_refusals_the_sdk_would_change_get_the_engines_status(self):
+        # The SDK adds the xattr flag to a macro spec and sends xattr specs
+        # first; the engine's answers are these (as every provider's).
+        b = self.bucket()
+        yield b.upsert("doc", {"a": 1})
+        S = SD.Status
+        for specs, status, index in [
+                ((SD.Spec(SD.Opcode.DICT_UPSERT, "m", b'"${Mutation.CAS}"',
+                          SD.PathFlag.EXPAND_MACROS),), S.XATTR_INVALID_FLAG_COMBO, None),
+                ((SD.get("a"), SD.get("x", xattr=True)), S.INVALID_XATTR_ORDER, None),
+                ((SD.upsert("a", 2), SD.Spec(SD.Opcode.ARRAY_PUSH_LAST, "l", b"{bad")),
+                 S.VALUE_CANTINSERT, 1)]:
+            call = b.lookup_in if SD.is_lookup(specs[0]) else b.mutate_in
+            e = yield self.assertFailure(call("doc", *specs), SD.SubdocError)
+            self.assertEqual((e.status, e.index, e.key), (status, index, "doc"))
+        got = yield b.get("doc")
+        self.assertEqual(got.value, {"a": 1})
+
+    @inlineCallbacks
+    def test_subdoc_access_deleted_reads_a_tombstones_system_xattrs(self):
+        b = self.bucket()
+        yield b.upsert("doc", {"a": 1})
+        yield b.mutate_in("doc", SD.upsert("_sys", "s", xattr=True),
+                          SD.upsert("user", "u", xattr=True))
+        yield b.remove("doc")
+        yield self.assertFailure(b.lookup_in("doc", SD.get("_sys", xattr=True)),
+                                 errors.NotFoundError)
+        r = yield b.lookup_in("doc", SD.get("_sys", xattr=True), SD.get("user", xattr=True),
+                              access_deleted=True)
+        self.assertEqual(r.get(0), (SD.Status.SUCCESS, "s"))
+        self.assertEqual(r.status(1), SD.Status.PATH_ENOENT)
+        self.assertEqual(r.rc, SD.Status.MULTI_PATH_FAILURE_DELETED)
+        r = yield b.lookup_in("doc", SD.get("_sys", xattr=True), access_deleted=True)
+        self.assertEqual((r.rc, r[0]), (SD.Status.SUCCESS_DELETED, "s"))
+
+    @inlineCallbacks
+    def test_subdoc_document_macros_read_back_as_written(self):
+        b = self.bucket()
+        stored = yield b.upsert("doc", {"a": 1})
+        r = yield b.mutate_in("doc", SD.Spec(
+            SD.Opcode.DICT_UPSERT, "old", b'"${$document.CAS}"',
+            SD.PathFlag.XATTR | SD.PathFlag.EXPAND_MACROS), SD.upsert("a", 2))
+        found = yield b.lookup_in("doc", SD.get("old", xattr=True))
+        self.assertEqual(r[0], found[0])
+        self.assertEqual(found[0], "0x%016x" % stored.cas)
+
+    @inlineCallbacks
+    def test_subdoc_ttl_already_past_removes_the_document(self):
+        b = self.bucket()
+        yield b.upsert("doc", {"a": 1})
+        r = yield b.mutate_in("doc", SD.upsert("a", 2), ttl=int(time.time()) - 10)
+        self.assertTrue(r.success)
+        yield self.assertFailure(b.get("doc"), errors.NotFoundError)
+        s = yield b.stats()
+        self.assertEqual((s["op_mutate_in"], s["errors_mutate_in"]), (1, 0))
+
     @inlineCallbacks
     def test_formats_read_the_same_through_the_sdk(self):
         # Common flags both ways: txcb's values read by the SDK's default

@@ -15,8 +15,9 @@ error code), its index from the exception's context.
 
 What the SDK cannot express is refused with NotSupportedError: path flags
 beyond create-parents / xattr / expand-macros (``BINARY_VALUE``), create-
-parents on an opcode whose SDK spec has no such argument, and macros among
-array values.  Two checks are made here, with the engine's statuses, since
+parents on an opcode whose SDK spec has no such argument, a macro inside a
+value or among array values, and what the SDK refuses with ``preserve_expiry``
+(an insert spec; a replace spec with a ttl).  Two checks are made here, with the engine's statuses, since
 the SDK would refuse them with its own errors or, for an xattr spec after a
 body spec, reorder them (the C++ core sends xattr specs first): lookup specs
 in a mutation (and the reverse) are INVALID_COMBO, ``upsert_doc`` with
@@ -56,10 +57,6 @@ _STATUS_BY_CODE: Dict[int, int] = {
 _REQUEST_STATUSES = frozenset(
     [S.EINVAL, S.XATTR_EINVAL] + [s for s in range(0xC0, 0xD8) if s != S.MULTI_PATH_FAILURE])
 
-#: The SDK's names of the three mutation macros, by txcb's macro values.
-_MACROS = {bytes(str(m), "utf-8"): str(m)[1:-1] for m in (
-    SD.MutationMacro.CAS, SD.MutationMacro.SEQNO, SD.MutationMacro.VALUE_CRC32C)}
-
 
 def _refuse(n: int, why: str) -> NotSupportedError:
     return NotSupportedError("sub-document spec %d: %s cannot be expressed through the "
@@ -70,9 +67,20 @@ def _value(sd: Any, spec: SD.Spec, n: int) -> Any:
     """The spec's value for the SDK: a MutationMacro, or the raw JSON as it is."""
     if not spec.flags & PF.EXPAND_MACROS:
         return (spec.value, FMT_JSON)
-    if spec.value not in _MACROS:
-        raise _refuse(n, "macros inside a value (only a whole value that is one macro)")
-    return sd.MutationMacro(_MACROS[spec.value])
+    name = _macro(spec)
+    if name is None:
+        raise _refuse(n, "a macro inside a value (a value that is one macro, as text, is)")
+    return sd.MutationMacro(name)
+
+
+def _macro(spec: SD.Spec) -> Optional[str]:
+    """The macro a macro-expanding spec's value names (the server checks the
+    name), or None if the value is not one JSON string."""
+    try:
+        name = json.loads(spec.value)
+    except ValueError:
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _array(spec: SD.Spec, n: int) -> List[Any]:
@@ -154,6 +162,9 @@ def sdk_specs(sd: Any, specs: Sequence[Any], lookup: bool) -> List[Any]:
         build, parents = _BUILD[spec.opcode]
         if spec.flags & ~_KNOWN_FLAGS:
             raise _refuse(n, "path flags 0x%02x" % spec.flags)
+        if spec.flags & PF.EXPAND_MACROS and not spec.xattr:  # the SDK would add XATTR
+            raise SD.SubdocError(S.XATTR_INVALID_FLAG_COMBO, "spec %d: expand macros needs "
+                                 "the xattr flag" % n)
         if spec.flags & PF.MKDIR_P and not parents:
             raise _refuse(n, "create_parents on opcode 0x%02x" % spec.opcode)
         out.append(build(sd, spec, n))
@@ -186,14 +197,24 @@ def _raw(field: Dict[str, Any]) -> Optional[bytes]:
     return value[0] if isinstance(value, tuple) else value or None
 
 
+def _deleted(r: Any) -> bool:
+    """Whether the lookup read a deleted document (access_deleted): SDK 4.6.3
+    has no accessor for it, only its raw result."""
+    raw = getattr(getattr(r, "_orig", None), "raw_result", None)
+    return bool(raw.get("deleted")) if isinstance(raw, dict) else False
+
+
 def lookup_result(key: Any, specs: Sequence[SD.Spec], r: Any) -> SD.SubdocResult:
     results = []
     for spec, f in zip(specs, _fields(r)):
         status = f.get("status", S.EINVAL)
         ok = status == S.SUCCESS and spec.opcode != Op.EXISTS
         results.append(SD.SpecResult(status, _raw(f) if ok else None))
-    overall = S.SUCCESS if all(x.status == S.SUCCESS for x in results) \
-        else S.MULTI_PATH_FAILURE
+    ok = all(x.status == S.SUCCESS for x in results)
+    if _deleted(r):
+        overall = S.SUCCESS_DELETED if ok else S.MULTI_PATH_FAILURE_DELETED
+    else:
+        overall = S.SUCCESS if ok else S.MULTI_PATH_FAILURE
     return SD.SubdocResult(key, r.cas, specs, results, overall)
 
 
@@ -245,6 +266,8 @@ class SubdocCalls:
             if upsert_doc and insert_doc:
                 raise SD.SubdocError(S.EINVAL, "upsert_doc and insert_doc together")
             built = sdk_specs(self._sdk.sd, specs, lookup=False)
+            if preserve_expiry:
+                _check_preserve(specs, ttl)
             durability = self._durability(persist_to, replicate_to, key)
         except CouchbaseError as e:
             return fail(_keyed(e, key))
@@ -271,8 +294,7 @@ class SubdocCalls:
                       cas: int) -> Dict[int, Optional[bytes]]:
         """What the macros became (the server does not say): read back, while
         the document still has the mutation's CAS (else left unknown: None)."""
-        where = [n for n, s in enumerate(specs)
-                 if s.flags & PF.EXPAND_MACROS and s.value in _MACROS]
+        where = [n for n, s in enumerate(specs) if s.flags & PF.EXPAND_MACROS]
         if not where:
             return {}
         sd = self._sdk.sd
@@ -285,6 +307,17 @@ class SubdocCalls:
             return dict.fromkeys(where)
         return {n: _raw(f) if f.get("status") == S.SUCCESS else None
                 for n, f in zip(where, _fields(r))}
+
+
+def _check_preserve(specs: Sequence[SD.Spec], ttl: int) -> None:
+    """What the SDK refuses with preserve_expiry (the server would take it)."""
+    ops = {spec.opcode for spec in specs}
+    if Op.DICT_ADD in ops:
+        raise NotSupportedError("the Couchbase SDK refuses preserve_expiry with an "
+                                "insert spec (SD.insert)")
+    if Op.REPLACE in ops and ttl:
+        raise NotSupportedError("the Couchbase SDK refuses preserve_expiry with a ttl "
+                                "and a replace spec (SD.replace)")
 
 
 def _keyed(e: CouchbaseError, key: Any) -> CouchbaseError:
