@@ -22,7 +22,7 @@ from tests.support.contract import BucketContractMixin
 from tests.support.procs import free_port
 import txcb.subdocument as SD
 from txcb import errors
-from txcb.buckets import cbsdk
+from txcb.buckets import cbsdk, cbsubdocs
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.interfaces import IBucket
 from txcb.service import tap
@@ -252,12 +252,13 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         yield b.upsert("doc", {"a": 1})
         S = SD.Status
         for specs, status, index in [
+                ((), S.INVALID_COMBO, None),
                 ((SD.Spec(SD.Opcode.DICT_UPSERT, "m", b'"${Mutation.CAS}"',
                           SD.PathFlag.EXPAND_MACROS),), S.XATTR_INVALID_FLAG_COMBO, None),
                 ((SD.get("a"), SD.get("x", xattr=True)), S.INVALID_XATTR_ORDER, None),
                 ((SD.upsert("a", 2), SD.Spec(SD.Opcode.ARRAY_PUSH_LAST, "l", b"{bad")),
                  S.VALUE_CANTINSERT, 1)]:
-            call = b.lookup_in if SD.is_lookup(specs[0]) else b.mutate_in
+            call = b.lookup_in if not specs or SD.is_lookup(specs[0]) else b.mutate_in
             e = yield self.assertFailure(call("doc", *specs), SD.SubdocError)
             self.assertEqual((e.status, e.index, e.key), (status, index, "doc"))
         got = yield b.get("doc")
@@ -796,6 +797,49 @@ class CouchbaseSdkMappingTests(unittest.TestCase):
             e = cbsdk.sdk_error(op, sdk_cls(), "k")
             self.assertIs(type(e), txcb_cls, (op, sdk_cls))
             self.assertEqual((e.rc, e.key), (txcb_cls.rc, "k"))
+
+    def test_subdoc_specs_map_to_the_sdks_by_opcode(self):
+        # The SDK's spec: (opcode, path, create_parents, xattr, expand, value).
+        sd = cbsdk.load().sd
+        cases = [
+            (SD.get("a", xattr=True), (SD.Opcode.GET, "a", True)),
+            (SD.exists("a"), (SD.Opcode.EXISTS, "a", False)),
+            (SD.get_count("a"), (SD.Opcode.GET_COUNT, "a", False)),
+            (SD.get_fulldoc(), (SD.Opcode.GET_DOC, "", False)),
+            (SD.upsert("a", {"b": 1}, create_parents=True),
+             (SD.Opcode.DICT_UPSERT, "a", True, False, False, (b'{"b":1}', FMT_JSON))),
+            (SD.insert("a", 1, xattr=True),
+             (SD.Opcode.DICT_ADD, "a", False, True, False, (b"1", FMT_JSON))),
+            (SD.replace("a", "x"), (SD.Opcode.REPLACE, "a", False, False, False,
+                                    (b'"x"', FMT_JSON))),
+            (SD.upsert_fulldoc([1]), (SD.Opcode.SET_DOC, "", False, False, False,
+                                      (b"[1]", FMT_JSON))),
+            (SD.remove("a"), (SD.Opcode.DELETE, "a", False, False, False)),
+            (SD.remove_fulldoc(), (SD.Opcode.DELETE_DOC, "", False, False, False)),
+            (SD.array_append("l", 1, "x"), (SD.Opcode.ARRAY_PUSH_LAST, "l", False, False,
+                                            False, (1, "x"))),
+            (SD.array_prepend("l", 2), (SD.Opcode.ARRAY_PUSH_FIRST, "l", False, False,
+                                        False, (2,))),
+            (SD.array_insert("l[0]", 3), (SD.Opcode.ARRAY_INSERT, "l[0]", False, False,
+                                          False, (3,))),
+            (SD.array_addunique("l", 4), (SD.Opcode.ARRAY_ADD_UNIQUE, "l", False, False,
+                                          False, (b"4", FMT_JSON))),
+            (SD.counter("n", -3), (SD.Opcode.COUNTER, "n", False, False, False, -3)),
+            (SD.upsert("m", SD.MutationMacro.SEQNO, xattr=True),
+             (SD.Opcode.DICT_UPSERT, "m", False, True, True, "${Mutation.seqno}")),
+        ]
+        for spec, expected in cases:
+            lookup = SD.is_lookup(spec)
+            [got] = cbsubdocs.sdk_specs(sd, [spec], lookup=lookup)
+            self.assertEqual(tuple(got), expected, spec)
+
+    def test_sdk_built_subdoc_values_are_json(self):
+        # A counter's delta and a macro's name reach the transcoder as the SDK
+        # built them; txcb's own values are (bytes, flags) and pass unchanged.
+        t = cbsdk.load().transcoder
+        self.assertEqual(t.encode_value(-3), (b"-3", FMT_JSON))
+        self.assertEqual(t.encode_value("${Mutation.CAS}"), (b'"${Mutation.CAS}"', FMT_JSON))
+        self.assertEqual(t.encode_value((b"raw", 7)), (b"raw", 7))
 
     def test_expiry(self):
         from datetime import timedelta

@@ -14,14 +14,20 @@ own; a failed mutation's spec status is read from the SDK's exception (its
 error code), its index from the exception's context.
 
 What the SDK cannot express is refused with NotSupportedError: path flags
-beyond create-parents / xattr / expand-macros (``BINARY_VALUE``), create-
-parents on an opcode whose SDK spec has no such argument, a macro inside a
-value or among array values, and what the SDK refuses with ``preserve_expiry``
-(an insert spec; a replace spec with a ttl).  Two checks are made here, with the engine's statuses, since
-the SDK would refuse them with its own errors or, for an xattr spec after a
-body spec, reorder them (the C++ core sends xattr specs first): lookup specs
-in a mutation (and the reverse) are INVALID_COMBO, ``upsert_doc`` with
-``insert_doc`` EINVAL, the xattr order INVALID_XATTR_ORDER.
+beyond create-parents / xattr / expand-macros (``BINARY_VALUE``),
+create-parents on an opcode whose SDK spec has no such argument, a macro
+inside a value or among array values, and what the SDK refuses with
+``preserve_expiry`` (an insert spec; a replace spec with a ttl).
+
+Some requests the SDK would refuse with errors of its own, or change (it
+adds the xattr flag to a macro spec; its C++ core sends xattr specs first),
+so they are refused here with the engine's statuses, as every provider's:
+no specs, lookup specs in a mutation or the reverse (INVALID_COMBO),
+``upsert_doc`` with ``insert_doc`` (EINVAL), an xattr spec after a body spec
+(INVALID_XATTR_ORDER), macros without the xattr flag
+(XATTR_INVALID_FLAG_COMBO); array values or a counter delta it cannot parse
+fail at their index (VALUE_CANTINSERT, DELTA_EINVAL), before anything is sent.
+Array values are sent as the SDK re-encodes them (same values, its spacing).
 """
 
 from __future__ import annotations
@@ -142,6 +148,8 @@ _KNOWN_FLAGS = PF.MKDIR_P | PF.XATTR | PF.EXPAND_MACROS
 
 def sdk_specs(sd: Any, specs: Sequence[Any], lookup: bool) -> List[Any]:
     """txcb's specs as the SDK's (SubdocError / NotSupportedError / ArgumentError)."""
+    if not specs:  # the SDK refuses it as an invalid argument
+        raise SD.SubdocError(S.INVALID_COMBO, "no specs")
     out = []
     body_seen = False
     for n, spec in enumerate(specs):
