@@ -234,7 +234,9 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         for specs, kw in [
                 ((SD.Spec(Op.GET, "a", b"", SD.PathFlag.BINARY_VALUE),), {}),
                 ((SD.Spec(Op.DICT_UPSERT, "m", b'{"c":"${Mutation.CAS}"}', X | E),), {}),
-                ((SD.Spec(Op.ARRAY_PUSH_LAST, "l", b'"${Mutation.CAS}"', X | E),), {}),
+                ((SD.Spec(Op.ARRAY_PUSH_LAST, "l", b'"${Mutation.CAS}",1', X | E),), {}),
+                ((SD.Spec(Op.COUNTER, "n", b"1", X | E),), {}),
+                ((SD.Spec(Op.GET_DOC, "", b"", X),), {}),
                 ((SD.Spec(Op.REPLACE, "a", b"2", M),), {}),
                 ((SD.insert("b", 1),), dict(preserve_expiry=True)),
                 ((SD.replace("a", 2),), dict(preserve_expiry=True, ttl=100))]:
@@ -249,7 +251,7 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         # The SDK adds the xattr flag to a macro spec and sends xattr specs
         # first; the engine's answers are these (as every provider's).
         b = self.bucket()
-        yield b.upsert("doc", {"a": 1})
+        stored = yield b.upsert("doc", {"a": 1})
         S = SD.Status
         for specs, status, index in [
                 ((), S.INVALID_COMBO, None),
@@ -261,6 +263,9 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
             call = b.lookup_in if not specs or SD.is_lookup(specs[0]) else b.mutate_in
             e = yield self.assertFailure(call("doc", *specs), SD.SubdocError)
             self.assertEqual((e.status, e.index, e.key), (status, index, "doc"))
+        e = yield self.assertFailure(b.mutate_in("doc", SD.upsert("a", 2), insert_doc=True,
+                                                 cas=stored.cas), SD.SubdocError)
+        self.assertEqual((e.status, e.index), (S.EINVAL, None))
         got = yield b.get("doc")
         self.assertEqual(got.value, {"a": 1})
 
@@ -291,6 +296,16 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         found = yield b.lookup_in("doc", SD.get("old", xattr=True))
         self.assertEqual(r[0], found[0])
         self.assertEqual(found[0], "0x%016x" % stored.cas)
+        # In arrays: each spec's result is the value its macro became.
+        M = SD.MutationMacro
+        r = yield b.mutate_in(
+            "doc", SD.array_append("l", M.CAS, xattr=True, create_parents=True),
+            SD.array_prepend("l", M.SEQNO, xattr=True),
+            SD.array_insert("l[1]", M.CAS, xattr=True))
+        found = yield b.lookup_in("doc", SD.get("l", xattr=True))
+        self.assertEqual(len(found[0]), 3)
+        self.assertEqual([r[0], r[1], r[2]], [found[0][2], found[0][0], found[0][1]])
+        self.assertEqual(int(r[1], 16), r.seqno)
 
     @inlineCallbacks
     def test_subdoc_ttl_already_past_removes_the_document(self):

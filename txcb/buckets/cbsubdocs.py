@@ -14,17 +14,18 @@ own; a failed mutation's spec status is read from the SDK's exception (its
 error code), its index from the exception's context.
 
 What the SDK cannot express is refused with NotSupportedError: path flags
-beyond create-parents / xattr / expand-macros (``BINARY_VALUE``),
-create-parents on an opcode whose SDK spec has no such argument, a macro
-inside a value or among array values, and what the SDK refuses with
-``preserve_expiry`` (an insert spec; a replace spec with a ttl).
+its spec for the opcode cannot carry (``BINARY_VALUE``; any on a
+whole-document spec; create-parents on replace or remove; macros in an
+add-unique or counter), a macro inside a value (a value that is one macro,
+as a JSON string, is sent as the SDK's MutationMacro), and what the SDK
+refuses with ``preserve_expiry`` (an insert spec; a replace spec with a ttl).
 
 Some requests the SDK would refuse with errors of its own, or change (it
 adds the xattr flag to a macro spec; its C++ core sends xattr specs first),
 so they are refused here with the engine's statuses, as every provider's:
 no specs, lookup specs in a mutation or the reverse (INVALID_COMBO),
-``upsert_doc`` with ``insert_doc`` (EINVAL), an xattr spec after a body spec
-(INVALID_XATTR_ORDER), macros without the xattr flag
+``insert_doc`` with ``upsert_doc`` or a CAS (EINVAL), an xattr spec after a
+body spec (INVALID_XATTR_ORDER), macros without the xattr flag
 (XATTR_INVALID_FLAG_COMBO); array values or a counter delta it cannot parse
 fail at their index (VALUE_CANTINSERT, DELTA_EINVAL), before anything is sent.
 Array values are sent as the SDK re-encodes them (same values, its spacing).
@@ -33,7 +34,7 @@ Array values are sent as the SDK re-encodes them (same values, its spacing).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail
 
@@ -89,9 +90,10 @@ def _macro(spec: SD.Spec) -> Optional[str]:
     return name if isinstance(name, str) else None
 
 
-def _array(spec: SD.Spec, n: int) -> List[Any]:
+def _array(sd: Any, spec: SD.Spec, n: int) -> List[Any]:
+    """The values, parsed (the SDK encodes them); a macro is one value alone."""
     if spec.flags & PF.EXPAND_MACROS:
-        raise _refuse(n, "a macro among array values")
+        return [_value(sd, spec, n)]
     try:
         return json.loads(b"[" + spec.value + b"]")
     except ValueError:
@@ -116,34 +118,36 @@ def _mk(spec: SD.Spec) -> bool:
     return bool(spec.flags & PF.MKDIR_P)
 
 
-#: opcode -> (build(sdk_subdocument, spec, index), it takes create_parents).
-_BUILD: Dict[int, tuple] = {
-    Op.GET: (lambda sd, s, n: sd.get(s.path, xattr=_x(s)), False),
-    Op.EXISTS: (lambda sd, s, n: sd.exists(s.path, xattr=_x(s)), False),
-    Op.GET_COUNT: (lambda sd, s, n: sd.count(s.path, xattr=_x(s)), False),
-    Op.GET_DOC: (lambda sd, s, n: sd.get_full(), False),
-    Op.DICT_ADD: (lambda sd, s, n: sd.insert(s.path, _value(sd, s, n), create_parents=_mk(s),
-                                             xattr=_x(s)), True),
-    Op.DICT_UPSERT: (lambda sd, s, n: sd.upsert(
-        s.path, _value(sd, s, n), create_parents=_mk(s), xattr=_x(s)), True),
-    Op.REPLACE: (lambda sd, s, n: sd.replace(s.path, _value(sd, s, n), xattr=_x(s)),
-                False),
-    Op.SET_DOC: (lambda sd, s, n: sd.replace("", _value(sd, s, n)), False),
-    Op.DELETE: (lambda sd, s, n: sd.remove(s.path, xattr=_x(s)), False),
-    Op.DELETE_DOC: (lambda sd, s, n: sd.remove(""), False),
-    Op.ARRAY_PUSH_LAST: (lambda sd, s, n: sd.array_append(
-        s.path, *_array(s, n), create_parents=_mk(s), xattr=_x(s)), True),
-    Op.ARRAY_PUSH_FIRST: (lambda sd, s, n: sd.array_prepend(
-        s.path, *_array(s, n), create_parents=_mk(s), xattr=_x(s)), True),
-    Op.ARRAY_INSERT: (lambda sd, s, n: sd.array_insert(s.path, *_array(s, n), xattr=_x(s)),
-                      False),
-    Op.ARRAY_ADD_UNIQUE: (lambda sd, s, n: sd.array_addunique(
-        s.path, _value(sd, s, n), create_parents=_mk(s), xattr=_x(s)), True),
-    Op.COUNTER: (lambda sd, s, n: sd.counter(s.path, _delta(s, n), xattr=_x(s),
-                                             create_parents=_mk(s)), True),
-}
+_X, _XE, _MX, _ALL = PF.XATTR, PF.XATTR | PF.EXPAND_MACROS, PF.MKDIR_P | PF.XATTR, (
+    PF.MKDIR_P | PF.XATTR | PF.EXPAND_MACROS)
 
-_KNOWN_FLAGS = PF.MKDIR_P | PF.XATTR | PF.EXPAND_MACROS
+#: opcode -> (build(sdk_subdocument, spec, index), the path flags its SDK
+#: spec can carry: the server judges those; others cannot be sent).
+_BUILD: Dict[int, Tuple[Callable[[Any, SD.Spec, int], Any], int]] = {
+    Op.GET: (lambda sd, s, n: sd.get(s.path, xattr=_x(s)), _X),
+    Op.EXISTS: (lambda sd, s, n: sd.exists(s.path, xattr=_x(s)), _X),
+    Op.GET_COUNT: (lambda sd, s, n: sd.count(s.path, xattr=_x(s)), _X),
+    Op.GET_DOC: (lambda sd, s, n: sd.get_full(), 0),
+    Op.DICT_ADD: (lambda sd, s, n: sd.insert(s.path, _value(sd, s, n), create_parents=_mk(s),
+                                             xattr=_x(s)), _ALL),
+    Op.DICT_UPSERT: (lambda sd, s, n: sd.upsert(
+        s.path, _value(sd, s, n), create_parents=_mk(s), xattr=_x(s)), _ALL),
+    Op.REPLACE: (lambda sd, s, n: sd.replace(s.path, _value(sd, s, n), xattr=_x(s)), _XE),
+    Op.SET_DOC: (lambda sd, s, n: sd.replace("", _value(sd, s, n)), 0),
+    Op.DELETE: (lambda sd, s, n: sd.remove(s.path, xattr=_x(s)), _X),
+    Op.DELETE_DOC: (lambda sd, s, n: sd.remove(""), 0),
+    Op.ARRAY_PUSH_LAST: (lambda sd, s, n: sd.array_append(
+        s.path, *_array(sd, s, n), create_parents=_mk(s), xattr=_x(s)), _ALL),
+    Op.ARRAY_PUSH_FIRST: (lambda sd, s, n: sd.array_prepend(
+        s.path, *_array(sd, s, n), create_parents=_mk(s), xattr=_x(s)), _ALL),
+    Op.ARRAY_INSERT: (lambda sd, s, n: sd.array_insert(
+        s.path, *_array(sd, s, n), create_parents=_mk(s), xattr=_x(s)), _ALL),
+    # The SDK's array_addunique passes a MutationMacro on unencoded: no macros.
+    Op.ARRAY_ADD_UNIQUE: (lambda sd, s, n: sd.array_addunique(
+        s.path, _value(sd, s, n), create_parents=_mk(s), xattr=_x(s)), _MX),
+    Op.COUNTER: (lambda sd, s, n: sd.counter(s.path, _delta(s, n), xattr=_x(s),
+                                             create_parents=_mk(s)), _MX),
+}
 
 
 def sdk_specs(sd: Any, specs: Sequence[Any], lookup: bool) -> List[Any]:
@@ -167,14 +171,12 @@ def sdk_specs(sd: Any, specs: Sequence[Any], lookup: bool) -> List[Any]:
             raise SD.SubdocError(S.INVALID_XATTR_ORDER, "spec %d: xattr specs must come "
                                  "before document specs" % n)
         body_seen = body_seen or not spec.xattr
-        build, parents = _BUILD[spec.opcode]
-        if spec.flags & ~_KNOWN_FLAGS:
-            raise _refuse(n, "path flags 0x%02x" % spec.flags)
+        build, carried = _BUILD[spec.opcode]
         if spec.flags & PF.EXPAND_MACROS and not spec.xattr:  # the SDK would add XATTR
             raise SD.SubdocError(S.XATTR_INVALID_FLAG_COMBO, "spec %d: expand macros needs "
                                  "the xattr flag" % n)
-        if spec.flags & PF.MKDIR_P and not parents:
-            raise _refuse(n, "create_parents on opcode 0x%02x" % spec.opcode)
+        if spec.flags & ~carried:
+            raise _refuse(n, "path flags 0x%02x on opcode 0x%02x" % (spec.flags, spec.opcode))
         out.append(build(sd, spec, n))
     return out
 
@@ -271,8 +273,9 @@ class SubdocCalls:
             if cas:
                 check_cas(cas, key)
             check_ttl(ttl, key)
-            if upsert_doc and insert_doc:
-                raise SD.SubdocError(S.EINVAL, "upsert_doc and insert_doc together")
+            if insert_doc and (upsert_doc or cas):
+                raise SD.SubdocError(S.EINVAL, "insert_doc with %s" % (
+                    "upsert_doc" if upsert_doc else "a CAS"))
             built = sdk_specs(self._sdk.sd, specs, lookup=False)
             if preserve_expiry:
                 _check_preserve(specs, ttl)
@@ -307,7 +310,7 @@ class SubdocCalls:
             return {}
         sd = self._sdk.sd
         try:
-            r = coll.lookup_in(k, [sd.get(specs[n].path, xattr=True) for n in where],
+            r = coll.lookup_in(k, [sd.get(_written(specs[n]), xattr=True) for n in where],
                                *self._opts("LookupInOptions", t))
         except Exception:
             return dict.fromkeys(where)
@@ -315,6 +318,15 @@ class SubdocCalls:
             return dict.fromkeys(where)
         return {n: _raw(f) if f.get("status") == S.SUCCESS else None
                 for n, f in zip(where, _fields(r))}
+
+
+#: Where an array push wrote its one value, after the array's path.
+_PUSHED = {Op.ARRAY_PUSH_LAST: "[-1]", Op.ARRAY_PUSH_FIRST: "[0]"}
+
+
+def _written(spec: SD.Spec) -> str:
+    """The path of the value a macro spec wrote (a push: the array's element)."""
+    return spec.path + _PUSHED.get(spec.opcode, "")
 
 
 def _check_preserve(specs: Sequence[SD.Spec], ttl: int) -> None:
