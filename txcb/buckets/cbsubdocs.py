@@ -61,8 +61,9 @@ _STATUS_BY_CODE: Dict[int, int] = {
 
 #: Request statuses that are the sub-document engine's refusals (the rest --
 #: missing key, CAS, lock, size -- are the usual key-value errors).
-_REQUEST_STATUSES = frozenset(
-    [S.EINVAL, S.XATTR_EINVAL] + [s for s in range(0xC0, 0xD8) if s != S.MULTI_PATH_FAILURE])
+_REQUEST_STATUSES = frozenset([S.EINVAL, S.XATTR_EINVAL] + [
+    s for s in range(0xC0, 0xD8) if s not in (
+        S.MULTI_PATH_FAILURE, S.SUCCESS_DELETED, S.MULTI_PATH_FAILURE_DELETED)])
 
 
 def _refuse(n: int, why: str) -> NotSupportedError:
