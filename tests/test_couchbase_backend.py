@@ -20,8 +20,9 @@ from tests.support.cbbackend import (
     next_collection)
 from tests.support.contract import BucketContractMixin
 from tests.support.procs import free_port
+import txcb.subdocument as SD
 from txcb import errors
-from txcb.buckets import cbsdk
+from txcb.buckets import cbsdk, cbsubdocs
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_UTF8, Encoded
 from txcb.interfaces import IBucket
 from txcb.service import tap
@@ -153,6 +154,24 @@ class CouchbaseBackendContractTests(_OneBackingServer, BucketContractMixin,
         self.assertTrue(e.success)
 
     @inlineCallbacks
+    def test_subdoc_mutate_durability(self):
+        # As the contract's, but endure cannot observe the disk here (see
+        # test_endure_defaults): the durable mutate_in waits for it itself.
+        b = yield self.bucket()
+        yield b.upsert("doc", {"n": 1})
+        r = yield b.mutate_in("doc", SD.upsert("a", 1), persist_to=1)
+        e = yield b.endure("doc", persist_to=0, replicate_to=0, cas=r.cas)
+        self.assertEqual(e.cas, r.cas)
+        r = yield b.mutate_in("doc", SD.counter("n", 2), persist_to=-1)
+        self.assertEqual(r[0], 3)
+        yield self.assertFails(b.mutate_in("doc", SD.upsert("b", 1), persist_to=2),
+                               errors.DurabilityError)
+        yield self.assertFails(b.mutate_in("doc", SD.upsert("b", 1), replicate_to=1),
+                               errors.DurabilityError)
+        got = yield b.get("doc")
+        self.assertEqual((got.value, got.cas), ({"n": 3, "a": 1}, r.cas))
+
+    @inlineCallbacks
     def test_durable_mutations_within_the_bucket(self):
         # Client durability (OBSERVE_SEQNO polling of the active node's disk).
         b = yield self.bucket()
@@ -203,6 +222,100 @@ class CouchbaseBackendBehaviourTests(_OneBackingServer, unittest.TestCase):
         yield self.assertFailure(b.get("p"), errors.NotFoundError)
         yield b.touch("t", int(time.time()) - 10)
         yield self.assertFailure(b.get("t"), errors.NotFoundError)
+
+    # -- sub-documents (the contract has the rest) ---------------------------
+
+    @inlineCallbacks
+    def test_subdoc_refuses_what_the_sdk_cannot_express(self):
+        b = self.bucket()
+        stored = yield b.upsert("doc", {"a": 1, "l": [1]})
+        X, E, M = SD.PathFlag.XATTR, SD.PathFlag.EXPAND_MACROS, SD.PathFlag.MKDIR_P
+        Op = SD.Opcode
+        for specs, kw in [
+                ((SD.Spec(Op.GET, "a", b"", SD.PathFlag.BINARY_VALUE),), {}),
+                ((SD.Spec(Op.DICT_UPSERT, "m", b'{"c":"${Mutation.CAS}"}', X | E),), {}),
+                ((SD.Spec(Op.ARRAY_PUSH_LAST, "l", b'"${Mutation.CAS}",1', X | E),), {}),
+                ((SD.Spec(Op.COUNTER, "n", b"1", X | E),), {}),
+                ((SD.Spec(Op.GET_DOC, "", b"", X),), {}),
+                ((SD.Spec(Op.REPLACE, "a", b"2", M),), {}),
+                ((SD.insert("b", 1),), dict(preserve_expiry=True)),
+                ((SD.replace("a", 2),), dict(preserve_expiry=True, ttl=100))]:
+            call = b.lookup_in if SD.is_lookup(specs[0]) else b.mutate_in
+            e = yield self.assertFailure(call("doc", *specs, **kw), errors.NotSupportedError)
+            self.assertIn("Couchbase SDK", e.message)
+        got = yield b.get("doc")
+        self.assertEqual((got.value, got.cas), ({"a": 1, "l": [1]}, stored.cas))
+
+    @inlineCallbacks
+    def test_subdoc_refusals_the_sdk_would_change_get_the_engines_status(self):
+        # The SDK adds the xattr flag to a macro spec and sends xattr specs
+        # first; the engine's answers are these (as every provider's).
+        b = self.bucket()
+        stored = yield b.upsert("doc", {"a": 1})
+        S = SD.Status
+        for specs, status, index in [
+                ((), S.INVALID_COMBO, None),
+                ((SD.Spec(SD.Opcode.DICT_UPSERT, "m", b'"${Mutation.CAS}"',
+                          SD.PathFlag.EXPAND_MACROS),), S.XATTR_INVALID_FLAG_COMBO, None),
+                ((SD.get("a"), SD.get("x", xattr=True)), S.INVALID_XATTR_ORDER, None),
+                ((SD.upsert("a", 2), SD.Spec(SD.Opcode.ARRAY_PUSH_LAST, "l", b"{bad")),
+                 S.VALUE_CANTINSERT, 1)]:
+            call = b.lookup_in if not specs or SD.is_lookup(specs[0]) else b.mutate_in
+            e = yield self.assertFailure(call("doc", *specs), SD.SubdocError)
+            self.assertEqual((e.status, e.index, e.key), (status, index, "doc"))
+        e = yield self.assertFailure(b.mutate_in("doc", SD.upsert("a", 2), insert_doc=True,
+                                                 cas=stored.cas), SD.SubdocError)
+        self.assertEqual((e.status, e.index), (S.EINVAL, None))
+        got = yield b.get("doc")
+        self.assertEqual(got.value, {"a": 1})
+
+    @inlineCallbacks
+    def test_subdoc_access_deleted_reads_a_tombstones_system_xattrs(self):
+        b = self.bucket()
+        yield b.upsert("doc", {"a": 1})
+        yield b.mutate_in("doc", SD.upsert("_sys", "s", xattr=True),
+                          SD.upsert("user", "u", xattr=True))
+        yield b.remove("doc")
+        yield self.assertFailure(b.lookup_in("doc", SD.get("_sys", xattr=True)),
+                                 errors.NotFoundError)
+        r = yield b.lookup_in("doc", SD.get("_sys", xattr=True), SD.get("user", xattr=True),
+                              access_deleted=True)
+        self.assertEqual(r.get(0), (SD.Status.SUCCESS, "s"))
+        self.assertEqual(r.status(1), SD.Status.PATH_ENOENT)
+        self.assertEqual(r.rc, SD.Status.MULTI_PATH_FAILURE_DELETED)
+        r = yield b.lookup_in("doc", SD.get("_sys", xattr=True), access_deleted=True)
+        self.assertEqual((r.rc, r[0]), (SD.Status.SUCCESS_DELETED, "s"))
+
+    @inlineCallbacks
+    def test_subdoc_document_macros_read_back_as_written(self):
+        b = self.bucket()
+        stored = yield b.upsert("doc", {"a": 1})
+        r = yield b.mutate_in("doc", SD.Spec(
+            SD.Opcode.DICT_UPSERT, "old", b'"${$document.CAS}"',
+            SD.PathFlag.XATTR | SD.PathFlag.EXPAND_MACROS), SD.upsert("a", 2))
+        found = yield b.lookup_in("doc", SD.get("old", xattr=True))
+        self.assertEqual(r[0], found[0])
+        self.assertEqual(found[0], "0x%016x" % stored.cas)
+        # In arrays: each spec's result is the value its macro became.
+        M = SD.MutationMacro
+        r = yield b.mutate_in(
+            "doc", SD.array_append("l", M.CAS, xattr=True, create_parents=True),
+            SD.array_prepend("l", M.SEQNO, xattr=True),
+            SD.array_insert("l[1]", M.CAS, xattr=True))
+        found = yield b.lookup_in("doc", SD.get("l", xattr=True))
+        self.assertEqual(len(found[0]), 3)
+        self.assertEqual([r[0], r[1], r[2]], [found[0][2], found[0][0], found[0][1]])
+        self.assertEqual(int(r[1], 16), r.seqno)
+
+    @inlineCallbacks
+    def test_subdoc_ttl_already_past_removes_the_document(self):
+        b = self.bucket()
+        yield b.upsert("doc", {"a": 1})
+        r = yield b.mutate_in("doc", SD.upsert("a", 2), ttl=int(time.time()) - 10)
+        self.assertTrue(r.success)
+        yield self.assertFailure(b.get("doc"), errors.NotFoundError)
+        s = yield b.stats()
+        self.assertEqual((s["op_mutate_in"], s["errors_mutate_in"]), (1, 0))
 
     @inlineCallbacks
     def test_formats_read_the_same_through_the_sdk(self):
@@ -699,6 +812,49 @@ class CouchbaseSdkMappingTests(unittest.TestCase):
             e = cbsdk.sdk_error(op, sdk_cls(), "k")
             self.assertIs(type(e), txcb_cls, (op, sdk_cls))
             self.assertEqual((e.rc, e.key), (txcb_cls.rc, "k"))
+
+    def test_subdoc_specs_map_to_the_sdks_by_opcode(self):
+        # The SDK's spec: (opcode, path, create_parents, xattr, expand, value).
+        sd = cbsdk.load().sd
+        cases = [
+            (SD.get("a", xattr=True), (SD.Opcode.GET, "a", True)),
+            (SD.exists("a"), (SD.Opcode.EXISTS, "a", False)),
+            (SD.get_count("a"), (SD.Opcode.GET_COUNT, "a", False)),
+            (SD.get_fulldoc(), (SD.Opcode.GET_DOC, "", False)),
+            (SD.upsert("a", {"b": 1}, create_parents=True),
+             (SD.Opcode.DICT_UPSERT, "a", True, False, False, (b'{"b":1}', FMT_JSON))),
+            (SD.insert("a", 1, xattr=True),
+             (SD.Opcode.DICT_ADD, "a", False, True, False, (b"1", FMT_JSON))),
+            (SD.replace("a", "x"), (SD.Opcode.REPLACE, "a", False, False, False,
+                                    (b'"x"', FMT_JSON))),
+            (SD.upsert_fulldoc([1]), (SD.Opcode.SET_DOC, "", False, False, False,
+                                      (b"[1]", FMT_JSON))),
+            (SD.remove("a"), (SD.Opcode.DELETE, "a", False, False, False)),
+            (SD.remove_fulldoc(), (SD.Opcode.DELETE_DOC, "", False, False, False)),
+            (SD.array_append("l", 1, "x"), (SD.Opcode.ARRAY_PUSH_LAST, "l", False, False,
+                                            False, (1, "x"))),
+            (SD.array_prepend("l", 2), (SD.Opcode.ARRAY_PUSH_FIRST, "l", False, False,
+                                        False, (2,))),
+            (SD.array_insert("l[0]", 3), (SD.Opcode.ARRAY_INSERT, "l[0]", False, False,
+                                          False, (3,))),
+            (SD.array_addunique("l", 4), (SD.Opcode.ARRAY_ADD_UNIQUE, "l", False, False,
+                                          False, (b"4", FMT_JSON))),
+            (SD.counter("n", -3), (SD.Opcode.COUNTER, "n", False, False, False, -3)),
+            (SD.upsert("m", SD.MutationMacro.SEQNO, xattr=True),
+             (SD.Opcode.DICT_UPSERT, "m", False, True, True, "${Mutation.seqno}")),
+        ]
+        for spec, expected in cases:
+            lookup = SD.is_lookup(spec)
+            [got] = cbsubdocs.sdk_specs(sd, [spec], lookup=lookup)
+            self.assertEqual(tuple(got), expected, spec)
+
+    def test_sdk_built_subdoc_values_are_json(self):
+        # A counter's delta and a macro's name reach the transcoder as the SDK
+        # built them; txcb's own values are (bytes, flags) and pass unchanged.
+        t = cbsdk.load().transcoder
+        self.assertEqual(t.encode_value(-3), (b"-3", FMT_JSON))
+        self.assertEqual(t.encode_value("${Mutation.CAS}"), (b'"${Mutation.CAS}"', FMT_JSON))
+        self.assertEqual(t.encode_value((b"raw", 7)), (b"raw", 7))
 
     def test_expiry(self):
         from datetime import timedelta

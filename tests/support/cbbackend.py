@@ -23,7 +23,7 @@ __all__ = ["SKIP_SDK", "backing_server", "ProxyTwistd", "RawReader", "USER", "PA
 USER, PASSWORD = "proxy", "s3cret:with colon"
 #: The scope of the backing server's test collections, and how many it has.
 SCOPE = "t"
-COLLECTIONS = 64
+COLLECTIONS = 128
 _names = itertools.count()
 
 

@@ -13,6 +13,7 @@ worker threads.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from typing import Any, Dict, Optional, Tuple, Type
 from urllib.parse import parse_qsl, urlsplit
 
 from txcb import errors
+from txcb.formats import FMT_JSON
 from txcb.validation import to_key
 
 __all__ = ["load", "SDK_MISSING", "sdk_error", "expiry", "client_durability",
@@ -43,6 +45,7 @@ def load() -> Any:
     try:
         from couchbase import exceptions
         from couchbase import options
+        from couchbase import subdocument
         from couchbase.auth import PasswordAuthenticator
         from couchbase.cluster import Cluster
         from couchbase.durability import ClientDurability, PersistToExtended, ReplicateTo
@@ -51,16 +54,20 @@ def load() -> Any:
         raise ImportError(SDK_MISSING % (e,))
 
     class Passthrough(Transcoder):  # type: ignore[misc, valid-type]
-        """Values go out as txcb's (bytes, flags) and come back as them."""
+        """Values go out as txcb's (bytes, flags) and come back as them.
+        Anything else is a sub-document value the SDK built itself (a
+        counter's delta, a macro's name): JSON, as the SDK's own transcoder."""
 
         def encode_value(self, value: Any) -> Tuple[bytes, int]:
-            return value
+            if isinstance(value, tuple):
+                return value
+            return json.dumps(value).encode("utf-8"), FMT_JSON
 
         def decode_value(self, value: bytes, flags: int) -> Tuple[bytes, int]:
             return value, flags
 
     sdk = SimpleNamespace(
-        exceptions=exceptions, o=options, Cluster=Cluster,
+        exceptions=exceptions, o=options, sd=subdocument, Cluster=Cluster,
         PasswordAuthenticator=PasswordAuthenticator, ClientDurability=ClientDurability,
         PersistToExtended=PersistToExtended, ReplicateTo=ReplicateTo,
         transcoder=Passthrough())

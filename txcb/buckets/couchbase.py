@@ -47,6 +47,9 @@ The rules, as every provider's:
 * Counters never create on the server: a missing key with ``initial`` is
   inserted as JSON text (full unsigned 64-bit range, unlike the SDK's
   signed ``initial``), retrying the increment if another client won.
+* ``lookup_in`` / ``mutate_in`` go through the SDK's sub-document API, the
+  statuses and errors as every provider's (:mod:`~txcb.buckets.cbsubdocs`
+  says what the SDK cannot express: refused with NotSupportedError).
 * ``flush`` (HTTP bucket management in the SDK) and ``scan`` errback
   NotSupportedError.
 * ``stats`` are this provider's own: per operation counts, errors and
@@ -63,6 +66,7 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from txcb.buckets.cbcalls import SdkCalls
+from txcb.buckets.cbsubdocs import SubdocCalls
 from txcb.buckets.cbsdk import expiry, parse_url, sdk_error, text_key
 from txcb.errors import (
     CouchbaseError, NotSupportedError, TemporaryFailError, TimeoutError,
@@ -83,7 +87,7 @@ def _seqno(r: Any) -> int:
 
 
 @implementer(IBucket)
-class CouchbaseBucket(SdkCalls, MultiMixin):
+class CouchbaseBucket(SdkCalls, SubdocCalls, MultiMixin):
     """
     An IBucket over one bucket (or collection) of a Couchbase cluster.
 
