@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import twisted.test
 from twisted.internet import reactor
@@ -199,19 +199,18 @@ class AcouchbaseKeyValueTests(unittest.SynchronousTestCase):
             return (await c.get(k)).content_as[int]
         self.assertEqual(self.run_ops(ops), 1)
 
-    def test_get_with_expiry_is_refused_until_subdocuments_are_served(self):
-        """``get(with_expiry=True)`` is a sub-document lookup: refused, no abort."""
+    def test_get_with_expiry_reads_the_expiry(self):
+        """``get(with_expiry=True)`` is a sub-document lookup of $document.exptime."""
         k = _key()
 
         async def ops(c):
             await c.upsert(k, "v", UpsertOptions(expiry=timedelta(seconds=60)))
-            try:
-                await c.get(k, GetOptions(with_expiry=True))
-            except Exception as e:
-                return type(e).__name__
-            return "answered"
-        self.assertIn(self.run_ops(ops), ("UnsupportedOperationException",
-                                          "UnsupportedOperation", "answered"))
+            r = await c.get(k, GetOptions(with_expiry=True))
+            return r.content_as[str], r.expiry_time
+        value, expiry = self.run_ops(ops)
+        self.assertEqual(value, "v")
+        left = (expiry - datetime.now()).total_seconds()
+        self.assertTrue(50 < left <= 61, expiry)
 
 
 class AcouchbaseAuthTests(unittest.SynchronousTestCase):

@@ -16,7 +16,7 @@ from couchbase.auth import PasswordAuthenticator  # noqa: E402
 from couchbase.exceptions import (  # noqa: E402
     CasMismatchException, DeltaInvalidException, DocumentExistsException,
     DocumentLockedException, DocumentNotFoundException, DocumentNotLockedException,
-    UnsupportedOperation)
+    PathNotFoundException)
 from couchbase.options import (  # noqa: E402
     ClusterOptions, ClusterTimeoutOptions, DecrementOptions, DeltaValue, GetOptions,
     IncrementOptions, ReplaceOptions, SignedInt64, UpsertOptions)
@@ -102,9 +102,11 @@ class TxcouchbaseKeyValueTests(TestCase):
             yield binary.append("nobody", b"x")
 
     @inlineCallbacks
-    def test_sub_documents_are_not_served_yet(self):
+    def test_sub_documents(self):
         yield self.coll.upsert("doc", {"a": 1})
-        with self.assertRaises(UnsupportedOperation):
-            yield self.coll.lookup_in("doc", [SD.get("a")])
-        with self.assertRaises(UnsupportedOperation):
-            yield self.coll.mutate_in("doc", [SD.upsert("b", 2)])
+        found = yield self.coll.lookup_in("doc", [SD.get("a"), SD.exists("b")])
+        self.assertEqual((found.content_as[int](0), found.exists(1)), (1, False))
+        yield self.coll.mutate_in("doc", [SD.upsert("b", 2)])
+        self.assertEqual((yield self.coll.get("doc")).content_as[dict], {"a": 1, "b": 2})
+        with self.assertRaises(PathNotFoundException):
+            yield self.coll.mutate_in("doc", [SD.replace("missing", 3)])
