@@ -22,7 +22,7 @@ import struct
 from typing import (
     Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union)
 
-from txcb.errors import RC
+from txcb.errors import McStatus, code_names
 from txcb.limits import MAX_KEY_LEN
 
 __all__ = [
@@ -110,31 +110,16 @@ class Opcode:
     UNLOCK_KEY = 0x95
 
 
-class Status:
-    """Response status codes (``protocol_binary_response_status``)."""
-    SUCCESS = RC.SUCCESS
-    KEY_ENOENT = RC.KEY_ENOENT
-    KEY_EEXISTS = RC.KEY_EEXISTS
-    E2BIG = RC.E2BIG
-    EINVAL = RC.EINVAL
-    NOT_STORED = RC.NOT_STORED
-    DELTA_BADVAL = RC.DELTA_BADVAL
-    AUTH_ERROR = RC.AUTH_ERROR
-    AUTH_CONTINUE = 0x21
-    UNKNOWN_COMMAND = RC.UNKNOWN_COMMAND
-    ENOMEM = RC.ENOMEM
-    NOT_SUPPORTED = RC.NOT_SUPPORTED
-    EINTERNAL = RC.EINTERNAL
-    EBUSY = RC.EBUSY
-    ETMPFAIL = RC.ETMPFAIL
+class Status(McStatus):
+    """Response status codes (``protocol_binary_response_status``): the
+    table :class:`txcb.errors.RC` starts with, so an error's ``rc`` is its
+    status on the wire."""
 
 
 #: opcode -> name, for logs and reprs.
-OPCODE_NAMES: Dict[int, str] = {
-    v: k for k, v in vars(Opcode).items() if k.isupper()}
+OPCODE_NAMES: Dict[int, str] = code_names(Opcode)
 #: status -> name, for logs and reprs.
-STATUS_NAMES: Dict[int, str] = {
-    v: k for k, v in vars(Status).items() if k.isupper()}
+STATUS_NAMES: Dict[int, str] = code_names(Status)
 
 #: quiet opcode -> the loud opcode it is the "no reply on success" form of
 #: (for GETQ/GETKQ/GATQ/GATKQ: no reply on a miss).
