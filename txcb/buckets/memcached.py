@@ -90,7 +90,7 @@ from txcb.interfaces import IBucket
 from txcb.limits import DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.multi import MultiMixin
 from txcb.validation import (
-    check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability, scan_args, to_key)
+    check_cas, check_delta, check_lock_ttl, check_ttl, check_ttl_cas, resolve_durability, scan_args, to_key)
 from txcb.wire import mcbinary as mcb
 
 __all__ = ["MemcachedPool", "MemcachedProtocol", "parse_servers", "parse_backend",
@@ -331,16 +331,9 @@ class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
         try:
             k = self._key(key)
-            if ttl:
-                check_ttl(ttl, key)
-            if cas:
-                check_cas(cas, key)
-            if persist_to or replicate_to:
-                resolve_durability(persist_to, replicate_to, 0, 0, key)
-            data, flags = self._dispatcher.transcoder.encode(value, format)
-            if len(data) > self.max_value_size:
-                raise TooBigError("value of %d bytes is over the pool's %d byte limit"
-                                  % (len(data), self.max_value_size), key=key)
+            check_ttl_cas(ttl, cas, key)
+            self._durability(persist_to, replicate_to, key)
+            data, flags = self._encode(value, format, key)
         except CouchbaseError as e:
             return fail(e)
         return self._request(k, key, opcode, K_MUTATION, mcb.store_extras(flags, ttl),

@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.limits import MAX_KEY_LEN
-from txcb.validation import check_cas, check_delta, check_lock_ttl, check_ttl, to_key
+from txcb.validation import (
+    check_cas, check_delta, check_lock_ttl, check_ttl, check_ttl_cas, to_key)
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, SDOPT_PRESERVE_EXPIRY, Op, encode_multi_keys,
@@ -188,10 +189,7 @@ def mutate_in(key: Any, specs: Any, cas: int, ttl: int, upsert_doc: bool, insert
               max_value_size: int) -> Fields:
     """MUTATE_IN: document flags and options in the body, the rest in the header."""
     k = to_key(key)
-    if ttl:
-        check_ttl(ttl, key)
-    if cas:
-        check_cas(cas, key)
+    check_ttl_cas(ttl, cas, key)
     durability_args(persist_to, replicate_to, key)
     doc_flags = (DocFlag.MKDOC if upsert_doc else 0) | (DocFlag.ADD if insert_doc else 0)
     body = _subdoc_body(key, specs, doc_flags,
