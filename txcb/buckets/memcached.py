@@ -89,6 +89,7 @@ from txcb.formats import DEFAULT_TRANSCODER, Transcoder
 from txcb.interfaces import IBucket
 from txcb.limits import DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.multi import MultiMixin
+from txcb.verbs import StoreVerbs
 from txcb.validation import (
     check_cas, check_delta, check_lock_ttl, check_ttl, check_ttl_cas, resolve_durability, scan_args, to_key)
 from txcb.wire import mcbinary as mcb
@@ -137,7 +138,7 @@ def _credentials(username: Optional[Union[str, bytes]],
 # -- the pool -------------------------------------------------------------------
 
 @implementer(IBucket)
-class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
+class MemcachedPool(StoreVerbs, SubdocOperations, MultiOperations, MultiMixin):
     """
     An IBucket over a pool of memcached servers (binary protocol).
 
@@ -177,6 +178,7 @@ class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
         same connections.
     """
     #: memcached keeps items in memory, on one server each.
+    UPSERT_OP, INSERT_OP, REPLACE_OP = O.SET, O.ADD, O.REPLACE
     max_persist_to = 0
     max_replicate_to = 0
 
@@ -338,24 +340,6 @@ class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
             return fail(e)
         return self._request(k, key, opcode, K_MUTATION, mcb.store_extras(flags, ttl),
                              data, cas, False, timeout)
-
-    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store(O.SET, key, value, cas, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store(O.ADD, key, value, 0, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._store(O.REPLACE, key, value, cas, ttl, format, persist_to,
-                           replicate_to, timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:

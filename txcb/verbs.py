@@ -1,0 +1,52 @@
+"""
+The three store verbs, written once on top of a provider's ``_store``.
+
+``upsert``, ``insert`` and ``replace`` differ only in the opcode they send
+and in ``insert`` sending no CAS; a provider that writes them all through
+one ``_store(opcode, key, value, cas, ttl, format, persist_to, replicate_to,
+timeout)`` names its three opcodes and inherits the verbs from
+:class:`StoreVerbs`.  What ``_store`` returns (a Deferred, or a result for a
+blocking client) the verbs return.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+__all__ = ["StoreVerbs"]
+
+
+class StoreVerbs:
+    """
+    ``upsert`` / ``insert`` / ``replace`` through ``self._store``, with the
+    provider's opcodes ``UPSERT_OP``, ``INSERT_OP`` and ``REPLACE_OP``.
+    """
+
+    UPSERT_OP: int
+    INSERT_OP: int
+    REPLACE_OP: int
+
+    if TYPE_CHECKING:
+        def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
+                   persist_to: int, replicate_to: int, timeout: Optional[float]) -> Any: ...
+
+    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Any:
+        """Store a value whether or not the key exists."""
+        return self._store(self.UPSERT_OP, key, value, cas, ttl, format, persist_to,
+                           replicate_to, timeout)
+
+    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Any:
+        """Store a value only if the key is absent (else KeyExistsError)."""
+        return self._store(self.INSERT_OP, key, value, 0, ttl, format, persist_to,
+                           replicate_to, timeout)
+
+    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
+                persist_to: int = 0, replicate_to: int = 0,
+                timeout: Optional[float] = None) -> Any:
+        """Store a value only if the key exists (else NotFoundError)."""
+        return self._store(self.REPLACE_OP, key, value, cas, ttl, format, persist_to,
+                           replicate_to, timeout)
