@@ -1,12 +1,15 @@
 """
-The three store verbs, written once on top of a provider's ``_store``.
+The five store verbs, written once on top of a provider's ``_store`` and
+``_concat``.
 
 ``upsert``, ``insert`` and ``replace`` differ only in the opcode they send
-and in ``insert`` sending no CAS; a provider that writes them all through
-one ``_store(opcode, key, value, cas, ttl, format, persist_to, replicate_to,
-timeout)`` names its three opcodes and inherits the verbs from
-:class:`StoreVerbs`.  What ``_store`` returns (a Deferred, or a result for a
-blocking client) the verbs return.
+and in ``insert`` sending no CAS, ``append`` and ``prepend`` only in the
+opcode: a provider that writes them through one ``_store(opcode, key, value,
+cas, ttl, format, persist_to, replicate_to, timeout)`` and one
+``_concat(opcode, key, value, cas, persist_to, replicate_to, timeout)``
+names its five opcodes and inherits the verbs from :class:`StoreVerbs`.
+What those return (a Deferred, or a result for a blocking client) the verbs
+return.
 """
 
 from __future__ import annotations
@@ -18,17 +21,24 @@ __all__ = ["StoreVerbs"]
 
 class StoreVerbs:
     """
-    ``upsert`` / ``insert`` / ``replace`` through ``self._store``, with the
-    provider's opcodes ``UPSERT_OP``, ``INSERT_OP`` and ``REPLACE_OP``.
+    ``upsert`` / ``insert`` / ``replace`` through ``self._store`` and
+    ``append`` / ``prepend`` through ``self._concat``, with the provider's
+    ``UPSERT_OP``, ``INSERT_OP``, ``REPLACE_OP``, ``APPEND_OP`` and
+    ``PREPEND_OP``.
     """
 
     UPSERT_OP: int
     INSERT_OP: int
     REPLACE_OP: int
+    APPEND_OP: int
+    PREPEND_OP: int
 
     if TYPE_CHECKING:
         def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
                    persist_to: int, replicate_to: int, timeout: Optional[float]) -> Any: ...
+
+        def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                    replicate_to: int, timeout: Optional[float]) -> Any: ...
 
     def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
                persist_to: int = 0, replicate_to: int = 0,
@@ -50,3 +60,16 @@ class StoreVerbs:
         """Store a value only if the key exists (else NotFoundError)."""
         return self._store(self.REPLACE_OP, key, value, cas, ttl, format, persist_to,
                            replicate_to, timeout)
+
+    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
+               persist_to: int = 0, replicate_to: int = 0,
+               timeout: Optional[float] = None) -> Any:
+        """Append raw bytes (or UTF-8 text); missing key: NotStoredError."""
+        return self._concat(self.APPEND_OP, key, value, cas, persist_to, replicate_to, timeout)
+
+    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
+                persist_to: int = 0, replicate_to: int = 0,
+                timeout: Optional[float] = None) -> Any:
+        """Prepend raw bytes (or UTF-8 text); missing key: NotStoredError."""
+        return self._concat(self.PREPEND_OP, key, value, cas, persist_to, replicate_to,
+                            timeout)

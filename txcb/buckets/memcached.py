@@ -179,6 +179,7 @@ class MemcachedPool(StoreVerbs, SubdocOperations, MultiOperations, MultiMixin):
     """
     #: memcached keeps items in memory, on one server each.
     UPSERT_OP, INSERT_OP, REPLACE_OP = O.SET, O.ADD, O.REPLACE
+    APPEND_OP, PREPEND_OP = O.APPEND, O.PREPEND
     max_persist_to = 0
     max_replicate_to = 0
 
@@ -395,8 +396,8 @@ class MemcachedPool(StoreVerbs, SubdocOperations, MultiOperations, MultiMixin):
             mcb.counter_extras(abs(delta), 0, mcb.COUNTER_NO_CREATE), b"", 0, False, timeout,
             (delta, initial, ttl, 0))
 
-    def _concat(self, opcode: int, verb: str, key: Any, value: Any, cas: int,
-                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
+    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Deferred:
         try:
             k = self._key(key)
             if cas:
@@ -413,19 +414,8 @@ class MemcachedPool(StoreVerbs, SubdocOperations, MultiOperations, MultiMixin):
                                   % (len(data), self.max_value_size), key=key)
         except CouchbaseError as e:
             return fail(e)
+        verb = "append" if opcode == O.APPEND else "prepend"
         return self._request(k, key, opcode, K_CONCAT, b"", data, cas, False, timeout, verb)
-
-    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._concat(O.APPEND, "append", key, value, cas, persist_to, replicate_to,
-                            timeout)
-
-    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._concat(O.PREPEND, "prepend", key, value, cas, persist_to, replicate_to,
-                            timeout)
 
     # -- durability --------------------------------------------------------------
 

@@ -178,6 +178,7 @@ class Bucket(StoreVerbs, _MultiCalls):
     """
 
     UPSERT_OP, INSERT_OP, REPLACE_OP = Op.UPSERT, Op.INSERT, Op.REPLACE
+    APPEND_OP, PREPEND_OP = Op.APPEND, Op.PREPEND
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: Optional[float] = None,
@@ -339,24 +340,15 @@ class Bucket(StoreVerbs, _MultiCalls):
         """Fetch a value (``ttl``: get-and-touch); NotFoundError unless ``quiet``."""
         return self._one(_rq.get(key, ttl, quiet), timeout)
 
+    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Any:
+        return self._one(_rq.concat(opcode, key, value, cas, persist_to, replicate_to,
+                                    self.transcoder, self.max_value_size), timeout)
+
     def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Any:
         return self._one(_rq.store(opcode, key, value, cas, ttl, format, persist_to,
                                    replicate_to, self.transcoder, self.max_value_size), timeout)
-
-    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> OperationResult:
-        """Append raw bytes (or UTF-8 text); missing key: NotStoredError."""
-        return self._one(_rq.concat(Op.APPEND, key, value, cas, persist_to, replicate_to,
-                                    self.transcoder, self.max_value_size), timeout)
-
-    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> OperationResult:
-        """Prepend raw bytes (or UTF-8 text); missing key: NotStoredError."""
-        return self._one(_rq.concat(Op.PREPEND, key, value, cas, persist_to, replicate_to,
-                                    self.transcoder, self.max_value_size), timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> OperationResult:

@@ -64,6 +64,7 @@ class RemoteBucket(StoreVerbs, MultiMixin):
     """
 
     UPSERT_OP, INSERT_OP, REPLACE_OP = Op.UPSERT, Op.INSERT, Op.REPLACE
+    APPEND_OP, PREPEND_OP = Op.APPEND, Op.PREPEND
 
     def __init__(self, protocol: Optional[BucketClientProtocol] = None,
                  service: Optional[ClientService] = None,
@@ -219,6 +220,11 @@ class RemoteBucket(StoreVerbs, MultiMixin):
             return fail(e)
         return self._call(fields, timeout)
 
+    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Deferred:
+        return self._send_fields(_rq.concat, opcode, key, value, cas, persist_to, replicate_to,
+                                 self.transcoder, self.max_value_size, timeout=timeout)
+
     def _send_fields(self, build: Any, *args: Any, timeout: Optional[float] = None
                      ) -> Deferred:
         """The request ``build(*args)`` (a txcb.client.requests function) gives, or its error."""
@@ -227,20 +233,6 @@ class RemoteBucket(StoreVerbs, MultiMixin):
         except CouchbaseError as e:
             return fail(e)
         return self._call(fields, timeout)
-
-    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._send_fields(_rq.concat, Op.APPEND, key, value, cas, persist_to,
-                                 replicate_to, self.transcoder, self.max_value_size,
-                                 timeout=timeout)
-
-    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._send_fields(_rq.concat, Op.PREPEND, key, value, cas, persist_to,
-                                 replicate_to, self.transcoder, self.max_value_size,
-                                 timeout=timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
