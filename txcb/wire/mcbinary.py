@@ -27,6 +27,7 @@ from txcb.limits import MAX_KEY_LEN
 
 __all__ = [
     "REQ_MAGIC", "RES_MAGIC", "HEADER", "HEADER_LEN", "ITEM_FLAGS", "MAX_KEY_LEN",
+    "U16", "U32", "U64", "STORE_EXTRAS", "COUNTER_EXTRAS",
     "DEFAULT_MAX_BODY",
     "COUNTER_NO_CREATE", "Opcode", "Status", "OPCODE_NAMES", "STATUS_NAMES",
     "QUIET", "is_quiet", "loud_opcode", "Packet", "encode_request",
@@ -56,13 +57,18 @@ COUNTER_NO_CREATE = 0xFFFFFFFF
 #: every memcached binary speaker in txcb packs and unpacks with.
 HEADER = struct.Struct(">BBHBBHIIQ")
 _HEADER = HEADER
-_U32 = struct.Struct(">I")
+#: Big-endian u16 / u32 / u64, the one definition of each for every
+#: memcached-binary and Couchbase KV speaker in txcb.
+U16 = struct.Struct(">H")
+U32 = _U32 = struct.Struct(">I")
+U64 = _U64 = struct.Struct(">Q")
 #: GET-family response extras: the item's flags, u32.
 ITEM_FLAGS = _U32
-_U64 = struct.Struct(">Q")
-_STORE = struct.Struct(">II")
+#: SET/ADD/REPLACE extras (flags, exptime) and INCR/DECR extras (delta,
+#: initial, exptime), for servers that unpack them inline.
+STORE_EXTRAS = _STORE = struct.Struct(">II")
 _pack_store = _STORE.pack
-_COUNTER = struct.Struct(">QQI")
+COUNTER_EXTRAS = _COUNTER = struct.Struct(">QQI")
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
