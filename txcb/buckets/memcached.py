@@ -138,7 +138,7 @@ def _credentials(username: Optional[Union[str, bytes]],
 # -- the pool -------------------------------------------------------------------
 
 @implementer(IBucket)
-class MemcachedPool(StoreVerbs, SubdocOperations, MultiOperations, MultiMixin):
+class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, MultiMixin):
     """
     An IBucket over a pool of memcached servers (binary protocol).
 

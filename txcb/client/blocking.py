@@ -161,7 +161,7 @@ class _MultiCalls:
         return self._store_multi(lambda k, cas: self.unlock(k, cas, timeout), keys)
 
 
-class Bucket(StoreVerbs, _MultiCalls):
+class Bucket(StoreVerbs[OperationResult], _MultiCalls):
     """
     A blocking connection to a txcb server (see the module docstring).
 

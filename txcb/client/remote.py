@@ -49,7 +49,7 @@ __all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "conne
            "DEFAULT_TIMEOUT"]
 
 @implementer(IBucket)
-class RemoteBucket(StoreVerbs, MultiMixin):
+class RemoteBucket(StoreVerbs[Deferred], MultiMixin):
     """
     An IBucket served by a txcb server over one connection (or, from
     ``connect(..., reconnect=True)``, over whichever connection is current).
