@@ -85,7 +85,7 @@ from txcb.buckets.mcpool_servers import (
 from txcb.buckets.mcrequests import (
     K_COUNTER, K_CONCAT, K_MUTATION, K_NONE, K_STATS, K_VALUE)
 from txcb.errors import ArgumentError, CouchbaseError, NetworkError, NotSupportedError, TooBigError
-from txcb.formats import DEFAULT_TRANSCODER, Transcoder
+from txcb.formats import DEFAULT_TRANSCODER, Transcoder, concat_bytes
 from txcb.interfaces import IBucket
 from txcb.limits import DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.multi import MultiMixin
@@ -310,10 +310,14 @@ class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, Mul
 
     def _encode(self, value: Any, format: Any, key: Any) -> Tuple[bytes, int]:
         data, flags = self._dispatcher.transcoder.encode(value, format)
+        return self._sized(data, key), flags
+
+    def _sized(self, data: bytes, key: Any) -> bytes:
+        """``data``, unless it is over the pool's value size (TooBigError)."""
         if len(data) > self.max_value_size:
             raise TooBigError("value of %d bytes is over the pool's %d byte limit"
                               % (len(data), self.max_value_size), key=key)
-        return data, flags
+        return data
 
     # -- IBucket: single keys ----------------------------------------------------
 
@@ -403,15 +407,7 @@ class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, Mul
             if cas:
                 check_cas(cas, key)
             self._durability(persist_to, replicate_to, key)
-            if isinstance(value, str):
-                data = value.encode("utf-8")
-            elif isinstance(value, bytes):
-                data = value
-            else:
-                data = self.transcoder.encode(value)[0]
-            if len(data) > self.max_value_size:
-                raise TooBigError("value of %d bytes is over the pool's %d byte limit"
-                                  % (len(data), self.max_value_size), key=key)
+            data = self._sized(concat_bytes(value, self.transcoder), key)
         except CouchbaseError as e:
             return fail(e)
         verb = "append" if opcode == O.APPEND else "prepend"

@@ -28,6 +28,7 @@ from txcb.wire.netstring import (
 from txcb.subdocument import MAX_PATH_LEN, DocFlag, Spec, Status as SDStatus, SubdocError
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ProtocolError, TooBigError, exception_for_rc)
+from txcb.formats import concat_bytes
 from txcb.results import ValueResult
 
 #: (opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to)
@@ -77,12 +78,7 @@ def concat(opcode: int, key: Any, value: Any, cas: int, persist_to: int, replica
     if cas:
         check_cas(cas, key)
     durability_args(persist_to, replicate_to, key)
-    if isinstance(value, str):
-        data = value.encode("utf-8")
-    elif isinstance(value, bytes):
-        data = value
-    else:
-        data = transcoder.encode(value)[0]
+    data = concat_bytes(value, transcoder)
     if len(data) > max_value_size:
         raise TooBigError("value of %d bytes is over the server's limit" % len(data), key=key)
     return (opcode, key, k, data, cas, 0, 0, 0, persist_to, replicate_to)
