@@ -7,7 +7,8 @@ and in ``insert`` sending no CAS, ``append`` and ``prepend`` only in the
 opcode: a provider that writes them through one ``_store(opcode, key, value,
 cas, ttl, format, persist_to, replicate_to, timeout)`` and one
 ``_concat(opcode, key, value, cas, persist_to, replicate_to, timeout)``
-names its five opcodes and inherits the verbs from :class:`StoreVerbs`.
+names its five opcodes (or whatever its ``_store`` and ``_concat`` tell the
+verbs apart by) and inherits the verbs from :class:`StoreVerbs`.
 What those return (a Deferred, or a result for a blocking client) the verbs
 return.
 """
@@ -30,17 +31,17 @@ class StoreVerbs(Generic[R]):
     ``PREPEND_OP``.
     """
 
-    UPSERT_OP: int
-    INSERT_OP: int
-    REPLACE_OP: int
-    APPEND_OP: int
-    PREPEND_OP: int
+    UPSERT_OP: Any
+    INSERT_OP: Any
+    REPLACE_OP: Any
+    APPEND_OP: Any
+    PREPEND_OP: Any
 
     if TYPE_CHECKING:
-        def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
+        def _store(self, opcode: Any, key: Any, value: Any, cas: int, ttl: int, format: Any,
                    persist_to: int, replicate_to: int, timeout: Optional[float]) -> R: ...
 
-        def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+        def _concat(self, opcode: Any, key: Any, value: Any, cas: int, persist_to: int,
                     replicate_to: int, timeout: Optional[float]) -> R: ...
 
     def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
