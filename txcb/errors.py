@@ -19,12 +19,16 @@ __all__ = [
     "UnknownCommandError", "NotSupportedError", "InternalError",
     "TemporaryFailError", "DurabilityError", "ProtocolError", "TimeoutError",
     "ConnectError", "NetworkError", "ValueFormatError", "SubdocError",
-    "exception_for_rc", "RC",
+    "exception_for_rc", "RC", "McStatus", "code_names",
 ]
 
 
-class RC:
-    """The numeric result codes, in one place."""
+class McStatus:
+    """
+    The memcached binary protocol's response statuses
+    (``protocol_binary_response_status``): the one table both :class:`RC`
+    and :class:`txcb.wire.mcbinary.Status` are.
+    """
     SUCCESS = 0x00
     KEY_ENOENT = 0x01
     KEY_EEXISTS = 0x02
@@ -33,12 +37,17 @@ class RC:
     NOT_STORED = 0x05
     DELTA_BADVAL = 0x06
     AUTH_ERROR = 0x20
+    AUTH_CONTINUE = 0x21
     UNKNOWN_COMMAND = 0x81
     ENOMEM = 0x82
     NOT_SUPPORTED = 0x83
     EINTERNAL = 0x84
     EBUSY = 0x85
     ETMPFAIL = 0x86
+
+
+class RC(McStatus):
+    """The numeric result codes, in one place: memcached's, then the rest."""
     DURABILITY_IMPOSSIBLE = 0xA1
     SUBDOC_MULTI_PATH_FAILURE = 0xCC
     # txcb's own codes: never sent by memcached.
@@ -47,6 +56,12 @@ class RC:
     CONNECT_ERROR = 0x1003
     NETWORK_ERROR = 0x1004
     VALUE_FORMAT = 0x1005
+
+
+def code_names(table: type) -> Dict[int, str]:
+    """code -> name of a table of upper-case int constants (``RC``, an
+    ``Opcode`` class...), its base tables' constants included."""
+    return {getattr(table, k): k for k in dir(table) if k.isupper()}
 
 
 class CouchbaseError(Exception):

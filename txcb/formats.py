@@ -17,7 +17,7 @@ from txcb.errors import ValueFormatError
 
 __all__ = [
     "FMT_JSON", "FMT_UTF8", "FMT_BYTES", "FMT_PICKLE", "FMT_AUTO",
-    "Encoded", "Transcoder",
+    "Encoded", "Transcoder", "concat_bytes",
 ]
 
 FMT_JSON = 0x02000000
@@ -64,6 +64,17 @@ def format_of(flags: int) -> Optional[int]:
     if fmt is None and flags & _COMMON_MASK == 0:
         fmt = _LEGACY.get(flags & 0x07)
     return fmt
+
+
+def concat_bytes(value: Any, transcoder: Any) -> bytes:
+    """The bytes an append/prepend adds, the one rule of every provider:
+    text as UTF-8, bytes as they are, anything else as ``transcoder``
+    encodes it."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    return transcoder.encode(value)[0]
 
 
 class Transcoder:

@@ -56,6 +56,14 @@ def check_cas(cas: Any, key: Any = None) -> int:
     return cas
 
 
+def check_ttl_cas(ttl: Any, cas: Any, key: Any = None) -> None:
+    """A write's TTL and CAS, each checked unless it is 0 (the usual case)."""
+    if ttl:
+        check_ttl(ttl, key)
+    if cas:
+        check_cas(cas, key)
+
+
 def check_lock_ttl(ttl: Any, key: Any = None) -> int:
     if type(ttl) is not int or not 1 <= ttl <= MAX_LOCK_TTL:
         raise ArgumentError("lock ttl must be 1 to %d seconds, not %r" % (MAX_LOCK_TTL, ttl),

@@ -145,6 +145,10 @@ class DeferredFacade:
         self._sync = sync
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            # Not the bucket's zope declarations (__providedBy__...): the
+            # facade declares nothing, whatever the bucket's bases carry.
+            raise AttributeError(name)
         return _wrap(getattr(self._sync, name))
 
 

@@ -27,7 +27,7 @@ from txcb.buckets.table import ItemTable
 from txcb.errors import (
     ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, NotStoredError,
     TemporaryFailError, TimeoutError, TooBigError, RC)
-from txcb.formats import DEFAULT_TRANSCODER, FMT_JSON, Transcoder
+from txcb.formats import DEFAULT_TRANSCODER, FMT_JSON, Transcoder, concat_bytes
 from txcb.interfaces import IBucket, ISyncBucket
 from txcb.limits import (
     DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_LOCK_TTL,
@@ -264,10 +264,7 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             self._check_mutation(key)
         if cas:
             check_cas(cas, key)
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        elif not isinstance(value, bytes):
-            value = self.transcoder.encode(value)[0]
+        value = concat_bytes(value, self.transcoder)
         now = self.clock.seconds()
         item = self._lookup(k, now)
         if item is None:

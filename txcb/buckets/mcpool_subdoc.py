@@ -36,7 +36,7 @@ from txcb.errors import (
     ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, NotSupportedError, TemporaryFailError)
 from txcb.formats import FMT_BYTES, FMT_JSON, Encoded
 from txcb.buckets.items import LOCKED_CAS
-from txcb.validation import check_cas, check_ttl, resolve_durability
+from txcb.validation import check_ttl_cas, resolve_durability
 
 __all__ = ["SubdocOperations"]
 
@@ -84,10 +84,7 @@ class SubdocOperations:
             if preserve_expiry:
                 raise NotSupportedError("the memcached pool cannot preserve an expiry it is "
                                         "not told (preserve_expiry)", key=key)
-            if ttl:
-                check_ttl(ttl, key)
-            if cas:
-                check_cas(cas, key)
+            check_ttl_cas(ttl, cas, key)
             if persist_to or replicate_to:
                 resolve_durability(persist_to, replicate_to, 0, 0, key)
         except CouchbaseError as e:

@@ -85,12 +85,13 @@ from txcb.buckets.mcpool_servers import (
 from txcb.buckets.mcrequests import (
     K_COUNTER, K_CONCAT, K_MUTATION, K_NONE, K_STATS, K_VALUE)
 from txcb.errors import ArgumentError, CouchbaseError, NetworkError, NotSupportedError, TooBigError
-from txcb.formats import DEFAULT_TRANSCODER, Transcoder
+from txcb.formats import DEFAULT_TRANSCODER, Transcoder, concat_bytes
 from txcb.interfaces import IBucket
 from txcb.limits import DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.multi import MultiMixin
+from txcb.verbs import StoreVerbs
 from txcb.validation import (
-    check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability, scan_args, to_key)
+    check_cas, check_delta, check_lock_ttl, check_ttl, check_ttl_cas, resolve_durability, scan_args, to_key)
 from txcb.wire import mcbinary as mcb
 
 __all__ = ["MemcachedPool", "MemcachedProtocol", "parse_servers", "parse_backend",
@@ -137,7 +138,7 @@ def _credentials(username: Optional[Union[str, bytes]],
 # -- the pool -------------------------------------------------------------------
 
 @implementer(IBucket)
-class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
+class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, MultiMixin):
     """
     An IBucket over a pool of memcached servers (binary protocol).
 
@@ -177,6 +178,8 @@ class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
         same connections.
     """
     #: memcached keeps items in memory, on one server each.
+    UPSERT_OP, INSERT_OP, REPLACE_OP = O.SET, O.ADD, O.REPLACE
+    APPEND_OP, PREPEND_OP = O.APPEND, O.PREPEND
     max_persist_to = 0
     max_replicate_to = 0
 
@@ -307,10 +310,14 @@ class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
 
     def _encode(self, value: Any, format: Any, key: Any) -> Tuple[bytes, int]:
         data, flags = self._dispatcher.transcoder.encode(value, format)
+        return self._sized(data, key), flags
+
+    def _sized(self, data: bytes, key: Any) -> bytes:
+        """``data``, unless it is over the pool's value size (TooBigError)."""
         if len(data) > self.max_value_size:
             raise TooBigError("value of %d bytes is over the pool's %d byte limit"
                               % (len(data), self.max_value_size), key=key)
-        return data, flags
+        return data
 
     # -- IBucket: single keys ----------------------------------------------------
 
@@ -331,38 +338,13 @@ class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
         try:
             k = self._key(key)
-            if ttl:
-                check_ttl(ttl, key)
-            if cas:
-                check_cas(cas, key)
-            if persist_to or replicate_to:
-                resolve_durability(persist_to, replicate_to, 0, 0, key)
-            data, flags = self._dispatcher.transcoder.encode(value, format)
-            if len(data) > self.max_value_size:
-                raise TooBigError("value of %d bytes is over the pool's %d byte limit"
-                                  % (len(data), self.max_value_size), key=key)
+            check_ttl_cas(ttl, cas, key)
+            self._durability(persist_to, replicate_to, key)
+            data, flags = self._encode(value, format, key)
         except CouchbaseError as e:
             return fail(e)
         return self._request(k, key, opcode, K_MUTATION, mcb.store_extras(flags, ttl),
                              data, cas, False, timeout)
-
-    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store(O.SET, key, value, cas, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store(O.ADD, key, value, 0, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._store(O.REPLACE, key, value, cas, ttl, format, persist_to,
-                           replicate_to, timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
@@ -418,37 +400,18 @@ class MemcachedPool(SubdocOperations, MultiOperations, MultiMixin):
             mcb.counter_extras(abs(delta), 0, mcb.COUNTER_NO_CREATE), b"", 0, False, timeout,
             (delta, initial, ttl, 0))
 
-    def _concat(self, opcode: int, verb: str, key: Any, value: Any, cas: int,
-                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
+    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Deferred:
         try:
             k = self._key(key)
             if cas:
                 check_cas(cas, key)
             self._durability(persist_to, replicate_to, key)
-            if isinstance(value, str):
-                data = value.encode("utf-8")
-            elif isinstance(value, bytes):
-                data = value
-            else:
-                data = self.transcoder.encode(value)[0]
-            if len(data) > self.max_value_size:
-                raise TooBigError("value of %d bytes is over the pool's %d byte limit"
-                                  % (len(data), self.max_value_size), key=key)
+            data = self._sized(concat_bytes(value, self.transcoder), key)
         except CouchbaseError as e:
             return fail(e)
+        verb = "append" if opcode == O.APPEND else "prepend"
         return self._request(k, key, opcode, K_CONCAT, b"", data, cas, False, timeout, verb)
-
-    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._concat(O.APPEND, "append", key, value, cas, persist_to, replicate_to,
-                            timeout)
-
-    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._concat(O.PREPEND, "prepend", key, value, cas, persist_to, replicate_to,
-                            timeout)
 
     # -- durability --------------------------------------------------------------
 

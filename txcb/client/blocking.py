@@ -65,6 +65,7 @@ from txcb.client.connection import (
     _DEFAULT_WINDOW, _Connection, _MultiReq, _Req, parse_endpoint, unique)
 from txcb.client.replies import failed_key_result, scan_rows, subdoc_result
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT, MAX_KEY_LEN
+from txcb.verbs import StoreVerbs
 from txcb.validation import check_ttl, scan_args
 from txcb.wire.netstring import Op
 from txcb.errors import ArgumentError, CouchbaseError, NetworkError
@@ -160,7 +161,7 @@ class _MultiCalls:
         return self._store_multi(lambda k, cas: self.unlock(k, cas, timeout), keys)
 
 
-class Bucket(_MultiCalls):
+class Bucket(StoreVerbs[OperationResult], _MultiCalls):
     """
     A blocking connection to a txcb server (see the module docstring).
 
@@ -175,6 +176,9 @@ class Bucket(_MultiCalls):
     :param connect: connect now (raising ConnectError); if False, the first
         call connects.
     """
+
+    UPSERT_OP, INSERT_OP, REPLACE_OP = Op.UPSERT, Op.INSERT, Op.REPLACE
+    APPEND_OP, PREPEND_OP = Op.APPEND, Op.PREPEND
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: Optional[float] = None,
@@ -336,45 +340,15 @@ class Bucket(_MultiCalls):
         """Fetch a value (``ttl``: get-and-touch); NotFoundError unless ``quiet``."""
         return self._one(_rq.get(key, ttl, quiet), timeout)
 
+    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Any:
+        return self._one(_rq.concat(opcode, key, value, cas, persist_to, replicate_to,
+                                    self.transcoder, self.max_value_size), timeout)
+
     def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Any:
         return self._one(_rq.store(opcode, key, value, cas, ttl, format, persist_to,
                                    replicate_to, self.transcoder, self.max_value_size), timeout)
-
-    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> OperationResult:
-        """Store a value whether or not the key exists."""
-        return self._store(Op.UPSERT, key, value, cas, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> OperationResult:
-        """Store a value only if the key is absent (else KeyExistsError)."""
-        return self._store(Op.INSERT, key, value, 0, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> OperationResult:
-        """Store a value only if the key exists (else NotFoundError)."""
-        return self._store(Op.REPLACE, key, value, cas, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> OperationResult:
-        """Append raw bytes (or UTF-8 text); missing key: NotStoredError."""
-        return self._one(_rq.concat(Op.APPEND, key, value, cas, persist_to, replicate_to,
-                                    self.transcoder, self.max_value_size), timeout)
-
-    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> OperationResult:
-        """Prepend raw bytes (or UTF-8 text); missing key: NotStoredError."""
-        return self._one(_rq.concat(Op.PREPEND, key, value, cas, persist_to, replicate_to,
-                                    self.transcoder, self.max_value_size), timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> OperationResult:

@@ -34,6 +34,7 @@ from txcb.client.replies import (
     scan_rows, subdoc_result)
 from txcb.multi import MultiMixin, unique, gather_results
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, DEFAULT_TIMEOUT
+from txcb.verbs import StoreVerbs
 from txcb.validation import check_ttl, scan_args
 from txcb.wire.netstring import (
     Op)
@@ -48,7 +49,7 @@ __all__ = ["BucketClientProtocol", "RemoteBucket", "BucketClientFactory", "conne
            "DEFAULT_TIMEOUT"]
 
 @implementer(IBucket)
-class RemoteBucket(MultiMixin):
+class RemoteBucket(StoreVerbs[Deferred], MultiMixin):
     """
     An IBucket served by a txcb server over one connection (or, from
     ``connect(..., reconnect=True)``, over whichever connection is current).
@@ -61,6 +62,9 @@ class RemoteBucket(MultiMixin):
     made with ``timeout=0`` has no timeout by default (but a method's own
     ``timeout`` still applies).
     """
+
+    UPSERT_OP, INSERT_OP, REPLACE_OP = Op.UPSERT, Op.INSERT, Op.REPLACE
+    APPEND_OP, PREPEND_OP = Op.APPEND, Op.PREPEND
 
     def __init__(self, protocol: Optional[BucketClientProtocol] = None,
                  service: Optional[ClientService] = None,
@@ -216,23 +220,10 @@ class RemoteBucket(MultiMixin):
             return fail(e)
         return self._call(fields, timeout)
 
-    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store(Op.UPSERT, key, value, cas, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store(Op.INSERT, key, value, 0, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._store(Op.REPLACE, key, value, cas, ttl, format, persist_to,
-                           replicate_to, timeout)
+    def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
+                replicate_to: int, timeout: Optional[float]) -> Deferred:
+        return self._send_fields(_rq.concat, opcode, key, value, cas, persist_to, replicate_to,
+                                 self.transcoder, self.max_value_size, timeout=timeout)
 
     def _send_fields(self, build: Any, *args: Any, timeout: Optional[float] = None
                      ) -> Deferred:
@@ -242,20 +233,6 @@ class RemoteBucket(MultiMixin):
         except CouchbaseError as e:
             return fail(e)
         return self._call(fields, timeout)
-
-    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._send_fields(_rq.concat, Op.APPEND, key, value, cas, persist_to,
-                                 replicate_to, self.transcoder, self.max_value_size,
-                                 timeout=timeout)
-
-    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._send_fields(_rq.concat, Op.PREPEND, key, value, cas, persist_to,
-                                 replicate_to, self.transcoder, self.max_value_size,
-                                 timeout=timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.limits import MAX_KEY_LEN
-from txcb.validation import check_cas, check_delta, check_lock_ttl, check_ttl, to_key
+from txcb.validation import (
+    check_cas, check_delta, check_lock_ttl, check_ttl, check_ttl_cas, to_key)
 from txcb.wire.netstring import (
     COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
     OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, SDOPT_PRESERVE_EXPIRY, Op, encode_multi_keys,
@@ -27,6 +28,7 @@ from txcb.wire.netstring import (
 from txcb.subdocument import MAX_PATH_LEN, DocFlag, Spec, Status as SDStatus, SubdocError
 from txcb.errors import (
     RC, ArgumentError, CouchbaseError, ProtocolError, TooBigError, exception_for_rc)
+from txcb.formats import concat_bytes
 from txcb.results import ValueResult
 
 #: (opcode, key, k, value, cas, ttl, flags, options, persist_to, replicate_to)
@@ -76,12 +78,7 @@ def concat(opcode: int, key: Any, value: Any, cas: int, persist_to: int, replica
     if cas:
         check_cas(cas, key)
     durability_args(persist_to, replicate_to, key)
-    if isinstance(value, str):
-        data = value.encode("utf-8")
-    elif isinstance(value, bytes):
-        data = value
-    else:
-        data = transcoder.encode(value)[0]
+    data = concat_bytes(value, transcoder)
     if len(data) > max_value_size:
         raise TooBigError("value of %d bytes is over the server's limit" % len(data), key=key)
     return (opcode, key, k, data, cas, 0, 0, 0, persist_to, replicate_to)
@@ -188,10 +185,7 @@ def mutate_in(key: Any, specs: Any, cas: int, ttl: int, upsert_doc: bool, insert
               max_value_size: int) -> Fields:
     """MUTATE_IN: document flags and options in the body, the rest in the header."""
     k = to_key(key)
-    if ttl:
-        check_ttl(ttl, key)
-    if cas:
-        check_cas(cas, key)
+    check_ttl_cas(ttl, cas, key)
     durability_args(persist_to, replicate_to, key)
     doc_flags = (DocFlag.MKDOC if upsert_doc else 0) | (DocFlag.ADD if insert_doc else 0)
     body = _subdoc_body(key, specs, doc_flags,

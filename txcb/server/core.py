@@ -12,18 +12,21 @@ bucket shares, whatever its wire protocol.
   end of the reactor turn;
 - :class:`IRequestObserver`: told of every request answered (metrics);
 - :class:`IdleSweeper`: ``--idle-timeout``, closing connections that send
-  nothing, with one timer for all of an endpoint's connections.
+  nothing, with one timer for all of an endpoint's connections;
+- :class:`ServingFactory`: the factory settings every KV endpoint takes
+  (stats, credentials, in-flight cap, clock) and its admission.
 """
 
 from __future__ import annotations
 
 from time import monotonic
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
+from twisted.internet.protocol import Factory, Protocol
 from zope.interface import Interface
 
 __all__ = ["ServerStats", "IRequestObserver", "admit", "RequestFlow", "LateReplies",
-           "RateLimit", "RefusalLog", "IdleSweeper", "idle_sweeper"]
+           "RateLimit", "RefusalLog", "IdleSweeper", "idle_sweeper", "ServingFactory"]
 
 
 class IRequestObserver(Interface):
@@ -373,3 +376,45 @@ class IdleSweeper:
                            "{timeout:g}){more}", what=self._what, peer=conn.idle_peer(),
                            quiet=quiet, timeout=self.timeout, more=more)
         conn.idle_close()
+
+
+# -- the factories ---------------------------------------------------------------
+
+if TYPE_CHECKING:
+    _ProtocolFactory = Factory[Protocol]
+else:  # Factory is subscriptable only in recent Twisted releases
+    _ProtocolFactory = Factory
+
+
+class ServingFactory(_ProtocolFactory):
+    """
+    What every factory of a KV endpoint starts with: its ``stats``, the
+    ``credentials`` (a copy; None accepts any), ``max_inflight`` bucket
+    calls per connection, the ``clock``, the :func:`idle_sweeper`, and
+    :func:`admit` in :meth:`buildProtocol` (a refused connection gets
+    :meth:`refused`).  ``what`` names the endpoint in its log lines.
+    """
+
+    def __init__(self, stats: Optional[ServerStats], credentials: Optional[Mapping[bytes, bytes]],
+                 max_inflight: int, clock: Any, log: Any, what: str) -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be positive")
+        self.stats = stats if stats is not None else ServerStats()
+        self.credentials = dict(credentials) if credentials is not None else None
+        self.max_inflight = max_inflight
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self._log = log
+        self._what = what
+        #: Closes idle connections (``stats.idle_timeout``), or None.
+        self.idle = idle_sweeper(self.stats, log, what, clock)
+
+    def refused(self) -> Optional[Protocol]:
+        """The protocol of a connection over the limit: none (it is closed)."""
+        return None
+
+    def buildProtocol(self, addr: Any) -> Optional[Protocol]:
+        if not admit(self.stats, addr, self._log, self._what):
+            return self.refused()
+        return Factory.buildProtocol(self, addr)

@@ -49,15 +49,15 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, THIRTY_DAYS
-from txcb.server.core import ServerStats, admit, idle_sweeper
+from txcb.server.core import ServerStats, ServingFactory
 from txcb.server.mcascii import AsciiSession
 from txcb.server.mcauth import Authenticator, check_credentials
 from txcb.server.mcbinary import DEFAULT_LOCK_TIME, BinarySession
@@ -235,13 +235,7 @@ class _TooManyConnections(Protocol):
         transport.loseConnection()
 
 
-if TYPE_CHECKING:
-    _ProtocolFactory = Factory[Protocol]
-else:  # Factory is subscriptable only in recent Twisted releases
-    _ProtocolFactory = Factory
-
-
-class MemcachedServerFactory(_ProtocolFactory):
+class MemcachedServerFactory(ServingFactory):
     """
     Serves one IBucket over the memcached ASCII and binary protocols.
 
@@ -264,28 +258,19 @@ class MemcachedServerFactory(_ProtocolFactory):
     def __init__(self, bucket: Any, stats: Optional[ServerStats] = None,
                  credentials: Optional[Dict[bytes, bytes]] = None,
                  max_inflight: int = 1024, clock: Any = None) -> None:
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be positive")
+        ServingFactory.__init__(self, stats, credentials, max_inflight, clock, _log,
+                                "txcb memcached")
         self.bucket = bucket
-        self.stats = stats if stats is not None else ServerStats()
-        self.credentials = dict(credentials) if credentials is not None else None
-        self.max_inflight = max_inflight
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
         self.max_value_size = getattr(bucket, "max_value_size", DEFAULT_MAX_VALUE_SIZE)
         # Key and extras on top of the largest value: a longer body is refused
         # from its header alone, before any of it is buffered.
         self.max_body = self.max_value_size + MAX_KEY_LEN + 32
         self.verbosity = 0
         self._delayed_flush: Any = None
-        #: Closes idle connections (``stats.idle_timeout``), or None.
-        self.idle = idle_sweeper(self.stats, _log, "txcb memcached", clock)
 
-    def buildProtocol(self, addr: Any) -> Optional[Protocol]:
-        if not admit(self.stats, addr, _log, "txcb memcached"):
-            return _TooManyConnections()
-        return Factory.buildProtocol(self, addr)
+    def refused(self) -> Protocol:
+        """Over the connection limit: memcached's error line, then the hang-up."""
+        return _TooManyConnections()
 
     def stopFactory(self) -> None:
         self._cancel_delayed_flush()

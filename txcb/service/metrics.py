@@ -62,7 +62,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from txcb import __version__
-from txcb.errors import RC, CouchbaseError
+from txcb.errors import RC, CouchbaseError, code_names
 from txcb.server.core import IRequestObserver
 
 __all__ = ["ServerMetrics", "LatencyHistograms", "MetricsSite", "install_metrics",
@@ -72,8 +72,7 @@ __all__ = ["ServerMetrics", "LatencyHistograms", "MetricsSite", "install_metrics
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-STATUS_NAMES: Dict[int, str] = {v: k.lower() for k, v in vars(RC).items()
-                                if not k.startswith("_") and isinstance(v, int)}
+STATUS_NAMES: Dict[int, str] = {v: k.lower() for v, k in code_names(RC).items()}
 
 
 @implementer(IRequestObserver)

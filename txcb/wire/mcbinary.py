@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import struct
 from typing import (
-    Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union)
+    Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union)
 
-from txcb.errors import RC
+from txcb.errors import McStatus, code_names
 from txcb.limits import MAX_KEY_LEN
 
 __all__ = [
     "REQ_MAGIC", "RES_MAGIC", "HEADER", "HEADER_LEN", "ITEM_FLAGS", "MAX_KEY_LEN",
+    "U16", "U32", "U64", "STORE_EXTRAS", "COUNTER_EXTRAS",
     "DEFAULT_MAX_BODY",
     "COUNTER_NO_CREATE", "Opcode", "Status", "OPCODE_NAMES", "STATUS_NAMES",
     "QUIET", "is_quiet", "loud_opcode", "Packet", "encode_request",
@@ -56,13 +57,18 @@ COUNTER_NO_CREATE = 0xFFFFFFFF
 #: every memcached binary speaker in txcb packs and unpacks with.
 HEADER = struct.Struct(">BBHBBHIIQ")
 _HEADER = HEADER
-_U32 = struct.Struct(">I")
+#: Big-endian u16 / u32 / u64, the one definition of each for every
+#: memcached-binary and Couchbase KV speaker in txcb.
+U16 = struct.Struct(">H")
+U32 = _U32 = struct.Struct(">I")
+U64 = _U64 = struct.Struct(">Q")
 #: GET-family response extras: the item's flags, u32.
 ITEM_FLAGS = _U32
-_U64 = struct.Struct(">Q")
-_STORE = struct.Struct(">II")
+#: SET/ADD/REPLACE extras (flags, exptime) and INCR/DECR extras (delta,
+#: initial, exptime), for servers that unpack them inline.
+STORE_EXTRAS = _STORE = struct.Struct(">II")
 _pack_store = _STORE.pack
-_COUNTER = struct.Struct(">QQI")
+COUNTER_EXTRAS = _COUNTER = struct.Struct(">QQI")
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
@@ -110,31 +116,16 @@ class Opcode:
     UNLOCK_KEY = 0x95
 
 
-class Status:
-    """Response status codes (``protocol_binary_response_status``)."""
-    SUCCESS = RC.SUCCESS
-    KEY_ENOENT = RC.KEY_ENOENT
-    KEY_EEXISTS = RC.KEY_EEXISTS
-    E2BIG = RC.E2BIG
-    EINVAL = RC.EINVAL
-    NOT_STORED = RC.NOT_STORED
-    DELTA_BADVAL = RC.DELTA_BADVAL
-    AUTH_ERROR = RC.AUTH_ERROR
-    AUTH_CONTINUE = 0x21
-    UNKNOWN_COMMAND = RC.UNKNOWN_COMMAND
-    ENOMEM = RC.ENOMEM
-    NOT_SUPPORTED = RC.NOT_SUPPORTED
-    EINTERNAL = RC.EINTERNAL
-    EBUSY = RC.EBUSY
-    ETMPFAIL = RC.ETMPFAIL
+class Status(McStatus):
+    """Response status codes (``protocol_binary_response_status``): the
+    table :class:`txcb.errors.RC` starts with, so an error's ``rc`` is its
+    status on the wire."""
 
 
 #: opcode -> name, for logs and reprs.
-OPCODE_NAMES: Dict[int, str] = {
-    v: k for k, v in vars(Opcode).items() if k.isupper()}
+OPCODE_NAMES: Dict[int, str] = code_names(Opcode)
 #: status -> name, for logs and reprs.
-STATUS_NAMES: Dict[int, str] = {
-    v: k for k, v in vars(Status).items() if k.isupper()}
+STATUS_NAMES: Dict[int, str] = code_names(Status)
 
 #: quiet opcode -> the loud opcode it is the "no reply on success" form of
 #: (for GETQ/GETKQ/GATQ/GATKQ: no reply on a miss).
@@ -355,58 +346,43 @@ def parse_counter_extras(extras: BytesLike) -> Tuple[int, int, int]:
     return _unpack(_COUNTER, extras, "counter")  # type: ignore[return-value]
 
 
-def touch_extras(exptime: int) -> bytes:
-    """TOUCH/GAT/GATQ extras: expiration:u32."""
-    return _pack(_U32, "touch extras", exptime)
+def _u32_extras(what: str, doc: str, optional: bool = False
+                ) -> Tuple[Callable[..., bytes], Callable[[BytesLike], int]]:
+    """
+    The ``(encode, parse)`` pair of an extras that is one u32; an
+    ``optional`` one is empty for 0 (as clients send it) and parses as 0.
+    """
+    label = what + " extras"
+
+    def encode(value: int = 0) -> bytes:
+        if optional and not value:
+            return b""
+        return _pack(_U32, label, value)
+
+    def parse(extras: BytesLike) -> int:
+        if optional and not extras:
+            return 0
+        return _unpack(_U32, extras, what)[0]
+
+    name = what.replace(" ", "_") + "_extras"
+    encode.__name__ = encode.__qualname__ = name
+    parse.__name__ = parse.__qualname__ = "parse_" + name
+    encode.__doc__ = doc
+    parse.__doc__ = "-> the u32 of " + doc
+    return encode, parse
 
 
-def parse_touch_extras(extras: BytesLike) -> int:
-    """-> exptime from TOUCH/GAT extras."""
-    return _unpack(_U32, extras, "touch")[0]
-
-
-def flush_extras(exptime: int = 0) -> bytes:
-    """FLUSH extras: optional delay:u32 (empty when 0, as clients send)."""
-    return _pack(_U32, "flush extras", exptime) if exptime else b""
-
-
-def parse_flush_extras(extras: BytesLike) -> int:
-    """-> delay from FLUSH extras (0 when absent)."""
-    if not extras:
-        return 0
-    return _unpack(_U32, extras, "flush")[0]
-
-
-def verbosity_extras(level: int) -> bytes:
-    """VERBOSITY extras: level:u32."""
-    return _pack(_U32, "verbosity extras", level)
-
-
-def parse_verbosity_extras(extras: BytesLike) -> int:
-    """-> level from VERBOSITY extras."""
-    return _unpack(_U32, extras, "verbosity")[0]
-
-
-def get_locked_extras(lock_time: int = 0) -> bytes:
-    """GET_LOCKED extras: optional lock time:u32 (empty = server default)."""
-    return _pack(_U32, "get_locked extras", lock_time) if lock_time else b""
-
-
-def parse_get_locked_extras(extras: BytesLike) -> int:
-    """-> lock time from GET_LOCKED extras (0 = server default)."""
-    if not extras:
-        return 0
-    return _unpack(_U32, extras, "get_locked")[0]
-
-
-def get_response_extras(flags: int) -> bytes:
-    """GET/GETK/GAT/GET_LOCKED response extras: flags:u32."""
-    return _pack(_U32, "get response extras", flags)
-
-
-def parse_get_response_extras(extras: BytesLike) -> int:
-    """-> flags from a GET-family response."""
-    return _unpack(_U32, extras, "get response")[0]
+touch_extras, parse_touch_extras = _u32_extras(
+    "touch", "TOUCH/GAT/GATQ extras: expiration:u32.")
+flush_extras, parse_flush_extras = _u32_extras(
+    "flush", "FLUSH extras: optional delay:u32 (empty when 0).", optional=True)
+verbosity_extras, parse_verbosity_extras = _u32_extras(
+    "verbosity", "VERBOSITY extras: level:u32.")
+get_locked_extras, parse_get_locked_extras = _u32_extras(
+    "get_locked", "GET_LOCKED extras: optional lock time:u32 (empty = server default).",
+    optional=True)
+get_response_extras, parse_get_response_extras = _u32_extras(
+    "get response", "GET/GETK/GAT/GET_LOCKED response extras: flags:u32.")
 
 
 def parse_item_flags(extras: BytesLike) -> int:
