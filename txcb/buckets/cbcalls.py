@@ -21,7 +21,7 @@ from txcb.buckets.cbstats import OpStats
 from txcb.buckets.cbworkers import Workers
 from txcb.errors import (
     ConnectError, NetworkError, RC, TemporaryFailError, TimeoutError, TooBigError)
-from txcb.formats import DEFAULT_TRANSCODER, Transcoder
+from txcb.formats import DEFAULT_TRANSCODER, Transcoder, concat_bytes
 from txcb.limits import DEFAULT_TIMEOUT
 from txcb.results import ValueResult
 from txcb.validation import resolve_durability
@@ -256,12 +256,7 @@ class SdkCalls:
     def _raw(self, value: Any, key: Any) -> bytes:
         """The bytes append/prepend add (as every provider: text as UTF-8,
         bytes as they are, anything else as the transcoder encodes it)."""
-        if isinstance(value, str):
-            data = value.encode("utf-8")
-        elif isinstance(value, bytes):
-            data = value
-        else:
-            data = self.transcoder.encode(value)[0]
+        data = concat_bytes(value, self.transcoder)
         if len(data) > self.max_value_size:
             raise TooBigError("value of %d bytes is over the bucket's %d byte limit"
                               % (len(data), self.max_value_size), key=key)

@@ -75,6 +75,7 @@ from txcb.formats import FMT_JSON
 from txcb.interfaces import IBucket
 from txcb.multi import MultiMixin
 from txcb.results import OperationResult, ValueResult
+from txcb.verbs import StoreVerbs
 from txcb.validation import (
     check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability)
 
@@ -87,7 +88,7 @@ def _seqno(r: Any) -> int:
 
 
 @implementer(IBucket)
-class CouchbaseBucket(SdkCalls, SubdocCalls, MultiMixin):
+class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
     """
     An IBucket over one bucket (or collection) of a Couchbase cluster.
 
@@ -108,6 +109,9 @@ class CouchbaseBucket(SdkCalls, SubdocCalls, MultiMixin):
     :param batch_gets: coalesce plain gets into ``get_multi`` calls while
         others are out (see :mod:`~txcb.buckets.cbbatch`).
     """
+
+    UPSERT_OP, INSERT_OP, REPLACE_OP = "upsert", "insert", "replace"
+    APPEND_OP, PREPEND_OP = "append", "prepend"
 
     # -- IBucket: reads ------------------------------------------------------------
 
@@ -197,24 +201,6 @@ class CouchbaseBucket(SdkCalls, SubdocCalls, MultiMixin):
                 coll.remove(k, *self._opts("RemoveOptions", t, cas=r.cas))
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         return self._call(op, key, work, timeout, durability is not None)
-
-    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store("upsert", key, value, cas, ttl, format, persist_to,
-                           replicate_to, timeout)
-
-    def insert(self, key: Any, value: Any, ttl: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._store("insert", key, value, 0, ttl, format, persist_to, replicate_to,
-                           timeout)
-
-    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._store("replace", key, value, cas, ttl, format, persist_to,
-                           replicate_to, timeout)
 
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
@@ -314,16 +300,6 @@ class CouchbaseBucket(SdkCalls, SubdocCalls, MultiMixin):
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         # "concat": a missing key is NOT_STORED (see cbsdk._BY_OP)
         return self._call("concat", key, work, timeout, durability is not None)
-
-    def append(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-               persist_to: int = 0, replicate_to: int = 0,
-               timeout: Optional[float] = None) -> Deferred:
-        return self._concat("append", key, value, cas, persist_to, replicate_to, timeout)
-
-    def prepend(self, key: Any, value: Any, cas: int = 0, format: Any = None,
-                persist_to: int = 0, replicate_to: int = 0,
-                timeout: Optional[float] = None) -> Deferred:
-        return self._concat("prepend", key, value, cas, persist_to, replicate_to, timeout)
 
     # -- IBucket: the rest ----------------------------------------------------------------
 

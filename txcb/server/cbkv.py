@@ -25,7 +25,9 @@ from txcb.formats import Encoded
 from txcb.limits import DEFAULT_LOCK_TTL, MAX_KEY_LEN, MAX_LOCK_TTL
 from txcb.server.mcsession import get_and_touch, status_of
 from txcb.wire import couchbase as W
-from txcb.wire.mcbinary import HEADER
+from txcb.wire.mcbinary import (
+    COUNTER_EXTRAS as _COUNTER, HEADER, RES_MAGIC as _RES_MAGIC, STORE_EXTRAS as _STORE,
+    U32 as _U32, U64 as _U64)
 
 __all__ = ["KeyOp", "KeyValueOps", "KV_HANDLERS", "COUNTER_NO_CREATE",
            "DEFAULT_DURABILITY_TIMEOUT"]
@@ -34,11 +36,6 @@ _O = W.Opcode
 _S = W.Status
 _log = Logger()
 _response = W.encode_response
-_U32 = struct.Struct(">I")
-_STORE = struct.Struct(">II")
-_COUNTER = struct.Struct(">QQI")
-_U64 = struct.Struct(">Q")
-_RES_MAGIC = 0x81
 _pack_header = HEADER.pack
 # A response header with a GET's flags, and with a mutation token, packed at once.
 _pack_value_head = struct.Struct(">BBHBBHIIQI").pack

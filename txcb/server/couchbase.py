@@ -23,10 +23,9 @@ from __future__ import annotations
 import json
 import time
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from twisted.internet.interfaces import INegotiated, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,10 +33,11 @@ from txcb.interfaces import ISyncBucket
 from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN
 from txcb.server.cbkv import KV_HANDLERS, KeyValueOps
 from txcb.server.cbsubdoc import SUBDOC_HANDLERS, SubdocOps
-from txcb.server.core import ServerStats, admit, idle_sweeper
+from txcb.server.core import ServerStats, ServingFactory
 from txcb.server.mcreplies import OrderedReplies
 from txcb.server.mcsession import VERSION
 from txcb.wire import couchbase as W
+from txcb.wire.mcbinary import U16 as _U16, U64 as _U64
 from txcb.wire.sasl import SaslFailure, SaslServer
 
 __all__ = ["CouchbaseServerFactory", "CouchbaseServerProtocol", "GRANTED_FEATURES"]
@@ -48,8 +48,6 @@ _F = W.Feature
 _log = Logger()
 _response = W.encode_response
 _UID_CID = struct.Struct(">QI")
-_U16 = struct.Struct(">H")
-_U64 = struct.Struct(">Q")
 
 #: The HELLO features served, granted when asked for: each is honoured.
 GRANTED_FEATURES = frozenset((
@@ -303,13 +301,7 @@ _HANDLERS.update({
 del _P
 
 
-if TYPE_CHECKING:
-    _ProtocolFactory = Factory[Protocol]
-else:  # Factory is subscriptable only in recent Twisted releases
-    _ProtocolFactory = Factory
-
-
-class CouchbaseServerFactory(_ProtocolFactory):
+class CouchbaseServerFactory(ServingFactory):
     """
     Serves the buckets of a :class:`~txcb.keyspaces.Keyspaces` over the
     Couchbase KV protocol.
@@ -329,15 +321,9 @@ class CouchbaseServerFactory(_ProtocolFactory):
     def __init__(self, keyspaces: Any, stats: Optional[ServerStats] = None,
                  credentials: Optional[Mapping[bytes, bytes]] = None,
                  max_inflight: int = 1024, clock: Any = None) -> None:
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be positive")
+        ServingFactory.__init__(self, stats, credentials, max_inflight, clock, _log,
+                                "txcb couchbase")
         self.keyspaces = keyspaces
-        self.stats = stats if stats is not None else ServerStats()
-        self.credentials = dict(credentials) if credentials is not None else None
-        self.max_inflight = max_inflight
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
         buckets = keyspaces.buckets()
         self._sync: Dict[int, bool] = {id(b): ISyncBucket.providedBy(b) for b in buckets}
         largest = max([getattr(b, "max_value_size", DEFAULT_MAX_VALUE_SIZE) for b in buckets]
@@ -345,8 +331,6 @@ class CouchbaseServerFactory(_ProtocolFactory):
         # Framing, extras and key on top of the largest value: a longer body
         # is refused from its header alone, before any of it is buffered.
         self.max_body = largest + MAX_KEY_LEN + W.MAX_LEB128 + 64
-        #: Closes idle connections (``stats.idle_timeout``), or None.
-        self.idle = idle_sweeper(self.stats, _log, "txcb couchbase", clock)
 
     def is_sync(self, bucket: Any) -> bool:
         """Whether ``bucket`` is served through ISyncBucket (decided once per bucket)."""
@@ -354,8 +338,3 @@ class CouchbaseServerFactory(_ProtocolFactory):
         if sync is None:
             sync = self._sync[id(bucket)] = ISyncBucket.providedBy(bucket)
         return sync
-
-    def buildProtocol(self, addr: Any) -> Optional[Protocol]:
-        if not admit(self.stats, addr, _log, "txcb couchbase"):
-            return None
-        return Factory.buildProtocol(self, addr)

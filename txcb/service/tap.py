@@ -340,31 +340,18 @@ def _listen_netstring(top: MultiService, options: Options, bucket: Any,
     return factory
 
 
-def _listen_memcached(top: MultiService, options: Options, bucket: Any,
-                      stats: ServerStats, reactor: Any) -> List[Any]:
-    """A ListenService per --memcached, all on one memcached factory ([it], or [])."""
-    if not options["memcached"]:
+def _listen_kv(top: MultiService, options: Options, name: str, factory_type: Any,
+               served: Any, stats: ServerStats, reactor: Any) -> List[Any]:
+    """
+    A ListenService per ``--memcached`` / ``--couchbase`` (``name``), all on
+    one ``factory_type(served, ...)``: ``[the factory]``, or ``[]``.
+    """
+    if not options[name]:
         return []
-    mc_factory = MemcachedServerFactory(
-        bucket, stats=stats, credentials=options["credentials"],
-        max_inflight=options["max-inflight"], clock=reactor)
-    for description in options["memcached"]:
-        ListenService(description, mc_factory, reactor, what="txcb memcached"
-                      ).setServiceParent(top)
-    return [mc_factory]
-
-
-def _listen_couchbase(top: MultiService, options: Options, keyspaces: Keyspaces,
-                      stats: ServerStats, reactor: Any) -> List[Any]:
-    """A ListenService per --couchbase, all on one Couchbase factory ([it], or [])."""
-    if not options["couchbase"]:
-        return []
-    factory = CouchbaseServerFactory(
-        keyspaces, stats=stats, credentials=options["credentials"],
-        max_inflight=options["max-inflight"], clock=reactor)
-    for description in options["couchbase"]:
-        ListenService(description, factory, reactor, what="txcb couchbase"
-                      ).setServiceParent(top)
+    factory = factory_type(served, stats=stats, credentials=options["credentials"],
+                           max_inflight=options["max-inflight"], clock=reactor)
+    for description in options[name]:
+        ListenService(description, factory, reactor, what="txcb " + name).setServiceParent(top)
     return [factory]
 
 
@@ -399,8 +386,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     stats = ServerStats(max_connections=options["max-connections"], clock=reactor,
                         idle_timeout=options["idle-timeout"])
     factories = [_listen_netstring(top, options, bucket, stats, reactor)]
-    factories += _listen_memcached(top, options, bucket, stats, reactor)
-    factories += _listen_couchbase(top, options, keyspaces, stats, reactor)
+    factories += _listen_kv(top, options, "memcached", MemcachedServerFactory, bucket, stats,
+                            reactor)
+    factories += _listen_kv(top, options, "couchbase", CouchbaseServerFactory, keyspaces,
+                            stats, reactor)
     if options["metrics"]:
         ListenService(options["metrics"], install_metrics(bucket, factories, stats), reactor,
                       what="txcb metrics").setServiceParent(top)

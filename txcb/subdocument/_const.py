@@ -10,7 +10,7 @@ endpoint writes them to the wire unchanged.  Public through
 
 from __future__ import annotations
 
-from txcb.errors import SubdocError
+from txcb.errors import McStatus, SubdocError
 
 __all__ = ["Status", "Opcode", "PathFlag", "DocFlag", "SubdocError", "MAX_PATH_LEN",
            "MAX_SPECS", "MAX_DEPTH", "MAX_PATH_COMPONENTS", "MAX_XATTR_KEY_LEN"]
@@ -28,14 +28,9 @@ MAX_PATH_COMPONENTS = MAX_DEPTH - 1
 MAX_XATTR_KEY_LEN = 16
 
 
-class Status:
-    """Response statuses (kv_engine ``cb::mcbp::Status``)."""
-    SUCCESS = 0x00
-    KEY_ENOENT = 0x01
-    KEY_EEXISTS = 0x02
-    E2BIG = 0x03
-    EINVAL = 0x04
-    NOT_SUPPORTED = 0x83
+class Status(McStatus):
+    """Response statuses (kv_engine ``cb::mcbp::Status``): memcached's
+    (:class:`txcb.errors.McStatus`), and the sub-document ones."""
     XATTR_EINVAL = 0x87
     PATH_ENOENT = 0xC0
     PATH_MISMATCH = 0xC1

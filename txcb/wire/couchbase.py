@@ -25,8 +25,11 @@ import struct
 from functools import lru_cache
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
+from txcb.errors import McStatus, code_names
 from txcb.limits import MAX_KEY_LEN
-from txcb.wire.mcbinary import HEADER, HEADER_LEN, REQ_MAGIC, RES_MAGIC
+from txcb.wire import mcbinary
+from txcb.wire.mcbinary import (
+    HEADER, HEADER_LEN, REQ_MAGIC, RES_MAGIC, U16 as _U16)
 
 __all__ = [
     "ALT_REQ_MAGIC", "ALT_RES_MAGIC", "NUM_VBUCKETS", "MAX_LEB128", "NO_FRAME_INFO",
@@ -52,9 +55,6 @@ _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 _ALT_HEADER = struct.Struct(">BBBBBBHIIQ")   # magic op framelen keylen extlen dt vb/st ...
 _pack_alt = _ALT_HEADER.pack
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 _MUTATION = struct.Struct(">QQ")
 _META = struct.Struct(">IIIQB")
 _OBSERVE = struct.Struct(">BHQQQ")
@@ -67,43 +67,11 @@ _MUTATION_FAILURE = struct.Struct(">BH")    # spec index, status
 BytesLike = Union[bytes, bytearray, memoryview]
 
 
-class Opcode:
-    """The opcodes served (kv_engine ``ClientOpcode``)."""
-    GET = 0x00
-    SET = 0x01
-    ADD = 0x02
-    REPLACE = 0x03
-    DELETE = 0x04
-    INCREMENT = 0x05
-    DECREMENT = 0x06
-    QUIT = 0x07
-    GETQ = 0x09
-    NOOP = 0x0A
-    VERSION = 0x0B
-    GETK = 0x0C
-    GETKQ = 0x0D
-    APPEND = 0x0E
-    PREPEND = 0x0F
-    SETQ = 0x11
-    ADDQ = 0x12
-    REPLACEQ = 0x13
-    DELETEQ = 0x14
-    INCREMENTQ = 0x15
-    DECREMENTQ = 0x16
-    QUITQ = 0x17
-    APPENDQ = 0x19
-    PREPENDQ = 0x1A
-    TOUCH = 0x1C
-    GAT = 0x1D
-    GATQ = 0x1E
+class Opcode(mcbinary.Opcode):
+    """The opcodes (kv_engine ``ClientOpcode``): memcached's, and Couchbase's own."""
     HELLO = 0x1F
-    SASL_LIST_MECHS = 0x20
-    SASL_AUTH = 0x21
-    SASL_STEP = 0x22
     SELECT_BUCKET = 0x89
     OBSERVE_SEQNO = 0x91
-    GET_LOCKED = 0x94
-    UNLOCK_KEY = 0x95
     GET_META = 0xA0
     GET_CLUSTER_CONFIG = 0xB5
     GET_COLLECTIONS_MANIFEST = 0xBA
@@ -113,30 +81,16 @@ class Opcode:
     GET_ERROR_MAP = 0xFE
 
 
-class Status:
-    """Response statuses, kv_engine ``include/mcbp/protocol/status.h`` names."""
-    SUCCESS = 0x00
-    KEY_ENOENT = 0x01
-    KEY_EEXISTS = 0x02
-    E2BIG = 0x03
-    EINVAL = 0x04
-    NOT_STORED = 0x05
-    DELTA_BADVAL = 0x06
+class Status(McStatus):
+    """Response statuses, kv_engine ``include/mcbp/protocol/status.h`` names:
+    memcached's (:class:`txcb.errors.McStatus`), and Couchbase's own."""
     NOT_MY_VBUCKET = 0x07
     NO_BUCKET = 0x08
     LOCKED = 0x09
     NOT_LOCKED = 0x0E
-    AUTH_ERROR = 0x20
-    AUTH_CONTINUE = 0x21
     ERANGE = 0x22
     EACCESS = 0x24
     UNKNOWN_FRAME_INFO = 0x80
-    UNKNOWN_COMMAND = 0x81
-    ENOMEM = 0x82
-    NOT_SUPPORTED = 0x83
-    EINTERNAL = 0x84
-    EBUSY = 0x85
-    ETMPFAIL = 0x86
     UNKNOWN_COLLECTION = 0x88
     UNKNOWN_SCOPE = 0x8C
     DURABILITY_INVALID_LEVEL = 0xA0
@@ -197,8 +151,8 @@ class Durability:
     PERSIST_TO_MAJORITY = 3
 
 
-OPCODE_NAMES: Dict[int, str] = {v: k for k, v in vars(Opcode).items() if k.isupper()}
-STATUS_NAMES: Dict[int, str] = {v: k for k, v in vars(Status).items() if k.isupper()}
+OPCODE_NAMES: Dict[int, str] = code_names(Opcode)
+STATUS_NAMES: Dict[int, str] = code_names(Status)
 
 
 class Request:
