@@ -254,20 +254,19 @@ class KeyValueOps:
                 return _pack_value_head(_RES_MAGIC, _O.GET, 0, 4, 0, 0, 4 + len(raw),
                                         r.opaque, res.cas, res.flags) + raw
             return self.render_value(res, KeyOp(r, collection, key, W.NO_FRAME_INFO))
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
-        key = op.key
-        return self.run_op("get", op, lambda b: b.get_sync(key, 0, True),
-                           lambda b: b.get(key, quiet=True), self.render_value)
+        return self._get(r, self.render_value)
 
     def kv_get_meta(self, r: W.Request) -> Optional[bytes]:
+        return self._get(r, self.render_meta)
+
+    def _get(self, r: W.Request, render: Any) -> Optional[bytes]:
+        """A quiet get of the request's key, answered by ``render``."""
         op = self.key_op(r)
         if isinstance(op, bytes):
             return op
         key = op.key
         return self.run_op("get", op, lambda b: b.get_sync(key, 0, True),
-                           lambda b: b.get(key, quiet=True), self.render_meta)
+                           lambda b: b.get(key, quiet=True), render)
 
     def kv_gat(self, r: W.Request) -> Optional[bytes]:
         op = self.key_op(r)

@@ -90,16 +90,24 @@ class SubdocOps:
             return self.error(r, _S.EINVAL)
         return flags
 
-    def kv_lookup_in(self, r: W.Request) -> Optional[bytes]:
-        op = self._subdoc_op(r, False)
+    def _subdoc_request(self, r: W.Request, mutation: bool, allowed: int) -> Any:
+        """(op, doc flags, specs) of a 0xd0/0xd1 request, or the error reply (bytes)."""
+        op = self._subdoc_op(r, mutation)
         if isinstance(op, bytes):
             return op
-        flags = self._doc_flags(r, _LOOKUP_DOC_FLAGS)
+        flags = self._doc_flags(r, allowed)
         if isinstance(flags, bytes):
             return flags
-        specs = self._subdoc_specs(r, False)
+        specs = self._subdoc_specs(r, mutation)
         if isinstance(specs, bytes):
             return specs
+        return op, flags, specs
+
+    def kv_lookup_in(self, r: W.Request) -> Optional[bytes]:
+        parsed = self._subdoc_request(r, False, _LOOKUP_DOC_FLAGS)
+        if isinstance(parsed, bytes):
+            return parsed
+        op, flags, specs = parsed
         key, deleted = op.key, bool(flags & DocFlag.ACCESS_DELETED)
         return self.run_op("lookup_in", op,
                            lambda b: b.lookup_in_sync(key, *specs, access_deleted=deleted),
@@ -107,15 +115,10 @@ class SubdocOps:
                            self.render_lookup_in)
 
     def kv_mutate_in(self, r: W.Request) -> Optional[bytes]:
-        op = self._subdoc_op(r, True)
-        if isinstance(op, bytes):
-            return op
-        flags = self._doc_flags(r, _MUTATE_DOC_FLAGS)
-        if isinstance(flags, bytes):
-            return flags
-        specs = self._subdoc_specs(r, True)
-        if isinstance(specs, bytes):
-            return specs
+        parsed = self._subdoc_request(r, True, _MUTATE_DOC_FLAGS)
+        if isinstance(parsed, bytes):
+            return parsed
+        op, flags, specs = parsed
         ttl = _U32.unpack_from(r.extras)[0] if len(r.extras) >= 4 else 0
         op.removes = any(s.opcode == SDOp.DELETE_DOC for s in specs)
         kw: Dict[str, Any] = dict(cas=r.cas, ttl=ttl, upsert_doc=bool(flags & DocFlag.MKDOC),

@@ -188,13 +188,7 @@ class OrderedReplies(Protocol):
 
     def end_read(self) -> None:
         """After a read whose requests replied through :meth:`reply`: one write."""
-        out = self._out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            self._out_len = 0
-            if not self._gone:
-                self._send(data)
+        self._flush()
         if self.blocked or not self._reading:
             if self._backlog and not (self._out_full or self._closing or self._streams
                                       or len(self._slots) >= self._max_inflight):
