@@ -565,9 +565,9 @@ class CouchbaseKVTests(unittest.TestCase):
         r = self.c.one(O.GET, b"k", framing=W.durability_frame(1))
         self.assertEqual(r.status, S.EINVAL)
 
-    def test_preserve_expiry_not_supported(self):
-        self.assertEqual(self.store(b"k", framing=W.encode_frame_info(5)).status,
-                         S.NOT_SUPPORTED)
+    def test_preserve_expiry_on_a_read_not_supported(self):
+        r = self.c.one(O.GET, b"k", framing=W.encode_frame_info(5))
+        self.assertEqual(r.status, S.NOT_SUPPORTED)
 
     def test_unknown_frame_info(self):
         self.assertEqual(self.store(b"k", framing=b"\x70").status, S.UNKNOWN_FRAME_INFO)

@@ -173,8 +173,8 @@ class CouchbaseSubdocTests(unittest.TestCase):
         for feature in (W.Feature.XATTR, W.Feature.VATTR):
             self.assertIn(feature, GRANTED_FEATURES)
             self.assertIn(feature, granted)
-        # create-as-deleted, preserve-TTL (SET refuses it), replica reads, binary xattrs
-        for feature in (0x17, 0x14, 0x1C, 0x21):
+        # create-as-deleted, replica reads, binary xattrs
+        for feature in (0x17, 0x1C, 0x21):
             self.assertNotIn(feature, granted)
 
     def test_lookup_each_spec_kind(self):

@@ -206,8 +206,21 @@ class ISyncBucket(Interface):
     def get_sync(key, ttl=0, quiet=False):
         """:meth:`IBucket.get`: returns the ValueResult."""
 
-    def store_sync(op, key, value, cas=0, ttl=0, format=None):
-        """``op`` is "upsert", "insert" or "replace": returns the OperationResult."""
+    def store_sync(op, key, value, cas=0, ttl=0, format=None, preserve_expiry=False):
+        """
+        ``op`` is "upsert", "insert" or "replace": returns the OperationResult.
+        ``preserve_expiry``: an existing document keeps its expiry (a new one
+        takes ``ttl``), as Couchbase's preserve-TTL framing extra asks.
+        """
+
+    def get_meta_sync(key):
+        """
+        A document's metadata without its value (what GET_META reports): a
+        :class:`txcb.results.ScanItem` with ``raw`` None, its ``flags``,
+        ``cas`` (0xFFFFFFFFFFFFFFFF if locked) and ``expiry`` (absolute whole
+        seconds, 0: none); a missing key returns a result with ``rc``
+        KEY_ENOENT (as a quiet get).
+        """
 
     def remove_sync(key, cas=0, quiet=False):
         """:meth:`IBucket.remove` without durability: returns the OperationResult."""

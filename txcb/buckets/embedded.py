@@ -14,6 +14,7 @@ TTLs and locks with :class:`twisted.internet.task.Clock`.
 
 from __future__ import annotations
 
+from math import ceil
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -21,7 +22,8 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from txcb.buckets._waiters import EndureWaiter, EndureWaiters
-from txcb.buckets.items import DELETED, LOCKED_CAS, cas_of, counted, header, with_cas
+from txcb.buckets.items import (
+    DELETED, LOCKED_CAS, cas_of, counted, expiry_of, header, with_cas)
 from txcb.buckets.subdocs import SubdocMixin
 from txcb.buckets.table import ItemTable
 from txcb.errors import (
@@ -33,7 +35,7 @@ from txcb.limits import (
     DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_LOCK_TTL,
     DEFAULT_MAX_VALUE_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_SCAN_BYTES)
 from txcb.multi import MultiMixin
-from txcb.results import OperationResult, ValueResult
+from txcb.results import OperationResult, ScanItem, ValueResult
 from txcb.scan import ScanResult
 from txcb.validation import (
     check_cas, check_delta, check_lock_ttl, check_ttl, expiry_time, resolve_durability,
@@ -153,8 +155,11 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
         return ValueResult(key, item[off:], flags, cas, RC.SUCCESS, self.transcoder)
 
     def store_sync(self, op: str, key: Any, value: Any, cas: int = 0, ttl: int = 0,
-                   format: Any = None) -> OperationResult:
-        """upsert/insert/replace without the Deferred (``op`` names which)."""
+                   format: Any = None, preserve_expiry: bool = False) -> OperationResult:
+        """
+        upsert/insert/replace without the Deferred (``op`` names which);
+        ``preserve_expiry`` keeps an existing item's expiry.
+        """
         if self._gated:
             self._check_mutation(key)
         self._ops[op] += 1
@@ -175,9 +180,29 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             if op == "insert":
                 raise KeyExistsError("the key exists", key=key)
             self._check_mutable(k, old, cas, now, key)
+        exp = expiry_time(ttl, now) if ttl else 0.0
+        if preserve_expiry and old is not None:
+            exp = expiry_of(old)
         new_cas = self._next_cas()
-        seqno = self._put(k, old, new_cas, expiry_time(ttl, now) if ttl else 0.0, flags, data)
+        seqno = self._put(k, old, new_cas, exp, flags, data)
         return OperationResult(key, new_cas, RC.SUCCESS, seqno)
+
+    def get_meta_sync(self, key: Any) -> ValueResult:
+        """A key's metadata (ISyncBucket.get_meta_sync): counted as a get."""
+        if self._closed:
+            self._check_open()
+        self._ops["get"] += 1
+        k = to_key(key)
+        now = self.clock.seconds()
+        item = self._lookup(k, now)
+        if item is None:
+            self._stats["misses"] += 1
+            return ValueResult(key, rc=RC.KEY_ENOENT)
+        self._stats["hits"] += 1
+        cas, exp, flags, _off = header(item)
+        if self._locks and self._is_locked(k, now):
+            cas = LOCKED_CAS
+        return ScanItem(key, None, flags, cas, ceil(exp) if exp else 0, self.transcoder)
 
     def remove_sync(self, key: Any, cas: int = 0, quiet: bool = False) -> OperationResult:
         k = self._begin("remove", key)

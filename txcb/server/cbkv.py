@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txcb.errors import RC, CouchbaseError, TimeoutError
+from txcb.errors import RC, CouchbaseError, NotSupportedError, TimeoutError
 from txcb.formats import Encoded
 from txcb.limits import DEFAULT_LOCK_TTL, MAX_KEY_LEN, MAX_LOCK_TTL
 from txcb.server.mcsession import get_and_touch, status_of
@@ -54,6 +54,10 @@ _STORE_OPS = {_O.SET: "upsert", _O.ADD: "insert", _O.REPLACE: "replace"}
 #: The opcodes that may carry a durability requirement (mutations).
 _DURABLE = frozenset((_O.SET, _O.ADD, _O.REPLACE, _O.DELETE, _O.INCREMENT, _O.DECREMENT,
                       _O.APPEND, _O.PREPEND))
+#: The opcodes that may carry preserve-expiry (the others answer NOT_SUPPORTED):
+#: the stores honour it, the counters and concatenations keep the expiry anyway.
+_PRESERVES = frozenset((_O.SET, _O.ADD, _O.REPLACE, _O.INCREMENT, _O.DECREMENT,
+                        _O.APPEND, _O.PREPEND))
 #: Extras lengths each keyed opcode accepts (by loud opcode).
 _EXTRAS = {_O.GET: (0,), _O.GETK: (0,), _O.SET: (8,), _O.ADD: (8,), _O.REPLACE: (8,),
            _O.DELETE: (0,), _O.INCREMENT: (20,), _O.DECREMENT: (20,), _O.APPEND: (0,),
@@ -77,7 +81,7 @@ class KeyOp:
     """One keyed request, resolved: its collection, key and durability."""
 
     __slots__ = ("opcode", "loud", "opaque", "quiet", "collection", "key", "raw_key",
-                 "level", "timeout", "removes")
+                 "level", "timeout", "removes", "preserve")
 
     def __init__(self, r: W.Request, collection: Any, key: bytes, info: W.FrameInfo) -> None:
         self.opcode = r.opcode
@@ -92,6 +96,8 @@ class KeyOp:
                         else DEFAULT_DURABILITY_TIMEOUT)
         #: The write deletes the document (a durable wait checks for its removal).
         self.removes = r.opcode in (_O.DELETE, _O.DELETEQ)
+        #: Preserve-expiry (framing extra id 5): an existing document keeps its expiry.
+        self.preserve = info.preserve_ttl
 
     @property
     def persist(self) -> bool:
@@ -134,7 +140,7 @@ class KeyValueOps:
             return self.error(r, e.status)
         if info.durability and loud not in _DURABLE:
             return self.error(r, _S.EINVAL)
-        if info.preserve_ttl:
+        if info.preserve_ttl and loud not in _PRESERVES:
             return self.error(r, _S.NOT_SUPPORTED)
         return self._collection_op(r, info)
 
@@ -257,7 +263,12 @@ class KeyValueOps:
         return self._get(r, self.render_value)
 
     def kv_get_meta(self, r: W.Request) -> Optional[bytes]:
-        return self._get(r, self.render_meta)
+        op = self.key_op(r)
+        if isinstance(op, bytes):
+            return op
+        key = op.key
+        return self.run_op("get", op, lambda b: b.get_meta_sync(key),
+                           lambda b: b.get(key, quiet=True), self.render_meta)
 
     def _get(self, r: W.Request, render: Any) -> Optional[bytes]:
         """A quiet get of the request's key, answered by ``render``."""
@@ -298,13 +309,17 @@ class KeyValueOps:
         key, cas, value = op.key, r.cas, Encoded(r.value, flags)
         if name == "insert" and cas:
             return self.error(r, _S.EINVAL)
-        if name == "upsert":
-            deferred: Callable[[Any], Deferred] = lambda b: b.upsert(key, value, cas=cas, ttl=ttl)
+        preserve = op.preserve
+        if preserve:
+            deferred: Callable[[Any], Deferred] = _no_preserve
+        elif name == "upsert":
+            deferred = lambda b: b.upsert(key, value, cas=cas, ttl=ttl)  # noqa: E731
         elif name == "insert":
             deferred = lambda b: b.insert(key, value, ttl=ttl)  # noqa: E731
         else:
             deferred = lambda b: b.replace(key, value, cas=cas, ttl=ttl)  # noqa: E731
-        return self.run_op(name, op, lambda b: b.store_sync(name, key, value, cas, ttl),
+        return self.run_op(name, op,
+                           lambda b: b.store_sync(name, key, value, cas, ttl, None, preserve),
                            deferred, self.render_mutation)
 
     def kv_delete(self, r: W.Request) -> Optional[bytes]:
@@ -417,7 +432,8 @@ class KeyValueOps:
             return self._failed(r, op)
         if r.rc:
             return self._status_reply(op, r.rc)
-        extras = W.get_meta_extras(False, r.flags, 0, r.seqno)
+        # A bucket served through its Deferreds answers a get: no expiry known (0).
+        extras = W.get_meta_extras(False, r.flags, getattr(r, "expiry", 0), r.seqno)
         return _response(op.opcode, 0, op.opaque, r.cas, extras)
 
     def render_mutation(self, r: Any, op: KeyOp) -> bytes:
@@ -439,6 +455,11 @@ class KeyValueOps:
         if type(r) is Failure:
             return self._failed(r, op)
         return _response(op.opcode, 0, op.opaque, r.cas)
+
+
+def _no_preserve(bucket: Any) -> Deferred:
+    """A store with preserve-expiry on a bucket served through its Deferreds."""
+    return fail(NotSupportedError("preserve-expiry needs a bucket providing ISyncBucket"))
 
 
 def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:

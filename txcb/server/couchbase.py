@@ -53,7 +53,7 @@ _UID_CID = struct.Struct(">QI")
 GRANTED_FEATURES = frozenset((
     _F.TCPNODELAY, _F.MUTATION_SEQNO, _F.XERROR, _F.SELECT_BUCKET,
     _F.ALT_REQUEST_SUPPORT, _F.SYNC_REPLICATION, _F.COLLECTIONS, _F.XATTR,
-    _F.VATTR))
+    _F.VATTR, _F.PRESERVE_TTL))
 #: Opcodes a connection may use before it authenticates.
 _AUTH_FREE = frozenset((_O.HELLO, _O.SASL_LIST_MECHS, _O.SASL_AUTH, _O.SASL_STEP,
                         _O.VERSION, _O.NOOP, _O.QUIT, _O.QUITQ))
