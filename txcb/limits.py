@@ -1,6 +1,6 @@
 """The limits every layer shares, defined once (no Twisted)."""
 
-__all__ = ["MAX_KEY_LEN", "THIRTY_DAYS", "MAX_TTL", "DEFAULT_MAX_VALUE_SIZE",
+__all__ = ["MAX_REPLY_MESSAGE", "MAX_KEY_LEN", "THIRTY_DAYS", "MAX_TTL", "DEFAULT_MAX_VALUE_SIZE",
            "MAX_LOCK_TTL", "U64", "DEFAULT_TIMEOUT", "MAX_SCAN_BATCH", "MAX_SCAN_BYTES",
            "MAX_SCAN_BOUND", "DEFAULT_LOCK_TTL", "DEFAULT_SCAN_BATCH", "DEFAULT_SCAN_BYTES",
            "DEFAULT_ENDURE_TIMEOUT", "DEFAULT_ENDURE_INTERVAL"]
@@ -31,3 +31,6 @@ DEFAULT_SCAN_BYTES = 1024 * 1024
 #: (seconds).
 DEFAULT_ENDURE_TIMEOUT = 5.0
 DEFAULT_ENDURE_INTERVAL = 0.01
+
+#: The longest error message a netstring reply carries (bytes; longer ones are cut).
+MAX_REPLY_MESSAGE = 512

@@ -28,26 +28,25 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 
 from txcb import __version__
-from txcb.errors import RC, ArgumentError, CouchbaseError, exception_for_rc
+from txcb.errors import RC, ArgumentError, CouchbaseError
 from txcb.formats import Encoded
 from txcb.interfaces import ISyncBucket
-from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_SCAN_BATCH, MAX_SCAN_BYTES
-from txcb.subdocument import DocFlag, SubdocError
+from txcb.limits import (
+    DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_REPLY_MESSAGE, MAX_SCAN_BATCH, MAX_SCAN_BYTES)
+from txcb.subdocument import SubdocError
+from txcb.server import nsmulti, nssubdoc
 from txcb.server.core import LateReplies, RequestFlow, ServerStats, admit, idle_sweeper
 from txcb.transport import FastNetstringReceiver, set_nodelay
 from txcb.validation import resolve_durability
 from txcb.wire.netstring import (
-    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, MULTI_FRAME_BYTES, OPT_CHECK_REMOVED,
-    OPT_DECREMENT, OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, RES_MAGIC, SDOPT_PRESERVE_EXPIRY,
-    FrameError, Op, Request, decode_request, decode_scan_request, decode_subdoc_request,
-    encode_lookup_reply, encode_multi_frame, encode_mutate_reply, encode_subdoc_failure,
-    encode_multi_keys, encode_multi_reply, encode_request, encode_response, encode_scan_reply,
+    COUNTER_BODY, ENDURE_BODY, HEADER_LEN, MAX_MULTI, OPT_CHECK_REMOVED, OPT_DECREMENT,
+    OPT_IDS_ONLY, OPT_INITIAL, OPT_QUIET, RES_MAGIC, FrameError, Op,
+    Request, decode_request, decode_scan_request, encode_subdoc_failure, encode_response, encode_scan_reply,
     res_pack)
 
 __all__ = ["BucketServerProtocol", "BucketServerFactory", "ServerStats"]
 
 #: Longest error message sent back, in bytes.
-_MAX_MESSAGE = 512
 
 
 class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
@@ -286,7 +285,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
             self._late.flush()
 
     def _error_reply(self, e: CouchbaseError, req: Request) -> bytes:
-        msg = e.message.encode("utf-8", "replace")[:_MAX_MESSAGE]
+        msg = e.message.encode("utf-8", "replace")[:MAX_REPLY_MESSAGE]
         if isinstance(e, SubdocError) and e.index is not None:  # 0xCC: which spec, why
             msg = encode_subdoc_failure(e.index, e.status, msg)
         return encode_response(req.opcode, req.opaque, e.rc & 0xFFFF, body=msg)
@@ -299,7 +298,7 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
     def _frame_error(self, e: FrameError, started: float) -> None:
         if e.opaque is not None:
             self.sendString(encode_response(e.opcode, e.opaque, e.status,
-                                            body=str(e).encode("utf-8")[:_MAX_MESSAGE]))
+                                            body=str(e).encode("utf-8")[:MAX_REPLY_MESSAGE]))
             if self._observer is not None:
                 cmd = _COMMANDS.get(e.opcode)
                 self._observer.request_done(cmd.name if cmd is not None else
@@ -536,186 +535,6 @@ def _noop(p: Any, b: Any, r: Request) -> bytes:
     return res_pack(RES_MAGIC, r.opcode, 0, r.opaque, 0, 0, 0)
 
 
-# -- GET_MULTI (docs/protocol.rst, 3.2): many keys, one request ---------------
-
-def _multi_limit(p: BucketServerProtocol) -> int:
-    """A GET_MULTI reply frame's body: 1 MiB at most, and what the client accepts."""
-    return max(min(MULTI_FRAME_BYTES, p.factory.max_frame - HEADER_LEN), 1)
-
-
-def _multi_entry(b: Any, p: BucketServerProtocol, key: bytes, ttl: int) -> tuple:
-    """One key's GET_MULTI entry from ``get_sync`` (quiet: a miss is an entry)."""
-    try:
-        res = b.get_sync(key, ttl, True)
-    except CouchbaseError as e:
-        return (e.rc & 0xFFFF, 0, 0, e.message.encode("utf-8", "replace")[:_MAX_MESSAGE])
-    except Exception:
-        p._logger.failure("txcb: internal error in GET_MULTI of {key!r}", key=key)
-        return (RC.EINTERNAL, 0, 0, b"internal server error")
-    if res.rc:  # a miss
-        return (res.rc, 0, 0, b"")
-    return (0, res.cas, res.flags, res.raw)
-
-
-def _get_multi_now(p: BucketServerProtocol, b: Any, r: Request) -> bytes:
-    """
-    GET_MULTI on an ISyncBucket: each key's get (or GAT with the request's
-    ttl) with ``get_sync``, a frame written as soon as it is full; the last
-    frame is returned.
-
-    If the client stops reading (the transport pauses the protocol) in the
-    middle of a long reply, the keys left become a GET_MULTI of their own
-    (same opaque), held with the requests read after this one: the reply
-    goes on when the client reads again, and a client that never reads costs
-    a frame, not every value it asked for.
-    """
-    keys = r.keys
-    ttl = r.ttl
-    limit = _multi_limit(p)
-    entries: list = []
-    size = 0
-    sent = 0  # keys whose entries are written
-    for k in keys:
-        entry = _multi_entry(b, p, k, ttl)
-        m = 18 + len(entry[3])
-        if size + m > limit and size:  # the frame is full: out it goes
-            if p.connected:
-                p.sendString(encode_multi_frame(r.opaque, entries, True))
-            sent += len(entries)
-            entries = [entry]
-            size = m
-            if p._out_paused and sent + 1 < len(keys):
-                p._held.append(encode_request(Op.GET_MULTI, r.opaque, ttl=ttl,
-                                              value=encode_multi_keys(keys[sent + 1:])))
-                return encode_multi_frame(r.opaque, entries, True)
-        else:
-            entries.append(entry)
-            size += m
-    return encode_multi_frame(r.opaque, entries)
-
-
-def _multi_reply(p: BucketServerProtocol, r: Request, entries: list) -> bytes:
-    """
-    Write every frame of a GET_MULTI reply but the last, which is returned
-    (to go out after them, as the request's reply).
-    """
-    frames = encode_multi_reply(r.opaque, entries, _multi_limit(p))
-    for payload in frames[:-1]:
-        if p.connected:
-            p.sendString(payload)
-    return frames[-1]
-
-
-def _multi_entries(keys: list, results: Any, error: Optional[CouchbaseError]) -> list:
-    """
-    The entries of a MultiResult.  ``error``: the call's, if it failed (the
-    first failed key's, see txcb.multi.gather_results), whose message goes
-    with its key; other failed keys have only an rc, and the generic message.
-    """
-    entries: list = []
-    append = entries.append
-    mine = error.key if error is not None else None  # None: the first failed key's
-    for k in keys:
-        res = results.get(k)
-        rc = res.rc if res is not None else error.rc if error is not None else RC.EINTERNAL
-        if not rc:
-            append((0, res.cas, res.flags, res.raw or b""))
-        elif rc == RC.KEY_ENOENT:
-            append((rc, 0, 0, b""))
-        else:
-            if error is not None and (res is None or mine is None or mine == k):
-                message = error.message
-                if mine is None:
-                    mine = k
-            else:
-                message = exception_for_rc(rc).message
-            append((rc & 0xFFFF, 0, 0, message.encode("utf-8", "replace")[:_MAX_MESSAGE]))
-    return entries
-
-
-def _get_multi(p: BucketServerProtocol, b: Any, r: Request) -> Any:
-    """GET_MULTI on any other bucket: its ``get_multi``, quiet (misses are entries)."""
-    keys = r.keys
-
-    def failed(f: Failure) -> Any:
-        err = f.value
-        results = getattr(err, "all_results", None) if isinstance(err, CouchbaseError) \
-            else None
-        if not isinstance(results, dict):
-            return f  # one error for the whole request (see _failed)
-        return _multi_reply(p, r, _multi_entries(keys, results, err))
-    return b.get_multi(keys, ttl=r.ttl, quiet=True).addCallbacks(
-        lambda results: _multi_reply(p, r, _multi_entries(keys, results, None)), failed)
-
-
-# -- LOOKUP_IN / MUTATE_IN (docs/protocol.rst, 3.4) ---------------------------
-# An ISyncBucket answers both at once (``now``: lookup_in_sync / mutate_in_sync,
-# the same arguments, the same encoders); a durable mutate_in (persist_to /
-# replicate_to) and any other bucket go through the IBucket calls.
-
-_LOOKUP_DOC_FLAGS = DocFlag.ACCESS_DELETED | DocFlag.REPLICA_READ  # no replicas: ignored
-_MUTATE_DOC_FLAGS = DocFlag.MKDOC | DocFlag.ADD
-_UNSUPPORTED_DOC_FLAGS = DocFlag.CREATE_AS_DELETED | DocFlag.REVIVE_DOCUMENT
-
-
-def _subdoc_request(r: Request, allowed: int) -> tuple:
-    """(doc flags, options, specs) of a LOOKUP_IN / MUTATE_IN; SubdocError if refused."""
-    try:
-        doc_flags, options, specs = decode_subdoc_request(r.value, r.opcode == Op.MUTATE_IN)
-    except FrameError as e:
-        raise SubdocError(e.status, str(e))
-    if doc_flags & ~DocFlag.KNOWN:
-        raise SubdocError(RC.EINVAL, "unknown document flags 0x%02x" % doc_flags)
-    if doc_flags & ~allowed & (_UNSUPPORTED_DOC_FLAGS | DocFlag.ACCESS_DELETED):
-        raise SubdocError(RC.NOT_SUPPORTED, "document flags 0x%02x are not supported here"
-                          % (doc_flags & ~allowed))
-    if doc_flags & ~allowed:
-        raise SubdocError(RC.EINVAL, "document flags 0x%02x are not valid for this opcode"
-                          % (doc_flags & ~allowed))
-    return doc_flags, options, specs
-
-
-def _lookup_reply(result: Any, r: Request) -> bytes:
-    return encode_response(r.opcode, r.opaque, result.rc, result.cas, body=encode_lookup_reply(
-        [(x.status, x.value) for x in result.results]))
-
-
-def _mutate_reply(result: Any, r: Request) -> bytes:
-    token = result.mutation_token
-    return encode_response(r.opcode, r.opaque, 0, result.cas, seqno=token[1] if token else 0,
-                           body=encode_mutate_reply([(i, x.status, x.value) for i, x in
-                                                     enumerate(result.results) if x.value]))
-
-
-def _lookup_in(p: Any, b: Any, r: Request) -> Any:
-    doc_flags, _, specs = _subdoc_request(r, _LOOKUP_DOC_FLAGS)
-    return b.lookup_in(r.key, *specs, access_deleted=bool(doc_flags & DocFlag.ACCESS_DELETED)
-                       ).addCallback(_lookup_reply, r)
-
-
-def _lookup_in_now(p: Any, b: Any, r: Request) -> bytes:
-    doc_flags, _, specs = _subdoc_request(r, _LOOKUP_DOC_FLAGS)
-    return _lookup_reply(b.lookup_in_sync(
-        r.key, *specs, access_deleted=bool(doc_flags & DocFlag.ACCESS_DELETED)), r)
-
-
-def _mutate_in_now(p: Any, b: Any, r: Request) -> bytes:
-    doc_flags, options, specs = _subdoc_request(r, _MUTATE_DOC_FLAGS)
-    return _mutate_reply(b.mutate_in_sync(
-        r.key, *specs, cas=r.cas, ttl=r.ttl, upsert_doc=bool(doc_flags & DocFlag.MKDOC),
-        insert_doc=bool(doc_flags & DocFlag.ADD),
-        preserve_expiry=bool(options & SDOPT_PRESERVE_EXPIRY)), r)
-
-
-def _mutate_in(p: Any, b: Any, r: Request) -> Any:
-    doc_flags, options, specs = _subdoc_request(r, _MUTATE_DOC_FLAGS)
-    return b.mutate_in(
-        r.key, *specs, cas=r.cas, ttl=r.ttl, upsert_doc=bool(doc_flags & DocFlag.MKDOC),
-        insert_doc=bool(doc_flags & DocFlag.ADD), persist_to=r.persist_to,
-        replicate_to=r.replicate_to, preserve_expiry=bool(options & SDOPT_PRESERVE_EXPIRY)
-    ).addCallback(_mutate_reply, r)
-
-
 #: opcode -> how it is served (see _Command).
 _COMMANDS: Dict[int, _Command] = {
     Op.GET: _Command("get", _get, _get_now),
@@ -740,9 +559,9 @@ _COMMANDS: Dict[int, _Command] = {
     Op.SCAN: _Command("scan", _scan),
     Op.NOOP: _Command("noop", None, _noop),
     Op.HELLO: _Command("hello", None, _hello),
-    Op.GET_MULTI: _Command("get_multi", _get_multi, _get_multi_now),
-    Op.LOOKUP_IN: _Command("lookup_in", _lookup_in, _lookup_in_now),
-    Op.MUTATE_IN: _Command("mutate_in", _mutate_in, _mutate_in_now),
+    Op.GET_MULTI: _Command("get_multi", nsmulti.get_multi, nsmulti.get_multi_now),
+    Op.LOOKUP_IN: _Command("lookup_in", nssubdoc.lookup_in, nssubdoc.lookup_in_now),
+    Op.MUTATE_IN: _Command("mutate_in", nssubdoc.mutate_in, nssubdoc.mutate_in_now),
 }
 
 
