@@ -16,6 +16,7 @@ from txcb.buckets.embedded import EmbeddedBucket
 from txcb.interfaces import IBucket
 from txcb.keyspaces import Keyspaces
 from txcb.server.couchbase import GRANTED_FEATURES, CouchbaseServerFactory
+from txcb.wire import cbbootstrap as WB
 from txcb.wire import couchbase as W
 from txcb.wire.sasl import plain_payload
 
@@ -106,11 +107,11 @@ class CouchbaseCodecTests(unittest.TestCase):
             self.assertRaises(ValueError, W.split_collection, bad)
 
     def test_hello_odd_length_feature_list(self):
-        self.assertRaises(ValueError, W.parse_hello, b"\x00\x03\x00")
-        self.assertEqual(W.parse_hello(b"\x00\x03\x00\x12"), [3, 0x12])
+        self.assertRaises(ValueError, WB.parse_hello, b"\x00\x03\x00")
+        self.assertEqual(WB.parse_hello(b"\x00\x03\x00\x12"), [3, 0x12])
 
     def test_error_map_entries_have_name_desc_attrs(self):
-        doc = json.loads(W.error_map(2))
+        doc = json.loads(WB.error_map(2))
         self.assertEqual((doc["version"], doc["revision"]), (2, 1))
         for code, entry in doc["errors"].items():
             int(code, 16)
@@ -118,10 +119,10 @@ class CouchbaseCodecTests(unittest.TestCase):
         for code in ("9", "86"):
             self.assertIn("retry-later", doc["errors"][code]["attrs"])
             self.assertIn("strategy", doc["errors"][code]["retry"])
-        self.assertEqual(json.loads(W.error_map(1))["version"], 1)
+        self.assertEqual(json.loads(WB.error_map(1))["version"], 1)
 
     def test_cluster_config_shape(self):
-        doc = json.loads(W.cluster_config(3, 11210, "b"))
+        doc = json.loads(WB.cluster_config(3, 11210, "b"))
         self.assertEqual(doc["rev"], 3)
         self.assertEqual(doc["nodeLocator"], "vbucket")
         self.assertEqual(doc["nodesExt"][0]["hostname"], "$HOST")
@@ -129,9 +130,9 @@ class CouchbaseCodecTests(unittest.TestCase):
         vbmap = doc["vBucketServerMap"]
         self.assertEqual((vbmap["hashAlgorithm"], vbmap["numReplicas"]), ("CRC", 0))
         self.assertEqual(vbmap["vBucketMap"], [[0]] * 1024)
-        ssl = json.loads(W.cluster_config(1, 11207, "b", ssl=True))
+        ssl = json.loads(WB.cluster_config(1, 11207, "b", ssl=True))
         self.assertEqual(ssl["nodesExt"][0]["services"], {"kvSSL": 11207})
-        self.assertNotIn("vBucketServerMap", json.loads(W.cluster_config(1, 1)))
+        self.assertNotIn("vBucketServerMap", json.loads(WB.cluster_config(1, 1)))
 
     def test_body_over_limit_refused_before_buffering(self):
         d = W.Decoder(max_body=100)
@@ -181,7 +182,7 @@ class CouchbaseBootstrapTests(unittest.TestCase):
     def test_bootstrap_pipelined(self):
         c = self.h.connect()
         data = b"".join([
-            c.frame(O.HELLO, b"agent", W.hello_value(ALL_FEATURES)),
+            c.frame(O.HELLO, b"agent", WB.hello_value(ALL_FEATURES)),
             c.frame(O.SASL_LIST_MECHS),
             c.frame(O.SASL_AUTH, b"PLAIN", plain_payload(b"alice", b"secret")),
             c.frame(O.GET_ERROR_MAP, value=b"\x00\x02"),

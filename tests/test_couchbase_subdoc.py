@@ -27,6 +27,8 @@ from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.persistent import PersistentBucket
 from txcb.interfaces import IBucket
 from txcb.server.couchbase import GRANTED_FEATURES
+from txcb.wire import cbbootstrap as WB
+from txcb.wire import cbspecs as WS
 from txcb.wire import couchbase as W
 
 from tests.support.cbsubdoc import (
@@ -93,51 +95,51 @@ class CouchbaseSubdocCodecTests(unittest.TestCase):
 
     def test_lookup_specs_round_trip(self):
         specs = [(GET, 0, b"a.b"), (EXISTS, XATTR, b"_x"), (GET_DOC, 0, b"")]
-        self.assertEqual(W.decode_lookup_specs(W.encode_lookup_specs(specs)),
+        self.assertEqual(WS.decode_lookup_specs(WS.encode_lookup_specs(specs)),
                          [s + (b"",) for s in specs])
 
     def test_mutation_specs_round_trip(self):
         specs = [(DICT_UPSERT, MKDIR_P, b"a.b", b"1"), (DELETE, 0, b"c", b""),
                  (SET_DOC, 0, b"", b"{}")]
-        self.assertEqual(W.decode_mutation_specs(W.encode_mutation_specs(specs)), specs)
+        self.assertEqual(WS.decode_mutation_specs(WS.encode_mutation_specs(specs)), specs)
 
     def test_results_round_trip(self):
         lookups = [(0, b"1"), (S.SUBDOC_PATH_ENOENT, b"")]
-        self.assertEqual(W.decode_lookup_results(W.encode_lookup_results(lookups)), lookups)
+        self.assertEqual(WS.decode_lookup_results(WS.encode_lookup_results(lookups)), lookups)
         mutations = [(3, 0, b"7")]
-        self.assertEqual(W.decode_mutation_results(W.encode_mutation_results(mutations)),
+        self.assertEqual(WS.decode_mutation_results(WS.encode_mutation_results(mutations)),
                          mutations)
-        self.assertEqual(W.decode_mutation_failure(W.encode_mutation_failure(2, 0xC0)),
+        self.assertEqual(WS.decode_mutation_failure(WS.encode_mutation_failure(2, 0xC0)),
                          (2, 0xC0))
 
     def test_every_truncation_of_a_spec_list_is_einval_or_a_shorter_list(self):
-        data = W.encode_mutation_specs([(DICT_UPSERT, 0, b"ab", b"12"), (GET, 0, b"c", b"")])
+        data = WS.encode_mutation_specs([(DICT_UPSERT, 0, b"ab", b"12"), (GET, 0, b"c", b"")])
         for i in range(1, len(data)):
             try:
-                got = W.decode_mutation_specs(data[:i])
-            except W.SpecListError as e:
+                got = WS.decode_mutation_specs(data[:i])
+            except WS.SpecListError as e:
                 self.assertEqual(e.status, S.EINVAL, i)
             else:
                 self.assertEqual(len(got), 1, i)
 
     def test_seventeen_specs_are_invalid_combo(self):
-        data = W.encode_lookup_specs([(GET, 0, b"a")] * 17)
-        with self.assertRaises(W.SpecListError) as e:
-            W.decode_lookup_specs(data)
+        data = WS.encode_lookup_specs([(GET, 0, b"a")] * 17)
+        with self.assertRaises(WS.SpecListError) as e:
+            WS.decode_lookup_specs(data)
         self.assertEqual(e.exception.status, S.SUBDOC_INVALID_COMBO)
-        self.assertEqual(len(W.decode_lookup_specs(W.encode_lookup_specs([(GET, 0, b"a")] * 16))),
+        self.assertEqual(len(WS.decode_lookup_specs(WS.encode_lookup_specs([(GET, 0, b"a")] * 16))),
                          16)
 
     def test_error_map_names_the_subdoc_statuses(self):
-        errors = json.loads(W.error_map(2))["errors"]
+        errors = json.loads(WB.error_map(2))["errors"]
         for status in (0x87, 0xC0, 0xC9, 0xCB, 0xCC, 0xCD, 0xD3, 0xD4):
             entry = errors["%x" % status]
             self.assertIn("subdoc", entry["attrs"])
             self.assertTrue(entry["name"] and entry["desc"])
 
     def test_no_specs_are_invalid_combo(self):
-        with self.assertRaises(W.SpecListError) as e:
-            W.decode_lookup_specs(b"")
+        with self.assertRaises(WS.SpecListError) as e:
+            WS.decode_lookup_specs(b"")
         self.assertEqual(e.exception.status, S.SUBDOC_INVALID_COMBO)
 
 
@@ -419,22 +421,22 @@ class CouchbaseSubdocTests(unittest.TestCase):
             out = responses(self.c.send(data[:i]) + self.c.send(data[i:]))
             self.assertEqual([(r.opcode, r.status) for r in out],
                              [(MUTATION, 0), (LOOKUP, 0), (O.NOOP, 0)], i)
-            self.assertEqual(W.decode_lookup_results(out[1].value)[0][1],
-                             W.decode_mutation_results(out[0].value)[0][2], i)
+            self.assertEqual(WS.decode_lookup_results(out[1].value)[0][1],
+                             WS.decode_mutation_results(out[0].value)[0][2], i)
 
     def test_pipelined_mixed_requests_answer_in_order(self):
         self.store(b"k", {"n": 0})
         data = b"".join(mutation_frame(self.c, b"k", [(COUNTER, 0, "n", b"1")])
                         + lookup_frame(self.c, b"k", [(GET, 0, "n")]) for _ in range(5))
         out = responses(self.c.send(data))
-        self.assertEqual([W.decode_lookup_results(r.value)[0][1] for r in out[1::2]],
+        self.assertEqual([WS.decode_lookup_results(r.value)[0][1] for r in out[1::2]],
                          [b"1", b"2", b"3", b"4", b"5"])
 
     # -- hostile input (one test per case; the connection is unaffected) ---------
 
     def test_spec_header_past_the_value_is_einval(self):
         self.store(b"k", {"a": 1})
-        value = W.encode_lookup_specs([(GET, 0, b"a")]) + b"\xc5"
+        value = WS.encode_lookup_specs([(GET, 0, b"a")]) + b"\xc5"
         r = self.c.one(LOOKUP, W.leb128(0) + b"k", value)
         self.assertEqual(r.status, S.EINVAL)
         self.assertAlive()
@@ -476,7 +478,7 @@ class CouchbaseSubdocTests(unittest.TestCase):
 
     def test_mutation_spec_in_a_lookup_is_invalid_combo(self):
         self.store(b"k", {"a": 1})
-        value = W.encode_lookup_specs([(DICT_UPSERT, 0, b"a")])
+        value = WS.encode_lookup_specs([(DICT_UPSERT, 0, b"a")])
         self.assertEqual(self.c.one(LOOKUP, W.leb128(0) + b"k", value).status,
                          S.SUBDOC_INVALID_COMBO)
         self.assertEqual(mutate_in(self.c, b"k", (GET, 0, "a", b"")).status,
@@ -506,11 +508,11 @@ class CouchbaseSubdocTests(unittest.TestCase):
         self.assertEqual(self.get(b"k"), {"a": 1})
 
     def test_bad_extras_lengths_are_einval(self):
-        value = W.encode_lookup_specs([(GET, 0, b"a")])
+        value = WS.encode_lookup_specs([(GET, 0, b"a")])
         for n in (2, 4, 5):
             self.assertEqual(self.c.one(LOOKUP, W.leb128(0) + b"k", value,
                                         extras=b"\x00" * n).status, S.EINVAL, n)
-        value = W.encode_mutation_specs([(COUNTER, 0, b"a", b"1")])
+        value = WS.encode_mutation_specs([(COUNTER, 0, b"a", b"1")])
         for n in (2, 3, 6, 8):
             self.assertEqual(self.c.one(MUTATION, W.leb128(0) + b"k", value,
                                         extras=b"\x00" * n).status, S.EINVAL, n)
@@ -546,7 +548,7 @@ class CouchbaseSubdocTests(unittest.TestCase):
         self.assertEqual(r.status, 0)
 
     def test_unknown_collection_and_vbucket(self):
-        value = W.encode_lookup_specs([(GET, 0, b"a")])
+        value = WS.encode_lookup_specs([(GET, 0, b"a")])
         self.assertEqual(self.c.one(LOOKUP, W.leb128(9) + b"k", value).status,
                          S.UNKNOWN_COLLECTION)
         self.assertEqual(self.c.one(LOOKUP, W.leb128(0) + b"k", value, vbucket=1024).status,

@@ -6,6 +6,7 @@ Sub-document frames for the sans-IO Couchbase client of
 
 import struct
 
+from txcb.wire import cbspecs as WS
 from txcb.wire import couchbase as W
 
 __all__ = ["XATTR", "MKDIR_P", "EXPAND", "MKDOC", "ADD", "ACCESS_DELETED", "lookup_frame",
@@ -34,14 +35,14 @@ def _path(p):
 
 def lookup_frame(conn, key, specs, doc_flags=None, **kw):
     """A 0xd0 frame; specs are ``(opcode, flags, path)``."""
-    value = W.encode_lookup_specs([(op, fl, _path(p)) for op, fl, p in specs])
+    value = WS.encode_lookup_specs([(op, fl, _path(p)) for op, fl, p in specs])
     return conn.frame(O.SUBDOC_MULTI_LOOKUP, _key(conn, key), value,
                       extras=doc_extras(doc_flags), **kw)
 
 
 def mutation_frame(conn, key, specs, doc_flags=None, expiry=None, **kw):
     """A 0xd1 frame; specs are ``(opcode, flags, path, value)``."""
-    value = W.encode_mutation_specs([(op, fl, _path(p), v) for op, fl, p, v in specs])
+    value = WS.encode_mutation_specs([(op, fl, _path(p), v) for op, fl, p, v in specs])
     return conn.frame(O.SUBDOC_MULTI_MUTATION, _key(conn, key), value,
                       extras=doc_extras(doc_flags, expiry), **kw)
 
@@ -64,14 +65,14 @@ def mutate_in(conn, key, *specs, **kw):
 
 def lookup_results(r):
     """``[(status, value)]`` of a 0xd0 response."""
-    return W.decode_lookup_results(r.value)
+    return WS.decode_lookup_results(r.value)
 
 
 def mutation_results(r):
     """``[(index, status, value)]`` of a successful 0xd1 response."""
-    return W.decode_mutation_results(r.value)
+    return WS.decode_mutation_results(r.value)
 
 
 def mutation_failure(r):
     """``(index, status)`` of a 0xd1 SUBDOC_MULTI_PATH_FAILURE."""
-    return W.decode_mutation_failure(r.value)
+    return WS.decode_mutation_failure(r.value)

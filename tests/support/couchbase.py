@@ -17,6 +17,7 @@ from txcb.keyspaces import BucketSpace, Keyspaces
 from txcb.server.cbkv import KV_HANDLERS
 from txcb.server.core import ServerStats
 from txcb.server.couchbase import CouchbaseServerFactory
+from txcb.wire import cbbootstrap as WB
 from txcb.wire import couchbase as W
 from txcb.wire.sasl import ScramClient, plain_payload
 
@@ -123,8 +124,8 @@ class CbConn:
         return out[0]
 
     def hello(self, features=ALL_FEATURES):
-        r = self.one(O.HELLO, b'{"a":"test"}', W.hello_value(features))
-        granted = W.parse_hello(r.value)
+        r = self.one(O.HELLO, b'{"a":"test"}', WB.hello_value(features))
+        granted = WB.parse_hello(r.value)
         self.collections = W.Feature.COLLECTIONS in granted
         return granted
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from txcb.errors import SubdocError
 from txcb.server.cbkv import KeyOp
 from txcb.subdocument import DocFlag, Opcode as SDOp, Spec
+from txcb.wire import cbspecs as WS
 from txcb.wire import couchbase as W
 
 __all__ = ["SubdocOps", "SUBDOC_HANDLERS"]
@@ -73,9 +74,9 @@ class SubdocOps:
     def _subdoc_specs(self, r: W.Request, mutation: bool) -> Union[List[Spec], bytes]:
         """The request's specs, or the error reply of a list that does not parse."""
         try:
-            raw = W.decode_mutation_specs(r.value) if mutation else \
-                W.decode_lookup_specs(r.value)
-        except W.SpecListError as e:
+            raw = WS.decode_mutation_specs(r.value) if mutation else \
+                WS.decode_lookup_specs(r.value)
+        except WS.SpecListError as e:
             return self.error(r, e.status)
         return [Spec.from_wire(op, flags, path, value) for op, flags, path, value in raw]
 
@@ -138,12 +139,12 @@ class SubdocOps:
         if e.index is None:
             return _response(op.opcode, e.status, op.opaque)
         return _response(op.opcode, _S.SUBDOC_MULTI_PATH_FAILURE, op.opaque,
-                         value=W.encode_mutation_failure(e.index, e.status))
+                         value=WS.encode_mutation_failure(e.index, e.status))
 
     def render_lookup_in(self, r: Any, op: KeyOp) -> bytes:
         if type(r) is Failure:
             return self._subdoc_failed(r, op)
-        value = W.encode_lookup_results([(x.status, x.value) for x in r.results])
+        value = WS.encode_lookup_results([(x.status, x.value) for x in r.results])
         return _response(op.opcode, r.rc, op.opaque, r.cas, value=value)
 
     def render_mutate_in(self, r: Any, op: KeyOp) -> bytes:
@@ -157,7 +158,7 @@ class SubdocOps:
         extras = (W.mutation_extras(op.collection.uuid, token[1])
                   if self.tokens and token else b"")
         return _response(op.opcode, 0, op.opaque, r.cas, extras,
-                         value=W.encode_mutation_results(values))
+                         value=WS.encode_mutation_results(values))
 
 
 def _preserves(r: W.Request) -> bool:

@@ -36,6 +36,7 @@ from txcb.server.cbsubdoc import SUBDOC_HANDLERS, SubdocOps
 from txcb.server.core import ServerStats, ServingFactory
 from txcb.server.mcreplies import OrderedReplies
 from txcb.server.mcsession import VERSION
+from txcb.wire import cbbootstrap as WB
 from txcb.wire import couchbase as W
 from txcb.wire.mcbinary import U16 as _U16, U64 as _U64
 from txcb.wire.sasl import SaslFailure, SaslServer
@@ -161,7 +162,7 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps, SubdocOps):
 
     def _config(self) -> bytes:
         name = self.space.name if self.space is not None else None
-        return W.cluster_config(CONFIG_REV, self.port, name, self.ssl)
+        return WB.cluster_config(CONFIG_REV, self.port, name, self.ssl)
 
     def _ok(self, r: W.Request, value: bytes = b"", extras: bytes = b"") -> bytes:
         return _response(r.opcode, 0, r.opaque, extras=extras, value=value)
@@ -170,7 +171,7 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps, SubdocOps):
 
     def _hello(self, r: W.Request) -> bytes:
         try:
-            asked = W.parse_hello(r.value)
+            asked = WB.parse_hello(r.value)
         except ValueError as e:
             _log.info("txcb couchbase: bad HELLO from {peer}: {error}", peer=self.peer,
                       error=str(e))
@@ -180,7 +181,7 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps, SubdocOps):
         self.xerror = _F.XERROR in granted
         self.collections = _F.COLLECTIONS in granted
         self.tokens = _F.MUTATION_SEQNO in granted
-        return self._ok(r, W.hello_value(granted))
+        return self._ok(r, WB.hello_value(granted))
 
     def _list_mechs(self, r: W.Request) -> bytes:
         return self._ok(r, self.sasl.mechanisms())
@@ -209,7 +210,7 @@ class CouchbaseServerProtocol(OrderedReplies, KeyValueOps, SubdocOps):
     def _error_map(self, r: W.Request) -> bytes:
         if len(r.value) != 2 or not _U16.unpack(r.value)[0]:
             return self.error(r, _S.EINVAL)
-        return self._ok(r, W.error_map(_U16.unpack(r.value)[0]))
+        return self._ok(r, WB.error_map(_U16.unpack(r.value)[0]))
 
     def _select_bucket(self, r: W.Request) -> bytes:
         space = self.factory.keyspaces.get(r.key.decode("utf-8", "replace"))
