@@ -11,6 +11,7 @@ from typing import Any, List
 
 from twisted.trial import unittest
 
+from txcb.wire import _ascii_events  # the recorder's command names, checked below
 from txcb.wire import mcascii as mc
 from txcb.wire.mcascii import Command, Error
 
@@ -865,3 +866,11 @@ class FormattingTests(unittest.TestCase):
         self.assertRaises(ValueError, mc.format_stats,
                           {"x": "1\r\nSTAT evil 1"})
         self.assertRaises(ValueError, mc.format_stats, {"x": b"1\n"})
+
+
+class EventRecorderCoverageTests(unittest.TestCase):
+    """The recorder's command names are the parser's handler table's, exactly."""
+
+    def test_recorder_knows_every_command_the_parser_dispatches(self):
+        self.assertEqual(set(_ascii_events.COMMANDS), set(mc._HANDLERS))
+        self.assertEqual(set(mc.EventRecorder(lambda e: None).handlers), set(mc._HANDLERS))

@@ -44,6 +44,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
+from txcb.wire._ascii_events import (
+    GET_COMMANDS, STORAGE_COMMANDS, Command, Error, Event, EventRecorder)
+from txcb.wire._ascii_replies import (
+    BAD_DATA_CHUNK, BAD_DELETE, BAD_DELTA, BAD_EXPTIME, BAD_FORMAT, DELETED, END, ERROR,
+    EXISTS, GET_TOO_MANY_KEYS, NOT_FOUND, NOT_STORED, OK, STORED, TOO_LARGE, TOUCHED,
+    KEY_FORBIDDEN as _KEY_FORBIDDEN, format_hit, format_number, format_one_hit, format_stats,
+    format_value, valid_key as _valid_key)
+
 __all__ = [
     "Parser", "EventRecorder", "Command", "Error", "Event",
     "format_value", "format_hit", "format_one_hit", "format_number", "format_stats",
@@ -54,36 +62,7 @@ __all__ = [
     "STORAGE_COMMANDS", "GET_COMMANDS",
 ]
 
-# -- replies ----------------------------------------------------------------
-
-END = b"END\r\n"
-STORED = b"STORED\r\n"
-NOT_STORED = b"NOT_STORED\r\n"
-EXISTS = b"EXISTS\r\n"
-NOT_FOUND = b"NOT_FOUND\r\n"
-DELETED = b"DELETED\r\n"
-TOUCHED = b"TOUCHED\r\n"
-OK = b"OK\r\n"
-ERROR = b"ERROR\r\n"
-
-# Error replies, spelled exactly as memcached 1.6 spells them.
-BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
-BAD_DATA_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
-TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
-BAD_DELTA = b"CLIENT_ERROR invalid numeric delta argument\r\n"
-BAD_EXPTIME = b"CLIENT_ERROR invalid exptime argument\r\n"
-BAD_DELETE = (b"CLIENT_ERROR bad command line format.  "
-              b"Usage: delete <key> [noreply]\r\n")
-# memcached's reply when it cannot build a get response; used when a
-# multi-get names more than ``max_keys`` keys.
-GET_TOO_MANY_KEYS = b"SERVER_ERROR out of memory writing get response\r\n"
-# memcached hangs up on these without a word (t/malicious-commands.t and
-# try_read_command_ascii), so the reply is empty and ``close`` is set.
 _HANGUP = b""
-
-STORAGE_COMMANDS = frozenset(
-    ["set", "add", "replace", "append", "prepend", "cas"])
-GET_COMMANDS = frozenset(["get", "gets", "gat", "gats"])
 
 _INT32_MIN = -(2 ** 31)
 _INT32_MAX = 2 ** 31 - 1
@@ -98,160 +77,8 @@ _NOREPLY = b"noreply"
 # Largest slice of an over-long get line tokenised in one step.
 _STREAM_SLICE = 65536
 
-# Bytes that may not appear in a key: whitespace, control characters, DEL.
-_KEY_FORBIDDEN = bytes(range(0x21)) + b"\x7f"
 # With control_keys=True: only what would break the line-based protocol.
 _KEY_FORBIDDEN_MIN = b" \r\n\x00"
-
-
-# -- events -----------------------------------------------------------------
-
-class Command:
-    """
-    One complete, well-formed client command.
-
-    ``name`` is the command as a ``str``.  Fields that a command does not use
-    keep their defaults: ``keys`` (``get``/``gets``/``gat``/``gats``) and
-    ``args`` are empty lists, ``key``/``cas``/``delta``/``value`` are
-    ``None``, ``flags`` and ``exptime`` are ``0`` and ``noreply`` is false.
-    """
-
-    __slots__ = ("name", "keys", "key", "flags", "exptime", "cas", "delta",
-                 "value", "noreply", "args")
-
-    def __init__(self, name: str, *, keys: Optional[List[bytes]] = None,
-                 key: Optional[bytes] = None, flags: int = 0,
-                 exptime: int = 0, cas: Optional[int] = None,
-                 delta: Optional[int] = None, value: Optional[bytes] = None,
-                 noreply: bool = False,
-                 args: Optional[List[bytes]] = None) -> None:
-        self.name = name
-        self.keys = [] if keys is None else keys
-        self.key = key
-        self.flags = flags
-        self.exptime = exptime
-        self.cas = cas
-        self.delta = delta
-        self.value = value
-        self.noreply = noreply
-        self.args = [] if args is None else args
-
-    def __getattr__(self, field: str) -> Any:
-        # Only called for a field left unset: the parser's hot paths set the
-        # fields a command uses and leave the rest to their defaults.
-        if field in _LIST_FIELDS:
-            value: Any = []
-            setattr(self, field, value)
-            return value
-        try:
-            return _DEFAULTS[field]
-        except KeyError:
-            raise AttributeError(field) from None
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not Command:
-            return NotImplemented
-        return all(getattr(self, s) == getattr(other, s)
-                   for s in self.__slots__)
-
-    def __repr__(self) -> str:
-        shown = []
-        for s in self.__slots__[1:]:
-            v = getattr(self, s)
-            if v is None or v == [] or (s in ("flags", "exptime") and v == 0) \
-                    or (s == "noreply" and not v):
-                continue
-            if s == "value" and len(v) > 40:
-                v = v[:40] + b"..."
-            shown.append("%s=%r" % (s, v))
-        return "Command(%r%s)" % (
-            self.name, "".join(", " + x for x in shown))
-
-
-_DEFAULTS = {"key": None, "flags": 0, "exptime": 0, "cas": None, "delta": None,
-             "value": None, "noreply": False}
-_LIST_FIELDS = frozenset(("keys", "args"))
-
-
-class EventRecorder:
-    """
-    A :class:`Parser` handler table that turns each callback back into the
-    :class:`Command` or :class:`Error` it stands for and hands it to
-    ``sink``: for a user that wants events (tests, a login step).
-
-    The parser calls, by command name: ``get``/``gets``: ``(keys,
-    with_cas)``; ``gat``/``gats``: ``(keys, exptime, with_cas)``; the
-    storage commands: ``(name, key, flags, exptime, value, cas, noreply)``;
-    ``incr``/``decr``: ``(name, key, delta, noreply)``; ``touch``: ``(key,
-    exptime, noreply)``; ``delete``: ``(key, noreply)``; ``flush_all``:
-    ``(exptime, args, noreply)``; ``verbosity``: ``(args, noreply)``;
-    ``version``/``stats``/``quit``: ``(args)``.
-    """
-
-    def __init__(self, sink: Callable[[Event], Any]) -> None:
-        self.sink = sink
-        self.handlers: Dict[str, Callable[..., None]] = {}
-        for name in _HANDLERS:
-            self.handlers[name] = self._recorder(name)
-
-    def on_error(self, response: bytes, close: bool) -> None:
-        self.sink(Error(response, close))
-
-    def _recorder(self, name: str) -> Callable[..., None]:
-        sink = self.sink
-        if name in ("get", "gets"):
-            return lambda keys, with_cas: sink(Command(name, keys=keys))
-        if name in ("gat", "gats"):
-            return lambda keys, exptime, with_cas: sink(
-                Command(name, keys=keys, exptime=exptime))
-        if name in STORAGE_COMMANDS:
-            return lambda n, key, flags, exptime, value, cas, noreply: sink(Command(
-                n, key=key, flags=flags, exptime=exptime, value=value, cas=cas,
-                noreply=noreply))
-        if name in ("incr", "decr"):
-            return lambda n, key, delta, noreply: sink(
-                Command(n, key=key, delta=delta, noreply=noreply))
-        if name == "touch":
-            return lambda key, exptime, noreply: sink(
-                Command(name, key=key, exptime=exptime, noreply=noreply))
-        if name == "delete":
-            return lambda key, noreply: sink(Command(name, key=key, noreply=noreply))
-        if name == "flush_all":
-            return lambda exptime, args, noreply: sink(
-                Command(name, exptime=exptime, noreply=noreply, args=args))
-        if name == "verbosity":
-            return lambda args, noreply: sink(Command(name, noreply=noreply, args=args))
-        return lambda args: sink(Command(name, args=args))
-
-
-class Error:
-    """
-    A request the server must refuse.
-
-    ``response`` is what memcached would write back (possibly ``b""``: for a
-    ``noreply`` command, an HTTP request line or an over-long line memcached
-    writes nothing).  When ``close`` is true the connection must be closed
-    after writing it; the parser then ignores all further input.
-    """
-
-    __slots__ = ("response", "close")
-    #: Not a command (a Command's name is a str): one key for both in a table.
-    name = None
-
-    def __init__(self, response: bytes, close: bool = False) -> None:
-        self.response = response
-        self.close = close
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not Error:
-            return NotImplemented
-        return self.response == other.response and self.close == other.close
-
-    def __repr__(self) -> str:
-        return "Error(%r, close=%r)" % (self.response, self.close)
-
-
-Event = Union[Command, Error]
 
 
 # -- field parsing ----------------------------------------------------------
@@ -286,12 +113,6 @@ def _parse_int32(token: bytes) -> Optional[int]:
 def _parse_vlen(token: bytes) -> Optional[int]:
     """Parse a storage command's <bytes> field as memcached accepts it."""
     return _parse_uint(token, _MAX_VLEN)
-
-
-def _valid_key(key: bytes, max_key: int, forbidden: bytes = _KEY_FORBIDDEN) -> bool:
-    """True if ``key`` is 1..max_key bytes without whitespace or controls."""
-    return (0 < len(key) <= max_key
-            and len(key.translate(None, forbidden)) == len(key))
 
 
 # -- the parser -------------------------------------------------------------
@@ -831,73 +652,4 @@ _HANDLERS: Dict[str, Callable[[_CommandLines, str, List[bytes]], None]] = {
 # The same, by the command's bytes: (name, handler).
 _BY_NAME = {name.encode("ascii"): (name, handler) for name, handler in _HANDLERS.items()}
 
-
-# -- formatting -------------------------------------------------------------
-
-def format_value(key: bytes, flags: int, data: bytes,
-                 cas: Optional[int] = None) -> bytes:
-    """
-    Build one ``VALUE`` block of a get reply (``gets``/``gats`` pass cas).
-
-    The key is checked so that a bad key can never corrupt the reply stream.
-    """
-    if not _valid_key(key, len(key)):
-        raise ValueError("invalid key %r" % (key,))
-    if not 0 <= flags <= _UINT32_MAX:
-        raise ValueError("flags out of range: %r" % (flags,))
-    if cas is not None and not 0 <= cas <= _UINT64_MAX:
-        raise ValueError("cas out of range: %r" % (cas,))
-    return format_hit(key, flags, data, cas)
-
-
-def format_hit(key: bytes, flags: int, data: bytes, cas: Optional[int] = None) -> bytes:
-    """
-    :func:`format_value` without its checks, for a server's get path: the
-    key is one the :class:`Parser` accepted (it may hold control characters
-    with ``control_keys=True``) and flags and CAS are a stored item's.
-    """
-    if cas is None:
-        return b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(data), data)
-    return b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(data), cas, data)
-
-
-def format_one_hit(key: bytes, flags: int, data: bytes, cas: Optional[int] = None) -> bytes:
-    """The whole reply to a one-key get that hit: :func:`format_hit` and ``END``."""
-    if cas is None:
-        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(data), data)
-    return b"VALUE %s %d %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(data), cas, data)
-
-
-def format_number(n: int) -> bytes:
-    """Build the reply to a successful incr/decr (an unsigned 64-bit)."""
-    if not 0 <= n <= _UINT64_MAX:
-        raise ValueError("incr/decr result out of range: %r" % (n,))
-    return b"%d\r\n" % (n,)
-
-
-def _stat_bytes(thing: Any) -> bytes:
-    if isinstance(thing, bytes):
-        return thing
-    if isinstance(thing, bool):
-        return b"yes" if thing else b"no"
-    return str(thing).encode("utf-8")
-
-
-def format_stats(stats: Mapping[Any, Any]) -> bytes:
-    """
-    Build a ``stats`` reply: ``STAT <name> <value>`` lines, then ``END``.
-
-    Names must be single tokens and values single lines, so that a stat can
-    never inject a reply line of its own.
-    """
-    out: List[bytes] = []
-    for name, value in stats.items():
-        bname, bvalue = _stat_bytes(name), _stat_bytes(value)
-        if not _valid_key(bname, len(bname)):
-            raise ValueError("invalid stat name %r" % (name,))
-        if b"\r" in bvalue or b"\n" in bvalue:
-            raise ValueError("stat %r has a line break in its value" % (name,))
-        out.append(b"STAT %s %s\r\n" % (bname, bvalue))
-    out.append(END)
-    return b"".join(out)
 
