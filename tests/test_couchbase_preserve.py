@@ -12,15 +12,14 @@ from datetime import timedelta
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from zope.interface import implementer_only
 
 from txcb.buckets.embedded import EmbeddedBucket
 from txcb.errors import RC
-from txcb.interfaces import IBucket
 from txcb.wire import couchbase as W
 
 from tests.support.couchbase import CbHarness, store_extras
 from tests.support.couchbase_sdk import SKIP_SDK, connect, shared_txcb
+from tests.support.netstring import DeferredOnlyBucket
 
 if SKIP_SDK is None:
     from couchbase.options import GetOptions, ReplaceOptions, UpsertOptions
@@ -28,11 +27,6 @@ if SKIP_SDK is None:
 O = W.Opcode
 S = W.Status
 PRESERVE = W.encode_frame_info(5)
-
-
-@implementer_only(IBucket)
-class _DeferredOnlyBucket(EmbeddedBucket):
-    """An embedded bucket served through its Deferreds (no ISyncBucket)."""
 
 
 class PreserveExpiryProtocolTests(unittest.TestCase):
@@ -120,7 +114,7 @@ class PreserveExpiryDeferredBucketTests(unittest.TestCase):
     """A bucket without ISyncBucket: preserve-expiry refused, GET_META exptime 0."""
 
     def setUp(self):
-        self.h = CbHarness(make_bucket=lambda clock: _DeferredOnlyBucket(
+        self.h = CbHarness(make_bucket=lambda clock: DeferredOnlyBucket(
             clock=clock, pager_interval=0))
         self.c = self.h.ready()
 

@@ -21,8 +21,8 @@ from txcb.wire import couchbase as W
 from txcb.wire.sasl import plain_payload
 
 from tests.support.couchbase import (
-    ALL_FEATURES, HOST, CbHarness, counter_extras, responses, store_extras)
-from tests.support.netstring import LogCapture
+    ALL_FEATURES, HOST, CbHarness, HeldDiskBucket, counter_extras, responses, store_extras)
+from tests.support.netstring import DeferredOnlyBucket, LogCapture
 
 O = W.Opcode
 S = W.Status
@@ -340,38 +340,6 @@ class CouchbaseBootstrapTests(unittest.TestCase):
         self.assertEqual(c.one(O.SELECT_BUCKET, b"default").status, 0)
 
 
-class _DurableBucket(EmbeddedBucket):
-    """A synchronous bucket with a disk that commits when the test says so."""
-
-    max_persist_to = 1
-
-    def __init__(self, *a, **kw):
-        EmbeddedBucket.__init__(self, *a, **kw)
-        self.waiting = []
-        self.persisted = 0
-
-    def on_durable(self, result, persist_to, replicate_to, target):
-        self.waiting.append((result, target))
-        return True
-
-    def commit(self):
-        waiting, self.waiting = self.waiting, []
-        for result, target in waiting:
-            self.persisted = max(self.persisted, result.seqno)
-            if not target.called:
-                target.callback(result)
-
-    def stats_sync(self):
-        s = EmbeddedBucket.stats_sync(self)
-        s["persisted_seqno"] = self.persisted
-        return s
-
-
-@implementer_only(IBucket)
-class _DeferredBucket(EmbeddedBucket):
-    """An embedded bucket served through its Deferreds (no ISyncBucket)."""
-
-
 class CouchbaseKVTests(unittest.TestCase):
     """Every KV opcode's success and error statuses (XERROR and Collections on)."""
 
@@ -601,7 +569,7 @@ class CouchbaseDeferredKVTests(CouchbaseKVTests):
     """The same statuses through a bucket's IBucket Deferreds."""
 
     def make_bucket(self):
-        return lambda clock: _DeferredBucket(clock=clock, max_value_size=4096,
+        return lambda clock: DeferredOnlyBucket(clock=clock, max_value_size=4096,
                                              pager_interval=0)
 
     def test_served_through_deferreds(self):
@@ -612,7 +580,7 @@ class CouchbaseDurabilityTests(unittest.TestCase):
     """Persist levels wait for the disk; a timeout answers SYNC_WRITE_AMBIGUOUS."""
 
     def setUp(self):
-        self.h = CbHarness(make_bucket=lambda clock: _DurableBucket(clock=clock,
+        self.h = CbHarness(make_bucket=lambda clock: HeldDiskBucket(clock=clock,
                                                                     pager_interval=0))
         self.disk = self.h.bucket
         self.c = self.h.ready()
@@ -809,7 +777,7 @@ class CouchbaseDurabilityEdgeTests(unittest.TestCase):
         self.assertEqual(r.status, S.SYNC_WRITE_AMBIGUOUS)
 
     def test_connection_lost_with_a_durable_write_pending(self):
-        h = CbHarness(make_bucket=lambda clock: _DurableBucket(clock=clock, pager_interval=0))
+        h = CbHarness(make_bucket=lambda clock: HeldDiskBucket(clock=clock, pager_interval=0))
         c = h.ready()
         c.request(O.SET, b"k", b"v", extras=store_extras(), framing=W.durability_frame(3, 100))
         c.p.connectionLost(None)
@@ -820,7 +788,7 @@ class CouchbaseDurabilityEdgeTests(unittest.TestCase):
 
     def test_durable_writes_fill_the_inflight_cap(self):
         h = CbHarness(max_inflight=2,
-                      make_bucket=lambda clock: _DurableBucket(clock=clock, pager_interval=0))
+                      make_bucket=lambda clock: HeldDiskBucket(clock=clock, pager_interval=0))
         c = h.ready()
         data = b"".join(c.frame(O.SET, b"k%d" % i, b"v", extras=store_extras(),
                                 framing=W.durability_frame(3)) for i in range(3))
@@ -927,7 +895,7 @@ class CouchbaseIdleTests(unittest.TestCase):
     """--idle-timeout closes Couchbase connections that send nothing."""
 
     def test_idle_connection_closed_busy_one_kept(self):
-        h = CbHarness(idle_timeout=10, make_bucket=lambda clock: _DurableBucket(
+        h = CbHarness(idle_timeout=10, make_bucket=lambda clock: HeldDiskBucket(
             clock=clock, pager_interval=0))
         idle = h.ready()
         busy = h.ready()

@@ -23,7 +23,6 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from zope.interface import implementer_only
 
-from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.persistent import PersistentBucket
 from txcb.interfaces import IBucket
 from txcb.server.couchbase import GRANTED_FEATURES
@@ -34,7 +33,9 @@ from txcb.wire import couchbase as W
 from tests.support.cbsubdoc import (
     ACCESS_DELETED, ADD, EXPAND, MKDIR_P, MKDOC, XATTR, lookup_frame, lookup_in,
     lookup_results, mutate_in, mutation_failure, mutation_frame, mutation_results)
-from tests.support.couchbase import ALL_FEATURES, CbHarness, responses, store_extras
+from tests.support.couchbase import (
+    ALL_FEATURES, CbHarness, HeldDiskBucket, responses, store_extras)
+from tests.support.netstring import DeferredOnlyBucket
 from tests.support.couchbase_sdk import SKIP_SDK, TxcbTwistd, connect, free_ports, shared_txcb
 
 if SKIP_SDK is None:
@@ -63,31 +64,6 @@ def _near(testcase, got, want, delta):
     """trial's assertAlmostEqual ignores ``delta``: within ``delta`` of ``want``."""
     testcase.assertLessEqual(abs(got - want), delta, "%r is not within %r of %r"
                              % (got, delta, want))
-
-
-@implementer_only(IBucket)
-class _SubdocDeferredBucket(EmbeddedBucket):
-    """An embedded bucket served through its Deferreds (no ISyncBucket)."""
-
-
-class _SubdocDurableBucket(EmbeddedBucket):
-    """A synchronous bucket with a disk that commits when the test says so."""
-
-    max_persist_to = 1
-
-    def __init__(self, *a, **kw):
-        EmbeddedBucket.__init__(self, *a, **kw)
-        self.waiting = []
-
-    def on_durable(self, result, persist_to, replicate_to, target):
-        self.waiting.append((result, target))
-        return True
-
-    def commit(self):
-        waiting, self.waiting = self.waiting, []
-        for result, target in waiting:
-            if not target.called:
-                target.callback(result)
 
 
 class CouchbaseSubdocCodecTests(unittest.TestCase):
@@ -560,7 +536,7 @@ class CouchbaseSubdocDeferredTests(CouchbaseSubdocTests):
     """The same through a bucket's IBucket Deferreds."""
 
     def make_bucket(self):
-        return lambda clock: _SubdocDeferredBucket(clock=clock, max_value_size=4096,
+        return lambda clock: DeferredOnlyBucket(clock=clock, max_value_size=4096,
                                                    pager_interval=0)
 
     def test_served_through_deferreds(self):
@@ -571,7 +547,7 @@ class CouchbaseSubdocDurabilityTests(unittest.TestCase):
     """A persist level on mutate_in waits for the disk, as every mutation does."""
 
     def setUp(self):
-        self.h = CbHarness(make_bucket=lambda clock: _SubdocDurableBucket(clock=clock,
+        self.h = CbHarness(make_bucket=lambda clock: HeldDiskBucket(clock=clock,
                                                                           pager_interval=0))
         self.c = self.h.ready()
 

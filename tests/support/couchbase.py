@@ -21,7 +21,7 @@ from txcb.wire import cbbootstrap as WB
 from txcb.wire import couchbase as W
 from txcb.wire.sasl import ScramClient, plain_payload
 
-__all__ = ["PEER", "HOST", "CbHarness", "CbConn", "responses", "ALL_FEATURES",
+__all__ = ["HeldDiskBucket", "PEER", "HOST", "CbHarness", "CbConn", "responses", "ALL_FEATURES",
            "store_extras", "counter_extras"]
 
 PEER = IPv4Address("TCP", "127.0.0.1", 54321)
@@ -151,3 +151,31 @@ class CbConn:
     @property
     def closed(self):
         return self.t.disconnecting
+
+
+class HeldDiskBucket(EmbeddedBucket):
+    """A synchronous bucket with a disk that commits when the test says so
+    (:meth:`commit`); ``persisted_seqno`` in its stats follows the commits."""
+
+    max_persist_to = 1
+
+    def __init__(self, *a, **kw):
+        EmbeddedBucket.__init__(self, *a, **kw)
+        self.waiting = []
+        self.persisted = 0
+
+    def on_durable(self, result, persist_to, replicate_to, target):
+        self.waiting.append((result, target))
+        return True
+
+    def commit(self):
+        waiting, self.waiting = self.waiting, []
+        for result, target in waiting:
+            self.persisted = max(self.persisted, result.seqno)
+            if not target.called:
+                target.callback(result)
+
+    def stats_sync(self):
+        s = EmbeddedBucket.stats_sync(self)
+        s["persisted_seqno"] = self.persisted
+        return s
