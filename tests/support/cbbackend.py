@@ -76,13 +76,6 @@ class ProxyTwistd(Process):
     def start(self, timeout=30.0):
         return Process.start(self, timeout)
 
-    def log(self):
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except OSError:
-            return ""
-
     def remove(self):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -54,13 +54,6 @@ class TxcbTwistd(Process):
     def start(self, timeout=30.0):
         return Process.start(self, timeout)
 
-    def log(self):
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except OSError:
-            return ""
-
     def stop(self, timeout=5.0):
         Process.stop(self, timeout)
 

@@ -85,6 +85,14 @@ class Process:
     def env(self) -> Optional[Dict[str, str]]:
         return None
 
+    def log(self) -> str:
+        """What the process has written to its log so far ("" if nothing)."""
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
     def start(self, timeout: float = 5.0) -> "Process":
         """Start and wait (at most ``timeout`` s) until the port accepts."""
         assert self.proc is None or self.proc.poll() is not None, "already running"

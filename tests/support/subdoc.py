@@ -5,12 +5,8 @@ The bucket the sub-document wire tests serve: :class:`SubdocTestBucket`, a
 :data:`SERVED` is the embedded bucket, which keeps xattrs.
 """
 
-from twisted.internet.defer import fail, succeed
 
-import txcb.subdocument as SD
 from txcb.buckets.embedded import EmbeddedBucket
-from txcb.errors import CouchbaseError, KeyExistsError, NotSupportedError
-from txcb.formats import FMT_BYTES, FMT_JSON, Encoded
 
 __all__ = ["RecordingSubdoc", "SERVED", "SubdocTestBucket"]
 

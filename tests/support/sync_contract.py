@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
