@@ -54,6 +54,18 @@ class MemoryTrimmerTests(unittest.TestCase):
         clock.advance(5.0)
         self.assertEqual(heap.trimmed, 2)
 
+    def test_a_failing_heap_call_stops_trimming_with_one_log_line(self):
+        class Broken(_Heap):
+            def free_bytes(self):
+                raise OSError("mallinfo2 went away")
+        clock = Clock()
+        t = MemoryTrimmer(clock, Broken(0))
+        t.startService()
+        clock.advance(5.0)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        t.stopService()
+
     def test_no_heap_no_timer(self):
         clock = Clock()
         t = MemoryTrimmer(clock, None)

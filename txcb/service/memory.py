@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 __all__ = ["MemoryTrimmer", "glibc_heap", "DEFAULT_INTERVAL", "DEFAULT_THRESHOLD"]
 
@@ -27,6 +28,8 @@ __all__ = ["MemoryTrimmer", "glibc_heap", "DEFAULT_INTERVAL", "DEFAULT_THRESHOLD
 DEFAULT_INTERVAL = 2.0
 #: Free heap bytes worth a trim.
 DEFAULT_THRESHOLD = 4 << 20
+
+_log = Logger()
 
 _FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
            "uordblks", "fordblks", "keepcost")
@@ -85,7 +88,7 @@ class MemoryTrimmer(Service):
         if self.heap is not None:
             self._loop = LoopingCall(self.check)
             self._loop.clock = self._clock
-            self._loop.start(self.interval, now=False)
+            self._loop.start(self.interval, now=False).addErrback(self._failed)
 
     def stopService(self) -> Any:
         Service.stopService(self)
@@ -93,6 +96,11 @@ class MemoryTrimmer(Service):
             self._loop.stop()
         self._loop = None
         return None
+
+    def _failed(self, f: Any) -> None:
+        """A heap call that failed ends the trimming, with one log line."""
+        self._loop = None
+        _log.failure("txcb: trimming the heap failed; no more trims", f)
 
     def check(self) -> bool:
         """
