@@ -17,7 +17,8 @@ __all__ = [
     "CouchbaseError", "NotFoundError", "KeyExistsError", "TooBigError",
     "ArgumentError", "NotStoredError", "DeltaBadvalError", "AuthError",
     "UnknownCommandError", "NotSupportedError", "InternalError",
-    "TemporaryFailError", "DurabilityError", "ProtocolError", "TimeoutError",
+    "TemporaryFailError", "NoMemoryError", "WouldBlock", "DurabilityError",
+    "ProtocolError", "TimeoutError",
     "ConnectError", "NetworkError", "ValueFormatError", "SubdocError",
     "exception_for_rc", "RC", "McStatus", "code_names",
 ]
@@ -148,6 +149,35 @@ class TemporaryFailError(CouchbaseError):
     rc = RC.ETMPFAIL
 
 
+class NoMemoryError(TemporaryFailError):
+    """
+    Out of memory: the bucket's RAM quota is full and the mutation would grow
+    it (an ephemeral bucket with ``eviction="none"``, or ``"nru"`` finding
+    nothing to evict); removes and writes that do not grow still work, and
+    it passes once memory is freed.  rc is memcached's and Couchbase's
+    ENOMEM (0x82); the SDK 2.x name.
+    """
+    rc = RC.ENOMEM
+
+
+class WouldBlock(Exception):
+    """
+    Raised by an :class:`~txcb.interfaces.ISyncBucket` method that cannot
+    answer without waiting (a value ejected to disk must be read back first).
+    Nothing was changed and nothing counted: call the
+    :class:`~txcb.interfaces.IBucket` method instead, whose Deferred fires
+    once the answer is ready.  Not a CouchbaseError: it never reaches a
+    client.
+
+    :ivar keys: the keys (bytes) the bucket must read back; empty means the
+        call's own key.
+    """
+
+    def __init__(self, keys: Any = ()) -> None:
+        super().__init__("the value is not resident: use the asynchronous method")
+        self.keys = tuple(keys)
+
+
 class DurabilityError(CouchbaseError):
     """The durability requirement cannot be met by this bucket."""
     rc = RC.DURABILITY_IMPOSSIBLE
@@ -209,12 +239,12 @@ _BY_RC: Dict[int, Type[CouchbaseError]] = {
     cls.rc: cls for cls in (
         NotFoundError, KeyExistsError, TooBigError, ArgumentError,
         NotStoredError, DeltaBadvalError, AuthError, UnknownCommandError,
-        NotSupportedError, InternalError, TemporaryFailError, DurabilityError,
+        NotSupportedError, InternalError, TemporaryFailError, NoMemoryError,
+        DurabilityError,
         ProtocolError, TimeoutError, ConnectError, NetworkError,
         ValueFormatError,
     )
 }
-_BY_RC[RC.ENOMEM] = TemporaryFailError
 _BY_RC[RC.EBUSY] = TemporaryFailError
 
 
