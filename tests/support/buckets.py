@@ -19,6 +19,7 @@ def crash(bucket):
     bucket._pool.stop()
     if bucket._bg_pool is not None:
         bucket._bg_pool.stop()
+    bucket._fetcher.close()
     # Closing the connection deletes the WAL; a killed process leaves it.
     wal = bucket.path + "-wal"
     os.link(wal, wal + ".kept")

@@ -24,12 +24,14 @@ from twisted.logger import Logger
 
 from txcb.buckets import _manifest
 from txcb.buckets._manifest import Manifest
-from txcb.buckets.items import TOMBSTONE, expiry_of, make_item, value_len
+from txcb.buckets.items import (
+    ITEM_OVERHEAD, TOMBSTONE, eject, ejectable, expiry_of, item_cost, make_item, value_len)
 
 __all__ = ["StorageError", "CorruptDataError", "DataDirLockedError", "DiskFullError",
            "lock_dir", "unlock_dir", "open_db", "be_nicer", "write_batch", "checkpoint",
            "write_and_checkpoint", "upgrade_from_3",
            "close_db", "warm_up", "checksum", "Warm", "LOCK_FILE", "FORMAT_VERSION",
+           "open_reader", "read_items",
            "META_STEP", "RESTART_GAP"]
 
 LOCK_FILE = "txcb.lock"
@@ -440,6 +442,8 @@ class Warm(NamedTuple):
     cas: int  # the last CAS handed out
     seqno: int  # the last seqno handed out
     expired: int  # expired items dropped from the file
+    mem: int  # the memory the items and tombstones take, as the bucket counts it
+    nonresident: int  # items loaded ejected (over the budget)
 
 
 def _damaged(path: str, k: bytes) -> CorruptDataError:
@@ -468,6 +472,52 @@ def _never_expiring(conn: sqlite3.Connection, path: str) -> Dict[bytes, bytes]:
     return dict(zip(map(key, rows), map(item, rows)))
 
 
+def _within(conn: sqlite3.Connection, budget: Optional[int]) -> bool:
+    """Whether every item of the file fits ``budget`` (None: no limit)."""
+    if budget is None:
+        return True
+    size, n = conn.execute("SELECT coalesce(sum(length(key) + length(item)), 0), count(*)"
+                           " FROM items").fetchone()
+    return size + n * ITEM_OVERHEAD <= budget
+
+
+def _load_within(conn: sqlite3.Connection, path: str, now: float, budget: int
+                 ) -> Tuple[Dict[bytes, bytes], List[Tuple[float, bytes]], List[Tuple[bytes]], int]:
+    """
+    Every row, checksums verified, values ejected once ``budget`` is used:
+    ``(items, expiry heap, expired keys, how many ejected)``.
+    """
+    items: Dict[bytes, bytes] = {}
+    heap: List[Tuple[float, bytes]] = []
+    expired: List[Tuple[bytes]] = []
+    mem = ejected = 0
+    rows = conn.execute("SELECT key, exp, item, crc FROM items")
+    for k, exp, item, crc in _rows(rows):
+        if crc32(item, crc32(k)) != crc:
+            raise _damaged(path, k)
+        if exp > 0:
+            if exp <= now:
+                expired.append((k,))
+                continue
+            heap.append((exp, k))
+        if mem + item_cost(k, item) > budget and ejectable(item):
+            item = eject(item)
+            ejected += 1
+        items[k] = item
+        mem += item_cost(k, item)
+    heapq.heapify(heap)
+    return items, heap, expired, ejected
+
+
+def _rows(cursor: sqlite3.Cursor) -> Any:
+    """A cursor's rows, fetched a thousand at a time."""
+    while True:
+        rows = cursor.fetchmany(1024)
+        if not rows:
+            return
+        yield from rows
+
+
 def _split_tombstones(items: Dict[bytes, bytes]) -> Dict[bytes, bytes]:
     """Take the tombstones out of ``items`` (a pass in C when there are none)."""
     if bytes([TOMBSTONE]) not in bytes(map(itemgetter(0), items.values())):
@@ -478,31 +528,44 @@ def _split_tombstones(items: Dict[bytes, bytes]) -> Dict[bytes, bytes]:
     return tombs
 
 
+def _load_all(conn: sqlite3.Connection, path: str, now: float
+              ) -> Tuple[Dict[bytes, bytes], List[Tuple[float, bytes]], List[Tuple[bytes]], int]:
+    """Every row, checksums verified, as _load_within returns them (nothing ejected)."""
+    items = _never_expiring(conn, path)
+    heap: List[Tuple[float, bytes]] = []
+    expired: List[Tuple[bytes]] = []
+    for k, exp, item, crc in conn.execute(
+            "SELECT key, exp, item, crc FROM items WHERE exp > 0"):
+        if crc32(item, crc32(k)) != crc:
+            raise _damaged(path, k)
+        if exp <= now:
+            expired.append((k,))
+        else:
+            items[k] = item
+            heap.append((exp, k))
+    heapq.heapify(heap)
+    return items, heap, expired, 0
+
+
 def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
-            manifest: Optional[Manifest] = None, wal_missing: bool = False) -> Warm:
+            manifest: Optional[Manifest] = None, wal_missing: bool = False,
+            budget: Optional[int] = None) -> Warm:
     """
     Load every live item of the data file (checksums verified), refuse data
     behind ``manifest``, delete the expired items from the file and mark it
     "not closed cleanly" (until :func:`close_db` says otherwise).  After an
     unclean stop the CAS and seqno go on ``RESTART_GAP`` past the marks; the
-    CAS never goes below ``floor_cas``.
+    CAS never goes below ``floor_cas``.  Items past ``budget`` bytes (as
+    ``mem_used`` counts them) are loaded ejected: keys and metadata only.
     """
     try:
         meta = dict(conn.execute("SELECT name, value FROM meta"))
-        items = _never_expiring(conn, path)
+        if _within(conn, budget):
+            items, heap, expired, ejected = _load_all(conn, path, now)
+        else:
+            items, heap, expired, ejected = _load_within(conn, path, now, budget or 0)
+        mem = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
         tombs = _split_tombstones(items)  # (they never expire)
-        heap: List[Tuple[float, bytes]] = []
-        expired: List[Tuple[bytes]] = []
-        for k, exp, item, crc in conn.execute(
-                "SELECT key, exp, item, crc FROM items WHERE exp > 0"):
-            if crc32(item, crc32(k)) != crc:
-                raise _damaged(path, k)
-            if exp <= now:
-                expired.append((k,))
-            else:
-                items[k] = item
-                heap.append((exp, k))
-        heapq.heapify(heap)
         try:
             max_cas = int(meta.get("max_cas", 0))
             seqno = int(meta.get("high_seqno", 0))
@@ -530,4 +593,31 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
     except (TypeError, IndexError, struct_error) as e:
         raise CorruptDataError("the data file %s holds bad data: %s; it is left as it is"
                                % (path, e))
-    return Warm(items, tombs, heap, nbytes, cas, seqno, len(expired))
+    return Warm(items, tombs, heap, nbytes, cas, seqno, len(expired), mem, ejected)
+
+
+def open_reader(path: str) -> sqlite3.Connection:
+    """A read-only connection to a data file (a thread's of its own, beside the writer's)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+def read_items(conn: sqlite3.Connection, keys: List[bytes]
+               ) -> Tuple[Dict[bytes, bytes], List[bytes]]:
+    """
+    The stored items of ``keys``: ``(found, damaged)``, ``damaged`` the keys
+    whose checksum does not match (a key without a row is in neither).
+    Every statement is stepped to its end (no read snapshot is left open).
+    """
+    found: Dict[bytes, bytes] = {}
+    damaged: List[bytes] = []
+    for at in range(0, len(keys), _CHUNK):
+        chunk = keys[at:at + _CHUNK]
+        sql = "SELECT key, item, crc FROM items WHERE key IN (%s)" % ",".join("?" * len(chunk))
+        for k, item, crc in conn.execute(sql, chunk).fetchall():
+            if crc32(item, crc32(k)) == crc:
+                found[k] = item
+            else:
+                damaged.append(k)
+    return found, damaged

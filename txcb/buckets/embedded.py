@@ -23,17 +23,18 @@ from zope.interface import implementer
 
 from txcb.buckets._waiters import EndureWaiter, EndureWaiters
 from txcb.buckets.items import (
-    DELETED, LOCKED_CAS, cas_of, counted, expiry_of, header, with_cas)
+    DELETED, LOCKED_CAS, cas_of, counted, expiry_of, header, meta, with_cas)
 from txcb.buckets.subdocs import SubdocMixin
 from txcb.buckets.table import ItemTable
 from txcb.errors import (
-    ArgumentError, CouchbaseError, KeyExistsError, NotFoundError, NotStoredError,
-    TemporaryFailError, TimeoutError, TooBigError, RC)
+    ArgumentError, CouchbaseError, InternalError, KeyExistsError, NotFoundError,
+    NotStoredError, TemporaryFailError, TimeoutError, TooBigError, WouldBlock, RC)
 from txcb.formats import DEFAULT_TRANSCODER, FMT_JSON, Transcoder, concat_bytes
 from txcb.interfaces import IBucket, ISyncBucket
 from txcb.limits import (
-    DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_LOCK_TTL,
-    DEFAULT_MAX_VALUE_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_SCAN_BYTES)
+    DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_EVICTION, DEFAULT_LOCK_TTL,
+    DEFAULT_MAX_VALUE_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_SCAN_BYTES, EVICTION_POLICIES,
+    default_memory_quota)
 from txcb.multi import MultiMixin
 from txcb.results import OperationResult, ScanItem, ValueResult
 from txcb.scan import ScanResult
@@ -43,13 +44,8 @@ from txcb.validation import (
 
 __all__ = ["EmbeddedBucket", "LOCKED_CAS"]
 
-
-def _deferred(call: Callable[..., Any], *args: Any) -> Deferred:
-    """``call(*args)``'s result as a fired Deferred (a CouchbaseError: failed)."""
-    try:
-        return succeed(call(*args))
-    except CouchbaseError as e:
-        return fail(e)
+#: The smallest RAM quota a bucket takes (bytes).
+MIN_QUOTA = 1 << 20
 
 
 @implementer(IBucket, ISyncBucket)
@@ -63,20 +59,31 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
     :param transcoder: encodes values and decodes results.
     :param pager_interval: seconds between expiry-pager runs (0 disables it;
         expiry on access still applies).
+    :param memory_quota: the RAM quota in bytes (what ``mem_used`` counts:
+        keys, items, a fixed overhead per item); None: half the machine's
+        memory (:func:`txcb.limits.default_memory_quota`).
+    :param eviction: when the quota is full, ``"none"`` refuses mutations
+        that would grow memory (NoMemoryError, rc 0x82; Couchbase's
+        noEviction, the default) and ``"nru"`` evicts not-recently-used items
+        (see :mod:`txcb.buckets.pager`).
     """
 
     bucket_type = "ephemeral"
     #: How many disks / replicas a mutation can be made durable on.
     max_persist_to = 0
     max_replicate_to = 0
+    #: The policies ``eviction`` may name.
+    eviction_policies: Tuple[str, ...] = EVICTION_POLICIES
 
     def __init__(self, clock: Any = None, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
                  transcoder: Optional[Transcoder] = None, pager_interval: float = 10.0,
-                 name: str = "default") -> None:
+                 name: str = "default", memory_quota: Optional[int] = None,
+                 eviction: str = DEFAULT_EVICTION) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         ItemTable.__init__(self, clock,
-                           transcoder if transcoder is not None else DEFAULT_TRANSCODER)
+                           transcoder if transcoder is not None else DEFAULT_TRANSCODER,
+                           self._quota_arg(memory_quota), self._policy_arg(eviction))
         self.name = name
         self.max_value_size = max_value_size
         self._waiters = EndureWaiters(self)
@@ -86,6 +93,21 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             self._pager = LoopingCall(self.run_pager)
             self._pager.clock = clock
             self._pager.start(pager_interval, now=False)
+
+    def _quota_arg(self, quota: Optional[int]) -> int:
+        if quota is None:
+            return default_memory_quota()
+        if not isinstance(quota, int) or isinstance(quota, bool) or quota < MIN_QUOTA:
+            raise ArgumentError("memory_quota must be at least %d bytes (1 MiB), not %r"
+                                % (MIN_QUOTA, quota))
+        return quota
+
+    def _policy_arg(self, eviction: str) -> str:
+        if eviction not in self.eviction_policies:
+            raise ArgumentError("eviction must be one of %s for a %s bucket, not %r"
+                                % (", ".join(self.eviction_policies), self.bucket_type,
+                                   eviction))
+        return eviction
 
     # -- steps of the operations ---------------------------------------------
 
@@ -142,8 +164,11 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             if quiet:
                 return ValueResult(key, rc=RC.KEY_ENOENT)
             raise NotFoundError("no such key", key=key)
+        cas, exp, flags, off = header(item)  # (WouldBlock: nothing counted but the get)
         self._stats["hits"] += 1
-        cas, exp, flags, off = header(item)
+        t = self._touched
+        if t is not None and len(t) < self._touch_cap:
+            t.add(k)
         if ttl:
             check_ttl(ttl, key)
             if self._gated:
@@ -199,7 +224,7 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             self._stats["misses"] += 1
             return ValueResult(key, rc=RC.KEY_ENOENT)
         self._stats["hits"] += 1
-        cas, exp, flags, _off = header(item)
+        cas, exp, flags = meta(item)
         if self._locks and self._is_locked(k, now):
             cas = LOCKED_CAS
         return ScanItem(key, None, flags, cas, ceil(exp) if exp else 0, self.transcoder)
@@ -331,6 +356,7 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             "high_seqno": self._seqno,
             "max_value_size": self.max_value_size,
         }
+        s.update(self.quota_stats())
         for op, n in self._ops.items():
             s["op_" + op] = n
         return s
@@ -342,6 +368,26 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             return succeed(self.get_sync(key, ttl, quiet))
         except CouchbaseError as e:
             return fail(e)
+        except WouldBlock as e:
+            return self._when_resident(e, key, self.get_sync, (key, ttl, quiet))
+
+    def _answer(self, key: Any, call: Callable[..., Any], *args: Any) -> Deferred:
+        """``call(*args)``'s result as a Deferred: at once, or once its values are read back."""
+        try:
+            return succeed(call(*args))
+        except CouchbaseError as e:
+            return fail(e)
+        except WouldBlock as e:
+            return self._when_resident(e, key, call, args)
+
+    def _when_resident(self, blocked: WouldBlock, key: Any, call: Callable[..., Any],
+                       args: Tuple[Any, ...]) -> Deferred:
+        """
+        ``call(*args)`` again once the values it needs are resident (a bucket
+        that ejects values reads them back first).  Memory only: never ejected.
+        """
+        return fail(InternalError("a value is not resident in a bucket that never ejects",
+                                  key=key))
 
     def _mutate(self, key: Any, persist_to: int, replicate_to: int, call: Any,
                 *args: Any) -> Deferred:
@@ -353,6 +399,11 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
             result = call(*args)
         except CouchbaseError as e:
             return fail(e)
+        except WouldBlock as e:
+            d = self._when_resident(e, key, call, args)
+            if persist_to or replicate_to:
+                d.addCallback(self._durable, persist_to, replicate_to, key)
+            return d
         if persist_to or replicate_to:
             return self._durable(result, persist_to, replicate_to, key)
         return succeed(result)
@@ -395,17 +446,17 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
                             "prepend", key, value, cas)
 
     def touch(self, key: Any, ttl: int) -> Deferred:
-        return _deferred(self.touch_sync, key, ttl)
+        return self._answer(key, self.touch_sync, key, ttl)
 
     def lock(self, key: Any, ttl: int = DEFAULT_LOCK_TTL) -> Deferred:
-        return _deferred(self.lock_sync, key, ttl)
+        return self._answer(key, self.lock_sync, key, ttl)
 
     def unlock(self, key: Any, cas: int) -> Deferred:
-        return _deferred(self.unlock_sync, key, cas)
+        return self._answer(key, self.unlock_sync, key, cas)
 
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
                 ttl: int = 0) -> Deferred:
-        return _deferred(self.counter_sync, key, delta, initial, ttl)
+        return self._answer(key, self.counter_sync, key, delta, initial, ttl)
 
     def flush(self) -> Deferred:
         try:
@@ -428,8 +479,9 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
                 prefix, start, end, ids_only, batch_size, batch_bytes)
         except CouchbaseError as e:
             return fail(e)
-        return ScanResult.open(lambda at: succeed(self.scan_batch_sync(
-            prefix, at, end, ids_only, batch_size, batch_bytes)), start)
+        return ScanResult.open(lambda at: self._answer(
+            None, self.scan_batch_sync, prefix, at, end, ids_only, batch_size, batch_bytes),
+            start)
 
     def close(self) -> Deferred:
         self._closed = True

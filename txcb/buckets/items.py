@@ -26,6 +26,16 @@ A deleted document that kept system xattrs (names starting with ``_``), a
 *tombstone*, has the same header with 0xFD first, no expiry, flags 0 and no
 value.  Tombstones are kept apart from the live items (and written to the
 data file as rows of their own).
+
+A persistent bucket over its RAM quota *ejects* values (see
+:mod:`txcb.buckets.pager`): an item without xattrs, already on disk, is
+replaced in memory by its metadata alone, 25 bytes,
+    ``<0xFC><cas:u64><expiry:f64><flags:u32><value length:u32>``
+so its CAS, expiry and flags read as from a long header while its value
+waits on disk.  :func:`header` of such an item raises
+:class:`~txcb.errors.WouldBlock` (nothing can take a value that is not
+there); :func:`meta` reads the metadata of every form.  Ejected forms are
+never written to disk.
 """
 
 from __future__ import annotations
@@ -33,14 +43,16 @@ from __future__ import annotations
 import struct
 from typing import Dict, Mapping, Tuple
 
-from txcb.errors import DeltaBadvalError
+from txcb.errors import DeltaBadvalError, WouldBlock
 from txcb.formats import FMT_BYTES, FMT_JSON, FMT_PICKLE, FMT_UTF8
 from txcb.limits import U64
 
 __all__ = ["make_item", "make_xitem", "header", "expiry_of", "cas_of", "value_len",
            "counted", "with_cas", "xattrs_of", "encode_xattrs", "decode_xattrs",
            "make_tombstone", "system_xattrs", "FLAGS", "LONG", "XATTRS", "TOMBSTONE", "LONG_LEN", "SHORT_LEN", "XATTRS_LEN",
-           "long_unpack", "LOCKED_CAS", "STORED", "DELETED", "EXPIRED"]
+           "long_unpack", "LOCKED_CAS", "STORED", "DELETED", "EXPIRED", "EVICTED",
+           "EJECTED", "EJECTED_LEN", "LONG_FROM", "meta", "eject", "ejectable",
+           "restored", "ITEM_OVERHEAD", "item_cost"]
 
 #: The CAS a locked item reads with (as Couchbase Server reports it).
 LOCKED_CAS = U64
@@ -52,6 +64,14 @@ LONG = 0xFF
 XATTRS = 0xFE
 #: The first byte of a tombstone (a deleted document's system xattrs).
 TOMBSTONE = 0xFD
+#: The first byte of an ejected item (its value is on disk only).
+EJECTED = 0xFC
+#: Every first byte from this one up has the long header's fields.
+LONG_FROM = EJECTED
+#: What an item costs in memory besides its key's and stored form's bytes
+#: (two bytes objects' headers, the item dict's slot), as measured on
+#: CPython: what ``mem_used`` counts for it.
+ITEM_OVERHEAD = 125
 _SHORT_HDR = struct.Struct("<BQ")
 _LONG_HDR = struct.Struct("<BQdI")
 _X_HDR = struct.Struct("<BQdII")
@@ -61,6 +81,7 @@ _CAS = struct.Struct("<Q").pack
 SHORT_LEN = _SHORT_HDR.size
 LONG_LEN = _LONG_HDR.size
 XATTRS_LEN = _X_HDR.size
+EJECTED_LEN = XATTRS_LEN  # an ejected item's length (its header alone)
 _short_pack = _SHORT_HDR.pack
 _long_pack = _LONG_HDR.pack
 _short_unpack = _SHORT_HDR.unpack_from
@@ -75,6 +96,7 @@ _U64_DIGITS = len(str(U64))
 STORED = 1
 DELETED = 2
 EXPIRED = 3
+EVICTED = 4  # (an ephemeral bucket's NRU eviction)
 
 
 def make_item(cas: int, exp: float, flags: int, data: bytes) -> bytes:
@@ -94,17 +116,62 @@ def make_xitem(cas: int, exp: float, flags: int, xattrs: bytes, data: bytes) -> 
 
 
 def header(item: bytes) -> Tuple[int, float, int, int]:
-    """``(cas, expiry, flags, offset of the value)`` of a stored item."""
-    if item[0] >= XATTRS:
+    """
+    ``(cas, expiry, flags, offset of the value)`` of a stored item;
+    WouldBlock if its value is ejected.
+    """
+    if item[0] >= LONG_FROM:
         t, cas, exp, flags = long_unpack(item)
-        return cas, exp, flags, LONG_LEN if t == LONG else XATTRS_LEN + _U32(item, LONG_LEN)[0]
+        if t == LONG:
+            return cas, exp, flags, LONG_LEN
+        if t == EJECTED:
+            raise WouldBlock()
+        return cas, exp, flags, XATTRS_LEN + _U32(item, LONG_LEN)[0]
     i, cas = _short_unpack(item)
     return cas, 0.0, FLAGS[i], SHORT_LEN
 
 
+def meta(item: bytes) -> Tuple[int, float, int]:
+    """``(cas, expiry, flags)`` of a stored item, ejected or not."""
+    if item[0] >= LONG_FROM:
+        return long_unpack(item)[1:]
+    i, cas = _short_unpack(item)
+    return cas, 0.0, FLAGS[i]
+
+
 def expiry_of(item: bytes) -> float:
     """A stored item's expiry time (0: never)."""
-    return long_unpack(item)[2] if item[0] >= XATTRS else 0.0
+    return long_unpack(item)[2] if item[0] >= LONG_FROM else 0.0
+
+
+def ejectable(item: bytes) -> bool:
+    """Whether an item's value can be ejected: it has one and no xattrs."""
+    t = item[0]
+    return t < XATTRS or t == LONG
+
+
+def eject(item: bytes) -> bytes:
+    """An (ejectable) item's ejected form: its metadata and value length."""
+    cas, exp, flags = meta(item)
+    return _X_HDR.pack(EJECTED, cas, exp, flags, value_len(item))
+
+
+def restored(ejected: bytes, stored: bytes) -> bytes:
+    """
+    An ejected item made whole again with the value of ``stored``, its form
+    on disk (the CAS, expiry and flags are the ejected form's: a lock may have
+    changed the CAS since).  ValueError if ``stored`` is not that item's.
+    """
+    cas, exp, flags = meta(ejected)
+    size = _U32(ejected, LONG_LEN)[0]
+    if not ejectable(stored) or value_len(stored) != size or meta(stored)[1:] != (exp, flags):
+        raise ValueError("the item on disk is not the one ejected")
+    return make_item(cas, exp, flags, stored[len(stored) - size:])
+
+
+def item_cost(k: bytes, item: bytes) -> int:
+    """What ``mem_used`` counts for a key and its stored item."""
+    return len(k) + len(item) + ITEM_OVERHEAD
 
 
 def with_cas(item: bytes, cas: int) -> bytes:
@@ -163,8 +230,10 @@ def cas_of(item: bytes) -> int:
 
 
 def value_len(item: bytes) -> int:
-    """The length of a stored item's value (with its xattrs, if any)."""
+    """The length of a stored item's value (with its xattrs, if any; ejected or not)."""
     t = item[0]
+    if t == EJECTED:
+        return _U32(item, LONG_LEN)[0]
     return len(item) - (SHORT_LEN if t < XATTRS else LONG_LEN if t == LONG else XATTRS_LEN)
 
 

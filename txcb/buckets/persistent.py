@@ -56,9 +56,21 @@ TemporaryFailError while more than ``max_queue`` keys wait for the disk
 again by itself once a batch commits.  A full disk at start-up is
 :class:`DiskFullError`, not corruption.
 
+A RAM quota (``memory_quota``, see :mod:`txcb.buckets.pager`): above the
+high watermark the values of clean items are *ejected*, coldest first, down
+to the low watermark; their keys and metadata stay in memory, so a miss or a
+CAS check needs no disk.  A request that needs an ejected value raises
+WouldBlock on the synchronous path; on the Deferred path the value is read
+back by the background fetcher (:mod:`txcb.buckets._fetcher`, on a thread)
+and the request answered then.  Warmup with more data than the quota loads
+every key and as many values as fit under the low watermark.  Mutations that
+would pass the quota while dirty items fill it get TemporaryFailError until
+the writer catches up.
+
 Where it lives: the data directory and file (lock, open, warmup, one batch,
 checkpoint, close) in :mod:`txcb.buckets._store`; the manifest in
 :mod:`txcb.buckets._manifest`; the write queue in :mod:`txcb.buckets._writer`;
+reading values back in :mod:`txcb.buckets._fetcher`;
 endure waiters in :mod:`txcb.buckets._waiters`; the life cycle here.
 """
 
@@ -68,7 +80,8 @@ import os
 import re
 import sqlite3
 import time
-from typing import Any, Callable, Dict, List, Optional
+from collections import Counter
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -78,15 +91,18 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from txcb.buckets import _manifest, _store
+from txcb.buckets._fetcher import BackgroundFetcher
 from txcb.buckets._store import (  # noqa: F401 (FORMAT_VERSION: part of the API)
     FORMAT_VERSION, LOCK_FILE, META_STEP, RESTART_GAP, CorruptDataError,
     DataDirLockedError, DiskFullError, StorageError)
 from txcb.buckets._writer import WriteQueue
 from txcb.buckets.embedded import EmbeddedBucket
-from txcb.errors import ArgumentError, NetworkError, TemporaryFailError
+from txcb.buckets.items import EJECTED, restored
+from txcb.errors import ArgumentError, NetworkError, TemporaryFailError, WouldBlock
 from txcb.formats import Transcoder
 from txcb.limits import DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_MAX_VALUE_SIZE
 from txcb.results import OperationResult
+from txcb.validation import to_key
 
 __all__ = [
     "PersistentBucket", "create_bucket", "StorageError", "CorruptDataError",
@@ -103,6 +119,10 @@ CAS_RESTART_GAP = RESTART_GAP  # the name the tests and docs use
 _NAME_RE = re.compile(r"^[A-Za-z0-9._%-]{1,100}$")
 
 _log = Logger()
+
+#: How many times a request reads values back before it gives up (they were
+#: ejected again before it could use them: memory is very tight).
+MAX_FETCHES = 3
 
 
 class PersistentBucket(WriteQueue, EmbeddedBucket):
@@ -135,12 +155,15 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
     :param flusher_nice: how many nice levels lower the thread writing
         background batches (nobody waiting for them) runs; 0 writes every
         batch on the one normal-priority thread.
+    :param memory_quota: the RAM quota in bytes (None: half the machine's
+        memory); values are ejected to stay under it.
 
     Other parameters are :class:`~txcb.buckets.embedded.EmbeddedBucket`'s.
     """
 
     bucket_type = "couchbase"
     max_persist_to = 1
+    eviction_policies = ("value",)
 
     def __init__(self, data_dir: str = DEFAULT_DATA_DIR, clock: Any = None,
                  reactor: Any = None, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
@@ -149,7 +172,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
                  flush_delay: float = 0.01, retry_interval: float = 1.0,
                  flusher_nice: int = 10, checkpoint_interval: float = 5.0,
                  max_queue: int = 1000, max_retry_interval: float = 5.0,
-                 close_timeout: float = 10.0) -> None:
+                 close_timeout: float = 10.0, memory_quota: Optional[int] = None) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ArgumentError("bucket name must be 1 to 100 characters of "
                                 "A-Z a-z 0-9 . _ %% -, not %r" % (name,))
@@ -162,7 +185,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
                 from twisted.internet import reactor  # type: ignore[no-redef]
         EmbeddedBucket.__init__(self, clock=clock, max_value_size=max_value_size,
                                 transcoder=transcoder, pager_interval=pager_interval,
-                                name=name)
+                                name=name, memory_quota=memory_quota, eviction="value")
         self._reactor = reactor
         self.data_dir = os.path.abspath(data_dir)
         self.path = os.path.join(self.data_dir, name + ".sqlite3")
@@ -180,6 +203,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self._lock_fd: Any = None  # the locked lock file descriptor once started
         self._pool: Any = None  # the writer's ThreadPool once started
         self._bg_pool: Any = None  # and the background one (flusher_nice), if any
+        self._fetcher: Any = None  # the BackgroundFetcher once started
         self._finishing = False
         self._init_queue()
         self._close_waiters: List[Deferred] = []
@@ -219,6 +243,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             raise
         self._pool = ThreadPool(1, 1, name="txcb-writer-%s" % (self.name,))
         self._pool.start()
+        self._fetcher = BackgroundFetcher(self._reactor, self.path, self.name, self._restore)
         if self.flusher_nice > 0:
             self._bg_pool = ThreadPool(1, 1, name="txcb-flusher-%s" % (self.name,))
             self._bg_pool.start()
@@ -226,9 +251,10 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self._state = "open"
         self._closed = self._gated = False
         self._disk["warmup_time"] = took = time.perf_counter() - started
-        _log.info("txcb: bucket {name!r} warmed up {items} items from {path} in {took:.3f}s"
-                  " ({expired} expired items dropped)", name=self.name,
-                  items=len(self._items), path=self.path, took=took,
+        _log.info("txcb: bucket {name!r} warmed up {items} items ({ejected} of them "
+                  "ejected: over the quota) from {path} in {took:.3f}s ({expired} expired "
+                  "items dropped)", name=self.name, items=len(self._items),
+                  ejected=self._nonresident, path=self.path, took=took,
                   expired=self._disk["warmup_expired"])
 
     def _open_and_warm_up(self) -> None:
@@ -238,7 +264,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         wal_missing = _manifest.check_files(self.path, manifest, CorruptDataError)
         self._conn = _store.open_db(self.path)
         warm = _store.warm_up(self._conn, self.path, self.clock.seconds(), self._cas,
-                              manifest, wal_missing)
+                              manifest, wal_missing, self._low)
         try:
             _store.checkpoint(self._conn, self.path, warm.seqno, False,
                               len(warm.items) + len(warm.tombstones))
@@ -258,10 +284,75 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self._tombstones = warm.tombstones
         self._expiries = warm.expiries
         self._bytes = warm.nbytes
+        self._mem = warm.mem
+        self._nonresident = warm.nonresident
         self._cas = self._marked_cas = warm.cas
         self._seqno = self._persisted_seqno = self._marked_seqno = warm.seqno
         self._disk["warmup_items"] = len(warm.items)
         self._disk["warmup_expired"] = warm.expired
+
+    # -- ejected values -----------------------------------------------------------
+
+    def _when_resident(self, blocked: WouldBlock, key: Any, call: Callable[..., Any],
+                       args: Tuple[Any, ...], fetches: int = 0) -> Deferred:
+        """Read the values back, then ``call(*args)`` again (counted once)."""
+        if fetches >= MAX_FETCHES:
+            raise TemporaryFailError("the value was ejected again before it could be "
+                                     "used (memory is very tight): try again", key=key)
+        d = self._fetcher.fetch(blocked.keys or (to_key(key),))
+        d.addCallback(lambda _: self._again(key, call, args, fetches + 1))
+        return d
+
+    def _again(self, key: Any, call: Callable[..., Any], args: Tuple[Any, ...],
+               fetches: int) -> Any:
+        """The call once more: its first try counted the operation already."""
+        counted, self._ops = self._ops, Counter()
+        try:
+            return call(*args)
+        except WouldBlock as e:
+            return self._when_resident(e, key, call, args, fetches)
+        finally:
+            self._ops = counted
+
+    def _restore(self, keys: List[bytes], found: Dict[bytes, bytes], damaged: List[bytes]
+                 ) -> Set[bytes]:
+        """
+        Values read back: put those still ejected back; returns the keys that
+        could not be (damaged, or without a row: never served as anything else).
+        """
+        items, bad = self._items, set(damaged)
+        for k in keys:
+            item = items.get(k)
+            if item is None or item[0] != EJECTED or k in bad:
+                continue  # written or removed since: the request sees that
+            stored = found.get(k)
+            if stored is None:
+                bad.add(k)
+                continue
+            try:
+                whole = restored(item, stored)
+            except ValueError:
+                bad.add(k)
+                continue
+            items[k] = whole
+            self._mem += len(whole) - len(item)
+            self._nonresident -= 1
+            self._stats["bg_fetches"] += 1
+            self._touch(k)
+        for k in bad:
+            _log.critical("txcb: bucket {name!r}: the value of key {key!r} cannot be read "
+                          "back from {path} (damaged or missing); it is not served",
+                          name=self.name, key=k, path=self.path)
+        if self._mem > self._high:
+            self._page_soon()
+        return bad
+
+    def _full(self, k: bytes) -> Exception:
+        if self._dirty or self._inflight:
+            return TemporaryFailError(
+                "the bucket's RAM quota (%d bytes) is full of writes waiting for the disk: "
+                "try again shortly" % (self.memory_quota,), key=k)
+        return EmbeddedBucket._full(self, k)
 
     # -- durability -------------------------------------------------------------
 
@@ -339,6 +430,8 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
         self._state = "closing"
         self._close_deadline = self._reactor.seconds() + self.close_timeout
         EmbeddedBucket.close(self)
+        if self._fetcher is not None:
+            self._fetcher.close()
         if was_new:
             self._release(None)
             return d

@@ -27,7 +27,7 @@ from __future__ import annotations
 from math import ceil
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 
 import txcb.subdocument as SD
 from txcb.buckets.items import (
@@ -94,14 +94,12 @@ class SubdocMixin:
                          keep: Optional[bytes] = None) -> int: ...
         def _mutate(self, key: Any, persist_to: int, replicate_to: int,
                     call: Callable[..., Any], *args: Any) -> Deferred: ...
+        def _answer(self, key: Any, call: Callable[..., Any], *args: Any) -> Deferred: ...
 
     # -- IBucket --------------------------------------------------------------
 
     def lookup_in(self, key: Any, *specs: Any, access_deleted: bool = False) -> Deferred:
-        try:
-            return succeed(self.lookup_in_sync(key, *specs, access_deleted=access_deleted))
-        except CouchbaseError as e:
-            return fail(e)
+        return self._answer(key, self._lookup_in, key, specs, access_deleted)
 
     def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0,
                   upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
@@ -115,8 +113,8 @@ class SubdocMixin:
     def _mutable(self, k: bytes, item: bytes, cas: int, now: float, key: Any) -> bool:
         """
         Refuse a locked item without the lock's cas, or a cas mismatch, as
-        every mutation does; returns whether the item is locked (the caller
-        unlocks it once the mutation is made: a failed one keeps the lock).
+        every mutation does; returns whether the item is locked (the mutation,
+        once made, ends the lock: a failed one keeps it).
         """
         item_cas = cas_of(item)
         if self._locks and self._is_locked(k, now):
@@ -134,6 +132,10 @@ class SubdocMixin:
     def lookup_in_sync(self, key: Any, *specs: Any, access_deleted: bool = False
                        ) -> SD.SubdocResult:
         """:meth:`lookup_in` without the Deferred."""
+        return self._lookup_in(key, specs, access_deleted)
+
+    def _lookup_in(self, key: Any, specs: Sequence[Any], access_deleted: bool
+                   ) -> SD.SubdocResult:
         k = self._begin("lookup_in", key)
         _checked(specs, key)
         now = self.clock.seconds()
@@ -175,7 +177,8 @@ class SubdocMixin:
         doc_flags = _doc_flags(upsert_doc, insert_doc)
         now = self.clock.seconds()
         old = self._lookup(k, now)
-        locked = old is not None and self._mutable(k, old, cas, now, key)
+        if old is not None:
+            self._mutable(k, old, cas, now, key)  # (the mutation, once made, ends a lock)
         if old is None and cas:
             raise NotFoundError("no such key (cas given)", key=key)
         body, xattrs, old_cas, exp, flags = _split(old)
@@ -184,8 +187,6 @@ class SubdocMixin:
                              doc_flags, cas, self.max_value_size)
         except CouchbaseError as e:
             raise _keyed(e, key)
-        if locked:
-            del self._locks[k]  # the lock's cas unlocks, once the mutation is made
         if not (preserve_expiry and old is not None):
             exp = expiry_time(ttl, now) if ttl else 0.0
         if old is None:

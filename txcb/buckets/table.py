@@ -19,9 +19,12 @@ from math import ceil
 from typing import Any, Dict, List, Optional, Tuple
 
 from txcb.buckets.items import (
-    DELETED, EXPIRED, LOCKED_CAS, STORED, XATTRS, cas_of, expiry_of, header, long_unpack,
-    make_item, make_tombstone, make_xitem, system_xattrs, value_len, xattrs_of)
-from txcb.errors import KeyExistsError, NetworkError, NotFoundError, TemporaryFailError
+    DELETED, EJECTED, EXPIRED, ITEM_OVERHEAD, LOCKED_CAS, LONG_FROM, STORED, XATTRS,
+    cas_of, expiry_of, header, item_cost, long_unpack, make_item, make_tombstone, make_xitem,
+    meta, system_xattrs, value_len, xattrs_of)
+from txcb.buckets.pager import ItemPager
+from txcb.errors import (
+    KeyExistsError, NetworkError, NotFoundError, TemporaryFailError, WouldBlock)
 from txcb.results import OperationResult, ScanItem
 from txcb.scan import KeyIndex
 
@@ -41,16 +44,17 @@ FREE_BATCH = 10000
 MAX_TOMBSTONES = 100000
 
 
-class ItemTable:
+class ItemTable(ItemPager):
     """
-    Items with CAS, expiry, locks and sequence numbers, on an injected clock.
+    Items with CAS, expiry, locks and sequence numbers, on an injected clock,
+    in a RAM quota (:class:`~txcb.buckets.pager.ItemPager`).
 
     The base of :class:`~txcb.buckets.embedded.EmbeddedBucket`: it holds the
     state and the steps every operation is made of; the bucket holds the
     operations.
     """
 
-    def __init__(self, clock: Any, transcoder: Any) -> None:
+    def __init__(self, clock: Any, transcoder: Any, quota: int, policy: str) -> None:
         self.clock = clock
         self.transcoder = transcoder
         self._items: Dict[bytes, bytes] = {}
@@ -67,6 +71,7 @@ class ItemTable:
         self._stats = {"hits": 0, "misses": 0, "expired": 0}
         self._ops = dict.fromkeys(OPS, 0)
         self._scan_index: Any = None  # a KeyIndex, once something scans
+        self._init_pager(quota, policy)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -83,7 +88,7 @@ class ItemTable:
     def _lookup(self, k: bytes, now: float) -> Optional[bytes]:
         """The live item for a key, expiring it on the way if it is due."""
         item = self._items.get(k)
-        if item is not None and item[0] >= XATTRS:
+        if item is not None and item[0] >= LONG_FROM:
             exp = long_unpack(item)[2]
             if exp and exp <= now:
                 self._remove_item(k, item, EXPIRED)
@@ -107,7 +112,10 @@ class ItemTable:
              data: bytes, xattrs: Optional[bytes] = None) -> int:
         """
         Store an item; ``xattrs`` (encoded) None keeps the old item's, as a
-        whole-value mutation does in Couchbase, b"" drops them.
+        whole-value mutation does in Couchbase, b"" drops them.  A mutation
+        ends a lock (the caller checked its cas).  Memory past the high
+        watermark goes through the pager first, which may refuse the write
+        (nothing changed then).
         """
         if xattrs is None and (old is None or old[0] != XATTRS):
             item = make_item(cas, exp, flags, data)
@@ -116,15 +124,23 @@ class ItemTable:
             blob = xattrs if xattrs is not None else xattrs_of(old or b"")
             item = make_xitem(cas, exp, flags, blob, data)
             size = len(blob) + len(data)
+        grow = len(item) - len(old) if old is not None else len(item) + len(k) + ITEM_OVERHEAD
+        if grow > 0 and self._mem + grow > self._high:
+            self._grow(k, grow)
         self._items[k] = item
+        self._mem += grow
+        if self._locks:
+            self._locks.pop(k, None)
         if old is None:
             self._bytes += len(k) + size
             if self._scan_index is not None:
                 self._scan_index.add(k)
             if self._tombstones:
-                self._tombstones.pop(k, None)  # a new document: the deleted one is gone
+                self._drop_tombstone(k)  # a new document: the deleted one is gone
         else:
             self._bytes += size - value_len(old)
+            if old[0] == EJECTED:
+                self._nonresident -= 1
         if exp:
             heapq.heappush(self._expiries, (exp, k))
         self._seqno = seqno = self._seqno + 1
@@ -141,6 +157,7 @@ class ItemTable:
         del self._items[k]
         self._locks.pop(k, None)
         self._bytes -= len(k) + value_len(item)
+        self._forget(k, item)
         if why == EXPIRED:
             self._stats["expired"] += 1
         self._seqno = seqno = self._seqno + 1
@@ -149,6 +166,7 @@ class ItemTable:
             kept = system_xattrs(xattrs_of(item)) if keep is None else keep
             if kept:
                 tomb = self._tombstones[k] = make_tombstone(self._cas, kept)
+                self._mem += item_cost(k, tomb)
         self._mutated(k, tomb, seqno, why)
         if tomb is not None and len(self._tombstones) > self.max_tombstones:
             self._purge_tombstone()
@@ -160,20 +178,27 @@ class ItemTable:
     def _purge_tombstone(self) -> None:
         """Forget the oldest tombstone (a mutation of its own: the disk forgets it too)."""
         k = next(iter(self._tombstones))
-        del self._tombstones[k]
+        self._drop_tombstone(k)
         self._seqno = seqno = self._seqno + 1
         self._mutated(k, None, seqno, DELETED)
+
+    def _drop_tombstone(self, k: bytes) -> None:
+        tomb = self._tombstones.pop(k, None)
+        if tomb is not None:
+            self._mem -= item_cost(k, tomb)
 
     def _mutated(self, k: bytes, item: Optional[bytes], seqno: int, why: int) -> None:
         """Called after every change of an item (item None: removed)."""
 
     def _check_mutable(self, k: bytes, item: bytes, cas: int, now: float, key: Any) -> None:
-        """Refuse a mutation on a locked item without the lock cas, or a cas mismatch."""
+        """
+        Refuse a mutation on a locked item without the lock cas, or a cas
+        mismatch.  (The mutation, once made, ends the lock: a refused one keeps it.)
+        """
         item_cas = cas_of(item)
         if self._locks and self._is_locked(k, now):
             if cas != item_cas:
                 raise TemporaryFailError("the key is locked", key=key)
-            del self._locks[k]
         elif cas and cas != item_cas:
             raise KeyExistsError("CAS mismatch", key=key)
 
@@ -191,6 +216,7 @@ class ItemTable:
         self._expiries = []
         self._bytes = 0
         self._scan_index = None
+        self._forget_all()
         if removed:
             self._seqno += 1
             self._flushed(old, self._seqno)
@@ -258,8 +284,20 @@ class ItemTable:
         ``resume`` being the start of the next batch or None at the end of the
         range.  Walks the shared sorted :class:`~txcb.scan.KeyIndex`;
         ``batch_bytes`` counts rows as the wire does (22 bytes + key + value)
-        and lets one row through on its own.
+        and lets one row through on its own.  WouldBlock, naming them, if
+        values of the batch are ejected.
         """
+        missing: List[bytes] = []
+        batch = self._scan_batch(prefix, start, end, ids_only, batch_size, batch_bytes,
+                                 missing)
+        if missing:
+            raise WouldBlock(missing)
+        return batch
+
+    def _scan_batch(self, prefix: bytes, start: bytes, end: bytes, ids_only: bool,
+                    batch_size: int, batch_bytes: int, missing: List[bytes]
+                    ) -> Tuple[List[Any], Any]:
+        """scan_batch_sync's batch; the keys of ejected values go to ``missing``."""
         self._check_open()
         self._ops["scan"] += 1
         items = self._items
@@ -281,7 +319,12 @@ class ItemTable:
             last = k
             budget -= 1
             item = items.get(k)
-            if item is not None:
+            if item is not None and item[0] == EJECTED and not ids_only:
+                missing.append(k)
+                size += SCAN_ROW_OVERHEAD + len(k) + value_len(item)
+                if size > batch_bytes or len(rows) + len(missing) >= batch_size:
+                    break
+            elif item is not None:
                 row = self._scan_row(k, item, now, ids_only)
                 if row is not None:
                     raw = row.raw
@@ -301,11 +344,12 @@ class ItemTable:
     def _scan_row(self, k: bytes, item: bytes, now: float, ids_only: bool
                   ) -> Optional[ScanItem]:
         """A scan's row for an item, or None if it has expired (it is removed)."""
-        cas, exp, flags, off = header(item)
+        cas, exp, flags = meta(item)
         if exp and exp <= now:
             self._remove_item(k, item, EXPIRED)
             return None
         if self._locks and self._is_locked(k, now):
             cas = LOCKED_CAS
-        return ScanItem.from_row(k, flags, cas, ceil(exp) if exp else 0,
-                                 None if ids_only else item[off:], self.transcoder)
+        value = None if ids_only else item[header(item)[3]:]
+        return ScanItem.from_row(k, flags, cas, ceil(exp) if exp else 0, value,
+                                 self.transcoder)
