@@ -18,12 +18,14 @@ from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.memcached import MemcachedPool
 from txcb.errors import NoMemoryError, RC, TemporaryFailError
 from txcb.formats import Encoded
+from txcb.subdocument import Opcode as SDOp
 from txcb.wire import couchbase as W
 from txcb.wire import mcbinary as B
 from txcb.wire.netstring import (
     MULTI_MORE, OPT_QUIET, Op, decode_multi_reply, encode_multi_keys)
 
 from tests.support import procs
+from tests.support.cbsubdoc import lookup_frame, lookup_results
 from tests.support.couchbase import CbHarness, HeldDiskBucket, store_extras
 from tests.support.memcached import Harness, responses as mc_responses
 from tests.support.netstring import ClientTestBase, ServerTestBase, frame, response
@@ -391,6 +393,14 @@ class CouchbaseWouldBlockTests(unittest.TestCase):
         got = self.later()
         self.assertEqual([(r.opcode, r.status) for r in got], [(CO.APPEND, 0), (CO.GETK, 0)])
         self.assertEqual(self.double._inner.get_sync(b"a").raw, b"va+")
+
+    def test_lookup_in_of_an_ejected_document(self):
+        self.double._inner.store_sync("upsert", b"d", {"x": 1})
+        self.double.ejected.add(b"d")
+        self.assertEqual(self.c.send(lookup_frame(self.c, b"d", [(SDOp.GET, 0, "x")])), b"")
+        [r] = self.later()
+        self.assertEqual((r.status, lookup_results(r)), (0, [(0, b"1")]))
+        self.assertEqual(self.double.blocked, [("lookup_in_sync", b"d")])
 
     def test_no_memory_is_enomem_and_backpressure_is_tmpfail(self):
         self.double.full = NoMemoryError
