@@ -488,7 +488,11 @@ def _no_preserve(bucket: Any) -> Deferred:
 
 
 def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
-    """:func:`get_and_touch` on an ISyncBucket (exptime 0: touch, then get)."""
+    """
+    :func:`get_and_touch` on an ISyncBucket (exptime 0: touch, then get).
+    WouldBlock goes up, and the IBucket call then does the whole of it (after
+    a touch, a touch to exptime 0 again: the same expiry).
+    """
     if ttl:
         return bucket.get_sync(key, ttl, True)
     try:

@@ -580,7 +580,11 @@ class _DeferredValues(_Values):
 
 
 def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
-    """:func:`get_and_touch` on an ISyncBucket: the result, or a Failure."""
+    """
+    :func:`get_and_touch` on an ISyncBucket: the result, or a Failure.
+    WouldBlock goes up, and the IBucket call then does the whole of it (after
+    a touch, a touch to exptime 0 again: the same expiry).
+    """
     try:
         if ttl:
             return bucket.get_sync(key, ttl, True)
