@@ -10,6 +10,8 @@ pool meets a real memcached started with ``-M`` (errors instead of evictions).
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
@@ -20,6 +22,7 @@ from txcb.errors import NoMemoryError, RC, TemporaryFailError
 from txcb.formats import Encoded
 from txcb.subdocument import Opcode as SDOp
 from txcb.wire import couchbase as W
+from txcb.wire import mcascii as A
 from txcb.wire import mcbinary as B
 from txcb.wire.netstring import (
     MULTI_MORE, OPT_QUIET, Op, decode_multi_reply, encode_multi_keys)
@@ -413,19 +416,44 @@ class CouchbaseWouldBlockTests(unittest.TestCase):
         self.assertEqual(r.status, 0x86)
 
 
+def _harness_full_reply():
+    """What txcb's ASCII endpoint answers a set into a full bucket."""
+    h = _harness()
+    h.bucket.full = NoMemoryError
+    return h.connect().send(b"set n 0 0 1\r\nx\r\n")
+
+
 # -- the memcached pool against a real memcached -M ------------------------------------
 
-class PoolNoMemoryTests(unittest.TestCase):
-    """A real memcached that refuses writes when full (``-M``): the pool says NoMemoryError."""
+class RealMemcachedNoMemoryTests(unittest.TestCase):
+    """
+    A real memcached that refuses writes when full (``-M``, 2 MB): its ASCII
+    reply is the line txcb's ASCII endpoint sends, and the pool (binary, 0x82)
+    says NoMemoryError.
+    """
 
     skip = None if procs.have(procs.MEMCACHED) else "memcached is not installed"
     timeout = 20
 
+    def setUp(self):
+        self.m = procs.Memcached(extra=["-m", "2", "-I", "512k", "-M"]).start()
+        self.addCleanup(self.m.stop)
+
+    def test_memcached_says_what_the_ascii_endpoint_says(self):
+        s = socket.create_connection(("127.0.0.1", self.m.port), timeout=5)
+        self.addCleanup(s.close)
+        value = b"x" * 100000
+        for i in range(60):
+            s.sendall(b"set k%d 0 0 %d\r\n%s\r\n" % (i, len(value), value))
+            reply = s.recv(100)
+            if reply != b"STORED\r\n":
+                break
+        self.assertEqual(reply, A.OUT_OF_MEMORY_STORING)
+        self.assertEqual(reply, _harness_full_reply())
+
     @inlineCallbacks
     def test_a_full_memcached_is_no_memory_error(self):
-        m = procs.Memcached(extra=["-m", "2", "-I", "512k", "-M"]).start()
-        self.addCleanup(m.stop)
-        pool = MemcachedPool([m.address], reactor=reactor)
+        pool = MemcachedPool([self.m.address], reactor=reactor)
         self.addCleanup(pool.close)
         value = b"x" * 100000
         for i in range(60):
