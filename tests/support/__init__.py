@@ -11,6 +11,8 @@ What the test modules share; no test module imports another.
   server and client protocols (StringTransport, task.Clock);
 - :mod:`tests.support.memcached`: the in-memory harness of the memcached
   server protocol;
+- :mod:`tests.support.quota`: ``EjectingBucket``, an ISyncBucket whose
+  chosen keys are "ejected" (WouldBlock) or whose memory is full;
 - :mod:`tests.support.contract` and :mod:`tests.support.sync_contract`: the
   IBucket contract suites every provider runs (and ``ThreadedServer``).
 

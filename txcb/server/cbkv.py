@@ -6,9 +6,12 @@ collection its key names, and the rendering of results into responses.
 A bucket that provides :class:`~txcb.interfaces.ISyncBucket` (decided once
 per bucket by the factory) is called synchronously and its reply returned at
 once; any other through its IBucket Deferreds, answered in request order by
-:class:`~txcb.server.mcreplies.OrderedReplies`.  Durable writes (framing
-extra id 1, a persist level) wait for the disk: ``on_durable`` on a
-synchronous bucket, ``endure(persist_to=1)`` otherwise.
+:class:`~txcb.server.mcreplies.OrderedReplies`, and so is a synchronous call
+that raises :class:`~txcb.errors.WouldBlock` (a value not resident):
+:meth:`KeyValueOps.run_op` decides (the inline GET and SET paths take its
+:meth:`~KeyValueOps.run_later` too).  Durable writes (framing extra id 1, a
+persist level) wait for the disk: ``on_durable`` on a synchronous bucket,
+``endure(persist_to=1)`` otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txcb.errors import RC, CouchbaseError, NotSupportedError, TimeoutError
+from txcb.errors import RC, CouchbaseError, NotSupportedError, TimeoutError, WouldBlock
 from txcb.formats import Encoded
 from txcb.limits import DEFAULT_LOCK_TTL, MAX_KEY_LEN, MAX_LOCK_TTL
 from txcb.server.mcsession import get_and_touch, status_of
@@ -191,11 +194,18 @@ class KeyValueOps:
     def run_op(self, name: str, op: KeyOp, sync: Callable[[Any], Any],
                deferred: Callable[[Any], Deferred],
                render: Callable[[Any, KeyOp], bytes]) -> Optional[bytes]:
-        """``sync(bucket)`` or ``deferred(bucket)``, then durability, then ``render``."""
+        """
+        ``sync(bucket)`` or ``deferred(bucket)``, then durability, then
+        ``render``: the one place a KV request's way is decided.  A ``sync``
+        that raises WouldBlock changed nothing: ``deferred`` answers instead.
+        """
         bucket = op.collection.bucket
         if self.factory.is_sync(bucket):
             try:
                 r = sync(bucket)
+            except WouldBlock:
+                self.run_later(name, op, deferred, render)
+                return None
             except Exception:
                 r = Failure()
             if op.persist and type(r) is not Failure:
@@ -206,6 +216,13 @@ class KeyValueOps:
             if self.observer is not None:
                 self.observer.request_done(name, status_of(r), self.started)
             return render(r, op)
+        self.run_later(name, op, deferred, render)
+        return None
+
+    def run_later(self, name: str, op: KeyOp, deferred: Callable[[Any], Deferred],
+                  render: Callable[[Any, KeyOp], bytes]) -> None:
+        """``deferred(bucket)``, then durability (``endure``), answered by ``render``."""
+        bucket = op.collection.bucket
         try:
             d = deferred(bucket)
         except Exception:
@@ -213,7 +230,6 @@ class KeyValueOps:
         if op.persist:
             d.addCallback(self._endure, bucket, op)
         self._later(name, d, render, op)
-        return None
 
     def _later(self, name: str, d: Deferred, render: Callable[[Any, KeyOp], bytes],
                op: KeyOp) -> None:
@@ -253,6 +269,10 @@ class KeyValueOps:
             collection, key = target
             try:
                 res = collection.bucket.get_sync(key, 0, True)
+            except WouldBlock:      # not resident: the IBucket call answers it
+                self.run_later("get", KeyOp(r, collection, key, W.NO_FRAME_INFO),
+                               lambda b: b.get(key, quiet=True), self.render_value)
+                return None
             except Exception:
                 res = Failure()
             if r.opcode == _O.GET and type(res) is not Failure and not res.rc:
@@ -292,9 +312,14 @@ class KeyValueOps:
         if target is not None:
             collection, key = target
             flags, ttl = _STORE.unpack(r.extras)
+            value, cas = Encoded(r.value, flags), r.cas
             try:
-                res = collection.bucket.store_sync("upsert", key, Encoded(r.value, flags),
-                                                   r.cas, ttl)
+                res = collection.bucket.store_sync("upsert", key, value, cas, ttl)
+            except WouldBlock:      # nothing stored: the IBucket call stores it
+                self.run_later("upsert", KeyOp(r, collection, key, W.NO_FRAME_INFO),
+                               lambda b: b.upsert(key, value, cas=cas, ttl=ttl),
+                               self.render_mutation)
+                return None
             except Exception:
                 return self._failed(Failure(), KeyOp(r, collection, key, W.NO_FRAME_INFO))
             if self.tokens:
@@ -463,7 +488,11 @@ def _no_preserve(bucket: Any) -> Deferred:
 
 
 def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
-    """:func:`get_and_touch` on an ISyncBucket (exptime 0: touch, then get)."""
+    """
+    :func:`get_and_touch` on an ISyncBucket (exptime 0: touch, then get).
+    WouldBlock goes up, and the IBucket call then does the whole of it (after
+    a touch, a touch to exptime 0 again: the same expiry).
+    """
     if ttl:
         return bucket.get_sync(key, ttl, True)
     try:

@@ -24,8 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txcb.errors import (
-    RC, ArgumentError, CouchbaseError, DeltaBadvalError, KeyExistsError, NotFoundError,
-    NotStoredError, TemporaryFailError, TooBigError)
+    RC, ArgumentError, CouchbaseError, DeltaBadvalError, KeyExistsError, NoMemoryError,
+    NotFoundError, NotStoredError, TemporaryFailError, TooBigError, WouldBlock)
 from txcb.formats import Encoded
 from txcb.limits import MAX_KEY_LEN
 from txcb.results import ValueResult
@@ -145,6 +145,9 @@ class AsciiSession(Session):
                 key = keys[0]
                 try:
                     r = self._get_sync(key, 0, True)
+                except WouldBlock:
+                    self._get_later(key, with_cas)
+                    return
                 except Exception:
                     r = Failure()
                 else:
@@ -154,17 +157,20 @@ class AsciiSession(Session):
                         return
                 self.done("get", r, _render_get1, (key, with_cas))
             else:
-                key = keys[0]
-                self.later("get", self._deferred(lambda b: b.get(key, quiet=True)),
-                           _render_get1, (key, with_cas))
+                self._get_later(keys[0], with_cas)
         except Exception:
             self._failed(False)
+
+    def _get_later(self, key: bytes, with_cas: bool) -> None:
+        """A get of one key through the IBucket call."""
+        self.call_later("get", _render_get1, (key, with_cas), lambda b: b.get(key, quiet=True))
 
     def _multi_get(self, keys: List[bytes], with_cas: bool) -> None:
         bucket = self.bucket
         stream: _Values
         if self.sync:
-            stream = _SyncValues(self, keys, with_cas, bucket.get_sync, 0)
+            stream = _SyncValues(self, keys, with_cas, bucket.get_sync, 0,
+                                 lambda k: bucket.get(k, quiet=True))
         else:
             stream = _DeferredValues(self, keys, with_cas, lambda k: bucket.get(k, quiet=True))
         self.conn.stream(stream)
@@ -183,7 +189,8 @@ class AsciiSession(Session):
             stream: _Values
             if self.sync:
                 stream = _SyncValues(self, keys, with_cas,
-                                     lambda k, t, _q: _get_and_touch_sync(bucket, k, t), ttl)
+                                     lambda k, t, _q: _get_and_touch_sync(bucket, k, t), ttl,
+                                     lambda k: get_and_touch(bucket, k, ttl))
             else:
                 stream = _DeferredValues(self, keys, with_cas,
                                          lambda k: get_and_touch(bucket, k, ttl))
@@ -207,6 +214,9 @@ class AsciiSession(Session):
             if self.sync:
                 try:
                     self._store_sync(op, key, value, 0, ttl)
+                except WouldBlock:
+                    self._store_later(op, key, value, ttl, (name, noreply))
+                    return
                 except Exception:
                     r: Any = Failure()
                 else:
@@ -217,15 +227,14 @@ class AsciiSession(Session):
                     r = None
                 self.done(op, r, _render_store, (name, noreply))
                 return
-            if op == "upsert":
-                d = self._deferred(lambda b: b.upsert(key, value, ttl=ttl))
-            elif op == "insert":
-                d = self._deferred(lambda b: b.insert(key, value, ttl=ttl))
-            else:
-                d = self._deferred(lambda b: b.replace(key, value, ttl=ttl))
-            self.later(op, d, _render_store, (name, noreply))
+            self._store_later(op, key, value, ttl, (name, noreply))
         except Exception:
             self._failed(noreply)
+
+    def _store_later(self, op: str, key: bytes, value: Encoded, ttl: int,
+                     ctx: Tuple[str, bool]) -> None:
+        """A set, add or replace (``op``: upsert, insert, replace) through the IBucket call."""
+        self.call_later(op, _render_store, ctx, lambda b: getattr(b, op)(key, value, ttl=ttl))
 
     def _store_other(self, name: str, key: bytes, flags: int, exptime: int, data: bytes,
                      cas: Optional[int], noreply: bool) -> None:
@@ -414,13 +423,38 @@ class _Values:
 
 
 class _SyncValues(_Values):
-    """:class:`_Values` from an ISyncBucket: ``fetch(key, ttl, True)`` is the result."""
+    """
+    :class:`_Values` from an ISyncBucket: ``fetch(key, ttl, True)`` is the
+    result.  A key whose fetch raises WouldBlock (its value is not resident)
+    is asked for with ``later(key)``, its IBucket call: the part made before
+    it goes out, the stream waits (WAIT) for that result, which starts the
+    next part, and the keys after it are fetched at once again.
+    """
 
-    __slots__ = ()
+    __slots__ = ("later", "pending", "waiting")
+
+    def __init__(self, session: AsciiSession, keys: List[bytes], with_cas: bool,
+                 fetch: Callable[..., Any], ttl: int,
+                 later: Callable[[bytes], Deferred]) -> None:
+        super().__init__(session, keys, with_cas, fetch, ttl)
+        self.later = later
+        #: (key, [result or Failure] once it is in, its Deferred): the key asked for later.
+        self.pending: Optional[Tuple[bytes, List[Any], Deferred]] = None
+        self.waiting = False    # step said WAIT: the pending key's result is not in
 
     def step(self, write: Callable[[bytes], None]) -> int:
         if self.over:
             return DONE
+        parts: List[bytes] = []
+        pending = self.pending
+        if pending is not None:
+            key, box, _ = pending
+            if not box:
+                self.waiting = True
+                return WAIT
+            self.pending = None
+            if self._take(key, box[0], parts) < 0:
+                return self._failed(box[0], parts, write)
         fetch, ttl = self.fetch, self.ttl
         got: List[bytes] = []
         results: List[Any] = []
@@ -431,6 +465,10 @@ class _SyncValues(_Values):
         for key in self.keys:
             try:
                 r = fetch(key, ttl, True)
+            except WouldBlock:
+                self._ask(key)
+                last = False
+                break
             except Exception:
                 r = Failure()
             got.append(key)
@@ -440,7 +478,6 @@ class _SyncValues(_Values):
                 if size >= WRITE_CHUNK:
                     last = False
                     break
-        parts: List[bytes] = []
         with_cas = self.with_cas
         for key, r in zip(got, results):
             if type(r) is not Failure and r.rc == 0:    # a hit: _take's first case, inline
@@ -448,6 +485,32 @@ class _SyncValues(_Values):
             elif self._take(key, r, parts) < 0:
                 return self._failed(r, parts, write)
         return self._part(parts, write, last)
+
+    def _ask(self, key: bytes) -> None:
+        """Ask for ``key`` through its IBucket call: the stream's next part starts with it."""
+        box: List[Any] = []
+        try:
+            d = self.later(key)
+        except Exception:
+            d = fail()
+        d.addBoth(box.append)
+        self.pending = (key, box, d)
+        if not box:
+            d.addCallback(self._arrived, box)
+
+    def _arrived(self, _: Any, box: List[Any]) -> None:
+        pending = self.pending
+        if self.waiting and pending is not None and pending[1] is box:
+            self.waiting = False
+            self.conn.stream_ready(self)
+
+    def stop(self) -> None:
+        """Dropped (the connection is lost, or a value failed): cancel what is asked."""
+        super().stop()
+        pending, self.pending = self.pending, None
+        self.waiting = False
+        if pending is not None and not pending[1]:
+            pending[2].cancel()
 
 
 class _DeferredValues(_Values):
@@ -517,7 +580,11 @@ class _DeferredValues(_Values):
 
 
 def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
-    """:func:`get_and_touch` on an ISyncBucket: the result, or a Failure."""
+    """
+    :func:`get_and_touch` on an ISyncBucket: the result, or a Failure.
+    WouldBlock goes up, and the IBucket call then does the whole of it (after
+    a touch, a touch to exptime 0 again: the same expiry).
+    """
     try:
         if ttl:
             return bucket.get_sync(key, ttl, True)
@@ -526,6 +593,8 @@ def _get_and_touch_sync(bucket: Any, key: bytes, ttl: int) -> Any:
         except NotFoundError:
             return ValueResult(key, rc=RC.KEY_ENOENT)
         return bucket.get_sync(key, 0, True)
+    except WouldBlock:
+        raise
     except Exception:
         return Failure()
 
@@ -566,6 +635,8 @@ def _ascii_error(f: Failure, noreply: bool) -> bytes:
     e = f.value
     if isinstance(e, TooBigError):
         return A.TOO_LARGE
+    if isinstance(e, NoMemoryError):    # memcached's words to incr/decr
+        return A.OUT_OF_MEMORY
     if isinstance(e, ArgumentError):
         return b"CLIENT_ERROR %s\r\n" % (one_line(e.message),)
     if isinstance(e, CouchbaseError):
@@ -586,6 +657,8 @@ def _render_store(r: Any, ctx: Tuple[str, bool]) -> bytes:
         return A.NOT_FOUND if name == "cas" else A.NOT_STORED
     if r.check(NotStoredError):
         return A.NOT_STORED
+    if r.check(NoMemoryError):
+        return A.OUT_OF_MEMORY_STORING
     return _ascii_error(r, False)
 
 

@@ -18,7 +18,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txcb.errors import RC, CouchbaseError, NotFoundError
+from txcb.errors import RC, CouchbaseError, NotFoundError, WouldBlock
 from txcb.formats import Encoded
 from txcb.limits import MAX_KEY_LEN
 from txcb.server.mcsession import VERSION, Session, get_and_touch, one_line, stat_value
@@ -148,14 +148,16 @@ class BinarySession(Session):
         if self.sync:
             try:
                 r = self._get_sync(key, 0, True)
+            except WouldBlock:
+                self.call_later("get", _render_value, p, lambda b: b.get(key, quiet=True))
+                return None
             except Exception:
                 r = Failure()
             if self.observer is None:
                 return _render_value(r, p)
             self.done("get", r, _render_value, p)
         else:
-            self.later("get", self._deferred(lambda b: b.get(key, quiet=True)),
-                       _render_value, p)
+            self.call_later("get", _render_value, p, lambda b: b.get(key, quiet=True))
         return None
 
     def _gat(self, p: B.Packet) -> None:
@@ -173,21 +175,16 @@ class BinarySession(Session):
         if self.sync:
             try:
                 r = self._store_sync(op, key, value, cas, exptime)
+            except WouldBlock:
+                self.call_later(op, _render_mutation, p, _store_call(op, key, value, cas, exptime))
+                return None
             except Exception:
                 r = Failure()
             if self.observer is None:
                 return _render_mutation(r, p)
             self.done(op, r, _render_mutation, p)
-        elif op == "upsert":
-            self.later(op, self._deferred(lambda b: b.upsert(key, value, cas=cas, ttl=exptime)),
-                       _render_mutation, p)
-        elif op == "insert":
-            self.later(op, self._deferred(lambda b: b.insert(key, value, ttl=exptime)),
-                       _render_mutation, p)
         else:
-            self.later(op, self._deferred(lambda b: b.replace(key, value, cas=cas,
-                                                              ttl=exptime)),
-                       _render_mutation, p)
+            self.call_later(op, _render_mutation, p, _store_call(op, key, value, cas, exptime))
         return None
 
     def _concat(self, p: B.Packet) -> None:
@@ -285,6 +282,13 @@ class BinarySession(Session):
             return call(self.bucket)
         except Exception:
             return fail()
+
+
+def _store_call(op: str, key: bytes, value: Encoded, cas: int, ttl: int) -> Callable[[Any], Any]:
+    """The IBucket call of a SET, ADD or REPLACE (``op``): ``call(bucket)``, a Deferred."""
+    if op == "insert":      # ADD: its cas is refused before
+        return lambda b: b.insert(key, value, ttl=ttl)
+    return lambda b: getattr(b, op)(key, value, cas=cas, ttl=ttl)
 
 
 _B = BinarySession

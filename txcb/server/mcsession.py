@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from txcb import __version__
-from txcb.errors import RC, CouchbaseError, NotFoundError
+from txcb.errors import RC, CouchbaseError, NotFoundError, WouldBlock
 from txcb.interfaces import ISyncBucket
 from txcb.limits import THIRTY_DAYS
 from txcb.results import ValueResult
@@ -76,21 +76,30 @@ class Session:
         """
         Run one bucket operation, ``sync(bucket)`` (a result, or an exception)
         on an ISyncBucket, else ``deferred(bucket)`` (a Deferred), and answer
-        with ``render(result or Failure, ctx)``.
+        with ``render(result or Failure, ctx)``.  A ``sync`` call that raises
+        WouldBlock (a value not resident) is answered by ``deferred`` instead,
+        in its turn: replies keep the request order.
         """
-        bucket = self.bucket
         if self.sync:
             try:
-                r = sync(bucket)
+                r = sync(self.bucket)
+            except WouldBlock:
+                self.call_later(op, render, ctx, deferred)
+                return
             except Exception:
                 r = Failure()
             self.done(op, r, render, ctx)
         else:
-            try:
-                d = deferred(bucket)
-            except Exception:
-                d = fail()
-            self.later(op, d, render, ctx)
+            self.call_later(op, render, ctx, deferred)
+
+    def call_later(self, op: str, render: Render, ctx: Any,
+                   deferred: Callable[[Any], Deferred]) -> None:
+        """Answer with ``render`` once ``deferred(bucket)`` fires (its exception: a Failure)."""
+        try:
+            d = deferred(self.bucket)
+        except Exception:
+            d = fail()
+        self.later(op, d, render, ctx)
 
     def done(self, op: str, r: Any, render: Render, ctx: Any) -> None:
         """Answer a request whose result (or Failure) ``r`` is here now."""

@@ -12,7 +12,9 @@ observer), its reply made at once from the ISyncBucket calls (for a bucket
 providing :class:`~txcb.interfaces.ISyncBucket`: no Deferred, no in-flight
 slot) and its reply made from the IBucket calls (a Deferred, for any other
 bucket).  Which of the two a connection uses is decided once per bucket, in
-:meth:`BucketServerProtocol._serve`.
+:meth:`BucketServerProtocol._serve`; a ``now`` call that raises
+:class:`~txcb.errors.WouldBlock` (a value not resident) is answered by the
+IBucket call instead, in :meth:`BucketServerProtocol.stringReceived`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 
 from txcb import __version__
-from txcb.errors import RC, ArgumentError, CouchbaseError
+from txcb.errors import RC, ArgumentError, CouchbaseError, WouldBlock
 from txcb.formats import Encoded
 from txcb.interfaces import ISyncBucket
 from txcb.limits import (
@@ -176,6 +178,9 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
         except CouchbaseError as e:
             self._failed_now(req, e.rc & 0xFFFF, self._error_reply(e, req), started)
             return
+        except WouldBlock:  # a value not resident: the IBucket call answers it later
+            self._call_later(req, started)
+            return
         except Exception:
             self._failed_now(req, RC.EINTERNAL, self._internal_reply(Failure(), req), started)
             return
@@ -196,15 +201,16 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
     def _call_later(self, req: Request, started: float) -> None:
         """
         A request answered later: through an IBucket Deferred, or once durable
-        (only durable mutations on an ISyncBucket come here and are in
-        ``_durable``: not durable, they are answered at once).
+        (a durable mutation on an ISyncBucket, made at once unless the bucket
+        says WouldBlock).  On an ISyncBucket, the requests whose ``now`` call
+        raised WouldBlock come here too, and take the IBucket call.
         """
         bucket = self._bucket
         self.request_started()
         try:
             durable = self._durable.get(req.opcode)
-            if durable is not None:
-                self._call_durable(durable, bucket, req, started)
+            if durable is not None and (req.persist_to or req.replicate_to) and \
+                    self._call_durable(durable, bucket, req, started):
                 return
             d = _COMMANDS[req.opcode].later(self, bucket, req)
         except CouchbaseError as e:
@@ -221,22 +227,28 @@ class BucketServerProtocol(RequestFlow, FastNetstringReceiver):
                            (d, req, started))
 
     def _call_durable(self, cmd: "_Command", bucket: Any, req: Request,
-                      started: float) -> None:
+                      started: float) -> bool:
         """
         A durable mutation on an ISyncBucket: made now, answered once durable
         (by the bucket's ``on_durable`` firing a _DurableReply, no Deferred).
+        False if the bucket said WouldBlock (nothing made: the IBucket call
+        is to make it).
         """
         if req.cas and req.opcode == Op.INSERT:
             raise ArgumentError("insert takes no cas")  # as the IBucket call would
         persist, replicate = resolve_durability(
             req.persist_to, req.replicate_to, bucket.max_persist_to, bucket.max_replicate_to,
             req.key)
-        result = cmd.mutate(bucket, req)
+        try:
+            result = cmd.mutate(bucket, req)
+        except WouldBlock:
+            return False
         reply = _DurableReply(self, req, cmd.encode, started)
         if bucket.on_durable(result, persist, replicate, reply):
             self._waiting.add(reply)
         else:
             self._finish(cmd.encode(result, req), req, 0, started)
+        return True
 
     def _handleParseError(self) -> None:
         self._logger.warn("txcb: malformed netstring from {peer}; closing", peer=self._peer)

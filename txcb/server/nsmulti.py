@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from twisted.python.failure import Failure
 
-from txcb.errors import RC, CouchbaseError, exception_for_rc
+from txcb.errors import RC, CouchbaseError, WouldBlock, exception_for_rc
 from txcb.limits import MAX_REPLY_MESSAGE
 from txcb.wire.netstring import (
     HEADER_LEN, MULTI_FRAME_BYTES, Op, Request, encode_multi_frame, encode_multi_keys,
@@ -25,11 +25,16 @@ def _multi_limit(p: Any) -> int:
 
 
 def _multi_entry(b: Any, p: Any, key: bytes, ttl: int) -> tuple:
-    """One key's GET_MULTI entry from ``get_sync`` (quiet: a miss is an entry)."""
+    """
+    One key's GET_MULTI entry from ``get_sync`` (quiet: a miss is an entry);
+    WouldBlock (the value is not resident) is raised.
+    """
     try:
         res = b.get_sync(key, ttl, True)
     except CouchbaseError as e:
         return (e.rc & 0xFFFF, 0, 0, e.message.encode("utf-8", "replace")[:MAX_REPLY_MESSAGE])
+    except WouldBlock:
+        raise
     except Exception:
         p._logger.failure("txcb: internal error in GET_MULTI of {key!r}", key=key)
         return (RC.EINTERNAL, 0, 0, b"internal server error")
@@ -49,6 +54,12 @@ def get_multi_now(p: Any, b: Any, r: Request) -> bytes:
     (same opaque), held with the requests read after this one: the reply
     goes on when the client reads again, and a client that never reads costs
     a frame, not every value it asked for.
+
+    A key whose value is not resident (``get_sync`` raises WouldBlock) ends
+    the synchronous part: the entries made before it go out in a frame (more
+    follow), the request's ``keys`` become the keys left, from that one, and
+    WouldBlock goes up to the protocol, whose IBucket call (:func:`get_multi`)
+    answers them in the frames after it.
     """
     keys = r.keys
     ttl = r.ttl
@@ -57,7 +68,13 @@ def get_multi_now(p: Any, b: Any, r: Request) -> bytes:
     size = 0
     sent = 0  # keys whose entries are written
     for k in keys:
-        entry = _multi_entry(b, p, k, ttl)
+        try:
+            entry = _multi_entry(b, p, k, ttl)
+        except WouldBlock:
+            if entries and p.connected:
+                p.sendString(encode_multi_frame(r.opaque, entries, True))
+            r.keys = keys[sent + len(entries):]
+            raise
         m = 18 + len(entry[3])
         if size + m > limit and size:  # the frame is full: out it goes
             if p.connected:

@@ -42,6 +42,10 @@ BAD_DELETE = (b"CLIENT_ERROR bad command line format.  "
 # memcached's reply when it cannot build a get response; used when a
 # multi-get names more than ``max_keys`` keys.
 GET_TOO_MANY_KEYS = b"SERVER_ERROR out of memory writing get response\r\n"
+# memcached's replies when it cannot allocate an item (``-M``, or memory
+# full): to a storage command, and to incr/decr.
+OUT_OF_MEMORY_STORING = b"SERVER_ERROR out of memory storing object\r\n"
+OUT_OF_MEMORY = b"SERVER_ERROR out of memory\r\n"
 # memcached hangs up on these without a word (t/malicious-commands.t and
 # try_read_command_ascii), so the reply is empty and ``close`` is set.
 

@@ -48,9 +48,9 @@ from txcb.wire._ascii_events import (
     GET_COMMANDS, STORAGE_COMMANDS, Command, Error, Event, EventRecorder)
 from txcb.wire._ascii_replies import (
     BAD_DATA_CHUNK, BAD_DELETE, BAD_DELTA, BAD_EXPTIME, BAD_FORMAT, DELETED, END, ERROR,
-    EXISTS, GET_TOO_MANY_KEYS, NOT_FOUND, NOT_STORED, OK, STORED, TOO_LARGE, TOUCHED,
-    KEY_FORBIDDEN as _KEY_FORBIDDEN, format_hit, format_number, format_one_hit, format_stats,
-    format_value, valid_key as _valid_key)
+    EXISTS, GET_TOO_MANY_KEYS, NOT_FOUND, NOT_STORED, OK, OUT_OF_MEMORY, OUT_OF_MEMORY_STORING,
+    STORED, TOO_LARGE, TOUCHED, KEY_FORBIDDEN as _KEY_FORBIDDEN, format_hit, format_number,
+    format_one_hit, format_stats, format_value, valid_key as _valid_key)
 
 __all__ = [
     "Parser", "EventRecorder", "Command", "Error", "Event",
@@ -58,7 +58,8 @@ __all__ = [
     "END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED",
     "TOUCHED", "OK", "ERROR",
     "BAD_FORMAT", "BAD_DATA_CHUNK", "TOO_LARGE", "BAD_DELTA",
-    "BAD_EXPTIME", "BAD_DELETE", "GET_TOO_MANY_KEYS",
+    "BAD_EXPTIME", "BAD_DELETE", "GET_TOO_MANY_KEYS", "OUT_OF_MEMORY_STORING",
+    "OUT_OF_MEMORY",
     "STORAGE_COMMANDS", "GET_COMMANDS",
 ]
 

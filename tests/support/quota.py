@@ -1,0 +1,112 @@
+"""
+A bucket double for the servers' RAM-quota paths: an ISyncBucket whose
+synchronous calls raise WouldBlock for the keys the test marks ejected
+(their values "on disk"), whose IBucket calls answer those keys only after
+a delay on a task.Clock (the read back from disk), and which can refuse the
+mutations that would grow its memory (NoMemoryError, as a full bucket with
+``eviction="none"``).
+"""
+
+from twisted.internet.defer import Deferred, fail
+from zope.interface import implementer
+
+from txcb.errors import WouldBlock
+from txcb.interfaces import IBucket, ISyncBucket
+
+__all__ = ["EjectingBucket", "READ_BACK"]
+
+#: Seconds an ejected key's IBucket call takes (its value read back).
+READ_BACK = 1.0
+
+#: The ISyncBucket calls, and where their key is (argument index).
+_SYNC = {"get_sync": 0, "get_meta_sync": 0, "remove_sync": 0, "touch_sync": 0,
+         "lock_sync": 0, "unlock_sync": 0, "counter_sync": 0, "lookup_in_sync": 0,
+         "mutate_in_sync": 0, "store_sync": 1, "concat_sync": 1}
+#: The IBucket calls of one key (the first argument).
+_ASYNC = frozenset(("get", "upsert", "insert", "replace", "append", "prepend", "remove",
+                    "touch", "lock", "unlock", "counter", "lookup_in", "mutate_in"))
+#: The calls that grow memory: refused while the double is full.
+_GROWING = frozenset(("store_sync", "concat_sync", "counter_sync", "mutate_in_sync",
+                      "upsert", "insert", "replace", "append", "prepend", "counter",
+                      "mutate_in"))
+
+
+@implementer(IBucket, ISyncBucket)
+class EjectingBucket:
+    """
+    ``inner`` (an EmbeddedBucket) with values that may be ejected.
+
+    - ``ejected``: keys (bytes) whose ``*_sync`` calls raise WouldBlock (and
+      are counted in ``blocked``, as ``(call, key)``), and whose IBucket
+      calls answer ``READ_BACK`` seconds later on ``clock``, the key then
+      resident again (``read_back`` lists them in order);
+    - ``full``: an error class (NoMemoryError; TemporaryFailError for a disk
+      that is behind), or None: while set, every growing mutation fails with
+      it (raised by the sync call, errbacked by the IBucket one).
+    Everything else is the inner bucket's.
+    """
+
+    def __init__(self, inner, clock, delay=READ_BACK):
+        self._inner = inner
+        self._clock = clock
+        self._delay = delay
+        self.ejected = set()
+        self.full = None
+        self.blocked = []
+        self.read_back = []
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        call = getattr(self._inner, name)
+        if name in _SYNC:
+            return self._sync(name, call)
+        if name in _ASYNC:
+            return self._async(name, call)
+        if name == "get_multi":
+            return self._get_multi
+        return call
+
+    def _refused(self):
+        return self.full("the bucket's memory is full")
+
+    def _sync(self, name, call):
+        where = _SYNC[name]
+
+        def sync(*args, **kw):
+            key = args[where]
+            if key in self.ejected:
+                self.blocked.append((name, key))
+                raise WouldBlock((key,))
+            if self.full and name in _GROWING:
+                raise self._refused()
+            return call(*args, **kw)
+        return sync
+
+    def _async(self, name, call):
+        def deferred(key, *args, **kw):
+            if self.full and name in _GROWING:
+                return fail(self._refused())
+            if key not in self.ejected:
+                return call(key, *args, **kw)
+            return self._later([key], lambda: call(key, *args, **kw))
+        return deferred
+
+    def _get_multi(self, keys, *args, **kw):
+        ejected = [k for k in keys if k in self.ejected]
+        call = self._inner.get_multi
+        if not ejected:
+            return call(keys, *args, **kw)
+        return self._later(ejected, lambda: call(keys, *args, **kw))
+
+    def _later(self, keys, call):
+        """``call()``'s result, ``READ_BACK`` seconds from now, ``keys`` resident again."""
+        d = Deferred()
+
+        def read():
+            for k in keys:
+                self.ejected.discard(k)
+                self.read_back.append(k)
+            call().chainDeferred(d)
+        self._clock.callLater(self._delay, read)
+        return d
