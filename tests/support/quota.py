@@ -10,10 +10,11 @@ mutations that would grow its memory (NoMemoryError, as a full bucket with
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
+from txcb.buckets.persistent import PersistentBucket
 from txcb.errors import WouldBlock
 from txcb.interfaces import IBucket, ISyncBucket
 
-__all__ = ["EjectingBucket", "READ_BACK"]
+__all__ = ["EjectingBucket", "AlwaysEjectingBucket", "READ_BACK"]
 
 #: Seconds an ejected key's IBucket call takes (its value read back).
 READ_BACK = 1.0
@@ -110,3 +111,35 @@ class EjectingBucket:
             call().chainDeferred(d)
         self._clock.callLater(self._delay, read)
         return d
+
+
+class AlwaysEjectingBucket(PersistentBucket):
+    """
+    A persistent bucket that ejects a key's value (if it is clean, unlocked
+    and ejectable) each time an operation first looks the key up: run
+    through the contract suite, every operation meets ejected values and
+    takes the read-back path (its retry, once the value is back, does not
+    eject again).  Every mutation waits for the disk (persist_to=1), so
+    what the next operation looks up is clean.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.retrying = False
+        PersistentBucket.__init__(self, *args, **kwargs)
+
+    def _lookup(self, k, now):
+        item = self._items.get(k)
+        if item is not None and not self.retrying:
+            self._free_item(k, item)
+        return PersistentBucket._lookup(self, k, now)
+
+    def _mutate(self, key, persist_to, replicate_to, call, *args):
+        # Every mutation waits for the disk: the next lookup finds it clean.
+        return PersistentBucket._mutate(self, key, persist_to or 1, replicate_to, call, *args)
+
+    def _again(self, key, call, args, fetches):
+        self.retrying = True
+        try:
+            return PersistentBucket._again(self, key, call, args, fetches)
+        finally:
+            self.retrying = False

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from txcb.buckets import _manifest
 from txcb.buckets._manifest import Manifest
 from txcb.buckets.items import (
-    ITEM_OVERHEAD, TOMBSTONE, eject, ejectable, expiry_of, item_cost, make_item, value_len)
+    EJECTED_LEN, ITEM_OVERHEAD, TOMBSTONE, eject, ejectable, expiry_of, make_item, value_len)
 
 __all__ = ["StorageError", "CorruptDataError", "DataDirLockedError", "DiskFullError",
            "lock_dir", "unlock_dir", "open_db", "be_nicer", "write_batch", "checkpoint",
@@ -472,25 +472,33 @@ def _never_expiring(conn: sqlite3.Connection, path: str) -> Dict[bytes, bytes]:
     return dict(zip(map(key, rows), map(item, rows)))
 
 
-def _within(conn: sqlite3.Connection, budget: Optional[int]) -> bool:
-    """Whether every item of the file fits ``budget`` (None: no limit)."""
+def _value_budget(conn: sqlite3.Connection, budget: Optional[int]) -> Optional[int]:
+    """
+    None if every item of the file fits ``budget`` (or there is none), else
+    what is left of it for values once every key and its metadata (an
+    ejected item's cost) is counted.
+    """
     if budget is None:
-        return True
-    size, n = conn.execute("SELECT coalesce(sum(length(key) + length(item)), 0), count(*)"
-                           " FROM items").fetchone()
-    return size + n * ITEM_OVERHEAD <= budget
+        return None
+    size, keys, n = conn.execute(
+        "SELECT coalesce(sum(length(key) + length(item)), 0), coalesce(sum(length(key)), 0),"
+        " count(*) FROM items").fetchone()
+    if size + n * ITEM_OVERHEAD <= budget:
+        return None
+    return budget - keys - n * (ITEM_OVERHEAD + EJECTED_LEN)
 
 
 def _load_within(conn: sqlite3.Connection, path: str, now: float, budget: int
                  ) -> Tuple[Dict[bytes, bytes], List[Tuple[float, bytes]], List[Tuple[bytes]], int]:
     """
-    Every row, checksums verified, values ejected once ``budget`` is used:
-    ``(items, expiry heap, expired keys, how many ejected)``.
+    Every row, checksums verified, values ejected once they take ``budget``
+    bytes (beyond their ejected form's): ``(items, expiry heap, expired
+    keys, how many ejected)``.
     """
     items: Dict[bytes, bytes] = {}
     heap: List[Tuple[float, bytes]] = []
     expired: List[Tuple[bytes]] = []
-    mem = ejected = 0
+    used = ejected = 0
     rows = conn.execute("SELECT key, exp, item, crc FROM items")
     for k, exp, item, crc in _rows(rows):
         if crc32(item, crc32(k)) != crc:
@@ -500,11 +508,13 @@ def _load_within(conn: sqlite3.Connection, path: str, now: float, budget: int
                 expired.append((k,))
                 continue
             heap.append((exp, k))
-        if mem + item_cost(k, item) > budget and ejectable(item):
+        extra = len(item) - EJECTED_LEN
+        if used + extra > budget and ejectable(item):
             item = eject(item)
             ejected += 1
+        else:
+            used += extra
         items[k] = item
-        mem += item_cost(k, item)
     heapq.heapify(heap)
     return items, heap, expired, ejected
 
@@ -560,10 +570,11 @@ def warm_up(conn: sqlite3.Connection, path: str, now: float, floor_cas: int,
     """
     try:
         meta = dict(conn.execute("SELECT name, value FROM meta"))
-        if _within(conn, budget):
+        values = _value_budget(conn, budget)
+        if values is None:
             items, heap, expired, ejected = _load_all(conn, path, now)
         else:
-            items, heap, expired, ejected = _load_within(conn, path, now, budget or 0)
+            items, heap, expired, ejected = _load_within(conn, path, now, values)
         mem = sum(map(len, items)) + sum(map(len, items.values())) + ITEM_OVERHEAD * len(items)
         tombs = _split_tombstones(items)  # (they never expire)
         try:
