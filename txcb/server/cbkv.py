@@ -17,6 +17,7 @@ persist level) wait for the disk: ``on_durable`` on a synchronous bucket,
 from __future__ import annotations
 
 import struct
+from functools import wraps
 from typing import Any, Callable, Dict, Optional, Union
 
 from twisted.internet.defer import Deferred, fail
@@ -32,7 +33,7 @@ from txcb.wire.mcbinary import (
     COUNTER_EXTRAS as _COUNTER, HEADER, RES_MAGIC as _RES_MAGIC, STORE_EXTRAS as _STORE,
     U32 as _U32, U64 as _U64)
 
-__all__ = ["KeyOp", "KeyValueOps", "KV_HANDLERS", "COUNTER_NO_CREATE",
+__all__ = ["KeyOp", "KeyValueOps", "KV_HANDLERS", "keyed", "COUNTER_NO_CREATE",
            "DEFAULT_DURABILITY_TIMEOUT"]
 
 _O = W.Opcode
@@ -106,6 +107,18 @@ class KeyOp:
     def persist(self) -> bool:
         """Whether the write waits for the disk (a persist level)."""
         return self.level >= W.Durability.MAJORITY_AND_PERSIST_TO_ACTIVE
+
+
+def keyed(handler: Callable[[Any, W.Request, KeyOp], Optional[bytes]]
+          ) -> Callable[[Any, W.Request], Optional[bytes]]:
+    """A handler of one key's request, called with its KeyOp (or refused with key_op's reply)."""
+    @wraps(handler)
+    def with_key(self: Any, r: W.Request) -> Optional[bytes]:
+        op = self.key_op(r)
+        if isinstance(op, bytes):
+            return op
+        return handler(self, r, op)
+    return with_key
 
 
 class KeyValueOps:
@@ -282,10 +295,8 @@ class KeyValueOps:
             return self.render_value(res, KeyOp(r, collection, key, W.NO_FRAME_INFO))
         return self._get(r, self.render_value)
 
-    def kv_get_meta(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_get_meta(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         key = op.key
         return self.run_op("get", op, lambda b: b.get_meta_sync(key),
                            lambda b: b.get(key, quiet=True), self.render_meta)
@@ -299,10 +310,8 @@ class KeyValueOps:
         return self.run_op("get", op, lambda b: b.get_sync(key, 0, True),
                            lambda b: b.get(key, quiet=True), render)
 
-    def kv_gat(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_gat(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         key, ttl = op.key, _U32.unpack(r.extras)[0]
         return self.run_op("get", op, lambda b: _get_and_touch_sync(b, key, ttl),
                            lambda b: get_and_touch(b, key, ttl), self.render_value)
@@ -347,28 +356,22 @@ class KeyValueOps:
                            lambda b: b.store_sync(name, key, value, cas, ttl, None, preserve),
                            deferred, self.render_mutation)
 
-    def kv_delete(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_delete(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         key, cas = op.key, r.cas
         return self.run_op("remove", op, lambda b: b.remove_sync(key, cas),
                            lambda b: b.remove(key, cas=cas), self.render_mutation)
 
-    def kv_concat(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_concat(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         name = "append" if op.loud == _O.APPEND else "prepend"
         key, value, cas = op.key, r.value, r.cas
         return self.run_op(name, op, lambda b: b.concat_sync(name, key, value, cas),
                            lambda b: getattr(b, name)(key, value, cas=cas),
                            self.render_mutation)
 
-    def kv_counter(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_counter(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         if r.cas:
             return self.error(r, _S.NOT_SUPPORTED)
         delta, initial, ttl = _COUNTER.unpack(r.extras)
@@ -381,18 +384,14 @@ class KeyValueOps:
                            lambda b: b.counter(key, delta=delta, initial=start, ttl=ttl),
                            self.render_counter)
 
-    def kv_touch(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_touch(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         key, ttl = op.key, _U32.unpack(r.extras)[0]
         return self.run_op("touch", op, lambda b: b.touch_sync(key, ttl),
                            lambda b: b.touch(key, ttl), self.render_plain)
 
-    def kv_lock(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_lock(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         if r.cas:
             return self.error(r, _S.EINVAL)
         ttl = _U32.unpack(r.extras)[0] if r.extras else 0
@@ -400,10 +399,8 @@ class KeyValueOps:
         return self.run_op("lock", op, lambda b: b.lock_sync(key, ttl),
                            lambda b: b.lock(key, ttl=ttl), self.render_value)
 
-    def kv_unlock(self, r: W.Request) -> Optional[bytes]:
-        op = self.key_op(r)
-        if isinstance(op, bytes):
-            return op
+    @keyed
+    def kv_unlock(self, r: W.Request, op: KeyOp) -> Optional[bytes]:
         if not r.cas:
             return self.error(r, _S.EINVAL)
         key, cas = op.key, r.cas
