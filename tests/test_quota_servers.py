@@ -416,6 +416,26 @@ class CouchbaseWouldBlockTests(unittest.TestCase):
         self.assertEqual(r.status, 0x86)
 
 
+class AsciiQuotaStatsTests(unittest.TestCase):
+    """memcached ASCII ``stats``: the quota and evictions under memcached's names."""
+
+    def test_limit_maxbytes_and_evictions_are_the_buckets(self):
+        h = Harness(max_value_size=2000)
+        h.bucket = EmbeddedBucket(clock=h.clock, memory_quota=1 << 20, eviction="nru",
+                                  max_value_size=2000)
+        h.factory.bucket = h.bucket
+        c = h.connect()
+        for i in range(2000):
+            c.send(b"set k%d 0 0 1000 noreply\r\n%s\r\n" % (i, b"x" * 1000))
+        h.clock.advance(0)
+        lines = dict(line.split(b" ")[1:3] for line in c.send(b"stats\r\n").split(b"\r\n")
+                     if line.startswith(b"STAT "))
+        evicted = h.bucket.stats_sync()["evictions"]
+        self.assertGreater(evicted, 1000)
+        self.assertEqual(lines[b"evictions"], b"%d" % evicted)
+        self.assertEqual(lines[b"limit_maxbytes"], b"%d" % (1 << 20))
+
+
 def _harness_full_reply():
     """What txcb's ASCII endpoint answers a set into a full bucket."""
     h = _harness()

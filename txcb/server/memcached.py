@@ -340,7 +340,8 @@ class MemcachedServerFactory(ServingFactory):
             "cmd_flush": b.get("op_flush", 0),
             "get_hits": b.get("hits", 0),
             "get_misses": b.get("misses", 0),
-            "evictions": 0,
+            "evictions": b.get("evictions", 0),
+            "limit_maxbytes": b.get("quota", 0),
             "item_size_max": self.max_value_size,
         }
         # Then the bucket's own counters, under their own names.
