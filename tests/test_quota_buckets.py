@@ -214,6 +214,24 @@ class NruEvictionTests(unittest.TestCase):
         self.assertEqual(self.b.get_sync("locked").cas, items_module.LOCKED_CAS)
         self.b.unlock_sync("locked", cas)
 
+    def test_refusals_with_nothing_to_evict_do_not_walk_the_keys(self):
+        visits = []
+        real = self.b._free_item
+        self.b._free_item = lambda k, item: visits.append(k) or real(k, item)
+        locks = {}
+        with self.assertRaises(NoMemoryError):
+            for n in range(100000):  # every item locked: nothing can be evicted
+                self.b.store_sync("upsert", "k%d" % n, b"x" * 1000)
+                locks[n] = self.b.lock_sync("k%d" % n, 30).cas
+        first = len(visits)
+        self.assertGreater(first, 0)
+        for i in range(100):
+            self.assertRaises(NoMemoryError, self.b.store_sync, "upsert", "m", b"x" * 1000)
+        self.clock.advance(0)
+        self.assertEqual(len(visits), first)
+        self.b.remove_sync("k0", locks[0])  # room again
+        self.b.store_sync("upsert", "m", b"x" * 1000)
+
     def test_evicted_keys_wake_endure_check_removed(self):
         self.b.store_sync("upsert", "gone", b"x" * 1000)
         d = self.b.endure("gone", persist_to=0, replicate_to=0, check_removed=True,

@@ -48,10 +48,7 @@ class WriteQueue:
         path: str
         name: str
         _gated: bool
-        _mem: int
-        _high: int
-
-        def _page_soon(self) -> None: ...
+        def _may_reclaim(self) -> None: ...
 
         def _finish_close(self, failure: Optional[Failure]) -> None: ...
 
@@ -205,8 +202,7 @@ class WriteQueue:
         disk["last_flush_duration"] = took
         disk["last_batch"] = rows
         self._persisted_seqno = seqno
-        if self._mem > self._high:
-            self._page_soon()  # what was just written can be ejected
+        self._may_reclaim()  # what was just written can be ejected
         waiters = self._persist_waiters
         # The next batch first, so its write overlaps the replies sent below.
         if not self._dirty:

@@ -86,6 +86,7 @@ class ItemPager:
         self._sweep: List[bytes] = []
         self._sweep_at = 0
         self._barren = 0  # full passes in a row that freed nothing
+        self._stuck = False  # inline reclaiming found nothing: wait for news
         self._paging: Any = None  # the pager's next run (a DelayedCall)
         self._stats.update(ejections=0, evictions=0, bg_fetches=0, oom_errors=0)
 
@@ -106,11 +107,14 @@ class ItemPager:
         self._page_soon()
         if self._mem + grow <= self._limit:
             return
-        if self._touched is not None:
+        if self._touched is not None and not self._stuck:
             target = self._limit - grow
             if not self._reclaim(target, k, INLINE_BUDGET) or self._mem > target:
                 # Every key seen was marked: take cold and hot alike.
                 self._reclaim(target, k, 8 * INLINE_BUDGET, force=True)
+            # Nothing to free (all dirty, locked...): refusals cost nothing
+            # until something may be freeable again (_may_reclaim).
+            self._stuck = self._mem > target
         if self._mem + grow > self._limit:
             self._stats["oom_errors"] += 1
             raise self._full(k)
@@ -122,8 +126,10 @@ class ItemPager:
             "memory (--memory-quota)" % (self.memory_quota,), key=k)
 
     def _forget(self, k: bytes, item: bytes) -> None:
-        """Account for a key and its item leaving the table."""
+        """Account for a key and its item leaving the table (room: reclaiming may help again)."""
         self._mem -= item_cost(k, item)
+        self._stuck = False
+        self._barren = 0
         if item[0] == EJECTED:
             self._nonresident -= 1
         t = self._touched
@@ -138,21 +144,31 @@ class ItemPager:
             self._touched = set()
         self._sweep = []
         self._sweep_at = 0
+        self._barren = 0
+        self._stuck = False
 
     # -- the pager ---------------------------------------------------------------
 
     def _page_soon(self) -> None:
-        """Run the pager on the next turn (if it reclaims and is not due already)."""
-        if self._paging is None and self._touched is not None and not self._closed:
-            self._barren = 0
+        """Run the pager on the next turn (if it reclaims, is not due already, has hope)."""
+        if (self._paging is None and self._touched is not None and not self._closed
+                and self._barren < 2):
             self._paging = self.clock.callLater(0, self._page)
+
+    def _may_reclaim(self) -> None:
+        """Items may be freeable now (the disk took writes): page again if above high."""
+        self._barren = 0
+        self._stuck = False
+        if self._mem > self._high:
+            self._page_soon()
 
     def _page(self) -> None:
         """One turn of the pager: a batch of keys, again next turn while above low."""
         self._paging = None
         if self._closed:
             return
-        self._reclaim(self._low, None, PAGER_BATCH)
+        if self._reclaim(self._low, None, PAGER_BATCH):
+            self._stuck = False
         if self._mem > self._low and self._barren < 2:
             self._paging = self.clock.callLater(0, self._page)
 
