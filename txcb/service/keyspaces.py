@@ -57,7 +57,8 @@ from txcb.limits import (
     DEFAULT_EVICTION, DEFAULT_MAX_VALUE_SIZE, QUOTA_SHARE, default_memory_quota)
 
 __all__ = ["make_keyspaces", "make_keyspace", "is_couchbase_backend", "with_bucket",
-           "keyspace_count", "total_memory_quota", "bucket_quota", "eviction_policy", "bucket_dir", "collection_dir", "namespace_for", "undeclared", "BUCKETS_DIR",
+           "keyspace_count", "total_memory_quota", "bucket_quota", "eviction_policy",
+           "bucket_dir", "collection_dir", "namespace_for", "undeclared", "BUCKETS_DIR",
            "COLLECTIONS_DIR"]
 
 _log = Logger()
