@@ -53,7 +53,7 @@ def one_line_error(testcase, *args):
 class MemoryQuotaOptionTests(unittest.SynchronousTestCase):
     """--memory-quota SIZE: bytes, or a K/M/G/T suffix (binary units)."""
 
-    SIZES = [("4096", 4096), ("512K", 512 << 10), ("64M", 64 * MiB), ("64m", 64 * MiB),
+    SIZES = [("1048576", MiB), ("2048K", 2 * MiB), ("64M", 64 * MiB), ("64m", 64 * MiB),
              ("2G", 2 << 30), ("1T", 1 << 40), ("64MiB", 64 * MiB), ("8mb", 8 * MiB)]
 
     def test_sizes_and_suffixes(self):
@@ -82,12 +82,18 @@ class MemoryQuotaOptionTests(unittest.SynchronousTestCase):
                         str(e))
         self.assertNotIn("\n", str(e))
 
-    def test_quota_too_small_to_divide_is_refused(self):
-        message = one_line_error(self, "--ephemeral", "--memory-quota", "2", "--bucket", "a",
+    def test_share_under_the_smallest_bucket_quota_is_refused(self):
+        message = one_line_error(self, "--ephemeral", "--memory-quota", "2M", "--bucket", "a",
                                  "--bucket", "b", "--collection", "a.s.c")
-        self.assertIn("cannot be divided among 3 buckets and collections", message)
-        self.assertEqual(options("--ephemeral", "--memory-quota", "3", "--bucket", "a",
-                                 "--bucket", "b", "--collection", "a.s.c")["memory-quota"], 3)
+        self.assertEqual(message, "--memory-quota 2M is 699050 bytes each for 3 buckets "
+                         "and collections, under the 1M a bucket needs: give "
+                         "--memory-quota 3M or more")
+        self.assertEqual(options("--ephemeral", "--memory-quota", "3M", "--bucket", "a",
+                                 "--bucket", "b", "--collection", "a.s.c")["memory-quota"],
+                         3 * MiB)
+        self.assertEqual(one_line_error(self, "--memory-quota", "1048575"),
+                         "--memory-quota 1048575 is 1048575 bytes, under the 1M a bucket "
+                         "needs: give --memory-quota 1M or more")
 
     def test_help_says_the_default_and_the_split(self):
         text = " ".join(str(tap.Options()).split())
@@ -173,7 +179,8 @@ class QuotaSplitTests(unittest.SynchronousTestCase):
     def test_given_total_is_divided_rounding_down(self):
         self.assertEqual(bucket_quota(options("--ephemeral", "--memory-quota", "9M",
                                               *self.THREE)), 3 * MiB)
-        self.assertEqual(bucket_quota(options("--memory-quota", "10", *self.THREE)), 3)
+        self.assertEqual(bucket_quota(options("--memory-quota", "10M", *self.THREE)),
+                         (10 * MiB) // 3)
         self.assertEqual(bucket_quota(options("--memory-quota", "64M")), 64 * MiB)
 
     def test_every_ephemeral_keyspace_gets_its_share_and_policy(self):
@@ -193,7 +200,8 @@ class QuotaSplitTests(unittest.SynchronousTestCase):
         ks = make_keyspaces(options("--data-dir", data_dir, "--memory-quota", "8M",
                                     "--collection", "default.s.c"), Clock())
         buckets = ks.buckets()
-        self.assertEqual([b.memory_quota for b in buckets], [4 * MiB, 4 * MiB])
+        self.assertEqual([(b.memory_quota, b.eviction) for b in buckets],
+                         [(4 * MiB, "value"), (4 * MiB, "value")])
 
 
 def scrape(metrics):

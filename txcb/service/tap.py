@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from txcb import __version__
 from txcb.buckets.cbsdk import load as load_couchbase_sdk, parse_url
+from txcb.buckets.embedded import MIN_QUOTA
 from txcb.buckets.memcached import parse_backend
 from txcb.buckets.persistent import CorruptDataError, DataDirLockedError, StorageError
 from txcb.keyspaces import DEFAULT_BUCKET, Keyspaces, check_bucket_name, parse_collection_path
@@ -32,7 +33,8 @@ from txcb.service.listen import (
     ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
     endpoint_problem, lower_first)
 from txcb.service.keyspaces import (
-    is_couchbase_backend, keyspace_count, make_keyspace, make_keyspaces)
+    bucket_quota, is_couchbase_backend, keyspace_count, make_keyspace, make_keyspaces,
+    total_memory_quota)
 from txcb.service.memory import MemoryTrimmer, glibc_heap
 from txcb.service.metrics import install_metrics
 from txcb.service.reactor import install_default
@@ -66,6 +68,11 @@ def memory_size(text: str) -> int:
     if size < 1:
         raise usage.UsageError("--memory-quota must be positive")
     return size
+
+
+def size_text(size: int) -> str:
+    """``size`` as --memory-quota takes it: in M where it is whole MiB."""
+    return "%dM" % (size >> 20,) if size and not size % (1 << 20) else str(size)
 
 
 def eviction_name(text: str) -> str:
@@ -276,7 +283,7 @@ class Options(usage.Options):
 
     def _check_memory(self) -> None:
         """--memory-quota and --eviction are for txcb's own buckets, --eviction
-        for ephemeral ones; each bucket's share must be at least a byte."""
+        for ephemeral ones."""
         given = [name for name in ("memory-quota", "eviction") if self[name] is not None]
         if given and self["backend"] is not None:
             raise usage.UsageError(
@@ -288,11 +295,22 @@ class Options(usage.Options):
                 "--eviction is for --ephemeral buckets: a persistent bucket never "
                 "evicts, it ejects values to disk when its quota fills; add "
                 "--ephemeral or drop --eviction")
-        quota, count = self["memory-quota"], keyspace_count(self)
-        if quota is not None and quota < count:
-            raise usage.UsageError(
-                "--memory-quota %d bytes cannot be divided among %d buckets and "
-                "collections: give at least %d" % (quota, count, count))
+        if self["backend"] is None:
+            self._check_quota_share()
+
+    def _check_quota_share(self) -> None:
+        """Each bucket's share of the total must be a quota a bucket takes."""
+        count, share = keyspace_count(self), bucket_quota(self)
+        if share >= MIN_QUOTA:
+            return
+        what = ("--memory-quota %s" % (size_text(self["memory-quota"]),)
+                if self["memory-quota"] is not None else
+                "the default quota (%d%% of the machine's RAM, %d bytes)"
+                % (QUOTA_SHARE * 100, total_memory_quota(self)))
+        each = "" if count == 1 else " each for %d buckets and collections" % (count,)
+        raise usage.UsageError(
+            "%s is %d bytes%s, under the %s a bucket needs: give --memory-quota %s or "
+            "more" % (what, share, each, size_text(MIN_QUOTA), size_text(count * MIN_QUOTA)))
 
     def _check_endpoints(self) -> None:
         """Endpoint strings must parse now, not when the service starts."""
