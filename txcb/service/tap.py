@@ -132,9 +132,9 @@ class Options(usage.Options):
          "RAM for the buckets' items, in bytes or with a K, M, G or T suffix (binary: "
          "64M is 64 MiB): the total for this process, divided evenly among its "
          "buckets and collections (each is a bucket of its own, with an equal share "
-         "as its quota).  Default: %d%% of the machine's RAM, divided the same way.  "
-         "Not with --backend (those servers have their own)." % (QUOTA_SHARE * 100,),
-         memory_size],
+         "as its quota, at least %s).  Default: %d%% of the machine's RAM, divided the "
+         "same way.  Not with --backend (those servers have their own)."
+         % (size_text(MIN_QUOTA), QUOTA_SHARE * 100), memory_size],
         ["eviction", None, None,
          "With --ephemeral, what a bucket whose quota is full does: none refuses "
          "mutations that would grow it (out of memory, 0x82), nru evicts "
