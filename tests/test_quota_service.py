@@ -270,17 +270,23 @@ class MemoryMetricsTests(unittest.SynchronousTestCase):
         self.assertEqual(got[("txcb_oom_errors_total", labels("a", "s", "c"))], 0)
 
 
-class TwistdNoEvictionTests(unittest.SynchronousTestCase):
-    """A real ``twistd txcb --ephemeral --memory-quota 2M --eviction none``."""
+class TwistdQuotaTests(unittest.SynchronousTestCase):
+    """A real ``twistd txcb --ephemeral --memory-quota 2M``, filled over the
+    netstring protocol."""
 
     VALUE = b"v" * (32 << 10)
 
-    def test_full_bucket_refuses_then_recovers_after_removes(self):
+    def start(self, *args):
+        """twistd with ``args``; a blocking client connected to it."""
         port = free_port()
-        start_txcb_twistd(self, ["--ephemeral", "--memory-quota", "2M", "--eviction", "none",
-                                 "--port", "tcp:%d:interface=127.0.0.1" % port], port)
+        start_txcb_twistd(self, ["--ephemeral", "--memory-quota", "2M", "--port",
+                                 "tcp:%d:interface=127.0.0.1" % port] + list(args), port)
         bucket = BlockingBucket("tcp:127.0.0.1:%d" % port)
         self.addCleanup(bucket.close)
+        return bucket
+
+    def test_full_bucket_refuses_then_recovers_after_removes(self):
+        bucket = self.start("--eviction", "none")
         stored = self.fill(bucket)
         self.assertGreater(len(stored), 10)
         stats = bucket.stats()
@@ -307,3 +313,15 @@ class TwistdNoEvictionTests(unittest.SynchronousTestCase):
                 return stored
             stored.append(key)
         self.fail("1000 upserts of 32 KiB into a 2 MiB quota were all stored")
+
+    def test_nru_evicts_to_make_room(self):
+        bucket = self.start("--eviction", "nru")
+        for i in range(200):  # 6.25 MiB through a 2 MiB quota
+            bucket.upsert("nru:%03d" % (i,), self.VALUE)
+        stats = bucket.stats()
+        self.assertEqual((stats["eviction"], stats["oom_errors"]), ("nru", 0))
+        self.assertGreater(stats["evictions"], 100)
+        self.assertLessEqual(stats["mem_used"], stats["quota"])
+        self.assertEqual(stats["items"], 200 - stats["evictions"])
+        self.assertEqual(bucket.get("nru:199").value, self.VALUE)
+        self.assertFalse(bucket.get("nru:000", quiet=True).success)
