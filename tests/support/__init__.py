@@ -12,7 +12,8 @@ What the test modules share; no test module imports another.
 - :mod:`tests.support.memcached`: the in-memory harness of the memcached
   server protocol;
 - :mod:`tests.support.quota`: ``EjectingBucket``, an ISyncBucket whose
-  chosen keys are "ejected" (WouldBlock) or whose memory is full;
+  chosen keys are "ejected" (WouldBlock) or whose memory is full, and
+  ``StatsBucket``, whose stats carry the memory quota's figures;
 - :mod:`tests.support.contract` and :mod:`tests.support.sync_contract`: the
   IBucket contract suites every provider runs (and ``ThreadedServer``).
 

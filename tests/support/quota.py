@@ -1,20 +1,26 @@
 """
-A bucket double for the servers' RAM-quota paths: an ISyncBucket whose
+Bucket doubles for the RAM quota.
+
+For the servers' paths: an ISyncBucket whose
 synchronous calls raise WouldBlock for the keys the test marks ejected
 (their values "on disk"), whose IBucket calls answer those keys only after
 a delay on a task.Clock (the read back from disk), and which can refuse the
 mutations that would grow its memory (NoMemoryError, as a full bucket with
 ``eviction="none"``).
+
+For the service's (metrics, options): StatsBucket, whose stats carry the
+memory figures a quota'd bucket reports (MEMORY_STATS), or none of them.
 """
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from txcb.buckets.persistent import PersistentBucket
 from txcb.errors import WouldBlock
 from txcb.interfaces import IBucket, ISyncBucket
 
-__all__ = ["EjectingBucket", "AlwaysEjectingBucket", "READ_BACK"]
+__all__ = ["EjectingBucket", "AlwaysEjectingBucket", "READ_BACK", "StatsBucket",
+           "MEMORY_STATS"]
 
 #: Seconds an ejected key's IBucket call takes (its value read back).
 READ_BACK = 1.0
@@ -143,3 +149,30 @@ class AlwaysEjectingBucket(PersistentBucket):
             return PersistentBucket._again(self, key, call, args, fetches)
         finally:
             self.retrying = False
+
+
+#: The memory figures of a bucket's stats, each with its own value.
+MEMORY_STATS = {
+    "mem_used": 1500000, "quota": 2097152, "mem_high_wat": 1782579,
+    "mem_low_wat": 1572864, "resident_items": 40, "resident_ratio": 0.8,
+    "ejections": 7, "evictions": 3, "bg_fetches": 5, "oom_errors": 2, "eviction": "value",
+}
+
+
+class StatsBucket:
+    """
+    Answers ``stats_sync()`` and ``stats()`` with ``figures`` (default: the
+    common counters and MEMORY_STATS) and does nothing else.
+    """
+
+    def __init__(self, figures=None, name="default"):
+        self.name = name
+        if figures is None:
+            figures = dict(MEMORY_STATS, items=50, bytes=1000, bucket_type="couchbase")
+        self.figures = figures
+
+    def stats_sync(self):
+        return dict(self.figures)
+
+    def stats(self):
+        return succeed(self.stats_sync())

@@ -24,6 +24,13 @@ persistent     its own :class:`PersistentBucket` in its own directory:
                bucket's collection S.C
 =============  ==================================================================
 
+Memory.  Every keyspace of an ``--ephemeral`` or persistent server is its own
+bucket object with its own RAM quota: the total (``--memory-quota``, else
+``QUOTA_SHARE`` of the machine's physical memory) divided evenly among them,
+:func:`bucket_quota`; ``--bucket a --bucket b --collection a.s.c`` gives each
+of the three a third.  The ``--backend`` keyspaces have none here (their
+servers keep their own).
+
 A bucket's directory depends on its name only, never on the order of the
 options, so reordering ``--bucket`` never serves one bucket's data as
 another's.  The sub-directories cannot collide with a bucket's own files
@@ -46,9 +53,11 @@ from txcb.buckets.embedded import EmbeddedBucket
 from txcb.buckets.memcached import MemcachedPool, parse_backend
 from txcb.buckets.persistent import PersistentBucket
 from txcb.keyspaces import DEFAULT_BUCKET, BucketSpace, Keyspaces
-from txcb.limits import DEFAULT_MAX_VALUE_SIZE
+from txcb.limits import (
+    DEFAULT_EVICTION, DEFAULT_MAX_VALUE_SIZE, QUOTA_SHARE, default_memory_quota)
 
 __all__ = ["make_keyspaces", "make_keyspace", "is_couchbase_backend", "with_bucket",
+           "keyspace_count", "total_memory_quota", "bucket_quota", "eviction_policy",
            "bucket_dir", "collection_dir", "namespace_for", "undeclared", "BUCKETS_DIR",
            "COLLECTIONS_DIR"]
 
@@ -97,20 +106,49 @@ def namespace_for(bucket: str, path: Path) -> bytes:
     return _SEP + b"#" + digest.encode("ascii") + _SEP
 
 
+def keyspace_count(options: Any) -> int:
+    """How many bucket objects the options declare: every bucket's default
+    collection and every ``--collection``."""
+    return len(_buckets(options)) + len(options.get("collection") or ())
+
+
+def total_memory_quota(options: Any) -> int:
+    """The RAM all the keyspaces share: ``--memory-quota``, else
+    ``QUOTA_SHARE`` of the machine's physical memory."""
+    return options.get("memory-quota") or default_memory_quota(QUOTA_SHARE)
+
+
+def bucket_quota(options: Any) -> int:
+    """Each keyspace's quota: the total divided evenly (rounded down) among
+    them all, the same for each whatever its name or order."""
+    return total_memory_quota(options) // keyspace_count(options)
+
+
+def eviction_policy(options: Any) -> str:
+    """An ephemeral keyspace's policy when full: ``--eviction`` or the default."""
+    return options.get("eviction") or DEFAULT_EVICTION
+
+
 def _embedded(options: Any, reactor: Any) -> Maker:
+    quota, eviction = bucket_quota(options), eviction_policy(options)
+
     def new(bucket: str, path: Path, first: bool) -> Any:
         return EmbeddedBucket(clock=reactor, max_value_size=options["max-value-size"],
-                              pager_interval=options["pager-interval"], name=bucket)
+                              pager_interval=options["pager-interval"], name=bucket,
+                              memory_quota=quota, eviction=eviction)
     return new
 
 
 def _persistent(options: Any, reactor: Any) -> Maker:
+    quota = bucket_quota(options)
+
     def new(bucket: str, path: Path, first: bool) -> Any:
         where = (bucket_dir(options["data-dir"], bucket) if path is None
                  else collection_dir(options["data-dir"], bucket, *path))
         return PersistentBucket(where, clock=reactor, reactor=reactor, name=bucket,
                                 max_value_size=options["max-value-size"],
-                                pager_interval=options["pager-interval"], start=False)
+                                pager_interval=options["pager-interval"], start=False,
+                                memory_quota=quota)
     return new
 
 

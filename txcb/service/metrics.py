@@ -30,8 +30,23 @@ name                                   type       what
 ``txcb_disk_*``, ``txcb_warmup_*``     various    a persistent bucket's write queue,
                                                   items and batches written, write
                                                   errors, persisted seqno, warm-up
+``txcb_mem_used_bytes``                gauge      bytes counted against the quota
+``txcb_memory_quota_bytes``            gauge      the bucket's RAM quota
+``txcb_resident_items``                gauge      items whose value is in memory
+``txcb_resident_ratio``                gauge      their share of the items (0 to 1)
+``txcb_ejections_total``               counter    values ejected (kept on disk)
+``txcb_evictions_total``               counter    items evicted (gone)
+``txcb_bg_fetches_total``              counter    ejected values read back from disk
+``txcb_oom_errors_total``              counter    mutations refused for memory
 ``process_*``, ``python_*``            various    the usual process and runtime ones
 =====================================  =========  ===================================
+
+The memory figures (``txcb_mem_*`` to ``txcb_oom_errors_total``) have one
+sample per keyspace the process serves, labelled ``bucket``, ``scope`` and
+``collection`` (each keyspace is a bucket object with its own quota); the
+other bucket figures are the first bucket's default collection's, unlabelled.
+A keyspace whose stats lack a figure (a remote or memcached-pool bucket) has
+no sample of it.
 
 Cost.  Nothing is counted twice: the bucket's own counters (``stats()``) and
 the server's connection counters are read when Prometheus scrapes, by a
@@ -48,7 +63,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from time import perf_counter
-from typing import Any, Dict, Iterable, Iterator, List, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -63,6 +78,7 @@ from zope.interface import implementer
 
 from txcb import __version__
 from txcb.errors import RC, CouchbaseError, code_names
+from txcb.keyspaces import DEFAULT_BUCKET, Keyspaces
 from txcb.server.core import IRequestObserver
 
 __all__ = ["ServerMetrics", "LatencyHistograms", "MetricsSite", "install_metrics",
@@ -153,6 +169,45 @@ _SIMPLE = [
 ]
 
 
+# stats key -> (metric name, type, help): a sample per keyspace.
+_MEMORY = [
+    ("mem_used", "txcb_mem_used_bytes", "gauge",
+     "Bytes the bucket counts against its quota: keys, values in memory, per-item "
+     "overhead."),
+    ("quota", "txcb_memory_quota_bytes", "gauge", "The bucket's RAM quota."),
+    ("resident_items", "txcb_resident_items", "gauge", "Items whose value is in memory."),
+    ("resident_ratio", "txcb_resident_ratio", "gauge",
+     "Share of the items whose value is in memory (0 to 1)."),
+    ("ejections", "txcb_ejections", "counter",
+     "Values ejected from memory (kept on disk, read back on demand)."),
+    ("evictions", "txcb_evictions", "counter", "Items evicted (gone) to make room."),
+    ("bg_fetches", "txcb_bg_fetches", "counter", "Ejected values read back from disk."),
+    ("oom_errors", "txcb_oom_errors", "counter", "Mutations refused for memory."),
+]
+
+#: The labels of the per-keyspace samples.
+KEYSPACE_LABELS = ["bucket", "scope", "collection"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def memory_families(keyspaces: Keyspaces) -> Iterator[Any]:
+    """The _MEMORY figures of every keyspace, a family each (none where no
+    keyspace has the figure)."""
+    per_keyspace = [([space.name, c.scope, c.name], _bucket_stats(c.bucket))
+                    for space in keyspaces for c in space.collections()]
+    for key, name, kind, text in _MEMORY:
+        family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        family = family_type(name, text, labels=KEYSPACE_LABELS)
+        for labels, stats in per_keyspace:
+            if _number(stats.get(key)):
+                family.add_metric(labels, stats[key])
+        if family.samples:
+            yield family
+
+
 class BucketCollector:
     """Reads the bucket's and the server's counters at scrape time."""
 
@@ -173,9 +228,10 @@ class BucketCollector:
         yield ops
         for key, name, kind, text in _SIMPLE:
             value = stats.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _number(value):
                 family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
                 yield family(name, text, value=value)
+        yield from memory_families(m.keyspaces)
         server = m.server_stats
         if server is not None:
             yield GaugeMetricFamily("txcb_connections", "Client connections open.",
@@ -214,11 +270,17 @@ class ServerMetrics:
         ``stats()`` at scrape time).
     :param server_stats: the server's :class:`~txcb.server.netstring.ServerStats`.
     :param process: also export the process and Python runtime metrics.
+    :param keyspaces: every keyspace served, for the per-keyspace memory
+        figures (default: ``bucket`` alone, under its own name).
     """
 
-    def __init__(self, bucket: Any, server_stats: Any = None, process: bool = True) -> None:
+    def __init__(self, bucket: Any, server_stats: Any = None, process: bool = True,
+                 keyspaces: Optional[Keyspaces] = None) -> None:
         self.bucket = bucket
         self.server_stats = server_stats
+        if keyspaces is None:
+            keyspaces = Keyspaces.single(bucket, str(getattr(bucket, "name", DEFAULT_BUCKET)))
+        self.keyspaces = keyspaces
         self.latency = LatencyHistograms()
         self.registry = CollectorRegistry()
         self.registry.register(BucketCollector(self))
@@ -277,17 +339,18 @@ def metrics_site(metrics: ServerMetrics) -> MetricsSite:
     return MetricsSite(metrics)
 
 
-def install_metrics(bucket: Any, factories: Iterable[Any], server_stats: Any = None
-                    ) -> MetricsSite:
+def install_metrics(bucket: Any, factories: Iterable[Any], server_stats: Any = None,
+                    keyspaces: Optional[Keyspaces] = None) -> MetricsSite:
     """
     Count the requests of every endpoint factory given (netstring and
     memcached alike: each gets the metrics' latency histograms as its
     ``observer``) and return the web site serving ``/metrics`` for them,
-    ``bucket``'s counters and ``server_stats``' connection counters.  The
+    ``bucket``'s counters, ``server_stats``' connection counters and the
+    memory figures of every keyspace in ``keyspaces``.  The
     caller listens with the site (``twistd txcb --metrics``: tap's
     ListenService).  Call it before the factories' connections are made.
     """
-    metrics = ServerMetrics(bucket, server_stats)
+    metrics = ServerMetrics(bucket, server_stats, keyspaces=keyspaces)
     for factory in factories:
         factory.observer = metrics.latency
     return MetricsSite(metrics)

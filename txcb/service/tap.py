@@ -19,10 +19,12 @@ from twisted.python import usage
 
 from txcb import __version__
 from txcb.buckets.cbsdk import load as load_couchbase_sdk, parse_url
+from txcb.buckets.embedded import MIN_QUOTA
 from txcb.buckets.memcached import parse_backend
 from txcb.buckets.persistent import CorruptDataError, DataDirLockedError, StorageError
 from txcb.keyspaces import DEFAULT_BUCKET, Keyspaces, check_bucket_name, parse_collection_path
-from txcb.limits import DEFAULT_MAX_VALUE_SIZE
+from txcb.limits import (
+    DEFAULT_EVICTION, DEFAULT_MAX_VALUE_SIZE, EVICTION_POLICIES, QUOTA_SHARE, parse_size)
 from txcb.server.core import ServerStats
 from txcb.server.couchbase import CouchbaseServerFactory
 from txcb.server.memcached import MemcachedServerFactory, load_auth_file
@@ -30,7 +32,9 @@ from txcb.server.netstring import BucketServerFactory
 from txcb.service.listen import (
     ENDPOINT_HELP, BucketService, ListenError, ListenService, OneLineStartup,
     endpoint_problem, lower_first)
-from txcb.service.keyspaces import is_couchbase_backend, make_keyspace, make_keyspaces
+from txcb.service.keyspaces import (
+    bucket_quota, is_couchbase_backend, keyspace_count, make_keyspace, make_keyspaces,
+    total_memory_quota)
 from txcb.service.memory import MemoryTrimmer, glibc_heap
 from txcb.service.metrics import install_metrics
 from txcb.service.reactor import install_default
@@ -53,6 +57,30 @@ def version_line() -> str:
     """txcb's version, and the Twisted and Python it runs on."""
     return "txcb %s (Twisted %s, Python %s)" % (
         __version__, twisted.__version__, platform.python_version())
+
+
+def memory_size(text: str) -> int:
+    """``--memory-quota``'s value: bytes, or a number with K, M, G or T."""
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise usage.UsageError("--memory-quota: %s" % (e,))
+    if size < 1:
+        raise usage.UsageError("--memory-quota must be positive")
+    return size
+
+
+def size_text(size: int) -> str:
+    """``size`` as --memory-quota takes it: in M where it is whole MiB."""
+    return "%dM" % (size >> 20,) if size and not size % (1 << 20) else str(size)
+
+
+def eviction_name(text: str) -> str:
+    """``--eviction``'s value: one of EVICTION_POLICIES."""
+    if text not in EVICTION_POLICIES:
+        raise usage.UsageError("--eviction must be %s, not %r" % (
+            " or ".join(EVICTION_POLICIES), text))
+    return text
 
 
 #: The options that name endpoints, as their Options keys.
@@ -100,6 +128,19 @@ class Options(usage.Options):
         ["metrics", None, None,
          "Endpoint to serve Prometheus metrics on, at /metrics (off by default; "
          "a bare port number listens on 127.0.0.1).", endpoint_description],
+        ["memory-quota", None, None,
+         "RAM for the buckets' items, in bytes or with a K, M, G or T suffix (binary: "
+         "64M is 64 MiB): the total for this process, divided evenly among its "
+         "buckets and collections (each is a bucket of its own, with an equal share "
+         "as its quota, at least %s).  Default: %d%% of the machine's RAM, divided the "
+         "same way.  Not with --backend (those servers have their own)."
+         % (size_text(MIN_QUOTA), QUOTA_SHARE * 100), memory_size],
+        ["eviction", None, None,
+         "With --ephemeral, what a bucket whose quota is full does: none refuses "
+         "mutations that would grow it (out of memory, 0x82), nru evicts "
+         "not-recently-used items.  Default: %s, as Couchbase's ephemeral buckets "
+         "(noEviction).  A persistent bucket never evicts: it ejects values to "
+         "disk." % (DEFAULT_EVICTION,), eviction_name],
     ]
 
     optFlags = [
@@ -190,6 +231,7 @@ class Options(usage.Options):
         if self["distribution"] not in ("ketama", "modula"):
             raise usage.UsageError("--distribution must be ketama or modula")
         self._check_backend()
+        self._check_memory()
         self._positive("max-connections")
         if self["idle-timeout"] is not None and not self["idle-timeout"] > 0:
             raise usage.UsageError("--idle-timeout must be positive")
@@ -238,6 +280,37 @@ class Options(usage.Options):
             raise usage.UsageError("--backend %s: %s" % (self["backend"], e))
         self["backend-credentials"] = backend_credentials(
             self["backend-auth-file"], os.environ)
+
+    def _check_memory(self) -> None:
+        """--memory-quota and --eviction are for txcb's own buckets, --eviction
+        for ephemeral ones."""
+        given = [name for name in ("memory-quota", "eviction") if self[name] is not None]
+        if given and self["backend"] is not None:
+            raise usage.UsageError(
+                "--%s is for txcb's own buckets: the --backend %s keep their own "
+                "quota and eviction; drop --%s" % (given[0], _backend_servers(
+                    self["backend"]), given[0]))
+        if self["eviction"] is not None and not self["ephemeral"]:
+            raise usage.UsageError(
+                "--eviction is for --ephemeral buckets: a persistent bucket never "
+                "evicts, it ejects values to disk when its quota fills; add "
+                "--ephemeral or drop --eviction")
+        if self["backend"] is None:
+            self._check_quota_share()
+
+    def _check_quota_share(self) -> None:
+        """Each bucket's share of the total must be a quota a bucket takes."""
+        count, share = keyspace_count(self), bucket_quota(self)
+        if share >= MIN_QUOTA:
+            return
+        what = ("--memory-quota %s" % (size_text(self["memory-quota"]),)
+                if self["memory-quota"] is not None else
+                "the default quota (%d%% of the machine's RAM, %d bytes)"
+                % (QUOTA_SHARE * 100, total_memory_quota(self)))
+        each = "" if count == 1 else " each for %d buckets and collections" % (count,)
+        raise usage.UsageError(
+            "%s is %d bytes%s, under the %s a bucket needs: give --memory-quota %s or "
+            "more" % (what, share, each, size_text(MIN_QUOTA), size_text(count * MIN_QUOTA)))
 
     def _check_endpoints(self) -> None:
         """Endpoint strings must parse now, not when the service starts."""
@@ -300,6 +373,13 @@ def backend_credentials(path: Optional[str], environ: Any) -> tuple:
             "--backend-auth-file FILE (one user:password line) or set TXCB_BACKEND_USER "
             "and TXCB_BACKEND_PASSWORD")
     return user, password
+
+
+def _backend_servers(backend: str) -> str:
+    """What a --backend names, for messages."""
+    if is_couchbase_backend(backend):
+        return "Couchbase cluster's buckets (their RAM quota is set on the cluster)"
+    return "memcached servers (their memory is memcached's -m)"
 
 
 def _loopback_only(description: str) -> bool:
@@ -391,7 +471,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> MultiService
     factories += _listen_kv(top, options, "couchbase", CouchbaseServerFactory, keyspaces,
                             stats, reactor)
     if options["metrics"]:
-        ListenService(options["metrics"], install_metrics(bucket, factories, stats), reactor,
+        site = install_metrics(bucket, factories, stats, keyspaces=keyspaces)
+        ListenService(options["metrics"], site, reactor,
                       what="txcb metrics").setServiceParent(top)
     return top
 
