@@ -5,7 +5,7 @@ __all__ = ["MAX_REPLY_MESSAGE", "MAX_KEY_LEN", "THIRTY_DAYS", "MAX_TTL", "DEFAUL
            "MAX_SCAN_BOUND", "DEFAULT_LOCK_TTL", "DEFAULT_SCAN_BATCH", "DEFAULT_SCAN_BYTES",
            "DEFAULT_ENDURE_TIMEOUT", "DEFAULT_ENDURE_INTERVAL",
            "HIGH_WATERMARK", "LOW_WATERMARK", "QUOTA_SHARE", "EVICTION_POLICIES",
-           "DEFAULT_EVICTION", "default_memory_quota", "parse_size"]
+           "DEFAULT_EVICTION", "MIN_QUOTA", "default_memory_quota", "parse_size"]
 
 import os
 import re
@@ -48,6 +48,8 @@ LOW_WATERMARK = 0.75
 #: A bucket's RAM quota unless told otherwise: this share of the machine's
 #: physical memory (``twistd txcb`` divides it among the buckets it serves).
 QUOTA_SHARE = 0.5
+#: The smallest RAM quota a bucket takes (bytes).
+MIN_QUOTA = 1 << 20
 #: An ephemeral bucket's policies when its quota is full: ``none`` refuses
 #: mutations that would grow memory (NoMemoryError), ``nru`` evicts
 #: not-recently-used items.  Couchbase's default for ephemeral buckets is

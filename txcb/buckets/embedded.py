@@ -34,7 +34,7 @@ from txcb.interfaces import IBucket, ISyncBucket
 from txcb.limits import (
     DEFAULT_ENDURE_INTERVAL, DEFAULT_ENDURE_TIMEOUT, DEFAULT_EVICTION, DEFAULT_LOCK_TTL,
     DEFAULT_MAX_VALUE_SIZE, DEFAULT_SCAN_BATCH, DEFAULT_SCAN_BYTES, EVICTION_POLICIES,
-    default_memory_quota)
+    MIN_QUOTA, default_memory_quota)
 from txcb.multi import MultiMixin
 from txcb.results import OperationResult, ScanItem, ValueResult
 from txcb.scan import ScanResult
@@ -43,9 +43,6 @@ from txcb.validation import (
     scan_args, to_key)
 
 __all__ = ["EmbeddedBucket", "LOCKED_CAS"]
-
-#: The smallest RAM quota a bucket takes (bytes).
-MIN_QUOTA = 1 << 20
 
 
 @implementer(IBucket, ISyncBucket)

@@ -19,12 +19,12 @@ from twisted.python import usage
 
 from txcb import __version__
 from txcb.buckets.cbsdk import load as load_couchbase_sdk, parse_url
-from txcb.buckets.embedded import MIN_QUOTA
 from txcb.buckets.memcached import parse_backend
 from txcb.buckets.persistent import CorruptDataError, DataDirLockedError, StorageError
 from txcb.keyspaces import DEFAULT_BUCKET, Keyspaces, check_bucket_name, parse_collection_path
 from txcb.limits import (
-    DEFAULT_EVICTION, DEFAULT_MAX_VALUE_SIZE, EVICTION_POLICIES, QUOTA_SHARE, parse_size)
+    DEFAULT_EVICTION, DEFAULT_MAX_VALUE_SIZE, EVICTION_POLICIES, MIN_QUOTA, QUOTA_SHARE,
+    parse_size)
 from txcb.server.core import ServerStats
 from txcb.server.couchbase import CouchbaseServerFactory
 from txcb.server.memcached import MemcachedServerFactory, load_auth_file
