@@ -8,10 +8,7 @@ persistent buckets write and read back on threads reporting to the real
 reactor, so those tests wait for real (short) disk work.
 """
 
-import os
-import shutil
 import sqlite3
-import tempfile
 import time
 
 from twisted.internet import defer, reactor
@@ -29,6 +26,7 @@ from txcb.limits import default_memory_quota, parse_size
 import txcb.subdocument as SD
 
 from tests.support.contract import BucketContractMixin
+from tests.support import temp_path
 from tests.support.quota import AlwaysEjectingBucket
 
 MiB = 1 << 20
@@ -48,12 +46,6 @@ def value_of(i, size=2000):
     """A value that says which key it belongs to (and differs from every other)."""
     head = b"value-%08d:" % (i,)
     return (head * (size // len(head) + 1))[:size]
-
-
-def temp_dir(testcase):
-    parent = tempfile.mkdtemp(prefix="txcb-quota-")
-    testcase.addCleanup(shutil.rmtree, parent, True)
-    return os.path.join(parent, "data")
 
 
 def later(seconds=0.005):
@@ -252,7 +244,7 @@ class EjectingContractTests(BucketContractMixin, unittest.TestCase):
     def make_bucket(self):
         self.clock = Clock()
         self.clock.advance(time.time())
-        b = AlwaysEjectingBucket(temp_dir(self), clock=self.clock, reactor=reactor,
+        b = AlwaysEjectingBucket(temp_path(self, "data"), clock=self.clock, reactor=reactor,
                                  max_value_size=4096, flush_delay=0)
         self.addCleanup(b.close)
         return b
@@ -267,7 +259,7 @@ class ValueEjectionTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        self.dir = temp_dir(self)
+        self.dir = temp_path(self, "data")
 
     def open(self, quota=2 * MiB, **kw):
         b = PersistentBucket(self.dir, clock=reactor, reactor=reactor, memory_quota=quota,

@@ -5,9 +5,6 @@ the per-keyspace memory metrics, and a real ``twistd`` that fills up, is
 refused, and recovers after removes.
 """
 
-import os
-import shutil
-import tempfile
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,6 +23,7 @@ from txcb.service.keyspaces import (
 from txcb.service.metrics import ServerMetrics
 
 from tests.support.procs import free_port, start_txcb_twistd
+from tests.support import temp_path
 from tests.support.quota import MEMORY_STATS, StatsBucket
 
 MiB = 1 << 20
@@ -35,12 +33,6 @@ def options(*args):
     o = tap.Options()
     o.parseOptions(list(args))
     return o
-
-
-def temp_dir(testcase):
-    d = tempfile.mkdtemp(prefix="txcb-quota-")
-    testcase.addCleanup(shutil.rmtree, d, True)
-    return d
 
 
 def one_line_error(testcase, *args):
@@ -136,7 +128,7 @@ class BackendRefusesMemoryOptionsTests(unittest.SynchronousTestCase):
     MEMCACHED = ["--backend", "memcached:127.0.0.1:11211"]
 
     def couchbase(self):
-        path = os.path.join(temp_dir(self), "auth")
+        path = temp_path(self, "auth")
         with open(path, "w") as f:
             f.write("user:secret\n")
         return ["--backend", "couchbase://127.0.0.1/default", "--backend-auth-file", path]
@@ -196,7 +188,7 @@ class QuotaSplitTests(unittest.SynchronousTestCase):
                          (default_memory_quota(QUOTA_SHARE) // 2, DEFAULT_EVICTION))
 
     def test_every_persistent_keyspace_gets_its_share(self):
-        data_dir = os.path.join(temp_dir(self), "data")
+        data_dir = temp_path(self, "data")
         ks = make_keyspaces(options("--data-dir", data_dir, "--memory-quota", "8M",
                                     "--collection", "default.s.c"), Clock())
         buckets = ks.buckets()
