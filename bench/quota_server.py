@@ -49,13 +49,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--memory-quota", type=int, required=True, help="bytes")
     p.add_argument("--port", type=int, required=True, help="netstring port")
     p.add_argument("--memcached", type=int, default=None, help="memcached port")
+    p.add_argument("--profile", default=None,
+                   help="write a cProfile of the reactor thread to this file at exit")
     a = p.parse_args(argv)
     install_default()
     from twisted.internet import reactor
     top = build(reactor, a.data_dir, a.memory_quota, a.port, a.memcached)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.run()
+    if a.profile:
+        import cProfile
+        cProfile.runctx("reactor.run()", globals(), {"reactor": reactor}, a.profile)
+    else:
+        reactor.run()
 
 
 if __name__ == "__main__":

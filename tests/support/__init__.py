@@ -14,6 +14,8 @@ What the test modules share; no test module imports another.
 - :mod:`tests.support.quota`: ``EjectingBucket``, an ISyncBucket whose
   chosen keys are "ejected" (WouldBlock) or whose memory is full, and
   ``StatsBucket``, whose stats carry the memory quota's figures;
+- :mod:`tests.support.quota_server`: a real server process with a persistent
+  bucket under a RAM quota (``twistd txcb --memory-quota``), and its RSS;
 - :mod:`tests.support.contract` and :mod:`tests.support.sync_contract`: the
   IBucket contract suites every provider runs (and ``ThreadedServer``).
 
