@@ -25,9 +25,8 @@ benchmark, not a test::
    with ejection most are read back from SQLite), and the ratio ejecting /
    resident (target >= 0.7).
 
-The servers are ``twistd txcb --data-dir D --memory-quota N`` of this tree
-when it has that option, else ``python -m bench.quota_server``, each on free
-loopback ports, stopped by pid at the end.  It prints a table and one JSON
+The servers are ``twistd txcb --data-dir D --memory-quota N`` of this tree,
+each on free loopback ports, stopped by pid at the end.  It prints a table and one JSON
 line and exits 0: a measurement, not a gate.  Absolute figures drift on a
 shared machine; the ratios, measured back to back, are what to compare.
 """
@@ -67,26 +66,14 @@ def parse_size(text: str) -> int:
     return int(t)
 
 
-def has_quota_option() -> bool:
-    try:
-        from txcb.service.tap import Options
-    except ImportError:
-        return False
-    return "--memory-quota" in str(Options())
-
-
 def quota_server(name: str, data_dir: str, quota: int, workdir: str) -> Server:
-    """A persistent bucket with ``quota`` on free ports; ``.port`` is memcached's."""
+    """``twistd txcb`` of this tree on ``data_dir`` with ``quota``; ``.port`` is memcached's."""
     port, mc = free_port(), free_port()
     log = os.path.join(workdir, name + ".log")
-    if has_quota_option():
-        argv = twistd_in(ROOT) + [
-            "-n", "--pidfile=", "--logfile", log + ".twistd", "txcb", "--data-dir", data_dir,
-            "--memory-quota", str(quota), "-p", "tcp:%d:interface=127.0.0.1" % port,
-            "--memcached", "tcp:%d:interface=127.0.0.1" % mc]
-    else:
-        argv = [sys.executable, "-m", "bench.quota_server", "--data-dir", data_dir,
-                "--memory-quota", str(quota), "--port", str(port), "--memcached", str(mc)]
+    argv = twistd_in(ROOT) + [
+        "-n", "--pidfile=", "--logfile", log + ".twistd", "txcb", "--data-dir", data_dir,
+        "--memory-quota", str(quota), "-p", "tcp:%d:interface=127.0.0.1" % port,
+        "--memcached", "tcp:%d:interface=127.0.0.1" % mc]
     server = Server(name, argv, mc, log, root=ROOT, cwd=workdir)
     server.wait_ready(60)
     return server
@@ -250,7 +237,6 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     return {"keys": n, "value_size": a.value_size, "data_mb": n * a.value_size / MB,
             "hot_keys": ejecting["hot_keys"], "hot_reads": HOT_READS,
             "conns": a.conns, "depth": a.depth, "seconds": a.seconds,
-            "server": "twistd txcb" if has_quota_option() else "bench.quota_server",
             "ejecting": ejecting, "resident": resident,
             "fill_ratio": ejecting["fill"]["mb_s"] / resident["fill"]["mb_s"],
             "durable_fill_ratio": ejecting["fill"]["durable_mb_s"]
@@ -284,10 +270,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = options(argv)
     r = run(a)
     print("quota_bench: %d keys x %d B = %.0f MiB, quota %.0f MiB; hot set %d keys "
-          "(%.1f%%) gets %.0f%% of the reads; %d conns x %d deep; server: %s"
+          "(%.1f%%) gets %.0f%% of the reads; %d conns x %d deep"
           % (r["keys"], r["value_size"], r["data_mb"], a.quota / MB, r["hot_keys"],
-             100.0 * r["hot_keys"] / r["keys"], 100 * HOT_READS, a.conns, a.depth,
-             r["server"]))
+             100.0 * r["hot_keys"] / r["keys"], 100 * HOT_READS, a.conns, a.depth))
     print(table(r))
     print(json.dumps(r, sort_keys=True))
     return 0

@@ -1,9 +1,8 @@
 """
 A real server process with a persistent bucket under a RAM quota, for the
 tests whose point is the process's memory: ``twistd txcb --data-dir D
---memory-quota N`` of this tree (or, where this tree's twistd txcb has no
-``--memory-quota`` yet, ``python -m bench.quota_server``, the same bucket
-and endpoints), serving memcached on a free loopback port, and its RSS.
+--memory-quota N`` of this tree, serving memcached on a free loopback port,
+and its RSS.
 """
 
 from __future__ import annotations
@@ -20,11 +19,6 @@ from typing import List, Optional
 from tests.support.procs import die_with_parent, free_port
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def has_quota_option() -> bool:
-    from txcb.service.tap import Options
-    return "--memory-quota" in str(Options())
 
 
 def rss_bytes(pid: int) -> int:
@@ -56,15 +50,11 @@ class QuotaServer:
         self.proc: Optional[subprocess.Popen] = None
 
     def argv(self) -> List[str]:
-        mc = "tcp:%d:interface=127.0.0.1" % self.port
-        if has_quota_option():
-            return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                    "-n", "--pidfile=", "--logfile", self.log_path, "txcb",
-                    "--data-dir", self.data_dir, "--memory-quota", self.quota,
-                    "-p", "tcp:%d:interface=127.0.0.1" % free_port(), "--memcached", mc]
-        return [sys.executable, "-m", "bench.quota_server", "--data-dir", self.data_dir,
-                "--memory-quota", str(_bytes(self.quota)), "--port", str(free_port()),
-                "--memcached", str(self.port)]
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "--logfile", self.log_path, "txcb",
+                "--data-dir", self.data_dir, "--memory-quota", self.quota,
+                "-p", "tcp:%d:interface=127.0.0.1" % free_port(),
+                "--memcached", "tcp:%d:interface=127.0.0.1" % self.port]
 
     def start(self, timeout: float = 60.0) -> "QuotaServer":
         with open(self.log_path + ".out", "ab") as out:
@@ -104,11 +94,6 @@ class QuotaServer:
         except subprocess.TimeoutExpired:
             os.kill(p.pid, signal.SIGKILL)
             p.wait(10)
-
-
-def _bytes(size: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
 
 
 class RssSampler:
