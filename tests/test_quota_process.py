@@ -27,13 +27,14 @@ QUOTA = 64 * MB
 #: What the process holds besides the quota'd items (measured with 64 KiB
 #: values, 4 connections): about 57 MiB from the start, with an empty
 #: bucket (the interpreter with Twisted and txcb imported, SQLite and its
-#: page caches, the threads' stacks), and up to about 60 MiB more of heap
-#: during the load: freed 64 KiB values (ejected once written, and the sets
-#: refused while the quota is full of writes waiting for the disk, retried
-#: by the client) that glibc keeps until the heap trimmer of twistd txcb
-#: hands them back (every 2 s); RSS peaked at 170-177 MiB (quota + 106-113
-#: MiB) and settles near 100-115 MiB.  Bound: quota + 128 MiB.
-OVERHEAD = 128 * MB
+#: page caches, the threads' stacks), and during the load up to about 80
+#: MiB more of heap: freed 64 KiB values (ejected once written, and the
+#: sets refused while the quota is full of writes waiting for the disk,
+#: 180,000-280,000 of them, each retried by the client) that glibc keeps
+#: until the heap trimmer of twistd txcb hands them back (every 2 s).  RSS
+#: peaked at 170-198 MiB (quota + 106-134 MiB) over five runs and settles
+#: near 100-115 MiB.  Bound: quota + 160 MiB.
+OVERHEAD = 160 * MB
 DATA = 1 << 30
 VALUE_SIZE = 64 * 1024
 CONNS = 4
