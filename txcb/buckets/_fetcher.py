@@ -53,6 +53,7 @@ class BackgroundFetcher:
         self._conn: Any = None  # opened by the thread, on first use
         self._next = _Batch()
         self._reading: Optional[_Batch] = None
+        self._starting: Any = None  # the next turn's _start, once asked for
         self._closed = False
 
     def fetch(self, keys: Sequence[bytes]) -> Deferred:
@@ -64,11 +65,15 @@ class BackgroundFetcher:
         batch = self._next
         batch.keys.update(dict.fromkeys(keys))
         batch.waiters.append((keys, d))
-        if self._reading is None:
-            self._start()
+        if self._reading is None and self._starting is None:
+            # On the next turn: what the rest of this turn asks for joins the read.
+            self._starting = self._reactor.callLater(0, self._start)
         return d
 
     def _start(self) -> None:
+        self._starting = None
+        if self._closed or not self._next.keys:
+            return
         batch, self._next = self._next, _Batch()
         self._reading = batch
         if not self._pool.started:
@@ -108,6 +113,9 @@ class BackgroundFetcher:
     def close(self) -> None:
         """Fail whoever waits, stop the thread, close the connection."""
         self._closed = True
+        if self._starting is not None and self._starting.active():
+            self._starting.cancel()
+        self._starting = None
         waiting = self._next.waiters + (self._reading.waiters if self._reading else [])
         self._next = _Batch()
         for _keys, d in waiting:

@@ -49,6 +49,7 @@ class WriteQueue:
         name: str
         _gated: bool
         def _may_reclaim(self) -> None: ...
+        def _memory_tight(self) -> bool: ...
 
         def _finish_close(self, failure: Optional[Failure]) -> None: ...
 
@@ -149,7 +150,8 @@ class WriteQueue:
         # connection at once.
         pool = self._pool
         if self._bg_pool is not None and not (
-                self._persist_waiters or self._waiters or self._state == "closing"):
+                self._persist_waiters or self._waiters or self._state == "closing"
+                or self._memory_tight()):
             pool = self._bg_pool
         d: Any
         if ckpt:
@@ -208,7 +210,7 @@ class WriteQueue:
         if not self._dirty:
             self._busy = False
         elif (self._state == "closing" or self._waiters or not self.flush_delay
-              or (waiters and waiters[-1][0] > seqno)):
+              or (waiters and waiters[-1][0] > seqno) or self._memory_tight()):
             self._start_batch()
         else:
             self._lazy = True

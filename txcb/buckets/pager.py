@@ -155,6 +155,10 @@ class ItemPager:
                 and self._barren < 2):
             self._paging = self.clock.callLater(0, self._page)
 
+    def _memory_tight(self) -> bool:
+        """Whether memory is past the high watermark (the disk should hurry)."""
+        return self._mem > self._high
+
     def _may_reclaim(self) -> None:
         """Items may be freeable now (the disk took writes): page again if above high."""
         self._barren = 0

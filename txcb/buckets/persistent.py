@@ -349,6 +349,7 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
 
     def _full(self, k: bytes) -> Exception:
         if self._dirty or self._inflight:
+            self._hurry()  # (a batch waiting for more writes starts now)
             return TemporaryFailError(
                 "the bucket's RAM quota (%d bytes) is full of writes waiting for the disk: "
                 "try again shortly" % (self.memory_quota,), key=k)
