@@ -16,18 +16,10 @@ import threading
 import time
 from typing import List, Optional
 
+from bench.run import rss_bytes
 from tests.support.procs import die_with_parent, free_port
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def rss_bytes(pid: int) -> int:
-    """The process's resident set (VmRSS), in bytes."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS for pid %d" % pid)
 
 
 def accepts(port: int) -> bool:
