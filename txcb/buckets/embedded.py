@@ -485,6 +485,7 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
         self._gated = True
         if self._pager is not None and self._pager.running:
             self._pager.stop()
+        self._stop_paging()
         return succeed(None)
 
     # -- durability ---------------------------------------------------------

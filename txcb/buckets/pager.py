@@ -155,6 +155,12 @@ class ItemPager:
                 and self._barren < 2):
             self._paging = self.clock.callLater(0, self._page)
 
+    def _stop_paging(self) -> None:
+        """(closing) Drop the pager's next run, if one is due."""
+        paging, self._paging = self._paging, None
+        if paging is not None and paging.active():
+            paging.cancel()
+
     def _memory_tight(self) -> bool:
         """Whether memory is past the high watermark (the disk should hurry)."""
         return self._mem > self._high
