@@ -8,7 +8,6 @@ real twistd that serves several buckets and flushes them all when it stops.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -387,12 +386,6 @@ class MemcachedKeyspaceTests(unittest.TestCase):
         self.assertEqual({s["state"] for s in first.status().values()}, {"up"})
 
 
-def _accepts(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 class TwistdBucketsTests(unittest.TestCase):
@@ -412,7 +405,7 @@ class TwistdBucketsTests(unittest.TestCase):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: proc.poll() is not None or (proc.kill(), proc.wait(10)))
         deadline = time.time() + 30
-        while not _accepts(self.port):
+        while not procs.accepts(self.port):
             if proc.poll() is not None or time.time() > deadline:
                 self.fail("twistd did not start (exit %s):\n%s" % (proc.poll(), self.text()))
             time.sleep(0.1)

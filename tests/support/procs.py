@@ -52,7 +52,8 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Whether 127.0.0.1:port takes a connection now."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         return True
@@ -104,7 +105,7 @@ class Process:
                                          stderr=log, env=self.env(), **kwargs)
         _live[self.proc.pid] = self
         deadline = time.monotonic() + timeout
-        while not _accepts(self.port):
+        while not accepts(self.port):
             if self.proc.poll() is not None:
                 self._reap(keep_log=True)
                 raise RuntimeError("%s exited with %s at start-up (port %d); see %s"
@@ -298,7 +299,7 @@ def start_txcb_twistd(testcase, args: Sequence[str], port: int) -> str:
                 proc.wait(10)
     testcase.addCleanup(stop)
     deadline = time.time() + 30
-    while not _accepts(port):
+    while not accepts(port):
         if proc.poll() is not None or time.time() > deadline:
             text = open(log).read() if os.path.exists(log) else ""
             raise AssertionError("twistd did not start (exit %s):\n%s"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +16,9 @@ import time
 from typing import List, Optional
 
 from bench.run import rss_bytes
-from tests.support.procs import die_with_parent, free_port
+from tests.support.procs import accepts, die_with_parent, free_port
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 class QuotaServer:

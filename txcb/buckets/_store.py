@@ -86,6 +86,7 @@ META_MARKS = ("INSERT OR REPLACE INTO meta (name, value) "
 META_SEQNO = "INSERT OR REPLACE INTO meta (name, value) VALUES ('seqno', ?)"
 _PUT_SQL: Dict[int, str] = {}
 _DEL_SQL: Dict[int, str] = {}
+_GET_SQL: Dict[int, str] = {}
 
 
 def _put_sql(n: int) -> str:
@@ -99,6 +100,14 @@ def _del_sql(n: int) -> str:
     sql = _DEL_SQL.get(n)
     if sql is None:
         sql = _DEL_SQL[n] = "DELETE FROM items WHERE key IN (%s)" % ",".join(["?"] * n)
+    return sql
+
+
+def _get_sql(n: int) -> str:
+    sql = _GET_SQL.get(n)
+    if sql is None:
+        sql = _GET_SQL[n] = "SELECT key, item, crc FROM items WHERE key IN (%s)" % (
+            ",".join(["?"] * n))
     return sql
 
 
@@ -639,8 +648,7 @@ def read_items(conn: sqlite3.Connection, keys: List[bytes]
     damaged: List[bytes] = []
     for at in range(0, len(keys), _CHUNK):
         chunk = keys[at:at + _CHUNK]
-        sql = "SELECT key, item, crc FROM items WHERE key IN (%s)" % ",".join("?" * len(chunk))
-        for k, item, crc in conn.execute(sql, chunk).fetchall():
+        for k, item, crc in conn.execute(_get_sql(len(chunk)), chunk).fetchall():
             if crc32(item, crc32(k)) == crc:
                 found[k] = item
             else:
