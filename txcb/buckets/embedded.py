@@ -211,10 +211,7 @@ class EmbeddedBucket(ItemTable, SubdocMixin, MultiMixin):
 
     def get_meta_sync(self, key: Any) -> ValueResult:
         """A key's metadata (ISyncBucket.get_meta_sync): counted as a get."""
-        if self._closed:
-            self._check_open()
-        self._ops["get"] += 1
-        k = to_key(key)
+        k = self._begin("get", key)
         now = self.clock.seconds()
         item = self._lookup(k, now)
         if item is None:

@@ -144,42 +144,29 @@ OPCODE_NAMES: Dict[int, str] = code_names(Opcode)
 STATUS_NAMES: Dict[int, str] = code_names(Status)
 
 
-class Request:
+class Request(mcbinary.Packet):
     """
-    One decoded frame (a request, or a response for a client).  ``key`` is
-    the raw key, collection prefix included; ``framing`` the flexible
+    One decoded frame (a request, or a response for a client): a
+    :class:`txcb.wire.mcbinary.Packet` whose ``key`` is the raw key,
+    collection prefix included, and whose ``framing`` holds the flexible
     framing extras (b"" for magic 0x80 / 0x81).
     """
 
-    __slots__ = ("magic", "opcode", "datatype", "vbucket", "opaque", "cas",
-                 "framing", "extras", "key", "value")
+    __slots__ = ()
 
-    def __init__(self, magic: int, opcode: int, datatype: int = 0, vbucket: int = 0,
-                 opaque: int = 0, cas: int = 0, framing: bytes = b"", extras: bytes = b"",
-                 key: bytes = b"", value: bytes = b"") -> None:
-        self.magic = magic
-        self.opcode = opcode
-        self.datatype = datatype
-        self.vbucket = vbucket      # a response's status
-        self.opaque = opaque
-        self.cas = cas
-        self.framing = framing
-        self.extras = extras
-        self.key = key
-        self.value = value
-
-    @property
-    def status(self) -> int:
-        """A response's status (the request's vbucket field)."""
-        return self.vbucket
+    def encode(self) -> bytes:
+        """Serialise back to wire bytes, framing extras included."""
+        return _frame(self.magic, self.magic, self.opcode, self.vbucket_or_status,
+                      self.opaque, self.cas, self.framing, self.extras, self.key,
+                      self.value, self.datatype)
 
     def __repr__(self) -> str:
         name = OPCODE_NAMES.get(self.opcode, "0x%02x" % self.opcode)
         value = self.value if len(self.value) <= 32 else self.value[:32] + b"..."
         return ("<Request magic=0x%02x %s vb/status=%d opaque=%d cas=%d framing=%r "
-                "extras=%r key=%r value=%r>" % (self.magic, name, self.vbucket, self.opaque,
-                                                self.cas, self.framing, self.extras,
-                                                self.key, value))
+                "extras=%r key=%r value=%r>" % (self.magic, name, self.vbucket_or_status,
+                                                self.opaque, self.cas, self.framing,
+                                                self.extras, self.key, value))
 
 
 class FrameError(Exception):
@@ -296,8 +283,8 @@ class Decoder:
             c = b + extlen
             d = c + keylen
             append(Request(magic, opcode, datatype, vbs, opaque, cas,
-                           src[a:b] if framelen else b"", src[b:c] if extlen else b"",
-                           src[c:d], src[d:stop] if d < stop else b""))
+                           src[b:c] if extlen else b"", src[c:d],
+                           src[d:stop] if d < stop else b"", src[a:b] if framelen else b""))
             pos = stop
         return pos
 

@@ -161,15 +161,17 @@ class Packet:
     """
     One decoded frame.  ``vbucket_or_status`` is the raw header field; read
     it as :attr:`vbucket` on a request and :attr:`status` on a response.
+    ``framing`` holds the flexible framing extras of the alternative magics
+    (0x08/0x18, which :mod:`txcb.wire.couchbase` decodes); b"" otherwise.
     """
 
     __slots__ = ("magic", "opcode", "datatype", "vbucket_or_status", "opaque",
-                 "cas", "extras", "key", "value")
+                 "cas", "extras", "key", "value", "framing")
 
     def __init__(self, magic: int, opcode: int, datatype: int = 0,
                  vbucket_or_status: int = 0, opaque: int = 0, cas: int = 0,
                  extras: bytes = b"", key: bytes = b"",
-                 value: bytes = b"") -> None:
+                 value: bytes = b"", framing: bytes = b"") -> None:
         self.magic = magic
         self.opcode = opcode
         self.datatype = datatype
@@ -179,6 +181,7 @@ class Packet:
         self.extras = extras
         self.key = key
         self.value = value
+        self.framing = framing
 
     @property
     def vbucket(self) -> int:
@@ -197,13 +200,15 @@ class Packet:
 
     def encode(self) -> bytes:
         """Serialise back to wire bytes (round-trip of :class:`Decoder`)."""
+        if self.framing:
+            raise ValueError("flexible framing extras need txcb.wire.couchbase")
         return _encode(self.magic, self.opcode, self.datatype,
                        self.vbucket_or_status, self.opaque, self.cas,
                        self.extras, self.key, self.value)
 
     def _astuple(self) -> Tuple[object, ...]:
         return (self.magic, self.opcode, self.datatype, self.vbucket_or_status,
-                self.opaque, self.cas, self.extras, self.key, self.value)
+                self.opaque, self.cas, self.extras, self.key, self.value, self.framing)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Packet):
