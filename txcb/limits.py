@@ -61,6 +61,13 @@ _SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+def max_value_size(*buckets: object) -> int:
+    """The largest value any of ``buckets`` takes: its ``max_value_size``, else
+    :data:`DEFAULT_MAX_VALUE_SIZE` (a server sizes its frame limit by it)."""
+    return max([getattr(b, "max_value_size", DEFAULT_MAX_VALUE_SIZE) for b in buckets]
+               or [DEFAULT_MAX_VALUE_SIZE])
+
+
 def default_memory_quota(share: float = QUOTA_SHARE) -> int:
     """``share`` of the machine's physical memory, in bytes (1 GiB if unknown)."""
     try:

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txcb.interfaces import ISyncBucket
-from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN
+from txcb.limits import MAX_KEY_LEN, max_value_size
 from txcb.server.cbkv import KV_HANDLERS, KeyValueOps
 from txcb.server.cbsubdoc import SUBDOC_HANDLERS, SubdocOps
 from txcb.server.core import ServerStats, ServingFactory
@@ -327,11 +327,9 @@ class CouchbaseServerFactory(ServingFactory):
         self.keyspaces = keyspaces
         buckets = keyspaces.buckets()
         self._sync: Dict[int, bool] = {id(b): ISyncBucket.providedBy(b) for b in buckets}
-        largest = max([getattr(b, "max_value_size", DEFAULT_MAX_VALUE_SIZE) for b in buckets]
-                      or [DEFAULT_MAX_VALUE_SIZE])
         # Framing, extras and key on top of the largest value: a longer body
         # is refused from its header alone, before any of it is buffered.
-        self.max_body = largest + MAX_KEY_LEN + W.MAX_LEB128 + 64
+        self.max_body = max_value_size(*buckets) + MAX_KEY_LEN + W.MAX_LEB128 + 64
 
     def is_sync(self, bucket: Any) -> bool:
         """Whether ``bucket`` is served through ISyncBucket (decided once per bucket)."""

@@ -56,7 +56,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txcb.limits import DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, THIRTY_DAYS
+from txcb.limits import MAX_KEY_LEN, THIRTY_DAYS, max_value_size
 from txcb.server.core import ServerStats, ServingFactory
 from txcb.server.mcascii import AsciiSession
 from txcb.server.mcauth import Authenticator, check_credentials
@@ -261,7 +261,7 @@ class MemcachedServerFactory(ServingFactory):
         ServingFactory.__init__(self, stats, credentials, max_inflight, clock, _log,
                                 "txcb memcached")
         self.bucket = bucket
-        self.max_value_size = getattr(bucket, "max_value_size", DEFAULT_MAX_VALUE_SIZE)
+        self.max_value_size = max_value_size(bucket)
         # Key and extras on top of the largest value: a longer body is refused
         # from its header alone, before any of it is buffered.
         self.max_body = self.max_value_size + MAX_KEY_LEN + 32

@@ -34,7 +34,7 @@ from txcb.errors import RC, ArgumentError, CouchbaseError, WouldBlock
 from txcb.formats import Encoded
 from txcb.interfaces import ISyncBucket
 from txcb.limits import (
-    DEFAULT_MAX_VALUE_SIZE, MAX_KEY_LEN, MAX_REPLY_MESSAGE, MAX_SCAN_BATCH, MAX_SCAN_BYTES)
+    MAX_KEY_LEN, MAX_REPLY_MESSAGE, MAX_SCAN_BATCH, MAX_SCAN_BYTES, max_value_size)
 from txcb.subdocument import SubdocError
 from txcb.server import nsmulti, nssubdoc
 from txcb.server.core import LateReplies, RequestFlow, ServerStats, admit, idle_sweeper
@@ -343,22 +343,25 @@ class _DurableReply:
         self.started = started
         self.called = False
 
-    def callback(self, result: Any) -> None:
+    def _claim(self) -> Optional[BucketServerProtocol]:
+        """The protocol to answer on, the first time only (else None)."""
         proto = self.proto
         if self.called or proto is None:
-            return
+            return None
         self.called = True
         proto._waiting.discard(self)
-        proto._finish(self.encode(result, self.req), self.req, 0, self.started)
+        return proto
+
+    def callback(self, result: Any) -> None:
+        proto = self._claim()
+        if proto is not None:
+            proto._finish(self.encode(result, self.req), self.req, 0, self.started)
 
     def errback(self, error: Any) -> None:
-        proto = self.proto
-        if self.called or proto is None:
-            return
-        self.called = True
-        proto._waiting.discard(self)
-        f = error if isinstance(error, Failure) else Failure(error)
-        proto._failed(f, self.req, self.started)
+        proto = self._claim()
+        if proto is not None:
+            f = error if isinstance(error, Failure) else Failure(error)
+            proto._failed(f, self.req, self.started)
 
     def cancel(self) -> None:
         self.called = True
@@ -601,7 +604,7 @@ class BucketServerFactory(Factory):
         self._protocols: Set[BucketServerProtocol] = set()  # connected
         self.max_inflight = max_inflight
         self.stats = stats if stats is not None else ServerStats()
-        self.max_value_size = getattr(bucket, "max_value_size", DEFAULT_MAX_VALUE_SIZE)
+        self.max_value_size = max_value_size(bucket)
         # The largest legal frame: header, longest key, largest value.
         self.max_frame = HEADER_LEN + MAX_KEY_LEN + self.max_value_size
         #: Closes idle connections (``stats.idle_timeout``), or None.
