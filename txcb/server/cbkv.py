@@ -146,7 +146,7 @@ class KeyValueOps:
         loud = _QUIET.get(r.opcode, r.opcode)
         if self.space is None:
             return self.error(r, _S.NO_BUCKET)
-        if r.vbucket >= W.NUM_VBUCKETS:
+        if r.vbucket_or_status >= W.NUM_VBUCKETS:
             return self.not_my_vbucket(r)
         if len(r.extras) not in _EXTRAS[loud] or (loud in _NO_VALUE and r.value):
             return self.error(r, _S.EINVAL)
@@ -186,7 +186,7 @@ class KeyValueOps:
         request then takes :meth:`key_op`'s full path.
         """
         space = self.space
-        if space is None or r.framing or r.vbucket >= W.NUM_VBUCKETS or self.observer:
+        if space is None or r.framing or r.vbucket_or_status >= W.NUM_VBUCKETS or self.observer:
             return None
         key = r.key
         if self.collections:

@@ -59,7 +59,7 @@ class SubdocOps:
         """The request's KeyOp, or the error reply that refuses it."""
         if self.space is None:
             return self.error(r, _S.NO_BUCKET)
-        if r.vbucket >= W.NUM_VBUCKETS:
+        if r.vbucket_or_status >= W.NUM_VBUCKETS:
             return self.not_my_vbucket(r)
         if len(r.extras) not in (_MUTATE_EXTRAS if mutation else _LOOKUP_EXTRAS):
             return self.error(r, _S.EINVAL)
