@@ -69,12 +69,13 @@ from txcb.buckets.cbcalls import SdkCalls
 from txcb.buckets.cbsubdocs import SubdocCalls
 from txcb.buckets.cbsdk import expiry, parse_url, sdk_error, text_key
 from txcb.errors import (
-    CouchbaseError, NotSupportedError, TemporaryFailError, TimeoutError,
+    NotSupportedError, TemporaryFailError, TimeoutError,
     NotFoundError, KeyExistsError, RC)
 from txcb.formats import FMT_JSON
 from txcb.interfaces import IBucket
 from txcb.multi import MultiMixin
 from txcb.results import OperationResult, ValueResult
+from txcb.refusals import refuses_with_deferred
 from txcb.verbs import StoreVerbs
 from txcb.validation import (
     check_cas, check_delta, check_lock_ttl, check_ttl, resolve_durability)
@@ -115,13 +116,11 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
 
     # -- IBucket: reads ------------------------------------------------------------
 
+    @refuses_with_deferred
     def get(self, key: Any, ttl: int = 0, quiet: bool = False,
             timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = text_key(key)
-            check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        check_ttl(ttl, key)
         life = expiry(ttl)
         if life is None and timeout is None and self.batch_gets:
             refused = self._refused(key)
@@ -148,22 +147,18 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
             return self._value(key, r)
         return self._call("get", key, work, timeout)
 
+    @refuses_with_deferred
     def lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = text_key(key)
-            check_lock_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        check_lock_ttl(ttl, key)
         life = timedelta(seconds=ttl)
         return self._call("lock", key, lambda coll, t: self._value(
             key, coll.get_and_lock(k, life, *self._opts("GetAndLockOptions", t))), timeout)
 
+    @refuses_with_deferred
     def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = text_key(key)
-            check_cas(cas, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        check_cas(cas, key)
 
         def work(coll: Any, t: Any) -> Any:
             coll.unlock(k, cas, *self._opts("UnlockOptions", t))
@@ -172,17 +167,15 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
 
     # -- IBucket: mutations ------------------------------------------------------------
 
+    @refuses_with_deferred
     def _store(self, op: str, key: Any, value: Any, cas: int, ttl: int, format: Any,
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
-        try:
-            k = text_key(key)
-            check_ttl(ttl, key)
-            if cas:
-                check_cas(cas, key)
-            durability = self._durability(persist_to, replicate_to, key)
-            encoded = self._encode(value, format, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        check_ttl(ttl, key)
+        if cas:
+            check_cas(cas, key)
+        durability = self._durability(persist_to, replicate_to, key)
+        encoded = self._encode(value, format, key)
         life = expiry(ttl)
         past = life is not None and life.total_seconds() < 0
         if op == "upsert" and cas:
@@ -202,15 +195,13 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         return self._call(op, key, work, timeout, durability is not None)
 
+    @refuses_with_deferred
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = text_key(key)
-            if cas:
-                check_cas(cas, key)
-            durability = self._durability(persist_to, replicate_to, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        if cas:
+            check_cas(cas, key)
+        durability = self._durability(persist_to, replicate_to, key)
 
         def work(coll: Any, t: Any) -> Any:
             try:
@@ -224,12 +215,10 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         return self._call("remove", key, work, timeout, durability is not None)
 
+    @refuses_with_deferred
     def touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = text_key(key)
-            check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        check_ttl(ttl, key)
         life = expiry(ttl) or timedelta(0)
 
         def work(coll: Any, t: Any) -> Any:
@@ -240,14 +229,12 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
             return OperationResult(key, r.cas, RC.SUCCESS, _seqno(r))
         return self._call("touch", key, work, timeout)
 
+    @refuses_with_deferred
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None,
                 ttl: int = 0, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = text_key(key)
-            check_delta(delta, initial, key)
-            check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        check_delta(delta, initial, key)
+        check_ttl(ttl, key)
         life = expiry(ttl)
         return self._call("counter", key, lambda coll, t: self._count(
             coll, t, key, k, delta, initial, life), timeout)
@@ -281,16 +268,14 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
                     raise  # else: created meanwhile: count again
         raise TemporaryFailError("counter: the key kept appearing and vanishing", key=key)
 
+    @refuses_with_deferred
     def _concat(self, op: str, key: Any, value: Any, cas: int, persist_to: int,
                 replicate_to: int, timeout: Optional[float]) -> Deferred:
-        try:
-            k = text_key(key)
-            if cas:
-                check_cas(cas, key)
-            durability = self._durability(persist_to, replicate_to, key)
-            data = self._raw(value, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        if cas:
+            check_cas(cas, key)
+        durability = self._durability(persist_to, replicate_to, key)
+        data = self._raw(value, key)
 
         def work(coll: Any, t: Any) -> Any:
             binary = coll.binary()
@@ -303,16 +288,14 @@ class CouchbaseBucket(StoreVerbs[Deferred], SdkCalls, SubdocCalls, MultiMixin):
 
     # -- IBucket: the rest ----------------------------------------------------------------
 
+    @refuses_with_deferred
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                check_removed: bool = False, timeout: float = 5.0,
                interval: float = 0.01) -> Deferred:
         """Presence, CAS and removal; disks and replicas cannot be observed here."""
-        try:
-            k = text_key(key)
-            p, r = resolve_durability(persist_to, replicate_to, self.max_persist_to,
-                                      self.max_replicate_to, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = text_key(key)
+        p, r = resolve_durability(persist_to, replicate_to, self.max_persist_to,
+                                  self.max_replicate_to, key)
         if p or r:
             return fail(NotSupportedError(
                 "endure cannot observe persistence or replication through the Couchbase "

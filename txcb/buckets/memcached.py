@@ -84,11 +84,12 @@ from txcb.buckets.mcpool_servers import (
     DeadlineSweeper, PoolTopology, ServerArg, WriteCoalescer, parse_backend, parse_servers)
 from txcb.buckets.mcrequests import (
     K_COUNTER, K_CONCAT, K_MUTATION, K_NONE, K_STATS, K_VALUE)
-from txcb.errors import ArgumentError, CouchbaseError, NetworkError, NotSupportedError, TooBigError
+from txcb.errors import ArgumentError, NetworkError, NotSupportedError, TooBigError
 from txcb.formats import DEFAULT_TRANSCODER, Transcoder, concat_bytes
 from txcb.interfaces import IBucket
 from txcb.limits import DEFAULT_TIMEOUT, MAX_KEY_LEN
 from txcb.multi import MultiMixin
+from txcb.refusals import refuses_with_deferred
 from txcb.verbs import StoreVerbs
 from txcb.validation import (
     check_cas, check_delta, check_lock_ttl, check_ttl, check_ttl_cas, resolve_durability, scan_args, to_key)
@@ -321,100 +322,84 @@ class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, Mul
 
     # -- IBucket: single keys ----------------------------------------------------
 
+    @refuses_with_deferred
     def get(self, key: Any, ttl: int = 0, quiet: bool = False,
             timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = self._key(key)
-            if ttl:
-                check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
         if ttl:
+            check_ttl(ttl, key)
             return self._request(k, key, O.GAT, K_VALUE, mcb.touch_extras(ttl), b"", 0,
                                  quiet, timeout)
         return self._request(k, key, O.GET, K_VALUE, b"", b"", 0, quiet, timeout)
 
+    @refuses_with_deferred
     def _store(self, opcode: int, key: Any, value: Any, cas: int, ttl: int, format: Any,
                persist_to: int, replicate_to: int, timeout: Optional[float]) -> Deferred:
-        try:
-            k = self._key(key)
-            check_ttl_cas(ttl, cas, key)
-            self._durability(persist_to, replicate_to, key)
-            data, flags = self._encode(value, format, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        check_ttl_cas(ttl, cas, key)
+        self._durability(persist_to, replicate_to, key)
+        data, flags = self._encode(value, format, key)
         return self._request(k, key, opcode, K_MUTATION, mcb.store_extras(flags, ttl),
                              data, cas, False, timeout)
 
+    @refuses_with_deferred
     def remove(self, key: Any, cas: int = 0, quiet: bool = False, persist_to: int = 0,
                replicate_to: int = 0, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = self._key(key)
-            if cas:
-                check_cas(cas, key)
-            self._durability(persist_to, replicate_to, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        if cas:
+            check_cas(cas, key)
+        self._durability(persist_to, replicate_to, key)
         return self._request(k, key, O.DELETE, K_MUTATION, b"", b"", cas, quiet, timeout)
 
+    @refuses_with_deferred
     def touch(self, key: Any, ttl: int, timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = self._key(key)
-            check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        check_ttl(ttl, key)
         return self._request(k, key, O.TOUCH, K_MUTATION, mcb.touch_extras(ttl), b"", 0,
                              False, timeout)
 
+    @refuses_with_deferred
     def lock(self, key: Any, ttl: int = 15, timeout: Optional[float] = None) -> Deferred:
         """GET_LOCKED where the server has it (Couchbase); NotSupportedError on memcached."""
-        try:
-            k = self._key(key)
-            check_lock_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        check_lock_ttl(ttl, key)
         return self._request(k, key, O.GET_LOCKED, K_VALUE, mcb.get_locked_extras(ttl), b"",
                              0, False, timeout, locks=True)
 
+    @refuses_with_deferred
     def unlock(self, key: Any, cas: int, timeout: Optional[float] = None) -> Deferred:
         """UNLOCK_KEY where the server has it (Couchbase); NotSupportedError on memcached."""
-        try:
-            k = self._key(key)
-            check_cas(cas, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        check_cas(cas, key)
         return self._request(k, key, O.UNLOCK_KEY, K_MUTATION, b"", b"", cas, False, timeout,
                              locks=True)
 
+    @refuses_with_deferred
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
                 timeout: Optional[float] = None) -> Deferred:
-        try:
-            k = self._key(key)
-            check_delta(delta, initial, key)
-            if ttl:
-                check_ttl(ttl, key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        check_delta(delta, initial, key)
+        if ttl:
+            check_ttl(ttl, key)
         return self._request(
             k, key, O.DECREMENT if delta < 0 else O.INCREMENT, K_COUNTER,
             mcb.counter_extras(abs(delta), 0, mcb.COUNTER_NO_CREATE), b"", 0, False, timeout,
             (delta, initial, ttl, 0))
 
+    @refuses_with_deferred
     def _concat(self, opcode: int, key: Any, value: Any, cas: int, persist_to: int,
                 replicate_to: int, timeout: Optional[float]) -> Deferred:
-        try:
-            k = self._key(key)
-            if cas:
-                check_cas(cas, key)
-            self._durability(persist_to, replicate_to, key)
-            data = self._sized(concat_bytes(value, self.transcoder), key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        if cas:
+            check_cas(cas, key)
+        self._durability(persist_to, replicate_to, key)
+        data = self._sized(concat_bytes(value, self.transcoder), key)
         verb = "append" if opcode == O.APPEND else "prepend"
         return self._request(k, key, opcode, K_CONCAT, b"", data, cas, False, timeout, verb)
 
     # -- durability --------------------------------------------------------------
 
+    @refuses_with_deferred
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                check_removed: bool = False, timeout: float = 5.0,
                interval: float = 0.01) -> Deferred:
@@ -424,16 +409,13 @@ class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, Mul
         (at ``cas``, if given), or poll every ``interval`` seconds until it
         is gone if ``check_removed``.
         """
-        try:
-            k = self._key(key)
-            if cas:
-                check_cas(cas, key)
-            resolve_durability(persist_to, replicate_to, 0, 0, key)
-            if not (isinstance(timeout, (int, float)) and timeout >= 0
-                    and isinstance(interval, (int, float)) and interval > 0):
-                raise ArgumentError("timeout must be >= 0 and interval > 0", key=key)
-        except CouchbaseError as e:
-            return fail(e)
+        k = self._key(key)
+        if cas:
+            check_cas(cas, key)
+        resolve_durability(persist_to, replicate_to, 0, 0, key)
+        if not (isinstance(timeout, (int, float)) and timeout >= 0
+                and isinstance(interval, (int, float)) and interval > 0):
+            raise ArgumentError("timeout must be >= 0 and interval > 0", key=key)
 
         def get(t: float) -> Deferred:
             return self._request(k, key, O.GET, K_VALUE, quiet=True, timeout=t)
@@ -442,6 +424,7 @@ class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, Mul
 
     # -- whole pool --------------------------------------------------------------
 
+    @refuses_with_deferred
     def scan(self, prefix: Any = None, start: Any = None, end: Any = None,
              ids_only: bool = False, batch_size: int = 1000,
              batch_bytes: int = 1048576) -> Deferred:
@@ -449,10 +432,7 @@ class MemcachedPool(StoreVerbs[Deferred], SubdocOperations, MultiOperations, Mul
         Not supported: memcached keeps no key order and its binary protocol
         has no way to list keys.  Bad arguments still errback ArgumentError.
         """
-        try:
-            scan_args(prefix, start, end, ids_only, batch_size, batch_bytes)
-        except CouchbaseError as e:
-            return fail(e)
+        scan_args(prefix, start, end, ids_only, batch_size, batch_bytes)
         return fail(NotSupportedError("memcached cannot scan: it keeps no key order and "
                                       "has no command to list keys"))
 
