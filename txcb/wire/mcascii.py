@@ -416,6 +416,15 @@ class Parser(_CommandLines):
         """
         if not self._buf and self._state == _LINE and type(data) is bytes:
             # The usual read: nothing held, at a command line.
+            if data[:4] == b"get " and data[-2:] == b"\r\n":
+                # The commonest read of all, one "get <key>" line: as
+                # _step_line reads it when the key is valid (no space, CR, LF).
+                key = data[4:-2]
+                size = len(key)
+                if 0 < size <= self.max_key and \
+                        len(key.translate(None, self._forbidden)) == size:
+                    self.handlers["get"]([key], False)
+                    return
             self._buf = data
             more = self._step_line()
             if not (more or self._buf):
