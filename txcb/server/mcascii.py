@@ -66,11 +66,13 @@ class AsciiSession(Session):
         #: The parser's table once authenticated: a bound method per command.
         self.handlers: Dict[str, Callable[..., None]] = {
             name: getattr(self, method) for name, method in _METHODS.items()}
-        #: Before login: every command as a Command, for the login step.
-        self._login = A.EventRecorder(self._unauthenticated)
+        # Before login, every command reaches the login step as a Command (a
+        # table made only for a connection that must log in).
+        first = self.handlers if self.auth.done else \
+            A.EventRecorder(self._unauthenticated).handlers
         # control_keys: memcached takes any byte but space, CR, LF (and NUL)
         # in a key, and clients such as memcaslap use them.
-        self.parser = A.Parser(self.handlers if self.auth.done else self._login.handlers,
+        self.parser = A.Parser(first,
                                self._refused, max_value=self.factory.max_value_size,
                                max_key=MAX_KEY_LEN, control_keys=True)
         self._feed = self.parser.feed
