@@ -1,7 +1,9 @@
 """The embedded bucket: the contract suite on a task.Clock, plus its internals."""
 
+import inspect
 import time
 
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -12,6 +14,7 @@ from txcb.buckets.embedded import EmbeddedBucket
 from txcb.formats import FMT_BYTES, Encoded
 from txcb.interfaces import IBucket, ISyncBucket
 from txcb.multi import settle_multi
+from txcb.refusals import refuses_with_deferred
 from txcb.results import MultiResult, OperationResult, ValueResult
 from zope.interface.verify import verifyObject
 
@@ -134,6 +137,33 @@ class EmbeddedInternalsTests(unittest.TestCase):
         self.failureResultOf(d)
         # Only the pager's call is left: the poll was cancelled with the Deferred.
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+
+class RefusesWithDeferredTests(unittest.SynchronousTestCase):
+    """txcb.refusals.refuses_with_deferred: argument checks that raise, a failed Deferred."""
+
+    def test_couchbase_error_is_a_failed_deferred(self):
+        @refuses_with_deferred
+        def get(key, ttl=0):
+            raise errors.ArgumentError("bad ttl", key=key)
+        f = self.failureResultOf(get("k", ttl=-1), errors.ArgumentError)
+        self.assertEqual(f.value.key, "k")
+
+    def test_result_passes_through(self):
+        d = refuses_with_deferred(lambda key: succeed(key))("k")
+        self.assertEqual(self.successResultOf(d), "k")
+
+    def test_other_exceptions_propagate(self):
+        def broken(key):
+            raise ZeroDivisionError()
+        self.assertRaises(ZeroDivisionError, refuses_with_deferred(broken), "k")
+
+    def test_signature_kept(self):
+        def get(key, ttl=0, quiet=False, timeout=None):
+            """the docstring"""
+        wrapped = refuses_with_deferred(get)
+        self.assertEqual(inspect.signature(wrapped), inspect.signature(get))
+        self.assertEqual(wrapped.__doc__, "the docstring")
 
 
 class SettleMultiTests(unittest.SynchronousTestCase):
