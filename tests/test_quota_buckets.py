@@ -442,6 +442,27 @@ class ValueEjectionTests(unittest.TestCase):
         yield b.upsert("after", b"x" * 1000)  # the writer caught up: room again
 
     @defer.inlineCallbacks
+    def test_read_backs_wake_a_pager_that_found_nothing_to_eject(self):
+        # Regression (issue 17, the 1 GiB read-back RSS spike): right after a
+        # load every resident value may still be dirty, so the pager's passes
+        # free nothing and it waits for the disk's next commit.  Values then
+        # read back are clean and could be ejected, but nothing woke the pager
+        # for them: mem_used passed the quota (162 MB under 64 MiB) until the
+        # writer next committed.
+        b = self.open()
+        yield self.load(b, 3000)
+        ejections = b.stats_sync()["ejections"]
+        b._barren = 2  # the state two passes over all-dirty items leave
+        peak = 0
+        for i in range(3000):
+            r = yield b.get("k%d" % i)
+            self.assertEqual(r.value, value_of(i))
+            peak = max(peak, b.stats_sync()["mem_used"])
+        self.assertLessEqual(peak, b.memory_quota)
+        self.assertGreater(b.stats_sync()["ejections"], ejections)
+        self.assertConsistent(b)
+
+    @defer.inlineCallbacks
     def test_flush_forgets_ejected_items(self):
         b = self.open()
         yield self.load(b, 3000)

@@ -166,7 +166,10 @@ class ItemPager:
         return self._mem > self._high
 
     def _may_reclaim(self) -> None:
-        """Items may be freeable now (the disk took writes): page again if above high."""
+        """
+        Items may be freeable now (the disk took writes, or clean values were
+        read back): page again if above high.
+        """
         self._barren = 0
         self._stuck = False
         if self._mem > self._high:

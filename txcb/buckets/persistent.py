@@ -343,8 +343,9 @@ class PersistentBucket(WriteQueue, EmbeddedBucket):
             _log.critical("txcb: bucket {name!r}: the value of key {key!r} cannot be read "
                           "back from {path} (damaged or missing); it is not served",
                           name=self.name, key=k, path=self.path)
-        if self._mem > self._high:
-            self._page_soon()
+        # Clean values are resident again: the pager may have found nothing
+        # to eject (every value dirty) and be waiting; they are news for it.
+        self._may_reclaim()
         return bad
 
     def _full(self, k: bytes) -> Exception:
