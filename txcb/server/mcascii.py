@@ -68,12 +68,11 @@ class AsciiSession(Session):
             name: getattr(self, method) for name, method in _METHODS.items()}
         # Before login, every command reaches the login step as a Command (a
         # table made only for a connection that must log in).
-        first = self.handlers if self.auth.done else \
+        table = self.handlers if self.auth.done else \
             A.EventRecorder(self._unauthenticated).handlers
         # control_keys: memcached takes any byte but space, CR, LF (and NUL)
         # in a key, and clients such as memcaslap use them.
-        self.parser = A.Parser(first,
-                               self._refused, max_value=self.factory.max_value_size,
+        self.parser = A.Parser(table, self._refused, max_value=self.factory.max_value_size,
                                max_key=MAX_KEY_LEN, control_keys=True)
         self._feed = self.parser.feed
         self._end_read = self.conn.end_read
